@@ -1,0 +1,19 @@
+# stripe_billing: PGXS build.  `make && make install`, then `make installcheck`
+# against a running server (test/run.sh sets one up and runs everything).
+EXTENSION = stripe_billing
+MODULE_big = stripe_billing
+OBJS = src/stripe_billing.o src/signatures.o src/events.o
+DATA = sql/stripe_billing--0.1.0.sql
+PGFILEDESC = "stripe_billing - Stripe billing inside PostgreSQL"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK = -lcrypto -lcurl
+
+# pg_regress: sql/<name>.sql against expected/<name>.out
+REGRESS = settings signatures event_ledger webhooks
+# pg_isolation_regress: specs/<name>.spec against expected/<name>.out
+ISOLATION = concurrent_delivery
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

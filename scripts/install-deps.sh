@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing stripe_billing needs on Debian 12, then
+# builds and installs the extension.  Run as root (or with sudo available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi
+
+packages=(
+    make gcc
+    postgresql-15 postgresql-client-15 postgresql-server-dev-15
+    libcurl4-openssl-dev libssl-dev
+    nodejs npm
+)
+# nodejs/npm may come from elsewhere already (a newer Node): keep it then.
+command -v node >/dev/null && command -v npm >/dev/null &&
+    packages=("${packages[@]/nodejs}") && packages=("${packages[@]/npm}")
+
+echo "== installing Debian packages"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    ${packages[@]} >/dev/null
+
+echo "== installing the official stripe SDK (npm) for the cross-checks"
+npm ci --prefix test/node --no-audit --no-fund --loglevel=error >/dev/null
+
+echo "== building and installing stripe_billing"
+make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+$sudo make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config install >/dev/null

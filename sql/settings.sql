@@ -1,0 +1,62 @@
+-- Settings: the secret ones are settable and visible by superusers only,
+-- shown masked to pg_read_all_settings, invisible to everyone else; the
+-- stripe_billing. prefix is reserved.
+CREATE EXTENSION stripe_billing;
+LOAD 'stripe_billing';
+
+SET stripe_billing.webhook_secret = 'whsec_regress_one, whsec_regress_two';
+SET stripe_billing.api_key = 'sk_test_regress_key_0123456789';
+
+-- superusers see and set them
+SHOW stripe_billing.webhook_secret;
+SELECT current_setting('stripe_billing.api_key');
+SELECT name, setting, context FROM pg_settings
+ WHERE name LIKE 'stripe_billing.%' ORDER BY name;
+
+-- a plain role sees nothing and can set nothing
+CREATE ROLE regress_sb_app;
+SET ROLE regress_sb_app;
+SHOW stripe_billing.webhook_secret;
+SHOW stripe_billing.api_key;
+SELECT current_setting('stripe_billing.api_key');
+SELECT name FROM pg_settings WHERE name LIKE 'stripe_billing.%' ORDER BY name;
+SHOW ALL \g /dev/null
+SELECT count(*) AS leaked FROM pg_show_all_settings()
+ WHERE setting LIKE '%whsec_%' OR setting LIKE '%sk_test_%';
+SET stripe_billing.webhook_secret = 'whsec_from_app';
+SET stripe_billing.api_key = 'sk_test_from_app';
+SET stripe_billing.livemode = on;
+SET stripe_billing.webhook_tolerance = 0;
+ALTER DATABASE contrib_regression SET stripe_billing.api_key = 'sk_test_from_app';
+RESET ROLE;
+
+-- pg_read_all_settings may read settings, but secrets only masked
+CREATE ROLE regress_sb_reader IN ROLE pg_read_all_settings;
+SET ROLE regress_sb_reader;
+SHOW stripe_billing.webhook_secret;
+SELECT name, setting FROM pg_settings
+ WHERE name IN ('stripe_billing.api_key', 'stripe_billing.webhook_secret') ORDER BY name;
+RESET ROLE;
+
+-- the prefix is reserved: typos are errors, not silent placeholders
+SET stripe_billing.webhook_secrets = 'whsec_typo';
+SET stripe_billing.livemode = on;
+SHOW stripe_billing.livemode;
+RESET stripe_billing.livemode;
+
+-- ALTER DATABASE ... SET works (and applies to new sessions)
+ALTER DATABASE contrib_regression SET stripe_billing.livemode = on;
+\c
+SHOW stripe_billing.livemode;
+ALTER DATABASE contrib_regression RESET stripe_billing.livemode;
+\c
+LOAD 'stripe_billing';
+SHOW stripe_billing.livemode;
+
+-- an unset secret shows as empty
+SHOW stripe_billing.api_key;
+
+DROP ROLE regress_sb_app;
+DROP ROLE regress_sb_reader;
+DROP EXTENSION stripe_billing;
+SELECT count(*) AS leftovers FROM pg_namespace WHERE nspname = 'stripe_billing';

@@ -1,0 +1,528 @@
+/*-------------------------------------------------------------------------
+ *
+ * signatures.c
+ *	  Verification of Stripe webhook signatures (the Stripe-Signature header).
+ *
+ * The scheme is exactly the official SDKs': the header is a comma-separated
+ * list of key=value items; "t" is the signing time in Unix seconds and every
+ * "v1" is a lowercase hex HMAC-SHA256, keyed with the whole "whsec_..."
+ * string, over "<t>.<raw payload bytes>".  Any v1 may match (Stripe sends
+ * several while a secret is being rolled); other schemes are ignored.  A
+ * timestamp older than the tolerance is refused; future ones are accepted.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "stripe_billing.h"
+
+#define SHA256_HEX_LEN	64
+#define SIGNATURE_SCHEME "v1"
+
+typedef enum SignatureStatus
+{
+	SIGNATURE_VALID,
+	SIGNATURE_NO_HEADER,
+	SIGNATURE_NO_TIMESTAMP,
+	SIGNATURE_NO_V1,
+	SIGNATURE_MISMATCH,
+	SIGNATURE_TOO_OLD
+} SignatureStatus;
+
+/* What verification learnt, for the error messages. */
+typedef struct SignatureReport
+{
+	int64		timestamp;
+	int			nsignatures;
+	int			nsecrets;
+} SignatureReport;
+
+/*
+ * HMAC contexts already keyed, per backend.  Webhooks are verified with the
+ * same few secrets over and over; re-initialising a keyed context skips the
+ * provider look-ups and key schedule that dominate small payloads.
+ */
+#define MAC_CACHE_SIZE 4
+
+typedef struct MacCacheEntry
+{
+	char	   *key;			/* in TopMemoryContext */
+	size_t		keylen;
+	EVP_MAC_CTX *ctx;			/* OpenSSL-allocated */
+} MacCacheEntry;
+
+static MacCacheEntry mac_cache[MAC_CACHE_SIZE];
+static int	mac_cache_next = 0;
+static EVP_MAC *hmac_algorithm = NULL;
+
+PG_FUNCTION_INFO_V1(stripe_verify_signature);
+PG_FUNCTION_INFO_V1(stripe_verify_signature_any);
+PG_FUNCTION_INFO_V1(stripe_check_signature);
+PG_FUNCTION_INFO_V1(stripe_check_signature_any);
+
+/* Reports an OpenSSL failure; never includes key material. */
+static void
+openssl_failure(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+			 errmsg("OpenSSL failed to %s", what)));
+}
+
+/* Returns an HMAC-SHA256 context keyed with key, ready for updates. */
+static EVP_MAC_CTX *
+keyed_mac(const char *key, size_t keylen)
+{
+	MacCacheEntry *entry;
+	OSSL_PARAM	params[2];
+
+	for (int i = 0; i < MAC_CACHE_SIZE; i++)
+	{
+		entry = &mac_cache[i];
+		if (entry->ctx != NULL && entry->keylen == keylen &&
+			memcmp(entry->key, key, keylen) == 0)
+		{
+			/* a NULL key re-initialises with the key already set */
+			if (!EVP_MAC_init(entry->ctx, NULL, 0, NULL))
+				openssl_failure("reinitialise HMAC");
+			return entry->ctx;
+		}
+	}
+
+	if (hmac_algorithm == NULL &&
+		(hmac_algorithm = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL)
+		openssl_failure("fetch HMAC");
+
+	/* evict round-robin; the entry is unusable until fully rebuilt */
+	entry = &mac_cache[mac_cache_next];
+	mac_cache_next = (mac_cache_next + 1) % MAC_CACHE_SIZE;
+	if (entry->ctx != NULL)
+	{
+		EVP_MAC_CTX_free(entry->ctx);
+		entry->ctx = NULL;
+		explicit_bzero(entry->key, entry->keylen);
+		pfree(entry->key);
+	}
+
+	entry->key = MemoryContextAlloc(TopMemoryContext, keylen + 1);
+	memcpy(entry->key, key, keylen);
+	entry->keylen = keylen;
+
+	entry->ctx = EVP_MAC_CTX_new(hmac_algorithm);
+	if (entry->ctx == NULL)
+		openssl_failure("allocate HMAC context");
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+												 "SHA256", 0);
+	params[1] = OSSL_PARAM_construct_end();
+	if (!EVP_MAC_init(entry->ctx, (const unsigned char *) key, keylen, params))
+	{
+		EVP_MAC_CTX_free(entry->ctx);
+		entry->ctx = NULL;
+		openssl_failure("initialise HMAC");
+	}
+	return entry->ctx;
+}
+
+/* Computes the lowercase hex v1 signature of "<t>.<payload>" into hex. */
+static void
+compute_signature(const char *payload, size_t payload_len, int64 timestamp,
+				  const char *secret, size_t secret_len,
+				  char hex[SHA256_HEX_LEN])
+{
+	EVP_MAC_CTX *ctx = keyed_mac(secret, secret_len);
+	char		prefix[32];
+	int			prefix_len;
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	size_t		mac_len;
+
+	prefix_len = snprintf(prefix, sizeof(prefix), INT64_FORMAT ".", timestamp);
+	if (!EVP_MAC_update(ctx, (const unsigned char *) prefix, prefix_len) ||
+		!EVP_MAC_update(ctx, (const unsigned char *) payload, payload_len) ||
+		!EVP_MAC_final(ctx, mac, &mac_len, sizeof(mac)) ||
+		mac_len * 2 != SHA256_HEX_LEN)
+		openssl_failure("compute HMAC-SHA256");
+	hex_encode((const char *) mac, mac_len, hex);
+}
+
+/*
+ * Finds the next item of the header: sets key/value spans and returns the
+ * position after the item, or NULL at the end.  As in the SDKs, the value
+ * ends at the next '=' or ','; whitespace is not trimmed.
+ */
+static const char *
+next_item(const char *p, const char *end,
+		  const char **key, size_t *key_len,
+		  const char **value, size_t *value_len)
+{
+	const char *item_end;
+	const char *eq;
+
+	if (p > end)
+		return NULL;
+	item_end = memchr(p, ',', end - p);
+	if (item_end == NULL)
+		item_end = end;
+	eq = memchr(p, '=', item_end - p);
+
+	*key = p;
+	*key_len = (eq ? eq : item_end) - p;
+	if (eq)
+	{
+		const char *value_end = memchr(eq + 1, '=', item_end - (eq + 1));
+
+		*value = eq + 1;
+		*value_len = (value_end ? value_end : item_end) - *value;
+	}
+	else
+	{
+		*value = item_end;
+		*value_len = 0;
+	}
+	return item_end + 1;
+}
+
+/* Parses a non-negative decimal Unix time; false unless all digits. */
+static bool
+parse_timestamp(const char *s, size_t len, int64 *result)
+{
+	int64		value = 0;
+
+	if (len == 0 || len > 18)
+		return false;
+	for (size_t i = 0; i < len; i++)
+	{
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		value = value * 10 + (s[i] - '0');
+	}
+	*result = value;
+	return true;
+}
+
+/* Is this item key exactly k? */
+#define KEY_IS(key, key_len, k) ((key_len) == strlen(k) && memcmp((key), (k), (key_len)) == 0)
+
+/*
+ * Verifies a signature header; the order of the checks (and so of the
+ * reasons reported) is the SDKs'.
+ */
+static SignatureStatus
+verify_header(const char *payload, size_t payload_len,
+			  const char *header, size_t header_len,
+			  const char *const *secrets, const size_t *secret_lens, int nsecrets,
+			  int tolerance, pg_time_t now, SignatureReport *report)
+{
+	const char *end = header + header_len;
+	const char *p;
+	const char *key;
+	const char *value;
+	size_t		key_len;
+	size_t		value_len;
+	bool		has_timestamp = false;
+	bool		matched = false;
+
+	memset(report, 0, sizeof(*report));
+	report->nsecrets = nsecrets;
+	if (header_len == 0)
+		return SIGNATURE_NO_HEADER;
+
+	for (p = header; (p = next_item(p, end, &key, &key_len, &value, &value_len)) != NULL;)
+	{
+		if (KEY_IS(key, key_len, "t"))
+			has_timestamp = parse_timestamp(value, value_len, &report->timestamp);
+		else if (KEY_IS(key, key_len, SIGNATURE_SCHEME))
+			report->nsignatures++;
+	}
+	if (!has_timestamp)
+		return SIGNATURE_NO_TIMESTAMP;
+	if (report->nsignatures == 0)
+		return SIGNATURE_NO_V1;
+
+	for (int i = 0; i < nsecrets; i++)
+	{
+		char		expected[SHA256_HEX_LEN];
+
+		compute_signature(payload, payload_len, report->timestamp,
+						  secrets[i], secret_lens[i], expected);
+
+		/* compare with every v1, in constant time, without stopping early */
+		for (p = header; (p = next_item(p, end, &key, &key_len, &value, &value_len)) != NULL;)
+			if (KEY_IS(key, key_len, SIGNATURE_SCHEME) &&
+				value_len == SHA256_HEX_LEN &&
+				CRYPTO_memcmp(value, expected, SHA256_HEX_LEN) == 0)
+				matched = true;
+	}
+	if (!matched)
+		return SIGNATURE_MISMATCH;
+
+	if (tolerance > 0 && now - report->timestamp > tolerance)
+		return SIGNATURE_TOO_OLD;
+	return SIGNATURE_VALID;
+}
+
+/* Raises the error that says why a signature was refused. */
+static void
+report_failure(SignatureStatus status, const SignatureReport *report,
+			   int tolerance, pg_time_t now)
+{
+	switch (status)
+	{
+		case SIGNATURE_VALID:
+			return;
+		case SIGNATURE_NO_HEADER:
+			ereport(ERROR,
+					(errcode(ERRCODE_SB_NO_SIGNATURE_HEADER),
+					 errmsg("Stripe-Signature header is missing or empty")));
+			break;
+		case SIGNATURE_NO_TIMESTAMP:
+			ereport(ERROR,
+					(errcode(ERRCODE_SB_NO_TIMESTAMP),
+					 errmsg("Stripe-Signature header has no timestamp"),
+					 errdetail("The header needs an item \"t=<Unix seconds>\".")));
+			break;
+		case SIGNATURE_NO_V1:
+			ereport(ERROR,
+					(errcode(ERRCODE_SB_NO_V1_SIGNATURE),
+					 errmsg("Stripe-Signature header has no v1 signature"),
+					 errdetail("Only the v1 scheme is verified; other schemes such as v0 are ignored.")));
+			break;
+		case SIGNATURE_MISMATCH:
+			ereport(ERROR,
+					(errcode(ERRCODE_SB_SIGNATURE_MISMATCH),
+					 errmsg("no Stripe-Signature v1 signature matches the payload"),
+					 errdetail("%d signature(s) were compared with the HMAC of %d secret(s).",
+							   report->nsignatures, report->nsecrets),
+					 errhint("Pass the raw request body, byte for byte, and the endpoint's own signing secret.")));
+			break;
+		case SIGNATURE_TOO_OLD:
+			ereport(ERROR,
+					(errcode(ERRCODE_SB_TIMESTAMP_TOO_OLD),
+					 errmsg("Stripe-Signature timestamp is too old"),
+					 errdetail("The signature was made at " INT64_FORMAT ", " INT64_FORMAT " seconds ago; the tolerance is %d seconds.",
+							   report->timestamp, (int64) now - report->timestamp, tolerance)));
+			break;
+	}
+}
+
+/*
+ * Verifies and raises the precise reason on failure; the entry point of
+ * stripe_handle_webhook and the stripe_check_signature functions.
+ */
+void
+sb_check_signature(const char *payload, size_t payload_len,
+				   const char *header, size_t header_len,
+				   const char *const *secrets, const size_t *secret_lens,
+				   int nsecrets, int tolerance, pg_time_t now)
+{
+	SignatureReport report;
+	SignatureStatus status;
+
+	if (nsecrets == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_NO_WEBHOOK_SECRET),
+				 errmsg("no webhook signing secret is configured"),
+				 errhint("A superuser must set stripe_billing.webhook_secret (the endpoint's \"whsec_...\" signing secret).")));
+	if (payload_len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_MALFORMED_EVENT),
+				 errmsg("webhook payload is empty")));
+
+	status = verify_header(payload, payload_len, header, header_len,
+						   secrets, secret_lens, nsecrets, tolerance, now, &report);
+	report_failure(status, &report, tolerance, now);
+}
+
+/*
+ * Splits a comma-separated secret list into palloc'd arrays; empty items are
+ * skipped.  Returns the number of secrets.
+ */
+int
+sb_split_secret_list(const char *list, char ***secrets, size_t **secret_lens)
+{
+	int			max = 1;
+	int			n = 0;
+	const char *p;
+
+	for (p = list; p && *p; p++)
+		if (*p == ',')
+			max++;
+	*secrets = palloc(sizeof(char *) * max);
+	*secret_lens = palloc(sizeof(size_t) * max);
+
+	for (p = list; p && *p;)
+	{
+		size_t		len;
+
+		p += strspn(p, ", \t");
+		len = strcspn(p, ", \t");
+		if (len > 0)
+		{
+			(*secrets)[n] = pnstrdup(p, len);
+			(*secret_lens)[n] = len;
+			n++;
+		}
+		p += len;
+	}
+	return n;
+}
+
+/* Collects the secrets of argument argno: one text, or a text[] (NULLs and empties skipped). */
+static int
+secrets_from_arg(FunctionCallInfo fcinfo, int argno, bool is_array,
+				 char ***secrets, size_t **secret_lens)
+{
+	int			n = 0;
+
+	*secrets = NULL;
+	*secret_lens = NULL;
+	if (PG_ARGISNULL(argno))
+		return 0;
+
+	if (!is_array)
+	{
+		text	   *secret = PG_GETARG_TEXT_PP(argno);
+
+		if (VARSIZE_ANY_EXHDR(secret) == 0)
+			return 0;
+		*secrets = palloc(sizeof(char *));
+		*secret_lens = palloc(sizeof(size_t));
+		(*secrets)[0] = VARDATA_ANY(secret);
+		(*secret_lens)[0] = VARSIZE_ANY_EXHDR(secret);
+		return 1;
+	}
+	else
+	{
+		ArrayType  *array = PG_GETARG_ARRAYTYPE_P(argno);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			nelems;
+
+		deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &nulls, &nelems);
+		*secrets = palloc(sizeof(char *) * Max(nelems, 1));
+		*secret_lens = palloc(sizeof(size_t) * Max(nelems, 1));
+		for (int i = 0; i < nelems; i++)
+		{
+			text	   *secret;
+
+			if (nulls[i])
+				continue;
+			secret = DatumGetTextPP(elems[i]);
+			if (VARSIZE_ANY_EXHDR(secret) == 0)
+				continue;
+			(*secrets)[n] = VARDATA_ANY(secret);
+			(*secret_lens)[n] = VARSIZE_ANY_EXHDR(secret);
+			n++;
+		}
+		return n;
+	}
+}
+
+/* The tolerance argument: NULL means the SDKs' default of 300 seconds. */
+static int
+tolerance_from_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return PG_ARGISNULL(argno) ? 300 : PG_GETARG_INT32(argno);
+}
+
+/* The "now" argument as Unix seconds: NULL means now(), the transaction start. */
+static pg_time_t
+now_from_arg(FunctionCallInfo fcinfo, int argno)
+{
+	return timestamptz_to_time_t(PG_ARGISNULL(argno) ? GetCurrentTransactionStartTimestamp()
+								 : PG_GETARG_TIMESTAMPTZ(argno));
+}
+
+/* Shared body of the boolean functions. */
+static Datum
+verify_signature(FunctionCallInfo fcinfo, bool secrets_array)
+{
+	bytea	   *payload;
+	text	   *header;
+	char	  **secrets;
+	size_t	   *secret_lens;
+	int			nsecrets;
+	SignatureReport report;
+
+	/* a missing anything is simply not a valid signature */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_BOOL(false);
+	payload = PG_GETARG_BYTEA_PP(0);
+	header = PG_GETARG_TEXT_PP(1);
+	nsecrets = secrets_from_arg(fcinfo, 2, secrets_array, &secrets, &secret_lens);
+	if (VARSIZE_ANY_EXHDR(payload) == 0 || VARSIZE_ANY_EXHDR(header) == 0 ||
+		nsecrets == 0)
+		PG_RETURN_BOOL(false);
+
+	PG_RETURN_BOOL(verify_header(VARDATA_ANY(payload), VARSIZE_ANY_EXHDR(payload),
+								 VARDATA_ANY(header), VARSIZE_ANY_EXHDR(header),
+								 (const char *const *) secrets, secret_lens, nsecrets,
+								 tolerance_from_arg(fcinfo, 3),
+								 now_from_arg(fcinfo, 4),
+								 &report) == SIGNATURE_VALID);
+}
+
+/* Shared body of the raising functions. */
+static Datum
+check_signature(FunctionCallInfo fcinfo, bool secrets_array)
+{
+	bytea	   *payload = PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0);
+	text	   *header = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	char	  **secrets;
+	size_t	   *secret_lens;
+	int			nsecrets;
+
+	nsecrets = secrets_from_arg(fcinfo, 2, secrets_array, &secrets, &secret_lens);
+	sb_check_signature(payload ? VARDATA_ANY(payload) : NULL,
+					   payload ? VARSIZE_ANY_EXHDR(payload) : 0,
+					   header ? VARDATA_ANY(header) : NULL,
+					   header ? VARSIZE_ANY_EXHDR(header) : 0,
+					   (const char *const *) secrets, secret_lens, nsecrets,
+					   tolerance_from_arg(fcinfo, 3),
+					   now_from_arg(fcinfo, 4));
+	PG_RETURN_VOID();
+}
+
+/*
+ * stripe_verify_signature(payload text|bytea, header text, secret text,
+ *                         tolerance int, now timestamptz) -> boolean
+ */
+Datum
+stripe_verify_signature(PG_FUNCTION_ARGS)
+{
+	return verify_signature(fcinfo, false);
+}
+
+/* stripe_verify_signature(payload, header, secrets text[], tolerance, now) -> boolean */
+Datum
+stripe_verify_signature_any(PG_FUNCTION_ARGS)
+{
+	return verify_signature(fcinfo, true);
+}
+
+/* stripe_check_signature(payload, header, secret text, tolerance, now): raises why not */
+Datum
+stripe_check_signature(PG_FUNCTION_ARGS)
+{
+	return check_signature(fcinfo, false);
+}
+
+/* stripe_check_signature(payload, header, secrets text[], tolerance, now): raises why not */
+Datum
+stripe_check_signature_any(PG_FUNCTION_ARGS)
+{
+	return check_signature(fcinfo, true);
+}

@@ -1,0 +1,283 @@
+/*-------------------------------------------------------------------------
+ *
+ * stripe_billing.c
+ *	  Module entry point: settings, and keeping the secret ones secret.
+ *
+ * stripe_billing.api_key and stripe_billing.webhook_secret may be set by
+ * superusers only, are shown masked to everyone else, and are scrubbed from
+ * every message this process emits (server log and client alike).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+
+#include "stripe_billing.h"
+
+PG_MODULE_MAGIC;
+
+char	   *sb_webhook_secret = NULL;
+char	   *sb_api_key = NULL;
+bool		sb_livemode = false;
+int			sb_webhook_tolerance = 300;
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* What a secret looks like when shown to someone who may not see it. */
+#define MASKED_SECRET "********"
+
+/* Key prefixes Stripe gives its secrets; literals starting so are scrubbed. */
+static const char *const secret_prefixes[] = {
+	"whsec_", "sk_live_", "sk_test_", "rk_live_", "rk_test_"
+};
+
+/* Names of the secret settings; statements naming them are never logged. */
+static const char *const secret_settings[] = {
+	"stripe_billing.api_key", "stripe_billing.webhook_secret"
+};
+
+void		_PG_init(void);
+
+/* Shows a secret setting: the value to superusers, a mask to others. */
+static const char *
+show_secret(const char *value)
+{
+	if (value == NULL || value[0] == '\0')
+		return "";
+	if (superuser())
+		return value;
+	return MASKED_SECRET;
+}
+
+/* SHOW hook of stripe_billing.webhook_secret. */
+static const char *
+show_webhook_secret(void)
+{
+	return show_secret(sb_webhook_secret);
+}
+
+/* SHOW hook of stripe_billing.api_key. */
+static const char *
+show_api_key(void)
+{
+	return show_secret(sb_api_key);
+}
+
+/* Case-insensitive strstr for ASCII needles. */
+static char *
+find_ci(const char *haystack, const char *needle)
+{
+	size_t		n = strlen(needle);
+
+	for (; *haystack; haystack++)
+		if (pg_strncasecmp(haystack, needle, n) == 0)
+			return unconstify(char *, haystack);
+	return NULL;
+}
+
+/* Separators of a secret list (stripe_billing.webhook_secret). */
+#define SECRET_LIST_SEPARATORS ", \t"
+
+/*
+ * Finds the first occurrence in s of any secret in list (a comma-separated
+ * setting); sets *len to its length.  Secrets shorter than 8 bytes are not
+ * looked for: masking every "a" in a message would hide nothing.
+ */
+static char *
+find_configured(const char *s, const char *list, size_t *len)
+{
+	const char *tok = list;
+
+	if (list == NULL)
+		return NULL;
+	while (*tok)
+	{
+		size_t		n;
+
+		tok += strspn(tok, SECRET_LIST_SEPARATORS);
+		n = strcspn(tok, SECRET_LIST_SEPARATORS);
+		if (n >= 8)
+		{
+			for (const char *p = s; *p; p++)
+				if (strncmp(p, tok, n) == 0)
+				{
+					*len = n;
+					return unconstify(char *, p);
+				}
+		}
+		tok += n;
+	}
+	return NULL;
+}
+
+/* Overwrites, in place, every occurrence in s of a secret of list. */
+static void
+mask_configured(char *s, const char *list)
+{
+	char	   *p;
+	size_t		n;
+
+	while ((p = find_configured(s, list, &n)) != NULL)
+		memset(p, '*', n);
+}
+
+/*
+ * p follows the name of a secret setting in a message: if an assignment
+ * follows ("= v", "TO v", "changed to v", "', v"), masks the value, quoted
+ * or not.  Returns where scanning may resume.
+ */
+static char *
+mask_assigned_value(char *p)
+{
+	static const char *const assigners[] = {"=", ",", "to ", "changed to "};
+	bool		assigned = false;
+	char		quote;
+
+	p += strspn(p, "\"' \t");
+	for (int i = 0; i < lengthof(assigners) && !assigned; i++)
+		if (pg_strncasecmp(p, assigners[i], strlen(assigners[i])) == 0)
+		{
+			p += strlen(assigners[i]);
+			assigned = true;
+		}
+	if (!assigned)
+		return p;
+	p += strspn(p, " \t");
+
+	quote = (*p == '\'' || *p == '"') ? *p++ : '\0';
+	for (; *p && (quote ? *p != quote : !strchr(" \t\n;,)", *p)); p++)
+		*p = '*';
+	return p;
+}
+
+/*
+ * Scrubs secrets from one message text, in place (the length never changes,
+ * so nothing is allocated inside error reporting).
+ */
+static void
+scrub_text(char *s)
+{
+	char	   *p;
+
+	if (s == NULL)
+		return;
+
+	mask_configured(s, sb_webhook_secret);
+	mask_configured(s, sb_api_key);
+
+	/* Literals that look like Stripe secrets: keep the prefix, hide the rest. */
+	for (int i = 0; i < lengthof(secret_prefixes); i++)
+	{
+		size_t		plen = strlen(secret_prefixes[i]);
+
+		for (p = strstr(s, secret_prefixes[i]); p; p = strstr(p, secret_prefixes[i]))
+		{
+			p += plen;
+			while (isalnum((unsigned char) *p) || *p == '_')
+				*p++ = '*';
+		}
+	}
+
+	/*
+	 * A message naming a secret setting may carry a value we do not know
+	 * yet (log_statement's "statement: SET ... = '...'", a reload's
+	 * "parameter ... changed to ...", set_config('...', '...')).
+	 */
+	for (int i = 0; i < lengthof(secret_settings); i++)
+		for (p = find_ci(s, secret_settings[i]); p; p = find_ci(p, secret_settings[i]))
+		{
+			p += strlen(secret_settings[i]);
+			p = mask_assigned_value(p);
+		}
+}
+
+/* Does this statement text carry, or name, a secret? */
+static bool
+mentions_secret(const char *query)
+{
+	size_t		n;
+
+	if (query == NULL)
+		return false;
+	for (int i = 0; i < lengthof(secret_prefixes); i++)
+		if (strstr(query, secret_prefixes[i]) != NULL)
+			return true;
+	for (int i = 0; i < lengthof(secret_settings); i++)
+		if (find_ci(query, secret_settings[i]) != NULL)
+			return true;
+	return find_configured(query, sb_webhook_secret, &n) != NULL ||
+		find_configured(query, sb_api_key, &n) != NULL;
+}
+
+/*
+ * emit_log_hook: scrub secrets from every report and drop the STATEMENT line
+ * when the statement itself carries one.
+ */
+static void
+scrub_secrets_hook(ErrorData *edata)
+{
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+
+	scrub_text(edata->message);
+	scrub_text(edata->detail);
+	scrub_text(edata->detail_log);
+	scrub_text(edata->hint);
+	scrub_text(edata->context);
+	scrub_text(edata->internalquery);
+
+	if (mentions_secret(debug_query_string))
+		edata->hide_stmt = true;
+}
+
+/* Module load: define settings and install the scrubbing hook. */
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("stripe_billing.webhook_secret",
+							   "Webhook signing secret(s), comma-separated for rotation.",
+							   "Secret: settable and visible by superusers only.",
+							   &sb_webhook_secret,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, show_webhook_secret);
+
+	DefineCustomStringVariable("stripe_billing.api_key",
+							   "Stripe secret API key.",
+							   "Secret: settable and visible by superusers only.",
+							   &sb_api_key,
+							   "",
+							   PGC_SUSET,
+							   GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, show_api_key);
+
+	DefineCustomBoolVariable("stripe_billing.livemode",
+							 "Accept live-mode events (on) or test-mode events (off).",
+							 NULL,
+							 &sb_livemode,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.webhook_tolerance",
+							"Maximum age of a webhook signature timestamp; 0 disables the check.",
+							NULL,
+							&sb_webhook_tolerance,
+							300, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("stripe_billing");
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = scrub_secrets_hook;
+}

@@ -1,0 +1,47 @@
+/*-------------------------------------------------------------------------
+ *
+ * stripe_billing.h
+ *	  Shared declarations of the stripe_billing extension.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef STRIPE_BILLING_H
+#define STRIPE_BILLING_H
+
+#include "postgres.h"
+
+#include "utils/jsonb.h"
+
+/*
+ * SQLSTATEs of our own, in an implementation-defined class ("SB").
+ * SBSxx: a webhook signature was refused (the app answers 400).
+ * SBCxx: the extension is not configured for the call (the app answers 500).
+ * SBExx: an event was refused (the app answers 400).
+ */
+#define ERRCODE_SB_NO_SIGNATURE_HEADER	MAKE_SQLSTATE('S','B','S','0','1')
+#define ERRCODE_SB_NO_TIMESTAMP			MAKE_SQLSTATE('S','B','S','0','2')
+#define ERRCODE_SB_NO_V1_SIGNATURE		MAKE_SQLSTATE('S','B','S','0','3')
+#define ERRCODE_SB_SIGNATURE_MISMATCH	MAKE_SQLSTATE('S','B','S','0','4')
+#define ERRCODE_SB_TIMESTAMP_TOO_OLD	MAKE_SQLSTATE('S','B','S','0','5')
+#define ERRCODE_SB_NO_WEBHOOK_SECRET	MAKE_SQLSTATE('S','B','C','0','1')
+#define ERRCODE_SB_MALFORMED_EVENT		MAKE_SQLSTATE('S','B','E','0','1')
+#define ERRCODE_SB_LIVEMODE_MISMATCH	MAKE_SQLSTATE('S','B','E','0','2')
+
+/* Settings (stripe_billing.c) */
+extern char *sb_webhook_secret;
+extern char *sb_api_key;
+extern bool sb_livemode;
+extern int	sb_webhook_tolerance;
+
+/* signatures.c */
+extern void sb_check_signature(const char *payload, size_t payload_len,
+							   const char *header, size_t header_len,
+							   const char *const *secrets, const size_t *secret_lens,
+							   int nsecrets, int tolerance, pg_time_t now);
+extern int	sb_split_secret_list(const char *list, char ***secrets,
+								 size_t **secret_lens);
+
+/* events.c */
+extern const char *sb_apply_event(Jsonb *event, const char *source);
+
+#endif							/* STRIPE_BILLING_H */

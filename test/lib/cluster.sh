@@ -1,0 +1,47 @@
+# Throwaway PostgreSQL clusters for tests, demos and benchmarks.
+#
+# PostgreSQL refuses to run as root, so when we are root the server runs as
+# an unprivileged user (postgres by default).  Each cluster lives in its own
+# temporary directory and listens on a Unix socket there only.
+#
+#   . test/lib/cluster.sh
+#   cluster_start DIR [postgresql.conf line ...]   # sets PGHOST/PGPORT/PGUSER
+#   cluster_stop DIR
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+SB_TEST_USER=${SB_TEST_USER:-postgres}
+
+# Runs a command as the cluster's owner.
+as_owner() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u "$SB_TEST_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Creates and starts a cluster in DIR; extra arguments go to postgresql.conf.
+cluster_start() {
+    local dir=$1; shift
+    mkdir -p "$dir"
+    [ "$(id -u)" -eq 0 ] && chown "$SB_TEST_USER" "$dir"
+    chmod 755 "$dir"
+    as_owner "$PG_BINDIR/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
+        --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 ||
+        { cat "$dir/initdb.log"; return 1; }
+    {
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$dir'"
+        echo "port = 5432"
+        echo "fsync = off"
+        echo "log_line_prefix = '%m [%p] %q%u@%d '"
+        for line in "$@"; do echo "$line"; done
+    } | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
+    as_owner "$PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+        { cat "$dir/server.log"; return 1; }
+    export PGHOST=$dir PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
+}
+
+# Stops the cluster in DIR (fast) and leaves its files for inspection.
+cluster_stop() {
+    as_owner "$PG_BINDIR/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null 2>&1 || true
+}
