@@ -23,7 +23,11 @@ as_owner() {
 cluster_start() {
     local dir=$1; shift
     mkdir -p "$dir"
-    [ "$(id -u)" -eq 0 ] && chown "$SB_TEST_USER" "$dir"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown "$SB_TEST_USER" "$dir"
+        # the owner must reach it through a mktemp -d (mode 700) parent
+        chmod o+x "$(dirname "$dir")"
+    fi
     chmod 755 "$dir"
     as_owner "$PG_BINDIR/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
         --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 ||

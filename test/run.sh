@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine, as root:
+#     bash test/run.sh
+# Installs the Debian packages and npm modules it needs, builds and installs
+# the extension, starts a throwaway cluster (run by an unprivileged user),
+# and runs every test against it: pg_regress, isolation, and the integration
+# tests under test/.  Ends with "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+bash scripts/install-deps.sh || { echo "installing dependencies failed"; exit 1; }
+
+. test/lib/cluster.sh
+work=$(mktemp -d /tmp/stripe_billing_test.XXXXXX)
+chmod 755 "$work"
+trap 'cluster_stop "$work/main"' EXIT
+echo "== starting a throwaway cluster in $work/main"
+cluster_start "$work/main" "shared_preload_libraries = 'stripe_billing'" || exit 1
+
+passed=0
+failed=0
+failures=()
+
+# pg_regress (sql/, expected/) and pg_isolation_regress (specs/): one count
+# per test, read from their own report lines.
+echo "== pg_regress and isolation tests"
+make -s PG_CONFIG="$PG_BINDIR/pg_config" installcheck >"$work/installcheck.log" 2>&1
+cat "$work/installcheck.log" | grep -E '\.\.\. |tests? (passed|failed)'
+ok=$(grep -cE '\.\.\. ok' "$work/installcheck.log")
+bad=$(grep -cE '\.\.\. FAILED|\.\.\. failed' "$work/installcheck.log")
+passed=$((passed + ok))
+failed=$((failed + bad))
+if [ "$ok" -eq 0 ] || [ "$bad" -gt 0 ] || ! grep -q 'All .* tests passed' "$work/installcheck.log"; then
+    [ "$bad" -gt 0 ] || failed=$((failed + 1))
+    failures+=("installcheck")
+    for f in regression.diffs output_iso/regression.diffs; do
+        [ -f "$f" ] && head -100 "$f"
+    done
+fi
+
+# Integration tests: each script is one test; its output is shown.
+createdb sb_integration
+export PGDATABASE=sb_integration
+integration() {
+    local name=$1; shift
+    echo "== $name"
+    if "$@" 2>&1 | sed 's/^/   /'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+        echo "   -> ok"; passed=$((passed + 1))
+    else
+        echo "   -> FAILED"; failed=$((failed + 1)); failures+=("$name")
+    fi
+}
+integration signature_crosscheck bash test/signature_crosscheck.sh
+integration secrets_not_logged bash test/secrets_not_logged.sh "$work/main/server.log"
+
+echo
+[ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

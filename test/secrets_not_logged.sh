@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Secrets never reach the server log nor a client's messages: every way a
+# secret passes through a statement, a setting, an error or a notice is
+# exercised with log_statement = 'all', and neither the log nor what the
+# client saw may hold the secret.  Needs a server with
+# shared_preload_libraries = 'stripe_billing'; $1 is its log file.
+set -euo pipefail
+log=$1
+rand() { head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+wh="whsec_LOGCHECK$(rand)"
+key="sk_test_LOGCHECK$(rand)"
+plain="plainsecret$(rand)"      # a configured secret with no Stripe prefix
+start=$(($(stat -c %s "$log") + 1))
+client=$(mktemp)
+trap 'rm -f "$client"' EXIT
+
+psql -X -q -v ON_ERROR_STOP=0 >"$client" 2>&1 <<SQL
+CREATE EXTENSION IF NOT EXISTS stripe_billing;
+DROP ROLE IF EXISTS regress_sb_logcheck;
+CREATE ROLE regress_sb_logcheck;
+SET log_statement = 'all';
+SET log_min_error_statement = 'error';
+SET log_min_messages = 'notice';
+SET stripe_billing.webhook_secret = '$wh, $plain';
+SET stripe_billing.api_key TO '$key';
+SELECT set_config('stripe_billing.api_key', '$key', false) IS NOT NULL AS set;
+ALTER SYSTEM SET stripe_billing.webhook_secret = '$wh';
+ALTER SYSTEM SET stripe_billing.api_key = '$key';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.5);
+-- failures with secrets in the statement, configured or literal
+SELECT stripe_billing.stripe_handle_webhook('{"id": "evt_1"}', 't=1,v1=00');
+SELECT stripe_billing.stripe_check_signature('x', 't=1,v1=00', '$wh');
+SELECT stripe_billing.stripe_check_signature('x', 't=1,v1=00', '$plain');
+SELECT stripe_billing.stripe_check_signature('x', 't=1,v1=00', ARRAY['$wh', '$plain']);
+SELECT 1/0 AS "$key";
+-- messages built from the secrets themselves
+DO \$\$ BEGIN RAISE NOTICE 'secret is %', current_setting('stripe_billing.webhook_secret'); END \$\$;
+DO \$\$ BEGIN RAISE EXCEPTION 'key is %', current_setting('stripe_billing.api_key'); END \$\$;
+-- a role that may not set them tries
+SET ROLE regress_sb_logcheck;
+SET stripe_billing.api_key = '$key';
+SET stripe_billing.webhook_secret = '$plain';
+RESET ROLE;
+ALTER SYSTEM RESET stripe_billing.webhook_secret;
+ALTER SYSTEM RESET stripe_billing.api_key;
+SELECT pg_reload_conf();
+DROP ROLE regress_sb_logcheck;
+SQL
+sleep 0.5
+logged=$(tail -c +"$start" "$log")
+
+fail=0
+for s in "${wh#whsec_}" "${key#sk_test_}" "$plain"; do
+    if grep -qF "$s" <<<"$logged"; then
+        echo "LEAK in server log: $(grep -F "$s" <<<"$logged" | head -3)"; fail=1
+    fi
+    if grep -qF "$s" "$client"; then
+        echo "LEAK to client: $(grep -F "$s" "$client" | head -3)"; fail=1
+    fi
+done
+
+# Not vacuous: the statements, errors and notices did reach the log and client.
+for expect in "stripe_check_signature" "division by zero" "secret is" "key is" \
+              "permission denied to set parameter" "changed to"; do
+    if ! grep -qF "$expect" <<<"$logged"; then
+        echo "expected a log line with '$expect'; the check would prove nothing"; fail=1
+    fi
+done
+grep -qF "secret is ****" "$client" || { echo "client did not see the masked notice"; fail=1; }
+
+echo "server log lines examined: $(wc -l <<<"$logged"); client lines: $(wc -l <"$client")"
+[ $fail -eq 0 ] && echo "no secret in the server log or client messages"
+exit $fail
