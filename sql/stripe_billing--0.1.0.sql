@@ -121,3 +121,772 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'stripe_handle_webhook_bytea'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
+
+--------------------------------------------------------------------------
+-- Billing tables
+--
+-- Each row is the newest snapshot of one Stripe object seen in an event,
+-- typed columns for what applications query plus the raw object.  Every row
+-- remembers the created time and id of the event that last wrote it:
+--   * an older event never overwrites a newer one (outcome 'stale');
+--   * an event of the same second overwrites (the later arrival wins) and
+--     sets refetch, so the worker can fetch the object's true current state;
+--   * terminal states stick: a deleted customer/product/price, a canceled or
+--     incomplete_expired subscription (and a paid/void invoice, a succeeded
+--     or canceled payment) is never revived by a non-terminal snapshot;
+--   * deletes are tombstones (deleted = true), so late updates cannot
+--     resurrect a row.
+-- Only the extension writes these tables; grant SELECT to app roles.
+--------------------------------------------------------------------------
+
+CREATE TABLE stripe_billing.customers (
+    id                 text PRIMARY KEY,
+    user_ref           text,
+    email              text,
+    name               text,
+    deleted            boolean NOT NULL DEFAULT false,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX customers_user_ref_idx ON stripe_billing.customers (user_ref);
+COMMENT ON COLUMN stripe_billing.customers.user_ref IS
+    'the application''s user: from a completed Checkout session''s client_reference_id, metadata user_ref/user_id/userId, or stripe_link_customer()';
+
+CREATE TABLE stripe_billing.products (
+    id                 text PRIMARY KEY,
+    name               text,
+    description        text,
+    active             boolean,
+    deleted            boolean NOT NULL DEFAULT false,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+
+-- Prices, and legacy plans (a plan is a recurring price).
+CREATE TABLE stripe_billing.prices (
+    id                 text PRIMARY KEY,
+    product            text,
+    active             boolean,
+    currency           text,
+    unit_amount        bigint,          -- minor units
+    type               text,            -- one_time | recurring
+    recurring_interval text,
+    recurring_interval_count integer,
+    usage_type         text,            -- licensed | metered
+    lookup_key         text,
+    nickname           text,
+    deleted            boolean NOT NULL DEFAULT false,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX prices_lookup_key_idx ON stripe_billing.prices (lookup_key);
+
+CREATE TABLE stripe_billing.subscriptions (
+    id                   text PRIMARY KEY,
+    customer             text NOT NULL,
+    status               text NOT NULL,
+    cancel_at_period_end boolean NOT NULL DEFAULT false,
+    cancel_at            timestamptz,
+    canceled_at          timestamptz,
+    ended_at             timestamptz,
+    current_period_start timestamptz,   -- the subscription's, or its items' (2025-03-31.basil+)
+    current_period_end   timestamptz,
+    trial_start          timestamptz,
+    trial_end            timestamptz,
+    pause_collection     jsonb,
+    latest_invoice       text,
+    metadata             jsonb NOT NULL DEFAULT '{}',
+    created              timestamptz,
+    raw                  jsonb NOT NULL,
+    last_event_id        text,
+    last_event_created   timestamptz,
+    refetch              boolean NOT NULL DEFAULT false,
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX subscriptions_customer_idx ON stripe_billing.subscriptions (customer);
+
+CREATE TABLE stripe_billing.subscription_items (
+    id                   text PRIMARY KEY,
+    subscription         text NOT NULL,
+    price                text,
+    product              text,
+    price_lookup_key     text,
+    quantity             bigint,
+    current_period_start timestamptz,
+    current_period_end   timestamptz,
+    deleted              boolean NOT NULL DEFAULT false,
+    raw                  jsonb NOT NULL,
+    last_event_id        text,
+    last_event_created   timestamptz,
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX subscription_items_subscription_idx ON stripe_billing.subscription_items (subscription);
+
+CREATE TABLE stripe_billing.invoices (
+    id                   text PRIMARY KEY,
+    customer             text,
+    subscription         text,          -- invoice.subscription, or parent.subscription_details.subscription
+    status               text,
+    amount_due           bigint,
+    amount_paid          bigint,
+    amount_remaining     bigint,
+    currency             text,
+    attempt_count        integer,
+    next_payment_attempt timestamptz,
+    hosted_invoice_url   text,
+    invoice_pdf          text,
+    period_start         timestamptz,
+    period_end           timestamptz,
+    billing_reason       text,
+    deleted              boolean NOT NULL DEFAULT false,
+    created              timestamptz,
+    raw                  jsonb NOT NULL,
+    last_event_id        text,
+    last_event_created   timestamptz,
+    refetch              boolean NOT NULL DEFAULT false,
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX invoices_customer_idx ON stripe_billing.invoices (customer);
+CREATE INDEX invoices_subscription_idx ON stripe_billing.invoices (subscription);
+
+-- The payment history: payment intents, charges, refunds, invoice payments.
+CREATE TABLE stripe_billing.payments (
+    id                 text PRIMARY KEY,
+    kind               text NOT NULL
+                       CHECK (kind IN ('payment_intent', 'charge', 'refund', 'invoice_payment')),
+    customer           text,
+    invoice            text,
+    payment_intent     text,
+    charge             text,
+    amount             bigint,          -- minor units
+    amount_refunded    bigint,
+    currency           text,
+    status             text,
+    failure_code       text,
+    failure_message    text,
+    created            timestamptz,
+    raw                jsonb NOT NULL,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX payments_customer_idx ON stripe_billing.payments (customer);
+CREATE INDEX payments_invoice_idx ON stripe_billing.payments (invoice);
+CREATE INDEX payments_payment_intent_idx ON stripe_billing.payments (payment_intent);
+
+CREATE TABLE stripe_billing.checkout_sessions (
+    id                 text PRIMARY KEY,
+    user_ref           text,            -- client_reference_id
+    customer           text,
+    customer_email     text,
+    mode               text,
+    status             text,
+    payment_status     text,
+    subscription       text,
+    payment_intent     text,
+    amount_total       bigint,
+    currency           text,
+    url                text,
+    expires_at         timestamptz,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb NOT NULL,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX checkout_sessions_user_ref_idx ON stripe_billing.checkout_sessions (user_ref);
+
+-- Stripe Entitlements: the latest active entitlement summary per customer
+-- (refetch when its embedded list was cut short, has_more) ...
+CREATE TABLE stripe_billing.entitlement_summaries (
+    customer           text PRIMARY KEY,
+    raw                jsonb NOT NULL,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+-- ... and its entitlements, replaced as a set.
+CREATE TABLE stripe_billing.active_entitlements (
+    customer       text NOT NULL,
+    feature_id     text NOT NULL,
+    lookup_key     text NOT NULL,
+    entitlement_id text,
+    PRIMARY KEY (customer, feature_id)
+);
+CREATE INDEX active_entitlements_lookup_key_idx ON stripe_billing.active_entitlements (lookup_key);
+
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.customers', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.products', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.prices', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.subscription_items', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.invoices', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.payments', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.checkout_sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.entitlement_summaries', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.active_entitlements', '');
+
+CREATE INDEX events_failed_idx ON stripe_billing.events (created, id) WHERE outcome = 'failed';
+CREATE INDEX events_ignored_idx ON stripe_billing.events (type, created, id) WHERE outcome = 'ignored';
+
+--------------------------------------------------------------------------
+-- Mapping events onto the tables (internal; called by stripe_apply_event,
+-- which has checked the object's shape, inside a subtransaction)
+--------------------------------------------------------------------------
+
+-- Unix seconds (a jsonb number or null) as timestamptz.
+CREATE FUNCTION stripe_billing._ts(v jsonb) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT pg_catalog.to_timestamp((v OPERATOR(pg_catalog.#>>) '{}')::bigint) $$;
+
+-- An expandable field: an id string, or an expanded object's id.
+CREATE FUNCTION stripe_billing._id(v jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT CASE pg_catalog.jsonb_typeof(v) WHEN 'object' THEN v OPERATOR(pg_catalog.->>) 'id'
+                                         ELSE v OPERATOR(pg_catalog.#>>) '{}' END
+$$;
+
+-- The application's user named in metadata, if any.
+CREATE FUNCTION stripe_billing._user_ref(metadata jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT coalesce(nullif(metadata OPERATOR(pg_catalog.->>) 'user_ref', ''),
+                  nullif(metadata OPERATOR(pg_catalog.->>) 'user_id', ''),
+                  nullif(metadata OPERATOR(pg_catalog.->>) 'userId', ''))
+$$;
+
+-- May a snapshot taken at new_created overwrite a row written at
+-- row_created?  Not when older, nor a non-terminal one over a terminal row.
+CREATE FUNCTION stripe_billing._may_overwrite(row_created timestamptz, new_created timestamptz,
+                                              row_terminal boolean, new_terminal boolean)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT row_created IS NULL
+      OR (row_created OPERATOR(pg_catalog.<=) new_created
+          AND NOT (coalesce(row_terminal, false) AND NOT new_terminal))
+$$;
+
+-- Links a customer to the application's user.  fill_only: keep an existing
+-- link (metadata); otherwise replace it (Checkout, explicit links).
+CREATE FUNCTION stripe_billing._link_customer(customer_id text, user_ref text, fill_only boolean)
+RETURNS void
+LANGUAGE sql
+AS $$
+  INSERT INTO stripe_billing.customers AS t (id, user_ref)
+  VALUES (customer_id, user_ref)
+  ON CONFLICT (id) DO UPDATE SET user_ref = EXCLUDED.user_ref, updated_at = pg_catalog.now()
+  WHERE t.user_ref IS DISTINCT FROM EXCLUDED.user_ref AND NOT (fill_only AND t.user_ref IS NOT NULL)
+$$;
+
+CREATE FUNCTION stripe_billing._apply_customer(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'customer.deleted' OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    -- a deleted customer's payload may be bare: keep what we knew
+    o := coalesce((SELECT raw FROM stripe_billing.customers WHERE id = o->>'id'), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.customers AS t
+         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created)
+  VALUES (o->>'id', stripe_billing._user_ref(o->'metadata'), o->>'email', o->>'name', deleting,
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+  ON CONFLICT (id) DO UPDATE SET
+         user_ref = coalesce(t.user_ref, EXCLUDED.user_ref),
+         email = EXCLUDED.email, name = EXCLUDED.name, deleted = EXCLUDED.deleted,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+CREATE FUNCTION stripe_billing._apply_product(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'product.deleted' OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    o := coalesce((SELECT raw FROM stripe_billing.products WHERE id = o->>'id'), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.products AS t
+         (id, name, description, active, deleted, metadata, created, raw, last_event_id, last_event_created)
+  VALUES (o->>'id', o->>'name', o->>'description', (o->>'active')::boolean, deleting,
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+  ON CONFLICT (id) DO UPDATE SET
+         name = EXCLUDED.name, description = EXCLUDED.description, active = EXCLUDED.active,
+         deleted = EXCLUDED.deleted, metadata = EXCLUDED.metadata,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- Prices and plans: a plan is written as a recurring price.
+CREATE FUNCTION stripe_billing._apply_price(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  is_plan boolean := o->>'object' = 'plan';
+  deleting boolean := ev_type IN ('price.deleted', 'plan.deleted') OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    o := coalesce((SELECT raw FROM stripe_billing.prices WHERE id = o->>'id'), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.prices AS t
+         (id, product, active, currency, unit_amount, type, recurring_interval, recurring_interval_count,
+          usage_type, lookup_key, nickname, deleted, metadata, created, raw, last_event_id, last_event_created)
+  VALUES (o->>'id', stripe_billing._id(o->'product'), (o->>'active')::boolean, o->>'currency',
+          CASE WHEN is_plan THEN (o->>'amount')::bigint ELSE (o->>'unit_amount')::bigint END,
+          CASE WHEN is_plan THEN 'recurring' ELSE o->>'type' END,
+          CASE WHEN is_plan THEN o->>'interval' ELSE o->'recurring'->>'interval' END,
+          CASE WHEN is_plan THEN (o->>'interval_count')::integer ELSE (o->'recurring'->>'interval_count')::integer END,
+          CASE WHEN is_plan THEN o->>'usage_type' ELSE o->'recurring'->>'usage_type' END,
+          o->>'lookup_key', o->>'nickname', deleting, coalesce(o->'metadata', '{}'),
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+  ON CONFLICT (id) DO UPDATE SET
+         product = EXCLUDED.product, active = EXCLUDED.active, currency = EXCLUDED.currency,
+         unit_amount = EXCLUDED.unit_amount, type = EXCLUDED.type,
+         recurring_interval = EXCLUDED.recurring_interval,
+         recurring_interval_count = EXCLUDED.recurring_interval_count,
+         usage_type = EXCLUDED.usage_type, lookup_key = EXCLUDED.lookup_key, nickname = EXCLUDED.nickname,
+         deleted = EXCLUDED.deleted, metadata = EXCLUDED.metadata,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- A subscription and its items.  Period bounds come from the subscription
+-- (before 2025-03-31.basil) or from its items (after).
+CREATE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  sid text := o->>'id';
+  items jsonb := o->'items'->'data';
+  complete_list boolean := NOT coalesce((o->'items'->>'has_more')::boolean, false);
+  period_start timestamptz := stripe_billing._ts(o->'current_period_start');
+  period_end timestamptz := stripe_billing._ts(o->'current_period_end');
+  customer_id text := stripe_billing._id(o->'customer');
+BEGIN
+  IF period_start IS NULL OR period_end IS NULL THEN
+    SELECT coalesce(period_start, min(stripe_billing._ts(i->'current_period_start'))),
+           coalesce(period_end, max(stripe_billing._ts(i->'current_period_end')))
+      INTO period_start, period_end
+      FROM jsonb_array_elements(items) i;
+  END IF;
+
+  INSERT INTO stripe_billing.subscriptions AS t
+         (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
+          current_period_start, current_period_end, trial_start, trial_end, pause_collection,
+          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch)
+  VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
+          stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
+          period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
+          CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
+          stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, status = EXCLUDED.status,
+         cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+         canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
+         current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+         trial_start = EXCLUDED.trial_start, trial_end = EXCLUDED.trial_end,
+         pause_collection = EXCLUDED.pause_collection, latest_invoice = EXCLUDED.latest_invoice,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status IN ('canceled', 'incomplete_expired'),
+                                      EXCLUDED.status IN ('canceled', 'incomplete_expired'));
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+
+  -- the items follow the subscription snapshot that was just written
+  INSERT INTO stripe_billing.subscription_items AS t
+         (id, subscription, price, product, price_lookup_key, quantity,
+          current_period_start, current_period_end, deleted, raw, last_event_id, last_event_created)
+  SELECT i->>'id', sid,
+         coalesce(i->'price'->>'id', i->'plan'->>'id'),
+         coalesce(stripe_billing._id(i->'price'->'product'), stripe_billing._id(i->'plan'->'product')),
+         i->'price'->>'lookup_key', (i->>'quantity')::bigint,
+         coalesce(stripe_billing._ts(i->'current_period_start'), period_start),
+         coalesce(stripe_billing._ts(i->'current_period_end'), period_end),
+         false, i, ev_id, ev_created
+    FROM jsonb_array_elements(items) i
+  ON CONFLICT (id) DO UPDATE SET
+         subscription = EXCLUDED.subscription, price = EXCLUDED.price, product = EXCLUDED.product,
+         price_lookup_key = EXCLUDED.price_lookup_key, quantity = EXCLUDED.quantity,
+         current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+         deleted = false, raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
+
+  -- items no longer listed were removed (unless the list was cut short)
+  IF complete_list THEN
+    UPDATE stripe_billing.subscription_items
+       SET deleted = true, last_event_id = ev_id, last_event_created = ev_created, updated_at = now()
+     WHERE subscription = sid AND NOT deleted
+       AND id NOT IN (SELECT i->>'id' FROM jsonb_array_elements(items) i);
+  END IF;
+
+  IF stripe_billing._user_ref(o->'metadata') IS NOT NULL THEN
+    PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true);
+  END IF;
+  RETURN 'applied';
+END
+$$;
+
+CREATE FUNCTION stripe_billing._apply_invoice(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'invoice.deleted' OR o->>'status' = 'deleted';
+BEGIN
+  IF deleting THEN
+    o := coalesce((SELECT raw FROM stripe_billing.invoices WHERE id = o->>'id'), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.invoices AS t
+         (id, customer, subscription, status, amount_due, amount_paid, amount_remaining, currency,
+          attempt_count, next_payment_attempt, hosted_invoice_url, invoice_pdf, period_start, period_end,
+          billing_reason, deleted, created, raw, last_event_id, last_event_created)
+  VALUES (o->>'id', stripe_billing._id(o->'customer'),
+          coalesce(stripe_billing._id(o->'subscription'),
+                   stripe_billing._id(o->'parent'->'subscription_details'->'subscription')),
+          o->>'status', (o->>'amount_due')::bigint, (o->>'amount_paid')::bigint,
+          (o->>'amount_remaining')::bigint, o->>'currency', (o->>'attempt_count')::integer,
+          stripe_billing._ts(o->'next_payment_attempt'), o->>'hosted_invoice_url', o->>'invoice_pdf',
+          stripe_billing._ts(o->'period_start'), stripe_billing._ts(o->'period_end'), o->>'billing_reason',
+          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, subscription = EXCLUDED.subscription, status = EXCLUDED.status,
+         amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+         amount_remaining = EXCLUDED.amount_remaining, currency = EXCLUDED.currency,
+         attempt_count = EXCLUDED.attempt_count, next_payment_attempt = EXCLUDED.next_payment_attempt,
+         hosted_invoice_url = EXCLUDED.hosted_invoice_url, invoice_pdf = EXCLUDED.invoice_pdf,
+         period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+         billing_reason = EXCLUDED.billing_reason, deleted = EXCLUDED.deleted,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.deleted OR t.status IN ('paid', 'void'),
+                                      EXCLUDED.deleted OR EXCLUDED.status IN ('paid', 'void'));
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- One row of the payment history (payment intent, charge, refund or
+-- invoice payment), as a record of stripe_billing.payments' columns.
+CREATE FUNCTION stripe_billing._upsert_payment(p stripe_billing.payments, terminal_statuses text[])
+RETURNS boolean
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  INSERT INTO stripe_billing.payments AS t
+         (id, kind, customer, invoice, payment_intent, charge, amount, amount_refunded, currency, status,
+          failure_code, failure_message, created, raw, last_event_id, last_event_created)
+  VALUES (p.id, p.kind, p.customer, p.invoice, p.payment_intent, p.charge, p.amount, p.amount_refunded,
+          p.currency, p.status, p.failure_code, p.failure_message, p.created, p.raw,
+          p.last_event_id, p.last_event_created)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer,
+         invoice = coalesce(EXCLUDED.invoice, t.invoice),   -- may come from an invoice payment
+         payment_intent = EXCLUDED.payment_intent, charge = EXCLUDED.charge,
+         amount = EXCLUDED.amount, amount_refunded = EXCLUDED.amount_refunded,
+         currency = EXCLUDED.currency, status = EXCLUDED.status,
+         failure_code = EXCLUDED.failure_code, failure_message = EXCLUDED.failure_message,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status = ANY (terminal_statuses),
+                                      EXCLUDED.status = ANY (terminal_statuses));
+  RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION stripe_billing._apply_payment(o jsonb, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  p stripe_billing.payments;
+  written boolean;
+BEGIN
+  p.id := o->>'id';
+  p.kind := o->>'object';
+  p.customer := stripe_billing._id(o->'customer');
+  p.currency := o->>'currency';
+  p.status := o->>'status';
+  p.created := stripe_billing._ts(o->'created');
+  p.raw := o;
+  p.last_event_id := ev_id;
+  p.last_event_created := ev_created;
+
+  CASE p.kind
+  WHEN 'payment_intent' THEN
+    p.payment_intent := p.id;
+    p.amount := (o->>'amount')::bigint;
+    p.failure_code := o->'last_payment_error'->>'code';
+    p.failure_message := o->'last_payment_error'->>'message';
+    -- since 2025-03-31.basil only an invoice payment says which invoice
+    p.invoice := coalesce(stripe_billing._id(o->'invoice'),
+                          (SELECT ip.invoice FROM stripe_billing.payments ip
+                            WHERE ip.kind = 'invoice_payment' AND ip.payment_intent = p.id LIMIT 1));
+    written := stripe_billing._upsert_payment(p, '{succeeded,canceled}');
+  WHEN 'charge' THEN
+    p.charge := p.id;
+    p.payment_intent := stripe_billing._id(o->'payment_intent');
+    p.amount := (o->>'amount')::bigint;
+    p.amount_refunded := (o->>'amount_refunded')::bigint;
+    p.failure_code := o->>'failure_code';
+    p.failure_message := o->>'failure_message';
+    p.invoice := coalesce(stripe_billing._id(o->'invoice'),
+                          (SELECT ip.invoice FROM stripe_billing.payments ip
+                            WHERE ip.kind = 'invoice_payment'
+                              AND (ip.charge = p.id OR ip.payment_intent = p.payment_intent) LIMIT 1));
+    written := stripe_billing._upsert_payment(p, '{succeeded,failed}');
+    IF written THEN
+      -- refunds listed in the charge snapshot
+      PERFORM stripe_billing._apply_payment(r || jsonb_build_object('object', 'refund'), ev_id, ev_created)
+         FROM jsonb_array_elements(coalesce(o->'refunds'->'data', '[]')) r;
+    END IF;
+  WHEN 'refund' THEN
+    p.charge := stripe_billing._id(o->'charge');
+    p.payment_intent := stripe_billing._id(o->'payment_intent');
+    p.amount := (o->>'amount')::bigint;
+    p.failure_code := o->>'failure_reason';
+    written := stripe_billing._upsert_payment(p, '{succeeded,failed,canceled}');
+  WHEN 'invoice_payment' THEN
+    p.invoice := stripe_billing._id(o->'invoice');
+    p.payment_intent := stripe_billing._id(o->'payment'->'payment_intent');
+    p.charge := stripe_billing._id(o->'payment'->'charge');
+    p.amount := (o->>'amount_paid')::bigint;
+    written := stripe_billing._upsert_payment(p, '{paid,canceled}');
+    -- tell the payment it paid this invoice
+    UPDATE stripe_billing.payments SET invoice = p.invoice, updated_at = now()
+     WHERE id IN (p.payment_intent, p.charge) AND invoice IS NULL;
+  END CASE;
+  RETURN CASE WHEN written THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+CREATE FUNCTION stripe_billing._apply_checkout_session(o jsonb, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  user_ref text := coalesce(nullif(o->>'client_reference_id', ''), stripe_billing._user_ref(o->'metadata'));
+  customer_id text := stripe_billing._id(o->'customer');
+BEGIN
+  INSERT INTO stripe_billing.checkout_sessions AS t
+         (id, user_ref, customer, customer_email, mode, status, payment_status, subscription, payment_intent,
+          amount_total, currency, url, expires_at, metadata, created, raw, last_event_id, last_event_created)
+  VALUES (o->>'id', user_ref, customer_id,
+          coalesce(o->>'customer_email', o->'customer_details'->>'email'), o->>'mode', o->>'status',
+          o->>'payment_status', stripe_billing._id(o->'subscription'), stripe_billing._id(o->'payment_intent'),
+          (o->>'amount_total')::bigint, o->>'currency', o->>'url', stripe_billing._ts(o->'expires_at'),
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+  ON CONFLICT (id) DO UPDATE SET
+         user_ref = coalesce(EXCLUDED.user_ref, t.user_ref), customer = EXCLUDED.customer,
+         customer_email = EXCLUDED.customer_email, mode = EXCLUDED.mode, status = EXCLUDED.status,
+         payment_status = EXCLUDED.payment_status, subscription = EXCLUDED.subscription,
+         payment_intent = EXCLUDED.payment_intent, amount_total = EXCLUDED.amount_total,
+         currency = EXCLUDED.currency, url = EXCLUDED.url, expires_at = EXCLUDED.expires_at,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status IN ('complete', 'expired'),
+                                      EXCLUDED.status IN ('complete', 'expired'));
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  -- a completed Checkout is where the application's user meets the customer
+  IF o->>'status' = 'complete' AND customer_id IS NOT NULL AND user_ref IS NOT NULL THEN
+    PERFORM stripe_billing._link_customer(customer_id, user_ref, false);
+  END IF;
+  RETURN 'applied';
+END
+$$;
+
+-- A customer's active entitlement summary replaces its set.
+CREATE FUNCTION stripe_billing._apply_entitlement_summary(o jsonb, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  customer_id text := o->>'customer';
+  cut_short boolean := coalesce((o->'entitlements'->>'has_more')::boolean, false);
+BEGIN
+  INSERT INTO stripe_billing.entitlement_summaries AS t (customer, raw, last_event_id, last_event_created, refetch)
+  VALUES (customer_id, o, ev_id, ev_created, cut_short)
+  ON CONFLICT (customer) DO UPDATE SET
+         raw = EXCLUDED.raw, last_event_id = EXCLUDED.last_event_id,
+         last_event_created = EXCLUDED.last_event_created,
+         refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  DELETE FROM stripe_billing.active_entitlements WHERE customer = customer_id;
+  INSERT INTO stripe_billing.active_entitlements (customer, feature_id, lookup_key, entitlement_id)
+  SELECT customer_id, stripe_billing._id(e->'feature'), e->>'lookup_key', e->>'id'
+    FROM jsonb_array_elements(o->'entitlements'->'data') e
+  ON CONFLICT (customer, feature_id) DO NOTHING;
+  RETURN 'applied';
+END
+$$;
+
+-- Dispatch on the object's kind; returns 'applied' or 'stale'.
+CREATE FUNCTION stripe_billing._map_event(ev jsonb, ev_type text, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  o jsonb := ev->'data'->'object';
+BEGIN
+  CASE o->>'object'
+  WHEN 'customer' THEN RETURN stripe_billing._apply_customer(o, ev_type, ev_id, ev_created);
+  WHEN 'product' THEN RETURN stripe_billing._apply_product(o, ev_type, ev_id, ev_created);
+  WHEN 'price', 'plan' THEN RETURN stripe_billing._apply_price(o, ev_type, ev_id, ev_created);
+  WHEN 'subscription' THEN RETURN stripe_billing._apply_subscription(o, ev_id, ev_created);
+  WHEN 'invoice' THEN RETURN stripe_billing._apply_invoice(o, ev_type, ev_id, ev_created);
+  WHEN 'payment_intent', 'charge', 'refund', 'invoice_payment' THEN
+    RETURN stripe_billing._apply_payment(o, ev_id, ev_created);
+  WHEN 'checkout.session' THEN RETURN stripe_billing._apply_checkout_session(o, ev_id, ev_created);
+  WHEN 'entitlements.active_entitlement_summary' THEN
+    RETURN stripe_billing._apply_entitlement_summary(o, ev_id, ev_created);
+  END CASE;
+END
+$$;
+
+-- Internal functions are for the extension's own calls only.
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+            WHERE p.pronamespace = 'stripe_billing'::regnamespace AND p.proname LIKE '\_%'
+  LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+  END LOOP;
+END
+$$;
+
+--------------------------------------------------------------------------
+-- Links, retries and replays
+--------------------------------------------------------------------------
+
+-- Links the application's user to a Stripe customer (replacing any link).
+CREATE FUNCTION stripe_billing.stripe_link_customer(user_ref text, customer_id text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF coalesce(user_ref, '') = '' THEN
+    RAISE EXCEPTION 'user_ref must not be empty' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF coalesce(customer_id, '') = '' THEN
+    RAISE EXCEPTION 'customer_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM stripe_billing._link_customer(customer_id, user_ref, false);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_link_customer(text, text) FROM PUBLIC;
+
+-- Applies one recorded event again and records the new outcome.
+CREATE FUNCTION stripe_billing._reapply_event(id text) RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_reapply_event'
+LANGUAGE C STRICT VOLATILE;
+REVOKE ALL ON FUNCTION stripe_billing._reapply_event(text) FROM PUBLIC;
+
+-- Re-applies failed events, oldest first; returns each one's new outcome.
+CREATE FUNCTION stripe_billing.stripe_retry_failed_events(max_events integer DEFAULT NULL)
+RETURNS TABLE (event_id text, event_type text, outcome text, error text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  e record;
+BEGIN
+  FOR e IN SELECT ev.id, ev.type FROM stripe_billing.events ev
+            WHERE ev.outcome = 'failed' ORDER BY ev.created, ev.id
+            LIMIT max_events FOR UPDATE SKIP LOCKED
+  LOOP
+    event_id := e.id;
+    event_type := e.type;
+    outcome := stripe_billing._reapply_event(e.id);
+    error := (SELECT ev.error FROM stripe_billing.events ev WHERE ev.id = e.id);
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_retry_failed_events(integer) FROM PUBLIC;
+
+-- Re-applies ignored events of a type (all types if NULL), oldest first,
+-- e.g. after an upgrade maps a type that was not mapped when received.
+CREATE FUNCTION stripe_billing.stripe_replay_events(event_type text)
+RETURNS TABLE (event_id text, outcome text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  e record;
+BEGIN
+  FOR e IN SELECT ev.id FROM stripe_billing.events ev
+            WHERE ev.outcome = 'ignored' AND (event_type IS NULL OR ev.type = event_type)
+            ORDER BY ev.created, ev.id FOR UPDATE SKIP LOCKED
+  LOOP
+    event_id := e.id;
+    outcome := stripe_billing._reapply_event(e.id);
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_replay_events(text) FROM PUBLIC;

@@ -10,16 +10,26 @@
  * same id at once, the second waits for the first to commit or abort, so an
  * event is recorded (and applied) exactly once.
  *
+ * Events of mapped types are then applied onto the billing tables by the SQL
+ * function stripe_billing._map_event, inside a subtransaction: when the
+ * object does not fit (wrong shape, bad data) the mapping is rolled back and
+ * the event stays in the ledger as "failed" with the error, while the
+ * caller's transaction goes on.  Ordering (stale, ties, terminal states) is
+ * decided by the mapping, per object row.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -28,6 +38,7 @@
 PG_FUNCTION_INFO_V1(stripe_apply_event);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook_bytea);
+PG_FUNCTION_INFO_V1(stripe_reapply_event);
 
 /* The fields of an event the ledger keeps in columns. */
 typedef struct EventHeader
@@ -37,7 +48,38 @@ typedef struct EventHeader
 	char	   *api_version;	/* NULL when the event has none */
 	bool		livemode;
 	TimestampTz created;
+	char	   *kind;			/* data.object.object; NULL if absent */
 } EventHeader;
+
+/*
+ * Event types mapped onto billing tables, and the object kinds each carries.
+ * A type that matches but carries another kind (charge.dispute.* carries a
+ * dispute) is recorded as ignored.  First match wins.
+ */
+typedef struct EventFamily
+{
+	const char *type;			/* an exact type, or a prefix ending in '.' */
+	const char *kinds[2];
+} EventFamily;
+
+static const EventFamily mapped_families[] = {
+	{"checkout.session.", {"checkout.session"}},
+	{"customer.subscription.", {"subscription"}},
+	{"customer.created", {"customer"}},
+	{"customer.updated", {"customer"}},
+	{"customer.deleted", {"customer"}},
+	{"invoice.upcoming", {NULL}},	/* a preview without an id: nothing to keep */
+	{"invoice.", {"invoice"}},
+	{"invoice_payment.paid", {"invoice_payment"}},
+	{"payment_intent.", {"payment_intent"}},
+	{"charge.", {"charge", "refund"}},
+	{"refund.", {"refund"}},
+	{"product.", {"product"}},
+	{"price.", {"price"}},
+	{"plan.", {"plan"}},
+	{"entitlements.active_entitlement_summary.updated",
+	{"entitlements.active_entitlement_summary"}},
+};
 
 /* Raises the error for a missing or mistyped event field. */
 static void
@@ -157,14 +199,195 @@ parse_event(Jsonb *event, EventHeader *header)
 	}
 
 	data = required_object(root, "data", "data", header->id);
-	(void) required_object(data, "object", "data.object", header->id);
+	data = required_object(data, "object", "data.object", header->id);
+
+	v = get_key(data, "object", &buf);
+	header->kind = (v && v->type == jbvString) ?
+		pnstrdup(v->val.string.val, v->val.string.len) : NULL;
 }
 
-/* Is this event type mapped onto billing tables? (none yet: the ledger only) */
-static bool
-event_type_is_mapped(const char *type)
+/* The container of data.object (parse_event checked it is an object). */
+static JsonbContainer *
+event_object(Jsonb *event)
 {
+	JsonbValue	buf;
+	JsonbValue *data = get_key(&event->root, "data", &buf);
+
+	return get_key(data->val.binary.data, "object", &buf)->val.binary.data;
+}
+
+/*
+ * Is this event mapped onto billing tables?  An object without a kind is
+ * mapped (and will fail, naming data.object.object) when its type is.
+ */
+static bool
+event_is_mapped(const EventHeader *header)
+{
+	for (int i = 0; i < lengthof(mapped_families); i++)
+	{
+		const EventFamily *family = &mapped_families[i];
+		size_t		len = strlen(family->type);
+		bool		match = family->type[len - 1] == '.' ?
+			strncmp(header->type, family->type, len) == 0 :
+			strcmp(header->type, family->type) == 0;
+
+		if (!match)
+			continue;
+		if (header->kind == NULL)
+			return family->kinds[0] != NULL;
+		for (int k = 0; k < lengthof(family->kinds) && family->kinds[k]; k++)
+			if (strcmp(header->kind, family->kinds[k]) == 0)
+				return true;
+		return false;
+	}
 	return false;
+}
+
+/*
+ * Errors that say nothing about the event, only about this moment (cancel,
+ * deadlock, serialization failure, shutdown, out of memory, a bug): they
+ * abort the caller's transaction instead of marking the event failed.
+ */
+static bool
+error_is_transient(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_TRANSACTION_ROLLBACK:	/* 40: serialization, deadlock */
+		case ERRCODE_INSUFFICIENT_RESOURCES:	/* 53 */
+		case ERRCODE_PROGRAM_LIMIT_EXCEEDED:	/* 54 */
+		case ERRCODE_OPERATOR_INTERVENTION: /* 57: cancel, shutdown */
+		case ERRCODE_SYSTEM_ERROR:	/* 58 */
+		case ERRCODE_INTERNAL_ERROR:	/* XX */
+			return true;
+	}
+	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+}
+
+/* The outcomes the mapping may report, as static strings. */
+static const char *
+canonical_outcome(const char *outcome)
+{
+	static const char *const outcomes[] = {"applied", "stale", "ignored"};
+
+	for (int i = 0; i < lengthof(outcomes); i++)
+		if (strcmp(outcome, outcomes[i]) == 0)
+			return outcomes[i];
+	elog(ERROR, "stripe_billing._map_event returned an unknown outcome \"%s\"", outcome);
+	return NULL;				/* keep compiler quiet */
+}
+
+/* Runs the SQL mapping of one event: "applied", "stale" or "ignored". */
+static const char *
+map_event(Jsonb *event, const EventHeader *header)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		values[4];
+	bool		isnull;
+	Datum		result;
+	int			rc;
+
+	if (header->kind == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_INVALID_OBJECT),
+				 errmsg("invalid Stripe object: field \"data.object.object\" is missing")));
+	sb_check_object_shape(event_object(event), header->kind);
+
+	if (plan == NULL)
+	{
+		Oid			types[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+
+		plan = SPI_prepare("SELECT stripe_billing._map_event($1, $2, $3, $4)", 4, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	values[0] = JsonbPGetDatum(event);
+	values[1] = CStringGetTextDatum(header->type);
+	values[2] = CStringGetTextDatum(header->id);
+	values[3] = TimestampTzGetDatum(header->created);
+	rc = SPI_execute_plan(plan, values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "stripe_billing._map_event failed: %s", SPI_result_code_string(rc));
+	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? "applied" : canonical_outcome(TextDatumGetCString(result));
+}
+
+/*
+ * Maps an event inside a subtransaction.  Returns the outcome; for "failed",
+ * *error is the message (with its detail).  Transient errors are re-thrown.
+ */
+static const char *
+map_event_guarded(Jsonb *event, const EventHeader *header, char **error)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	const char *volatile outcome = NULL;
+
+	*error = NULL;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+
+	PG_TRY();
+	{
+		outcome = map_event(event, header);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+
+		/* our subtransaction is gone: a caller's handler sees a clean state */
+		if (error_is_transient(edata->sqlerrcode))
+			ReThrowError(edata);
+
+		*error = edata->detail ? psprintf("%s (%s)", edata->message, edata->detail)
+			: pstrdup(edata->message);
+		FreeErrorData(edata);
+		outcome = "failed";
+	}
+	PG_END_TRY();
+
+	return outcome;
+}
+
+/* Sets an event's outcome and error in the ledger. */
+static void
+ledger_set_outcome(const char *id, const char *outcome, const char *error)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	int			rc;
+
+	if (plan == NULL)
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+
+		plan = SPI_prepare("UPDATE stripe_billing.events SET outcome = $2, error = $3"
+						   " WHERE id = $1", 3, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	values[0] = CStringGetTextDatum(id);
+	values[1] = CStringGetTextDatum(outcome);
+	if (error)
+		values[2] = CStringGetTextDatum(error);
+	else
+		nulls[2] = 'n';
+	rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "updating stripe_billing.events failed: %s", SPI_result_code_string(rc));
 }
 
 /*
@@ -215,15 +438,32 @@ ledger_insert(const EventHeader *header, const char *source, const char *outcome
 	return SPI_processed == 1;
 }
 
+/* Refuses an event of the other mode than this database's. */
+static void
+check_livemode(const EventHeader *header)
+{
+	if (header->livemode != sb_livemode)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_LIVEMODE_MISMATCH),
+				 errmsg("Stripe event %s is a %s event but this database accepts %s events",
+						header->id,
+						header->livemode ? "live-mode" : "test-mode",
+						sb_livemode ? "live-mode" : "test-mode"),
+				 errhint("stripe_billing.livemode selects the mode; an endpoint of the other mode is sending here.")));
+}
+
 /*
  * Applies one event inside the caller's transaction and returns its outcome:
- * "ignored" (recorded, type not mapped), "duplicate" (id already recorded).
+ * "applied", "stale" (an older snapshot than the rows hold), "ignored" (type
+ * not mapped), "failed" (recorded with the error) or "duplicate" (id already
+ * recorded: nothing changed).
  */
 const char *
 sb_apply_event(Jsonb *event, const char *source)
 {
 	EventHeader header;
 	const char *outcome;
+	bool		mapped;
 
 	if (source == NULL || source[0] == '\0')
 		ereport(ERROR,
@@ -231,25 +471,69 @@ sb_apply_event(Jsonb *event, const char *source)
 				 errmsg("event source must not be empty")));
 
 	parse_event(event, &header);
-
-	if (header.livemode != sb_livemode)
-		ereport(ERROR,
-				(errcode(ERRCODE_SB_LIVEMODE_MISMATCH),
-				 errmsg("Stripe event %s is a %s event but this database accepts %s events",
-						header.id,
-						header.livemode ? "live-mode" : "test-mode",
-						sb_livemode ? "live-mode" : "test-mode"),
-				 errhint("stripe_billing.livemode selects the mode; an endpoint of the other mode is sending here.")));
-
-	outcome = event_type_is_mapped(header.type) ? "applied" : "ignored";
+	check_livemode(&header);
+	mapped = event_is_mapped(&header);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (!ledger_insert(&header, source, outcome, event))
-		outcome = "duplicate";
-	SPI_finish();
 
+	/* record first, as applied: the common case then costs one insert */
+	if (!ledger_insert(&header, source, mapped ? "applied" : "ignored", event))
+		outcome = "duplicate";
+	else if (!mapped)
+		outcome = "ignored";
+	else
+	{
+		char	   *error;
+
+		outcome = map_event_guarded(event, &header, &error);
+		if (strcmp(outcome, "applied") != 0)
+			ledger_set_outcome(header.id, outcome, error);
+	}
+
+	SPI_finish();
 	return outcome;
+}
+
+/*
+ * stripe_billing._reapply_event(id text) -> outcome
+ *
+ * Applies a recorded event again (a failed one, or an ignored one whose type
+ * is now mapped) and records the new outcome.  The caller locks the row.
+ */
+Datum
+stripe_reapply_event(PG_FUNCTION_ARGS)
+{
+	char	   *id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Datum		arg = PG_GETARG_DATUM(0);
+	Oid			argtype = TEXTOID;
+	EventHeader header;
+	Jsonb	   *event;
+	const char *outcome;
+	char	   *error = NULL;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT payload FROM stripe_billing.events WHERE id = $1",
+							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading stripe_billing.events failed");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("Stripe event %s is not in the ledger", id)));
+	event = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										 1, &isnull));
+
+	parse_event(event, &header);
+	if (!event_is_mapped(&header))
+		outcome = "ignored";
+	else
+		outcome = map_event_guarded(event, &header, &error);
+	ledger_set_outcome(header.id, outcome, error);
+
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(outcome));
 }
 
 /* stripe_apply_event(event jsonb, source text) -> outcome */

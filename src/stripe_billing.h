@@ -10,13 +10,15 @@
 
 #include "postgres.h"
 
+#include "pgtime.h"
 #include "utils/jsonb.h"
 
 /*
  * SQLSTATEs of our own, in an implementation-defined class ("SB").
  * SBSxx: a webhook signature was refused (the app answers 400).
  * SBCxx: the extension is not configured for the call (the app answers 500).
- * SBExx: an event was refused (the app answers 400).
+ * SBExx: an event was refused (the app answers 400), or its object could
+ *        not be mapped (SBE03: recorded as failed, not raised to the caller).
  */
 #define ERRCODE_SB_NO_SIGNATURE_HEADER	MAKE_SQLSTATE('S','B','S','0','1')
 #define ERRCODE_SB_NO_TIMESTAMP			MAKE_SQLSTATE('S','B','S','0','2')
@@ -26,6 +28,7 @@
 #define ERRCODE_SB_NO_WEBHOOK_SECRET	MAKE_SQLSTATE('S','B','C','0','1')
 #define ERRCODE_SB_MALFORMED_EVENT		MAKE_SQLSTATE('S','B','E','0','1')
 #define ERRCODE_SB_LIVEMODE_MISMATCH	MAKE_SQLSTATE('S','B','E','0','2')
+#define ERRCODE_SB_INVALID_OBJECT		MAKE_SQLSTATE('S','B','E','0','3')
 
 /* Settings (stripe_billing.c) */
 extern char *sb_webhook_secret;
@@ -40,6 +43,10 @@ extern void sb_check_signature(const char *payload, size_t payload_len,
 							   int nsecrets, int tolerance, pg_time_t now);
 extern int	sb_split_secret_list(const char *list, char ***secrets,
 								 size_t **secret_lens);
+
+/* shapes.c */
+extern bool sb_object_kind_is_known(const char *kind);
+extern void sb_check_object_shape(JsonbContainer *object, const char *kind);
 
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);

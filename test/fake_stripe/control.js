@@ -1,0 +1,184 @@
+'use strict';
+// The test-only control API under /_fake (no auth, JSON in and out): read
+// the recording, reset, inject faults, seed objects and events, and play the
+// customer's or Stripe's part (complete a checkout, renew a subscription).
+
+const { Router } = require('./router');
+const { StripeError, BadRequest } = require('./errors');
+const { sendJson } = require('./http_io');
+const { advanceSubscription, completeCheckout } = require('./billing');
+const { generateEvents } = require('./generate');
+const { API_VERSION, buildPrice, buildProduct, fromTemplate, hasTemplate } = require('./templates');
+const { newId, nowSeconds } = require('./util');
+
+// ---- recording and counters ----
+
+// ?path= is a prefix (like fault rules), ?method= exact.
+function listRequests({ store, query }) {
+  const prefix = query.get('path') || '';
+  const method = query.get('method');
+  return store.requests.filter((r) => r.path.startsWith(prefix) && (!method || r.method === method.toUpperCase()));
+}
+
+function clearRequests({ store }) {
+  const deleted = store.requests.length;
+  store.requests = [];
+  return { deleted };
+}
+
+function stats({ store }) {
+  return { connections_opened: store.connectionsOpened, requests: store.requestCount };
+}
+
+function reset({ store, faults }) {
+  store.reset();
+  faults.clear();
+  return { reset: true };
+}
+
+// ---- faults ----
+
+function getFaults({ faults }) {
+  return { rules: faults.describe() };
+}
+
+function setFaults({ faults, body }) {
+  faults.set(body.rules);
+  return { rules: faults.describe() };
+}
+
+function clearFaults({ faults }) {
+  faults.clear();
+  return { rules: [] };
+}
+
+// ---- objects ----
+
+// Known types are completed from their template, so a seed can be as small
+// as {"id": "price_x", "object": "price", "unit_amount": 700}.
+function completeObject(raw, index) {
+  if (!raw || typeof raw !== 'object' || typeof raw.id !== 'string' || typeof raw.object !== 'string') {
+    throw new BadRequest(`objects[${index}] needs string "id" and "object" fields`);
+  }
+  if (raw.object === 'price') return buildPrice(raw);
+  if (raw.object === 'product') return buildProduct(raw);
+  if (hasTemplate(raw.object)) return fromTemplate(raw.object, raw);
+  return structuredClone(raw);
+}
+
+function seedObjects({ store, body }) {
+  const given = body.objects !== undefined ? body.objects : [body.object];
+  if (!Array.isArray(given)) throw new BadRequest('"objects" must be an array');
+  const objects = given.map(completeObject);
+  for (const object of objects) store.put(object);
+  return { objects };
+}
+
+function getObject({ store, path }) {
+  const object = store.objects.get(path.id);
+  if (!object) throw new StripeError(404, { code: 'resource_missing', param: 'id', message: `No such object: '${path.id}'` });
+  return object;
+}
+
+// ---- events ----
+
+function completeEvent(raw, index) {
+  if (!raw || typeof raw !== 'object') throw new BadRequest(`events[${index}] must be an object`);
+  if (typeof raw.type !== 'string') throw new BadRequest(`events[${index}].type is required`);
+  if (!raw.data || typeof raw.data !== 'object') throw new BadRequest(`events[${index}].data is required`);
+  return {
+    id: newId('evt_'),
+    object: 'event',
+    api_version: API_VERSION,
+    created: nowSeconds(),
+    livemode: false,
+    pending_webhooks: 0,
+    request: { id: null, idempotency_key: null },
+    ...structuredClone(raw),
+  };
+}
+
+// All or nothing: a batch with a duplicate id appends no event.
+function appendGivenEvents(store, given) {
+  if (!Array.isArray(given) || given.length === 0) throw new BadRequest('"events" must be a non-empty array');
+  const events = given.map(completeEvent);
+  const ids = new Set();
+  for (const { id } of events) {
+    if (ids.has(id) || store.eventPosition(id) !== undefined) throw new BadRequest(`duplicate event id ${id}`);
+    ids.add(id);
+  }
+  for (const event of events) store.appendEvent(event);
+  return { appended: events.length, first_id: events[0].id, last_id: events[events.length - 1].id };
+}
+
+function appendEvents({ store, body }) {
+  if (body.generate !== undefined) return generateEvents(store, body.generate);
+  return appendGivenEvents(store, body.events);
+}
+
+function listStoredEvents({ store }) {
+  return store.events.map(({ id, created, type }) => ({ id, created, type }));
+}
+
+function listMeterEvents({ store }) {
+  return store.meterEvents;
+}
+
+// ---- life cycle steps ----
+
+function completeSession({ store, path, body }) {
+  return completeCheckout(store, store.find(path.id, 'checkout.session'), body);
+}
+
+function advance({ store, path, body }) {
+  const subscription = store.find(path.id, 'subscription');
+  const events = advanceSubscription(store, subscription, body);
+  return { subscription, events };
+}
+
+const router = new Router()
+  .add('GET', '/_fake/requests', listRequests)
+  .add('DELETE', '/_fake/requests', clearRequests)
+  .add('GET', '/_fake/stats', stats)
+  .add('POST', '/_fake/reset', reset)
+  .add('GET', '/_fake/faults', getFaults)
+  .add('POST', '/_fake/faults', setFaults)
+  .add('DELETE', '/_fake/faults', clearFaults)
+  .add('POST', '/_fake/objects', seedObjects)
+  .add('GET', '/_fake/objects/:id', getObject)
+  .add('POST', '/_fake/events', appendEvents)
+  .add('GET', '/_fake/events', listStoredEvents)
+  .add('GET', '/_fake/meter_events', listMeterEvents)
+  .add('POST', '/_fake/checkout/sessions/:id/complete', completeSession)
+  .add('POST', '/_fake/subscriptions/:id/advance', advance);
+
+function parseJsonBody(rawBody) {
+  if (rawBody.trim() === '') return {};
+  let body;
+  try {
+    body = JSON.parse(rawBody);
+  } catch (err) {
+    throw new BadRequest(`invalid JSON body: ${err.message}`);
+  }
+  if (!body || typeof body !== 'object' || Array.isArray(body)) throw new BadRequest('JSON body must be an object');
+  return body;
+}
+
+function createControl({ store, faults }) {
+  return function handleControl(req, res, url, rawBody) {
+    const route = router.match(req.method, url.pathname);
+    if (!route) return sendJson(res, 404, { error: { message: `No control endpoint ${req.method} ${url.pathname}` } });
+    try {
+      const body = parseJsonBody(rawBody);
+      const result = route.handler({ store, faults, body, query: url.searchParams, path: route.params });
+      return sendJson(res, 200, result);
+    } catch (err) {
+      if (err instanceof StripeError) return sendJson(res, err.status, err.toJSON());
+      if (err instanceof BadRequest) return sendJson(res, 400, { error: { message: err.message } });
+      console.error('fake_stripe: control error', err);
+      return sendJson(res, 500, { error: { message: err.message } });
+    }
+  };
+}
+
+module.exports = { createControl };

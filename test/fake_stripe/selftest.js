@@ -1,0 +1,956 @@
+'use strict';
+// Self test of the fake Stripe server: starts it as a child process on a
+// random port and drives every feature over HTTP.
+//
+//   node --test test/fake_stripe/selftest.js
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const http = require('node:http');
+const os = require('node:os');
+const path = require('node:path');
+
+const KEY = 'sk_test_fake';
+const SERVER = path.join(__dirname, 'server.js');
+const DAY = 86400;
+
+let child;
+let port;
+let stdout = '';
+let portFile;
+
+function startServer() {
+  portFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'fake-stripe-')), 'port');
+  child = spawn(process.execPath, [SERVER, '--port', '0', '--key', KEY, '--port-file', portFile], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`server exited early with ${code}`)));
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+      const m = /^listening (\d+)\n/.exec(stdout);
+      if (m) resolve(Number(m[1]));
+    });
+  });
+}
+
+// One HTTP exchange. `form` is an object of already-bracketed keys or a raw
+// string; `json` is a control API body. By default every call opens its own
+// connection (agent: false) so connection counts stay predictable.
+function call(method, urlPath, { form, json, headers = {}, auth = KEY, agent = false, timeout } = {}) {
+  return new Promise((resolve, reject) => {
+    const h = { ...headers };
+    let body = null;
+    if (form !== undefined) {
+      body = typeof form === 'string' ? form : new URLSearchParams(Object.entries(form)).toString();
+      h['Content-Type'] = 'application/x-www-form-urlencoded';
+    }
+    if (json !== undefined) {
+      body = JSON.stringify(json);
+      h['Content-Type'] = 'application/json';
+    }
+    if (auth) h.Authorization = `Bearer ${auth}`;
+    if (body !== null) h['Content-Length'] = Buffer.byteLength(body);
+    const req = http.request({ host: '127.0.0.1', port, method, path: urlPath, headers: h, agent }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed;
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          parsed = undefined;
+        }
+        resolve({ status: res.statusCode, headers: res.headers, text, body: parsed });
+      });
+    });
+    if (timeout) {
+      req.setTimeout(timeout, () => req.destroy(Object.assign(new Error('client timeout'), { code: 'CLIENT_TIMEOUT' })));
+    }
+    req.on('error', reject);
+    req.end(body === null ? undefined : body);
+  });
+}
+
+const stripe = (method, urlPath, form, opts = {}) => call(method, urlPath, { form, ...opts });
+const ctl = async (method, urlPath, json) => (await call(method, urlPath, { json, auth: null })).body;
+
+async function storedEvents() {
+  return ctl('GET', '/_fake/events');
+}
+
+async function reset() {
+  const body = await ctl('POST', '/_fake/reset');
+  assert.deepEqual(body, { reset: true });
+}
+
+async function createSession(form) {
+  const res = await stripe('POST', '/v1/checkout/sessions', form);
+  assert.equal(res.status, 200, res.text);
+  return res.body;
+}
+
+// A completed subscription checkout; returns {session, subscription, events}.
+async function subscribe({ price = 'price_basic', trialDays } = {}) {
+  const form = {
+    mode: 'subscription',
+    customer_email: 'sub@example.com',
+    'line_items[0][price]': price,
+    'line_items[0][quantity]': '1',
+  };
+  if (trialDays) form['subscription_data[trial_period_days]'] = String(trialDays);
+  const session = await createSession(form);
+  const done = await ctl('POST', `/_fake/checkout/sessions/${session.id}/complete`, {});
+  const subscription = (await stripe('GET', `/v1/subscriptions/${done.session.subscription}`)).body;
+  return { session: done.session, subscription, events: done.events };
+}
+
+async function eventTypes(ids) {
+  const all = await storedEvents();
+  const byId = new Map(all.map((e) => [e.id, e]));
+  return ids.map((id) => byId.get(id).type);
+}
+
+function assertStripeError(res, status, fields) {
+  assert.equal(res.status, status, res.text);
+  assert.equal(res.headers['content-type'], 'application/json');
+  for (const [key, value] of Object.entries(fields)) assert.equal(res.body.error[key], value, `error.${key} in ${res.text}`);
+}
+
+before(async () => {
+  port = await startServer();
+});
+
+after(() => {
+  if (child.exitCode === null) child.kill('SIGTERM');
+  fs.rmSync(path.dirname(portFile), { recursive: true, force: true });
+});
+
+test('startup prints one listening line and writes the port file', () => {
+  assert.equal(stdout, `listening ${port}\n`);
+  assert.equal(fs.readFileSync(portFile, 'utf8').trim(), String(port));
+});
+
+test('authentication', async () => {
+  const missing = await stripe('GET', '/v1/prices/price_basic', undefined, { auth: null });
+  assertStripeError(missing, 401, { type: 'invalid_request_error' });
+  assert.match(missing.body.error.message, /did not provide an API key/);
+
+  const wrongKey = 'sk_test_thisiswrong_9876';
+  const wrong = await stripe('GET', '/v1/prices/price_basic', undefined, { auth: wrongKey });
+  assertStripeError(wrong, 401, { type: 'invalid_request_error', code: 'api_key_invalid' });
+  assert.match(wrong.body.error.message, /^Invalid API Key provided: sk_test_\*+9876$/);
+  assert.ok(!wrong.text.includes(wrongKey));
+  assert.match(wrong.headers['request-id'], /^req_\w+$/);
+
+  const ok = await stripe('GET', '/v1/prices/price_basic');
+  assert.equal(ok.status, 200);
+
+  const records = await ctl('GET', '/_fake/requests?path=/v1/prices');
+  assert.deepEqual(records.slice(-3).map((r) => r.status), [401, 401, 200]);
+  assert.equal(records.at(-1).headers.authorization, 'Bearer <redacted>');
+  assert.equal(records.at(-2).headers.authorization, 'Bearer <redacted>');
+  assert.ok(!JSON.stringify(records).includes(KEY));
+});
+
+test('unrecognized URLs answer 404 like Stripe', async () => {
+  const res = await stripe('GET', '/v1/xyz');
+  assertStripeError(res, 404, { type: 'invalid_request_error' });
+  assert.match(res.body.error.message, /^Unrecognized request URL \(GET: \/v1\/xyz\)/);
+  const wrongMethod = await stripe('PUT', '/v1/customers');
+  assert.match(wrongMethod.body.error.message, /^Unrecognized request URL \(PUT: \/v1\/customers\)/);
+});
+
+test('nested form bodies are parsed and every request is recorded', async () => {
+  await reset();
+  const raw = 'mode=subscription&line_items[0][price]=price_basic&line_items[0][quantity]=2' +
+    '&metadata[user_ref]=u1&subscription_data[trial_period_days]=7&expand[]=x&expand[]=y&success_url=' +
+    encodeURIComponent('https://app.example/ok?s={CHECKOUT_SESSION_ID}');
+  const res = await stripe('POST', '/v1/checkout/sessions', raw, {
+    headers: { 'Stripe-Version': '2024-06-20', 'Idempotency-Key': 'form-1' },
+  });
+  assert.equal(res.status, 200, res.text);
+  assert.equal(res.headers['content-type'], 'application/json');
+  await stripe('GET', '/v1/events?limit=5&created[gte]=1&types[]=a&types[]=b');
+
+  const [post] = await ctl('GET', '/_fake/requests?path=/v1/checkout/sessions');
+  assert.deepEqual(post.form, {
+    mode: 'subscription',
+    line_items: [{ price: 'price_basic', quantity: '2' }],
+    metadata: { user_ref: 'u1' },
+    subscription_data: { trial_period_days: '7' },
+    expand: ['x', 'y'],
+    success_url: 'https://app.example/ok?s={CHECKOUT_SESSION_ID}',
+  });
+  assert.equal(post.raw_body, raw);
+  assert.equal(post.method, 'POST');
+  assert.equal(post.idempotency_key, 'form-1');
+  assert.equal(post.stripe_version, '2024-06-20');
+  assert.equal(post.headers['stripe-version'], '2024-06-20');
+  assert.equal(post.request_id, res.headers['request-id']);
+  assert.equal(post.status, 200);
+  assert.ok(Number.isInteger(post.connection_id));
+
+  const [get] = await ctl('GET', '/_fake/requests?path=/v1/events');
+  assert.deepEqual(get.query, { limit: '5', created: { gte: '1' }, types: ['a', 'b'] });
+  assert.equal(get.stripe_version, '2025-03-31.basil');
+  assert.deepEqual(get.form, {});
+
+  assert.equal((await ctl('GET', '/_fake/requests')).length, 2);
+  assert.deepEqual(await ctl('DELETE', '/_fake/requests'), { deleted: 2 });
+  assert.deepEqual(await ctl('GET', '/_fake/requests'), []);
+});
+
+test('customers: create, retrieve, update, delete', async () => {
+  await reset();
+  const created = await stripe('POST', '/v1/customers', {
+    email: 'a@example.com', name: 'Ann', 'metadata[user_ref]': 'u1', 'metadata[plan]': 'basic',
+  });
+  assert.equal(created.status, 200);
+  const customer = created.body;
+  assert.match(customer.id, /^cus_[A-Za-z0-9]+$/);
+  assert.equal(customer.object, 'customer');
+  assert.equal(customer.livemode, false);
+  assert.equal(customer.email, 'a@example.com');
+  assert.deepEqual(customer.metadata, { user_ref: 'u1', plan: 'basic' });
+  assert.ok(Math.abs(customer.created - Date.now() / 1000) < 5);
+  assert.ok('invoice_settings' in customer, 'fixture template keys are kept');
+
+  assert.deepEqual((await stripe('GET', `/v1/customers/${customer.id}`)).body, customer);
+
+  const updated = await stripe('POST', `/v1/customers/${customer.id}`, {
+    email: 'b@example.com', 'metadata[plan]': '', 'metadata[team]': 't1',
+  });
+  assert.equal(updated.status, 200);
+  assert.equal(updated.body.email, 'b@example.com');
+  assert.equal(updated.body.name, 'Ann');
+  assert.deepEqual(updated.body.metadata, { user_ref: 'u1', team: 't1' });
+
+  const events = (await stripe('GET', '/v1/events?type=customer.*')).body.data;
+  assert.deepEqual(events.map((e) => e.type), ['customer.updated', 'customer.created']);
+  assert.deepEqual(events[0].data.previous_attributes, {
+    email: 'a@example.com',
+    metadata: { plan: 'basic', team: null },
+  });
+  assert.equal(events[0].request.id, updated.headers['request-id']);
+  assert.equal(events[1].data.object.email, 'a@example.com', 'events keep the snapshot');
+
+  const deleted = await stripe('DELETE', `/v1/customers/${customer.id}`);
+  assert.deepEqual(deleted.body, { id: customer.id, object: 'customer', deleted: true });
+  assert.deepEqual((await stripe('GET', `/v1/customers/${customer.id}`)).body, deleted.body);
+  assertStripeError(await stripe('POST', `/v1/customers/${customer.id}`, { name: 'x' }), 404, { code: 'resource_missing' });
+  assert.equal((await stripe('GET', '/v1/events?limit=1')).body.data[0].type, 'customer.deleted');
+
+  const missing = await stripe('GET', '/v1/customers/cus_nope');
+  assertStripeError(missing, 404, { code: 'resource_missing', param: 'id', message: "No such customer: 'cus_nope'" });
+});
+
+test('checkout sessions: validation errors have no side effects', async () => {
+  await reset();
+  const cases = [
+    [{}, 'parameter_missing', 'mode'],
+    [{ mode: 'bogus' }, 'parameter_invalid', 'mode'],
+    [{ mode: 'subscription' }, 'parameter_missing', 'line_items'],
+    [{ mode: 'subscription', 'line_items[0][price]': 'price_nope', 'line_items[0][quantity]': '1' }, 'resource_missing', 'line_items[0][price]'],
+    [{ mode: 'subscription', 'line_items[0][price]': 'price_basic' }, 'parameter_missing', 'line_items[0][quantity]'],
+    [{ mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': 'two' }, 'parameter_invalid', 'line_items[0][quantity]'],
+    [{ mode: 'payment', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1' }, 'parameter_invalid', 'line_items[0][price]'],
+    [{ mode: 'subscription', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1' }, 'parameter_invalid', 'line_items'],
+    [{ mode: 'subscription', customer: 'cus_nope', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1' }, 'resource_missing', 'customer'],
+    [{ mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1', 'subscription_data[trial_period_days]': '0' }, 'parameter_invalid', 'subscription_data[trial_period_days]'],
+    [{ mode: 'payment', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1', 'subscription_data[trial_period_days]': '3' }, 'parameter_invalid', 'subscription_data'],
+  ];
+  for (const [form, code, param] of cases) {
+    const res = await stripe('POST', '/v1/checkout/sessions', form);
+    assertStripeError(res, 400, { type: 'invalid_request_error', code, param });
+  }
+  const unknownPrice = await stripe('POST', '/v1/checkout/sessions', cases[3][0]);
+  assert.equal(unknownPrice.body.error.message, "No such price: 'price_nope'");
+  assert.deepEqual(await storedEvents(), []);
+  assertStripeError(await stripe('GET', '/v1/checkout/sessions/cs_test_nope'), 404, { code: 'resource_missing', param: 'id' });
+});
+
+test('checkout sessions: create and retrieve', async () => {
+  await reset();
+  const session = await createSession({
+    mode: 'subscription',
+    'line_items[0][price]': 'price_basic',
+    'line_items[0][quantity]': '2',
+    client_reference_id: 'user-42',
+    customer_email: 'c@example.com',
+    'metadata[user_ref]': 'u42',
+    allow_promotion_codes: 'true',
+    success_url: 'https://app.example/ok',
+    cancel_url: 'https://app.example/cancel',
+  });
+  assert.match(session.id, /^cs_test_[A-Za-z0-9]+$/);
+  assert.equal(session.object, 'checkout.session');
+  assert.equal(session.url, `http://127.0.0.1:${port}/pay/${session.id}`);
+  assert.equal(session.status, 'open');
+  assert.equal(session.payment_status, 'unpaid');
+  assert.equal(session.expires_at, session.created + DAY);
+  assert.equal(session.mode, 'subscription');
+  assert.equal(session.amount_total, 2000);
+  assert.equal(session.currency, 'usd');
+  assert.equal(session.client_reference_id, 'user-42');
+  assert.equal(session.customer_email, 'c@example.com');
+  assert.equal(session.customer, null);
+  assert.equal(session.allow_promotion_codes, true);
+  assert.deepEqual(session.metadata, { user_ref: 'u42' });
+  assert.equal(session.success_url, 'https://app.example/ok');
+  assert.equal(session.livemode, false);
+  assert.deepEqual((await stripe('GET', `/v1/checkout/sessions/${session.id}`)).body, session);
+
+  const customer = (await stripe('POST', '/v1/customers', { email: 'd@example.com' })).body;
+  const setup = await createSession({ mode: 'setup', customer: customer.id });
+  assert.equal(setup.customer, customer.id);
+  assert.equal(setup.payment_status, 'no_payment_required');
+  const both = await stripe('POST', '/v1/checkout/sessions', { mode: 'setup', customer: customer.id, customer_email: 'x@example.com' });
+  assertStripeError(both, 400, { param: 'customer_email' });
+});
+
+test('completing a subscription checkout with a trial', async () => {
+  await reset();
+  const session = await createSession({
+    mode: 'subscription',
+    customer_email: 'trial@example.com',
+    'line_items[0][price]': 'price_pro',
+    'line_items[0][quantity]': '1',
+    'metadata[user_ref]': 'u7',
+    'subscription_data[trial_period_days]': '7',
+    'subscription_data[metadata][plan]': 'pro',
+  });
+  assert.equal(session.amount_total, 0, 'nothing due today during a trial');
+  const done = await ctl('POST', `/_fake/checkout/sessions/${session.id}/complete`, {});
+  assert.deepEqual(await eventTypes(done.events), [
+    'customer.created',
+    'customer.subscription.created',
+    'invoice.created',
+    'invoice.finalized',
+    'invoice.paid',
+    'invoice.payment_succeeded',
+    'checkout.session.completed',
+  ]);
+  const { session: completed } = done;
+  assert.equal(completed.status, 'complete');
+  assert.equal(completed.payment_status, 'no_payment_required');
+  assert.match(completed.customer, /^cus_/);
+  assert.match(completed.subscription, /^sub_/);
+  assert.match(completed.invoice, /^in_/);
+
+  const customer = (await stripe('GET', `/v1/customers/${completed.customer}`)).body;
+  assert.equal(customer.email, 'trial@example.com');
+  assert.deepEqual(customer.metadata, { user_ref: 'u7' });
+
+  const sub = (await stripe('GET', `/v1/subscriptions/${completed.subscription}`)).body;
+  assert.equal(sub.status, 'trialing');
+  assert.equal(sub.customer, customer.id);
+  assert.deepEqual(sub.metadata, { plan: 'pro' });
+  assert.ok(!('current_period_start' in sub) && !('current_period_end' in sub), 'basil shape');
+  const [item] = sub.items.data;
+  assert.match(item.id, /^si_/);
+  assert.equal(item.price.id, 'price_pro');
+  assert.equal(item.plan.id, 'price_pro');
+  assert.equal(item.current_period_end - item.current_period_start, 7 * DAY);
+  assert.equal(sub.trial_end, item.current_period_end);
+  assert.equal(sub.latest_invoice, completed.invoice);
+
+  const invoice = await ctl('GET', `/_fake/objects/${completed.invoice}`);
+  assert.equal(invoice.status, 'paid');
+  assert.equal(invoice.amount_paid, 0);
+  assert.equal(invoice.billing_reason, 'subscription_create');
+  assert.equal(invoice.parent.subscription_details.subscription, sub.id);
+
+  // Stripe's burst: everything in one second, newest first in the list.
+  const listed = (await stripe('GET', '/v1/events?limit=100')).body.data;
+  assert.deepEqual(listed.map((e) => e.id), [...done.events].reverse());
+  assert.equal(new Set(listed.map((e) => e.created)).size, 1);
+  const completedEvent = listed[0];
+  assert.equal(completedEvent.object, 'event');
+  assert.equal(completedEvent.api_version, '2025-03-31.basil');
+  assert.equal(completedEvent.livemode, false);
+  assert.equal(completedEvent.pending_webhooks, 0);
+  assert.deepEqual(completedEvent.request, { id: null, idempotency_key: null });
+  assert.equal(completedEvent.data.object.id, session.id);
+  const draft = listed.find((e) => e.type === 'invoice.created');
+  assert.equal(draft.data.object.status, 'draft');
+
+  const again = await call('POST', `/_fake/checkout/sessions/${session.id}/complete`, { json: {}, auth: null });
+  assert.equal(again.status, 400);
+});
+
+test('completing a subscription checkout without a trial', async () => {
+  await reset();
+  const { session, subscription } = await subscribe();
+  assert.equal(session.payment_status, 'paid');
+  assert.equal(subscription.status, 'active');
+  const [item] = subscription.items.data;
+  const start = new Date(item.current_period_start * 1000);
+  const end = new Date(item.current_period_end * 1000);
+  assert.equal((end.getUTCMonth() - start.getUTCMonth() + 12) % 12, 1, 'a monthly period');
+  const invoice = await ctl('GET', `/_fake/objects/${session.invoice}`);
+  assert.equal(invoice.amount_paid, 1000);
+  assert.equal(invoice.lines.data[0].description, '1 × Basic (at $10.00 / month)');
+});
+
+test('completing payment checkouts', async () => {
+  await reset();
+  const form = {
+    mode: 'payment',
+    customer_email: 'buyer@example.com',
+    'line_items[0][price]': 'price_onetime',
+    'line_items[0][quantity]': '2',
+    'payment_intent_data[metadata][order]': 'o1',
+  };
+  const failing = await createSession(form);
+  const failed = await ctl('POST', `/_fake/checkout/sessions/${failing.id}/complete`, { payment_failed: true });
+  assert.equal(failed.session.status, 'open');
+  assert.deepEqual(await eventTypes(failed.events), ['payment_intent.created', 'charge.failed', 'payment_intent.payment_failed']);
+
+  const session = await createSession(form);
+  assert.equal(session.amount_total, 5000);
+  const done = await ctl('POST', `/_fake/checkout/sessions/${session.id}/complete`, {});
+  assert.deepEqual(await eventTypes(done.events), [
+    'customer.created',
+    'payment_intent.created',
+    'payment_intent.succeeded',
+    'charge.succeeded',
+    'checkout.session.completed',
+  ]);
+  assert.equal(done.session.payment_status, 'paid');
+  const intent = await ctl('GET', `/_fake/objects/${done.session.payment_intent}`);
+  assert.equal(intent.status, 'succeeded');
+  assert.equal(intent.amount, 5000);
+  assert.deepEqual(intent.metadata, { order: 'o1' });
+  const charge = await ctl('GET', `/_fake/objects/${intent.latest_charge}`);
+  assert.equal(charge.status, 'succeeded');
+  assert.equal(charge.payment_intent, intent.id);
+});
+
+test('hosted pay page completes the session and redirects', async () => {
+  await reset();
+  const session = await createSession({
+    mode: 'subscription',
+    'line_items[0][price]': 'price_basic',
+    'line_items[0][quantity]': '1',
+    success_url: 'https://app.example/ok?session={CHECKOUT_SESSION_ID}',
+  });
+  const pageRes = await call('GET', `/pay/${session.id}`, { auth: null });
+  assert.equal(pageRes.status, 200);
+  assert.match(pageRes.text, /<form method="post">/);
+  const paid = await call('POST', `/pay/${session.id}`, { auth: null });
+  assert.equal(paid.status, 303);
+  assert.equal(paid.headers.location, `https://app.example/ok?session=${session.id}`);
+  assert.equal((await stripe('GET', `/v1/checkout/sessions/${session.id}`)).body.status, 'complete');
+});
+
+test('billing portal sessions', async () => {
+  await reset();
+  assertStripeError(await stripe('POST', '/v1/billing_portal/sessions', {}), 400, { code: 'parameter_missing', param: 'customer' });
+  assertStripeError(await stripe('POST', '/v1/billing_portal/sessions', { customer: 'cus_nope' }), 400, { code: 'resource_missing', param: 'customer' });
+  const customer = (await stripe('POST', '/v1/customers', { email: 'p@example.com' })).body;
+  const res = await stripe('POST', '/v1/billing_portal/sessions', { customer: customer.id, return_url: 'https://app.example/account' });
+  assert.equal(res.status, 200);
+  assert.equal(res.body.object, 'billing_portal.session');
+  assert.match(res.body.id, /^bps_/);
+  assert.equal(res.body.customer, customer.id);
+  assert.equal(res.body.return_url, 'https://app.example/account');
+  assert.equal(res.body.url, `http://127.0.0.1:${port}/portal/${res.body.id}`);
+  assert.equal((await call('GET', `/portal/${res.body.id}`, { auth: null })).status, 200);
+});
+
+test('subscription updates and cancellation', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const url = `/v1/subscriptions/${subscription.id}`;
+
+  const cancelLater = await stripe('POST', url, { cancel_at_period_end: 'true' });
+  assert.equal(cancelLater.status, 200);
+  assert.equal(cancelLater.body.cancel_at_period_end, true);
+  assert.equal(cancelLater.body.cancel_at, item.current_period_end);
+  let [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.equal(event.type, 'customer.subscription.updated');
+  assert.equal(event.data.previous_attributes.cancel_at_period_end, false);
+  assert.equal(event.data.previous_attributes.cancel_at, null);
+  assert.equal(event.request.id, cancelLater.headers['request-id']);
+
+  const eventCount = (await storedEvents()).length;
+  assertStripeError(await stripe('POST', url, { proration_behavior: 'sometimes' }), 400, { code: 'parameter_invalid', param: 'proration_behavior' });
+  assertStripeError(await stripe('POST', url, { cancel_at_period_end: 'maybe' }), 400, { code: 'parameter_invalid', param: 'cancel_at_period_end' });
+  assertStripeError(await stripe('POST', url, { 'items[0][id]': 'si_nope', 'items[0][price]': 'price_pro' }), 400, { code: 'resource_missing', param: 'items[0][id]' });
+  assertStripeError(await stripe('POST', url, { 'items[0][id]': item.id, 'items[0][price]': 'price_nope' }), 400, { code: 'resource_missing', param: 'items[0][price]' });
+  assert.equal((await storedEvents()).length, eventCount, 'rejected updates emit nothing');
+
+  const upgrade = await stripe('POST', url, {
+    'items[0][id]': item.id,
+    'items[0][price]': 'price_pro',
+    proration_behavior: 'always_invoice',
+    cancel_at_period_end: 'false',
+    'metadata[tier]': 'pro',
+  });
+  assert.equal(upgrade.status, 200, upgrade.text);
+  assert.equal(upgrade.body.items.data[0].id, item.id);
+  assert.equal(upgrade.body.items.data[0].price.id, 'price_pro');
+  assert.equal(upgrade.body.items.data[0].plan.amount, 5000);
+  assert.equal(upgrade.body.cancel_at_period_end, false);
+  assert.deepEqual(upgrade.body.metadata, { tier: 'pro' });
+  const newEvents = (await storedEvents()).slice(eventCount);
+  assert.deepEqual(newEvents.map((e) => e.type), [
+    'customer.subscription.updated', 'invoice.created', 'invoice.finalized', 'invoice.paid', 'invoice.payment_succeeded',
+  ]);
+  [event] = (await stripe('GET', `/v1/events?type=customer.subscription.updated&limit=1`)).body.data;
+  assert.equal(event.data.previous_attributes.items.data[0].price.id, 'price_basic');
+  assert.deepEqual(event.data.previous_attributes.metadata, { tier: null });
+
+  for (const behavior of ['create_prorations', 'none']) {
+    assert.equal((await stripe('POST', url, { proration_behavior: behavior })).status, 200);
+  }
+
+  const canceled = await stripe('DELETE', url);
+  assert.equal(canceled.status, 200);
+  assert.equal(canceled.body.status, 'canceled');
+  assert.ok(canceled.body.canceled_at > 0);
+  assert.ok(canceled.body.ended_at > 0);
+  [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.equal(event.type, 'customer.subscription.deleted');
+  assert.equal(event.data.object.status, 'canceled');
+  assertStripeError(await stripe('DELETE', url), 404, { code: 'resource_missing' });
+  assertStripeError(await stripe('POST', url, { cancel_at_period_end: 'true' }), 400, { type: 'invalid_request_error' });
+  assertStripeError(await stripe('GET', '/v1/subscriptions/sub_nope'), 404, { code: 'resource_missing', param: 'id' });
+});
+
+test('control API advances subscriptions through renewals and dunning', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const advance = (body) => ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, body);
+
+  const pastDue = await advance({ status: 'past_due', new_period: true });
+  assert.deepEqual(await eventTypes(pastDue.events), [
+    'invoice.created', 'invoice.finalized', 'invoice.payment_failed', 'customer.subscription.updated',
+  ]);
+  assert.equal(pastDue.subscription.status, 'past_due');
+  const shifted = pastDue.subscription.items.data[0];
+  assert.equal(shifted.current_period_start, item.current_period_end);
+  assert.ok(shifted.current_period_end - shifted.current_period_start >= 28 * DAY);
+  const openInvoice = await ctl('GET', `/_fake/objects/${pastDue.subscription.latest_invoice}`);
+  assert.equal(openInvoice.status, 'open');
+  assert.equal(openInvoice.billing_reason, 'subscription_cycle');
+
+  const recovered = await advance({ status: 'active' });
+  assert.deepEqual(await eventTypes(recovered.events), ['invoice.paid', 'invoice.payment_succeeded', 'customer.subscription.updated']);
+  assert.equal((await ctl('GET', `/_fake/objects/${openInvoice.id}`)).status, 'paid');
+  const [updated] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.deepEqual(updated.data.previous_attributes, { status: 'past_due' });
+
+  const unpaid = await advance({ status: 'unpaid' });
+  assert.deepEqual(await eventTypes(unpaid.events), ['customer.subscription.updated']);
+
+  const ended = await advance({ status: 'canceled' });
+  assert.deepEqual(await eventTypes(ended.events), ['customer.subscription.deleted']);
+  assert.equal((await stripe('GET', `/v1/subscriptions/${subscription.id}`)).body.status, 'canceled');
+
+  const bad = await call('POST', `/_fake/subscriptions/${subscription.id}/advance`, { json: { status: 'active' }, auth: null });
+  assert.equal(bad.status, 400);
+});
+
+test('prices and products: defaults and seeding', async () => {
+  await reset();
+  const basic = (await stripe('GET', '/v1/prices/price_basic')).body;
+  assert.equal(basic.object, 'price');
+  assert.equal(basic.product, 'prod_basic');
+  assert.equal(basic.lookup_key, 'basic');
+  assert.equal(basic.unit_amount, 1000);
+  assert.equal(basic.currency, 'usd');
+  assert.equal(basic.type, 'recurring');
+  assert.equal(basic.recurring.interval, 'month');
+  const pro = (await stripe('GET', '/v1/prices/price_pro')).body;
+  assert.deepEqual([pro.unit_amount, pro.lookup_key, pro.product], [5000, 'pro', 'prod_pro']);
+  const once = (await stripe('GET', '/v1/prices/price_onetime')).body;
+  assert.deepEqual([once.type, once.recurring, once.unit_amount], ['one_time', null, 2500]);
+  const product = (await stripe('GET', '/v1/products/prod_basic')).body;
+  assert.equal(product.object, 'product');
+  assert.equal(product.name, 'Basic');
+  assertStripeError(await stripe('GET', '/v1/prices/price_nope'), 404, { code: 'resource_missing', message: "No such price: 'price_nope'" });
+  assertStripeError(await stripe('GET', '/v1/products/prod_nope'), 404, { code: 'resource_missing' });
+
+  const seeded = await ctl('POST', '/_fake/objects', {
+    objects: [
+      { id: 'prod_team', object: 'product', name: 'Team' },
+      { id: 'price_team', object: 'price', product: 'prod_team', unit_amount: 9900, recurring: { interval: 'year' } },
+      { id: 'cus_seeded', object: 'customer', email: 'seed@example.com' },
+    ],
+  });
+  assert.equal(seeded.objects.length, 3);
+  const team = (await stripe('GET', '/v1/prices/price_team')).body;
+  assert.deepEqual([team.type, team.recurring.interval, team.unit_amount_decimal], ['recurring', 'year', '9900']);
+  assert.equal((await stripe('GET', '/v1/customers/cus_seeded')).body.email, 'seed@example.com');
+  assert.equal((await ctl('GET', '/_fake/objects/price_team')).id, 'price_team');
+  assert.equal((await call('GET', '/_fake/objects/nope', { auth: null })).status, 404);
+  assert.equal((await call('POST', '/_fake/objects', { json: { object: { object: 'price' } }, auth: null })).status, 400);
+
+  const session = await createSession({
+    mode: 'subscription', customer: 'cus_seeded', 'line_items[0][price]': 'price_team', 'line_items[0][quantity]': '1',
+  });
+  const done = await ctl('POST', `/_fake/checkout/sessions/${session.id}/complete`, {});
+  assert.equal(done.session.customer, 'cus_seeded');
+  assert.equal((await eventTypes(done.events))[0], 'customer.subscription.created', 'no customer.created for an existing customer');
+});
+
+test('billing meter events', async () => {
+  await reset();
+  const form = {
+    event_name: 'api_request',
+    'payload[stripe_customer_id]': 'cus_meter',
+    'payload[value]': '3',
+    identifier: 'usage-1',
+  };
+  const res = await stripe('POST', '/v1/billing/meter_events', form);
+  assert.equal(res.status, 200, res.text);
+  assert.equal(res.body.object, 'billing.meter_event');
+  assert.equal(res.body.event_name, 'api_request');
+  assert.equal(res.body.identifier, 'usage-1');
+  assert.deepEqual(res.body.payload, { stripe_customer_id: 'cus_meter', value: '3' });
+  assert.ok(Math.abs(res.body.timestamp - Date.now() / 1000) < 5);
+
+  const dup = await stripe('POST', '/v1/billing/meter_events', form);
+  assertStripeError(dup, 400, { type: 'invalid_request_error', code: 'resource_already_exists', param: 'identifier' });
+  assert.match(dup.body.error.message, /An event already exists with identifier usage-1/);
+
+  assertStripeError(await stripe('POST', '/v1/billing/meter_events', { 'payload[value]': '1' }), 400, { code: 'parameter_missing', param: 'event_name' });
+  assertStripeError(await stripe('POST', '/v1/billing/meter_events', { event_name: 'e', 'payload[stripe_customer_id]': 'cus_1' }), 400, { code: 'parameter_missing', param: 'payload[value]' });
+  assertStripeError(await stripe('POST', '/v1/billing/meter_events', { ...form, identifier: 'old', timestamp: '1000' }), 400, { code: 'parameter_invalid', param: 'timestamp' });
+
+  const { identifier, ...anonymous } = form;
+  const generated = await stripe('POST', '/v1/billing/meter_events', { ...anonymous, timestamp: String(Math.floor(Date.now() / 1000) - 60) });
+  assert.equal(generated.status, 200);
+  assert.ok(generated.body.identifier && generated.body.identifier !== identifier);
+  assert.equal((await ctl('GET', '/_fake/meter_events')).length, 2);
+});
+
+test('active entitlements list', async () => {
+  await reset();
+  const ent = (id, customer, lookup) => ({ id, object: 'entitlements.active_entitlement', customer, feature: `feat_${lookup}`, lookup_key: lookup });
+  await ctl('POST', '/_fake/objects', {
+    objects: [ent('ent_1', 'cus_A', 'a'), ent('ent_2', 'cus_A', 'b'), ent('ent_3', 'cus_B', 'c'), ent('ent_4', 'cus_A', 'd')],
+  });
+  const first = await stripe('GET', '/v1/entitlements/active_entitlements?customer=cus_A&limit=2');
+  assert.equal(first.status, 200);
+  assert.equal(first.body.object, 'list');
+  assert.equal(first.body.url, '/v1/entitlements/active_entitlements');
+  assert.equal(first.body.has_more, true);
+  assert.deepEqual(first.body.data.map((e) => e.lookup_key), ['d', 'b']);
+  assert.deepEqual(Object.keys(first.body.data[0]).sort(), ['feature', 'id', 'livemode', 'lookup_key', 'object']);
+  const second = await stripe('GET', `/v1/entitlements/active_entitlements?customer=cus_A&limit=2&starting_after=${first.body.data[1].id}`);
+  assert.deepEqual(second.body.data.map((e) => e.lookup_key), ['a']);
+  assert.equal(second.body.has_more, false);
+  const none = await stripe('GET', '/v1/entitlements/active_entitlements?customer=cus_none');
+  assert.deepEqual([none.body.data, none.body.has_more], [[], false]);
+  assertStripeError(await stripe('GET', '/v1/entitlements/active_entitlements'), 400, { code: 'parameter_missing', param: 'customer' });
+  assertStripeError(await stripe('GET', '/v1/entitlements/active_entitlements?customer=cus_A&starting_after=ent_3'), 404, { param: 'starting_after' });
+});
+
+test('events list: pagination, filters and errors', async () => {
+  await reset();
+  const start = 1700000000;
+  const gen = await ctl('POST', '/_fake/events', { generate: { count: 1000, customers: 20, start_created: start, per_second: 5 } });
+  assert.equal(gen.appended, 1000);
+  const stored = await storedEvents();
+  assert.equal(stored.length, 1000);
+  assert.equal(stored[0].id, gen.first_id);
+  assert.equal(stored[999].id, gen.last_id);
+  assert.equal(stored[0].type, 'customer.created');
+  assert.equal(stored[999].created, start + 199, 'five events per second');
+  const types = new Set(stored.map((e) => e.type));
+  for (const t of ['customer.created', 'customer.updated', 'customer.subscription.created', 'customer.subscription.updated', 'invoice.paid']) {
+    assert.ok(types.has(t), `generated a ${t}`);
+  }
+  const ids = stored.map((e) => e.id);
+  const list = async (query) => (await stripe('GET', `/v1/events?${query}`)).body;
+
+  // Default page: the 10 newest.
+  const firstPage = await list('');
+  assert.equal(firstPage.object, 'list');
+  assert.equal(firstPage.url, '/v1/events');
+  assert.equal(firstPage.has_more, true);
+  assert.deepEqual(firstPage.data.map((e) => e.id), ids.slice(-10).reverse());
+
+  // Walking back with starting_after visits every event once, newest first,
+  // although five events share each created second.
+  const walked = [];
+  let cursor = null;
+  for (;;) {
+    const page = await list(`limit=100${cursor ? `&starting_after=${cursor}` : ''}`);
+    walked.push(...page.data.map((e) => e.id));
+    if (!page.has_more) break;
+    cursor = page.data.at(-1).id;
+  }
+  assert.deepEqual(walked, [...ids].reverse());
+
+  // ending_before returns the events right above the cursor, newest first.
+  const above = await list(`limit=3&ending_before=${ids[10]}`);
+  assert.deepEqual(above.data.map((e) => e.id), [ids[13], ids[12], ids[11]]);
+  assert.equal(above.has_more, true);
+  const forward = [];
+  cursor = ids[0];
+  for (;;) {
+    const page = await list(`limit=100&ending_before=${cursor}`);
+    forward.push(...[...page.data].reverse().map((e) => e.id));
+    if (!page.has_more) break;
+    cursor = page.data[0].id;
+  }
+  assert.deepEqual(forward, ids.slice(1));
+  const top = await list(`ending_before=${ids[999]}`);
+  assert.deepEqual([top.data, top.has_more], [[], false]);
+
+  // created filters (inclusive and exclusive bounds).
+  const inWindow = stored.filter((e) => e.created >= start + 10 && e.created < start + 20).map((e) => e.id);
+  const windowed = await list(`limit=100&created[gte]=${start + 10}&created[lt]=${start + 20}`);
+  assert.deepEqual(windowed.data.map((e) => e.id), inWindow.reverse());
+  assert.equal(windowed.data.length, 50);
+  const open = await list(`limit=100&created[gt]=${start + 10}&created[lte]=${start + 11}`);
+  assert.equal(open.data.length, 5);
+  assert.ok(open.data.every((e) => e.created === start + 11));
+  const exact = await list(`limit=100&created=${start}`);
+  assert.equal(exact.data.length, 5);
+
+  // type, wildcard type and types[]: the newest 100 of those types.
+  const newest = (keep) => stored.filter(keep).slice(-100).reverse().map((e) => e.id);
+  const pageIds = async (query) => (await list(query)).data.map((e) => e.id);
+  assert.deepEqual(await pageIds('limit=100&type=invoice.paid'), newest((e) => e.type === 'invoice.paid'));
+  assert.deepEqual(await pageIds('limit=100&type=customer.subscription.*'),
+    newest((e) => e.type.startsWith('customer.subscription.')));
+  const earlyTypes = await pageIds(`limit=100&types[]=customer.created&types[]=invoice.paid&created[lt]=${start + 20}`);
+  assert.deepEqual(earlyTypes,
+    newest((e) => ['customer.created', 'invoice.paid'].includes(e.type) && e.created < start + 20));
+  assert.ok(earlyTypes.length > 0);
+  // A cursor of another type still positions the page.
+  const k = stored.findLastIndex((e) => e.type !== 'invoice.paid');
+  const afterOther = await list(`limit=1&type=invoice.paid&starting_after=${ids[k]}`);
+  assert.equal(afterOther.data[0].id, stored.slice(0, k).findLast((e) => e.type === 'invoice.paid').id);
+
+  // Errors.
+  for (const bad of ['limit=0', 'limit=101', 'limit=abc']) {
+    assertStripeError(await stripe('GET', `/v1/events?${bad}`), 400, { code: 'parameter_invalid', param: 'limit' });
+  }
+  assert.equal((await list('limit=100')).data.length, 100);
+  assertStripeError(await stripe('GET', '/v1/events?starting_after=evt_nope'), 404, { code: 'resource_missing', param: 'starting_after' });
+  assertStripeError(await stripe('GET', '/v1/events?ending_before=evt_nope'), 404, { code: 'resource_missing', param: 'ending_before' });
+  assertStripeError(await stripe('GET', `/v1/events?starting_after=${ids[5]}&ending_before=${ids[1]}`), 400, {});
+  assertStripeError(await stripe('GET', '/v1/events?type=a&types[]=b'), 400, { param: 'types' });
+
+  // Single event.
+  const one = await stripe('GET', `/v1/events/${ids[500]}`);
+  assert.equal(one.body.id, ids[500]);
+  assert.equal(one.body.object, 'event');
+  assert.ok(one.body.data.object.id);
+  assertStripeError(await stripe('GET', '/v1/events/evt_nope'), 404, { code: 'resource_missing', param: 'id' });
+});
+
+test('events can be appended as given', async () => {
+  await reset();
+  const fixture = {
+    id: 'evt_given_1',
+    object: 'event',
+    created: 1619706820,
+    data: { object: { id: 'sub_given', object: 'subscription' }, previous_attributes: { status: 'trialing' } },
+    type: 'customer.subscription.updated',
+  };
+  const res = await ctl('POST', '/_fake/events', { events: [fixture, { type: 'ping', data: { object: {} } }] });
+  assert.equal(res.appended, 2);
+  assert.equal(res.first_id, 'evt_given_1');
+  assert.match(res.last_id, /^evt_/);
+  const given = (await stripe('GET', '/v1/events/evt_given_1')).body;
+  assert.equal(given.created, 1619706820);
+  assert.equal(given.api_version, '2025-03-31.basil');
+  assert.equal(given.livemode, false);
+  assert.deepEqual(given.data, fixture.data);
+
+  const dup = await call('POST', '/_fake/events', { json: { events: [{ ...fixture, id: 'evt_new' }, fixture] }, auth: null });
+  assert.equal(dup.status, 400);
+  assert.equal((await storedEvents()).length, 2, 'a rejected batch appends nothing');
+  // Insertion order rules, not created: the older `created` comes out first.
+  assert.deepEqual((await stripe('GET', '/v1/events')).body.data.map((e) => e.id), [res.last_id, 'evt_given_1']);
+});
+
+test('idempotent requests replay without side effects', async () => {
+  await reset();
+  const headers = { 'Idempotency-Key': 'idem-1' };
+  const first = await stripe('POST', '/v1/customers', { email: 'i@example.com' }, { headers });
+  assert.equal(first.status, 200);
+  assert.equal(first.headers['idempotent-replayed'], undefined);
+  const replay = await stripe('POST', '/v1/customers', { email: 'i@example.com' }, { headers });
+  assert.equal(replay.status, 200);
+  assert.equal(replay.text, first.text);
+  assert.equal(replay.headers['idempotent-replayed'], 'true');
+  assert.equal((await storedEvents()).length, 1, 'one customer.created only');
+
+  const mismatch = await stripe('POST', '/v1/customers', { email: 'other@example.com' }, { headers });
+  assertStripeError(mismatch, 400, { type: 'idempotency_error' });
+  assert.match(mismatch.body.error.message, /^Keys for idempotent requests can only be used with the same parameters/);
+  const otherPath = await stripe('POST', `/v1/customers/${first.body.id}`, { email: 'i@example.com' }, { headers });
+  assertStripeError(otherPath, 400, { type: 'idempotency_error' });
+
+  // Validation failures are not saved, so the key can be used again.
+  const invalid = await stripe('POST', '/v1/billing_portal/sessions', {}, { headers: { 'Idempotency-Key': 'idem-2' } });
+  assert.equal(invalid.status, 400);
+  const valid = await stripe('POST', '/v1/billing_portal/sessions', { customer: first.body.id }, { headers: { 'Idempotency-Key': 'idem-2' } });
+  assert.equal(valid.status, 200);
+
+  // A replayed meter event is not a duplicate identifier.
+  const meter = { event_name: 'e', 'payload[stripe_customer_id]': 'cus_1', 'payload[value]': '1', identifier: 'm-1' };
+  const m1 = await stripe('POST', '/v1/billing/meter_events', meter, { headers: { 'Idempotency-Key': 'idem-3' } });
+  const m2 = await stripe('POST', '/v1/billing/meter_events', meter, { headers: { 'Idempotency-Key': 'idem-3' } });
+  assert.deepEqual([m1.status, m2.status, m2.text], [200, 200, m1.text]);
+
+  // DELETE is idempotent too; GET ignores the header.
+  const del1 = await stripe('DELETE', `/v1/customers/${first.body.id}`, undefined, { headers: { 'Idempotency-Key': 'idem-4' } });
+  const del2 = await stripe('DELETE', `/v1/customers/${first.body.id}`, undefined, { headers: { 'Idempotency-Key': 'idem-4' } });
+  assert.deepEqual([del1.status, del2.status, del2.headers['idempotent-replayed']], [200, 200, 'true']);
+  const get = await stripe('GET', '/v1/prices/price_basic', undefined, { headers: { 'Idempotency-Key': 'idem-1' } });
+  assert.equal(get.status, 200);
+});
+
+test('faults: error statuses, counts, methods and rates', async () => {
+  await reset();
+  const set = await ctl('POST', '/_fake/faults', {
+    rules: [{ kind: '429', path: '/v1/customers', method: 'POST', count: 2, retry_after: 3, should_retry: true }],
+  });
+  assert.equal(set.rules[0].remaining, 2);
+  for (let i = 0; i < 2; i++) {
+    const limited = await stripe('POST', '/v1/customers', { email: 'f@example.com' });
+    assertStripeError(limited, 429, { type: 'invalid_request_error', code: 'rate_limit' });
+    assert.equal(limited.headers['retry-after'], '3');
+    assert.equal(limited.headers['stripe-should-retry'], 'true');
+  }
+  assert.equal((await stripe('GET', '/v1/customers/cus_x')).status, 404, 'GET does not match a POST rule');
+  assert.equal((await stripe('POST', '/v1/customers', { email: 'f@example.com' })).status, 200);
+  const statuses = (await ctl('GET', '/_fake/requests?path=/v1/customers')).map((r) => r.status);
+  assert.deepEqual(statuses, ['429', '429', 404, 200]);
+  assert.equal((await storedEvents()).length, 1, 'faulted requests had no side effects');
+
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', should_retry: false }, { kind: '503', count: 1 }, { kind: '401' }] });
+  const e500 = await stripe('GET', '/v1/prices/price_basic');
+  assertStripeError(e500, 500, { type: 'api_error' });
+  assert.equal(e500.headers['stripe-should-retry'], 'false');
+  assertStripeError(await stripe('GET', '/v1/prices/price_basic'), 503, { type: 'api_error' });
+  assertStripeError(await stripe('GET', '/v1/prices/price_basic'), 401, { code: 'api_key_invalid' });
+  assert.equal((await stripe('GET', '/v1/prices/price_basic')).status, 200, 'all counts used up');
+
+  // A seeded rate rule faults the same requests every time.
+  const pattern = async () => {
+    await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', path: '/v1/prices', rate: 0.5, seed: 42 }] });
+    const out = [];
+    for (let i = 0; i < 20; i++) out.push((await stripe('GET', '/v1/prices/price_basic')).status);
+    return out;
+  };
+  const a = await pattern();
+  const b = await pattern();
+  assert.deepEqual(a, b);
+  assert.ok(a.includes(500) && a.includes(200), `mixed outcomes: ${a}`);
+
+  assert.deepEqual(await ctl('DELETE', '/_fake/faults'), { rules: [] });
+  assert.deepEqual(await ctl('GET', '/_fake/faults'), { rules: [] });
+  const bad = await call('POST', '/_fake/faults', { json: { rules: [{ kind: 'explode' }] }, auth: null });
+  assert.equal(bad.status, 400);
+});
+
+// Resolves with what a client saw of a response that may break off.
+function exchange(urlPath, timeout) {
+  return new Promise((resolve) => {
+    const req = http.request({
+      host: '127.0.0.1', port, path: urlPath, agent: false, headers: { Authorization: `Bearer ${KEY}` },
+    }, (res) => {
+      let received = 0;
+      res.on('data', (c) => { received += c.length; });
+      res.on('error', () => {});
+      res.on('close', () => resolve({ status: res.statusCode, headers: res.headers, received, complete: res.complete }));
+    });
+    if (timeout) req.setTimeout(timeout, () => req.destroy(Object.assign(new Error('client timeout'), { code: 'CLIENT_TIMEOUT' })));
+    req.on('error', (error) => resolve({ error }));
+    req.end();
+  });
+}
+
+test('faults: hang, truncate and reset break the connection', async () => {
+  await reset();
+  await ctl('POST', '/_fake/faults', {
+    rules: [
+      { kind: 'hang', path: '/v1/prices/price_basic' },
+      { kind: 'truncate', path: '/v1/prices/price_pro' },
+      { kind: 'reset', path: '/v1/prices/price_onetime' },
+    ],
+  });
+  const hung = await exchange('/v1/prices/price_basic', 300);
+  assert.equal(hung.error.code, 'CLIENT_TIMEOUT');
+
+  const cut = await exchange('/v1/prices/price_pro');
+  assert.equal(cut.status, 200);
+  assert.equal(cut.complete, false);
+  assert.ok(cut.received > 0 && cut.received < Number(cut.headers['content-length']));
+
+  const dropped = await exchange('/v1/prices/price_onetime');
+  assert.equal(dropped.error.code, 'ECONNRESET');
+
+  const recorded = (await ctl('GET', '/_fake/requests?path=/v1/prices')).map((r) => [r.path, r.status]);
+  assert.deepEqual(recorded, [
+    ['/v1/prices/price_basic', 'hang'],
+    ['/v1/prices/price_pro', 'truncate'],
+    ['/v1/prices/price_onetime', 'reset'],
+  ]);
+  assert.equal((await stripe('GET', '/v1/prices/price_basic')).status, 200, 'each rule fired once');
+});
+
+test('keep-alive connections are reused and counted', async () => {
+  await reset();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    for (let i = 0; i < 5; i++) assert.equal((await stripe('GET', '/v1/prices/price_basic', undefined, { agent })).status, 200);
+    const { body: stats } = await call('GET', '/_fake/stats', { agent, auth: null });
+    assert.deepEqual(stats, { connections_opened: 1, requests: 5 });
+    const connections = new Set((await ctl('GET', '/_fake/requests')).map((r) => r.connection_id));
+    assert.equal(connections.size, 1);
+  } finally {
+    agent.destroy();
+  }
+  for (let i = 0; i < 3; i++) await stripe('GET', '/v1/prices/price_basic');
+  const after3 = await ctl('GET', '/_fake/stats');
+  // 1 keep-alive + 3 one-off requests + 1 for the earlier /_fake/requests call + 1 for this call.
+  assert.equal(after3.connections_opened, 6);
+  assert.equal(after3.requests, 8);
+});
+
+test('reset restores the seeded defaults', async () => {
+  const customer = (await stripe('POST', '/v1/customers', { email: 'r@example.com' }, { headers: { 'Idempotency-Key': 'r-1' } })).body;
+  await ctl('POST', '/_fake/objects', { object: { id: 'price_basic', object: 'price', unit_amount: 1 } });
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', path: '/v1/nothing' }] });
+  await reset();
+  assertStripeError(await stripe('GET', `/v1/customers/${customer.id}`), 404, { code: 'resource_missing' });
+  assert.equal((await stripe('GET', '/v1/prices/price_basic')).body.unit_amount, 1000);
+  assert.deepEqual(await storedEvents(), []);
+  assert.deepEqual(await ctl('GET', '/_fake/faults'), { rules: [] });
+  const reused = await stripe('POST', '/v1/customers', { email: 'different@example.com' }, { headers: { 'Idempotency-Key': 'r-1' } });
+  assert.equal(reused.status, 200, 'idempotency keys are forgotten');
+  const requests = await ctl('GET', '/_fake/requests');
+  assert.deepEqual(requests.map((r) => r.seq), [1, 2, 3]);
+});
+
+test('SIGTERM stops the server promptly even with a hung request', async () => {
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: 'hang' }] });
+  const hung = exchange('/v1/prices/price_basic');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const started = Date.now();
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.kill('SIGTERM');
+  const { code } = await exited;
+  assert.equal(code, 0);
+  assert.ok(Date.now() - started < 2000, 'exit within 2 s');
+  const outcome = await hung;
+  assert.ok(outcome.error, 'the hung client sees the connection close');
+});

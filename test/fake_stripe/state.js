@@ -1,0 +1,91 @@
+'use strict';
+// In-memory state of the fake: Stripe objects by id, the event log, the
+// idempotency cache, meter events and the request recording.
+
+const { BadRequest, noSuch } = require('./errors');
+const { buildEvent, buildPrice, buildProduct } = require('./templates');
+
+// Default catalogue every fresh or reset fake starts with.
+const DEFAULT_CATALOGUE = [
+  { product: 'prod_basic', name: 'Basic', price: 'price_basic', lookup_key: 'basic', unit_amount: 1000, recurring: true },
+  { product: 'prod_pro', name: 'Pro', price: 'price_pro', lookup_key: 'pro', unit_amount: 5000, recurring: true },
+  { product: 'prod_onetime', name: 'One-time', price: 'price_onetime', lookup_key: null, unit_amount: 2500, recurring: false },
+];
+
+class Store {
+  constructor() {
+    this.reset();
+  }
+
+  reset() {
+    this.objects = new Map();
+    this.events = []; // oldest -> newest; the array index is the event's sequence
+    this.eventPositions = new Map(); // event id -> index in this.events
+    this.idempotency = new Map(); // Idempotency-Key -> saved response
+    this.meterEvents = [];
+    this.meterIdentifiers = new Map(); // identifier -> unix time first seen
+    this.checkoutDetails = new Map(); // session id -> request data Stripe keeps off the session object
+    this.requests = [];
+    this.requestCount = 0;
+    this.connectionsOpened = 0;
+    this.seedCatalogue();
+  }
+
+  seedCatalogue() {
+    for (const entry of DEFAULT_CATALOGUE) {
+      this.put(buildProduct({ id: entry.product, name: entry.name, default_price: entry.price }));
+      this.put(buildPrice({
+        id: entry.price,
+        product: entry.product,
+        lookup_key: entry.lookup_key,
+        unit_amount: entry.unit_amount,
+        currency: 'usd',
+        type: entry.recurring ? 'recurring' : 'one_time',
+        recurring: entry.recurring ? { interval: 'month', interval_count: 1 } : null,
+      }));
+    }
+  }
+
+  put(object) {
+    this.objects.set(object.id, object);
+    return object;
+  }
+
+  // The object with that id if it is of `type` (ids are global, so a
+  // subscription id asked for as a customer is simply missing).
+  get(id, type) {
+    const object = this.objects.get(id);
+    return object && object.object === type ? object : undefined;
+  }
+
+  // Like get(), but throws Stripe's resource_missing error. `kind` is the
+  // human name used in the message ("customer", "checkout.session", ...).
+  find(id, type, { kind = type, param = 'id', status = 404 } = {}) {
+    const object = typeof id === 'string' ? this.get(id, type) : undefined;
+    if (!object) throw noSuch(kind, id, param, status);
+    return object;
+  }
+
+  ofType(type) {
+    return [...this.objects.values()].filter((o) => o.object === type);
+  }
+
+  // Appends a complete event; ids must stay unique because they are list cursors.
+  appendEvent(event) {
+    if (this.eventPositions.has(event.id)) throw new BadRequest(`duplicate event id ${event.id}`);
+    this.eventPositions.set(event.id, this.events.length);
+    this.events.push(event);
+    return event;
+  }
+
+  // Records that `object` went through `type` now (snapshotting it).
+  emit(type, object, { previousAttributes, request, created } = {}) {
+    return this.appendEvent(buildEvent({ type, object, previousAttributes, request, created }));
+  }
+
+  eventPosition(id) {
+    return this.eventPositions.get(id);
+  }
+}
+
+module.exports = { Store };

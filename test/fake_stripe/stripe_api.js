@@ -1,0 +1,301 @@
+'use strict';
+// Handlers for the emulated Stripe endpoints under /v1. Each handler gets
+// ctx = {store, params, path, request, baseUrl} and returns the response
+// body (status 200) or throws a StripeError.
+
+const crypto = require('node:crypto');
+const { Router } = require('./router');
+const {
+  StripeError, missingParam, invalidParam, noSuch, intParam, boolParam, enumParam,
+} = require('./errors');
+const { parseListParams, pageNewestFirst, createdMatcher, listBody } = require('./list');
+const {
+  buildCustomer, buildCheckoutSession, buildPortalSession, buildMeterEvent,
+} = require('./templates');
+const {
+  eventLog, mergeMetadata, cancelSubscription, updateSubscription, deleteCustomer,
+} = require('./billing');
+const { newId, nowSeconds, previousAttributes } = require('./util');
+
+const CHECKOUT_MODES = ['payment', 'setup', 'subscription'];
+const CUSTOMER_FIELDS = ['email', 'name', 'description', 'phone'];
+
+// A customer that exists and is not deleted.
+function liveCustomer(store, id, { param = 'id', status = 404 } = {}) {
+  const customer = store.find(id, 'customer', { param, status });
+  if (customer.deleted) throw noSuch('customer', id, param, status);
+  return customer;
+}
+
+function optionalString(value, param) {
+  if (value === undefined) return null;
+  if (typeof value !== 'string') throw invalidParam(param, 'Invalid string');
+  return value;
+}
+
+// ---- customers ----
+
+function createCustomer({ store, params, request }) {
+  const fields = {};
+  for (const name of CUSTOMER_FIELDS) fields[name] = optionalString(params[name], name);
+  const customer = store.put(buildCustomer({ ...fields, metadata: mergeMetadata({}, params.metadata) }));
+  eventLog(store, request).emit('customer.created', customer);
+  return customer;
+}
+
+function getCustomer({ store, path }) {
+  return store.find(path.id, 'customer');
+}
+
+function updateCustomer({ store, path, params, request }) {
+  const customer = liveCustomer(store, path.id);
+  const metadata = mergeMetadata(customer.metadata, params.metadata);
+  const before = structuredClone(customer);
+  for (const name of CUSTOMER_FIELDS) {
+    // An empty string unsets a field, as in Stripe.
+    if (params[name] !== undefined) customer[name] = optionalString(params[name], name) || null;
+  }
+  customer.metadata = metadata;
+  const previous = previousAttributes(before, customer);
+  if (Object.keys(previous).length) eventLog(store, request).emit('customer.updated', customer, previous);
+  return customer;
+}
+
+function removeCustomer({ store, path, request }) {
+  return deleteCustomer(store, liveCustomer(store, path.id), request);
+}
+
+// ---- checkout sessions ----
+
+function parseLineItems(store, lineItems, mode) {
+  if (lineItems === undefined) throw missingParam('line_items');
+  if (!Array.isArray(lineItems) || lineItems.length === 0) throw invalidParam('line_items', 'Invalid array');
+  // Array.from visits holes left by sparse indexes, so they are reported.
+  const lines = Array.from(lineItems, (entry, n) => {
+    const param = (name) => `line_items[${n}][${name}]`;
+    if (!entry || typeof entry !== 'object') throw invalidParam(`line_items[${n}]`, 'Invalid object');
+    if (entry.price === undefined) throw missingParam(param('price'));
+    const price = store.find(entry.price, 'price', { param: param('price'), status: 400 });
+    if (entry.quantity === undefined) throw missingParam(param('quantity'));
+    return { price, quantity: intParam(entry.quantity, param('quantity'), { min: 1 }) };
+  });
+  if (mode === 'subscription' && !lines.some((line) => line.price.recurring)) {
+    throw invalidParam('line_items', 'You must provide at least one recurring price in `subscription` mode when using prices.');
+  }
+  const recurring = lines.findIndex((line) => line.price.recurring);
+  if (mode === 'payment' && recurring >= 0) {
+    throw invalidParam(`line_items[${recurring}][price]`, 'You specified `payment` mode but passed a recurring price. Either switch to `subscription` mode or use only one-time prices.');
+  }
+  return lines;
+}
+
+// subscription_data / payment_intent_data only fit their own mode.
+function modeData(params, name, mode, wantedMode) {
+  const data = params[name];
+  if (data === undefined) return {};
+  if (mode !== wantedMode) throw invalidParam(name, `You can not pass \`${name}\` in \`${mode}\` mode.`);
+  if (typeof data !== 'object' || Array.isArray(data)) throw invalidParam(name, 'Invalid object');
+  return data;
+}
+
+function createCheckoutSession({ store, params, baseUrl }) {
+  if (params.mode === undefined) throw missingParam('mode');
+  const mode = enumParam(params.mode, 'mode', CHECKOUT_MODES);
+  if (params.customer !== undefined && params.customer_email !== undefined) {
+    throw invalidParam('customer_email', 'You may only specify one of these parameters: customer, customer_email.');
+  }
+  const customer = params.customer === undefined ? null
+    : liveCustomer(store, params.customer, { param: 'customer', status: 400 });
+  const lines = mode === 'setup' ? [] : parseLineItems(store, params.line_items, mode);
+  const subscriptionData = modeData(params, 'subscription_data', mode, 'subscription');
+  const paymentIntentData = modeData(params, 'payment_intent_data', mode, 'payment');
+  const trialDays = subscriptionData.trial_period_days === undefined ? 0
+    : intParam(subscriptionData.trial_period_days, 'subscription_data[trial_period_days]', { min: 1, max: 730 });
+  const details = {
+    // Subscription items are the recurring lines; one-time lines are only charged.
+    lines: lines.filter((line) => mode !== 'subscription' || line.price.recurring),
+    trialDays,
+    subscriptionMetadata: mergeMetadata({}, subscriptionData.metadata, 'subscription_data[metadata]'),
+    paymentIntentMetadata: mergeMetadata({}, paymentIntentData.metadata, 'payment_intent_data[metadata]'),
+  };
+  // Due today: a trial defers the recurring part.
+  const amount = lines.reduce(
+    (sum, { price, quantity }) => sum + (trialDays && price.recurring ? 0 : price.unit_amount * quantity), 0);
+  const id = newId('cs_test_');
+  const created = nowSeconds();
+  const session = buildCheckoutSession({
+    id,
+    allow_promotion_codes: params.allow_promotion_codes === undefined ? null
+      : boolParam(params.allow_promotion_codes, 'allow_promotion_codes'),
+    amount_subtotal: mode === 'setup' ? null : amount,
+    amount_total: mode === 'setup' ? null : amount,
+    cancel_url: optionalString(params.cancel_url, 'cancel_url'),
+    client_reference_id: optionalString(params.client_reference_id, 'client_reference_id'),
+    created,
+    currency: lines.length ? lines[0].price.currency : null,
+    customer: customer ? customer.id : null,
+    customer_creation: customer ? null : mode === 'payment' ? 'if_required' : 'always',
+    customer_email: optionalString(params.customer_email, 'customer_email'),
+    expires_at: created + 86400,
+    invoice: null,
+    metadata: mergeMetadata({}, params.metadata),
+    mode,
+    payment_method_collection: mode === 'subscription' ? 'always' : null,
+    payment_status: mode === 'setup' ? 'no_payment_required' : 'unpaid',
+    setup_intent: null,
+    status: 'open',
+    subscription: null,
+    success_url: optionalString(params.success_url, 'success_url'),
+    url: `${baseUrl}/pay/${id}`,
+  });
+  store.checkoutDetails.set(id, details);
+  return store.put(session);
+}
+
+function getCheckoutSession({ store, path }) {
+  return store.find(path.id, 'checkout.session');
+}
+
+// ---- billing portal ----
+
+function createPortalSession({ store, params, baseUrl }) {
+  if (params.customer === undefined) throw missingParam('customer');
+  const customer = liveCustomer(store, params.customer, { param: 'customer', status: 400 });
+  const returnUrl = optionalString(params.return_url, 'return_url');
+  return store.put(buildPortalSession({ customer: customer.id, returnUrl, baseUrl }));
+}
+
+// ---- subscriptions, prices, products ----
+
+function getSubscription({ store, path }) {
+  return store.find(path.id, 'subscription');
+}
+
+function postSubscription({ store, path, params, request }) {
+  return updateSubscription(store, store.find(path.id, 'subscription'), params, request);
+}
+
+function deleteSubscription({ store, path, request }) {
+  return cancelSubscription(store, store.find(path.id, 'subscription'), request);
+}
+
+function getPrice({ store, path }) {
+  return store.find(path.id, 'price');
+}
+
+function getProduct({ store, path }) {
+  return store.find(path.id, 'product');
+}
+
+// ---- billing meter events ----
+
+const METER_EVENT_MAX_AGE = 35 * 86400;
+const METER_EVENT_MAX_FUTURE = 5 * 60;
+const METER_IDENTIFIER_WINDOW = 86400;
+
+function meterPayload(payload) {
+  if (payload === undefined) throw missingParam('payload');
+  if (typeof payload !== 'object' || Array.isArray(payload)) throw invalidParam('payload', 'Invalid object');
+  if (payload.stripe_customer_id === undefined) throw missingParam('payload[stripe_customer_id]');
+  if (payload.value === undefined) throw missingParam('payload[value]');
+  if (!/^-?\d+(\.\d+)?$/.test(payload.value)) throw invalidParam('payload[value]', 'The value must be a number.');
+  return payload;
+}
+
+function createMeterEvent({ store, params }) {
+  if (params.event_name === undefined) throw missingParam('event_name');
+  const payload = meterPayload(params.payload);
+  const now = nowSeconds();
+  const timestamp = params.timestamp === undefined ? now : intParam(params.timestamp, 'timestamp');
+  if (timestamp < now - METER_EVENT_MAX_AGE || timestamp > now + METER_EVENT_MAX_FUTURE) {
+    throw invalidParam('timestamp', 'Timestamp must be within the past 35 calendar days and no more than 5 minutes in the future.');
+  }
+  const identifier = params.identifier === undefined ? crypto.randomUUID() : String(params.identifier);
+  const seen = store.meterIdentifiers.get(identifier);
+  if (seen !== undefined && now - seen < METER_IDENTIFIER_WINDOW) {
+    throw new StripeError(400, {
+      code: 'resource_already_exists',
+      param: 'identifier',
+      message: `An event already exists with identifier ${identifier}.`,
+    });
+  }
+  store.meterIdentifiers.set(identifier, now);
+  const event = buildMeterEvent({ eventName: String(params.event_name), identifier, payload, timestamp });
+  store.meterEvents.push(event);
+  return event;
+}
+
+// ---- entitlements ----
+
+// Seeded entitlements carry a `customer` field for filtering; Stripe's object
+// has none, so it is left out of responses.
+function listActiveEntitlements({ store, params }) {
+  if (params.customer === undefined) throw missingParam('customer');
+  const list = parseListParams(params);
+  const entitlements = store.ofType('entitlements.active_entitlement').filter((e) => e.customer === params.customer);
+  const positions = new Map(entitlements.map((e, i) => [e.id, i]));
+  for (const [param, id] of [['starting_after', list.startingAfter], ['ending_before', list.endingBefore]]) {
+    if (id !== undefined && !positions.has(id)) throw noSuch('active entitlement', id, param);
+  }
+  const page = pageNewestFirst(entitlements, list, (id) => positions.get(id));
+  page.data = page.data.map(({ customer, ...entitlement }) => entitlement);
+  return listBody('/v1/entitlements/active_entitlements', page);
+}
+
+// ---- events ----
+
+// `type` may use "*" as a wildcard ("customer.*"); `types` is a list.
+function typeMatcher(type, types) {
+  if (type !== undefined && types !== undefined) {
+    throw invalidParam('types', 'You may pass either type or types, but not both.');
+  }
+  if (type !== undefined) {
+    const pattern = String(type).split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*');
+    const regex = new RegExp(`^${pattern}$`);
+    return (event) => regex.test(event.type);
+  }
+  if (types !== undefined) {
+    const wanted = new Set(Array.isArray(types) ? types : [types]);
+    if (wanted.size > 20) throw invalidParam('types', 'You may pass at most 20 types.');
+    return (event) => wanted.has(event.type);
+  }
+  return () => true;
+}
+
+function listEvents({ store, params }) {
+  const list = parseListParams(params);
+  for (const [param, id] of [['starting_after', list.startingAfter], ['ending_before', list.endingBefore]]) {
+    if (id !== undefined && store.eventPosition(id) === undefined) throw noSuch('event', id, param);
+  }
+  const inRange = createdMatcher(params.created);
+  const ofType = typeMatcher(params.type, params.types);
+  const page = pageNewestFirst(store.events, list, (id) => store.eventPosition(id),
+    (event) => inRange(event) && ofType(event));
+  return listBody('/v1/events', page);
+}
+
+function getEvent({ store, path }) {
+  const position = store.eventPosition(path.id);
+  if (position === undefined) throw noSuch('event', path.id);
+  return store.events[position];
+}
+
+const router = new Router()
+  .add('POST', '/v1/customers', createCustomer)
+  .add('GET', '/v1/customers/:id', getCustomer)
+  .add('POST', '/v1/customers/:id', updateCustomer)
+  .add('DELETE', '/v1/customers/:id', removeCustomer)
+  .add('POST', '/v1/checkout/sessions', createCheckoutSession)
+  .add('GET', '/v1/checkout/sessions/:id', getCheckoutSession)
+  .add('POST', '/v1/billing_portal/sessions', createPortalSession)
+  .add('GET', '/v1/subscriptions/:id', getSubscription)
+  .add('POST', '/v1/subscriptions/:id', postSubscription)
+  .add('DELETE', '/v1/subscriptions/:id', deleteSubscription)
+  .add('GET', '/v1/prices/:id', getPrice)
+  .add('GET', '/v1/products/:id', getProduct)
+  .add('POST', '/v1/billing/meter_events', createMeterEvent)
+  .add('GET', '/v1/entitlements/active_entitlements', listActiveEntitlements)
+  .add('GET', '/v1/events', listEvents)
+  .add('GET', '/v1/events/:id', getEvent);
+
+module.exports = { stripeRouter: router };

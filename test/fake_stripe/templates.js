@@ -1,0 +1,482 @@
+'use strict';
+// Object builders. Each Stripe object starts from the matching fixture in
+// ./fixtures (verbatim copies of stripe/openapi fixtures3.json entries, so the
+// key set is the real, current one), with the fixture's filler values
+// (obj_123, random integers, ...) replaced by plausible defaults, and then the
+// fields of the concrete object set on top.
+
+const fs = require('node:fs');
+const path = require('node:path');
+const { newId, nowSeconds, randomAlnum } = require('./util');
+
+const API_VERSION = '2025-03-31.basil';
+
+const FIXTURE_DIR = path.join(__dirname, 'fixtures');
+
+function loadFixture(name) {
+  return JSON.parse(fs.readFileSync(path.join(FIXTURE_DIR, `${name}.json`), 'utf8'));
+}
+
+const NULL_ADDRESS = { city: null, country: null, line1: null, line2: null, postal_code: null, state: null };
+
+// Top-level replacements for fixture filler, per object type.
+const DEFAULTS = {
+  customer: {
+    address: null, currency: null, discount: null, shipping: null,
+  },
+  'checkout.session': {
+    after_expiration: null,
+    automatic_tax: { enabled: false, liability: null, provider: null, status: null },
+    cancel_url: null,
+    consent: null,
+    consent_collection: null,
+    custom_text: { after_submit: null, shipping_address: null, submit: null, terms_of_service_acceptance: null },
+    customer_details: null,
+    invoice_creation: null,
+    payment_intent: null,
+    payment_method_configuration_details: null,
+    saved_payment_method_options: null,
+    shipping_address_collection: null,
+    shipping_cost: null,
+    success_url: null,
+    total_details: { amount_discount: 0, amount_shipping: 0, amount_tax: 0 },
+    ui_mode: 'hosted',
+    adaptive_pricing: { enabled: false },
+    discounts: [],
+    collected_information: null,
+    permissions: null,
+    wallet_options: null,
+    currency_conversion: null,
+    managed_payments: { enabled: false },
+  },
+  'billing_portal.session': { flow: null, livemode: false, return_url: null },
+  subscription: {
+    automatic_tax: { enabled: false, liability: null, disabled_reason: null },
+    billing_cycle_anchor_config: null,
+    cancel_at: null,
+    canceled_at: null,
+    ended_at: null,
+    invoice_settings: { account_tax_ids: null, issuer: { type: 'self' } },
+    items: { object: 'list', data: [], has_more: false, total_count: 0, url: '/v1/subscription_items' },
+    next_pending_invoice_item_invoice: null,
+    pause_collection: null,
+    payment_settings: { payment_method_options: null, payment_method_types: null, save_default_payment_method: 'off' },
+    pending_invoice_item_interval: null,
+    pending_update: null,
+    transfer_data: null,
+    trial_end: null,
+    trial_start: null,
+    cancel_at_period_end: false,
+    billing_thresholds: null,
+    billing_mode: { type: 'classic', flexible: null },
+    managed_payments: { enabled: false },
+    billing_schedules: [],
+  },
+  subscription_item: { billing_thresholds: null },
+  price: { custom_unit_amount: null, transform_quantity: null },
+  product: { default_price: null, description: null, package_dimensions: null, type: 'service' },
+  plan: { transform_usage: null },
+  invoice: {
+    account_name: 'Fake Stripe',
+    automatic_tax: { enabled: false, liability: null, status: null, disabled_reason: null, provider: null },
+    customer_address: null,
+    customer_shipping: null,
+    due_date: null,
+    ending_balance: 0,
+    from_invoice: null,
+    last_finalization_error: null,
+    next_payment_attempt: null,
+    payment_settings: { default_mandate: null, payment_method_options: null, payment_method_types: null },
+    rendering: { amount_tax_display: null, pdf: { page_size: 'auto' }, template: null, template_version: null },
+    shipping_cost: null,
+    shipping_details: null,
+    amount_overpaid: 0,
+  },
+  invoice_line: { discountable: true, pretax_credit_amounts: [], taxes: [] },
+  payment_intent: {
+    last_payment_error: null,
+    next_action: null,
+    payment_method_configuration_details: null,
+    processing: null,
+    shipping: null,
+    transfer_data: null,
+    managed_payments: { enabled: false },
+  },
+  charge: {
+    application_fee: null,
+    description: null,
+    outcome: {
+      advice_code: null, network_advice_code: null, network_decline_code: null, network_status: 'approved_by_network',
+      reason: null, risk_level: 'normal', seller_message: 'Payment complete.', type: 'authorized',
+    },
+    shipping: null,
+    source: null,
+    transfer_data: null,
+  },
+  setup_intent: {
+    automatic_payment_methods: null,
+    last_setup_error: null,
+    next_action: null,
+    payment_method_configuration_details: null,
+  },
+  'billing.meter_event': {},
+  'entitlements.active_entitlement': {},
+};
+
+function loadTemplates() {
+  const raw = {};
+  for (const type of Object.keys(DEFAULTS)) {
+    if (type !== 'invoice_line') raw[type] = loadFixture(type);
+  }
+  // The invoice line template is the line embedded in the invoice fixture.
+  raw.invoice_line = raw.invoice.lines.data[0];
+  // Leftover from pre-basil versions: basil invoices name their subscription in
+  // parent.subscription_details only.
+  delete raw.invoice.subscription;
+  const templates = {};
+  for (const [type, fixture] of Object.entries(raw)) templates[type] = { ...fixture, ...DEFAULTS[type] };
+  return templates;
+}
+
+const TEMPLATES = loadTemplates();
+
+// A fresh copy of `type`'s template with `fields` set on top.
+function fromTemplate(type, fields) {
+  return { ...structuredClone(TEMPLATES[type]), ...fields };
+}
+
+function hasTemplate(type) {
+  return Object.hasOwn(TEMPLATES, type) && type !== 'invoice_line';
+}
+
+function buildCustomer({ email = null, name = null, description = null, phone = null, metadata = {}, created = nowSeconds() }) {
+  return fromTemplate('customer', {
+    id: newId('cus_'),
+    created,
+    description,
+    email,
+    invoice_prefix: randomAlnum(8).toUpperCase(),
+    metadata,
+    name,
+    phone,
+  });
+}
+
+// Prices are seeded, never created through the API. Missing fields come from
+// the template; `type` follows `recurring` unless given.
+function buildPrice(fields) {
+  const price = fromTemplate('price', { created: nowSeconds(), ...fields });
+  if (!fields.type) price.type = price.recurring ? 'recurring' : 'one_time';
+  if (price.type === 'one_time') price.recurring = null;
+  if (price.recurring) {
+    price.recurring = { interval: 'month', interval_count: 1, meter: null, usage_type: 'licensed', trial_period_days: null, ...price.recurring };
+  }
+  if (fields.unit_amount_decimal === undefined) price.unit_amount_decimal = String(price.unit_amount);
+  return price;
+}
+
+function buildProduct(fields) {
+  return fromTemplate('product', { created: nowSeconds(), updated: nowSeconds(), ...fields });
+}
+
+// The legacy `plan` mirror of a recurring price, still embedded in basil
+// subscription items.
+function planFromPrice(price) {
+  return fromTemplate('plan', {
+    active: price.active,
+    amount: price.unit_amount,
+    amount_decimal: price.unit_amount_decimal,
+    billing_scheme: price.billing_scheme,
+    created: price.created,
+    currency: price.currency,
+    id: price.id,
+    interval: price.recurring.interval,
+    interval_count: price.recurring.interval_count,
+    metadata: price.metadata,
+    meter: price.recurring.meter,
+    nickname: price.nickname,
+    product: price.product,
+    tiers_mode: price.tiers_mode,
+    trial_period_days: price.recurring.trial_period_days,
+    usage_type: price.recurring.usage_type,
+  });
+}
+
+function buildSubscriptionItem({ subscription, price, quantity, periodStart, periodEnd, created = nowSeconds() }) {
+  return fromTemplate('subscription_item', {
+    created,
+    discounts: [],
+    id: newId('si_'),
+    metadata: {},
+    price: structuredClone(price),
+    quantity,
+    subscription,
+    tax_rates: [],
+    plan: planFromPrice(price),
+    current_period_end: periodEnd,
+    current_period_start: periodStart,
+  });
+}
+
+function itemList(subscriptionId, items) {
+  return {
+    object: 'list',
+    data: items,
+    has_more: false,
+    total_count: items.length,
+    url: `/v1/subscription_items?subscription=${subscriptionId}`,
+  };
+}
+
+// Basil shape: no current_period_* on the subscription itself, only on items.
+// `lines` is [{price, quantity}], periods are given by the caller.
+function buildSubscription({
+  customer, lines, status, periodStart, periodEnd, trialStart = null, trialEnd = null, metadata = {}, created = nowSeconds(),
+}) {
+  const id = newId('sub_');
+  const items = lines.map(({ price, quantity }) =>
+    buildSubscriptionItem({ subscription: id, price, quantity, periodStart, periodEnd, created }));
+  return fromTemplate('subscription', {
+    billing_cycle_anchor: trialEnd || periodStart,
+    created,
+    currency: lines[0].price.currency,
+    customer,
+    default_payment_method: null,
+    id,
+    items: itemList(id, items),
+    latest_invoice: null,
+    metadata,
+    start_date: created,
+    status,
+    trial_end: trialEnd,
+    trial_start: trialStart,
+  });
+}
+
+// Stripe's line wording: "1 × Basic (at $10.00 / month)".
+function describeLine(item, productName) {
+  const amount = (item.price.unit_amount / 100).toFixed(2);
+  const every = item.price.recurring ? ` / ${item.price.recurring.interval}` : '';
+  return `${item.quantity} × ${productName} (at $${amount}${every})`;
+}
+
+function buildInvoiceLine({ invoice, subscription, item, amount, productName }) {
+  return fromTemplate('invoice_line', {
+    amount,
+    currency: item.price.currency,
+    description: describeLine(item, productName),
+    discount_amounts: [],
+    discounts: [],
+    id: newId('il_'),
+    invoice,
+    metadata: {},
+    period: { end: item.current_period_end, start: item.current_period_start },
+    quantity: item.quantity,
+    subscription: subscription.id,
+    parent: {
+      invoice_item_details: null,
+      subscription_item_details: {
+        invoice_item: null,
+        proration: false,
+        proration_details: { credited_items: null },
+        subscription: subscription.id,
+        subscription_item: item.id,
+      },
+      type: 'subscription_item_details',
+    },
+    pricing: {
+      price_details: { price: item.price.id, product: item.price.product },
+      type: 'price_details',
+      unit_amount_decimal: item.price.unit_amount_decimal,
+    },
+    subtotal: amount,
+  });
+}
+
+// Invoice for a subscription's current items. `paid` false leaves it open
+// after a failed attempt. A trialing subscription is invoiced 0.
+// `productName(id)` resolves line descriptions.
+function buildInvoice({ subscription, customer, billingReason, paid, productName, created = nowSeconds() }) {
+  const id = newId('in_');
+  const trial = subscription.status === 'trialing';
+  const lines = subscription.items.data.map((item) => buildInvoiceLine({
+    invoice: id,
+    subscription,
+    item,
+    amount: trial ? 0 : item.price.unit_amount * item.quantity,
+    productName: productName(item.price.product),
+  }));
+  const total = lines.reduce((sum, line) => sum + line.amount, 0);
+  return fromTemplate('invoice', {
+    amount_due: total,
+    amount_paid: paid ? total : 0,
+    amount_remaining: paid ? 0 : total,
+    attempt_count: 1,
+    attempted: true,
+    billing_reason: billingReason,
+    created,
+    currency: subscription.currency,
+    customer: customer.id,
+    customer_email: customer.email,
+    customer_name: customer.name,
+    effective_at: created,
+    hosted_invoice_url: `https://invoice.stripe.com/i/fake/${id}`,
+    id,
+    invoice_pdf: `https://pay.stripe.com/invoice/fake/${id}/pdf`,
+    lines: { data: lines, has_more: false, object: 'list', url: `/v1/invoices/${id}/lines` },
+    number: `${customer.invoice_prefix}-${String(customer.next_invoice_sequence).padStart(4, '0')}`,
+    period_end: created,
+    period_start: created,
+    status: paid ? 'paid' : 'open',
+    status_transitions: { finalized_at: created, marked_uncollectible_at: null, paid_at: paid ? created : null, voided_at: null },
+    subtotal: total,
+    subtotal_excluding_tax: total,
+    total,
+    total_discount_amounts: [],
+    total_excluding_tax: total,
+    webhooks_delivered_at: created,
+    total_pretax_credit_amounts: [],
+    total_taxes: [],
+    parent: {
+      quote_details: null,
+      subscription_details: { metadata: subscription.metadata, subscription: subscription.id },
+      type: 'subscription_details',
+    },
+  });
+}
+
+function buildCheckoutSession(fields) {
+  return fromTemplate('checkout.session', { created: nowSeconds(), ...fields });
+}
+
+function buildPortalSession({ customer, returnUrl, baseUrl }) {
+  const id = newId('bps_');
+  return fromTemplate('billing_portal.session', {
+    configuration: 'bpc_fake_default',
+    created: nowSeconds(),
+    customer,
+    id,
+    return_url: returnUrl,
+    url: `${baseUrl}/portal/${id}`,
+  });
+}
+
+// `failed` builds the intent as a declined card leaves it.
+function buildPaymentIntent({ amount, currency, customer, metadata, failed }) {
+  const id = newId('pi_');
+  return fromTemplate('payment_intent', {
+    amount,
+    amount_received: failed ? 0 : amount,
+    canceled_at: null,
+    client_secret: `${id}_secret_${randomAlnum(25)}`,
+    created: nowSeconds(),
+    currency,
+    customer,
+    id,
+    last_payment_error: failed
+      ? { code: 'card_declined', decline_code: 'generic_decline', message: 'Your card was declined.', type: 'card_error' }
+      : null,
+    metadata,
+    payment_method: failed ? null : newId('pm_'),
+    status: failed ? 'requires_payment_method' : 'succeeded',
+  });
+}
+
+function buildCharge({ paymentIntent, email, failed }) {
+  const id = newId('ch_');
+  const template = TEMPLATES.charge;
+  const outcome = failed
+    ? { ...template.outcome, network_status: 'declined_by_network', reason: 'generic_decline', seller_message: 'The bank did not return any further details with this decline.', type: 'issuer_declined' }
+    : template.outcome;
+  return fromTemplate('charge', {
+    amount: paymentIntent.amount,
+    amount_captured: failed ? 0 : paymentIntent.amount,
+    balance_transaction: failed ? null : newId('txn_'),
+    billing_details: { address: NULL_ADDRESS, email, name: null, phone: null, tax_id: null },
+    captured: !failed,
+    created: nowSeconds(),
+    currency: paymentIntent.currency,
+    customer: paymentIntent.customer,
+    failure_code: failed ? 'card_declined' : null,
+    failure_message: failed ? 'Your card was declined.' : null,
+    id,
+    metadata: paymentIntent.metadata,
+    outcome,
+    paid: !failed,
+    payment_intent: paymentIntent.id,
+    payment_method: newId('pm_'),
+    payment_method_details: {
+      card: {
+        ...template.payment_method_details.card,
+        amount_authorized: failed ? null : paymentIntent.amount,
+        installments: null,
+        overcapture: { maximum_amount_capturable: paymentIntent.amount, status: 'unavailable' },
+        three_d_secure: null,
+        wallet: null,
+      },
+      type: 'card',
+    },
+    receipt_url: failed ? null : `https://pay.stripe.com/receipts/fake/${id}`,
+    refunds: { data: [], has_more: false, object: 'list', url: `/v1/charges/${id}/refunds` },
+    status: failed ? 'failed' : 'succeeded',
+  });
+}
+
+function buildSetupIntent({ customer }) {
+  const id = newId('seti_');
+  return fromTemplate('setup_intent', {
+    client_secret: `${id}_secret_${randomAlnum(25)}`,
+    created: nowSeconds(),
+    customer,
+    id,
+    payment_method: newId('pm_'),
+    status: 'succeeded',
+  });
+}
+
+function buildMeterEvent({ eventName, identifier, payload, timestamp }) {
+  return fromTemplate('billing.meter_event', {
+    created: nowSeconds(),
+    event_name: eventName,
+    identifier,
+    payload,
+    timestamp,
+  });
+}
+
+function buildEvent({ type, object, previousAttributes, request, created = nowSeconds() }) {
+  const data = { object: structuredClone(object) };
+  if (previousAttributes) data.previous_attributes = structuredClone(previousAttributes);
+  return {
+    id: newId('evt_'),
+    object: 'event',
+    api_version: API_VERSION,
+    created,
+    data,
+    livemode: false,
+    pending_webhooks: 0,
+    request: request || { id: null, idempotency_key: null },
+    type,
+  };
+}
+
+module.exports = {
+  API_VERSION,
+  fromTemplate,
+  hasTemplate,
+  buildCustomer,
+  buildPrice,
+  buildProduct,
+  planFromPrice,
+  buildSubscriptionItem,
+  buildSubscription,
+  itemList,
+  buildInvoice,
+  buildCheckoutSession,
+  buildPortalSession,
+  buildPaymentIntent,
+  buildCharge,
+  buildSetupIntent,
+  buildMeterEvent,
+  buildEvent,
+};
