@@ -10,9 +10,9 @@ PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK = -lcrypto -lcurl
 
 # pg_regress: sql/<name>.sql against expected/<name>.out
-REGRESS = settings signatures event_ledger webhooks
+REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_lifecycle
 # pg_isolation_regress: specs/<name>.spec against expected/<name>.out
-ISOLATION = concurrent_delivery
+ISOLATION = concurrent_delivery concurrent_subscription_updates
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

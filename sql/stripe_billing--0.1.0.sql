@@ -345,6 +345,23 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_billing.checkout_sessions', '
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.entitlement_summaries', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.active_entitlements', '');
 
+-- Payloads and raw objects are a few KB of JSON, compressed on every write:
+-- lz4 does that several times faster than pglz, where the server has it.
+DO $$
+DECLARE
+  t text;
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_settings
+              WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+    ALTER TABLE stripe_billing.events ALTER COLUMN payload SET COMPRESSION lz4;
+    FOREACH t IN ARRAY ARRAY['customers', 'products', 'prices', 'subscriptions', 'subscription_items',
+                             'invoices', 'payments', 'checkout_sessions', 'entitlement_summaries'] LOOP
+      EXECUTE format('ALTER TABLE stripe_billing.%I ALTER COLUMN raw SET COMPRESSION lz4', t);
+    END LOOP;
+  END IF;
+END
+$$;
+
 CREATE INDEX events_failed_idx ON stripe_billing.events (created, id) WHERE outcome = 'failed';
 CREATE INDEX events_ignored_idx ON stripe_billing.events (type, created, id) WHERE outcome = 'ignored';
 

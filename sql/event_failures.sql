@@ -1,0 +1,146 @@
+-- Events whose object does not fit: recorded as 'failed' with an error
+-- naming the field, inside a subtransaction, so the caller's transaction
+-- goes on and nothing received is lost; retried and replayed later.
+CREATE EXTENSION stripe_billing;
+SET search_path = stripe_billing, public;
+
+-- A valid minimal object per mapped type, and a way to wrap it in an event.
+CREATE TEMP TABLE good (type text PRIMARY KEY, object jsonb NOT NULL);
+INSERT INTO good VALUES
+  ('customer.updated', '{"id": "cus_1", "object": "customer", "email": "a@b.c", "metadata": {}}'),
+  ('product.updated', '{"id": "prod_1", "object": "product", "name": "P", "active": true}'),
+  ('price.updated', '{"id": "price_1", "object": "price", "product": "prod_1", "unit_amount": 100, "recurring": {"interval": "month", "interval_count": 1}}'),
+  ('plan.updated', '{"id": "plan_1", "object": "plan", "product": "prod_1", "amount": 100, "interval": "month"}'),
+  ('customer.subscription.updated', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"object": "list", "has_more": false, "data": [{"id": "si_1", "quantity": 1, "current_period_start": 1700000000, "current_period_end": 1702592000, "price": {"id": "price_1", "product": "prod_1"}}]}}'),
+  ('invoice.paid', '{"id": "in_1", "object": "invoice", "customer": "cus_1", "status": "paid", "amount_paid": 100, "attempt_count": 1, "parent": {"subscription_details": {"subscription": "sub_1"}}}'),
+  ('invoice_payment.paid', '{"id": "inpay_1", "object": "invoice_payment", "invoice": "in_1", "amount_paid": 100, "payment": {"type": "payment_intent", "payment_intent": "pi_1"}}'),
+  ('payment_intent.succeeded', '{"id": "pi_1", "object": "payment_intent", "customer": "cus_1", "amount": 100, "status": "succeeded", "last_payment_error": null}'),
+  ('charge.refunded', '{"id": "ch_1", "object": "charge", "payment_intent": "pi_1", "amount": 100, "amount_refunded": 100, "status": "succeeded", "refunds": {"data": [{"id": "re_1", "amount": 100, "status": "succeeded"}]}}'),
+  ('refund.created', '{"id": "re_2", "object": "refund", "charge": "ch_1", "amount": 50, "status": "pending"}'),
+  ('checkout.session.completed', '{"id": "cs_1", "object": "checkout.session", "client_reference_id": "u1", "customer": "cus_1", "mode": "subscription", "status": "complete", "expires_at": 1700086400}'),
+  ('entitlements.active_entitlement_summary.updated', '{"object": "entitlements.active_entitlement_summary", "customer": "cus_1", "entitlements": {"data": [{"id": "ent_1", "feature": "feat_1", "lookup_key": "reports"}], "has_more": false}}');
+
+CREATE FUNCTION pg_temp.ev(id text, type text, object jsonb) RETURNS jsonb LANGUAGE sql AS $$
+  SELECT jsonb_build_object('id', id, 'object', 'event', 'type', type, 'created', 1700000000,
+                            'livemode', false, 'data', jsonb_build_object('object', object))
+$$;
+
+-- Bad shapes, for every mapped type: each required field missing, and
+-- fields of the wrong JSON type at every depth.
+CREATE TEMP TABLE bad (n serial, type text, label text, object jsonb);
+INSERT INTO bad (type, label, object)
+SELECT g.type, 'no ' || f, g.object #- string_to_array(f, '.')
+  FROM good g, LATERAL unnest(CASE g.type
+      WHEN 'customer.subscription.updated' THEN ARRAY['id', 'customer', 'status', 'items', 'items.data', 'items.data.0.id', 'object']
+      WHEN 'invoice_payment.paid' THEN ARRAY['id', 'invoice']
+      WHEN 'entitlements.active_entitlement_summary.updated' THEN ARRAY['customer', 'entitlements', 'entitlements.data', 'entitlements.data.0.feature', 'entitlements.data.0.lookup_key']
+      ELSE ARRAY['id'] END) AS f;
+INSERT INTO bad (type, label, object) VALUES
+  ('customer.updated', 'email number', '{"id": "cus_1", "object": "customer", "email": 5}'),
+  ('customer.updated', 'metadata array', '{"id": "cus_1", "object": "customer", "metadata": []}'),
+  ('customer.updated', 'id number', '{"id": 17, "object": "customer"}'),
+  ('customer.updated', 'deleted string', '{"id": "cus_1", "object": "customer", "deleted": "yes"}'),
+  ('product.updated', 'active string', '{"id": "prod_1", "object": "product", "active": "true"}'),
+  ('price.updated', 'unit_amount fraction', '{"id": "price_1", "object": "price", "unit_amount": 1.5}'),
+  ('price.updated', 'unit_amount string', '{"id": "price_1", "object": "price", "unit_amount": "100"}'),
+  ('price.updated', 'recurring.interval_count string', '{"id": "price_1", "object": "price", "recurring": {"interval_count": "1"}}'),
+  ('price.updated', 'product object without id', '{"id": "price_1", "object": "price", "product": {"object": "product"}}'),
+  ('plan.updated', 'amount string', '{"id": "plan_1", "object": "plan", "amount": "100"}'),
+  ('customer.subscription.updated', 'status number', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": 1, "items": {"data": []}}'),
+  ('customer.subscription.updated', 'items.data object', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": {}}}'),
+  ('customer.subscription.updated', 'item quantity string', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": [{"id": "si_1"}, {"id": "si_2", "quantity": "2"}]}}'),
+  ('customer.subscription.updated', 'item not an object', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": ["si_1"]}}'),
+  ('customer.subscription.updated', 'item price.id missing', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": [{"id": "si_1", "price": {"product": "prod_1"}}]}}'),
+  ('customer.subscription.updated', 'current_period_end string', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "current_period_end": "soon", "items": {"data": []}}'),
+  ('customer.subscription.updated', 'cancel_at_period_end number', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "cancel_at_period_end": 0, "items": {"data": []}}'),
+  ('customer.subscription.updated', 'customer array', '{"id": "sub_1", "object": "subscription", "customer": ["cus_1"], "status": "active", "items": {"data": []}}'),
+  ('invoice.paid', 'amount_due string', '{"id": "in_1", "object": "invoice", "amount_due": "100"}'),
+  ('invoice.paid', 'parent.subscription_details string', '{"id": "in_1", "object": "invoice", "parent": {"subscription_details": "sub_1"}}'),
+  ('invoice.paid', 'attempt_count boolean', '{"id": "in_1", "object": "invoice", "attempt_count": true}'),
+  ('payment_intent.succeeded', 'last_payment_error string', '{"id": "pi_1", "object": "payment_intent", "last_payment_error": "declined"}'),
+  ('payment_intent.succeeded', 'amount object', '{"id": "pi_1", "object": "payment_intent", "amount": {"value": 1}}'),
+  ('charge.refunded', 'refunds.data[0].amount string', '{"id": "ch_1", "object": "charge", "refunds": {"data": [{"id": "re_1", "amount": "100"}]}}'),
+  ('refund.created', 'charge number', '{"id": "re_2", "object": "refund", "charge": 5}'),
+  ('checkout.session.completed', 'expires_at string', '{"id": "cs_1", "object": "checkout.session", "expires_at": "tomorrow"}'),
+  ('checkout.session.completed', 'client_reference_id number', '{"id": "cs_1", "object": "checkout.session", "client_reference_id": 42}'),
+  ('entitlements.active_entitlement_summary.updated', 'entitlements.has_more string', '{"object": "entitlements.active_entitlement_summary", "customer": "cus_1", "entitlements": {"data": [], "has_more": "no"}}');
+
+-- All in ONE transaction: each bad event is recorded failed and the
+-- transaction stays usable for the next one.
+BEGIN;
+SELECT b.type, b.label, stripe_apply_event(pg_temp.ev('evt_bad_' || b.n, b.type, b.object)) AS outcome
+  FROM bad b ORDER BY b.n;
+SELECT b.label, e.outcome, e.error FROM bad b JOIN events e ON e.id = 'evt_bad_' || b.n ORDER BY b.n;
+-- the good objects still apply in the same transaction
+SELECT g.type, stripe_apply_event(pg_temp.ev('evt_good_' || g.type, g.type, g.object)) AS outcome
+  FROM good g ORDER BY g.type;
+COMMIT;
+
+-- nothing is lost: every event is in the ledger, the bad ones with their error
+SELECT outcome, count(*) FROM events GROUP BY outcome ORDER BY outcome;
+SELECT count(*) AS bad_events, count(*) FILTER (WHERE e.outcome = 'failed' AND e.error LIKE 'invalid Stripe object: field "data.object.%') AS failed_naming_field
+  FROM bad b JOIN events e ON e.id = 'evt_bad_' || b.n;
+-- and failed events wrote nothing: the tables hold only the good objects
+SELECT (SELECT count(*) FROM customers) AS customers, (SELECT count(*) FROM subscriptions) AS subscriptions,
+       (SELECT count(*) FROM subscription_items) AS items, (SELECT count(*) FROM payments) AS payments;
+
+-- retrying a failed event re-applies it; here a (test-only) trigger makes
+-- the mapping fail on data until it is dropped
+CREATE FUNCTION pg_temp.refuse_gold() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.metadata->>'tier' = 'gold' THEN
+    RAISE EXCEPTION 'gold customers are not accepted yet' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_gold BEFORE INSERT OR UPDATE ON customers
+  FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse_gold();
+SELECT stripe_apply_event(pg_temp.ev('evt_gold', 'customer.updated',
+         '{"id": "cus_gold", "object": "customer", "metadata": {"tier": "gold"}}'));
+SELECT id, outcome, error FROM events WHERE id = 'evt_gold';
+SELECT * FROM stripe_retry_failed_events() WHERE event_id = 'evt_gold';
+DROP TRIGGER refuse_gold ON customers;
+SELECT * FROM stripe_retry_failed_events() WHERE event_id = 'evt_gold';
+SELECT id, outcome, error FROM events WHERE id = 'evt_gold';
+SELECT id, metadata FROM customers WHERE id = 'cus_gold';
+-- the shape failures stay failed on retry (their payload cannot change)
+SELECT outcome, count(*) FROM stripe_retry_failed_events() GROUP BY outcome;
+SELECT * FROM stripe_retry_failed_events(0);
+
+-- errors about the moment, not the event (here a statement timeout while
+-- mapping) abort the caller's statement: the event is not recorded failed
+CREATE FUNCTION pg_temp.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$;
+CREATE TRIGGER slow BEFORE INSERT ON products FOR EACH ROW EXECUTE FUNCTION pg_temp.slow();
+SET statement_timeout = '200ms';
+\set VERBOSITY terse
+SELECT stripe_apply_event(pg_temp.ev('evt_slow', 'product.created', '{"id": "prod_slow", "object": "product"}'));
+\set VERBOSITY default
+RESET statement_timeout;
+DROP TRIGGER slow ON products;
+SELECT count(*) AS recorded FROM events WHERE id = 'evt_slow';
+SELECT stripe_apply_event(pg_temp.ev('evt_slow', 'product.created', '{"id": "prod_slow", "object": "product"}'));
+
+-- replay: events recorded 'ignored' (by a version that did not map their
+-- type yet) are applied once replayed
+INSERT INTO events (id, type, livemode, created, source, outcome, payload)
+SELECT 'evt_old_' || g, 'customer.created', false, to_timestamp(1700000000 + g), 'webhook', 'ignored',
+       pg_temp.ev('evt_old_' || g, 'customer.created',
+                  jsonb_build_object('id', 'cus_old_' || g, 'object', 'customer', 'email', g || '@old.example'))
+       || jsonb_build_object('created', 1700000000 + g)
+  FROM generate_series(1, 3) g;
+SELECT * FROM stripe_replay_events('customer.created');
+SELECT id, email FROM customers WHERE id LIKE 'cus_old_%' ORDER BY id;
+SELECT * FROM stripe_replay_events('customer.created');
+SELECT count(*) AS still_ignored FROM events WHERE outcome = 'ignored';
+
+-- a mapped type whose object has no "object" field is recorded failed,
+-- naming the field
+SELECT stripe_apply_event(pg_temp.ev('evt_no_kind', 'customer.updated', '{"id": "cus_x"}'));
+SELECT error FROM events WHERE id = 'evt_no_kind';
+-- a mapped type carrying another kind of object (a dispute) is ignored
+SELECT stripe_apply_event(pg_temp.ev('evt_dispute', 'charge.dispute.created', '{"id": "dp_1", "object": "dispute"}'));
+-- invoice.upcoming is a preview without an id: kept, ignored
+SELECT stripe_apply_event(pg_temp.ev('evt_upcoming', 'invoice.upcoming', '{"object": "invoice", "amount_due": 100}'));
+
+DROP EXTENSION stripe_billing;
