@@ -405,15 +405,25 @@ AS $$
 $$;
 
 -- Links a customer to the application's user.  fill_only: keep an existing
--- link (metadata); otherwise replace it (Checkout, explicit links).
-CREATE FUNCTION stripe_billing._link_customer(customer_id text, user_ref text, fill_only boolean)
+-- link (metadata); otherwise replace it (Checkout, explicit links).  The
+-- users on both sides of a change get their features recomputed.
+CREATE FUNCTION stripe_billing._link_customer(customer_id text, new_user_ref text, fill_only boolean)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
+DECLARE
+  old_user_ref text;
+BEGIN
+  SELECT c.user_ref INTO old_user_ref FROM stripe_billing.customers c WHERE c.id = customer_id FOR UPDATE;
+  IF FOUND AND (old_user_ref IS NOT DISTINCT FROM new_user_ref OR (fill_only AND old_user_ref IS NOT NULL)) THEN
+    RETURN;
+  END IF;
   INSERT INTO stripe_billing.customers AS t (id, user_ref)
-  VALUES (customer_id, user_ref)
-  ON CONFLICT (id) DO UPDATE SET user_ref = EXCLUDED.user_ref, updated_at = pg_catalog.now()
-  WHERE t.user_ref IS DISTINCT FROM EXCLUDED.user_ref AND NOT (fill_only AND t.user_ref IS NOT NULL)
+  VALUES (customer_id, new_user_ref)
+  ON CONFLICT (id) DO UPDATE SET user_ref = EXCLUDED.user_ref, updated_at = now();
+  PERFORM stripe_billing._refresh_user_features(old_user_ref);
+  PERFORM stripe_billing._refresh_user_features(new_user_ref);
+END
 $$;
 
 CREATE FUNCTION stripe_billing._apply_customer(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
@@ -439,7 +449,11 @@ BEGIN
          refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
          updated_at = now()
   WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
-  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  PERFORM stripe_billing._refresh_customer_features(o->>'id');
+  RETURN 'applied';
 END
 $$;
 
@@ -589,6 +603,7 @@ BEGIN
   IF stripe_billing._user_ref(o->'metadata') IS NOT NULL THEN
     PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true);
   END IF;
+  PERFORM stripe_billing._refresh_customer_features(customer_id);
   RETURN 'applied';
 END
 $$;
@@ -796,6 +811,7 @@ BEGIN
   SELECT customer_id, stripe_billing._id(e->'feature'), e->>'lookup_key', e->>'id'
     FROM jsonb_array_elements(o->'entitlements'->'data') e
   ON CONFLICT (customer, feature_id) DO NOTHING;
+  PERFORM stripe_billing._refresh_customer_features(customer_id);
   RETURN 'applied';
 END
 $$;
@@ -820,18 +836,6 @@ BEGIN
   WHEN 'entitlements.active_entitlement_summary' THEN
     RETURN stripe_billing._apply_entitlement_summary(o, ev_id, ev_created);
   END CASE;
-END
-$$;
-
--- Internal functions are for the extension's own calls only.
-DO $$
-DECLARE f regprocedure;
-BEGIN
-  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-            WHERE p.pronamespace = 'stripe_billing'::regnamespace AND p.proname LIKE '\_%'
-  LOOP
-    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-  END LOOP;
 END
 $$;
 
@@ -907,3 +911,228 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_replay_events(text) FROM PUBLIC;
+
+--------------------------------------------------------------------------
+-- Entitlements
+--
+-- A user has feature F when a subscription of one of their customers grants
+-- it (through feature_grants: a price id, a price lookup key or a product
+-- id) or Stripe Entitlements lists F for the customer.  The answer is
+-- derived per user into user_features whenever an event or a grant changes
+-- it, inside that transaction; stripe_has_entitlement serves it from a
+-- per-backend cache that a change to user_features invalidates.
+--------------------------------------------------------------------------
+
+-- Which subscription items grant which features (managed by the app).
+CREATE TABLE stripe_billing.feature_grants (
+    source_type text NOT NULL CHECK (source_type IN ('price', 'lookup_key', 'product')),
+    source      text NOT NULL CHECK (source <> ''),
+    feature     text NOT NULL CHECK (feature <> ''),
+    PRIMARY KEY (source_type, source, feature)
+);
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.feature_grants', '');
+
+-- Derived: each user's features and when access ends (NULL: no end known).
+-- COLLATE "C": exact matches only, and the C lookups' scan keys agree.
+CREATE TABLE stripe_billing.user_features (
+    user_ref    text COLLATE "C" NOT NULL,
+    feature     text COLLATE "C" NOT NULL,
+    valid_until timestamptz,
+    PRIMARY KEY (user_ref, feature)
+);
+
+-- Any change to user_features invalidates every backend's entitlement cache.
+CREATE FUNCTION stripe_billing._invalidate_entitlement_cache() RETURNS trigger
+AS 'MODULE_PATHNAME', 'stripe_invalidate_entitlement_cache'
+LANGUAGE C;
+CREATE TRIGGER user_features_invalidate
+    AFTER INSERT OR UPDATE OR DELETE ON stripe_billing.user_features
+    FOR EACH ROW EXECUTE FUNCTION stripe_billing._invalidate_entitlement_cache();
+CREATE TRIGGER user_features_invalidate_truncate
+    AFTER TRUNCATE ON stripe_billing.user_features
+    FOR EACH STATEMENT EXECUTE FUNCTION stripe_billing._invalidate_entitlement_cache();
+
+-- When a subscription item's access ends: never later than period end plus
+-- access_slack, whatever the status says (a lost cancellation must not grant
+-- free months); for past_due, period end plus the past_due grace; when
+-- cancelling at period end, the period end; and a scheduled cancel_at.
+-- NULL: no end known (no period end).
+CREATE FUNCTION stripe_billing._access_ends(status text, cancel_at_period_end boolean,
+                                            cancel_at timestamptz, period_end timestamptz)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+  SELECT least(period_end + current_setting('stripe_billing.access_slack')::interval,
+               CASE WHEN status = 'past_due'
+                    THEN period_end + current_setting('stripe_billing.past_due_grace')::interval END,
+               CASE WHEN cancel_at_period_end THEN period_end END,
+               cancel_at)
+$$;
+
+-- Recomputes one user's features; writes only what changed.
+CREATE FUNCTION stripe_billing._refresh_user_features(target text) RETURNS void
+LANGUAGE sql
+AS $$
+  WITH grants AS (
+    SELECT g.feature,
+           stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
+                                       coalesce(i.current_period_end, s.current_period_end)) AS ends
+      FROM stripe_billing.customers c
+      JOIN stripe_billing.subscriptions s ON s.customer = c.id
+      JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
+      JOIN stripe_billing.feature_grants g
+        ON (g.source_type = 'price' AND g.source = i.price)
+        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
+        OR (g.source_type = 'product' AND g.source = i.product)
+     WHERE c.user_ref = target AND NOT c.deleted
+       AND s.status IN ('active', 'trialing', 'past_due')
+    UNION ALL
+    SELECT e.lookup_key, NULL
+      FROM stripe_billing.customers c
+      JOIN stripe_billing.active_entitlements e ON e.customer = c.id
+     WHERE c.user_ref = target AND NOT c.deleted
+  ),
+  wanted AS (
+    SELECT feature, CASE WHEN bool_or(ends IS NULL) THEN NULL ELSE max(ends) END AS valid_until
+      FROM grants GROUP BY feature
+  ),
+  revoked AS (
+    DELETE FROM stripe_billing.user_features u
+     WHERE u.user_ref = target AND u.feature NOT IN (SELECT feature FROM wanted)
+  )
+  INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
+  SELECT target, feature, valid_until FROM wanted
+  ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until
+  WHERE u.valid_until IS DISTINCT FROM EXCLUDED.valid_until
+$$;
+
+-- Recomputes the features of the users linked to a customer.
+CREATE FUNCTION stripe_billing._refresh_customer_features(customer_id text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  PERFORM stripe_billing._refresh_user_features(c.user_ref)
+     FROM stripe_billing.customers c WHERE c.id = customer_id AND c.user_ref IS NOT NULL;
+END
+$$;
+
+-- Recomputes every user's features (after a grant changes, or the grace
+-- settings do); returns the number of users looked at.
+CREATE FUNCTION stripe_billing.stripe_refresh_entitlements() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  n bigint := 0;
+  u text;
+BEGIN
+  -- users who lost every customer link keep no features
+  DELETE FROM stripe_billing.user_features f
+   WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref);
+  FOR u IN SELECT DISTINCT user_ref FROM stripe_billing.customers WHERE user_ref IS NOT NULL LOOP
+    PERFORM stripe_billing._refresh_user_features(u);
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_refresh_entitlements() FROM PUBLIC;
+
+-- Grants a feature to subscription items with this price id, price lookup
+-- key or product id ('price', 'lookup_key', 'product').
+CREATE FUNCTION stripe_billing.stripe_grant_feature(source_type text, source text, feature text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF source_type IS NULL OR source_type NOT IN ('price', 'lookup_key', 'product') THEN
+    RAISE EXCEPTION 'source_type must be ''price'', ''lookup_key'' or ''product'', not %',
+                    coalesce(quote_literal(source_type), 'NULL')
+          USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF coalesce(source, '') = '' THEN
+    RAISE EXCEPTION 'source must not be empty' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF coalesce(feature, '') = '' THEN
+    RAISE EXCEPTION 'feature must not be empty' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  INSERT INTO stripe_billing.feature_grants VALUES (source_type, source, feature) ON CONFLICT DO NOTHING;
+  IF FOUND THEN
+    PERFORM stripe_billing.stripe_refresh_entitlements();
+  END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_grant_feature(text, text, text) FROM PUBLIC;
+
+-- Takes a grant back; true if there was one.
+CREATE FUNCTION stripe_billing.stripe_revoke_feature(source_type text, source text, feature text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  DELETE FROM stripe_billing.feature_grants g
+   WHERE g.source_type = stripe_revoke_feature.source_type AND g.source = stripe_revoke_feature.source
+     AND g.feature = stripe_revoke_feature.feature;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM stripe_billing.stripe_refresh_entitlements();
+  RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_revoke_feature(text, text, text) FROM PUBLIC;
+
+-- Does the user have the feature now?  Served from a per-backend cache of
+-- user_features; false for NULL or empty arguments, never an error.
+CREATE FUNCTION stripe_billing.stripe_has_entitlement(user_ref text, feature text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'stripe_has_entitlement'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+-- The user's features valid now, with when access ends (NULL: no end known).
+CREATE FUNCTION stripe_billing.stripe_user_features(user_ref text)
+RETURNS TABLE (feature text, valid_until timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT f.feature, f.valid_until FROM stripe_billing.user_features f
+   WHERE f.user_ref = stripe_user_features.user_ref
+     AND (f.valid_until IS NULL OR f.valid_until > stripe_billing.stripe_now())
+   ORDER BY f.feature
+$$;
+
+-- The status of the user's most relevant subscription (active first, then
+-- trialing, past_due, ...), or NULL when they have none.
+CREATE FUNCTION stripe_billing.stripe_subscription_status(user_ref text)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT s.status
+    FROM stripe_billing.customers c
+    JOIN stripe_billing.subscriptions s ON s.customer = c.id
+   WHERE c.user_ref = stripe_subscription_status.user_ref
+   ORDER BY array_position(ARRAY['active', 'trialing', 'past_due', 'unpaid', 'paused', 'incomplete',
+                                 'canceled', 'incomplete_expired'], s.status) NULLS LAST,
+            s.current_period_end DESC NULLS LAST
+   LIMIT 1
+$$;
+
+-- The time entitlement checks use: now(), or stripe_billing.test_clock.
+CREATE FUNCTION stripe_billing.stripe_now() RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'stripe_now'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+-- Internal functions are for the extension's own calls only.
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+            WHERE p.pronamespace = 'stripe_billing'::regnamespace AND p.proname LIKE '\_%'
+  LOOP
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+  END LOOP;
+END
+$$;

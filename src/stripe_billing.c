@@ -26,6 +26,9 @@ char	   *sb_webhook_secret = NULL;
 char	   *sb_api_key = NULL;
 bool		sb_livemode = false;
 int			sb_webhook_tolerance = 300;
+int			sb_past_due_grace = 0;
+int			sb_access_slack = 86400;
+char	   *sb_test_clock = NULL;
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -275,6 +278,33 @@ _PG_init(void)
 							PGC_SUSET,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.past_due_grace",
+							"How long past the period end a past_due subscription keeps access.",
+							"Bounded by stripe_billing.access_slack.  After a change, run stripe_refresh_entitlements().",
+							&sb_past_due_grace,
+							0, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.access_slack",
+							"Access ends this long after the period end, whatever the status says, unless a newer period arrives.",
+							"After a change, run stripe_refresh_entitlements().",
+							&sb_access_slack,
+							86400, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stripe_billing.test_clock",
+							   "For tests: the time entitlement checks use instead of now().",
+							   NULL,
+							   &sb_test_clock,
+							   "",
+							   PGC_SUSET,
+							   GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("stripe_billing");
 

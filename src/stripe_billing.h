@@ -12,6 +12,7 @@
 
 #include "pgtime.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 /*
  * SQLSTATEs of our own, in an implementation-defined class ("SB").
@@ -35,6 +36,9 @@ extern char *sb_webhook_secret;
 extern char *sb_api_key;
 extern bool sb_livemode;
 extern int	sb_webhook_tolerance;
+extern int	sb_past_due_grace;
+extern int	sb_access_slack;
+extern char *sb_test_clock;
 
 /* signatures.c */
 extern void sb_check_signature(const char *payload, size_t payload_len,
@@ -47,6 +51,9 @@ extern int	sb_split_secret_list(const char *list, char ***secrets,
 /* shapes.c */
 extern bool sb_object_kind_is_known(const char *kind);
 extern void sb_check_object_shape(JsonbContainer *object, const char *kind);
+
+/* entitlements.c */
+extern TimestampTz sb_now(void);
 
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);

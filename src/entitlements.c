@@ -1,0 +1,282 @@
+/*-------------------------------------------------------------------------
+ *
+ * entitlements.c
+ *	  stripe_has_entitlement: feature checks fast enough for row-level
+ *	  security policies.
+ *
+ * The answers live in stripe_billing.user_features (user_ref, feature,
+ * valid_until), derived in the transaction that applied the event.  Each
+ * backend caches the rows it has looked up in a hash table.  Every change to
+ * user_features fires a trigger that sends a relcache invalidation for the
+ * table (the idiom pg_cron uses for its job cache); our relcache callback
+ * then marks the cache stale, in this backend at the next command and in
+ * others when they next accept invalidation messages, which we make them do
+ * once per statement.  A check is then a hash lookup and a time comparison.
+ *
+ * Lookups read the table through its primary key index, with the query's
+ * snapshot, and write nothing: checks work on a hot standby, where replayed
+ * commits carry the same invalidations.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "storage/sinval.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "stripe_billing.h"
+
+PG_FUNCTION_INFO_V1(stripe_has_entitlement);
+PG_FUNCTION_INFO_V1(stripe_now);
+PG_FUNCTION_INFO_V1(stripe_invalidate_entitlement_cache);
+
+/* Longest "user_ref \x1f feature" key cached; longer ones are looked up. */
+#define KEY_MAX 256
+#define KEY_SEPARATOR '\x1f'
+/* A backend caching more answers than this starts over. */
+#define CACHE_MAX_ENTRIES 200000
+
+typedef struct CachedAnswer
+{
+	char		key[KEY_MAX];	/* hash key: user_ref, separator, feature */
+	bool		granted;		/* a user_features row exists */
+	TimestampTz valid_until;	/* DT_NOEND: no end */
+} CachedAnswer;
+
+static HTAB *answers = NULL;
+static MemoryContext answers_context = NULL;
+static bool answers_valid = false;
+static bool callback_registered = false;
+
+/* user_features and its primary key, resolved once (reset on invalidation) */
+static Oid	features_relid = InvalidOid;
+static Oid	features_pkey = InvalidOid;
+
+/* The statement whose invalidations were last accepted. */
+static LocalTransactionId checked_lxid = InvalidLocalTransactionId;
+static TimestampTz checked_statement = 0;
+
+/* stripe_billing.test_clock, parsed (see sb_now). */
+static char *parsed_clock_text = NULL;
+static TimestampTz parsed_clock = 0;
+
+/* Relcache callback: a change to user_features (or everything) stales us. */
+static void
+entitlement_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == features_relid)
+	{
+		answers_valid = false;
+		features_relid = InvalidOid;	/* re-resolve: it may be a new table */
+		features_pkey = InvalidOid;
+	}
+}
+
+/* Resolves user_features and its primary key. */
+static void
+resolve_features_table(void)
+{
+	Oid			nsp = get_namespace_oid("stripe_billing", true);
+
+	features_relid = OidIsValid(nsp) ? get_relname_relid("user_features", nsp) : InvalidOid;
+	features_pkey = OidIsValid(nsp) ? get_relname_relid("user_features_pkey", nsp) : InvalidOid;
+	if (!OidIsValid(features_relid) || !OidIsValid(features_pkey))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("stripe_billing.user_features does not exist"),
+				 errhint("Run CREATE EXTENSION stripe_billing in this database.")));
+}
+
+/* Makes the cache usable for this statement. */
+static void
+prepare_cache(void)
+{
+	LocalTransactionId lxid = MyProc->lxid;
+	TimestampTz statement = GetCurrentStatementStartTimestamp();
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(entitlement_relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
+
+	/*
+	 * Once per statement, take in what other sessions committed, so the next
+	 * statement after a revocation sees it.
+	 */
+	if (lxid != checked_lxid || statement != checked_statement)
+	{
+		AcceptInvalidationMessages();
+		checked_lxid = lxid;
+		checked_statement = statement;
+	}
+
+	if (!OidIsValid(features_relid))
+		resolve_features_table();
+
+	if (!answers_valid || (answers && hash_get_num_entries(answers) > CACHE_MAX_ENTRIES))
+	{
+		HASHCTL		ctl;
+
+		if (answers_context == NULL)
+			answers_context = AllocSetContextCreate(CacheMemoryContext,
+													"stripe_billing entitlements",
+													ALLOCSET_DEFAULT_SIZES);
+		else
+			MemoryContextReset(answers_context);
+		ctl.keysize = KEY_MAX;
+		ctl.entrysize = sizeof(CachedAnswer);
+		ctl.hcxt = answers_context;
+		answers = hash_create("stripe_billing entitlements", 1024, &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		answers_valid = true;
+	}
+}
+
+/* Reads the user_features row of (user_ref, feature) with the query's snapshot. */
+static void
+lookup_feature(text *user_ref, text *feature, bool *granted, TimestampTz *valid_until)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData keys[2];
+	HeapTuple	tuple;
+
+	/* the columns are COLLATE "C": scan keys of the C collation match */
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(user_ref));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(feature));
+
+	rel = table_open(features_relid, AccessShareLock);
+	scan = systable_beginscan(rel, features_pkey, true,
+							  ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(),
+							  2, keys);
+	tuple = systable_getnext(scan);
+	*granted = HeapTupleIsValid(tuple);
+	*valid_until = DT_NOEND;
+	if (*granted)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, 3, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			*valid_until = DatumGetTimestampTz(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * The time entitlement checks compare with: the transaction's start (now()),
+ * or stripe_billing.test_clock when a superuser set one.
+ */
+TimestampTz
+sb_now(void)
+{
+	if (sb_test_clock == NULL || sb_test_clock[0] == '\0')
+		return GetCurrentTransactionStartTimestamp();
+
+	if (parsed_clock_text == NULL || strcmp(parsed_clock_text, sb_test_clock) != 0)
+	{
+		parsed_clock = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+															   CStringGetDatum(sb_test_clock),
+															   ObjectIdGetDatum(InvalidOid),
+															   Int32GetDatum(-1)));
+		if (parsed_clock_text)
+			pfree(parsed_clock_text);
+		parsed_clock_text = MemoryContextStrdup(TopMemoryContext, sb_test_clock);
+	}
+	return parsed_clock;
+}
+
+/* stripe_now() -> timestamptz */
+Datum
+stripe_now(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(sb_now());
+}
+
+/*
+ * stripe_has_entitlement(user_ref text, feature text) -> boolean
+ *
+ * NULL or empty arguments answer false: inside a policy an error would fail
+ * the whole query.
+ */
+Datum
+stripe_has_entitlement(PG_FUNCTION_ARGS)
+{
+	text	   *user_ref;
+	text	   *feature;
+	int			user_len;
+	int			feature_len;
+	char		key[KEY_MAX];
+	CachedAnswer *answer;
+	bool		granted;
+	TimestampTz valid_until;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_BOOL(false);
+	user_ref = PG_GETARG_TEXT_PP(0);
+	feature = PG_GETARG_TEXT_PP(1);
+	user_len = VARSIZE_ANY_EXHDR(user_ref);
+	feature_len = VARSIZE_ANY_EXHDR(feature);
+	if (user_len == 0 || feature_len == 0)
+		PG_RETURN_BOOL(false);
+
+	prepare_cache();
+
+	if (user_len + feature_len + 2 <= KEY_MAX &&
+		memchr(VARDATA_ANY(user_ref), KEY_SEPARATOR, user_len) == NULL)
+	{
+		memcpy(key, VARDATA_ANY(user_ref), user_len);
+		key[user_len] = KEY_SEPARATOR;
+		memcpy(key + user_len + 1, VARDATA_ANY(feature), feature_len);
+		key[user_len + 1 + feature_len] = '\0';
+
+		answer = hash_search(answers, key, HASH_FIND, NULL);
+		if (answer == NULL)
+		{
+			/* look up first: an error must not leave a half-made entry */
+			lookup_feature(user_ref, feature, &granted, &valid_until);
+			answer = hash_search(answers, key, HASH_ENTER, NULL);
+			answer->granted = granted;
+			answer->valid_until = valid_until;
+		}
+		granted = answer->granted;
+		valid_until = answer->valid_until;
+	}
+	else
+		lookup_feature(user_ref, feature, &granted, &valid_until);
+
+	PG_RETURN_BOOL(granted && (valid_until == DT_NOEND || sb_now() < valid_until));
+}
+
+/* Trigger on user_features: tell every backend its cache is stale. */
+Datum
+stripe_invalidate_entitlement_cache(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "stripe_invalidate_entitlement_cache: not called as a trigger");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}
