@@ -1125,6 +1125,296 @@ CREATE FUNCTION stripe_billing.stripe_now() RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'stripe_now'
 LANGUAGE C STABLE PARALLEL SAFE;
 
+--------------------------------------------------------------------------
+-- Stripe API calls
+--
+-- stripe_api (C) makes the request: HTTPS to stripe_billing.api_base with
+-- the configured key and version, an Idempotency-Key on every POST and
+-- DELETE, retries of what Stripe says may be retried, Stripe's errors as
+-- SQLSTATEs SBA01..SBA07, and the returned object applied to the local
+-- tables at once.  The functions below build the calls apps need.  None is
+-- executable by PUBLIC: grant them to the application's backend role.
+--------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_billing.stripe_api(method text, path text, params jsonb DEFAULT '{}',
+                                          idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_api'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) FROM PUBLIC;
+
+-- The user's Stripe customer (the most recently created live one), or NULL.
+CREATE FUNCTION stripe_billing._customer_of(target text) RETURNS text
+LANGUAGE sql STABLE
+AS $$
+  SELECT c.id FROM stripe_billing.customers c
+   WHERE c.user_ref = target AND NOT c.deleted
+   ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1
+$$;
+
+-- Raises an invalid_parameter_value error naming the argument.
+CREATE FUNCTION stripe_billing._bad_argument(argument text, problem text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+  RAISE EXCEPTION '% %', argument, problem USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+
+-- A Checkout session for the user: subscription or one-time payment.
+CREATE FUNCTION stripe_billing.stripe_create_checkout(
+    user_ref text, price text, success_url text, cancel_url text,
+    quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
+    allow_promotion_codes boolean DEFAULT false, customer_email text DEFAULT NULL,
+    metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL)
+RETURNS TABLE (session_id text, url text, expires_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  customer_id text;
+  params jsonb;
+  session jsonb;
+BEGIN
+  IF coalesce(user_ref, '') = '' THEN PERFORM stripe_billing._bad_argument('user_ref', 'must not be empty'); END IF;
+  IF coalesce(price, '') = '' THEN PERFORM stripe_billing._bad_argument('price', 'must not be empty'); END IF;
+  IF coalesce(success_url, '') = '' THEN PERFORM stripe_billing._bad_argument('success_url', 'must not be empty'); END IF;
+  IF coalesce(cancel_url, '') = '' THEN PERFORM stripe_billing._bad_argument('cancel_url', 'must not be empty'); END IF;
+  IF quantity IS NULL OR quantity < 1 THEN PERFORM stripe_billing._bad_argument('quantity', 'must be at least 1'); END IF;
+  IF mode IS NULL OR mode NOT IN ('subscription', 'payment') THEN
+    PERFORM stripe_billing._bad_argument('mode', 'must be ''subscription'' or ''payment''');
+  END IF;
+  IF trial_days IS NOT NULL AND (trial_days < 1 OR mode <> 'subscription') THEN
+    PERFORM stripe_billing._bad_argument('trial_days', 'must be at least 1, for mode ''subscription'' only');
+  END IF;
+  IF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
+    PERFORM stripe_billing._bad_argument('metadata', 'must be a JSON object');
+  END IF;
+  -- Stripe keeps metadata as flat string values
+  PERFORM stripe_billing._bad_argument('metadata.' || m.key, 'must be a string, number or boolean, not ' || jsonb_typeof(m.value))
+     FROM jsonb_each(coalesce(metadata, '{}')) m
+    WHERE jsonb_typeof(m.value) NOT IN ('string', 'number', 'boolean');
+
+  customer_id := stripe_billing._customer_of(user_ref);
+  params := jsonb_build_object(
+      'mode', mode,
+      'line_items', jsonb_build_array(jsonb_build_object('price', price, 'quantity', quantity)),
+      'success_url', success_url, 'cancel_url', cancel_url,
+      'client_reference_id', user_ref,
+      'metadata', coalesce(metadata, '{}') || jsonb_build_object('user_ref', user_ref));
+  IF customer_id IS NOT NULL THEN
+    params := params || jsonb_build_object('customer', customer_id);
+  ELSIF customer_email IS NOT NULL THEN
+    params := params || jsonb_build_object('customer_email', customer_email);
+  END IF;
+  IF allow_promotion_codes THEN
+    params := params || jsonb_build_object('allow_promotion_codes', true);
+  END IF;
+  IF mode = 'subscription' THEN
+    params := params || jsonb_build_object('subscription_data', jsonb_strip_nulls(jsonb_build_object(
+        'metadata', jsonb_build_object('user_ref', user_ref), 'trial_period_days', trial_days)));
+  ELSE
+    params := params || jsonb_build_object('payment_intent_data',
+        jsonb_build_object('metadata', jsonb_build_object('user_ref', user_ref)));
+  END IF;
+
+  session := stripe_billing.stripe_api('POST', '/v1/checkout/sessions', params, idempotency_key);
+  session_id := session->>'id';
+  url := session->>'url';
+  expires_at := stripe_billing._ts(session->'expires_at');
+  RETURN NEXT;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
+                                                            boolean, text, jsonb, text) FROM PUBLIC;
+
+-- A customer portal session for the user; returns its URL.
+CREATE FUNCTION stripe_billing.stripe_create_portal_session(user_ref text, return_url text DEFAULT NULL,
+                                                            idempotency_key text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  customer_id text := stripe_billing._customer_of(user_ref);
+BEGIN
+  IF customer_id IS NULL THEN
+    RAISE EXCEPTION 'user % has no Stripe customer', coalesce(quote_literal(user_ref), 'NULL')
+          USING ERRCODE = 'no_data_found',
+                HINT = 'A completed Checkout session, customer metadata or stripe_link_customer() links one.';
+  END IF;
+  RETURN stripe_billing.stripe_api('POST', '/v1/billing_portal/sessions',
+                                   jsonb_strip_nulls(jsonb_build_object('customer', customer_id,
+                                                                        'return_url', return_url)),
+                                   idempotency_key)->>'url';
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_create_portal_session(text, text, text) FROM PUBLIC;
+
+-- Cancels a subscription at the period end (default) or now.
+CREATE FUNCTION stripe_billing.stripe_cancel_subscription(subscription_id text, at_period_end boolean DEFAULT true,
+                                                          idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF coalesce(subscription_id, '') = '' THEN
+    PERFORM stripe_billing._bad_argument('subscription_id', 'must not be empty');
+  END IF;
+  IF coalesce(at_period_end, true) THEN
+    RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+                                     '{"cancel_at_period_end": true}', idempotency_key);
+  END IF;
+  RETURN stripe_billing.stripe_api('DELETE', '/v1/subscriptions/' || subscription_id, '{}', idempotency_key);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_cancel_subscription(text, boolean, text) FROM PUBLIC;
+
+-- Takes back a cancellation scheduled for the period end.
+CREATE FUNCTION stripe_billing.stripe_resume_subscription(subscription_id text, idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF coalesce(subscription_id, '') = '' THEN
+    PERFORM stripe_billing._bad_argument('subscription_id', 'must not be empty');
+  END IF;
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+                                   '{"cancel_at_period_end": false}', idempotency_key);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_resume_subscription(text, text) FROM PUBLIC;
+
+-- Moves a single-item subscription to another price.
+CREATE FUNCTION stripe_billing.stripe_change_price(subscription_id text, new_price text,
+                                                   proration_behavior text DEFAULT 'create_prorations',
+                                                   quantity integer DEFAULT NULL,
+                                                   idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item_ids text[];
+BEGIN
+  IF coalesce(subscription_id, '') = '' THEN
+    PERFORM stripe_billing._bad_argument('subscription_id', 'must not be empty');
+  END IF;
+  IF coalesce(new_price, '') = '' THEN PERFORM stripe_billing._bad_argument('new_price', 'must not be empty'); END IF;
+  IF proration_behavior IS NULL OR proration_behavior NOT IN ('create_prorations', 'always_invoice', 'none') THEN
+    PERFORM stripe_billing._bad_argument('proration_behavior',
+        'must be ''create_prorations'', ''always_invoice'' or ''none''');
+  END IF;
+  IF quantity IS NOT NULL AND quantity < 1 THEN PERFORM stripe_billing._bad_argument('quantity', 'must be at least 1'); END IF;
+  SELECT array_agg(i.id ORDER BY i.id) INTO item_ids
+    FROM stripe_billing.subscription_items i WHERE i.subscription = subscription_id AND NOT i.deleted;
+  IF coalesce(array_length(item_ids, 1), 0) <> 1 THEN
+    RAISE EXCEPTION 'subscription % has % live items here; stripe_change_price changes single-item subscriptions',
+                    subscription_id, coalesce(array_length(item_ids, 1), 0)
+          USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'Use stripe_api(''POST'', ''/v1/subscriptions/<id>'', ...) with items[] for others.';
+  END IF;
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+      jsonb_build_object('items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                             'id', item_ids[1], 'price', new_price, 'quantity', quantity))),
+                         'proration_behavior', proration_behavior),
+      idempotency_key);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text) FROM PUBLIC;
+
+-- Metered usage waiting to be sent as Billing Meter Events; written in the
+-- app's transaction, so usage commits or rolls back with the app's work.
+CREATE TABLE stripe_billing.usage_outbox (
+    id          bigserial PRIMARY KEY,
+    user_ref    text NOT NULL,
+    event_name  text NOT NULL,
+    value       bigint NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    sent_at     timestamptz,
+    attempts    integer NOT NULL DEFAULT 0,
+    last_error  text
+);
+CREATE INDEX usage_outbox_pending_idx ON stripe_billing.usage_outbox (id) WHERE sent_at IS NULL;
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.usage_outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.usage_outbox_id_seq', '');
+
+-- Records usage for the user; returns the outbox row id.  No HTTP.
+CREATE FUNCTION stripe_billing.stripe_report_usage(user_ref text, event_name text, value bigint,
+                                                   occurred_at timestamptz DEFAULT now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  row_id bigint;
+BEGIN
+  IF coalesce(user_ref, '') = '' THEN PERFORM stripe_billing._bad_argument('user_ref', 'must not be empty'); END IF;
+  IF coalesce(event_name, '') = '' THEN PERFORM stripe_billing._bad_argument('event_name', 'must not be empty'); END IF;
+  IF value IS NULL THEN PERFORM stripe_billing._bad_argument('value', 'must not be NULL'); END IF;
+  IF occurred_at IS NULL THEN PERFORM stripe_billing._bad_argument('occurred_at', 'must not be NULL'); END IF;
+  INSERT INTO stripe_billing.usage_outbox (user_ref, event_name, value, occurred_at)
+  VALUES (user_ref, event_name, value, occurred_at)
+  RETURNING id INTO row_id;
+  RETURN row_id;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz) FROM PUBLIC;
+
+-- Sends pending usage rows, oldest first, each as a meter event whose
+-- identifier (and idempotency key) is sb_usage_<id>, so a row sent but not
+-- marked (a crash in between) is not counted twice; returns how many were
+-- sent.  Failures stay pending with their error.
+CREATE FUNCTION stripe_billing.stripe_send_usage(max_rows integer DEFAULT 100)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r record;
+  customer_id text;
+  sent integer := 0;
+BEGIN
+  FOR r IN SELECT * FROM stripe_billing.usage_outbox
+            WHERE sent_at IS NULL ORDER BY id LIMIT max_rows FOR UPDATE SKIP LOCKED
+  LOOP
+    customer_id := stripe_billing._customer_of(r.user_ref);
+    IF customer_id IS NULL THEN
+      UPDATE stripe_billing.usage_outbox
+         SET attempts = attempts + 1, last_error = format('user %s has no Stripe customer yet', r.user_ref)
+       WHERE id = r.id;
+      CONTINUE;
+    END IF;
+    BEGIN
+      PERFORM stripe_billing.stripe_api('POST', '/v1/billing/meter_events',
+          jsonb_build_object('event_name', r.event_name, 'identifier', 'sb_usage_' || r.id,
+                             'timestamp', extract(epoch FROM r.occurred_at)::bigint,
+                             'payload', jsonb_build_object('stripe_customer_id', customer_id,
+                                                           'value', r.value::text)),
+          'sb_usage_' || r.id);
+      UPDATE stripe_billing.usage_outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL
+       WHERE id = r.id;
+      sent := sent + 1;
+    EXCEPTION WHEN OTHERS THEN
+      -- Stripe already has this identifier: an earlier send got through
+      IF SQLSTATE = 'SBA01' AND SQLERRM ILIKE '%already exists%' THEN
+        UPDATE stripe_billing.usage_outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL
+         WHERE id = r.id;
+        sent := sent + 1;
+      ELSE
+        UPDATE stripe_billing.usage_outbox SET attempts = attempts + 1, last_error = SQLERRM WHERE id = r.id;
+      END IF;
+    END;
+  END LOOP;
+  RETURN sent;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_send_usage(integer) FROM PUBLIC;
+
 -- Internal functions are for the extension's own calls only.
 DO $$
 DECLARE f regprocedure;

@@ -155,6 +155,27 @@ required_unix_time(JsonbContainer *object, const char *key, const char *field,
 	return time_t_to_timestamptz((pg_time_t) seconds);
 }
 
+/* The container of data.object (parse_event checked it is an object). */
+static JsonbContainer *
+event_object(Jsonb *event)
+{
+	JsonbValue	buf;
+	JsonbValue *data = get_key(&event->root, "data", &buf);
+
+	return get_key(data->val.binary.data, "object", &buf)->val.binary.data;
+}
+
+/* Sets header->kind from data.object.object (NULL when absent). */
+static void
+parse_event_kind(Jsonb *event, EventHeader *header)
+{
+	JsonbValue	buf;
+	JsonbValue *v = get_key(event_object(event), "object", &buf);
+
+	header->kind = (v && v->type == jbvString) ?
+		pnstrdup(v->val.string.val, v->val.string.len) : NULL;
+}
+
 /* Checks an event's shape and extracts the ledger's columns. */
 static void
 parse_event(Jsonb *event, EventHeader *header)
@@ -199,21 +220,8 @@ parse_event(Jsonb *event, EventHeader *header)
 	}
 
 	data = required_object(root, "data", "data", header->id);
-	data = required_object(data, "object", "data.object", header->id);
-
-	v = get_key(data, "object", &buf);
-	header->kind = (v && v->type == jbvString) ?
-		pnstrdup(v->val.string.val, v->val.string.len) : NULL;
-}
-
-/* The container of data.object (parse_event checked it is an object). */
-static JsonbContainer *
-event_object(Jsonb *event)
-{
-	JsonbValue	buf;
-	JsonbValue *data = get_key(&event->root, "data", &buf);
-
-	return get_key(data->val.binary.data, "object", &buf)->val.binary.data;
+	(void) required_object(data, "object", "data.object", header->id);
+	parse_event_kind(event, header);
 }
 
 /*
@@ -600,4 +608,60 @@ stripe_handle_webhook_bytea(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(handle_webhook(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0),
 													PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
 													false)));
+}
+
+/*
+ * Applies an object returned by a Stripe API call, as a snapshot taken at
+ * the response's time (Stripe's Date header), through the same mapping as
+ * events but without a ledger row.  The call has already happened at
+ * Stripe, so a mapping failure only warns: the object's own event will come.
+ */
+void
+sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
+{
+	EventHeader header;
+	JsonbParseState *state = NULL;
+	JsonbValue	key;
+	JsonbValue	value;
+	JsonbValue *event_value;
+	Jsonb	   *event;
+	char	   *error;
+	const char *outcome;
+
+	memset(&header, 0, sizeof(header));
+	header.id = psprintf("api:%s", request_id ? request_id : "unknown");
+	header.created = time_t_to_timestamptz(snapshot);
+	header.livemode = sb_livemode;
+
+	/* {"data": {"object": <object>}}, the part of an event the mapping reads */
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	key.type = jbvString;
+	key.val.string.val = "data";
+	key.val.string.len = 4;
+	pushJsonbValue(&state, WJB_KEY, &key);
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	key.val.string.val = "object";
+	key.val.string.len = 6;
+	pushJsonbValue(&state, WJB_KEY, &key);
+	value.type = jbvBinary;
+	value.val.binary.data = &object->root;
+	value.val.binary.len = VARSIZE(object) - VARHDRSZ;
+	pushJsonbValue(&state, WJB_VALUE, &value);
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	event_value = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	event = JsonbValueToJsonb(event_value);
+
+	parse_event_kind(event, &header);
+	header.type = psprintf("%s.api_response", header.kind);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	outcome = map_event_guarded(event, &header, &error);
+	SPI_finish();
+
+	if (strcmp(outcome, "failed") == 0)
+		ereport(WARNING,
+				(errmsg("the %s returned by Stripe was not applied locally: %s", header.kind, error),
+				 errdetail("Request %s.  Its event will apply it when it arrives.",
+						   request_id ? request_id : "(none)")));
 }

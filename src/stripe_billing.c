@@ -29,6 +29,11 @@ int			sb_webhook_tolerance = 300;
 int			sb_past_due_grace = 0;
 int			sb_access_slack = 86400;
 char	   *sb_test_clock = NULL;
+char	   *sb_api_base = NULL;
+char	   *sb_api_version = NULL;
+int			sb_connect_timeout = 5000;
+int			sb_request_timeout = 30000;
+int			sb_max_network_retries = 1;
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -182,7 +187,8 @@ scrub_text(char *s)
 		for (p = strstr(s, secret_prefixes[i]); p; p = strstr(p, secret_prefixes[i]))
 		{
 			p += plen;
-			while (isalnum((unsigned char) *p) || *p == '_')
+			/* (Stripe's own messages show keys half-masked: sk_test_****1234) */
+			while (isalnum((unsigned char) *p) || *p == '_' || *p == '*')
 				*p++ = '*';
 		}
 	}
@@ -305,6 +311,51 @@ _PG_init(void)
 							   PGC_SUSET,
 							   GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stripe_billing.api_base",
+							   "Base URL of the Stripe API.",
+							   "https:// only; http:// is allowed to loopback hosts, for tests.",
+							   &sb_api_base,
+							   "https://api.stripe.com",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stripe_billing.api_version",
+							   "Stripe API version sent as Stripe-Version.",
+							   NULL,
+							   &sb_api_version,
+							   "2025-03-31.basil",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.connect_timeout",
+							"Time allowed to connect to the Stripe API.",
+							NULL,
+							&sb_connect_timeout,
+							5000, 1, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.request_timeout",
+							"Time allowed for a whole Stripe API request.",
+							NULL,
+							&sb_request_timeout,
+							30000, 1, 3600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.max_network_retries",
+							"Retries of a failed Stripe API request (network, 429, 5xx), with the same idempotency key.",
+							NULL,
+							&sb_max_network_retries,
+							1, 0, 10,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("stripe_billing");
 

@@ -18,6 +18,7 @@
  * SQLSTATEs of our own, in an implementation-defined class ("SB").
  * SBSxx: a webhook signature was refused (the app answers 400).
  * SBCxx: the extension is not configured for the call (the app answers 500).
+ * SBAxx: a Stripe API call failed (Stripe's error, or the network).
  * SBExx: an event was refused (the app answers 400), or its object could
  *        not be mapped (SBE03: recorded as failed, not raised to the caller).
  */
@@ -30,6 +31,15 @@
 #define ERRCODE_SB_MALFORMED_EVENT		MAKE_SQLSTATE('S','B','E','0','1')
 #define ERRCODE_SB_LIVEMODE_MISMATCH	MAKE_SQLSTATE('S','B','E','0','2')
 #define ERRCODE_SB_INVALID_OBJECT		MAKE_SQLSTATE('S','B','E','0','3')
+#define ERRCODE_SB_NO_API_KEY			MAKE_SQLSTATE('S','B','C','0','2')
+#define ERRCODE_SB_API_BASE_REFUSED		MAKE_SQLSTATE('S','B','C','0','3')
+#define ERRCODE_SB_API_INVALID_REQUEST	MAKE_SQLSTATE('S','B','A','0','1')
+#define ERRCODE_SB_API_CARD				MAKE_SQLSTATE('S','B','A','0','2')
+#define ERRCODE_SB_API_AUTHENTICATION	MAKE_SQLSTATE('S','B','A','0','3')
+#define ERRCODE_SB_API_RATE_LIMIT		MAKE_SQLSTATE('S','B','A','0','4')
+#define ERRCODE_SB_API_SERVER			MAKE_SQLSTATE('S','B','A','0','5')
+#define ERRCODE_SB_API_IDEMPOTENCY		MAKE_SQLSTATE('S','B','A','0','6')
+#define ERRCODE_SB_NETWORK				MAKE_SQLSTATE('S','B','A','0','7')
 
 /* Settings (stripe_billing.c) */
 extern char *sb_webhook_secret;
@@ -39,6 +49,34 @@ extern int	sb_webhook_tolerance;
 extern int	sb_past_due_grace;
 extern int	sb_access_slack;
 extern char *sb_test_clock;
+extern char *sb_api_base;
+extern char *sb_api_version;
+extern int	sb_connect_timeout;
+extern int	sb_request_timeout;
+extern int	sb_max_network_retries;
+
+/* http.c */
+typedef struct SbHttpResponse
+{
+	int			status;			/* 0: no HTTP response (see network_error) */
+	char	   *body;
+	int			body_len;
+	char	   *network_error;	/* transport failure, or NULL */
+	bool		timed_out;
+	char	   *request_id;		/* response headers, or NULL */
+	char	   *date;
+	char	   *retry_after;
+	char	   *should_retry;
+} SbHttpResponse;
+
+extern void sb_check_api_base(const char *base);
+extern SbHttpResponse *sb_http_request(const char *method, const char *path,
+									   const char *form, const char *idempotency_key);
+extern char *sb_form_encode(Jsonb *params);
+
+/* api.c */
+extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params,
+							 const char *idempotency_key);
 
 /* signatures.c */
 extern void sb_check_signature(const char *payload, size_t payload_len,
@@ -57,5 +95,6 @@ extern TimestampTz sb_now(void);
 
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);
+extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id);
 
 #endif							/* STRIPE_BILLING_H */

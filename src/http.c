@@ -1,0 +1,360 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  The HTTP client of the Stripe API calls, on libcurl.
+ *
+ * One easy handle per backend, reset before each request but kept, so its
+ * connection cache keeps connections to Stripe alive between calls.  Every
+ * transfer has connect and total timeouts, CURLOPT_NOSIGNAL (signals belong
+ * to the backend), and a progress callback that aborts it as soon as an
+ * interrupt is pending (query cancel, statement_timeout, termination);
+ * CHECK_FOR_INTERRUPTS then raises the right error.  Only HTTPS is spoken,
+ * except plain HTTP to a loopback host (tests, a local fake Stripe).
+ *
+ * libcurl allocates with malloc: its lists and escaped strings are freed
+ * with curl's own functions, also on error paths.  The response body is
+ * collected in a palloc'd StringInfo by our write callback.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "stripe_billing.h"
+
+static CURL *curl_handle = NULL;
+
+/* Callback state of one transfer. */
+typedef struct Transfer
+{
+	StringInfo	body;
+	SbHttpResponse *response;
+} Transfer;
+
+/* Collects the response body. */
+static size_t
+write_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+	Transfer   *transfer = (Transfer *) arg;
+	size_t		n = size * nmemb;
+
+	appendBinaryStringInfo(transfer->body, data, n);
+	return n;
+}
+
+/* Copies the value of a header line if its name matches. */
+static char *
+header_value(const char *line, size_t len, const char *name)
+{
+	size_t		name_len = strlen(name);
+	const char *value;
+	const char *end = line + len;
+
+	if (len <= name_len || pg_strncasecmp(line, name, name_len) != 0 || line[name_len] != ':')
+		return NULL;
+	value = line + name_len + 1;
+	while (value < end && (*value == ' ' || *value == '\t'))
+		value++;
+	while (end > value && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+		end--;
+	return pnstrdup(value, end - value);
+}
+
+/* Keeps the response headers the callers need. */
+static size_t
+read_header(char *line, size_t size, size_t nitems, void *arg)
+{
+	Transfer   *transfer = (Transfer *) arg;
+	SbHttpResponse *r = transfer->response;
+	size_t		len = size * nitems;
+	char	   *v;
+
+	if ((v = header_value(line, len, "Request-Id")) != NULL)
+		r->request_id = v;
+	else if ((v = header_value(line, len, "Date")) != NULL)
+		r->date = v;
+	else if ((v = header_value(line, len, "Retry-After")) != NULL)
+		r->retry_after = v;
+	else if ((v = header_value(line, len, "Stripe-Should-Retry")) != NULL)
+		r->should_retry = v;
+	return len;
+}
+
+/*
+ * Progress callback: a non-zero answer aborts the transfer.  Only a cancel
+ * (statement_timeout too) or termination stops a request; other interrupts
+ * wait for CHECK_FOR_INTERRUPTS after it.
+ */
+static int
+check_interrupts(void *arg, curl_off_t dltotal, curl_off_t dlnow,
+				 curl_off_t ultotal, curl_off_t ulnow)
+{
+	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
+}
+
+/* Is the URL's host a loopback address or name? */
+static bool
+host_is_loopback(const char *host)
+{
+	return strcmp(host, "localhost") == 0 ||
+		strncmp(host, "127.", 4) == 0 ||
+		strcmp(host, "[::1]") == 0 ||
+		strcmp(host, "::1") == 0;
+}
+
+/*
+ * Checks stripe_billing.api_base: https://host[:port], or http:// to a
+ * loopback host.  Raises SBC03 otherwise, before any network traffic.
+ */
+void
+sb_check_api_base(const char *base)
+{
+	const char *host;
+	size_t		host_len;
+	char	   *hostname;
+
+	if (strncmp(base, "https://", 8) == 0)
+		return;
+	if (strncmp(base, "http://", 7) == 0)
+	{
+		host = base + 7;
+		host_len = (host[0] == '[') ? strcspn(host, "]") + 1 : strcspn(host, ":/");
+		hostname = pnstrdup(host, host_len);
+		if (host_is_loopback(hostname))
+			return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_SB_API_BASE_REFUSED),
+			 errmsg("stripe_billing.api_base \"%s\" is not allowed", base),
+			 errdetail("Only https:// is allowed, and plain http:// to a loopback host for tests.")));
+}
+
+/* Returns the backend's easy handle, reset for a new request. */
+static CURL *
+get_handle(void)
+{
+	if (curl_handle == NULL)
+	{
+		static bool initialized = false;
+
+		if (!initialized)
+		{
+			if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+				elog(ERROR, "curl_global_init failed");
+			initialized = true;
+		}
+		curl_handle = curl_easy_init();
+		if (curl_handle == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
+	}
+	else
+		curl_easy_reset(curl_handle);	/* keeps live connections */
+	return curl_handle;
+}
+
+
+/*
+ * Performs one request to stripe_billing.api_base || path.  form: the
+ * encoded body (POST) or query string (GET/DELETE), may be empty.  Returns
+ * the status, body and headers; a transport failure (refused, timed out,
+ * truncated) comes back as status 0 with network_error set, for the caller
+ * to retry or report.  An interrupt raises its own error.
+ */
+SbHttpResponse *
+sb_http_request(const char *method, const char *path, const char *form,
+				const char *idempotency_key)
+{
+	SbHttpResponse *response = palloc0(sizeof(SbHttpResponse));
+	Transfer	transfer;
+	struct curl_slist *volatile headers = NULL;
+	CURL	   *curl;
+	CURLcode	code = CURLE_OK;
+	char		errbuf[CURL_ERROR_SIZE];
+	StringInfoData url;
+	bool		has_body = strcmp(method, "POST") == 0;
+
+	if (sb_api_key == NULL || sb_api_key[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_NO_API_KEY),
+				 errmsg("no Stripe API key is configured"),
+				 errhint("A superuser must set stripe_billing.api_key.")));
+	sb_check_api_base(sb_api_base);
+
+	initStringInfo(&url);
+	appendStringInfo(&url, "%s%s", sb_api_base, path);
+	if (!has_body && form && form[0])
+		appendStringInfo(&url, "?%s", form);
+
+	transfer.body = makeStringInfo();
+	transfer.response = response;
+	errbuf[0] = '\0';
+
+	curl = get_handle();
+	PG_TRY();
+	{
+		char	   *line;
+
+		line = psprintf("Authorization: Bearer %s", sb_api_key);
+		headers = curl_slist_append(headers, line);
+		explicit_bzero(line, strlen(line));
+		pfree(line);
+		headers = curl_slist_append(headers, psprintf("Stripe-Version: %s", sb_api_version));
+		headers = curl_slist_append(headers, "User-Agent: stripe_billing/0.1 (PostgreSQL extension)");
+		headers = curl_slist_append(headers, "Accept: application/json");
+		if (idempotency_key)
+			headers = curl_slist_append(headers, psprintf("Idempotency-Key: %s", idempotency_key));
+		if (has_body)
+			headers = curl_slist_append(headers, "Content-Type: application/x-www-form-urlencoded");
+		if (headers == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+
+		curl_easy_setopt(curl, CURLOPT_URL, url.data);
+		curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https,http");
+		curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+		curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) sb_connect_timeout);
+		curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) sb_request_timeout);
+		curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+		curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+		curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_body);
+		curl_easy_setopt(curl, CURLOPT_WRITEDATA, &transfer);
+		curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, read_header);
+		curl_easy_setopt(curl, CURLOPT_HEADERDATA, &transfer);
+		curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+		curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, check_interrupts);
+		curl_easy_setopt(curl, CURLOPT_XFERINFODATA, NULL);
+		if (has_body)
+		{
+			curl_easy_setopt(curl, CURLOPT_POST, 1L);
+			curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form ? form : "");
+		}
+		else if (strcmp(method, "GET") != 0)
+			curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+
+		code = curl_easy_perform(curl);
+		if (code == CURLE_OK)
+		{
+			long		status;
+
+			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+			response->status = (int) status;
+		}
+	}
+	PG_FINALLY();
+	{
+		/* the header list holds the key: forget the handle's pointer to it */
+		curl_easy_setopt(curl, CURLOPT_HTTPHEADER, NULL);
+		curl_slist_free_all(headers);
+	}
+	PG_END_TRY();
+
+	if (code == CURLE_ABORTED_BY_CALLBACK)
+		CHECK_FOR_INTERRUPTS();	/* raises the cancel, timeout or termination */
+	if (code != CURLE_OK)
+	{
+		response->network_error = pstrdup(errbuf[0] ? errbuf : curl_easy_strerror(code));
+		response->timed_out = code == CURLE_OPERATION_TIMEDOUT;
+	}
+
+	response->body = transfer.body->data;
+	response->body_len = transfer.body->len;
+	return response;
+}
+
+/*
+ * Appends key=value pairs for a jsonb value in Stripe's form encoding:
+ * objects as prefix[key], arrays as prefix[index], booleans as true/false,
+ * null as an empty value (which unsets a field).
+ */
+static void
+encode_value(StringInfo out, const char *prefix, JsonbValue *v)
+{
+	char	   *escaped;
+	char	   *text;
+
+	if (v->type == jbvBinary)
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	elem;
+		JsonbIteratorToken tok;
+		bool		is_array = JsonContainerIsArray(v->val.binary.data);
+		int			index = 0;
+		char	   *key = NULL;
+
+		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+				key = pnstrdup(elem.val.string.val, elem.val.string.len);
+			else if (tok == WJB_VALUE || tok == WJB_ELEM)
+			{
+				char	   *name = is_array ?
+					psprintf("%s[%d]", prefix, index++) :
+					(prefix[0] ? psprintf("%s[%s]", prefix, key) : pstrdup(key));
+
+				encode_value(out, name, &elem);
+			}
+		}
+		return;
+	}
+
+	switch (v->type)
+	{
+		case jbvNull:
+			text = "";
+			break;
+		case jbvBool:
+			text = v->val.boolean ? "true" : "false";
+			break;
+		case jbvNumeric:
+			text = DatumGetCString(DirectFunctionCall1(numeric_out,
+													   NumericGetDatum(v->val.numeric)));
+			break;
+		case jbvString:
+			text = pnstrdup(v->val.string.val, v->val.string.len);
+			break;
+		default:
+			elog(ERROR, "unexpected jsonb value type %d", (int) v->type);
+	}
+
+	if (out->len > 0)
+		appendStringInfoChar(out, '&');
+	escaped = curl_easy_escape(NULL, prefix, 0);
+	if (escaped == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	appendStringInfoString(out, escaped);
+	curl_free(escaped);
+	appendStringInfoChar(out, '=');
+	escaped = curl_easy_escape(NULL, text, 0);
+	if (escaped == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	appendStringInfoString(out, escaped);
+	curl_free(escaped);
+}
+
+/* Encodes a jsonb object of parameters the way Stripe's API reads them. */
+char *
+sb_form_encode(Jsonb *params)
+{
+	StringInfoData out;
+	JsonbValue	root;
+
+	initStringInfo(&out);
+	if (params == NULL)
+		return out.data;
+	if (!JB_ROOT_IS_OBJECT(params))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("Stripe API parameters must be a JSON object")));
+	root.type = jbvBinary;
+	root.val.binary.data = &params->root;
+	root.val.binary.len = VARSIZE(params) - VARHDRSZ;
+	encode_value(&out, "", &root);
+	return out.data;
+}
