@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command: install what is needed, build, and show the
-# main job on a throwaway cluster: a signed Stripe webhook verified and
-# recorded exactly once inside the database.  No Stripe keys needed.
+# main job on a throwaway cluster against a loopback fake Stripe (no keys
+# needed): a signed webhook verified and recorded exactly once, then the
+# whole loop: Checkout created from SQL, paid in the fake, its events
+# applied, and the user's subscription and features following each change.
 #     bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +12,8 @@ bash scripts/install-deps.sh
 
 . test/lib/cluster.sh
 work=$(mktemp -d /tmp/stripe_billing_demo.XXXXXX)
-trap 'cluster_stop "$work/pg"' EXIT
+fake_pid=
+trap 'cluster_stop "$work/pg"; [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null' EXIT
 echo "== starting a throwaway cluster (shared_preload_libraries = 'stripe_billing')"
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'"
 
@@ -47,5 +50,74 @@ CREATE ROLE demo_app;
 SET ROLE demo_app;
 SHOW stripe_billing.webhook_secret;
 SQL
+
 echo
-echo "== demo done; the cluster in $work is stopped on exit"
+echo "== the loop: Checkout from SQL, paid in the fake Stripe, events applied, features follow"
+node test/fake_stripe/server.js --port 0 --key sk_test_demo --port-file "$work/fake.port" >"$work/fake.log" 2>&1 &
+fake_pid=$!
+for _ in $(seq 50); do [ -s "$work/fake.port" ] && break; sleep 0.1; done
+fake="http://127.0.0.1:$(cat "$work/fake.port")"
+
+# Pulls the fake's events and applies them oldest first, as the background
+# worker does.
+pull_events() {
+    psql -X -q -At <<'SQL'
+SELECT 'events: ' || string_agg(outcome || ' ' || n, ', ' ORDER BY outcome)
+  FROM (SELECT outcome, count(*) AS n
+          FROM (SELECT stripe_billing.stripe_apply_event(e, 'poll') AS outcome
+                  FROM jsonb_array_elements(stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 100}')->'data')
+                       WITH ORDINALITY AS page(e, n)
+                 ORDER BY n DESC) applied
+         GROUP BY outcome) counts;
+SQL
+}
+state() {
+    psql -X -q -At <<'SQL'
+SELECT format('  subscription: %s, cancel_at_period_end %s; features of user_42: %s',
+              coalesce(stripe_billing.stripe_subscription_status('user_42'), 'none'),
+              coalesce((SELECT bool_or(cancel_at_period_end)::text FROM stripe_billing.subscriptions), '-'),
+              coalesce((SELECT string_agg(feature || coalesce(' until ' || to_char(valid_until, 'YYYY-MM-DD'), ''), ', ')
+                          FROM stripe_billing.stripe_user_features('user_42')), 'none'));
+SQL
+}
+
+createdb loop
+export PGDATABASE=loop
+psql -X -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
+CREATE EXTENSION stripe_billing;
+ALTER SYSTEM SET stripe_billing.api_key = 'sk_test_demo';
+ALTER SYSTEM SET stripe_billing.api_base = '$fake';
+SELECT pg_reload_conf(), pg_sleep(0.3);
+SELECT stripe_billing.stripe_grant_feature('lookup_key', 'pro', 'reports');
+SQL
+echo "-- the app maps price lookup key 'pro' to feature 'reports', and creates a Checkout session:"
+psql -X -q -c "SELECT session_id, url FROM stripe_billing.stripe_create_checkout('user_42', 'price_pro',
+                 'https://app.example/welcome', 'https://app.example/pricing', trial_days => 14)"
+state
+session=$(psql -X -At -c "SELECT id FROM stripe_billing.checkout_sessions WHERE user_ref = 'user_42'")
+echo "-- the customer pays (the fake completes the session and emits Stripe's events)"
+curl -s -X POST "$fake/_fake/checkout/sessions/$session/complete" >/dev/null
+pull_events
+state
+echo "-- the user cancels from the app: at period end"
+psql -X -q -At -c "SELECT 'cancel_at_period_end: ' || (stripe_billing.stripe_cancel_subscription(id)->>'cancel_at_period_end')
+                     FROM stripe_billing.subscriptions"
+state
+echo "-- and changes their mind"
+psql -X -q -At -c "SELECT 'cancel_at_period_end: ' || (stripe_billing.stripe_resume_subscription(id)->>'cancel_at_period_end')
+                     FROM stripe_billing.subscriptions"
+pull_events
+state
+echo "-- a payment fails at renewal: past_due (access until period end + stripe_billing.past_due_grace)"
+sub=$(psql -X -At -c "SELECT id FROM stripe_billing.subscriptions")
+curl -s -X POST -H 'Content-Type: application/json' -d '{"status": "past_due", "new_period": true}' \
+    "$fake/_fake/subscriptions/$sub/advance" >/dev/null
+pull_events
+state
+echo "-- Stripe gives up: canceled, access ends"
+curl -s -X POST -H 'Content-Type: application/json' -d '{"status": "canceled"}' \
+    "$fake/_fake/subscriptions/$sub/advance" >/dev/null
+pull_events
+state
+echo
+echo "== demo done; the cluster and the fake Stripe stop on exit"
