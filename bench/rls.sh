@@ -4,7 +4,7 @@
 # (half of them entitled).  Every policy has its own identical copy of the
 # table; one session, as an app role subject to the policies, runs
 # SELECT count(*) on each in turn, round after round; medians.
-# The naive per-row function costs about a millisecond a row, so its copy
+# The naive per-row function costs several milliseconds a row, so its copy
 # holds the first 2,000 rows and its figure is compared per row.
 #     bash bench/rls.sh [rounds, default 7]
 set -euo pipefail
