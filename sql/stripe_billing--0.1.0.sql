@@ -999,11 +999,22 @@ AS $$
   revoked AS (
     DELETE FROM stripe_billing.user_features u
      WHERE u.user_ref = target AND u.feature NOT IN (SELECT feature FROM wanted)
+    RETURNING 1
+  ),
+  granted AS (
+    INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
+    SELECT target, feature, valid_until FROM wanted
+    ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until
+    WHERE u.valid_until IS DISTINCT FROM EXCLUDED.valid_until
+    RETURNING 1
   )
-  INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
-  SELECT target, feature, valid_until FROM wanted
-  ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until
-  WHERE u.valid_until IS DISTINCT FROM EXCLUDED.valid_until
+  -- apps LISTEN stripe_billing to react when a user's access changes
+  -- (delivered at commit, not at all on rollback)
+  SELECT pg_notify('stripe_billing', json_build_object(
+           'user_ref', target,
+           'features', (SELECT coalesce(json_agg(json_build_object('feature', feature, 'valid_until', valid_until)
+                                                 ORDER BY feature), '[]') FROM wanted))::text)
+   WHERE EXISTS (SELECT FROM revoked) OR EXISTS (SELECT FROM granted)
 $$;
 
 -- Recomputes the features of the users linked to a customer.
@@ -1414,6 +1425,223 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_send_usage(integer) FROM PUBLIC;
+
+--------------------------------------------------------------------------
+-- Sync: pulling /v1/events (the background worker, or stripe_sync_now)
+--------------------------------------------------------------------------
+
+-- The worker's state: one row.
+CREATE TABLE stripe_billing.sync_state (
+    singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    event_cursor         text,            -- newest event id applied by polling
+    start_from           text NOT NULL DEFAULT 'now',  -- 'now', or a timestamptz within 30 days
+    paused               boolean NOT NULL DEFAULT false,
+    last_poll_at         timestamptz,
+    last_success_at      timestamptz,
+    last_error           text,
+    last_error_at        timestamptz,
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    events_applied       bigint NOT NULL DEFAULT 0,
+    last_event_created   timestamptz,
+    last_retry_at        timestamptz
+);
+INSERT INTO stripe_billing.sync_state DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.sync_state', '');
+
+CREATE VIEW stripe_billing.sync_status AS
+SELECT s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_success_at,
+       now() - s.last_event_created AS lag, s.events_applied, s.last_error, s.last_error_at,
+       s.consecutive_failures,
+       (SELECT count(*) FROM stripe_billing.usage_outbox u WHERE u.sent_at IS NULL) AS outbox_backlog,
+       (SELECT count(*) FROM stripe_billing.events e WHERE e.outcome = 'failed') AS failed_events,
+       (SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'stripe_billing sync'
+         AND datname = current_database() LIMIT 1) AS worker_pid
+  FROM stripe_billing.sync_state s;
+
+-- Applies one page of events newer than the cursor, oldest first, and moves
+-- the cursor, all in the caller's transaction (so a crash loses or repeats
+-- nothing).  Returns the number of events in the page and whether Stripe
+-- has more.
+CREATE FUNCTION stripe_billing._poll_page(OUT events integer, OUT has_more boolean)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  st stripe_billing.sync_state;
+  page jsonb;
+  first_page jsonb;
+  oldest jsonb;
+BEGIN
+  SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
+  UPDATE stripe_billing.sync_state SET last_poll_at = now();
+  events := 0;
+  has_more := false;
+
+  IF st.event_cursor IS NULL THEN
+    -- first start: from now (the newest event is the cursor, not applied),
+    -- or from a point in time (the oldest event since then is applied first)
+    IF st.start_from = 'now' THEN
+      first_page := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}');
+      -- no event at all yet: start from this moment instead
+      UPDATE stripe_billing.sync_state
+         SET event_cursor = first_page->'data'->0->>'id',
+             start_from = CASE WHEN first_page->'data'->0 IS NULL THEN now()::text ELSE 'now' END,
+             last_success_at = now(), consecutive_failures = 0;
+      RETURN;
+    END IF;
+    first_page := stripe_billing.stripe_api('GET', '/v1/events',
+        jsonb_build_object('limit', 100, 'created', jsonb_build_object('gte',
+            extract(epoch FROM st.start_from::timestamptz)::bigint)));
+    oldest := first_page->'data'->(jsonb_array_length(first_page->'data') - 1);
+    WHILE coalesce((first_page->>'has_more')::boolean, false) LOOP
+      first_page := stripe_billing.stripe_api('GET', '/v1/events',
+          jsonb_build_object('limit', 100, 'starting_after', oldest->>'id', 'created',
+              jsonb_build_object('gte', extract(epoch FROM st.start_from::timestamptz)::bigint)));
+      oldest := coalesce(first_page->'data'->(jsonb_array_length(first_page->'data') - 1), oldest);
+    END LOOP;
+    IF oldest IS NULL THEN
+      -- nothing since then yet: look again next time
+      UPDATE stripe_billing.sync_state SET last_success_at = now(), consecutive_failures = 0;
+      RETURN;
+    END IF;
+    PERFORM stripe_billing.stripe_apply_event(oldest, 'poll');
+    UPDATE stripe_billing.sync_state SET event_cursor = oldest->>'id', events_applied = events_applied + 1,
+           last_event_created = stripe_billing._ts(oldest->'created'),
+           last_success_at = now(), consecutive_failures = 0;
+    events := 1;
+    has_more := true;
+    RETURN;
+  END IF;
+
+  page := stripe_billing.stripe_api('GET', '/v1/events',
+                                   jsonb_build_object('limit', 100, 'ending_before', st.event_cursor));
+  -- the page is newest first: apply it oldest first
+  PERFORM stripe_billing.stripe_apply_event(e, 'poll')
+     FROM jsonb_array_elements(page->'data') WITH ORDINALITY AS p(e, n)
+    ORDER BY n DESC;
+  events := jsonb_array_length(page->'data');
+  has_more := coalesce((page->>'has_more')::boolean, false);
+  UPDATE stripe_billing.sync_state
+     SET event_cursor = coalesce(page->'data'->0->>'id', event_cursor),
+         events_applied = events_applied + events,
+         last_event_created = coalesce(stripe_billing._ts(page->'data'->0->'created'), last_event_created),
+         last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+END
+$$;
+
+-- Fetches the current state of rows marked by same-second ties (and
+-- entitlement summaries cut short) and applies it; returns how many.
+CREATE FUNCTION stripe_billing._refetch_marked(max_rows integer) RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  r record;
+  n integer := 0;
+  list jsonb;
+  items jsonb;
+  summary jsonb;
+BEGIN
+  FOR r IN SELECT path FROM (
+             SELECT '/v1/customers/' || id AS path FROM stripe_billing.customers WHERE refetch AND NOT deleted
+             UNION ALL SELECT '/v1/subscriptions/' || id FROM stripe_billing.subscriptions WHERE refetch
+             UNION ALL SELECT '/v1/invoices/' || id FROM stripe_billing.invoices WHERE refetch AND NOT deleted
+             UNION ALL SELECT '/v1/products/' || id FROM stripe_billing.products WHERE refetch AND NOT deleted
+             UNION ALL SELECT '/v1/prices/' || id FROM stripe_billing.prices WHERE refetch AND NOT deleted
+             UNION ALL SELECT '/v1/checkout/sessions/' || id FROM stripe_billing.checkout_sessions WHERE refetch
+           ) marked LIMIT max_rows
+  LOOP
+    PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
+    n := n + 1;
+  END LOOP;
+
+  FOR r IN SELECT customer FROM stripe_billing.entitlement_summaries WHERE refetch LIMIT max_rows LOOP
+    items := '[]';
+    list := jsonb_build_object('has_more', true);
+    WHILE (list->>'has_more')::boolean LOOP
+      list := stripe_billing.stripe_api('GET', '/v1/entitlements/active_entitlements',
+          jsonb_strip_nulls(jsonb_build_object('customer', r.customer, 'limit', 100,
+                                               'starting_after', items->-1->>'id')));
+      items := items || (list->'data');
+    END LOOP;
+    summary := jsonb_build_object('object', 'entitlements.active_entitlement_summary', 'customer', r.customer,
+                                  'entitlements', jsonb_build_object('object', 'list', 'has_more', false,
+                                                                     'data', items));
+    -- as of now: newer than the summary event it completes
+    PERFORM stripe_billing._apply_entitlement_summary(summary, 'refetch', now());
+    UPDATE stripe_billing.entitlement_summaries SET refetch = false WHERE customer = r.customer;
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END
+$$;
+
+-- The worker's duties besides polling, each bounded: flush usage, retry
+-- failed events (every 5 minutes), re-fetch marked rows.
+CREATE FUNCTION stripe_billing._sync_duties() RETURNS jsonb
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  usage_sent integer;
+  retried integer := 0;
+  refetched integer;
+BEGIN
+  usage_sent := stripe_billing.stripe_send_usage(100);
+  IF (SELECT last_retry_at IS NULL OR last_retry_at < now() - interval '5 minutes' FROM stripe_billing.sync_state) THEN
+    SELECT count(*) INTO retried FROM stripe_billing.stripe_retry_failed_events(100);
+    UPDATE stripe_billing.sync_state SET last_retry_at = now();
+  END IF;
+  refetched := stripe_billing._refetch_marked(20);
+  RETURN jsonb_build_object('usage_sent', usage_sent, 'failed_retried', retried, 'refetched', refetched);
+END
+$$;
+
+-- Runs a poll cycle now in this session (all pages, in this transaction);
+-- returns the number of events received.
+CREATE FUNCTION stripe_billing.stripe_sync_now() RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  total integer := 0;
+  p record;
+BEGIN
+  LOOP
+    p := stripe_billing._poll_page();
+    total := total + p.events;
+    EXIT WHEN NOT p.has_more;
+  END LOOP;
+  PERFORM stripe_billing._sync_duties();
+  RETURN total;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_now() FROM PUBLIC;
+
+-- Where polling starts when there is no cursor yet: 'now', or a time within
+-- Stripe's 30 days of events.  Resets the cursor.
+CREATE FUNCTION stripe_billing.stripe_sync_start_from(start_from text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF start_from IS NULL OR (start_from <> 'now' AND start_from::timestamptz < now() - interval '30 days') THEN
+    PERFORM stripe_billing._bad_argument('start_from', 'must be ''now'' or a time within the last 30 days');
+  END IF;
+  UPDATE stripe_billing.sync_state
+     SET start_from = CASE WHEN stripe_sync_start_from.start_from = 'now' THEN 'now'
+                           ELSE stripe_sync_start_from.start_from::timestamptz::text END,
+         event_cursor = NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_start_from(text) FROM PUBLIC;
+
+CREATE FUNCTION stripe_billing.stripe_sync_pause() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ UPDATE stripe_billing.sync_state SET paused = true $$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_pause() FROM PUBLIC;
+
+CREATE FUNCTION stripe_billing.stripe_sync_resume() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ UPDATE stripe_billing.sync_state SET paused = false $$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_resume() FROM PUBLIC;
 
 -- Internal functions are for the extension's own calls only.
 DO $$

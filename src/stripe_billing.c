@@ -34,6 +34,8 @@ char	   *sb_api_version = NULL;
 int			sb_connect_timeout = 5000;
 int			sb_request_timeout = 30000;
 int			sb_max_network_retries = 1;
+char	   *sb_database = NULL;
+int			sb_poll_interval = 10000;
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -357,7 +359,28 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomStringVariable("stripe_billing.database",
+							   "Database the background worker syncs (needs a restart).",
+							   NULL,
+							   &sb_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.poll_interval",
+							"Time between the background worker's polls of /v1/events.",
+							NULL,
+							&sb_poll_interval,
+							10000, 100, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("stripe_billing");
+
+	if (process_shared_preload_libraries_in_progress)
+		sb_register_worker();
 
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = scrub_secrets_hook;

@@ -54,6 +54,11 @@ extern char *sb_api_version;
 extern int	sb_connect_timeout;
 extern int	sb_request_timeout;
 extern int	sb_max_network_retries;
+extern char *sb_database;
+extern int	sb_poll_interval;
+
+/* worker.c */
+extern void sb_register_worker(void);
 
 /* http.c */
 typedef struct SbHttpResponse

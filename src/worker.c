@@ -1,0 +1,260 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The background worker that pulls Stripe's events.
+ *
+ * Registered from _PG_init when the library is in shared_preload_libraries;
+ * runs in the database named by stripe_billing.database once recovery has
+ * finished (so never on a standby), and the postmaster restarts it after a
+ * crash.  Each cycle it applies pages of /v1/events newer than its cursor,
+ * oldest first, one transaction per page: the page's events and the new
+ * cursor commit together (stripe_billing._poll_page), so a crash at any
+ * instant neither loses nor double-applies an event.  Then it flushes the
+ * usage outbox, retries failed events and re-fetches rows marked by ties.
+ * Between cycles it sleeps on its latch: SIGTERM ends it promptly, SIGHUP
+ * reloads the settings.  Failures back off exponentially, with jitter.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+#include "stripe_billing.h"
+
+PGDLLEXPORT void stripe_billing_worker_main(Datum arg);
+
+/* Longest backoff after failures, and after an authentication failure. */
+#define MAX_BACKOFF_MS		(5 * 60 * 1000)
+#define AUTH_BACKOFF_MS		(10 * 60 * 1000)
+/* Pages applied in a row before the other duties get a turn. */
+#define PAGES_PER_CYCLE		50
+
+/* What a step of a cycle found. */
+typedef enum StepResult
+{
+	STEP_DONE,					/* nothing (more) to do */
+	STEP_MORE,					/* more pages wait */
+	STEP_NOT_READY,				/* extension missing, no key, paused */
+	STEP_FAILED
+} StepResult;
+
+/* Registers the worker (called from _PG_init under shared_preload_libraries). */
+void
+sb_register_worker(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "stripe_billing");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "stripe_billing_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "stripe_billing sync");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "stripe_billing sync");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* Is the extension installed in this database (in a version with sync)? */
+static bool
+extension_installed(void)
+{
+	bool		isnull;
+
+	if (SPI_execute("SELECT pg_catalog.to_regclass('stripe_billing.sync_state') IS NOT NULL",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "looking up stripe_billing.sync_state failed");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* Is the extension installed here, and is the worker asked to work? */
+static StepResult
+readiness(void)
+{
+	int			rc;
+	bool		isnull;
+
+	if (!extension_installed())
+		return STEP_NOT_READY;	/* wait for CREATE EXTENSION */
+	rc = SPI_execute("SELECT paused FROM stripe_billing.sync_state", true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading stripe_billing.sync_state failed");
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		return STEP_NOT_READY;
+	if (sb_api_key == NULL || sb_api_key[0] == '\0')
+	{
+		/* say so where sync_status shows it, then wait for a reload */
+		SPI_execute("UPDATE stripe_billing.sync_state"
+					" SET last_error = 'stripe_billing.api_key is not set', last_error_at = now()"
+					" WHERE last_error IS DISTINCT FROM 'stripe_billing.api_key is not set'",
+					false, 0);
+		return STEP_NOT_READY;
+	}
+	return STEP_DONE;
+}
+
+/*
+ * Runs one SQL step in its own transaction; returns what it found.  On
+ * error, reports it, aborts, and records it in sync_state (new transaction).
+ */
+static StepResult
+run_step(const char *what, const char *sql, int *sqlerrcode)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	StepResult	result = STEP_DONE;
+
+	*sqlerrcode = 0;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, what);
+
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		result = readiness();
+		if (result == STEP_DONE && sql != NULL)
+		{
+			bool		isnull;
+
+			if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+				elog(ERROR, "%s failed", what);
+			/* a step's one boolean column says whether more is waiting */
+			result = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull))
+				? STEP_MORE : STEP_DONE;
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		*sqlerrcode = edata->sqlerrcode;
+
+		/* remember the failure where sync_status shows it */
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() == SPI_OK_CONNECT)
+		{
+			Oid			argtypes[1] = {TEXTOID};
+			Datum		values[1] = {CStringGetTextDatum(edata->message)};
+
+			if (extension_installed())
+				SPI_execute_with_args("UPDATE stripe_billing.sync_state"
+									  " SET last_error = $1, last_error_at = now(),"
+									  "     consecutive_failures = consecutive_failures + 1",
+									  1, argtypes, values, NULL, false, 0);
+			SPI_finish();
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		FreeErrorData(edata);
+		result = STEP_FAILED;
+	}
+	PG_END_TRY();
+
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return result;
+}
+
+/* How long to wait after the given number of failures in a row. */
+static long
+backoff_ms(int failures, int sqlerrcode)
+{
+	long		ms;
+
+	if (sqlerrcode == ERRCODE_SB_API_AUTHENTICATION)
+		return AUTH_BACKOFF_MS;
+	ms = Max(sb_poll_interval, 1000L) << Min(failures, 10);
+	ms = Min(ms, MAX_BACKOFF_MS);
+	/* full jitter over the upper half: workers of many databases spread out */
+	return ms / 2 + (long) (pg_prng_double(&pg_global_prng_state) * (ms / 2));
+}
+
+/* Entry point of the worker. */
+void
+stripe_billing_worker_main(Datum arg)
+{
+	int			failures = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(sb_database, NULL, 0);
+	elog(LOG, "stripe_billing sync worker started in database \"%s\"", sb_database);
+
+	for (;;)
+	{
+		StepResult	result = STEP_DONE;
+		int			sqlerrcode = 0;
+		long		wait_ms;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* pages of events, each in its own transaction */
+		for (int page = 0; page < PAGES_PER_CYCLE; page++)
+		{
+			result = run_step("stripe_billing: polling /v1/events",
+							  "SELECT has_more FROM stripe_billing._poll_page()", &sqlerrcode);
+			CHECK_FOR_INTERRUPTS();
+			if (result != STEP_MORE)
+				break;
+		}
+
+		if (result == STEP_DONE || result == STEP_MORE)
+		{
+			StepResult	duties = run_step("stripe_billing: usage, retries, re-fetches",
+										  "SELECT false FROM stripe_billing._sync_duties()",
+										  &sqlerrcode);
+
+			if (duties == STEP_FAILED)
+				result = STEP_FAILED;
+		}
+
+		if (result == STEP_FAILED)
+			wait_ms = backoff_ms(failures++, sqlerrcode);
+		else
+		{
+			failures = 0;
+			wait_ms = result == STEP_MORE ? 0 : sb_poll_interval;
+		}
+
+		if (wait_ms > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 wait_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
