@@ -1540,17 +1540,34 @@ DECLARE
   items jsonb;
   summary jsonb;
 BEGIN
-  FOR r IN SELECT path FROM (
-             SELECT '/v1/customers/' || id AS path FROM stripe_billing.customers WHERE refetch AND NOT deleted
-             UNION ALL SELECT '/v1/subscriptions/' || id FROM stripe_billing.subscriptions WHERE refetch
-             UNION ALL SELECT '/v1/invoices/' || id FROM stripe_billing.invoices WHERE refetch AND NOT deleted
-             UNION ALL SELECT '/v1/products/' || id FROM stripe_billing.products WHERE refetch AND NOT deleted
-             UNION ALL SELECT '/v1/prices/' || id FROM stripe_billing.prices WHERE refetch AND NOT deleted
-             UNION ALL SELECT '/v1/checkout/sessions/' || id FROM stripe_billing.checkout_sessions WHERE refetch
+  FOR r IN SELECT tab, id, path FROM (
+             SELECT 'customers' AS tab, id, '/v1/customers/' || id AS path
+               FROM stripe_billing.customers WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'subscriptions', id, '/v1/subscriptions/' || id
+               FROM stripe_billing.subscriptions WHERE refetch
+             UNION ALL SELECT 'invoices', id, '/v1/invoices/' || id
+               FROM stripe_billing.invoices WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'products', id, '/v1/products/' || id
+               FROM stripe_billing.products WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'prices', id, '/v1/prices/' || id
+               FROM stripe_billing.prices WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'checkout_sessions', id, '/v1/checkout/sessions/' || id
+               FROM stripe_billing.checkout_sessions WHERE refetch
            ) marked LIMIT max_rows
   LOOP
-    PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
-    n := n + 1;
+    BEGIN
+      PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
+      n := n + 1;
+    EXCEPTION WHEN OTHERS THEN
+      -- gone at Stripe (or not readable with this key): nothing to heal
+      IF SQLSTATE = 'SBA01' AND SQLERRM ILIKE '%no such%' THEN
+        EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1', r.tab) USING r.id;
+      ELSE
+        RAISE;
+      END IF;
+    END;
+    -- a snapshot of the same second as the tie cannot settle it: do not ask again
+    EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND refetch', r.tab) USING r.id;
   END LOOP;
 
   FOR r IN SELECT customer FROM stripe_billing.entitlement_summaries WHERE refetch LIMIT max_rows LOOP

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# bench/worker: the background worker catching up on 10,000 events waiting
+# in the loopback fake Stripe, against calling stripe_apply_event directly
+# on the same events (fetched beforehand) in another database of the same
+# cluster; then the steady-state lag from an event appearing in the fake to
+# its commit.
+#     bash bench/worker.sh [events, default 10000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-10000}
+. test/lib/cluster.sh
+work=$(mktemp -d /tmp/stripe_billing_bench.XXXXXX)
+fake_pid=
+trap 'cluster_stop "$work/pg"; [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null' EXIT
+node test/fake_stripe/server.js --port 0 --key sk_test_bench --port-file "$work/fake.port" >"$work/fake.log" 2>&1 &
+fake_pid=$!
+for _ in $(seq 50); do [ -s "$work/fake.port" ] && break; sleep 0.1; done
+fake="http://127.0.0.1:$(cat "$work/fake.port")"
+cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.poll_interval = '200ms'" \
+    "stripe_billing.api_key = 'sk_test_bench'" "stripe_billing.api_base = '$fake'"
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# the worker starts from "now": no events yet, so it takes every event after
+psql -X -q -c "CREATE EXTENSION stripe_billing" >/dev/null
+for _ in $(seq 100); do
+    [ "$(psql -X -At -c "SELECT start_from <> 'now' FROM stripe_billing.sync_state")" = t ] && break; sleep 0.1
+done
+sleep 1
+echo "== $n events appended to the fake; the worker catches up"
+t0=$(now_ms)
+curl -s -X POST -H 'Content-Type: application/json' \
+    -d "{\"generate\": {\"count\": $n, \"customers\": 200, \"per_second\": 10, \"start_created\": $(date +%s)}}" \
+    "$fake/_fake/events" >/dev/null
+until [ "$(psql -X -At -c "SELECT count(*) FROM stripe_billing.events")" -ge "$n" ]; do sleep 0.05; done
+t1=$(now_ms)
+worker_ms=$((t1 - t0))
+
+echo "== the same events applied directly with stripe_apply_event, in another database"
+createdb direct
+psql -X -q -d direct -c "CREATE EXTENSION stripe_billing; SELECT stripe_billing.stripe_sync_pause();" >/dev/null
+# fetch every event (oldest first) into a table, outside the timing
+psql -X -q -d direct -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+CREATE TABLE fetched (n bigint, event jsonb);
+DO $$
+DECLARE
+  page jsonb;
+  after text;
+  k bigint := 0;
+BEGIN
+  LOOP
+    page := stripe_billing.stripe_api('GET', '/v1/events',
+              jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', after)));
+    INSERT INTO fetched SELECT k + o, e FROM jsonb_array_elements(page->'data') WITH ORDINALITY AS x(e, o);
+    k := k + jsonb_array_length(page->'data');
+    after := page->'data'->-1->>'id';
+    EXIT WHEN NOT (page->>'has_more')::boolean;
+  END LOOP;
+END $$;
+SQL
+t2=$(now_ms)
+# a transaction per 100 events, as the worker commits a page at a time
+psql -X -q -d direct >/dev/null <<'SQL'
+DO $$
+DECLARE
+  total bigint := (SELECT count(*) FROM fetched);
+BEGIN
+  FOR b IN 0..(total - 1) / 100 LOOP
+    PERFORM stripe_billing.stripe_apply_event(event, 'poll')
+       FROM fetched WHERE n > total - (b + 1) * 100 AND n <= total - b * 100 ORDER BY n DESC;
+    COMMIT;
+  END LOOP;
+END $$;
+SQL
+t3=$(now_ms)
+direct_ms=$((t3 - t2))
+
+echo "== steady-state lag: one event appended, time until it is committed (poll_interval 200 ms)"
+lags=()
+for i in $(seq 10); do
+    before=$(psql -X -At -c "SELECT count(*) FROM stripe_billing.events")
+    s=$(now_ms)
+    curl -s -X POST -H 'Content-Type: application/json' \
+        -d "{\"events\": [{\"id\": \"evt_lag_$i\", \"type\": \"customer.updated\", \"created\": $(date +%s), \"data\": {\"object\": {\"id\": \"cus_lag\", \"object\": \"customer\"}}}]}" \
+        "$fake/_fake/events" >/dev/null
+    until [ "$(psql -X -At -c "SELECT count(*) FROM stripe_billing.events")" -gt "$before" ]; do sleep 0.01; done
+    lags+=($(( $(now_ms) - s )))
+    sleep 0.$((RANDOM % 3))
+done
+median=$(printf '%s\n' "${lags[@]}" | sort -n | sed -n '5p;6p' | awk '{s+=$1} END {printf "%d", s/NR}')
+
+echo
+echo "worker catch-up: $n events in $worker_ms ms ($(awk -v n=$n -v t=$worker_ms 'BEGIN{printf "%.0f", n*1000/t}') events/s)"
+echo "direct stripe_apply_event: $n events in $direct_ms ms ($(awk -v n=$n -v t=$direct_ms 'BEGIN{printf "%.0f", n*1000/t}') events/s)"
+echo "ratio worker/direct rate: $(awk -v w=$worker_ms -v d=$direct_ms 'BEGIN{printf "%.2f", d/w}')  (target >= 0.6)"
+echo "lag, ms: ${lags[*]}; median $median ms  (target <= poll_interval + 100 = 300 ms)"
+psql -X -At -c "SELECT format('ledger: %s events, %s applied', count(*), count(*) FILTER (WHERE outcome = 'applied')) FROM stripe_billing.events"
