@@ -18,8 +18,7 @@ echo "== starting a throwaway cluster (shared_preload_libraries = 'stripe_billin
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'"
 
 secret="whsec_demo_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-payload=$(cat ../shared/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json 2>/dev/null ||
-          echo '{"id":"evt_demo_1","object":"event","type":"customer.subscription.updated","api_version":"2025-03-31.basil","created":1700000000,"livemode":false,"data":{"object":{"id":"sub_demo","object":"subscription"}}}')
+payload=$(cat ../shared/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json)
 # Sign it as Stripe would, with the official SDK.
 header=$(PAYLOAD="$payload" SECRET="$secret" NODE_PATH=test/node/node_modules node -e '
   const stripe = require("stripe")("sk_test_unused");

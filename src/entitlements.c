@@ -49,6 +49,13 @@ PG_FUNCTION_INFO_V1(stripe_has_entitlement);
 PG_FUNCTION_INFO_V1(stripe_now);
 PG_FUNCTION_INFO_V1(stripe_invalidate_entitlement_cache);
 
+/* The local transaction id moved in PostgreSQL 17. */
+#if PG_VERSION_NUM >= 170000
+#define MY_LXID (MyProc->vxid.lxid)
+#else
+#define MY_LXID (MyProc->lxid)
+#endif
+
 /* Longest "user_ref \x1f feature" key cached; longer ones are looked up. */
 #define KEY_MAX 256
 #define KEY_SEPARATOR '\x1f'
@@ -112,7 +119,7 @@ resolve_features_table(void)
 static void
 prepare_cache(void)
 {
-	LocalTransactionId lxid = MyProc->lxid;
+	LocalTransactionId lxid = MY_LXID;
 	TimestampTz statement = GetCurrentStatementStartTimestamp();
 
 	if (!callback_registered)
