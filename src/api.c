@@ -27,6 +27,7 @@
 #include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 #include "stripe_billing.h"
@@ -138,21 +139,36 @@ should_retry(SbHttpResponse *r)
 	return r->status == 0 || r->status == 429 || r->status >= 500;
 }
 
-/* Sleeps before retry number attempt (Retry-After, or backoff with jitter). */
+/*
+ * Sleeps before retry number attempt: at least Retry-After when Stripe sends
+ * it, else an exponential backoff with jitter; interrupts end the wait.
+ */
 static void
 wait_to_retry(SbHttpResponse *r, int attempt)
 {
-	long		ms = 500L << Min(attempt, 5);
+	long		ms;
+	TimestampTz deadline;
 
-	if (r->retry_after)
-		ms = strtol(r->retry_after, NULL, 10) * 1000L;
-	ms = Min(ms, MAX_RETRY_WAIT_MS);
-	ms = ms / 2 + (long) (pg_prng_double(&pg_global_prng_state) * (ms / 2 + 1));
+	if (r->retry_after && strtol(r->retry_after, NULL, 10) > 0)
+		ms = Min(strtol(r->retry_after, NULL, 10) * 1000L, (long) MAX_RETRY_WAIT_MS);
+	else
+	{
+		ms = Min(500L << Min(attempt, 5), (long) MAX_RETRY_WAIT_MS);
+		ms = ms / 2 + (long) (pg_prng_double(&pg_global_prng_state) * (ms / 2 + 1));
+	}
 
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+	for (;;)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+		CHECK_FOR_INTERRUPTS();
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
 }
 
 /* A fresh idempotency key: "sb_" and 32 random hex digits. */

@@ -98,41 +98,61 @@ check_interrupts(void *arg, curl_off_t dltotal, curl_off_t dlnow,
 	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
 }
 
-/* Is the URL's host a loopback address or name? */
+/* Is host "localhost", an IPv4 address in 127.0.0.0/8, or ::1? */
 static bool
 host_is_loopback(const char *host)
 {
-	return strcmp(host, "localhost") == 0 ||
-		strncmp(host, "127.", 4) == 0 ||
-		strcmp(host, "[::1]") == 0 ||
-		strcmp(host, "::1") == 0;
+	int			octets[4];
+	char		tail;
+
+	if (pg_strcasecmp(host, "localhost") == 0 ||
+		strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0)
+		return true;
+	/* a dotted quad and nothing else: 127.0.0.1.example.com is a name */
+	if (sscanf(host, "%d.%d.%d.%d%c", &octets[0], &octets[1], &octets[2], &octets[3], &tail) != 4)
+		return false;
+	for (int i = 0; i < 4; i++)
+		if (octets[i] < 0 || octets[i] > 255)
+			return false;
+	return octets[0] == 127 && strspn(host, "0123456789.") == strlen(host);
 }
 
 /*
- * Checks stripe_billing.api_base: https://host[:port], or http:// to a
- * loopback host.  Raises SBC03 otherwise, before any network traffic.
+ * Checks stripe_billing.api_base, parsed the way libcurl will parse it:
+ * https://host[:port], or http:// to a loopback host, never with a user name
+ * or password in it (http://127.0.0.1@example.com goes to example.com).
+ * Raises SBC03 otherwise, before any network traffic.
  */
 void
 sb_check_api_base(const char *base)
 {
-	const char *host;
-	size_t		host_len;
-	char	   *hostname;
+	CURLU	   *url = curl_url();
+	char	   *scheme = NULL;
+	char	   *host = NULL;
+	char	   *user = NULL;
+	char	   *password = NULL;
+	bool		ok;
 
-	if (strncmp(base, "https://", 8) == 0)
-		return;
-	if (strncmp(base, "http://", 7) == 0)
-	{
-		host = base + 7;
-		host_len = (host[0] == '[') ? strcspn(host, "]") + 1 : strcspn(host, ":/");
-		hostname = pnstrdup(host, host_len);
-		if (host_is_loopback(hostname))
-			return;
-	}
-	ereport(ERROR,
-			(errcode(ERRCODE_SB_API_BASE_REFUSED),
-			 errmsg("stripe_billing.api_base \"%s\" is not allowed", base),
-			 errdetail("Only https:// is allowed, and plain http:// to a loopback host for tests.")));
+	if (url == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	ok = curl_url_set(url, CURLUPART_URL, base, 0) == CURLUE_OK &&
+		curl_url_get(url, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+		curl_url_get(url, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+		curl_url_get(url, CURLUPART_USER, &user, 0) == CURLUE_NO_USER &&
+		curl_url_get(url, CURLUPART_PASSWORD, &password, 0) == CURLUE_NO_PASSWORD &&
+		(pg_strcasecmp(scheme, "https") == 0 ||
+		 (pg_strcasecmp(scheme, "http") == 0 && host_is_loopback(host)));
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(user);
+	curl_free(password);
+	curl_url_cleanup(url);
+
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_API_BASE_REFUSED),
+				 errmsg("stripe_billing.api_base \"%s\" is not allowed", base),
+				 errdetail("Only https:// is allowed, and plain http:// to a loopback host for tests, without a user name or password.")));
 }
 
 /* Returns the backend's easy handle, reset for a new request. */
@@ -189,7 +209,10 @@ sb_http_request(const char *method, const char *path, const char *form,
 	sb_check_api_base(sb_api_base);
 
 	initStringInfo(&url);
-	appendStringInfo(&url, "%s%s", sb_api_base, path);
+	appendStringInfoString(&url, sb_api_base);
+	while (url.len > 0 && url.data[url.len - 1] == '/')
+		url.data[--url.len] = '\0';	/* "https://api.stripe.com/" + "/v1/..." */
+	appendStringInfoString(&url, path);
 	if (!has_body && form && form[0])
 		appendStringInfo(&url, "?%s", form);
 

@@ -360,11 +360,11 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("stripe_billing.database",
-							   "Database the background worker syncs (needs a restart).",
-							   NULL,
+							   "Database the background worker syncs.",
+							   "After a change and a reload, the worker restarts in the new database.",
 							   &sb_database,
 							   "postgres",
-							   PGC_POSTMASTER,
+							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
 

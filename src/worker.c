@@ -4,7 +4,8 @@
  *	  The background worker that pulls Stripe's events.
  *
  * Registered from _PG_init when the library is in shared_preload_libraries;
- * runs in the database named by stripe_billing.database once recovery has
+ * runs in the database named by stripe_billing.database (restarting when a
+ * reload changes it) once recovery has
  * finished (so never on a standby), and the postmaster restarts it after a
  * crash.  Each cycle it applies pages of /v1/events newer than its cursor,
  * oldest first, one transaction per page: the page's events and the new
@@ -201,12 +202,14 @@ void
 stripe_billing_worker_main(Datum arg)
 {
 	int			failures = 0;
+	char	   *database;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	BackgroundWorkerInitializeConnection(sb_database, NULL, 0);
+	database = MemoryContextStrdup(TopMemoryContext, sb_database);
+	BackgroundWorkerInitializeConnection(database, NULL, 0);
 	elog(LOG, "stripe_billing sync worker started in database \"%s\"", sb_database);
 
 	for (;;)
@@ -220,6 +223,13 @@ stripe_billing_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (strcmp(sb_database, database) != 0)
+			{
+				/* the postmaster starts us again, in the new database */
+				elog(LOG, "stripe_billing.database changed to \"%s\": the sync worker restarts",
+					 sb_database);
+				proc_exit(1);
+			}
 		}
 
 		/* pages of events, each in its own transaction */

@@ -1,0 +1,611 @@
+#!/usr/bin/env bash
+# The Stripe API calls made from SQL, against the loopback fake Stripe
+# (test/fake_stripe): the exact form a Checkout sends, idempotency, portal and
+# subscription changes mirrored in the local tables at once, the usage
+# outbox, keep-alive, errors and faults (SQLSTATEs, retries, Retry-After,
+# statement_timeout and pg_cancel_backend during a hung request), the
+# api_base and api_key guards, and no API key in any message or the server log.
+#
+# Starts its own fake and its own throwaway cluster, so it needs only the
+# installed extension:
+#     bash test/api_calls.sh
+# The cluster preloads stripe_billing, as in production; the tests run in
+# database api_calls, so the sync worker (watching postgres, where the
+# extension is not installed) never calls the fake.  SB_API_NO_PRELOAD=1
+# runs them without shared_preload_libraries instead.
+# One PASS/FAIL line per check; exits 0 only when every check passed.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+. test/lib/cluster.sh
+
+rand() { head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+RUN=$(rand)
+KEY="sk_test_apicalls${RUN}$(rand)"
+KEY_BODY=${KEY#sk_test_}           # what a leak would show, masked or not
+VERSION='2025-04-30.basil'         # not the fake's default: proves the header comes from the setting
+started=$(date +%s)
+
+work=$(mktemp -d /tmp/stripe_billing_api.XXXXXX)
+chmod 755 "$work"
+fake_pid=
+keep=1
+cleanup() {
+    # the fake first: that also frees any backend still waiting on a hung request
+    if [ -n "$fake_pid" ]; then kill "$fake_pid" 2>/dev/null; wait "$fake_pid" 2>/dev/null; fi
+    cluster_stop "$work/pg"
+    if [ "$keep" = 0 ]; then rm -rf "$work"; else echo "(server log, client log and fake log kept in $work)"; fi
+}
+trap cleanup EXIT
+
+# ---- the fake Stripe ----
+node test/fake_stripe/server.js --port 0 --key "$KEY" --port-file "$work/fake.port" >"$work/fake.log" 2>&1 &
+fake_pid=$!
+for _ in $(seq 100); do [ -s "$work/fake.port" ] && break; sleep 0.05; done
+P=$(cat "$work/fake.port" 2>/dev/null)
+[ -n "$P" ] || { echo "FAIL: the fake Stripe did not start"; cat "$work/fake.log"; exit 1; }
+BASE="http://127.0.0.1:$P"
+
+fk() { node test/api/fake.js "$P" "$@"; }               # METHOD PATH [BODY] [EXPR]
+reqcount() { fk GET /_fake/stats '' 'r.requests'; }       # /v1 requests so far (= last seq)
+# recs MARK [PATH_PREFIX]: the recorded requests after MARK, into $work/recs.json
+recs() { fk GET "/_fake/requests?path=${2:-}" '' "since(r, $1)" >"$work/recs.json"; }
+jx() { node test/api/fake.js "@$work/recs.json" "$1"; }   # EXPR on the saved records
+faults() { fk POST /_fake/faults "{\"rules\": $1}" >/dev/null; }
+nofaults() { fk DELETE /_fake/faults >/dev/null; }
+
+# ---- the cluster ----
+preload="shared_preload_libraries = 'stripe_billing'"
+[ "${SB_API_NO_PRELOAD:-0}" = 1 ] && preload="# no shared_preload_libraries"
+cluster_start "$work/pg" "$preload" \
+    "stripe_billing.database = 'postgres'" \
+    "stripe_billing.api_key = '$KEY'" \
+    "stripe_billing.api_base = '$BASE'" \
+    "stripe_billing.api_version = '$VERSION'" \
+    "stripe_billing.request_timeout = 10000" \
+    "log_statement = 'all'" \
+    "log_min_messages = debug1" || { echo "FAIL: the cluster did not start"; exit 1; }
+createdb api_calls || { echo "FAIL: createdb"; exit 1; }
+export PGDATABASE=api_calls
+
+client_log=$work/client.log
+: >"$client_log"
+# sql SCRIPT: runs SCRIPT in a new session (stops at the first error).
+# Sets OUT (rows, then any error, verbose), STATE (the first error's
+# SQLSTATE, or empty), MSG and DETAIL (of that error), MS (wall time).
+sql() {
+    local t0 t1
+    t0=$(date +%s%N)
+    OUT=$(timeout 25 psql -X -At -q -v ON_ERROR_STOP=1 -v VERBOSITY=verbose 2>&1 <<<"$1")
+    t1=$(date +%s%N)
+    MS=$(((t1 - t0) / 1000000))
+    STATE=$(sed -nE 's/^.*(ERROR|FATAL):  ([0-9A-Z]{5}): .*$/\2/p' <<<"$OUT" | head -1)
+    MSG=$(sed -nE 's/^.*(ERROR|FATAL):  [0-9A-Z]{5}: (.*)$/\2/p' <<<"$OUT" | head -1)
+    DETAIL=$(sed -nE 's/^DETAIL:  (.*)$/\1/p' <<<"$OUT" | head -1)
+    printf -- '--- %s\n%s\n' "$1" "$OUT" >>"$client_log"
+}
+rows() { grep -vE '^(psql:|ERROR:|DETAIL:|HINT:|LOCATION:|CONTEXT:|STATEMENT:|WARNING:|NOTICE:)' <<<"$OUT"; }
+
+# ---- verdicts ----
+checks=0
+failed=0
+why=()
+bad() { why+=("$*"); }
+# eq ACTUAL EXPECTED WHAT
+eq() { [ "$1" == "$2" ] || bad "$3: got '$1', expected '$2'"; }
+noerr() { [ -z "$STATE" ] || bad "$1: error $STATE: $MSG${DETAIL:+ ($DETAIL)}"; }
+state_is() { [ "$STATE" == "$1" ] || bad "$2: expected SQLSTATE $1, got '${STATE:-no error}'${MSG:+: $MSG}"; }
+no_key_in() { if grep -qF "$KEY_BODY" <<<"$1"; then bad "$2 contains the API key"; fi; }
+verdict() {
+    checks=$((checks + 1))
+    if [ ${#why[@]} -eq 0 ]; then
+        echo "PASS: $1"
+    else
+        failed=$((failed + 1))
+        echo "FAIL: $1"
+        printf '      - %s\n' "${why[@]}"
+    fi
+    why=()
+}
+# same_lines WHAT EXPECTED ACTUAL: equal as sorted sets of lines
+same_lines() {
+    local d
+    d=$(diff <(LC_ALL=C sort <<<"$2") <(LC_ALL=C sort <<<"$3")) ||
+        bad "$1 differs (< expected, > sent): $(tr '\n' ' ' <<<"$d")"
+}
+
+# ---- the extension ----
+sql "CREATE EXTENSION stripe_billing;
+CREATE FUNCTION public.apply_all_events() RETURNS integer LANGUAGE plpgsql AS \$f\$
+DECLARE e jsonb; n integer := 0;
+BEGIN
+  -- /v1/events lists newest first: apply oldest first
+  FOR e IN SELECT x FROM jsonb_array_elements(
+             stripe_billing.stripe_api('GET', '/v1/events', '{\"limit\": 100}')->'data') WITH ORDINALITY AS t(x, i)
+           ORDER BY i DESC LOOP
+    PERFORM stripe_billing.stripe_apply_event(e);
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END \$f\$;
+SELECT count(*) FROM pg_proc WHERE pronamespace = 'stripe_billing'::regnamespace AND proname IN
+  ('stripe_api', 'stripe_create_checkout', 'stripe_create_portal_session', 'stripe_cancel_subscription',
+   'stripe_resume_subscription', 'stripe_change_price', 'stripe_report_usage', 'stripe_send_usage');"
+noerr "CREATE EXTENSION"
+eq "$(rows)" 8 "API functions found in schema stripe_billing"
+verdict "the extension installs in a fresh database with the 8 API functions"
+if [ "$failed" -gt 0 ]; then echo "$OUT"; exit 1; fi
+
+# fake object ids the checks share
+fk POST /_fake/objects '{"object": {"id": "cus_x", "object": "customer", "email": "x@example.com"}}' >/dev/null
+
+###########################################################################
+# 1. Request shape
+###########################################################################
+note='café ☕ & a=b+c %20 ü'
+mark=$(reqcount)
+sql "SELECT session_id, url, extract(epoch FROM expires_at)::bigint
+FROM stripe_billing.stripe_create_checkout('u_sub', 'price_basic',
+  'https://app.example/ok?session={CHECKOUT_SESSION_ID}&x=1', 'https://app.example/cancel',
+  quantity => 2, trial_days => 14, allow_promotion_codes => true, customer_email => 'sub@example.com',
+  metadata => '{\"plan\": \"pro\", \"note\": \"$note\", \"seats\": 5, \"beta\": true}',
+  idempotency_key => 'caller-key-$RUN');
+SELECT user_ref, status, mode, metadata->>'note' FROM stripe_billing.checkout_sessions
+WHERE user_ref = 'u_sub';"
+noerr "stripe_create_checkout"
+IFS='|' read -r cs_sub cs_url cs_exp <<<"$(rows | sed -n 1p)"
+local_row=$(rows | sed -n 2p)
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path).join(",")')" "POST /v1/checkout/sessions" "requests sent"
+same_lines "the form" "mode=subscription
+line_items[0][price]=price_basic
+line_items[0][quantity]=2
+success_url=https://app.example/ok?session={CHECKOUT_SESSION_ID}&x=1
+cancel_url=https://app.example/cancel
+client_reference_id=u_sub
+metadata[user_ref]=u_sub
+metadata[plan]=pro
+metadata[note]=$note
+metadata[seats]=5
+metadata[beta]=true
+customer_email=sub@example.com
+allow_promotion_codes=true
+subscription_data[metadata][user_ref]=u_sub
+subscription_data[trial_period_days]=14" "$(jx 'r.length ? pairs(r[0]) : ""')"
+verdict "checkout (subscription, trial_days, promotion codes, customer_email, unicode/number/boolean metadata) sends exactly the documented form fields"
+
+eq "$(jx 'r[0] && r[0].headers.authorization')" "Bearer <redacted>" "Authorization header (as recorded)"
+eq "$(jx 'r[0] && r[0].status')" "200" "the fake's answer (200 = the Bearer key was accepted)"
+eq "$(jx 'r[0] && r[0].headers["stripe-version"]')" "$VERSION" "Stripe-Version header"
+eq "$(jx 'r[0] && r[0].idempotency_key')" "caller-key-$RUN" "Idempotency-Key header"
+eq "$(jx 'r[0] && String(r[0].headers["content-type"]).split(";")[0]')" "application/x-www-form-urlencoded" "Content-Type"
+verdict "checkout headers: Authorization Bearer, Stripe-Version = stripe_billing.api_version, the caller's Idempotency-Key as given"
+
+fake_session=$(fk GET "/_fake/objects/$cs_sub" '' '[r.id, r.url, r.expires_at, r.metadata.note].join("|")' 2>&1)
+eq "$cs_sub|$cs_url|$cs_exp|$note" "$fake_session" "session_id|url|expires_at returned vs the fake's session (and its metadata note)"
+eq "$local_row" "u_sub|open|subscription|$note" "checkout_sessions row (user_ref|status|mode|metadata note)"
+verdict "checkout returns the fake's session_id, url and expires_at, and records the session (user_ref, open) in checkout_sessions"
+
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_pay', 'price_onetime',
+  'https://app.example/paid', 'https://app.example/back', mode => 'payment');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_pay2', 'price_onetime',
+  'https://app.example/paid', 'https://app.example/back', mode => 'payment');
+SELECT user_ref || ':' || status FROM stripe_billing.checkout_sessions WHERE user_ref IN ('u_pay', 'u_pay2') ORDER BY user_ref;"
+noerr "stripe_create_checkout (payment)"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" \
+   "POST /v1/checkout/sessions 200,POST /v1/checkout/sessions 200" "requests sent"
+same_lines "the payment form" "mode=payment
+line_items[0][price]=price_onetime
+line_items[0][quantity]=1
+success_url=https://app.example/paid
+cancel_url=https://app.example/back
+client_reference_id=u_pay
+metadata[user_ref]=u_pay
+payment_intent_data[metadata][user_ref]=u_pay" "$(jx 'r.length ? pairs(r[0]) : ""')"
+eq "$(jx 'r.length == 2 && !!r[0].idempotency_key && !!r[1].idempotency_key && r[0].idempotency_key != r[1].idempotency_key')" \
+   true "generated Idempotency-Keys present and distinct per call"
+eq "$(rows | sed -n 3,4p | tr '\n' ' ')" "u_pay:open u_pay2:open " "checkout_sessions rows"
+verdict "checkout (payment mode, defaults) sends exactly the documented form, with a fresh generated Idempotency-Key per call"
+
+# Stripe's metadata is flat (metadata[team][id]=t1 gets 400 "Invalid string",
+# param metadata[team], from Stripe and the fake alike): a nested value is
+# refused before any request, naming the key.
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_nest', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel',
+  metadata => '{\"plan\": \"pro\", \"note\": \"café ☕\", \"team\": {\"id\": \"t1\"}}');"
+[ -n "$STATE" ] || bad "nested metadata was accepted"
+[[ "$STATE" != SB* ]] || bad "expected a local refusal, got Stripe's error $STATE: $MSG"
+[[ "$MSG" == *metadata* && "$MSG" == *team* ]] || bad "the message should name metadata and team: '$MSG'"
+eq "$(reqcount)" "$mark" "requests made"
+refusal="${STATE:-no error}: $MSG"
+sql "SELECT count(*) FROM stripe_billing.checkout_sessions WHERE user_ref = 'u_nest'"
+eq "$(rows)" 0 "checkout_sessions rows for the refused session"
+verdict "checkout with nested metadata {team: {id: t1}} is refused before any request ($refusal)"
+
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_bad', 'price_nope',
+  'https://app.example/ok', 'https://app.example/cancel');"
+state_is SBA01 "unknown price"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.status).join(",")')" 400 "the fake's answers (no retry of a 400)"
+[[ "$MSG" == *"No such price: 'price_nope'"* ]] || bad "the message should be Stripe's: '$MSG'"
+for part in invalid_request_error resource_missing 'line_items[0][price]' 400 "$(jx 'r.length ? r[0].request_id : "req_?"')"; do
+    [[ "$DETAIL" == *"$part"* ]] || bad "DETAIL should name $part: '$DETAIL'"
+done
+verdict "Stripe's 400 (unknown price) becomes SBA01 with Stripe's message; DETAIL names type, code, param, HTTP status and request id"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_link_customer('u1', 'cus_x');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u1', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', customer_email => 'ignored@example.com');"
+noerr "checkout for a linked user"
+recs "$mark" /v1/
+eq "$(jx 'r.length ? pairs(r[0]).filter(l => /^customer/.test(l)).join(",") : "no request"')" "customer=cus_x" "customer fields sent"
+eq "$(fk GET "/_fake/objects/$(rows | tail -1)" '' 'r.customer' 2>&1)" cus_x "the fake's session customer"
+verdict "checkout for a user with a known customer sends customer=cus_x and no customer_email"
+
+###########################################################################
+# 2. Idempotency
+###########################################################################
+ikey="idem-$RUN"
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_idem', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', idempotency_key => '$ikey');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_idem', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', idempotency_key => '$ikey');
+SELECT count(*) FROM stripe_billing.checkout_sessions WHERE user_ref = 'u_idem';"
+noerr "the same checkout twice"
+first=$(rows | sed -n 1p) second=$(rows | sed -n 2p)
+[ -n "$first" ] && [ "$first" == "$second" ] || bad "session ids differ: '$first' vs '$second'"
+eq "$(rows | sed -n 3p)" 1 "checkout_sessions rows"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.idempotency_key).join(",")')" "$ikey,$ikey" "Idempotency-Keys sent"
+eq "$(IK=$ikey fk GET /_fake/requests '' 'r.filter(x => x.idempotency_key == env.IK && x.status == 200).length' 2>&1)" 2 "answered requests with the key"
+verdict "the same idempotency_key twice returns the same session_id (replayed by Stripe)"
+
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_idem', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', quantity => 3, idempotency_key => '$ikey');"
+state_is SBA06 "same key, other params"
+[[ "$MSG" == *"Keys for idempotent requests"* ]] || bad "message should be Stripe's: '$MSG'"
+[[ "$DETAIL" == *idempotency_error* && "$DETAIL" == *400* ]] || bad "DETAIL should name idempotency_error and 400: '$DETAIL'"
+verdict "the same idempotency_key with other parameters fails with SBA06"
+
+###########################################################################
+# 3. Portal and subscription changes, mirrored locally at once
+###########################################################################
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_life', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel');"
+noerr "checkout for u_life"
+cs_life=$(rows)
+sub=$(fk POST "/_fake/checkout/sessions/$cs_life/complete" '{}' 'r.session.subscription' 2>&1)
+mark=$(reqcount)
+sql "SELECT public.apply_all_events();
+SELECT s.status, c.id, c.user_ref, i.id, i.price, s.cancel_at_period_end
+FROM stripe_billing.subscriptions s
+JOIN stripe_billing.customers c ON c.id = s.customer
+JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
+WHERE s.id = '$sub';
+SELECT status FROM stripe_billing.checkout_sessions WHERE id = '$cs_life';"
+noerr "applying the fake's events"
+IFS='|' read -r st cus user item price cape <<<"$(rows | sed -n 2p)"
+eq "$st|$user|$price|$cape" "active|u_life|price_basic|f" "local subscription (status|user_ref|item price|cancel_at_period_end)"
+eq "$(rows | sed -n 3p)" complete "local checkout session status"
+[ "$(rows | sed -n 1p)" -ge 7 ] 2>/dev/null || bad "events applied: '$(rows | sed -n 1p)'"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + JSON.stringify(x.query)).join(",")')" \
+   'GET /v1/events {"limit":"100"}' "the events request (GET params in the query string)"
+eq "$(jx 'r.length ? r[0].raw_body : ""')" "" "GET request body"
+verdict "a subscription set up by the fake's checkout completion and stripe_api('GET', '/v1/events') is known locally"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_create_portal_session('u_life', 'https://app.example/account');"
+noerr "stripe_create_portal_session"
+portal=$(rows)
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path).join(",")')" "POST /v1/billing_portal/sessions" "requests sent"
+same_lines "the portal form" "customer=$cus
+return_url=https://app.example/account" "$(jx 'r.length ? pairs(r[0]) : ""')"
+[[ "$portal" == "$BASE/portal/"* ]] || bad "the url returned: '$portal'"
+eq "$(jx 'r.length && !!r[0].idempotency_key')" true "Idempotency-Key sent"
+verdict "stripe_create_portal_session sends customer and return_url and returns the portal url"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_create_portal_session('u_nobody');"
+[ -n "$STATE" ] || bad "no error for a user without a customer"
+eq "$(reqcount)" "$mark" "requests made"
+verdict "stripe_create_portal_session for a user without a customer fails before any request (${STATE:-no error}: $MSG)"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_cancel_subscription('$sub')->>'cancel_at_period_end';
+SELECT cancel_at_period_end, status, cancel_at IS NOT NULL FROM stripe_billing.subscriptions WHERE id = '$sub';"
+noerr "stripe_cancel_subscription"
+eq "$(rows | tr '\n' ' ')" "true t|active|t " "returned cancel_at_period_end, then the local row (cancel_at_period_end|status|cancel_at set)"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path).join(",")')" "POST /v1/subscriptions/$sub" "requests sent"
+same_lines "the form" "cancel_at_period_end=true" "$(jx 'r.length ? pairs(r[0]) : ""')"
+eq "$(jx 'r.length && !!r[0].idempotency_key')" true "Idempotency-Key sent"
+verdict "stripe_cancel_subscription (at period end) posts cancel_at_period_end=true; the local row shows it at once"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_resume_subscription('$sub', idempotency_key => 'resume-$RUN')->>'cancel_at_period_end';
+SELECT cancel_at_period_end, status FROM stripe_billing.subscriptions WHERE id = '$sub';"
+noerr "stripe_resume_subscription"
+eq "$(rows | tr '\n' ' ')" "false f|active " "returned cancel_at_period_end, then the local row"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.idempotency_key).join(",")')" "POST /v1/subscriptions/$sub resume-$RUN" "requests sent"
+same_lines "the form" "cancel_at_period_end=false" "$(jx 'r.length ? pairs(r[0]) : ""')"
+verdict "stripe_resume_subscription posts cancel_at_period_end=false; the local row shows it at once"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_change_price('$sub', 'price_pro', 'none', quantity => 3)->'items'->'data'->0->'price'->>'id';
+SELECT string_agg(id || ':' || price || ':' || quantity, ',') FROM stripe_billing.subscription_items
+WHERE subscription = '$sub' AND NOT deleted;"
+noerr "stripe_change_price"
+eq "$(rows | tr '\n' ' ')" "price_pro $item:price_pro:3 " "returned item price, then the local live items (id:price:quantity)"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" "POST /v1/subscriptions/$sub 200" "requests sent"
+same_lines "the form" "items[0][id]=$item
+items[0][price]=price_pro
+items[0][quantity]=3
+proration_behavior=none" "$(jx 'r.length ? pairs(r[0]) : ""')"
+verdict "stripe_change_price posts items[0][id|price|quantity] and proration_behavior=none; the local item shows price_pro at once"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_change_price('$sub', 'price_basic', 'sometimes');"
+[ -n "$STATE" ] || bad "no error for proration_behavior 'sometimes'"
+[[ "$MSG" == *proration_behavior* ]] || bad "the message should name proration_behavior: '$MSG'"
+eq "$(reqcount)" "$mark" "requests made"
+verdict "stripe_change_price refuses an unknown proration_behavior before any request ($STATE: $MSG)"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_cancel_subscription('$sub', at_period_end => false)->>'status';
+SELECT status, ended_at IS NOT NULL FROM stripe_billing.subscriptions WHERE id = '$sub';"
+noerr "stripe_cancel_subscription (now)"
+eq "$(rows | tr '\n' ' ')" "canceled canceled|t " "returned status, then the local row (status|ended_at set)"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" "DELETE /v1/subscriptions/$sub 200" "requests sent"
+eq "$(jx 'r.length && !!r[0].idempotency_key')" true "Idempotency-Key sent with DELETE"
+verdict "stripe_cancel_subscription(at_period_end => false) sends DELETE; the local row is canceled at once"
+
+###########################################################################
+# 4. Usage outbox
+###########################################################################
+now=$(date +%s)
+t1=$((now - 60)) t2=$((now - 3600))
+mark=$(reqcount)
+sql "BEGIN;
+SELECT stripe_billing.stripe_report_usage('u_life', 'api_calls', 5);
+ROLLBACK;
+SELECT count(*) FROM stripe_billing.usage_outbox;
+SELECT stripe_billing.stripe_send_usage();"
+noerr "reporting in a rolled back transaction"
+eq "$(rows | tail -2 | tr '\n' ' ')" "0 0 " "outbox rows, then rows sent"
+eq "$(reqcount)" "$mark" "requests made"
+verdict "usage reported in a rolled back transaction leaves nothing to send"
+
+sql "SELECT stripe_billing.stripe_report_usage('u_life', 'api_calls', 7, to_timestamp($t1));
+SELECT stripe_billing.stripe_report_usage('u_life', 'api_calls', 11, occurred_at => to_timestamp($t2));"
+noerr "stripe_report_usage"
+id1=$(rows | sed -n 1p) id2=$(rows | sed -n 2p)
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_send_usage();
+SELECT count(*) FROM stripe_billing.usage_outbox WHERE id IN ($id1, $id2) AND sent_at IS NOT NULL;"
+noerr "stripe_send_usage"
+eq "$(rows | tr '\n' ' ')" "2 2 " "rows sent, then rows marked sent"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" \
+   "POST /v1/billing/meter_events 200,POST /v1/billing/meter_events 200" "requests sent"
+same_lines "the meter event forms" "event_name=api_calls
+payload[stripe_customer_id]=$cus
+payload[value]=7
+identifier=sb_usage_$id1
+timestamp=$t1
+event_name=api_calls
+payload[stripe_customer_id]=$cus
+payload[value]=11
+identifier=sb_usage_$id2
+timestamp=$t2" "$(jx 'r.flatMap(pairs)')"
+eq "$(jx 'r.every(x => !!x.idempotency_key)')" true "Idempotency-Keys sent"
+eq "$(fk GET /_fake/meter_events '' 'r.map(m => m.identifier).sort().join(",")' 2>&1)" \
+   "$(printf 'sb_usage_%s\n' "$id1" "$id2" | LC_ALL=C sort | paste -sd,)" "meter events the fake received"
+verdict "committed usage rows are sent once as meter events (identifier sb_usage_<id>, customer, value, timestamp) and marked sent"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_send_usage();"
+noerr "stripe_send_usage (again)"
+eq "$(rows)" 0 "rows sent"
+eq "$(reqcount)" "$mark" "requests made"
+verdict "a second stripe_send_usage sends nothing"
+
+###########################################################################
+# 5. Keep-alive
+###########################################################################
+mark=$(reqcount)
+before=$(fk GET /_fake/stats '' 'r.connections_opened')
+sql "$(for _ in $(seq 50); do echo "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic')->>'id';"; done)
+SELECT unit_amount FROM stripe_billing.prices WHERE id = 'price_basic';"
+noerr "50 calls"
+after=$(fk GET /_fake/stats '' 'r.connections_opened')
+eq "$(rows | grep -c '^price_basic$')" 50 "answers"
+eq "$(rows | tail -1)" 1000 "the price applied to the local prices table"
+recs "$mark" /v1/
+eq "$(jx 'r.length')" 50 "requests recorded"
+conns=$(jx 'new Set(r.map(x => x.connection_id)).size')
+opened=$((after - before - 1))   # the stats call itself opens one connection
+[ "$conns" -le 2 ] && [ "$opened" -le 2 ] && [ "$opened" -ge 1 ] ||
+    bad "connections: $opened opened by the session, $conns distinct among its requests (expected 1, at most 2)"
+verdict "50 stripe_api calls in one session reuse the connection ($opened opened, $conns used)"
+
+###########################################################################
+# 6. Errors and faults
+###########################################################################
+# fault FAULT_RULES SQL: runs SQL with the rules set; leaves the records in recs.json
+fault() {
+    nofaults
+    faults "$1"
+    local m
+    m=$(reqcount)
+    sql "$2"
+    recs "$m" /v1/
+    nofaults
+}
+attempts() { jx 'r.length'; }
+reqids_in_detail() { jx "r.some(x => env.D.includes(x.request_id))"; }
+
+fault '[{"kind": "500", "path": "/v1/prices/price_basic", "count": 2}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBA05 "500 twice"
+eq "$(attempts)" 2 "attempts (one retry)"
+[[ "$DETAIL" == *500* && "$DETAIL" == *api_error* ]] || bad "DETAIL should name api_error and 500: '$DETAIL'"
+eq "$(D=$DETAIL reqids_in_detail)" true "DETAIL names a request id"
+no_key_in "$MSG $DETAIL" "the error"
+verdict "a 500 answered twice fails with SBA05 after one retry"
+
+fault '[{"kind": "500", "path": "/v1/prices/price_basic", "count": 1, "should_retry": false}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBA05 "500 with Stripe-Should-Retry: false"
+eq "$(attempts)" 1 "attempts"
+verdict "a 500 with Stripe-Should-Retry: false is not retried"
+
+fault '[{"kind": "503", "path": "/v1/customers", "method": "POST", "count": 1}]' \
+    "SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"retry@example.com\", \"metadata\": {\"user_ref\": \"u_retry\"}}')->>'id';"
+noerr "POST after one 503"
+new_cus=$(rows)
+eq "$(jx 'r.map(x => x.status).join(",")')" "503,200" "attempts"
+eq "$(jx 'r.length == 2 && !!r[0].idempotency_key && r[0].idempotency_key == r[1].idempotency_key')" true "the same Idempotency-Key on both attempts"
+sql "SELECT email, user_ref FROM stripe_billing.customers WHERE id = '$new_cus';"
+eq "$(rows)" "retry@example.com|u_retry" "the customer applied locally"
+verdict "a POST retried after a 503 reuses its Idempotency-Key; the created customer is applied locally"
+
+fault '[{"kind": "429", "path": "/v1/prices/price_basic", "count": 2, "retry_after": 1}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBA04 "429 twice"
+eq "$(attempts)" 2 "attempts"
+[ "$MS" -ge 1000 ] || bad "failed after $MS ms, before Retry-After (1 s) passed"
+no_key_in "$MSG $DETAIL" "the error"
+verdict "a 429 answered twice fails with SBA04, after waiting Retry-After between the attempts ($MS ms)"
+
+fault '[{"kind": "429", "path": "/v1/prices/price_basic", "count": 1, "retry_after": 1}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic')->>'id';"
+noerr "429 once"
+eq "$(rows)" price_basic "the answer"
+eq "$(jx 'r.map(x => x.status).join(",")')" "429,200" "attempts"
+[ "$MS" -ge 1000 ] || bad "retried after $MS ms, before Retry-After (1 s) passed"
+verdict "a 429 answered once succeeds on the retry, made after Retry-After ($MS ms)"
+
+fault '[{"kind": "401", "path": "/v1/prices/price_basic", "count": 2}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBA03 "401"
+eq "$(attempts)" 1 "attempts (no retry)"
+[[ "$MSG" == *"Invalid API Key provided"* ]] || bad "message should be Stripe's: '$MSG'"
+[[ "$DETAIL" == *401* ]] || bad "DETAIL should name HTTP 401: '$DETAIL'"
+no_key_in "$OUT" "the error"
+verdict "a 401 fails with SBA03 at once, without the key in the message"
+
+fault '[{"kind": "truncate", "path": "/v1/prices/price_basic", "count": 2}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBA07 "truncated body"
+no_key_in "$OUT" "the error"
+verdict "a truncated response fails with SBA07 ($(attempts) attempts: $MSG)"
+
+sql "SET stripe_billing.api_base = 'http://127.0.0.1:1';
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBA07 "connection refused"
+no_key_in "$OUT" "the error"
+verdict "a refused connection fails with SBA07 ($MSG)"
+
+fault '[{"kind": "hang", "path": "/v1/prices/price_basic", "count": 2}]' \
+    "SET stripe_billing.request_timeout = 300;
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBA07 "request_timeout"
+[ "$MS" -lt 3000 ] || bad "took $MS ms"
+verdict "stripe_billing.request_timeout against a hung request fails with SBA07 ($MS ms, $(attempts) attempts)"
+
+fault '[{"kind": "hang", "path": "/v1/prices/price_basic", "count": 2}]' \
+    "SET statement_timeout = '200ms';
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+[ -n "$STATE" ] || bad "no error"
+[ "$MS" -lt 1000 ] || bad "the error came after $MS ms"
+verdict "statement_timeout 200ms interrupts a hung request within 1 s ($MS ms, ${STATE:-no error}: $MSG)"
+
+nofaults
+faults '[{"kind": "hang", "path": "/v1/prices/price_pro", "count": 2}]'
+mark=$(reqcount)
+PGAPPNAME=sb_api_cancel timeout 25 psql -X -At -v VERBOSITY=verbose \
+    -c "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_pro')" >"$work/cancel.out" 2>&1 &
+bg=$!
+for _ in $(seq 100); do [ "$(reqcount)" -gt "$mark" ] && break; sleep 0.05; done
+t0=$(date +%s%N)
+psql -X -At -c "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE application_name = 'sb_api_cancel'" >"$work/canceller.out" 2>&1
+wait "$bg"
+MS=$((($(date +%s%N) - t0) / 1000000))
+nofaults
+cat "$work/cancel.out" >>"$client_log"
+eq "$(cat "$work/canceller.out")" 1 "backends signalled"
+grep -qE 'ERROR:  57014: canceling statement due to user request' "$work/cancel.out" ||
+    bad "the hung call's session saw: $(tr '\n' ' ' <"$work/cancel.out")"
+[ "$MS" -lt 1000 ] || bad "the call ended $MS ms after pg_cancel_backend"
+verdict "pg_cancel_backend from another session ends a hung call within 1 s ($MS ms)"
+
+###########################################################################
+# 7. api_base: https only, except loopback
+###########################################################################
+mark=$(reqcount)
+for base in 'http://example.com' 'http://localhost.example.com' 'http://127.0.0.1.example.com' \
+            'http://127.0.0.1@example.com' 'http://localhost:1@example.com' 'ftp://127.0.0.1'; do
+    sql "SET stripe_billing.api_base = '$base';
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+    state_is SBC03 "api_base $base"
+    [ "$MS" -lt 2000 ] || bad "api_base $base: refused only after $MS ms"
+done
+eq "$(reqcount)" "$mark" "requests reaching the fake"
+verdict "api_base http:// to a non-loopback host (and look-alikes) fails with SBC03 before any network"
+
+mark=$(reqcount)
+sql "SET stripe_billing.api_base = 'http://localhost:$P';
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_pro')->>'id';"
+noerr "api_base http://localhost:$P"
+eq "$(rows)" price_pro "the answer"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.headers.host).join(",")')" "GET /v1/prices/price_pro localhost:$P" "requests recorded"
+verdict "api_base http://localhost:<port> works"
+
+###########################################################################
+# 8. No key
+###########################################################################
+mark=$(reqcount)
+sql "SET stripe_billing.api_key = '';
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+state_is SBC02 "no api key"
+eq "$(reqcount)" "$mark" "requests made"
+verdict "no api key configured fails with SBC02 before any request"
+
+###########################################################################
+# 9. Secrets
+###########################################################################
+recs 0 /v1/
+eq "$(jx 'r.filter(x => x.method != "GET" && !x.idempotency_key).map(x => x.seq + " " + x.method + " " + x.path).join(", ")')" "" \
+   "POST/DELETE requests without an Idempotency-Key"
+eq "$(jx 'r.filter(x => x.method != "GET").length > 10')" true "POST/DELETE requests recorded"
+verdict "every POST and DELETE sent carried an Idempotency-Key ($(jx 'r.filter(x => x.method != "GET").length') of them)"
+
+no_key_in "$(cat "$client_log")" "what the client saw"
+grep -qE 'SBA0[1-7]' "$client_log" || bad "no SBA error reached the client: the check would prove nothing"
+verdict "the API key appears in no message a client saw ($(grep -c 'ERROR:' "$client_log") errors)"
+
+sleep 0.3
+log=$work/pg/server.log
+if grep -qF "$KEY_BODY" "$log"; then
+    bad "server.log has the key: $(grep -F "$KEY_BODY" "$log" | head -3 | cut -c1-300)"
+fi
+for expect in 'stripe_create_checkout' 'Invalid API Key provided' 'Sorry, something went wrong' \
+              'canceling statement due to user request'; do
+    grep -qF "$expect" "$log" || bad "server.log lacks '$expect': the check would prove nothing"
+done
+verdict "the API key is absent from the server log ($(wc -l <"$log") lines, log_statement = all, debug1)"
+
+echo "$checks checks, $failed failed, $(($(date +%s) - started)) s"
+[ "$failed" -eq 0 ] && [ "$checks" -ge 39 ] || exit 1
+keep=0
