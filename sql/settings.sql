@@ -10,8 +10,9 @@ SET stripe_billing.api_key = 'sk_test_regress_key_0123456789';
 -- superusers see and set them
 SHOW stripe_billing.webhook_secret;
 SELECT current_setting('stripe_billing.api_key');
-SELECT name, setting, context FROM pg_settings
- WHERE name LIKE 'stripe_billing.%' ORDER BY name;
+SELECT name, context,
+       CASE WHEN name IN ('stripe_billing.api_key', 'stripe_billing.webhook_secret') THEN setting END AS secret
+  FROM pg_settings WHERE name LIKE 'stripe_billing.%' ORDER BY name;
 
 -- a plain role sees nothing and can set nothing
 CREATE ROLE regress_sb_app;
