@@ -9,13 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10000}
 . test/lib/cluster.sh
+. test/lib/fake_stripe.sh
 work=$(mktemp -d /tmp/stripe_billing_bench.XXXXXX)
-fake_pid=
-trap 'cluster_stop "$work/pg"; [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null' EXIT
-node test/fake_stripe/server.js --port 0 --key sk_test_bench --port-file "$work/fake.port" >"$work/fake.log" 2>&1 &
-fake_pid=$!
-for _ in $(seq 50); do [ -s "$work/fake.port" ] && break; sleep 0.1; done
-fake="http://127.0.0.1:$(cat "$work/fake.port")"
+trap 'cluster_stop "$work/pg"; fake_stop' EXIT
+fake_start "$work" sk_test_bench
+fake=$FAKE_URL
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.poll_interval = '200ms'" \
     "stripe_billing.api_key = 'sk_test_bench'" "stripe_billing.api_base = '$fake'"
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

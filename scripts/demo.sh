@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 . test/lib/cluster.sh
+. test/lib/fake_stripe.sh
 work=$(mktemp -d /tmp/stripe_billing_demo.XXXXXX)
-fake_pid=
-trap 'cluster_stop "$work/pg"; [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null' EXIT
+trap 'cluster_stop "$work/pg"; fake_stop' EXIT
 echo "== starting a throwaway cluster (shared_preload_libraries = 'stripe_billing')"
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'"
 
@@ -52,10 +52,8 @@ SQL
 
 echo
 echo "== the loop: Checkout from SQL, paid in the fake Stripe, events applied, features follow"
-node test/fake_stripe/server.js --port 0 --key sk_test_demo --port-file "$work/fake.port" >"$work/fake.log" 2>&1 &
-fake_pid=$!
-for _ in $(seq 50); do [ -s "$work/fake.port" ] && break; sleep 0.1; done
-fake="http://127.0.0.1:$(cat "$work/fake.port")"
+fake_start "$work" sk_test_demo
+fake=$FAKE_URL
 
 # Pulls the fake's events and applies them oldest first, as the background
 # worker does.

@@ -969,10 +969,17 @@ AS $$
                cancel_at)
 $$;
 
--- Recomputes one user's features; writes only what changed.
+-- Recomputes one user's features; writes only what changed.  (PL/pgSQL,
+-- not SQL: on the hot path of every event, its plan stays cached.)
 CREATE FUNCTION stripe_billing._refresh_user_features(target text) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
+DECLARE
+  notified text;
+BEGIN
+  IF target IS NULL THEN
+    RETURN;
+  END IF;
   WITH grants AS (
     SELECT g.feature,
            stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
@@ -1014,7 +1021,9 @@ AS $$
            'user_ref', target,
            'features', (SELECT coalesce(json_agg(json_build_object('feature', feature, 'valid_until', valid_until)
                                                  ORDER BY feature), '[]') FROM wanted))::text)
-   WHERE EXISTS (SELECT FROM revoked) OR EXISTS (SELECT FROM granted)
+    INTO notified   -- (unused: PERFORM cannot start with WITH)
+   WHERE EXISTS (SELECT FROM revoked) OR EXISTS (SELECT FROM granted);
+END
 $$;
 
 -- Recomputes the features of the users linked to a customer.
@@ -1156,12 +1165,15 @@ SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) FROM PUBLIC;
 
 -- The user's Stripe customer (the most recently created live one), or NULL.
+-- (PL/pgSQL, not SQL: its plan is cached across transactions.)
 CREATE FUNCTION stripe_billing._customer_of(target text) RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-  SELECT c.id FROM stripe_billing.customers c
-   WHERE c.user_ref = target AND NOT c.deleted
-   ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1
+BEGIN
+  RETURN (SELECT c.id FROM stripe_billing.customers c
+           WHERE c.user_ref = target AND NOT c.deleted
+           ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1);
+END
 $$;
 
 -- Raises an invalid_parameter_value error naming the argument.

@@ -231,13 +231,11 @@ sb_stripe_call(const char *method, const char *path, Jsonb *params,
 	{
 		r = sb_http_request(method, path, form, mutating ? idempotency_key : NULL);
 		body = NULL;
-		if (r->status != 0 && is_json(r->body, r->body_len))
+		/* (parsed once; an error body is checked first, it may be anything) */
+		if (r->status != 0 && (r->status / 100 == 2 || is_json(r->body, r->body_len)))
 			body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(r->body)));
-		if (r->status >= 200 && r->status < 300 && body != NULL)
+		if (r->status / 100 == 2)
 			break;
-		/* a 2xx that is not JSON was cut short: retry it like a network failure */
-		if (r->status >= 200 && r->status < 300)
-			r->status = 0, r->network_error = "response body is not valid JSON (cut short?)";
 		if (attempt >= sb_max_network_retries || !should_retry(r))
 			report_failure(method, path, r, body);
 		wait_to_retry(r, attempt++);

@@ -126,13 +126,17 @@ host_is_loopback(const char *host)
 void
 sb_check_api_base(const char *base)
 {
-	CURLU	   *url = curl_url();
+	static char *checked_base = NULL;	/* the last base found allowed */
+	CURLU	   *url;
 	char	   *scheme = NULL;
 	char	   *host = NULL;
 	char	   *user = NULL;
 	char	   *password = NULL;
 	bool		ok;
 
+	if (checked_base && strcmp(checked_base, base) == 0)
+		return;
+	url = curl_url();
 	if (url == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 	ok = curl_url_set(url, CURLUPART_URL, base, 0) == CURLUE_OK &&
@@ -153,6 +157,9 @@ sb_check_api_base(const char *base)
 				(errcode(ERRCODE_SB_API_BASE_REFUSED),
 				 errmsg("stripe_billing.api_base \"%s\" is not allowed", base),
 				 errdetail("Only https:// is allowed, and plain http:// to a loopback host for tests, without a user name or password.")));
+	if (checked_base)
+		pfree(checked_base);
+	checked_base = MemoryContextStrdup(TopMemoryContext, base);
 }
 
 /* Returns the backend's easy handle, reset for a new request. */
@@ -291,6 +298,18 @@ sb_http_request(const char *method, const char *path, const char *form,
 	return response;
 }
 
+/* Appends text percent-encoded (curl's string is malloc'd: freed here). */
+static void
+append_escaped(StringInfo out, const char *text)
+{
+	char	   *escaped = curl_easy_escape(NULL, text, 0);
+
+	if (escaped == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	appendStringInfoString(out, escaped);
+	curl_free(escaped);
+}
+
 /*
  * Appends key=value pairs for a jsonb value in Stripe's form encoding:
  * objects as prefix[key], arrays as prefix[index], booleans as true/false,
@@ -299,7 +318,6 @@ sb_http_request(const char *method, const char *path, const char *form,
 static void
 encode_value(StringInfo out, const char *prefix, JsonbValue *v)
 {
-	char	   *escaped;
 	char	   *text;
 
 	if (v->type == jbvBinary)
@@ -348,17 +366,9 @@ encode_value(StringInfo out, const char *prefix, JsonbValue *v)
 
 	if (out->len > 0)
 		appendStringInfoChar(out, '&');
-	escaped = curl_easy_escape(NULL, prefix, 0);
-	if (escaped == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	appendStringInfoString(out, escaped);
-	curl_free(escaped);
+	append_escaped(out, prefix);
 	appendStringInfoChar(out, '=');
-	escaped = curl_easy_escape(NULL, text, 0);
-	if (escaped == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	appendStringInfoString(out, escaped);
-	curl_free(escaped);
+	append_escaped(out, text);
 }
 
 /* Encodes a jsonb object of parameters the way Stripe's API reads them. */

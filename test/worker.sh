@@ -1,0 +1,510 @@
+#!/usr/bin/env bash
+# The background worker "stripe_billing sync" end to end, against the fake
+# Stripe, on a throwaway cluster of its own (poll_interval 200 ms):
+#   1 catch-up   10,000 waiting events applied exactly once, each object's row
+#                naming its newest event; prints the rate
+#   2 crashes    kill -9 of the worker at random moments (10 times) and an
+#                immediate shutdown mid-page, during a catch-up: every event
+#                once, and the tables equal a clean in-order replay
+#   3 faults     20% of GET /v1/events failing (500, 429, truncated, hung):
+#                every event once, failures shown in sync_status, recovery
+#   4 webhooks   the same events by webhook and by polling at once: one
+#                ledger row each, outcomes consistent
+#   5 usage      a rolled-back report is never sent; committed ones reach
+#                Stripe once each although the worker is killed while sending
+#   6 signals    SIGHUP changes poll_interval at once (60 s -> 200 ms);
+#                SIGTERM ends the worker within a second; prints the lag
+#   7 standby    a streaming standby starts no worker
+# One PASS/FAIL line per check; exits 0 only if every check passed.
+#
+# Synthetic events are dated a day ahead.  After a catch-up the worker
+# re-fetches objects whose last two events share a second (refetch) and
+# applies the fetched object as a snapshot dated by the response's Date
+# header; dated now, that snapshot would be newer than the events and put
+# the request's id in last_event_id.  A day ahead it is stale, so the rows
+# keep their events' ids and can be compared with a clean replay.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. test/lib/cluster.sh
+
+KEY=sk_test_worker_$RANDOM$RANDOM
+WHSEC=whsec_worker_$RANDOM$RANDOM
+export NODE_PATH=$PWD/test/node/node_modules
+began=$(date +%s)
+work=$(mktemp -d /tmp/stripe_billing_worker.XXXXXX)
+chmod 755 "$work"
+primary=$work/primary
+standby=$work/standby
+fake_pid=
+port=
+seed_id=        # the fake's first event: the worker's first cursor, never applied
+fake_total=0    # events in the fake
+gen_first=      # the first and last events of the latest generate
+gen_last=
+clean_upto=     # the newest event applied to the clean database
+batch_seed=0    # the generator's seeds, one per batch: reproducible streams
+passed=0
+failed=0
+
+cleanup() {
+    [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null
+    cluster_stop "$standby"
+    cluster_stop "$primary"
+}
+trap cleanup EXIT
+
+# ---- reporting -------------------------------------------------------------
+
+# conclude NAME SUMMARY [PROBLEM...]: PASS when no problem was given.
+conclude() {
+    local name=$1 summary=$2
+    shift 2
+    if [ $# -eq 0 ]; then
+        echo "PASS  $name: $summary"
+        passed=$((passed + 1))
+    else
+        local IFS=';'
+        echo "FAIL  $name: $summary -- problems:$*"
+        failed=$((failed + 1))
+    fi
+}
+
+note() { echo "      $*"; }
+
+# ---- time and waiting ------------------------------------------------------
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# wait_until SECONDS COMMAND...: runs COMMAND every $POLL s (default 0.1)
+# until it succeeds; fails after SECONDS.
+wait_until() {
+    local deadline=$(($(now_ms) + $1 * 1000))
+    shift
+    until "$@"; do
+        [ "$(now_ms)" -ge "$deadline" ] && return 1
+        sleep "${POLL:-0.1}"
+    done
+}
+
+# sleep_random MIN_MS MAX_MS
+sleep_random() { sleep "$(awk -v a="$1" -v b="$2" -v r="$RANDOM" 'BEGIN { printf "%.3f", (a + (b - a) * r / 32767) / 1000 }')"; }
+
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# ---- the databases ---------------------------------------------------------
+
+# sql [DB] QUERY: one query on the primary, unaligned output, errors to stderr.
+sql() {
+    local db=postgres
+    [ $# -eq 2 ] && { db=$1; shift; }
+    psql -X -At -q -v ON_ERROR_STOP=1 -h "$primary" -d "$db" -c "$1"
+}
+
+# set_conf NAME VALUE / reset_conf NAME: ALTER SYSTEM a stripe_billing setting, and reload.
+set_conf() { sql "ALTER SYSTEM SET stripe_billing.$1 = $2" && sql "SELECT pg_reload_conf()" >/dev/null; }
+reset_conf() { sql "ALTER SYSTEM RESET stripe_billing.$1" && sql "SELECT pg_reload_conf()" >/dev/null; }
+
+accepting() { sql "SELECT 1" >/dev/null 2>&1; }
+worker_pid() { sql "SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'" 2>/dev/null; }
+has_worker() { [ -n "$(worker_pid)" ]; }
+# wait_worker [OLD_PID]: until the cluster accepts connections and a worker
+# other than OLD_PID (one just killed, still listed) runs
+new_worker() { local p; p=$(worker_pid) && [ -n "$p" ] && [ "$p" != "${1:-}" ]; }
+wait_worker() { wait_until 60 accepting && wait_until 30 new_worker "${1:-}"; }
+
+# worker_doing ACTIVITY: the worker is inside the step reported as ACTIVITY
+worker_doing() {
+    [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'
+               AND state = 'active' AND query = '$1'" 2>/dev/null)" = 1 ]
+}
+
+ledger_count() { sql "SELECT count(*) FROM stripe_billing.events" 2>/dev/null; }
+in_ledger() { [ "$(sql "SELECT count(*) FROM stripe_billing.events WHERE id = '$1'" 2>/dev/null)" = 1 ]; }
+sync_status() { sql "SELECT $1 FROM stripe_billing.sync_status" 2>/dev/null; }
+
+# ---- the fake Stripe -------------------------------------------------------
+
+fake() {
+    curl -sS --fail-with-body --max-time 60 -X "$1" -H 'Content-Type: application/json' \
+        ${3:+--data "$3"} "http://127.0.0.1:$port$2"
+}
+
+# generate COUNT CUSTOMERS PER_SECOND: appends synthetic events (a day
+# ahead, see above); sets gen_first, gen_last and fake_total.
+generate() {
+    local out
+    batch_seed=$((batch_seed + 1))
+    out=$(fake POST /_fake/events "{\"generate\": {\"count\": $1, \"customers\": $2, \"per_second\": $3,
+        \"seed\": $batch_seed, \"start_created\": $(($(date +%s) + 86400))}}") || return 1
+    read -r gen_first gen_last < <(jq -r '"\(.first_id) \(.last_id)"' <<<"$out")
+    fake_total=$((fake_total + $(jq .appended <<<"$out")))
+}
+
+fake_last_id() { fake GET /_fake/events | jq -r '.[-1].id'; }
+
+# every event of the fake but the seed is in the ledger
+ledger_complete() { [ "$(ledger_count)" = "$((fake_total - 1))" ]; }
+# events of the fake not in the ledger yet (fails when the server is down)
+pending() { local n; n=$(ledger_count) && [ -n "$n" ] && echo $((fake_total - 1 - n)); }
+
+# load_fake_list DB: the fake's event list into DB's wtest.fake_events
+load_fake_list() {
+    fake GET /_fake/events | jq -r 'to_entries[] | "\(.key + 1)\t\(.value.id)"' |
+        psql -X -q -v ON_ERROR_STOP=1 -h "$primary" -d "$1" \
+            -c "TRUNCATE wtest.fake_events" -c "COPY wtest.fake_events (ord, id) FROM STDIN"
+}
+
+# ledger_vs_fake: prints what differs between the ledger's ids and the
+# fake's (all but the seed); nothing when they are the same set.
+ledger_vs_fake() {
+    load_fake_list postgres || { echo "could not load the fake's list"; return; }
+    sql "SELECT concat_ws('; ',
+            CASE WHEN l.n <> f.n THEN format('the ledger has %s events, the fake %s', l.n, f.n) END,
+            CASE WHEN l.h IS DISTINCT FROM f.h THEN 'the ledger''s ids are not the fake''s' END)
+           FROM (SELECT count(*) n, md5(string_agg(id, ',' ORDER BY id)) h FROM stripe_billing.events) l,
+                (SELECT count(*) n, md5(string_agg(id, ',' ORDER BY id)) h FROM wtest.fake_events WHERE ord > 1) f"
+}
+
+# state_vs_clean WITH_LEDGER: brings the clean database up to the fake's
+# newest event (applied in order) and prints the tables whose digests differ.
+state_vs_clean() {
+    load_fake_list clean || { echo "could not load the fake's list into clean"; return; }
+    clean_upto=$(sql clean "SELECT wtest.apply_in_order('$clean_upto')") || { echo "the clean replay failed"; return; }
+    diff <(sql "SELECT * FROM wtest.state($1)") <(sql clean "SELECT * FROM wtest.state($1)") |
+        awk '/^[<>]/ { print $2 }' | sort -u | tr '\n' ' '
+}
+
+# ---- setup -----------------------------------------------------------------
+
+start_fake() {
+    node test/fake_stripe/server.js --port 0 --key "$KEY" --port-file "$work/fake.port" \
+        >"$work/fake.log" 2>&1 &
+    fake_pid=$!
+    wait_until 10 test -s "$work/fake.port" || { cat "$work/fake.log"; return 1; }
+    port=$(cat "$work/fake.port")
+}
+
+# The fake holds one event before the extension exists: on its first cycle
+# the worker takes it as its cursor without applying it.
+setup() {
+    start_fake || return 1
+    generate 1 1 1 || return 1
+    seed_id=$gen_first
+    clean_upto=$seed_id
+    cluster_start "$primary" "shared_preload_libraries = 'stripe_billing'" \
+        "stripe_billing.poll_interval = '200ms'" "stripe_billing.api_key = '$KEY'" \
+        "stripe_billing.api_base = 'http://127.0.0.1:$port'" "wal_level = replica" || return 1
+    sql "CREATE EXTENSION stripe_billing" && sql "CREATE DATABASE clean" &&
+        sql clean "CREATE EXTENSION stripe_billing" || return 1
+    for db in postgres clean; do
+        psql -X -q -v ON_ERROR_STOP=1 -h "$primary" -d "$db" -f test/worker/helpers.sql || return 1
+    done
+    wait_until 10 eval '[ "$(sync_status cursor)" = "$seed_id" ]' ||
+        { echo "the worker did not take the fake's newest event as its cursor"; return 1; }
+    [ "$(ledger_count)" = 0 ] || { echo "the worker applied the event it should only start after"; return 1; }
+    note "worker pid $(worker_pid), fake on port $port, work dir $work"
+}
+
+# ---- 6: signals, and the steady-state lag ----------------------------------
+
+
+check_signals() {
+    local problems=() id t0 woke lags=() lag pid gone back
+    set_conf poll_interval "'60s'"
+    sleep 1     # SIGHUP wakes the worker: it polls once, then sleeps for 60 s
+    generate 1 1 1
+    id=$gen_first
+    sleep 3
+    in_ledger "$id" && problems+=(" with poll_interval 60s an event arrived within 3 s: the setting was not in effect")
+    t0=$(now_ms)
+    set_conf poll_interval "'200ms'"
+    if POLL=0.02 wait_until 10 in_ledger "$id"; then
+        woke=$(($(now_ms) - t0))
+        [ "$woke" -le 2000 ] || problems+=(" the waiting event arrived ${woke} ms after the reload, not within 2 s")
+    else
+        woke=never; problems+=(" the waiting event did not arrive within 10 s of the reload")
+    fi
+    # steady state: from appending an event to seeing it committed
+    for _ in 1 2 3 4 5 6 7; do
+        sleep_random 100 500
+        t0=$(now_ms)
+        generate 1 1 1
+        id=$gen_first
+        POLL=0.01 wait_until 10 in_ledger "$id" || { problems+=(" an event took over 10 s"); break; }
+        lags+=($(($(now_ms) - t0)))
+    done
+    lag=$(median "${lags[@]:-0}")
+    echo "      steady-state lag (poll_interval 200 ms): median ${lag} ms of ${lags[*]:-none} ms"
+    [ "$lag" -le 1000 ] || problems+=(" median lag ${lag} ms: the 200 ms interval is not in effect")
+    conclude "6 SIGHUP poll_interval" "an event waiting under 60s arrived ${woke} ms after the reload to 200ms" "${problems[@]}"
+
+    problems=()
+    pid=$(worker_pid)
+    t0=$(now_ms)
+    kill -TERM "$pid"
+    if POLL=0.01 wait_until 2 eval '! kill -0 "$pid" 2>/dev/null'; then
+        gone=$(($(now_ms) - t0))
+        [ "$gone" -le 1000 ] || problems+=(" the worker took ${gone} ms to exit")
+    else
+        gone=never; problems+=(" the worker ($pid) still ran 2 s after SIGTERM")
+    fi
+    if wait_until 20 eval '[ -n "$(worker_pid)" ] && [ "$(worker_pid)" != "$pid" ]'; then
+        back="restarted by the postmaster after $((($(now_ms) - t0) / 1000)) s"
+    else
+        back="not restarted"; problems+=(" the postmaster did not restart the worker within 20 s")
+    fi
+    conclude "6 SIGTERM" "the worker exited ${gone} ms after SIGTERM, $back" "${problems[@]}"
+}
+
+# ---- 1: catch-up -----------------------------------------------------------
+
+check_catch_up() {
+    local problems=() first last t0 ms=never rate=? objects mismatched ties outcomes
+    generate 10000 1000 100
+    first=$gen_first last=$gen_last
+    t0=$(now_ms)
+    if wait_until 180 ledger_complete; then
+        ms=$(($(now_ms) - t0))
+        rate=$((10000 * 1000 / ms))
+    else
+        problems+=(" not caught up after 180 s: $(ledger_count) events in the ledger")
+    fi
+    echo "      catch-up: 10000 events in ${ms} ms = ${rate} events/s"
+    local diff; diff=$(ledger_vs_fake)
+    [ -n "$diff" ] && problems+=(" $diff")
+    IFS='|' read -r objects mismatched ties < <(sql "SELECT * FROM wtest.last_event_check('$first', '$last')" | tr -d ' ')
+    [ "${mismatched:-x}" = 0 ] || problems+=(" $mismatched of $objects objects' last_event_id is not their newest event")
+    outcomes=$(sql "SELECT string_agg(outcome || '=' || n, ' ') FROM (SELECT outcome, count(*) n FROM stripe_billing.events GROUP BY 1) o")
+    [ "$outcomes" = "applied=$(ledger_count)" ] || problems+=(" outcomes: $outcomes")
+    conclude "1 catch-up" "10000 events applied once (ledger = the fake's ids), last_event_id right for all $objects objects ($ties same-second ties), $outcomes" "${problems[@]}"
+}
+
+# ---- 2: crash safety -------------------------------------------------------
+
+stop_immediate_and_start() {
+    as_owner "$PG_BINDIR/pg_ctl" -D "$primary/data" -m immediate -w stop >/dev/null &&
+        as_owner "$PG_BINDIR/pg_ctl" -D "$primary/data" -l "$primary/server.log" -w -t 60 start >/dev/null
+}
+
+check_crashes() {
+    local problems=() kills=0 during=0 left pid killed= expected generated=5000 midpage=no deadline log_kills
+    generate 5000 1000 100
+    deadline=$(($(now_ms) + 120000))
+    while [ $kills -lt 10 ] && [ "$(now_ms)" -lt "$deadline" ]; do
+        wait_worker "$killed" || { problems+=(" the worker was not back after kill $kills"); break; }
+        sleep_random 20 400
+        pid=$(worker_pid) && [ -n "$pid" ] && [ "$pid" != "$killed" ] || continue
+        left=$(pending) || continue
+        kill -KILL "$pid" || continue
+        killed=$pid
+        kills=$((kills + 1))
+        [ "$left" -gt 0 ] && during=$((during + 1))
+        # keep a catch-up going for every kill
+        [ "$left" -lt 1500 ] && { generate 1000 1000 100; generated=$((generated + 1000)); }
+    done
+    [ $during -ge 10 ] || problems+=(" only $during of $kills kills hit a catch-up")
+    # and once the whole server, mid-page
+    wait_worker "$killed" || problems+=(" the worker was not back after the kills")
+    left=$(pending)
+    [ "${left:-0}" -lt 500 ] && { generate 2000 1000 100; generated=$((generated + 2000)); }
+    POLL=0.01 wait_until 20 worker_doing 'stripe_billing: polling /v1/events' && midpage=yes
+    stop_immediate_and_start || problems+=(" the immediate stop and start failed")
+    [ $midpage = yes ] || problems+=(" the immediate stop did not catch the worker polling")
+    wait_worker || problems+=(" the worker was not back after the immediate stop")
+    wait_until 180 ledger_complete || problems+=(" not caught up 180 s after the crashes: $(ledger_count) events")
+    log_kills=$(grep -c 'stripe_billing sync.*terminated by signal 9' "$primary/server.log")
+    note "$generated events during the crashes; $kills kills -9 ($log_kills in the server log, $during during a catch-up), immediate stop mid-page: $midpage"
+
+    local diff; diff=$(ledger_vs_fake)
+    [ -n "$diff" ] && problems+=(" $diff")
+    expected=$(ledger_count)
+    [ "$(sync_status events_applied)" = "$expected" ] ||
+        problems+=(" sync_status.events_applied is $(sync_status events_applied), the ledger has $expected")
+    [ "$(sync_status cursor)" = "$(fake_last_id)" ] || problems+=(" the cursor is not the fake's newest event")
+    diff=$(state_vs_clean true)
+    [ -n "$diff" ] && problems+=(" tables differing from the clean replay: $diff")
+    conclude "2 crash safety" "$kills kills -9 and an immediate stop during catch-ups: all $expected events once, cursor and counter exact, billing tables and ledger = clean in-order replay" "${problems[@]}"
+}
+
+# ---- 3: faults -------------------------------------------------------------
+
+check_faults() {
+    local problems=() max_failures=0 errors_seen=0 messages="$work/fault_errors" f e deadline injected
+    set_conf request_timeout "'2000ms'"
+    # each fault fails the step, rather than being retried inside stripe_api
+    set_conf max_network_retries 0
+    : >"$messages"
+    fake DELETE /_fake/requests >/dev/null
+    # 5% each of all GET /v1/events: 500, 429 (Retry-After 1), truncated, hung
+    fake POST /_fake/faults '{"rules": [
+        {"kind": "500", "path": "/v1/events", "method": "GET", "rate": 0.05, "seed": 11},
+        {"kind": "429", "path": "/v1/events", "method": "GET", "rate": 0.05263, "seed": 12, "retry_after": 1},
+        {"kind": "truncate", "path": "/v1/events", "method": "GET", "rate": 0.05556, "seed": 13},
+        {"kind": "hang", "path": "/v1/events", "method": "GET", "rate": 0.05882, "seed": 14}]}' >/dev/null
+    generate 3000 500 100
+    deadline=$(($(now_ms) + 180000))
+    until ledger_complete; do
+        [ "$(now_ms)" -ge "$deadline" ] && { problems+=(" not caught up after 180 s: $(ledger_count) events"); break; }
+        IFS='|' read -r f e < <(sync_status "consecutive_failures, last_error")
+        [ "${f:-0}" -gt "$max_failures" ] && max_failures=$f
+        [ -n "$e" ] && { errors_seen=$((errors_seen + 1)); echo "$e" >>"$messages"; }
+        sleep 0.2
+    done
+    injected=$(fake GET '/_fake/requests?path=/v1/events' |
+        jq -r '[.[] | .status | tostring] | group_by(.) | map("\(.[0])=\(length)") | join(" ")')
+    fake DELETE /_fake/faults >/dev/null
+    note "GET /v1/events answers: $injected"
+    note "sync_status: consecutive_failures up to $max_failures, last_error set in $errors_seen samples: $(sort -u "$messages" | cut -c1-70 | head -4 | paste -sd '|')"
+    [ "$max_failures" -gt 0 ] || [ "$errors_seen" -gt 0 ] || problems+=(" sync_status never showed a failure")
+    wait_until 60 eval '[ "$(sync_status consecutive_failures)" = 0 ]' ||
+        problems+=(" consecutive_failures still $(sync_status consecutive_failures) 60 s after the faults stopped")
+    [ -z "$(sync_status last_error)" ] || problems+=(" last_error still set after recovery: $(sync_status last_error)")
+    reset_conf request_timeout
+    reset_conf max_network_retries
+    local diff; diff=$(ledger_vs_fake)
+    [ -n "$diff" ] && problems+=(" $diff")
+    diff=$(state_vs_clean true)
+    [ -n "$diff" ] && problems+=(" tables differing from the clean replay: $diff")
+    conclude "3 faults" "with 20% of /v1/events failing all events arrived once (tables = clean replay); failures shown (max consecutive_failures $max_failures), then recovered to 0" "${problems[@]}"
+}
+
+# ---- 4: webhook and poll together ------------------------------------------
+
+# deliver FILE OUT: hands the signed events of FILE to stripe_handle_webhook,
+# one statement (transaction) each; outcomes to OUT, errors to OUT.err.
+deliver() {
+    psql -X -At -q -v ON_ERROR_STOP=0 -h "$primary" -d postgres -f "$1" >"$2" 2>"$2.err"
+}
+
+check_webhooks() {
+    local problems=() before counts hooked a b duplicates errors sources outcomes
+    set_conf webhook_secret "'$WHSEC'"
+    sql "SELECT stripe_billing.stripe_sync_pause()" >/dev/null
+    sleep 0.5   # the cycle under way ends
+    before=$(fake_last_id)
+    # one event per second: no same-second ties, so any delivery order ends
+    # in the same state as the clean in-order replay
+    generate 2000 300 1
+    node test/worker/webhook_sql.js "http://127.0.0.1:$port" "$KEY" "$before" "$WHSEC" >"$work/hooks_oldest_first.sql" ||
+        { conclude "4 webhook and poll" "could not prepare the webhooks" " webhook_sql.js failed"; return; }
+    tac "$work/hooks_oldest_first.sql" >"$work/hooks_newest_first.sql"
+    # three deliveries of each event at once: polling, and two webhook streams
+    sql "SELECT stripe_billing.stripe_sync_resume()" >/dev/null
+    deliver "$work/hooks_oldest_first.sql" "$work/hooks_a.out" &
+    a=$!
+    deliver "$work/hooks_newest_first.sql" "$work/hooks_b.out" &
+    b=$!
+    wait "$a" "$b"
+    wait_until 60 ledger_complete || problems+=(" not caught up 60 s after the webhooks: $(ledger_count) events")
+
+    counts=$(cat "$work/hooks_a.out" "$work/hooks_b.out" | sort | uniq -c | awk '{ printf "%s=%s ", $2, $1 }')
+    hooked=$(cat "$work/hooks_a.out" "$work/hooks_b.out" | grep -cvx duplicate)
+    duplicates=$(cat "$work/hooks_a.out" "$work/hooks_b.out" | grep -cx duplicate)
+    errors=$(grep -c '^psql.*ERROR' "$work/hooks_a.out.err" "$work/hooks_b.out.err" | awk -F: '{ s += $2 } END { print s }')
+    load_fake_list postgres
+    local batch="SELECT e.* FROM stripe_billing.events e JOIN wtest.fake_events f USING (id)
+                  WHERE f.ord > (SELECT ord FROM wtest.fake_events WHERE id = '$before')"
+    sources=$(sql "SELECT string_agg(source || '=' || n, ' ' ORDER BY source) FROM (SELECT source, count(*) n FROM ($batch) b GROUP BY 1) s")
+    outcomes=$(sql "SELECT string_agg(outcome || '=' || n, ' ' ORDER BY outcome) FROM (SELECT outcome, count(*) n FROM ($batch) b GROUP BY 1) s")
+    note "webhook results: ${counts}errors=$errors; ledger rows of the batch by source: $sources; by outcome: $outcomes"
+    [ "$errors" = 0 ] || problems+=(" $errors webhook deliveries failed: $(grep -h ERROR "$work"/hooks_?.out.err | sort | uniq -c | head -3 | tr -s ' ' | paste -sd '|')")
+    [ $((hooked + duplicates + errors)) = 4000 ] || problems+=(" $((hooked + duplicates + errors)) webhook results for 4000 deliveries")
+    [ "$(sql "SELECT count(*) FROM ($batch) b")" = 2000 ] || problems+=(" the batch has $(sql "SELECT count(*) FROM ($batch) b") ledger rows, not 2000")
+    [ "$(sql "SELECT count(*) FROM ($batch) b WHERE source = 'webhook'")" = "$hooked" ] ||
+        problems+=(" $hooked webhook deliveries were not duplicates, but the ledger credits webhooks with $(sql "SELECT count(*) FROM ($batch) b WHERE source = 'webhook'") rows")
+    [[ "$sources" == *poll=* && "$sources" == *webhook=* ]] || problems+=(" the deliveries did not overlap: sources $sources")
+    [ "$(sql "SELECT count(*) FROM ($batch) b WHERE outcome NOT IN ('applied', 'stale')")" = 0 ] ||
+        problems+=(" outcomes other than applied/stale: $outcomes")
+    local diff; diff=$(ledger_vs_fake)
+    [ -n "$diff" ] && problems+=(" $diff")
+    diff=$(state_vs_clean false)
+    [ -n "$diff" ] && problems+=(" billing tables differing from the clean replay: $diff")
+    reset_conf webhook_secret
+    conclude "4 webhook and poll" "2000 events, each delivered by polling and twice by webhook: one ledger row each ($sources; $outcomes), billing tables = clean replay" "${problems[@]}"
+}
+
+# ---- 5: usage outbox -------------------------------------------------------
+
+check_usage() {
+    local problems=() customer rolled first last kills=0 sending=0 killed= pid deadline requests identifiers
+    customer=$(sql "SELECT id FROM stripe_billing.customers ORDER BY id LIMIT 1")
+    sql "SELECT stripe_billing.stripe_link_customer('wt_meter_user', '$customer')" >/dev/null
+    rolled=$(psql -X -At -q -v ON_ERROR_STOP=1 -h "$primary" -d postgres <<'SQL'
+BEGIN;
+SELECT stripe_billing.stripe_report_usage('wt_meter_user', 'wt_api_calls', 424242);
+ROLLBACK;
+SQL
+)
+    sql "SELECT stripe_billing.stripe_sync_pause()" >/dev/null
+    sleep 0.5
+    fake DELETE /_fake/requests >/dev/null
+    IFS='|' read -r first last < <(sql "SELECT min(id), max(id) FROM (SELECT stripe_billing.stripe_report_usage('wt_meter_user', 'wt_api_calls', g) AS id FROM generate_series(1, 50) g) s")
+    sql "SELECT stripe_billing.stripe_sync_resume()" >/dev/null
+    # kill the worker while it sends, again and again, until all are sent
+    deadline=$(($(now_ms) + 60000))
+    while [ $kills -lt 8 ] && [ "$(now_ms)" -lt "$deadline" ]; do
+        wait_worker "$killed" || { problems+=(" the worker was not back after kill $kills"); break; }
+        [ "$(sync_status outbox_backlog)" = 0 ] && break
+        POLL=0.005 wait_until 5 worker_doing 'stripe_billing: usage, retries, re-fetches' && sending=$((sending + 1))
+        sleep_random 0 60
+        pid=$(worker_pid) && [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || continue
+        killed=$pid
+        kills=$((kills + 1))
+    done
+    wait_worker "$killed" || problems+=(" the worker was not back after the kills")
+    wait_until 60 eval '[ "$(sync_status outbox_backlog)" = 0 ]' ||
+        problems+=(" $(sync_status outbox_backlog) usage rows still unsent after 60 s")
+
+    requests=$(fake GET '/_fake/requests?path=/v1/billing/meter_events&method=POST' | jq length)
+    identifiers=$(fake GET /_fake/meter_events | jq -r '.[].identifier' | sort)
+    note "usage rows $first..$last (rolled back: $rolled); $kills kills -9 ($sending while sending); $requests POSTs for $(wc -l <<<"$identifiers") meter events"
+    [ "$identifiers" = "$(for ((i = first; i <= last; i++)); do echo "sb_usage_$i"; done | sort)" ] ||
+        problems+=(" the fake's meter events are not exactly sb_usage_$first..$last once each: $(uniq -c <<<"$identifiers" | awk '$1 > 1' | head -3 | paste -sd ' ')")
+    grep -qx "sb_usage_$rolled" <<<"$identifiers" && problems+=(" the rolled-back report $rolled was sent")
+    [ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE id = $rolled")" = 0 ] || problems+=(" the rolled-back row exists")
+    [ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE sent_at IS NOT NULL AND last_error IS NULL")" = 50 ] ||
+        problems+=(" not every row is marked sent: $(sql "SELECT count(*) || ' unsent, errors: ' || coalesce(string_agg(DISTINCT last_error, '|'), '-') FROM stripe_billing.usage_outbox WHERE sent_at IS NULL")")
+    [ "$sending" -gt 0 ] || note "(no kill caught the worker sending: the crash window was not exercised)"
+    [ "$requests" -gt 50 ] && note "$((requests - 50)) sends repeated after a crash, answered without a second meter event"
+    conclude "5 usage outbox" "rolled-back report never sent; 50 committed rows each sent once and marked sent despite $kills kills" "${problems[@]}"
+}
+
+# ---- 7: standby --------------------------------------------------------------
+
+standby_has_worker() {
+    [ "$(psql -X -At -h "$standby" -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'")" != 0 ]
+}
+
+check_standby() {
+    local problems=() recovery
+    mkdir -p "$standby"
+    [ "$(id -u)" -eq 0 ] && chown "$SB_TEST_USER" "$standby"
+    as_owner "$PG_BINDIR/pg_basebackup" -h "$primary" -U postgres -D "$standby/data" -R -X stream ||
+        { conclude "7 standby" "no standby" " pg_basebackup failed"; return; }
+    echo "unix_socket_directories = '$standby'" | as_owner tee -a "$standby/data/postgresql.conf" >/dev/null
+    as_owner "$PG_BINDIR/pg_ctl" -D "$standby/data" -l "$standby/server.log" -w start >/dev/null ||
+        { conclude "7 standby" "no standby" " the standby did not start"; return; }
+    recovery=$(psql -X -At -h "$standby" -d postgres -c "SELECT pg_is_in_recovery()")
+    [ "$recovery" = t ] || problems+=(" the standby is not in recovery")
+    # for 4 s, never a worker
+    wait_until 4 standby_has_worker && problems+=(" the standby runs a stripe_billing sync worker")
+    grep -q 'sync worker started' "$standby/server.log" && problems+=(" the standby's log shows a worker start")
+    has_worker || problems+=(" (control) the primary has no worker")
+    conclude "7 standby" "a streaming standby (in recovery: $recovery) ran no 'stripe_billing sync' backend for 4 s; the primary does" "${problems[@]}"
+}
+
+# ---- main --------------------------------------------------------------------
+
+if ! setup; then
+    conclude "setup" "cluster, fake Stripe, first cursor" " setup failed"
+    exit 1
+fi
+check_signals
+check_catch_up
+check_crashes
+check_faults
+check_webhooks
+check_usage
+check_standby
+echo "worker: $passed passed, $failed failed in $(($(date +%s) - began)) s"
+[ $failed -eq 0 ]
