@@ -816,13 +816,12 @@ BEGIN
 END
 $$;
 
--- Dispatch on the object's kind; returns 'applied' or 'stale'.
-CREATE FUNCTION stripe_billing._map_event(ev jsonb, ev_type text, ev_id text, ev_created timestamptz)
+-- Dispatch on the object's kind (an event's data.object, or an object an
+-- API call returned); returns 'applied' or 'stale'.
+CREATE FUNCTION stripe_billing._map_object(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
-DECLARE
-  o jsonb := ev->'data'->'object';
 BEGIN
   CASE o->>'object'
   WHEN 'customer' THEN RETURN stripe_billing._apply_customer(o, ev_type, ev_id, ev_created);

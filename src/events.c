@@ -11,7 +11,7 @@
  * event is recorded (and applied) exactly once.
  *
  * Events of mapped types are then applied onto the billing tables by the SQL
- * function stripe_billing._map_event, inside a subtransaction: when the
+ * function stripe_billing._map_object, inside a subtransaction: when the
  * object does not fit (wrong shape, bad data) the mapping is rolled back and
  * the event stays in the ledger as "failed" with the error, while the
  * caller's transaction goes on.  Ordering (stale, ties, terminal states) is
@@ -281,13 +281,13 @@ canonical_outcome(const char *outcome)
 	for (int i = 0; i < lengthof(outcomes); i++)
 		if (strcmp(outcome, outcomes[i]) == 0)
 			return outcomes[i];
-	elog(ERROR, "stripe_billing._map_event returned an unknown outcome \"%s\"", outcome);
+	elog(ERROR, "stripe_billing._map_object returned an unknown outcome \"%s\"", outcome);
 	return NULL;				/* keep compiler quiet */
 }
 
-/* Runs the SQL mapping of one event: "applied", "stale" or "ignored". */
+/* Runs the SQL mapping of one object: "applied", "stale" or "ignored". */
 static const char *
-map_event(Jsonb *event, const EventHeader *header)
+map_object(Jsonb *object, const EventHeader *header)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		values[4];
@@ -299,34 +299,45 @@ map_event(Jsonb *event, const EventHeader *header)
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_INVALID_OBJECT),
 				 errmsg("invalid Stripe object: field \"data.object.object\" is missing")));
-	sb_check_object_shape(event_object(event), header->kind);
+	sb_check_object_shape(&object->root, header->kind);
 
 	if (plan == NULL)
 	{
 		Oid			types[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
 
-		plan = SPI_prepare("SELECT stripe_billing._map_event($1, $2, $3, $4)", 4, types);
+		plan = SPI_prepare("SELECT stripe_billing._map_object($1, $2, $3, $4)", 4, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
 	}
-	values[0] = JsonbPGetDatum(event);
+	values[0] = JsonbPGetDatum(object);
 	values[1] = CStringGetTextDatum(header->type);
 	values[2] = CStringGetTextDatum(header->id);
 	values[3] = TimestampTzGetDatum(header->created);
 	rc = SPI_execute_plan(plan, values, NULL, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "stripe_billing._map_event failed: %s", SPI_result_code_string(rc));
+		elog(ERROR, "stripe_billing._map_object failed: %s", SPI_result_code_string(rc));
 	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? "applied" : canonical_outcome(TextDatumGetCString(result));
 }
 
+/* An event's data.object as a jsonb datum of its own (a copy). */
+static Jsonb *
+event_object_jsonb(Jsonb *event)
+{
+	JsonbValue	buf;
+	JsonbValue *data = get_key(&event->root, "data", &buf);
+	JsonbValue	object_buf;
+
+	return JsonbValueToJsonb(get_key(data->val.binary.data, "object", &object_buf));
+}
+
 /*
- * Maps an event inside a subtransaction.  Returns the outcome; for "failed",
+ * Maps an object inside a subtransaction.  Returns the outcome; for "failed",
  * *error is the message (with its detail).  Transient errors are re-thrown.
  */
 static const char *
-map_event_guarded(Jsonb *event, const EventHeader *header, char **error)
+map_object_guarded(Jsonb *object, const EventHeader *header, char **error)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -338,7 +349,7 @@ map_event_guarded(Jsonb *event, const EventHeader *header, char **error)
 
 	PG_TRY();
 	{
-		outcome = map_event(event, header);
+		outcome = map_object(object, header);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
@@ -494,7 +505,7 @@ sb_apply_event(Jsonb *event, const char *source)
 	{
 		char	   *error;
 
-		outcome = map_event_guarded(event, &header, &error);
+		outcome = map_object_guarded(event_object_jsonb(event), &header, &error);
 		if (strcmp(outcome, "applied") != 0)
 			ledger_set_outcome(header.id, outcome, error);
 	}
@@ -537,7 +548,7 @@ stripe_reapply_event(PG_FUNCTION_ARGS)
 	if (!event_is_mapped(&header))
 		outcome = "ignored";
 	else
-		outcome = map_event_guarded(event, &header, &error);
+		outcome = map_object_guarded(event_object_jsonb(event), &header, &error);
 	ledger_set_outcome(header.id, outcome, error);
 
 	SPI_finish();
@@ -620,11 +631,8 @@ void
 sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
 {
 	EventHeader header;
-	JsonbParseState *state = NULL;
-	JsonbValue	key;
-	JsonbValue	value;
-	JsonbValue *event_value;
-	Jsonb	   *event;
+	JsonbValue	buf;
+	JsonbValue *kind = getKeyJsonValueFromContainer(&object->root, "object", 6, &buf);
 	char	   *error;
 	const char *outcome;
 
@@ -632,31 +640,12 @@ sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
 	header.id = psprintf("api:%s", request_id ? request_id : "unknown");
 	header.created = time_t_to_timestamptz(snapshot);
 	header.livemode = sb_livemode;
-
-	/* {"data": {"object": <object>}}, the part of an event the mapping reads */
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	key.type = jbvString;
-	key.val.string.val = "data";
-	key.val.string.len = 4;
-	pushJsonbValue(&state, WJB_KEY, &key);
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	key.val.string.val = "object";
-	key.val.string.len = 6;
-	pushJsonbValue(&state, WJB_KEY, &key);
-	value.type = jbvBinary;
-	value.val.binary.data = &object->root;
-	value.val.binary.len = VARSIZE(object) - VARHDRSZ;
-	pushJsonbValue(&state, WJB_VALUE, &value);
-	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	event_value = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	event = JsonbValueToJsonb(event_value);
-
-	parse_event_kind(event, &header);
+	header.kind = pnstrdup(kind->val.string.val, kind->val.string.len);
 	header.type = psprintf("%s.api_response", header.kind);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	outcome = map_event_guarded(event, &header, &error);
+	outcome = map_object_guarded(object, &header, &error);
 	SPI_finish();
 
 	if (strcmp(outcome, "failed") == 0)
