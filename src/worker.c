@@ -238,6 +238,9 @@ stripe_billing_worker_main(Datum arg)
 			result = run_step("stripe_billing: polling /v1/events",
 							  "SELECT has_more FROM stripe_billing._poll_page()", &sqlerrcode);
 			CHECK_FOR_INTERRUPTS();
+			/* a page that got through is progress: failures start over */
+			if (result == STEP_MORE || result == STEP_DONE)
+				failures = 0;
 			if (result != STEP_MORE)
 				break;
 		}

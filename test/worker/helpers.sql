@@ -46,7 +46,8 @@ END
 $$;
 
 -- md5 and row count of a stripe_billing table's rows, every column but the
--- timing ones (updated_at, received_at).
+-- timing ones (updated_at, received_at) and refetch: the worker's to-do mark
+-- for ties, which its re-fetch clears and the clean replay (no worker) keeps.
 CREATE FUNCTION wtest.digest(tbl text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -56,7 +57,7 @@ BEGIN
   SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
     FROM pg_attribute
    WHERE attrelid = format('stripe_billing.%I', tbl)::regclass AND attnum > 0 AND NOT attisdropped
-     AND attname NOT IN ('updated_at', 'received_at');
+     AND attname NOT IN ('updated_at', 'received_at', 'refetch');
   EXECUTE format('SELECT md5(coalesce(string_agg(r, E''\n'' ORDER BY r), '''')) || '' rows='' || count(*)'
                  ' FROM (SELECT ROW(%s)::text AS r FROM stripe_billing.%I) s', cols, tbl)
      INTO result;
