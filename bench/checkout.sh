@@ -2,7 +2,7 @@
 # bench/checkout: 1,000 sequential stripe_create_checkout calls against the
 # loopback fake Stripe, against the same 1,000 request bodies sent over one
 # keep-alive connection by curl (all URLs in one invocation), same run:
-# three alternating rounds, the best time of each side.
+# a warm-up round, then five alternating rounds; medians.
 #     bash bench/checkout.sh [calls, default 1000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,18 +52,27 @@ curl_args() {
                -H "Stripe-Version: 2025-03-31.basil" -H "Idempotency-Key: curl_${1}_$i" --data-raw "$body")
     done <"$work/bodies"
 }
-# three rounds, alternating; the best of each side (least disturbed)
-ext=999999; raw=999999
-for round in 1 2 3; do
-    e=$(ext_round $round); [ "$e" -lt "$ext" ] && ext=$e
+# a warm-up round (the fake's JIT, the backend's caches), then five rounds
+# alternating; the median of each side
+ext_times=(); raw_times=()
+for round in 0 1 2 3 4 5; do
+    e=$(ext_round $round)
     curl_args "$round"
     before=$(curl -s "$fake/_fake/stats" | sed -n 's/.*"connections_opened": *\([0-9]*\).*/\1/p')
     t0=$(ms)
     curl "${args[@]}"
-    c=$(( $(ms) - t0 )); [ "$c" -lt "$raw" ] && raw=$c
+    c=$(( $(ms) - t0 ))
     after=$(curl -s "$fake/_fake/stats" | sed -n 's/.*"connections_opened": *\([0-9]*\).*/\1/p')
+    if [ "$round" -eq 0 ]; then
+        echo "warm-up: extension $e ms, curl $c ms"
+        continue
+    fi
+    ext_times+=("$e"); raw_times+=("$c")
     echo "round $round: extension $e ms, curl $c ms over $((after - before - 1)) connection(s)"
 done
+median() { printf '%s\n' "$@" | sort -n | sed -n '3p'; }
+ext=$(median "${ext_times[@]}")
+raw=$(median "${raw_times[@]}")
 
 echo "stripe_create_checkout: $n calls in $ext ms ($(awk -v t=$ext -v n=$n 'BEGIN{printf "%.2f", t/n}') ms/call)"
 echo "curl, one keep-alive connection: $i requests in $raw ms ($(awk -v t=$raw -v n=$i 'BEGIN{printf "%.2f", t/n}') ms/request)"

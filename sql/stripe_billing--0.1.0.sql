@@ -407,7 +407,8 @@ $$;
 -- Links a customer to the application's user.  fill_only: keep an existing
 -- link (metadata); otherwise replace it (Checkout, explicit links).  The
 -- users on both sides of a change get their features recomputed.
-CREATE FUNCTION stripe_billing._link_customer(customer_id text, new_user_ref text, fill_only boolean)
+CREATE FUNCTION stripe_billing._link_customer(customer_id text, new_user_ref text, fill_only boolean,
+                                              ev_type text DEFAULT 'customer.link')
 RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -421,8 +422,8 @@ BEGIN
   INSERT INTO stripe_billing.customers AS t (id, user_ref)
   VALUES (customer_id, new_user_ref)
   ON CONFLICT (id) DO UPDATE SET user_ref = EXCLUDED.user_ref, updated_at = now();
-  PERFORM stripe_billing._refresh_user_features(old_user_ref);
-  PERFORM stripe_billing._refresh_user_features(new_user_ref);
+  PERFORM stripe_billing._refresh_user_features(old_user_ref, customer_id, ev_type);
+  PERFORM stripe_billing._refresh_user_features(new_user_ref, customer_id, ev_type);
 END
 $$;
 
@@ -452,7 +453,7 @@ BEGIN
   IF NOT FOUND THEN
     RETURN 'stale';
   END IF;
-  PERFORM stripe_billing._refresh_customer_features(o->>'id');
+  PERFORM stripe_billing._refresh_customer_features(o->>'id', ev_type);
   RETURN 'applied';
 END
 $$;
@@ -524,7 +525,7 @@ $$;
 
 -- A subscription and its items.  Period bounds come from the subscription
 -- (before 2025-03-31.basil) or from its items (after).
-CREATE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
@@ -601,9 +602,9 @@ BEGIN
   END IF;
 
   IF stripe_billing._user_ref(o->'metadata') IS NOT NULL THEN
-    PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true);
+    PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true, ev_type);
   END IF;
-  PERFORM stripe_billing._refresh_customer_features(customer_id);
+  PERFORM stripe_billing._refresh_customer_features(customer_id, ev_type);
   RETURN 'applied';
 END
 $$;
@@ -746,7 +747,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION stripe_billing._apply_checkout_session(o jsonb, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_checkout_session(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
@@ -780,14 +781,14 @@ BEGIN
   END IF;
   -- a completed Checkout is where the application's user meets the customer
   IF o->>'status' = 'complete' AND customer_id IS NOT NULL AND user_ref IS NOT NULL THEN
-    PERFORM stripe_billing._link_customer(customer_id, user_ref, false);
+    PERFORM stripe_billing._link_customer(customer_id, user_ref, false, ev_type);
   END IF;
   RETURN 'applied';
 END
 $$;
 
 -- A customer's active entitlement summary replaces its set.
-CREATE FUNCTION stripe_billing._apply_entitlement_summary(o jsonb, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_entitlement_summary(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
 AS $$
@@ -811,30 +812,8 @@ BEGIN
   SELECT customer_id, stripe_billing._id(e->'feature'), e->>'lookup_key', e->>'id'
     FROM jsonb_array_elements(o->'entitlements'->'data') e
   ON CONFLICT (customer, feature_id) DO NOTHING;
-  PERFORM stripe_billing._refresh_customer_features(customer_id);
+  PERFORM stripe_billing._refresh_customer_features(customer_id, ev_type);
   RETURN 'applied';
-END
-$$;
-
--- Dispatch on the object's kind (an event's data.object, or an object an
--- API call returned); returns 'applied' or 'stale'.
-CREATE FUNCTION stripe_billing._map_object(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
-RETURNS text
-LANGUAGE plpgsql
-AS $$
-BEGIN
-  CASE o->>'object'
-  WHEN 'customer' THEN RETURN stripe_billing._apply_customer(o, ev_type, ev_id, ev_created);
-  WHEN 'product' THEN RETURN stripe_billing._apply_product(o, ev_type, ev_id, ev_created);
-  WHEN 'price', 'plan' THEN RETURN stripe_billing._apply_price(o, ev_type, ev_id, ev_created);
-  WHEN 'subscription' THEN RETURN stripe_billing._apply_subscription(o, ev_id, ev_created);
-  WHEN 'invoice' THEN RETURN stripe_billing._apply_invoice(o, ev_type, ev_id, ev_created);
-  WHEN 'payment_intent', 'charge', 'refund', 'invoice_payment' THEN
-    RETURN stripe_billing._apply_payment(o, ev_id, ev_created);
-  WHEN 'checkout.session' THEN RETURN stripe_billing._apply_checkout_session(o, ev_id, ev_created);
-  WHEN 'entitlements.active_entitlement_summary' THEN
-    RETURN stripe_billing._apply_entitlement_summary(o, ev_id, ev_created);
-  END CASE;
 END
 $$;
 
@@ -970,7 +949,8 @@ $$;
 
 -- Recomputes one user's features; writes only what changed.  (PL/pgSQL,
 -- not SQL: on the hot path of every event, its plan stays cached.)
-CREATE FUNCTION stripe_billing._refresh_user_features(target text) RETURNS void
+CREATE FUNCTION stripe_billing._refresh_user_features(target text, customer_id text DEFAULT NULL,
+                                                      ev_type text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -1017,7 +997,7 @@ BEGIN
   -- apps LISTEN stripe_billing to react when a user's access changes
   -- (delivered at commit, not at all on rollback)
   SELECT pg_notify('stripe_billing', json_build_object(
-           'user_ref', target,
+           'user_ref', target, 'customer', customer_id, 'event_type', ev_type,
            'features', (SELECT coalesce(json_agg(json_build_object('feature', feature, 'valid_until', valid_until)
                                                  ORDER BY feature), '[]') FROM wanted))::text)
     INTO notified   -- (unused: PERFORM cannot start with WITH)
@@ -1026,11 +1006,12 @@ END
 $$;
 
 -- Recomputes the features of the users linked to a customer.
-CREATE FUNCTION stripe_billing._refresh_customer_features(customer_id text) RETURNS void
+CREATE FUNCTION stripe_billing._refresh_customer_features(customer_id text, ev_type text DEFAULT NULL)
+RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
-  PERFORM stripe_billing._refresh_user_features(c.user_ref)
+  PERFORM stripe_billing._refresh_user_features(c.user_ref, c.id, ev_type)
      FROM stripe_billing.customers c WHERE c.id = customer_id AND c.user_ref IS NOT NULL;
 END
 $$;
@@ -1049,7 +1030,7 @@ BEGIN
   DELETE FROM stripe_billing.user_features f
    WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref);
   FOR u IN SELECT DISTINCT user_ref FROM stripe_billing.customers WHERE user_ref IS NOT NULL LOOP
-    PERFORM stripe_billing._refresh_user_features(u);
+    PERFORM stripe_billing._refresh_user_features(u, NULL, 'refresh');
     n := n + 1;
   END LOOP;
   RETURN n;
@@ -1189,14 +1170,13 @@ CREATE FUNCTION stripe_billing.stripe_create_checkout(
     user_ref text, price text, success_url text, cancel_url text,
     quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
     allow_promotion_codes boolean DEFAULT false, customer_email text DEFAULT NULL,
-    metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL)
-RETURNS TABLE (session_id text, url text, expires_at timestamptz)
+    metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL,
+    OUT session_id text, OUT url text, OUT expires_at timestamptz)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   customer_id text;
-  params jsonb;
   session jsonb;
 BEGIN
   IF coalesce(user_ref, '') = '' THEN PERFORM stripe_billing._bad_argument('user_ref', 'must not be empty'); END IF;
@@ -1210,42 +1190,39 @@ BEGIN
   IF trial_days IS NOT NULL AND (trial_days < 1 OR mode <> 'subscription') THEN
     PERFORM stripe_billing._bad_argument('trial_days', 'must be at least 1, for mode ''subscription'' only');
   END IF;
-  IF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
-    PERFORM stripe_billing._bad_argument('metadata', 'must be a JSON object');
+  IF metadata IS NOT NULL AND metadata <> '{}' THEN
+    IF jsonb_typeof(metadata) <> 'object' THEN
+      PERFORM stripe_billing._bad_argument('metadata', 'must be a JSON object');
+    END IF;
+    -- Stripe keeps metadata as flat string values
+    PERFORM stripe_billing._bad_argument('metadata.' || m.key,
+                                         'must be a string, number or boolean, not ' || jsonb_typeof(m.value))
+       FROM jsonb_each(metadata) m
+      WHERE jsonb_typeof(m.value) NOT IN ('string', 'number', 'boolean');
   END IF;
-  -- Stripe keeps metadata as flat string values
-  PERFORM stripe_billing._bad_argument('metadata.' || m.key, 'must be a string, number or boolean, not ' || jsonb_typeof(m.value))
-     FROM jsonb_each(coalesce(metadata, '{}')) m
-    WHERE jsonb_typeof(m.value) NOT IN ('string', 'number', 'boolean');
 
-  customer_id := stripe_billing._customer_of(user_ref);
-  params := jsonb_build_object(
+  -- the user's known customer (as _customer_of, inline on this hot path)
+  SELECT c.id INTO customer_id FROM stripe_billing.customers c
+   WHERE c.user_ref = stripe_create_checkout.user_ref AND NOT c.deleted
+   ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1;
+
+  session := stripe_billing.stripe_api('POST', '/v1/checkout/sessions', jsonb_strip_nulls(jsonb_build_object(
       'mode', mode,
       'line_items', jsonb_build_array(jsonb_build_object('price', price, 'quantity', quantity)),
       'success_url', success_url, 'cancel_url', cancel_url,
       'client_reference_id', user_ref,
-      'metadata', coalesce(metadata, '{}') || jsonb_build_object('user_ref', user_ref));
-  IF customer_id IS NOT NULL THEN
-    params := params || jsonb_build_object('customer', customer_id);
-  ELSIF customer_email IS NOT NULL THEN
-    params := params || jsonb_build_object('customer_email', customer_email);
-  END IF;
-  IF allow_promotion_codes THEN
-    params := params || jsonb_build_object('allow_promotion_codes', true);
-  END IF;
-  IF mode = 'subscription' THEN
-    params := params || jsonb_build_object('subscription_data', jsonb_strip_nulls(jsonb_build_object(
-        'metadata', jsonb_build_object('user_ref', user_ref), 'trial_period_days', trial_days)));
-  ELSE
-    params := params || jsonb_build_object('payment_intent_data',
-        jsonb_build_object('metadata', jsonb_build_object('user_ref', user_ref)));
-  END IF;
-
-  session := stripe_billing.stripe_api('POST', '/v1/checkout/sessions', params, idempotency_key);
+      'metadata', coalesce(metadata, '{}') || jsonb_build_object('user_ref', user_ref),
+      'customer', customer_id,
+      'customer_email', CASE WHEN customer_id IS NULL THEN customer_email END,
+      'allow_promotion_codes', CASE WHEN allow_promotion_codes THEN true END,
+      'subscription_data', CASE WHEN mode = 'subscription' THEN jsonb_strip_nulls(jsonb_build_object(
+          'metadata', jsonb_build_object('user_ref', user_ref), 'trial_period_days', trial_days)) END,
+      'payment_intent_data', CASE WHEN mode = 'payment' THEN
+          jsonb_build_object('metadata', jsonb_build_object('user_ref', user_ref)) END)),
+    idempotency_key);
   session_id := session->>'id';
   url := session->>'url';
   expires_at := stripe_billing._ts(session->'expires_at');
-  RETURN NEXT;
 END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
@@ -1594,7 +1571,7 @@ BEGIN
                                   'entitlements', jsonb_build_object('object', 'list', 'has_more', false,
                                                                      'data', items));
     -- as of now: newer than the summary event it completes
-    PERFORM stripe_billing._apply_entitlement_summary(summary, 'refetch', now());
+    PERFORM stripe_billing._apply_entitlement_summary(summary, 'entitlements.refetch', 'refetch', now());
     UPDATE stripe_billing.entitlement_summaries SET refetch = false WHERE customer = r.customer;
     n := n + 1;
   END LOOP;

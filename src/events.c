@@ -11,10 +11,10 @@
  * event is recorded (and applied) exactly once.
  *
  * Events of mapped types are then applied onto the billing tables by the SQL
- * function stripe_billing._map_object, inside a subtransaction: when the
- * object does not fit (wrong shape, bad data) the mapping is rolled back and
- * the event stays in the ledger as "failed" with the error, while the
- * caller's transaction goes on.  Ordering (stale, ties, terminal states) is
+ * function of their object's kind (stripe_billing._apply_subscription, ...),
+ * inside a subtransaction: when the object does not fit (wrong shape, bad
+ * data) the mapping is rolled back and the event stays in the ledger as
+ * "failed" with the error, while the caller's transaction goes on.  Ordering (stale, ties, terminal states) is
  * decided by the mapping, per object row.
  *
  *-------------------------------------------------------------------------
@@ -281,15 +281,42 @@ canonical_outcome(const char *outcome)
 	for (int i = 0; i < lengthof(outcomes); i++)
 		if (strcmp(outcome, outcomes[i]) == 0)
 			return outcomes[i];
-	elog(ERROR, "stripe_billing._map_object returned an unknown outcome \"%s\"", outcome);
+	elog(ERROR, "the mapping returned an unknown outcome \"%s\"", outcome);
 	return NULL;				/* keep compiler quiet */
 }
+
+/*
+ * The SQL function that maps each kind of object; called with the object,
+ * the event type, the event id and its created time ($1..$4).
+ */
+typedef struct ObjectMapper
+{
+	const char *kind;
+	const char *call;
+	SPIPlanPtr	plan;			/* prepared on first use, kept */
+} ObjectMapper;
+
+static ObjectMapper mappers[] = {
+	{"customer", "SELECT stripe_billing._apply_customer($1, $2, $3, $4)"},
+	{"product", "SELECT stripe_billing._apply_product($1, $2, $3, $4)"},
+	{"price", "SELECT stripe_billing._apply_price($1, $2, $3, $4)"},
+	{"plan", "SELECT stripe_billing._apply_price($1, $2, $3, $4)"},
+	{"subscription", "SELECT stripe_billing._apply_subscription($1, $2, $3, $4)"},
+	{"invoice", "SELECT stripe_billing._apply_invoice($1, $2, $3, $4)"},
+	{"payment_intent", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
+	{"charge", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
+	{"refund", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
+	{"invoice_payment", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
+	{"checkout.session", "SELECT stripe_billing._apply_checkout_session($1, $2, $3, $4)"},
+	{"entitlements.active_entitlement_summary",
+	"SELECT stripe_billing._apply_entitlement_summary($1, $2, $3, $4)"},
+};
 
 /* Runs the SQL mapping of one object: "applied", "stale" or "ignored". */
 static const char *
 map_object(Jsonb *object, const EventHeader *header)
 {
-	static SPIPlanPtr plan = NULL;
+	ObjectMapper *mapper = NULL;
 	Datum		values[4];
 	bool		isnull;
 	Datum		result;
@@ -301,22 +328,29 @@ map_object(Jsonb *object, const EventHeader *header)
 				 errmsg("invalid Stripe object: field \"data.object.object\" is missing")));
 	sb_check_object_shape(&object->root, header->kind);
 
-	if (plan == NULL)
+	for (int i = 0; i < lengthof(mappers) && mapper == NULL; i++)
+		if (strcmp(mappers[i].kind, header->kind) == 0)
+			mapper = &mappers[i];
+	if (mapper == NULL)
+		elog(ERROR, "no mapping for Stripe object kind \"%s\"", header->kind);
+
+	if (mapper->plan == NULL)
 	{
 		Oid			types[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+		SPIPlanPtr	plan = SPI_prepare(mapper->call, 4, types);
 
-		plan = SPI_prepare("SELECT stripe_billing._map_object($1, $2, $3, $4)", 4, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
+		mapper->plan = plan;
 	}
 	values[0] = JsonbPGetDatum(object);
 	values[1] = CStringGetTextDatum(header->type);
 	values[2] = CStringGetTextDatum(header->id);
 	values[3] = TimestampTzGetDatum(header->created);
-	rc = SPI_execute_plan(plan, values, NULL, false, 1);
+	rc = SPI_execute_plan(mapper->plan, values, NULL, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "stripe_billing._map_object failed: %s", SPI_result_code_string(rc));
+		elog(ERROR, "mapping a Stripe %s failed: %s", header->kind, SPI_result_code_string(rc));
 	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? "applied" : canonical_outcome(TextDatumGetCString(result));
 }

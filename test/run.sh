@@ -56,6 +56,7 @@ integration secrets_not_logged bash test/secrets_not_logged.sh "$work/main/serve
 integration standby_entitlements bash test/standby_entitlements.sh
 integration api_calls bash test/api_calls.sh
 integration worker bash test/worker.sh
+integration notify bash test/notify.sh
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
