@@ -312,7 +312,7 @@ check_crashes() {
         kills=$((kills + 1))
         [ "$left" -gt 0 ] && during=$((during + 1))
         # keep a catch-up going for every kill
-        [ "$left" -lt 1500 ] && { generate 1000 1000 100; generated=$((generated + 1000)); }
+        [ "$left" -lt 3000 ] && { generate 3000 1000 100; generated=$((generated + 3000)); }
     done
     [ $during -ge 10 ] || problems+=(" only $during of $kills kills hit a catch-up")
     # and once the whole server, mid-page
