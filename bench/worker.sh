@@ -18,6 +18,19 @@ cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_b
     "stripe_billing.api_key = 'sk_test_bench'" "stripe_billing.api_base = '$fake'"
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
+# Waits until the worker has applied N events, in one session reading its
+# own counter (a psql or a count(*) per check would compete with the worker).
+wait_applied() {
+    PGOPTIONS="-c bench.n=$1" psql -X -q >/dev/null <<'SQL'
+DO $$
+BEGIN
+  WHILE (SELECT events_applied FROM stripe_billing.sync_state) < current_setting('bench.n')::bigint LOOP
+    PERFORM pg_sleep(0.005);
+  END LOOP;
+END $$;
+SQL
+}
+
 # the worker starts from "now": no events yet, so it takes every event after
 psql -X -q -c "CREATE EXTENSION stripe_billing" >/dev/null
 for _ in $(seq 100); do
@@ -30,16 +43,7 @@ curl -s -X POST -H 'Content-Type: application/json' \
     -d "{\"generate\": {\"count\": $n, \"customers\": 200, \"per_second\": 10, \"start_created\": $(date +%s)}}" \
     "$fake/_fake/events" >/dev/null
 t0=$(now_ms)
-# wait in one session, reading the worker's counter (a psql or a count(*) per
-# check would compete with the worker)
-PGOPTIONS="-c bench.n=$n" psql -X -q >/dev/null <<'SQL'
-DO $$
-BEGIN
-  WHILE (SELECT events_applied FROM stripe_billing.sync_state) < current_setting('bench.n')::int LOOP
-    PERFORM pg_sleep(0.02);
-  END LOOP;
-END $$;
-SQL
+wait_applied "$n"
 t1=$(now_ms)
 worker_ms=$((t1 - t0))
 
@@ -85,12 +89,12 @@ direct_ms=$((t3 - t2))
 echo "== steady-state lag: one event appended, time until it is committed (poll_interval 200 ms)"
 lags=()
 for i in $(seq 10); do
-    before=$(psql -X -At -c "SELECT count(*) FROM stripe_billing.events")
+    before=$(psql -X -At -c "SELECT events_applied FROM stripe_billing.sync_state")
     s=$(now_ms)
     curl -s -X POST -H 'Content-Type: application/json' \
         -d "{\"events\": [{\"id\": \"evt_lag_$i\", \"type\": \"customer.updated\", \"created\": $(date +%s), \"data\": {\"object\": {\"id\": \"cus_lag\", \"object\": \"customer\"}}}]}" \
         "$fake/_fake/events" >/dev/null
-    until [ "$(psql -X -At -c "SELECT count(*) FROM stripe_billing.events")" -gt "$before" ]; do sleep 0.01; done
+    wait_applied $((before + 1))
     lags+=($(( $(now_ms) - s )))
     sleep 0.$((RANDOM % 3))
 done
