@@ -1165,66 +1165,17 @@ BEGIN
 END
 $$;
 
--- A Checkout session for the user: subscription or one-time payment.
+-- A Checkout session for the user: subscription or one-time payment (C: the
+-- form is built directly, the returned session recorded in checkout_sessions).
 CREATE FUNCTION stripe_billing.stripe_create_checkout(
     user_ref text, price text, success_url text, cancel_url text,
     quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
     allow_promotion_codes boolean DEFAULT false, customer_email text DEFAULT NULL,
     metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL,
     OUT session_id text, OUT url text, OUT expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  customer_id text;
-  session jsonb;
-BEGIN
-  IF coalesce(user_ref, '') = '' THEN PERFORM stripe_billing._bad_argument('user_ref', 'must not be empty'); END IF;
-  IF coalesce(price, '') = '' THEN PERFORM stripe_billing._bad_argument('price', 'must not be empty'); END IF;
-  IF coalesce(success_url, '') = '' THEN PERFORM stripe_billing._bad_argument('success_url', 'must not be empty'); END IF;
-  IF coalesce(cancel_url, '') = '' THEN PERFORM stripe_billing._bad_argument('cancel_url', 'must not be empty'); END IF;
-  IF quantity IS NULL OR quantity < 1 THEN PERFORM stripe_billing._bad_argument('quantity', 'must be at least 1'); END IF;
-  IF mode IS NULL OR mode NOT IN ('subscription', 'payment') THEN
-    PERFORM stripe_billing._bad_argument('mode', 'must be ''subscription'' or ''payment''');
-  END IF;
-  IF trial_days IS NOT NULL AND (trial_days < 1 OR mode <> 'subscription') THEN
-    PERFORM stripe_billing._bad_argument('trial_days', 'must be at least 1, for mode ''subscription'' only');
-  END IF;
-  IF metadata IS NOT NULL AND metadata <> '{}' THEN
-    IF jsonb_typeof(metadata) <> 'object' THEN
-      PERFORM stripe_billing._bad_argument('metadata', 'must be a JSON object');
-    END IF;
-    -- Stripe keeps metadata as flat string values
-    PERFORM stripe_billing._bad_argument('metadata.' || m.key,
-                                         'must be a string, number or boolean, not ' || jsonb_typeof(m.value))
-       FROM jsonb_each(metadata) m
-      WHERE jsonb_typeof(m.value) NOT IN ('string', 'number', 'boolean');
-  END IF;
-
-  -- the user's known customer (as _customer_of, inline on this hot path)
-  SELECT c.id INTO customer_id FROM stripe_billing.customers c
-   WHERE c.user_ref = stripe_create_checkout.user_ref AND NOT c.deleted
-   ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1;
-
-  session := stripe_billing.stripe_api('POST', '/v1/checkout/sessions', jsonb_strip_nulls(jsonb_build_object(
-      'mode', mode,
-      'line_items', jsonb_build_array(jsonb_build_object('price', price, 'quantity', quantity)),
-      'success_url', success_url, 'cancel_url', cancel_url,
-      'client_reference_id', user_ref,
-      'metadata', coalesce(metadata, '{}') || jsonb_build_object('user_ref', user_ref),
-      'customer', customer_id,
-      'customer_email', CASE WHEN customer_id IS NULL THEN customer_email END,
-      'allow_promotion_codes', CASE WHEN allow_promotion_codes THEN true END,
-      'subscription_data', CASE WHEN mode = 'subscription' THEN jsonb_strip_nulls(jsonb_build_object(
-          'metadata', jsonb_build_object('user_ref', user_ref), 'trial_period_days', trial_days)) END,
-      'payment_intent_data', CASE WHEN mode = 'payment' THEN
-          jsonb_build_object('metadata', jsonb_build_object('user_ref', user_ref)) END)),
-    idempotency_key);
-  session_id := session->>'id';
-  url := session->>'url';
-  expires_at := stripe_billing._ts(session->'expires_at');
-END
-$$;
+AS 'MODULE_PATHNAME', 'stripe_create_checkout'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
                                                             boolean, text, jsonb, text) FROM PUBLIC;
 

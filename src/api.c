@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * api.c
- *	  Stripe API calls from SQL: stripe_api and what it shares with the
- *	  Checkout, portal and subscription functions (written in SQL on top).
+ *	  Stripe API calls from SQL: stripe_api and what it shares with
+ *	  stripe_create_checkout (checkout.c) and the portal and subscription
+ *	  functions (written in SQL on top).
  *
  * An HTTP call cannot be rolled back with the SQL transaction, so every
  * mutating call carries an Idempotency-Key (the caller's, or a fresh one),
@@ -202,18 +203,26 @@ check_path(const char *path)
 					 errhint("Pass query parameters in params.")));
 }
 
-/*
- * Calls the Stripe API and returns the response object; raises Stripe's or
- * the network's error.  Retries (stripe_billing.max_network_retries) what
- * Stripe says may be retried, with the same idempotency key.  A returned
- * object of a mapped kind is applied to the local tables.
- */
+/* Calls the Stripe API with jsonb parameters (see sb_stripe_call_form). */
 Jsonb *
 sb_stripe_call(const char *method, const char *path, Jsonb *params,
 			   const char *idempotency_key)
 {
+	return sb_stripe_call_form(method, path, sb_form_encode(params), idempotency_key);
+}
+
+/*
+ * Calls the Stripe API with an encoded form and returns the response object;
+ * raises Stripe's or the network's error.  Retries
+ * (stripe_billing.max_network_retries) what Stripe says may be retried, with
+ * the same idempotency key.  A returned object of a mapped kind is applied
+ * to the local tables.
+ */
+Jsonb *
+sb_stripe_call_form(const char *method, const char *path, const char *form,
+					const char *idempotency_key)
+{
 	bool		mutating = strcmp(method, "GET") != 0;
-	char	   *form = sb_form_encode(params);
 	SbHttpResponse *r;
 	Jsonb	   *body;
 	int			attempt = 0;

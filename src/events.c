@@ -26,10 +26,14 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/syscache.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -286,73 +290,110 @@ canonical_outcome(const char *outcome)
 }
 
 /*
- * The SQL function that maps each kind of object; called with the object,
- * the event type, the event id and its created time ($1..$4).
+ * The SQL function that maps each kind of object, in schema stripe_billing:
+ * f(o jsonb, ev_type text, ev_id text, ev_created timestamptz), or without
+ * ev_type.  Called through fmgr, not a SELECT: no executor of our own around
+ * the mapping's own statements.  The function is looked up by name on first
+ * use and again after any pg_proc change (the extension may be recreated).
  */
 typedef struct ObjectMapper
 {
 	const char *kind;
-	const char *call;
-	SPIPlanPtr	plan;			/* prepared on first use, kept */
+	const char *function;
+	bool		takes_type;		/* has the ev_type argument */
+	bool		valid;			/* flinfo is looked up and current */
+	FmgrInfo	flinfo;
 } ObjectMapper;
 
 static ObjectMapper mappers[] = {
-	{"customer", "SELECT stripe_billing._apply_customer($1, $2, $3, $4)"},
-	{"product", "SELECT stripe_billing._apply_product($1, $2, $3, $4)"},
-	{"price", "SELECT stripe_billing._apply_price($1, $2, $3, $4)"},
-	{"plan", "SELECT stripe_billing._apply_price($1, $2, $3, $4)"},
-	{"subscription", "SELECT stripe_billing._apply_subscription($1, $2, $3, $4)"},
-	{"invoice", "SELECT stripe_billing._apply_invoice($1, $2, $3, $4)"},
-	{"payment_intent", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
-	{"charge", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
-	{"refund", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
-	{"invoice_payment", "SELECT stripe_billing._apply_payment($1, $3, $4)"},
-	{"checkout.session", "SELECT stripe_billing._apply_checkout_session($1, $2, $3, $4)"},
-	{"entitlements.active_entitlement_summary",
-	"SELECT stripe_billing._apply_entitlement_summary($1, $2, $3, $4)"},
+	{"customer", "_apply_customer", true},
+	{"product", "_apply_product", true},
+	{"price", "_apply_price", true},
+	{"plan", "_apply_price", true},
+	{"subscription", "_apply_subscription", true},
+	{"invoice", "_apply_invoice", true},
+	{"payment_intent", "_apply_payment", false},
+	{"charge", "_apply_payment", false},
+	{"refund", "_apply_payment", false},
+	{"invoice_payment", "_apply_payment", false},
+	{"checkout.session", "_apply_checkout_session", true},
+	{"entitlements.active_entitlement_summary", "_apply_entitlement_summary", true},
 };
+
+/* A pg_proc change: look the mapping functions up again on next use. */
+static void
+invalidate_mappers(Datum arg, int cacheid, uint32 hashvalue)
+{
+	for (int i = 0; i < lengthof(mappers); i++)
+		mappers[i].valid = false;
+}
+
+/* The mapper of a kind, its function looked up. */
+static ObjectMapper *
+get_mapper(const char *kind)
+{
+	static bool callback_registered = false;
+	ObjectMapper *mapper = NULL;
+
+	for (int i = 0; i < lengthof(mappers) && mapper == NULL; i++)
+		if (strcmp(mappers[i].kind, kind) == 0)
+			mapper = &mappers[i];
+	if (mapper == NULL)
+		elog(ERROR, "no mapping for Stripe object kind \"%s\"", kind);
+
+	if (!callback_registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, invalidate_mappers, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!mapper->valid)
+	{
+		Oid			types[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+		List	   *name = list_make2(makeString("stripe_billing"),
+									  makeString(unconstify(char *, mapper->function)));
+		Oid			fn;
+
+		if (mapper->takes_type)
+			fn = LookupFuncName(name, 4, types, false);
+		else
+		{
+			types[1] = TEXTOID;
+			types[2] = TIMESTAMPTZOID;
+			fn = LookupFuncName(name, 3, types, false);
+		}
+		fmgr_info_cxt(fn, &mapper->flinfo, TopMemoryContext);
+		mapper->valid = true;
+	}
+	return mapper;
+}
 
 /* Runs the SQL mapping of one object: "applied", "stale" or "ignored". */
 static const char *
 map_object(Jsonb *object, const EventHeader *header)
 {
-	ObjectMapper *mapper = NULL;
-	Datum		values[4];
-	bool		isnull;
+	ObjectMapper *mapper;
+	LOCAL_FCINFO(fcinfo, 4);
+	int			nargs = 0;
 	Datum		result;
-	int			rc;
 
 	if (header->kind == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_INVALID_OBJECT),
 				 errmsg("invalid Stripe object: field \"data.object.object\" is missing")));
 	sb_check_object_shape(&object->root, header->kind);
+	mapper = get_mapper(header->kind);
 
-	for (int i = 0; i < lengthof(mappers) && mapper == NULL; i++)
-		if (strcmp(mappers[i].kind, header->kind) == 0)
-			mapper = &mappers[i];
-	if (mapper == NULL)
-		elog(ERROR, "no mapping for Stripe object kind \"%s\"", header->kind);
+	fcinfo->args[nargs++].value = JsonbPGetDatum(object);
+	if (mapper->takes_type)
+		fcinfo->args[nargs++].value = CStringGetTextDatum(header->type);
+	fcinfo->args[nargs++].value = CStringGetTextDatum(header->id);
+	fcinfo->args[nargs++].value = TimestampTzGetDatum(header->created);
+	for (int i = 0; i < nargs; i++)
+		fcinfo->args[i].isnull = false;
+	InitFunctionCallInfoData(*fcinfo, &mapper->flinfo, nargs, InvalidOid, NULL, NULL);
 
-	if (mapper->plan == NULL)
-	{
-		Oid			types[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-		SPIPlanPtr	plan = SPI_prepare(mapper->call, 4, types);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		mapper->plan = plan;
-	}
-	values[0] = JsonbPGetDatum(object);
-	values[1] = CStringGetTextDatum(header->type);
-	values[2] = CStringGetTextDatum(header->id);
-	values[3] = TimestampTzGetDatum(header->created);
-	rc = SPI_execute_plan(mapper->plan, values, NULL, false, 1);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "mapping a Stripe %s failed: %s", header->kind, SPI_result_code_string(rc));
-	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? "applied" : canonical_outcome(TextDatumGetCString(result));
+	result = FunctionCallInvoke(fcinfo);
+	return fcinfo->isnull ? "applied" : canonical_outcome(TextDatumGetCString(result));
 }
 
 /* An event's data.object as a jsonb datum of its own (a copy). */

@@ -310,6 +310,17 @@ append_escaped(StringInfo out, const char *text)
 	curl_free(escaped);
 }
 
+/* Appends one field, name and value percent-encoded, to a form. */
+void
+sb_form_append(StringInfo form, const char *name, const char *value)
+{
+	if (form->len > 0)
+		appendStringInfoChar(form, '&');
+	append_escaped(form, name);
+	appendStringInfoChar(form, '=');
+	append_escaped(form, value);
+}
+
 /*
  * Appends key=value pairs for a jsonb value in Stripe's form encoding:
  * objects as prefix[key], arrays as prefix[index], booleans as true/false,
@@ -364,11 +375,7 @@ encode_value(StringInfo out, const char *prefix, JsonbValue *v)
 			elog(ERROR, "unexpected jsonb value type %d", (int) v->type);
 	}
 
-	if (out->len > 0)
-		appendStringInfoChar(out, '&');
-	append_escaped(out, prefix);
-	appendStringInfoChar(out, '=');
-	append_escaped(out, text);
+	sb_form_append(out, prefix, text);
 }
 
 /* Encodes a jsonb object of parameters the way Stripe's API reads them. */

@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "lib/stringinfo.h"
 #include "pgtime.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -78,10 +79,13 @@ extern void sb_check_api_base(const char *base);
 extern SbHttpResponse *sb_http_request(const char *method, const char *path,
 									   const char *form, const char *idempotency_key);
 extern char *sb_form_encode(Jsonb *params);
+extern void sb_form_append(StringInfo form, const char *name, const char *value);
 
 /* api.c */
 extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params,
 							 const char *idempotency_key);
+extern Jsonb *sb_stripe_call_form(const char *method, const char *path, const char *form,
+								  const char *idempotency_key);
 
 /* signatures.c */
 extern void sb_check_signature(const char *payload, size_t payload_len,

@@ -1,0 +1,267 @@
+/*-------------------------------------------------------------------------
+ *
+ * checkout.c
+ *	  stripe_create_checkout: a Stripe Checkout session for a user.
+ *
+ * This is the call an application makes on a user's request path, so it is
+ * written in C: the arguments are checked here, the user's customer is
+ * found by one saved plan, the form is built directly (no jsonb on the way
+ * out), and sb_stripe_call_form sends it and applies the returned session
+ * to checkout_sessions through the same mapping as its events.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+
+#include "stripe_billing.h"
+
+PG_FUNCTION_INFO_V1(stripe_create_checkout);
+
+/* Argument positions of stripe_create_checkout. */
+enum
+{
+	ARG_USER_REF,
+	ARG_PRICE,
+	ARG_SUCCESS_URL,
+	ARG_CANCEL_URL,
+	ARG_QUANTITY,
+	ARG_MODE,
+	ARG_TRIAL_DAYS,
+	ARG_ALLOW_PROMOTION_CODES,
+	ARG_CUSTOMER_EMAIL,
+	ARG_METADATA,
+	ARG_IDEMPOTENCY_KEY
+};
+
+/* Raises invalid_parameter_value naming the argument. */
+static void
+bad_argument(const char *argument, const char *problem)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s %s", argument, problem)));
+}
+
+/* A text argument that must be given and not empty. */
+static char *
+required_text(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	char	   *value = PG_ARGISNULL(argno) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(argno));
+
+	if (value == NULL || value[0] == '\0')
+		bad_argument(name, "must not be empty");
+	return value;
+}
+
+/* A text argument, or NULL when NULL or empty. */
+static char *
+optional_text(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *value = PG_ARGISNULL(argno) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(argno));
+
+	return value && value[0] ? value : NULL;
+}
+
+/* The user's known customer (as _customer_of), or NULL. */
+static char *
+known_customer(const char *user_ref)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller = CurrentMemoryContext;
+	Datum		arg = CStringGetTextDatum(user_ref);
+	char	   *customer = NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+	{
+		Oid			type = TEXTOID;
+		SPIPlanPtr	p = SPI_prepare("SELECT c.id FROM stripe_billing.customers c"
+									" WHERE c.user_ref = $1 AND NOT c.deleted"
+									" ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1",
+									1, &type);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plan = p;
+	}
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading stripe_billing.customers failed");
+	if (SPI_processed == 1)
+	{
+		char	   *id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (id)
+			customer = MemoryContextStrdup(caller, id);
+	}
+	SPI_finish();
+	return customer;
+}
+
+/*
+ * Appends metadata[key]=value for each entry of the caller's metadata but
+ * user_ref (ours wins).  Stripe keeps metadata as flat strings: a nested
+ * value is refused here, naming its key, before any request.
+ */
+static void
+append_metadata(StringInfo form, Jsonb *metadata)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+
+	if (!JB_ROOT_IS_OBJECT(metadata))
+		bad_argument("metadata", "must be a JSON object");
+
+	it = JsonbIteratorInit(&metadata->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *value;
+
+		if (tok == WJB_KEY)
+		{
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			continue;
+		}
+		if (tok != WJB_VALUE)
+			continue;
+		switch (v.type)
+		{
+			case jbvString:
+				value = pnstrdup(v.val.string.val, v.val.string.len);
+				break;
+			case jbvNumeric:
+				value = DatumGetCString(DirectFunctionCall1(numeric_out,
+															NumericGetDatum(v.val.numeric)));
+				break;
+			case jbvBool:
+				value = v.val.boolean ? "true" : "false";
+				break;
+			default:
+				bad_argument(psprintf("metadata.%s", key),
+							 psprintf("must be a string, number or boolean, not %s",
+									  v.type == jbvNull ? "null" :
+									  JsonContainerIsArray(v.val.binary.data) ? "array" : "object"));
+				value = NULL;	/* keep compiler quiet */
+		}
+		if (strcmp(key, "user_ref") != 0)
+			sb_form_append(form, psprintf("metadata[%s]", key), value);
+	}
+}
+
+/* A string field of the returned session, or NULL. */
+static Datum
+session_text(Jsonb *session, const char *key, bool *isnull)
+{
+	JsonbValue	buf;
+	JsonbValue *v = getKeyJsonValueFromContainer(&session->root, key, strlen(key), &buf);
+
+	*isnull = v == NULL || v->type != jbvString;
+	return *isnull ? (Datum) 0 :
+		PointerGetDatum(cstring_to_text_with_len(v->val.string.val, v->val.string.len));
+}
+
+/* A Unix-time field of the returned session as timestamptz, or NULL. */
+static Datum
+session_time(Jsonb *session, const char *key, bool *isnull)
+{
+	JsonbValue	buf;
+	JsonbValue *v = getKeyJsonValueFromContainer(&session->root, key, strlen(key), &buf);
+
+	*isnull = v == NULL || v->type != jbvNumeric;
+	if (*isnull)
+		return (Datum) 0;
+	return TimestampTzGetDatum(time_t_to_timestamptz((pg_time_t)
+													 DatumGetInt64(DirectFunctionCall1(numeric_int8,
+																					   NumericGetDatum(v->val.numeric)))));
+}
+
+/*
+ * stripe_create_checkout(user_ref, price, success_url, cancel_url, quantity,
+ *     mode, trial_days, allow_promotion_codes, customer_email, metadata,
+ *     idempotency_key) -> (session_id, url, expires_at)
+ *
+ * Uses the user's known customer, else customer_email; puts user_ref in
+ * client_reference_id and in the session's and the subscription's (or
+ * payment's) metadata, which is how the completed session finds the user.
+ */
+Datum
+stripe_create_checkout(PG_FUNCTION_ARGS)
+{
+	char	   *user_ref = required_text(fcinfo, ARG_USER_REF, "user_ref");
+	char	   *price = required_text(fcinfo, ARG_PRICE, "price");
+	char	   *success_url = required_text(fcinfo, ARG_SUCCESS_URL, "success_url");
+	char	   *cancel_url = required_text(fcinfo, ARG_CANCEL_URL, "cancel_url");
+	char	   *mode = PG_ARGISNULL(ARG_MODE) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(ARG_MODE));
+	char	   *customer_email = optional_text(fcinfo, ARG_CUSTOMER_EMAIL);
+	char	   *idempotency_key = optional_text(fcinfo, ARG_IDEMPOTENCY_KEY);
+	bool		subscription;
+	char	   *customer;
+	StringInfoData form;
+	Jsonb	   *session;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3];
+
+	if (PG_ARGISNULL(ARG_QUANTITY) || PG_GETARG_INT32(ARG_QUANTITY) < 1)
+		bad_argument("quantity", "must be at least 1");
+	if (mode == NULL || (strcmp(mode, "subscription") != 0 && strcmp(mode, "payment") != 0))
+		bad_argument("mode", "must be 'subscription' or 'payment'");
+	subscription = strcmp(mode, "subscription") == 0;
+	if (!PG_ARGISNULL(ARG_TRIAL_DAYS) &&
+		(PG_GETARG_INT32(ARG_TRIAL_DAYS) < 1 || !subscription))
+		bad_argument("trial_days", "must be at least 1, for mode 'subscription' only");
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "stripe_create_checkout must return a composite type");
+
+	initStringInfo(&form);
+	sb_form_append(&form, "mode", mode);
+	sb_form_append(&form, "line_items[0][price]", price);
+	sb_form_append(&form, "line_items[0][quantity]",
+				   psprintf("%d", PG_GETARG_INT32(ARG_QUANTITY)));
+	sb_form_append(&form, "success_url", success_url);
+	sb_form_append(&form, "cancel_url", cancel_url);
+	sb_form_append(&form, "client_reference_id", user_ref);
+	if (!PG_ARGISNULL(ARG_METADATA))
+		append_metadata(&form, PG_GETARG_JSONB_P(ARG_METADATA));
+	sb_form_append(&form, "metadata[user_ref]", user_ref);
+
+	customer = known_customer(user_ref);
+	if (customer)
+		sb_form_append(&form, "customer", customer);
+	else if (customer_email)
+		sb_form_append(&form, "customer_email", customer_email);
+	if (!PG_ARGISNULL(ARG_ALLOW_PROMOTION_CODES) && PG_GETARG_BOOL(ARG_ALLOW_PROMOTION_CODES))
+		sb_form_append(&form, "allow_promotion_codes", "true");
+	if (subscription)
+	{
+		sb_form_append(&form, "subscription_data[metadata][user_ref]", user_ref);
+		if (!PG_ARGISNULL(ARG_TRIAL_DAYS))
+			sb_form_append(&form, "subscription_data[trial_period_days]",
+						   psprintf("%d", PG_GETARG_INT32(ARG_TRIAL_DAYS)));
+	}
+	else
+		sb_form_append(&form, "payment_intent_data[metadata][user_ref]", user_ref);
+
+	session = sb_stripe_call_form("POST", "/v1/checkout/sessions", form.data, idempotency_key);
+
+	if (!JB_ROOT_IS_OBJECT(session))
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_NETWORK),
+				 errmsg("Stripe API request POST /v1/checkout/sessions returned no object")));
+	values[0] = session_text(session, "id", &nulls[0]);
+	values[1] = session_text(session, "url", &nulls[1]);
+	values[2] = session_time(session, "expires_at", &nulls[2]);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
