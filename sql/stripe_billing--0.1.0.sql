@@ -1401,7 +1401,14 @@ SELECT s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_
 -- the cursor, all in the caller's transaction (so a crash loses or repeats
 -- nothing).  Returns the number of events in the page and whether Stripe
 -- has more.
-CREATE FUNCTION stripe_billing._poll_page(OUT events integer, OUT has_more boolean)
+-- The page of events just newer than the cursor; with prefetch_next, the
+-- next page's request starts in the background (see api.c).
+CREATE FUNCTION stripe_billing._events_page(event_cursor text, prefetch_next boolean) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_events_page'
+LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
+                                          OUT events integer, OUT has_more boolean)
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -1451,8 +1458,7 @@ BEGIN
     RETURN;
   END IF;
 
-  page := stripe_billing.stripe_api('GET', '/v1/events',
-                                   jsonb_build_object('limit', 100, 'ending_before', st.event_cursor));
+  page := stripe_billing._events_page(st.event_cursor, prefetch_next);
   has_more := coalesce((page->>'has_more')::boolean, false);
   page := page->'data';    -- (taken out once: a page is some 500 KB)
   events := jsonb_array_length(page);

@@ -34,6 +34,7 @@
 #include "stripe_billing.h"
 
 PG_FUNCTION_INFO_V1(stripe_api);
+PG_FUNCTION_INFO_V1(stripe_events_page);
 
 /* Longest wait between retries, whatever Retry-After says (ms). */
 #define MAX_RETRY_WAIT_MS 10000
@@ -282,4 +283,62 @@ stripe_api(PG_FUNCTION_ARGS)
 									 text_to_cstring(PG_GETARG_TEXT_PP(1)),
 									 PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
 									 PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3))));
+}
+
+/*
+ * stripe_billing._events_page(cursor text, prefetch_next boolean) -> jsonb
+ *
+ * GET /v1/events?limit=100&ending_before=cursor: the page of events just
+ * newer than the cursor (newest first).  Answered by the request the
+ * previous call started in the background when that was this very request
+ * and it succeeded; otherwise (or on any failure) asked the usual way, with
+ * its retries and errors.  With prefetch_next, and more pages waiting, the
+ * request for the next page starts in the background before returning, so
+ * it travels while the caller applies this page.  (If the caller's
+ * transaction rolls back, its cursor does not move and the next call asks
+ * for another page: the prefetched one is dropped.)
+ */
+Datum
+stripe_events_page(PG_FUNCTION_ARGS)
+{
+	char	   *cursor = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	bool		prefetch_next = PG_GETARG_BOOL(1);
+	StringInfoData query;
+	SbHttpResponse *r;
+	Jsonb	   *page = NULL;
+	JsonbValue	buf;
+	JsonbValue *v;
+
+	initStringInfo(&query);
+	sb_form_append(&query, "limit", "100");
+	sb_form_append(&query, "ending_before", cursor);
+
+	r = sb_http_take_prefetched("/v1/events", query.data);
+	if (r && r->status / 100 == 2 && is_json(r->body, r->body_len))
+		page = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(r->body)));
+	if (page == NULL || !JB_ROOT_IS_OBJECT(page))
+		page = sb_stripe_call_form("GET", "/v1/events", query.data, NULL);
+
+	if (prefetch_next && JB_ROOT_IS_OBJECT(page) &&
+		(v = getKeyJsonValueFromContainer(&page->root, "has_more", 8, &buf)) != NULL &&
+		v->type == jbvBool && v->val.boolean &&
+		(v = getKeyJsonValueFromContainer(&page->root, "data", 4, &buf)) != NULL &&
+		v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data) &&
+		JsonContainerSize(v->val.binary.data) > 0)
+	{
+		JsonbValue *newest = getIthJsonbValueFromContainer(v->val.binary.data, 0);
+		JsonbValue	id_buf;
+		JsonbValue *id = newest->type == jbvBinary ?
+			getKeyJsonValueFromContainer(newest->val.binary.data, "id", 2, &id_buf) : NULL;
+
+		if (id && id->type == jbvString)
+		{
+			resetStringInfo(&query);
+			sb_form_append(&query, "limit", "100");
+			sb_form_append(&query, "ending_before",
+						   pnstrdup(id->val.string.val, id->val.string.len));
+			sb_http_prefetch("/v1/events", query.data);
+		}
+	}
+	PG_RETURN_JSONB_P(page);
 }

@@ -188,6 +188,121 @@ get_handle(void)
 }
 
 
+/* Checks the settings a request needs; raises SBC02 or SBC03. */
+static void
+check_settings(void)
+{
+	if (sb_api_key == NULL || sb_api_key[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_NO_API_KEY),
+				 errmsg("no Stripe API key is configured"),
+				 errhint("A superuser must set stripe_billing.api_key.")));
+	sb_check_api_base(sb_api_base);
+}
+
+/* stripe_billing.api_base || path, and ?query when there is no body. */
+static char *
+request_url(const char *path, const char *query)
+{
+	StringInfoData url;
+
+	initStringInfo(&url);
+	appendStringInfoString(&url, sb_api_base);
+	while (url.len > 0 && url.data[url.len - 1] == '/')
+		url.data[--url.len] = '\0';	/* "https://api.stripe.com/" + "/v1/..." */
+	appendStringInfoString(&url, path);
+	if (query && query[0])
+		appendStringInfo(&url, "?%s", query);
+	return url.data;
+}
+
+/*
+ * The request headers, as a curl list (malloc'd: the caller frees it with
+ * curl_slist_free_all).  Built without any chance of an ereport between the
+ * appends, so the list cannot leak; our copy of the key line is wiped.
+ */
+static struct curl_slist *
+build_headers(const char *idempotency_key, bool has_body)
+{
+	char	   *auth = psprintf("Authorization: Bearer %s", sb_api_key);
+	const char *lines[6];
+	int			n = 0;
+	struct curl_slist *headers = NULL;
+
+	lines[n++] = auth;
+	lines[n++] = psprintf("Stripe-Version: %s", sb_api_version);
+	lines[n++] = "User-Agent: stripe_billing/0.1 (PostgreSQL extension)";
+	lines[n++] = "Accept: application/json";
+	if (idempotency_key)
+		lines[n++] = psprintf("Idempotency-Key: %s", idempotency_key);
+	if (has_body)
+		lines[n++] = "Content-Type: application/x-www-form-urlencoded";
+
+	for (int i = 0; i < n; i++)
+	{
+		struct curl_slist *next = curl_slist_append(headers, lines[i]);
+
+		if (next == NULL)
+		{
+			curl_slist_free_all(headers);
+			headers = NULL;
+			break;
+		}
+		headers = next;
+	}
+	explicit_bzero(auth, strlen(auth));
+	pfree(auth);
+	if (headers == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	return headers;
+}
+
+/* Sets a handle's options for one request (no ereport: nothing to leak). */
+static void
+set_options(CURL *curl, const char *method, const char *url, const char *form,
+			struct curl_slist *headers, Transfer *transfer, char *errbuf)
+{
+	curl_easy_setopt(curl, CURLOPT_URL, url);
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https,http");
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) sb_connect_timeout);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) sb_request_timeout);
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_body);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, transfer);
+	curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, read_header);
+	curl_easy_setopt(curl, CURLOPT_HEADERDATA, transfer);
+	curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, check_interrupts);
+	curl_easy_setopt(curl, CURLOPT_XFERINFODATA, NULL);
+	if (strcmp(method, "POST") == 0)
+	{
+		curl_easy_setopt(curl, CURLOPT_POST, 1L);
+		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form ? form : "");
+	}
+	else if (strcmp(method, "GET") != 0)
+		curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+}
+
+/* Fills in how a finished transfer ended: status, or the network error. */
+static void
+finish_response(CURL *curl, CURLcode code, const char *errbuf, SbHttpResponse *response)
+{
+	if (code == CURLE_OK)
+	{
+		long		status;
+
+		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+		response->status = (int) status;
+	}
+	else
+	{
+		response->network_error = pstrdup(errbuf[0] ? errbuf : curl_easy_strerror(code));
+		response->timed_out = code == CURLE_OPERATION_TIMEDOUT;
+	}
+}
+
 /*
  * Performs one request to stripe_billing.api_base || path.  form: the
  * encoded body (POST) or query string (GET/DELETE), may be empty.  Returns
@@ -200,82 +315,26 @@ sb_http_request(const char *method, const char *path, const char *form,
 				const char *idempotency_key)
 {
 	SbHttpResponse *response = palloc0(sizeof(SbHttpResponse));
+	bool		has_body = strcmp(method, "POST") == 0;
 	Transfer	transfer;
-	struct curl_slist *volatile headers = NULL;
+	struct curl_slist *headers;
 	CURL	   *curl;
 	CURLcode	code = CURLE_OK;
 	char		errbuf[CURL_ERROR_SIZE];
-	StringInfoData url;
-	bool		has_body = strcmp(method, "POST") == 0;
+	char	   *url;
 
-	if (sb_api_key == NULL || sb_api_key[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_SB_NO_API_KEY),
-				 errmsg("no Stripe API key is configured"),
-				 errhint("A superuser must set stripe_billing.api_key.")));
-	sb_check_api_base(sb_api_base);
-
-	initStringInfo(&url);
-	appendStringInfoString(&url, sb_api_base);
-	while (url.len > 0 && url.data[url.len - 1] == '/')
-		url.data[--url.len] = '\0';	/* "https://api.stripe.com/" + "/v1/..." */
-	appendStringInfoString(&url, path);
-	if (!has_body && form && form[0])
-		appendStringInfo(&url, "?%s", form);
-
+	check_settings();
+	url = request_url(path, has_body ? NULL : form);
 	transfer.body = makeStringInfo();
 	transfer.response = response;
 	errbuf[0] = '\0';
 
 	curl = get_handle();
+	headers = build_headers(idempotency_key, has_body);
+	set_options(curl, method, url, form, headers, &transfer, errbuf);
 	PG_TRY();
 	{
-		char	   *line;
-
-		line = psprintf("Authorization: Bearer %s", sb_api_key);
-		headers = curl_slist_append(headers, line);
-		explicit_bzero(line, strlen(line));
-		pfree(line);
-		headers = curl_slist_append(headers, psprintf("Stripe-Version: %s", sb_api_version));
-		headers = curl_slist_append(headers, "User-Agent: stripe_billing/0.1 (PostgreSQL extension)");
-		headers = curl_slist_append(headers, "Accept: application/json");
-		if (idempotency_key)
-			headers = curl_slist_append(headers, psprintf("Idempotency-Key: %s", idempotency_key));
-		if (has_body)
-			headers = curl_slist_append(headers, "Content-Type: application/x-www-form-urlencoded");
-		if (headers == NULL)
-			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-
-		curl_easy_setopt(curl, CURLOPT_URL, url.data);
-		curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https,http");
-		curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) sb_connect_timeout);
-		curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) sb_request_timeout);
-		curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-		curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
-		curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_body);
-		curl_easy_setopt(curl, CURLOPT_WRITEDATA, &transfer);
-		curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, read_header);
-		curl_easy_setopt(curl, CURLOPT_HEADERDATA, &transfer);
-		curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-		curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, check_interrupts);
-		curl_easy_setopt(curl, CURLOPT_XFERINFODATA, NULL);
-		if (has_body)
-		{
-			curl_easy_setopt(curl, CURLOPT_POST, 1L);
-			curl_easy_setopt(curl, CURLOPT_POSTFIELDS, form ? form : "");
-		}
-		else if (strcmp(method, "GET") != 0)
-			curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
-
 		code = curl_easy_perform(curl);
-		if (code == CURLE_OK)
-		{
-			long		status;
-
-			curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-			response->status = (int) status;
-		}
 	}
 	PG_FINALLY();
 	{
@@ -287,14 +346,174 @@ sb_http_request(const char *method, const char *path, const char *form,
 
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		CHECK_FOR_INTERRUPTS();	/* raises the cancel, timeout or termination */
-	if (code != CURLE_OK)
-	{
-		response->network_error = pstrdup(errbuf[0] ? errbuf : curl_easy_strerror(code));
-		response->timed_out = code == CURLE_OPERATION_TIMEDOUT;
-	}
-
+	finish_response(curl, code, errbuf, response);
 	response->body = transfer.body->data;
 	response->body_len = transfer.body->len;
+	return response;
+}
+
+/*
+ * A GET that runs in the background while the backend does other work (the
+ * worker fetches the next page of events while it applies this one).  At
+ * most one per backend, on a handle and multi handle of its own, its
+ * response collected in a memory context of its own until it is taken.
+ */
+static struct
+{
+	CURLM	   *multi;
+	CURL	   *handle;
+	MemoryContext context;
+	char	   *request;		/* "path?query" in flight, or NULL */
+	struct curl_slist *headers;
+	Transfer	transfer;
+	char		errbuf[CURL_ERROR_SIZE];
+} prefetch;
+
+/* Forgets the background request, finished or not. */
+static void
+drop_prefetch(void)
+{
+	if (prefetch.request == NULL)
+		return;
+	curl_multi_remove_handle(prefetch.multi, prefetch.handle);
+	curl_easy_setopt(prefetch.handle, CURLOPT_HTTPHEADER, NULL);
+	curl_slist_free_all(prefetch.headers);
+	prefetch.headers = NULL;
+	prefetch.request = NULL;
+	MemoryContextReset(prefetch.context);
+}
+
+/*
+ * Moves the background transfer on; with wait, until it is finished.
+ * Returns whether it is finished.  Interrupts raise (the request dropped).
+ */
+static bool
+pump_prefetch(bool wait)
+{
+	MemoryContext oldcontext = MemoryContextSwitchTo(prefetch.context);
+	int			running = 1;
+
+	PG_TRY();
+	{
+		for (;;)
+		{
+			if (curl_multi_perform(prefetch.multi, &running) != CURLM_OK || running == 0 || !wait)
+				break;
+			/* (a signal's latch set does not wake poll: 100 ms at most) */
+			(void) curl_multi_poll(prefetch.multi, NULL, 0, 100, NULL);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		drop_prefetch();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcontext);
+	return running == 0;
+}
+
+/*
+ * Starts GET path?query in the background, replacing any earlier one.  Does
+ * nothing when the settings would refuse it: the request made the usual way
+ * will say why.
+ */
+void
+sb_http_prefetch(const char *path, const char *query)
+{
+	MemoryContext oldcontext;
+	char	   *url;
+
+	drop_prefetch();
+	if (sb_api_key == NULL || sb_api_key[0] == '\0')
+		return;
+	sb_check_api_base(sb_api_base);
+
+	if (prefetch.context == NULL)
+	{
+		prefetch.context = AllocSetContextCreate(TopMemoryContext, "stripe_billing prefetch",
+												 ALLOCSET_DEFAULT_SIZES);
+		prefetch.multi = curl_multi_init();
+		prefetch.handle = curl_easy_init();
+		if (prefetch.multi == NULL || prefetch.handle == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
+	}
+	else
+		curl_easy_reset(prefetch.handle);	/* keeps the multi's connections */
+
+	oldcontext = MemoryContextSwitchTo(prefetch.context);
+	url = request_url(path, query);
+	prefetch.transfer.body = makeStringInfo();
+	prefetch.transfer.response = palloc0(sizeof(SbHttpResponse));
+	prefetch.errbuf[0] = '\0';
+	prefetch.headers = build_headers(NULL, false);
+	prefetch.request = psprintf("%s?%s", path, query);
+	MemoryContextSwitchTo(oldcontext);
+
+	set_options(prefetch.handle, "GET", url, NULL, prefetch.headers,
+				&prefetch.transfer, prefetch.errbuf);
+	if (curl_multi_add_handle(prefetch.multi, prefetch.handle) != CURLM_OK)
+	{
+		prefetch.request = NULL;	/* not added: only the list to free */
+		curl_easy_setopt(prefetch.handle, CURLOPT_HTTPHEADER, NULL);
+		curl_slist_free_all(prefetch.headers);
+		prefetch.headers = NULL;
+		MemoryContextReset(prefetch.context);
+		return;
+	}
+	(void) pump_prefetch(false);	/* the request goes out now */
+}
+
+/*
+ * The response to GET path?query if that is the request started in the
+ * background (waiting for it to finish), in the caller's memory context;
+ * NULL if it is not.  Either way the background request is gone after.
+ */
+SbHttpResponse *
+sb_http_take_prefetched(const char *path, const char *query)
+{
+	SbHttpResponse *response;
+	SbHttpResponse *done;
+	CURLMsg    *msg;
+	int			left;
+	CURLcode	code = CURLE_RECV_ERROR;
+
+	if (prefetch.request == NULL)
+		return NULL;
+	if (strncmp(prefetch.request, path, strlen(path)) != 0 ||
+		prefetch.request[strlen(path)] != '?' ||
+		strcmp(prefetch.request + strlen(path) + 1, query) != 0)
+	{
+		drop_prefetch();
+		return NULL;
+	}
+
+	(void) pump_prefetch(true);
+	while ((msg = curl_multi_info_read(prefetch.multi, &left)) != NULL)
+		if (msg->msg == CURLMSG_DONE && msg->easy_handle == prefetch.handle)
+			code = msg->data.result;
+	if (code == CURLE_ABORTED_BY_CALLBACK)
+	{
+		drop_prefetch();
+		CHECK_FOR_INTERRUPTS();
+		return NULL;
+	}
+
+	/* copied out of the prefetch context, which is then reset */
+	done = prefetch.transfer.response;
+	response = palloc0(sizeof(SbHttpResponse));
+	finish_response(prefetch.handle, code, prefetch.errbuf, response);
+	response->body = pnstrdup(prefetch.transfer.body->data, prefetch.transfer.body->len);
+	response->body_len = prefetch.transfer.body->len;
+	response->request_id = done->request_id ? pstrdup(done->request_id) : NULL;
+	response->date = done->date ? pstrdup(done->date) : NULL;
+	response->retry_after = done->retry_after ? pstrdup(done->retry_after) : NULL;
+	response->should_retry = done->should_retry ? pstrdup(done->should_retry) : NULL;
+	drop_prefetch();
 	return response;
 }
 

@@ -78,6 +78,8 @@ typedef struct SbHttpResponse
 extern void sb_check_api_base(const char *base);
 extern SbHttpResponse *sb_http_request(const char *method, const char *path,
 									   const char *form, const char *idempotency_key);
+extern void sb_http_prefetch(const char *path, const char *query);
+extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *query);
 extern char *sb_form_encode(Jsonb *params);
 extern void sb_form_append(StringInfo form, const char *name, const char *value);
 

@@ -236,7 +236,7 @@ stripe_billing_worker_main(Datum arg)
 		for (int page = 0; page < PAGES_PER_CYCLE; page++)
 		{
 			result = run_step("stripe_billing: polling /v1/events",
-							  "SELECT has_more FROM stripe_billing._poll_page()", &sqlerrcode);
+							  "SELECT has_more FROM stripe_billing._poll_page(true)", &sqlerrcode);
 			CHECK_FOR_INTERRUPTS();
 			/* a page that got through is progress: failures start over */
 			if (result == STEP_MORE || result == STEP_DONE)

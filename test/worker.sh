@@ -270,7 +270,8 @@ check_signals() {
 
 check_catch_up() {
     begin
-    local problems=() first last t0 ms=never rate=? objects mismatched ties outcomes
+    local problems=() first last t0 ms=never rate=? objects mismatched ties outcomes gets
+    fake DELETE /_fake/requests >/dev/null
     generate 10000 1000 100
     first=$gen_first last=$gen_last
     t0=$(now_ms)
@@ -280,7 +281,13 @@ check_catch_up() {
     else
         problems+=(" not caught up after 90 s: $(pending) events missing")
     fi
-    echo "      catch-up: 10000 events in ${ms} ms = ${rate} events/s"
+    # 100 pages: each fetched once (a page is requested in the background
+    # while the one before it is applied, and that response is the one used),
+    # plus the idle polls of a 200 ms poll_interval around the batch
+    gets=$(fake GET '/_fake/requests?path=/v1/events' | jq length)
+    [ "$gets" -ge 100 ] && [ "$gets" -le 112 ] ||
+        problems+=(" $gets requests to /v1/events for 100 pages (expected 100 to 112)")
+    echo "      catch-up: 10000 events in ${ms} ms = ${rate} events/s, $gets requests to /v1/events"
     local diff; diff=$(ledger_vs_fake)
     [ -n "$diff" ] && problems+=(" $diff")
     IFS='|' read -r objects mismatched ties < <(sql "SELECT * FROM wtest.last_event_check('$first', '$last')" | tr -d ' ')
