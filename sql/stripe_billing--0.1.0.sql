@@ -1416,6 +1416,7 @@ DECLARE
   page jsonb;
   first_page jsonb;
   oldest jsonb;
+  outcome text;
 BEGIN
   SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
   UPDATE stripe_billing.sync_state SET last_poll_at = now();
@@ -1464,7 +1465,8 @@ BEGIN
   events := jsonb_array_length(page);
   -- the page is newest first: apply it oldest first
   FOR i IN REVERSE events - 1 .. 0 LOOP
-    PERFORM stripe_billing.stripe_apply_event(page->i, 'poll');
+    -- (an assignment is a simple expression: no executor per event, as PERFORM has)
+    outcome := stripe_billing.stripe_apply_event(page->i, 'poll');
   END LOOP;
   UPDATE stripe_billing.sync_state
      SET event_cursor = coalesce(page->0->>'id', event_cursor),
