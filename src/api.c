@@ -49,8 +49,8 @@ is_json(char *text, int len)
 }
 
 /* A string field of a jsonb object, or NULL. */
-static char *
-object_string(Jsonb *object, const char *key)
+char *
+sb_object_string(Jsonb *object, const char *key)
 {
 	JsonbValue	buf;
 	JsonbValue *v;
@@ -102,10 +102,10 @@ static void
 report_failure(const char *method, const char *path, SbHttpResponse *r, Jsonb *body)
 {
 	Jsonb	   *error = error_object(body);
-	char	   *type = object_string(error, "type");
-	char	   *code = object_string(error, "code");
-	char	   *param = object_string(error, "param");
-	char	   *message = object_string(error, "message");
+	char	   *type = sb_object_string(error, "type");
+	char	   *code = sb_object_string(error, "code");
+	char	   *param = sb_object_string(error, "param");
+	char	   *message = sb_object_string(error, "message");
 
 	if (r->status == 0)
 		ereport(ERROR,
@@ -254,7 +254,7 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 	/* whatever Stripe returned, the caller's next query sees it */
 	if (JB_ROOT_IS_OBJECT(body))
 	{
-		char	   *kind = object_string(body, "object");
+		char	   *kind = sb_object_string(body, "object");
 
 		if (kind && sb_object_kind_is_known(kind))
 		{
@@ -286,6 +286,32 @@ stripe_api(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The cursor of the page after a page of events: its newest event's id, if
+ * Stripe says more are waiting (has_more); else NULL.
+ */
+static char *
+newer_page_cursor(Jsonb *page)
+{
+	JsonbValue	buf;
+	JsonbValue *v;
+	JsonbValue *newest;
+
+	if (!JB_ROOT_IS_OBJECT(page))
+		return NULL;
+	v = getKeyJsonValueFromContainer(&page->root, "has_more", 8, &buf);
+	if (v == NULL || v->type != jbvBool || !v->val.boolean)
+		return NULL;
+	v = getKeyJsonValueFromContainer(&page->root, "data", 4, &buf);
+	if (v == NULL || v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data) ||
+		JsonContainerSize(v->val.binary.data) == 0)
+		return NULL;
+	newest = getIthJsonbValueFromContainer(v->val.binary.data, 0);
+	if (newest->type != jbvBinary || !JsonContainerIsObject(newest->val.binary.data))
+		return NULL;
+	return sb_object_string(JsonbValueToJsonb(newest), "id");
+}
+
+/*
  * stripe_billing._events_page(cursor text, prefetch_next boolean) -> jsonb
  *
  * GET /v1/events?limit=100&ending_before=cursor: the page of events just
@@ -305,9 +331,8 @@ stripe_events_page(PG_FUNCTION_ARGS)
 	bool		prefetch_next = PG_GETARG_BOOL(1);
 	StringInfoData query;
 	SbHttpResponse *r;
-	Jsonb	   *page = NULL;
-	JsonbValue	buf;
-	JsonbValue *v;
+	Jsonb	   *page;
+	char	   *next;
 
 	initStringInfo(&query);
 	sb_form_append(&query, "limit", "100");
@@ -320,26 +345,12 @@ stripe_events_page(PG_FUNCTION_ARGS)
 	else
 		page = sb_stripe_call_form("GET", "/v1/events", query.data, NULL);
 
-	if (prefetch_next && JB_ROOT_IS_OBJECT(page) &&
-		(v = getKeyJsonValueFromContainer(&page->root, "has_more", 8, &buf)) != NULL &&
-		v->type == jbvBool && v->val.boolean &&
-		(v = getKeyJsonValueFromContainer(&page->root, "data", 4, &buf)) != NULL &&
-		v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data) &&
-		JsonContainerSize(v->val.binary.data) > 0)
+	if (prefetch_next && (next = newer_page_cursor(page)) != NULL)
 	{
-		JsonbValue *newest = getIthJsonbValueFromContainer(v->val.binary.data, 0);
-		JsonbValue	id_buf;
-		JsonbValue *id = newest->type == jbvBinary ?
-			getKeyJsonValueFromContainer(newest->val.binary.data, "id", 2, &id_buf) : NULL;
-
-		if (id && id->type == jbvString)
-		{
-			resetStringInfo(&query);
-			sb_form_append(&query, "limit", "100");
-			sb_form_append(&query, "ending_before",
-						   pnstrdup(id->val.string.val, id->val.string.len));
-			sb_http_prefetch("/v1/events", query.data);
-		}
+		resetStringInfo(&query);
+		sb_form_append(&query, "limit", "100");
+		sb_form_append(&query, "ending_before", next);
+		sb_http_prefetch("/v1/events", query.data);
 	}
 	PG_RETURN_JSONB_P(page);
 }

@@ -5,7 +5,7 @@
  *
  * This is the call an application makes on a user's request path, so it is
  * written in C: the arguments are checked here, the user's customer is
- * found by one saved plan, the form is built directly (no jsonb on the way
+ * found through one saved plan, the form is built directly (no jsonb on the way
  * out), and sb_stripe_call_form sends it and applies the returned session
  * to checkout_sessions through the same mapping as its events.
  *
@@ -71,7 +71,7 @@ optional_text(FunctionCallInfo fcinfo, int argno)
 	return value && value[0] ? value : NULL;
 }
 
-/* The user's known customer (as _customer_of), or NULL. */
+/* The user's known customer (stripe_billing._customer_of), or NULL. */
 static char *
 known_customer(const char *user_ref)
 {
@@ -85,10 +85,7 @@ known_customer(const char *user_ref)
 	if (plan == NULL)
 	{
 		Oid			type = TEXTOID;
-		SPIPlanPtr	p = SPI_prepare("SELECT c.id FROM stripe_billing.customers c"
-									" WHERE c.user_ref = $1 AND NOT c.deleted"
-									" ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1",
-									1, &type);
+		SPIPlanPtr	p = SPI_prepare("SELECT stripe_billing._customer_of($1)", 1, &type);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -160,16 +157,14 @@ append_metadata(StringInfo form, Jsonb *metadata)
 	}
 }
 
-/* A string field of the returned session, or NULL. */
+/* A string field of the returned session as text, or NULL. */
 static Datum
 session_text(Jsonb *session, const char *key, bool *isnull)
 {
-	JsonbValue	buf;
-	JsonbValue *v = getKeyJsonValueFromContainer(&session->root, key, strlen(key), &buf);
+	char	   *value = sb_object_string(session, key);
 
-	*isnull = v == NULL || v->type != jbvString;
-	return *isnull ? (Datum) 0 :
-		PointerGetDatum(cstring_to_text_with_len(v->val.string.val, v->val.string.len));
+	*isnull = value == NULL;
+	return value ? CStringGetTextDatum(value) : (Datum) 0;
 }
 
 /* A Unix-time field of the returned session as timestamptz, or NULL. */

@@ -348,19 +348,13 @@ get_mapper(const char *kind)
 	}
 	if (!mapper->valid)
 	{
-		Oid			types[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+		Oid			with_type[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+		Oid			without_type[3] = {JSONBOID, TEXTOID, TIMESTAMPTZOID};
 		List	   *name = list_make2(makeString("stripe_billing"),
 									  makeString(unconstify(char *, mapper->function)));
-		Oid			fn;
-
-		if (mapper->takes_type)
-			fn = LookupFuncName(name, 4, types, false);
-		else
-		{
-			types[1] = TEXTOID;
-			types[2] = TIMESTAMPTZOID;
-			fn = LookupFuncName(name, 3, types, false);
-		}
+		Oid			fn = mapper->takes_type ?
+			LookupFuncName(name, 4, with_type, false) :
+			LookupFuncName(name, 3, without_type, false);
 		fmgr_info_cxt(fn, &mapper->flinfo, TopMemoryContext);
 		mapper->valid = true;
 	}

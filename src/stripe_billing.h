@@ -86,6 +86,7 @@ extern void sb_form_append(StringInfo form, const char *name, const char *value)
 /* api.c */
 extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params,
 							 const char *idempotency_key);
+extern char *sb_object_string(Jsonb *object, const char *key);
 extern Jsonb *sb_stripe_call_form(const char *method, const char *path, const char *form,
 								  const char *idempotency_key);
 
