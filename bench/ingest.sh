@@ -16,7 +16,7 @@ trap 'cluster_stop "$work/pg"' EXIT
 # durable commits, as in production
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "fsync = on" \
     "max_connections = 50" "shared_buffers = 512MB"
-fixture=../shared/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json
+fixture=test/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json
 PGBENCH=$PG_BINDIR/pgbench
 
 psql -X -q -v ON_ERROR_STOP=1 -v total="$total" -v template="$(cat "$fixture")" <<'SQL'

@@ -18,7 +18,7 @@ echo "== starting a throwaway cluster (shared_preload_libraries = 'stripe_billin
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'"
 
 secret="whsec_demo_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-payload=$(cat ../shared/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json)
+payload=$(cat test/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json)
 # Sign it as Stripe would, with the official SDK.
 header=$(PAYLOAD="$payload" SECRET="$secret" NODE_PATH=test/node/node_modules node -e '
   const stripe = require("stripe")("sk_test_unused");

@@ -22,7 +22,7 @@ SELECT count(*) FROM events WHERE id = 'evt_ledger_2';
 SELECT stripe_apply_event(jsonb_set(:'ev', '{id}', '"evt_ledger_2"'), 'webhook');
 
 -- a real Stripe payload, api_version null (stripe/openapi fixture)
-\set plan_created `cat ../shared/fixtures/events/stripe-openapi/plan.created.json`
+\set plan_created `cat test/fixtures/events/stripe-openapi/plan.created.json`
 SELECT stripe_apply_event(:'plan_created');
 SELECT id, type, api_version, created FROM events WHERE type = 'plan.created';
 

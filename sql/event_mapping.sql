@@ -1,12 +1,12 @@
--- Every fixture event (../shared/fixtures/events) and every current-shape
--- API object (../shared/fixtures/objects/stripe-openapi) applied, and the
+-- Every fixture event (test/fixtures/events) and every current-shape
+-- API object (test/fixtures/objects/stripe-openapi) applied, and the
 -- rows they produce.  The supabase fixtures reuse event ids across files, so
 -- each gets a fresh id; the one live-mode fixture is applied as test mode.
 CREATE EXTENSION stripe_billing;
 SET search_path = stripe_billing, public;
 
-\set events_b64 `for f in ../shared/fixtures/events/*/*.json; do printf '%s\t%s\n' "$(basename "$f" .json)" "$(base64 -w0 "$f")"; done`
-\set objects_b64 `for f in ../shared/fixtures/objects/stripe-openapi/*.json; do printf '%s\t%s\n' "$(basename "$f" .json)" "$(base64 -w0 "$f")"; done`
+\set events_b64 `for f in test/fixtures/events/*/*.json; do printf '%s\t%s\n' "$(basename "$f" .json)" "$(base64 -w0 "$f")"; done`
+\set objects_b64 `for f in test/fixtures/objects/stripe-openapi/*.json; do printf '%s\t%s\n' "$(basename "$f" .json)" "$(base64 -w0 "$f")"; done`
 
 CREATE TEMP TABLE fixture_events AS
 SELECT split_part(line, E'\t', 1) AS name,

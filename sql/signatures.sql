@@ -1,15 +1,15 @@
 -- Webhook signatures: the official SDKs' scheme, checked against the
--- vectors the stripe SDK made (../shared/fixtures/signature_vectors.json)
+-- vectors the stripe SDK made (test/fixtures/signature_vectors.json)
 -- and against pgcrypto's HMAC as an independent signer.
 CREATE EXTENSION stripe_billing;
 CREATE EXTENSION pgcrypto;
 SET search_path = stripe_billing, public;
 
-\set fixtures ../shared/fixtures
-\set vectors_json `cat ../shared/fixtures/signature_vectors.json`
-\set file_sub `base64 -w0 ../shared/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json`
-\set file_checkout `base64 -w0 ../shared/fixtures/events/supabase-stripe-sync-engine/checkout.session.completed.json`
-\set file_summary `base64 -w0 ../shared/fixtures/events/supabase-stripe-sync-engine/entitlements.active_entitlement_summary.updated.json`
+\set fixtures test/fixtures
+\set vectors_json `cat test/fixtures/signature_vectors.json`
+\set file_sub `base64 -w0 test/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json`
+\set file_checkout `base64 -w0 test/fixtures/events/supabase-stripe-sync-engine/checkout.session.completed.json`
+\set file_summary `base64 -w0 test/fixtures/events/supabase-stripe-sync-engine/entitlements.active_entitlement_summary.updated.json`
 
 CREATE TEMP TABLE fixture_files (path text PRIMARY KEY, body bytea NOT NULL);
 INSERT INTO fixture_files VALUES

@@ -379,17 +379,22 @@ AS $$ SELECT pg_catalog.to_timestamp((v OPERATOR(pg_catalog.#>>) '{}')::bigint) 
 CREATE FUNCTION stripe_billing._id(v jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-  SELECT CASE pg_catalog.jsonb_typeof(v) WHEN 'object' THEN v OPERATOR(pg_catalog.->>) 'id'
-                                         ELSE v OPERATOR(pg_catalog.#>>) '{}' END
+  SELECT CASE WHEN pg_catalog.jsonb_typeof(v) OPERATOR(pg_catalog.=) 'object'
+              THEN v OPERATOR(pg_catalog.->>) 'id'
+              ELSE v OPERATOR(pg_catalog.#>>) '{}' END
 $$;
 
 -- The application's user named in metadata, if any.
 CREATE FUNCTION stripe_billing._user_ref(metadata jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-  SELECT coalesce(nullif(metadata OPERATOR(pg_catalog.->>) 'user_ref', ''),
-                  nullif(metadata OPERATOR(pg_catalog.->>) 'user_id', ''),
-                  nullif(metadata OPERATOR(pg_catalog.->>) 'userId', ''))
+  -- (one expression, qualified: it is inlined into the mappings)
+  SELECT coalesce(CASE WHEN metadata OPERATOR(pg_catalog.->>) 'user_ref' OPERATOR(pg_catalog.<>) ''
+                       THEN metadata OPERATOR(pg_catalog.->>) 'user_ref' END,
+                  CASE WHEN metadata OPERATOR(pg_catalog.->>) 'user_id' OPERATOR(pg_catalog.<>) ''
+                       THEN metadata OPERATOR(pg_catalog.->>) 'user_id' END,
+                  CASE WHEN metadata OPERATOR(pg_catalog.->>) 'userId' OPERATOR(pg_catalog.<>) ''
+                       THEN metadata OPERATOR(pg_catalog.->>) 'userId' END)
 $$;
 
 -- May a snapshot taken at new_created overwrite a row written at
@@ -411,6 +416,7 @@ CREATE FUNCTION stripe_billing._link_customer(customer_id text, new_user_ref tex
                                               ev_type text DEFAULT 'customer.link')
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   old_user_ref text;
@@ -430,6 +436,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_customer(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   deleting boolean := ev_type = 'customer.deleted' OR coalesce((o->>'deleted')::boolean, false);
@@ -461,6 +468,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_product(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   deleting boolean := ev_type = 'product.deleted' OR coalesce((o->>'deleted')::boolean, false);
@@ -488,6 +496,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_price(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   is_plan boolean := o->>'object' = 'plan';
@@ -528,6 +537,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   sid text := o->>'id';
@@ -612,6 +622,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_invoice(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   deleting boolean := ev_type = 'invoice.deleted' OR o->>'status' = 'deleted';
@@ -655,6 +666,7 @@ $$;
 CREATE FUNCTION stripe_billing._upsert_payment(p stripe_billing.payments, terminal_statuses text[])
 RETURNS boolean
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   INSERT INTO stripe_billing.payments AS t
@@ -684,6 +696,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_payment(o jsonb, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   p stripe_billing.payments;
@@ -750,6 +763,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_checkout_session(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   user_ref text := coalesce(nullif(o->>'client_reference_id', ''), stripe_billing._user_ref(o->'metadata'));
@@ -791,6 +805,7 @@ $$;
 CREATE FUNCTION stripe_billing._apply_entitlement_summary(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   customer_id text := o->>'customer';
@@ -842,7 +857,8 @@ REVOKE ALL ON FUNCTION stripe_billing.stripe_link_customer(text, text) FROM PUBL
 -- Applies one recorded event again and records the new outcome.
 CREATE FUNCTION stripe_billing._reapply_event(id text) RETURNS text
 AS 'MODULE_PATHNAME', 'stripe_reapply_event'
-LANGUAGE C STRICT VOLATILE;
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing._reapply_event(text) FROM PUBLIC;
 
 -- Re-applies failed events, oldest first; returns each one's new outcome.
@@ -940,9 +956,11 @@ CREATE FUNCTION stripe_billing._access_ends(status text, cancel_at_period_end bo
 RETURNS timestamptz
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-  SELECT least(period_end + current_setting('stripe_billing.access_slack')::interval,
-               CASE WHEN status = 'past_due'
-                    THEN period_end + current_setting('stripe_billing.past_due_grace')::interval END,
+  SELECT least(period_end OPERATOR(pg_catalog.+)
+                 pg_catalog.current_setting('stripe_billing.access_slack')::interval,
+               CASE WHEN status OPERATOR(pg_catalog.=) 'past_due'
+                    THEN period_end OPERATOR(pg_catalog.+)
+                         pg_catalog.current_setting('stripe_billing.past_due_grace')::interval END,
                CASE WHEN cancel_at_period_end THEN period_end END,
                cancel_at)
 $$;
@@ -952,6 +970,7 @@ $$;
 CREATE FUNCTION stripe_billing._refresh_user_features(target text, customer_id text DEFAULT NULL,
                                                       ev_type text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   notified text;
@@ -1009,6 +1028,7 @@ $$;
 CREATE FUNCTION stripe_billing._refresh_customer_features(customer_id text, ev_type text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM stripe_billing._refresh_user_features(c.user_ref, c.id, ev_type)
@@ -1148,6 +1168,7 @@ REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) FROM P
 -- (PL/pgSQL, not SQL: its plan is cached across transactions.)
 CREATE FUNCTION stripe_billing._customer_of(target text) RETURNS text
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RETURN (SELECT c.id FROM stripe_billing.customers c
@@ -1159,6 +1180,7 @@ $$;
 -- Raises an invalid_parameter_value error naming the argument.
 CREATE FUNCTION stripe_billing._bad_argument(argument text, problem text) RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   RAISE EXCEPTION '% %', argument, problem USING ERRCODE = 'invalid_parameter_value';
@@ -1405,11 +1427,13 @@ SELECT s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_
 -- next page's request starts in the background (see api.c).
 CREATE FUNCTION stripe_billing._events_page(event_cursor text, prefetch_next boolean) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_events_page'
-LANGUAGE C STRICT VOLATILE;
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
                                           OUT events integer, OUT has_more boolean)
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   st stripe_billing.sync_state;
@@ -1480,6 +1504,7 @@ $$;
 -- entitlement summaries cut short) and applies it; returns how many.
 CREATE FUNCTION stripe_billing._refetch_marked(max_rows integer) RETURNS integer
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   r record;
@@ -1543,6 +1568,7 @@ $$;
 -- failed events (every 5 minutes), re-fetch marked rows.
 CREATE FUNCTION stripe_billing._sync_duties() RETURNS jsonb
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   usage_sent integer;

@@ -60,15 +60,15 @@ SELECT stripe_handle_webhook(b, pg_temp.stripe_header(b, 'whsec_new'))
 
 -- a real Stripe delivery, byte for byte, with the header the stripe SDK made
 -- for it (signed long ago, so the age check is off here)
-\set vectors_json `cat ../shared/fixtures/signature_vectors.json`
-\set file_sub `base64 -w0 ../shared/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json`
+\set vectors_json `cat test/fixtures/signature_vectors.json`
+\set file_sub `base64 -w0 test/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json`
 SET stripe_billing.webhook_secret = 'whsec_test_secret';
 SET stripe_billing.webhook_tolerance = 0;
 SELECT stripe_handle_webhook(decode(:'file_sub', 'base64'), v->>'header')
   FROM jsonb_array_elements(:'vectors_json'::jsonb->'vectors') v
  WHERE v->>'payload_file' LIKE '%customer.subscription.updated.json';
 -- the checkout fixture is a live-mode event: refused in this test-mode database
-\set file_checkout `base64 -w0 ../shared/fixtures/events/supabase-stripe-sync-engine/checkout.session.completed.json`
+\set file_checkout `base64 -w0 test/fixtures/events/supabase-stripe-sync-engine/checkout.session.completed.json`
 SELECT stripe_handle_webhook(convert_from(decode(:'file_checkout', 'base64'), 'UTF8'), v->>'header')
   FROM jsonb_array_elements(:'vectors_json'::jsonb->'vectors') v
  WHERE v->>'payload_file' LIKE '%checkout.session.completed.json';

@@ -4,8 +4,12 @@
  *	  Module entry point: settings, and keeping the secret ones secret.
  *
  * stripe_billing.api_key and stripe_billing.webhook_secret may be set by
- * superusers only, are shown masked to everyone else, and are scrubbed from
- * every message this process emits (server log and client alike).
+ * superusers only, in postgresql.conf, ALTER SYSTEM or SET (never ALTER
+ * DATABASE/ROLE ... SET: pg_db_role_setting is readable by every role), are
+ * shown to superusers only (SHOW masks them for others, pg_settings and SHOW
+ * ALL leave them out), and are scrubbed from every message this process
+ * emits (server log and client alike) and from error texts the extension
+ * stores.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,7 +39,9 @@ int			sb_connect_timeout = 5000;
 int			sb_request_timeout = 30000;
 int			sb_max_network_retries = 1;
 char	   *sb_database = NULL;
+char	   *sb_worker_role = NULL;
 int			sb_poll_interval = 10000;
+int			sb_max_response_size = 64 * 1024;	/* kB */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -77,18 +83,6 @@ static const char *
 show_api_key(void)
 {
 	return show_secret(sb_api_key);
-}
-
-/* Case-insensitive strstr for ASCII needles. */
-static char *
-find_ci(const char *haystack, const char *needle)
-{
-	size_t		n = strlen(needle);
-
-	for (; *haystack; haystack++)
-		if (pg_strncasecmp(haystack, needle, n) == 0)
-			return unconstify(char *, haystack);
-	return NULL;
 }
 
 /* Separators of a secret list (stripe_billing.webhook_secret). */
@@ -135,6 +129,48 @@ mask_configured(char *s, const char *list)
 
 	while ((p = find_configured(s, list, &n)) != NULL)
 		memset(p, '*', n);
+}
+
+/*
+ * Finds the next mention in s of a secret setting's name, also quoted or
+ * spaced as SQL allows ("stripe_billing" . "api_key"); sets *end to just
+ * after it.
+ */
+static char *
+find_secret_setting(const char *s, char **end)
+{
+	for (const char *p = s; *p; p++)
+	{
+		const char *q = p;
+		bool		quoted;
+
+		quoted = *q == '"';
+		q += quoted;
+		if (pg_strncasecmp(q, "stripe_billing", 14) != 0)
+			continue;
+		q += 14;
+		if (quoted && *q++ != '"')
+			continue;
+		q += strspn(q, " \t");
+		if (*q++ != '.')
+			continue;
+		q += strspn(q, " \t");
+		quoted = *q == '"';
+		q += quoted;
+		for (int i = 0; i < lengthof(secret_settings); i++)
+		{
+			const char *name = secret_settings[i] + 15;	/* after "stripe_billing." */
+			size_t		n = strlen(name);
+
+			if (pg_strncasecmp(q, name, n) == 0 &&
+				(quoted ? q[n] == '"' : !(isalnum((unsigned char) q[n]) || q[n] == '_')))
+			{
+				*end = unconstify(char *, q + n + quoted);
+				return unconstify(char *, p);
+			}
+		}
+	}
+	return NULL;
 }
 
 /*
@@ -200,12 +236,18 @@ scrub_text(char *s)
 	 * yet (log_statement's "statement: SET ... = '...'", a reload's
 	 * "parameter ... changed to ...", set_config('...', '...')).
 	 */
-	for (int i = 0; i < lengthof(secret_settings); i++)
-		for (p = find_ci(s, secret_settings[i]); p; p = find_ci(p, secret_settings[i]))
-		{
-			p += strlen(secret_settings[i]);
-			p = mask_assigned_value(p);
-		}
+	for (char *end; (p = find_secret_setting(s, &end)) != NULL; s = p)
+		p = mask_assigned_value(end);
+}
+
+/*
+ * Scrubs secrets from a text the extension stores or raises (an upstream
+ * error may echo a header), in place.
+ */
+void
+sb_scrub_secrets(char *s)
+{
+	scrub_text(s);
 }
 
 /* Does this statement text carry, or name, a secret? */
@@ -213,15 +255,15 @@ static bool
 mentions_secret(const char *query)
 {
 	size_t		n;
+	char	   *end;
 
 	if (query == NULL)
 		return false;
 	for (int i = 0; i < lengthof(secret_prefixes); i++)
 		if (strstr(query, secret_prefixes[i]) != NULL)
 			return true;
-	for (int i = 0; i < lengthof(secret_settings); i++)
-		if (find_ci(query, secret_settings[i]) != NULL)
-			return true;
+	if (find_secret_setting(query, &end) != NULL)
+		return true;
 	return find_configured(query, sb_webhook_secret, &n) != NULL ||
 		find_configured(query, sb_api_key, &n) != NULL;
 }
@@ -247,6 +289,43 @@ scrub_secrets_hook(ErrorData *edata)
 		edata->hide_stmt = true;
 }
 
+/*
+ * check_hook of the secret settings: refuse values stored where other roles
+ * can read them.  ALTER DATABASE/ROLE ... SET (and a function's SET clause)
+ * validate with PGC_S_TEST and land in a catalog every role reads; values
+ * already there arrive with their own sources at session start.
+ */
+static bool
+check_secret_source(char **newval, void **extra, GucSource source)
+{
+	if (source == PGC_S_TEST || source == PGC_S_DATABASE ||
+		source == PGC_S_USER || source == PGC_S_DATABASE_USER)
+	{
+		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+		GUC_check_errmsg("secret settings of stripe_billing cannot be set per database, role or function");
+		GUC_check_errdetail("pg_db_role_setting and pg_proc are readable by every role.");
+		GUC_check_errhint("Use postgresql.conf or ALTER SYSTEM.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * check_hook of settings sent in a request header (stripe_billing.api_version):
+ * printable ASCII only, so nothing can end the header line.
+ */
+static bool
+check_header_value(char **newval, void **extra, GucSource source)
+{
+	for (const char *p = *newval; p && *p; p++)
+		if (*p < 0x20 || *p > 0x7e)
+		{
+			GUC_check_errdetail("The value is sent in a request header: printable ASCII characters only.");
+			return false;
+		}
+	return true;
+}
+
 /* Module load: define settings and install the scrubbing hook. */
 void
 _PG_init(void)
@@ -257,8 +336,8 @@ _PG_init(void)
 							   &sb_webhook_secret,
 							   "",
 							   PGC_SUSET,
-							   GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
-							   NULL, NULL, show_webhook_secret);
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   check_secret_source, NULL, show_webhook_secret);
 
 	DefineCustomStringVariable("stripe_billing.api_key",
 							   "Stripe secret API key.",
@@ -266,8 +345,8 @@ _PG_init(void)
 							   &sb_api_key,
 							   "",
 							   PGC_SUSET,
-							   GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
-							   NULL, NULL, show_api_key);
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   check_secret_source, NULL, show_api_key);
 
 	DefineCustomBoolVariable("stripe_billing.livemode",
 							 "Accept live-mode events (on) or test-mode events (off).",
@@ -330,7 +409,7 @@ _PG_init(void)
 							   "2025-03-31.basil",
 							   PGC_SUSET,
 							   0,
-							   NULL, NULL, NULL);
+							   check_header_value, NULL, NULL);
 
 	DefineCustomIntVariable("stripe_billing.connect_timeout",
 							"Time allowed to connect to the Stripe API.",
@@ -367,6 +446,24 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stripe_billing.worker_role",
+							   "Role the background worker runs as; empty: the bootstrap superuser.",
+							   "It needs LOGIN and EXECUTE on stripe_billing._worker_step(text); a restart applies a change.",
+							   &sb_worker_role,
+							   "",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.max_response_size",
+							"Largest Stripe API response body accepted.",
+							NULL,
+							&sb_max_response_size,
+							64 * 1024, 64, 1024 * 1024,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("stripe_billing.poll_interval",
 							"Time between the background worker's polls of /v1/events.",

@@ -56,7 +56,11 @@ extern int	sb_connect_timeout;
 extern int	sb_request_timeout;
 extern int	sb_max_network_retries;
 extern char *sb_database;
+extern char *sb_worker_role;
 extern int	sb_poll_interval;
+extern int	sb_max_response_size;	/* kB */
+
+extern void sb_scrub_secrets(char *s);
 
 /* worker.c */
 extern void sb_register_worker(void);
