@@ -13,9 +13,20 @@
  * others when they next accept invalidation messages, which we make them do
  * once per statement.  A check is then a hash lookup and a time comparison.
  *
- * Lookups read the table through its primary key index, with the query's
- * snapshot, and write nothing: checks work on a hot standby, where replayed
- * commits carry the same invalidations.
+ * A cached answer must never outlive the truth it caches.  So a lookup does
+ * not read with the query's snapshot (inside a REPEATABLE READ transaction,
+ * or a statement that began before a revocation committed, that snapshot
+ * predates the revocation whose invalidation we have just accepted, and the
+ * stale answer would then be served to every later transaction): like the
+ * catalog caches, it reads with a fresh catalog snapshot, taken after the
+ * invalidations were accepted.  A commit not visible to that snapshot sends
+ * its invalidation after it, so the next statement drops the answer.  The
+ * price: a check answers from the latest committed state as of its lookup,
+ * even inside an older snapshot (as catalog lookups do).
+ *
+ * Lookups read the table through its primary key index and write nothing:
+ * checks work on a hot standby, where replayed commits carry the same
+ * invalidations (applied after the commit became visible, as on a primary).
  *
  *-------------------------------------------------------------------------
  */
@@ -100,15 +111,22 @@ entitlement_relcache_callback(Datum arg, Oid relid)
 	}
 }
 
-/* Resolves user_features and its primary key. */
+/*
+ * Resolves user_features and its primary key.  The look-ups may accept
+ * invalidations, and so run our callback, which clears the OIDs: they are
+ * kept in locals until both are known.  (While the OIDs are unknown the
+ * cache is stale anyway, so an invalidation missed meanwhile loses nothing.)
+ */
 static void
 resolve_features_table(void)
 {
 	Oid			nsp = get_namespace_oid("stripe_billing", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("user_features", nsp) : InvalidOid;
+	Oid			pkey = OidIsValid(nsp) ? get_relname_relid("user_features_pkey", nsp) : InvalidOid;
 
-	features_relid = OidIsValid(nsp) ? get_relname_relid("user_features", nsp) : InvalidOid;
-	features_pkey = OidIsValid(nsp) ? get_relname_relid("user_features_pkey", nsp) : InvalidOid;
-	if (!OidIsValid(features_relid) || !OidIsValid(features_pkey))
+	features_relid = relid;
+	features_pkey = pkey;
+	if (!OidIsValid(relid) || !OidIsValid(pkey))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("stripe_billing.user_features does not exist"),
@@ -162,10 +180,16 @@ prepare_cache(void)
 	}
 }
 
-/* Reads the user_features row of (user_ref, feature) with the query's snapshot. */
+/*
+ * Reads the user_features row of (user_ref, feature) with a fresh catalog
+ * snapshot (see the header comment).
+ */
 static void
 lookup_feature(text *user_ref, text *feature, bool *granted, TimestampTz *valid_until)
 {
+	/* (opening the table may run our callback, which clears the globals) */
+	Oid			relid = features_relid;
+	Oid			pkey = features_pkey;
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData keys[2];
@@ -175,10 +199,9 @@ lookup_feature(text *user_ref, text *feature, bool *granted, TimestampTz *valid_
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(user_ref));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(feature));
 
-	rel = table_open(features_relid, AccessShareLock);
-	scan = systable_beginscan(rel, features_pkey, true,
-							  ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(),
-							  2, keys);
+	rel = table_open(relid, AccessShareLock);
+	/* no snapshot given: systable_beginscan takes (and registers) a fresh one */
+	scan = systable_beginscan(rel, pkey, true, NULL, 2, keys);
 	tuple = systable_getnext(scan);
 	*granted = HeapTupleIsValid(tuple);
 	*valid_until = DT_NOEND;

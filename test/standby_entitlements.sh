@@ -2,7 +2,9 @@
 # Entitlement checks on a hot standby: a streaming replica of a throwaway
 # primary answers stripe_has_entitlement and friends (read-only, nothing
 # written, nothing refused), and a revocation committed on the primary
-# reaches a standby session's cache through WAL replay.
+# reaches a standby session's cache through WAL replay, also when the
+# session looked the feature up inside a REPEATABLE READ transaction whose
+# snapshot predates the revocation (it must not keep serving the old answer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . test/lib/cluster.sh
@@ -29,6 +31,7 @@ CREATE FUNCTION sub_event(evt text, created bigint, status text, user_ref text) 
 $$;
 SELECT stripe_billing.stripe_apply_event(sub_event('evt_a1', 1700000000, 'active', 'user_a'));
 SELECT stripe_billing.stripe_apply_event(sub_event('evt_b1', 1700000000, 'canceled', 'user_b'));
+SELECT stripe_billing.stripe_apply_event(sub_event('evt_c1', 1700000000, 'active', 'user_c'));
 SQL
 
 # the standby: a base backup streaming from the primary, its own socket
@@ -63,6 +66,15 @@ SELECT feature FROM stripe_billing.stripe_user_features('user_a');
 \! bash -c 'source test/lib/cluster.sh; lsn=$(psql -X -At -h "$PRIMARY" -d postgres -c "SELECT pg_current_wal_lsn()"); for i in $(seq 100); do [ "$(psql -X -At -h "$STANDBY" -d postgres -c "SELECT pg_last_wal_replay_lsn() >= '"'"'$lsn'"'"'")" = t ] && exit 0; sleep 0.1; done; exit 1'
 SELECT stripe_billing.stripe_has_entitlement('user_a', 'reports') AS a_reports_after_cancel,
        stripe_billing.stripe_subscription_status('user_a') AS a_status;
+-- user_c is looked up inside a REPEATABLE READ transaction, then canceled
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT stripe_billing.stripe_has_entitlement('user_c', 'reports') AS c_before;
+\! psql -X -q -At -h "$PRIMARY" -d postgres -c "SELECT stripe_billing.stripe_apply_event(sub_event('evt_c2', 1700000100, 'canceled', 'user_c'))"
+\! bash -c 'source test/lib/cluster.sh; lsn=$(psql -X -At -h "$PRIMARY" -d postgres -c "SELECT pg_current_wal_lsn()"); for i in $(seq 100); do [ "$(psql -X -At -h "$STANDBY" -d postgres -c "SELECT pg_last_wal_replay_lsn() >= '"'"'$lsn'"'"'")" = t ] && exit 0; sleep 0.1; done; exit 1'
+SELECT stripe_billing.stripe_has_entitlement('user_c', 'reports') AS c_in_old_snapshot;
+COMMIT;
+SELECT stripe_billing.stripe_has_entitlement('user_c', 'reports') AS c_after_commit;
+SELECT stripe_billing.stripe_has_entitlement('user_c', 'reports') AS c_next_statement;
 SQL
 ) || { echo "$out"; exit 1; }
 echo "$out"
@@ -74,5 +86,11 @@ expect '^ t$' "the standby is in recovery"
 expect '^ t +\| f +\| f +\| active' "user_a has reports on the standby, user_b and sso do not"
 expect '^ reports$' "stripe_user_features lists reports"
 expect '^ f +\| canceled' "after the primary's cancel, the standby session's check says false"
+for col in c_before c_in_old_snapshot c_after_commit c_next_statement; do
+    v=$(awk -v c="$col" '$1 == c {getline; getline; print $1; exit}' <<<"$out")
+    echo "   $col: $v"
+    case $col in c_before) want=t ;; *) want=f ;; esac
+    [ "$v" = "$want" ] || { echo "expected $col = $want (a revocation replayed after a REPEATABLE READ look-up)"; fail=1; }
+done
 [ $fail -eq 0 ] && echo "standby answered every check, and followed the primary's revocation"
 exit $fail
