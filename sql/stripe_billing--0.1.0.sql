@@ -90,10 +90,18 @@ CREATE TABLE stripe_billing.events (
     outcome     text NOT NULL
                 CHECK (outcome IN ('applied', 'ignored', 'stale', 'failed')),
     error       text,
-    payload     jsonb NOT NULL
+    payload     jsonb,
+    body        bytea,
+    -- the event as jsonb or, for a verified webhook body that jsonb refused,
+    -- its raw bytes (then the outcome is failed): one of the two, never both
+    CONSTRAINT events_payload_or_body CHECK ((payload IS NULL) <> (body IS NULL))
 );
 COMMENT ON TABLE stripe_billing.events IS
     'Ledger of every Stripe event received: one row per event id';
+COMMENT ON COLUMN stripe_billing.events.payload IS
+    'the whole event, as jsonb; NULL when jsonb refused the webhook body (see body)';
+COMMENT ON COLUMN stripe_billing.events.body IS
+    'the raw bytes of a verified webhook body that jsonb refused (the event is failed, its error says why); NULL otherwise';
 CREATE INDEX events_type_created_idx ON stripe_billing.events (type, created);
 
 -- The ledger is data, not configuration: pg_dump must keep it.
@@ -625,7 +633,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  deleting boolean := ev_type = 'invoice.deleted' OR o->>'status' = 'deleted';
+  -- (a null status is allowed: not deleted)
+  deleting boolean := ev_type = 'invoice.deleted' OR coalesce(o->>'status' = 'deleted', false);
 BEGIN
   IF deleting THEN
     o := coalesce((SELECT raw FROM stripe_billing.invoices WHERE id = o->>'id'), '{}') || o;
@@ -655,8 +664,8 @@ BEGIN
          refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
          updated_at = now()
   WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
-                                      t.deleted OR t.status IN ('paid', 'void'),
-                                      EXCLUDED.deleted OR EXCLUDED.status IN ('paid', 'void'));
+                                      t.deleted OR coalesce(t.status IN ('paid', 'void'), false),
+                                      EXCLUDED.deleted OR coalesce(EXCLUDED.status IN ('paid', 'void'), false));
   RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
 END
 $$;
@@ -862,6 +871,8 @@ SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing._reapply_event(text) FROM PUBLIC;
 
 -- Re-applies failed events, oldest first; returns each one's new outcome.
+-- Events kept as a raw body only (jsonb refused it) cannot be applied: they
+-- are skipped and stay failed.
 CREATE FUNCTION stripe_billing.stripe_retry_failed_events(max_events integer DEFAULT NULL)
 RETURNS TABLE (event_id text, event_type text, outcome text, error text)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -871,7 +882,7 @@ DECLARE
   e record;
 BEGIN
   FOR e IN SELECT ev.id, ev.type FROM stripe_billing.events ev
-            WHERE ev.outcome = 'failed' ORDER BY ev.created, ev.id
+            WHERE ev.outcome = 'failed' AND ev.payload IS NOT NULL ORDER BY ev.created, ev.id
             LIMIT max_events FOR UPDATE SKIP LOCKED
   LOOP
     event_id := e.id;
@@ -934,6 +945,20 @@ CREATE TABLE stripe_billing.user_features (
     valid_until timestamptz,
     PRIMARY KEY (user_ref, feature)
 );
+-- Derived, but dumped: a restored database answers every check at once.
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.user_features', '');
+
+-- One row per user whose features were ever derived.  A derivation first
+-- writes its user's row: derivations of one user then run one at a time,
+-- each waiting for the previous one to commit, and (in READ COMMITTED)
+-- reading with a snapshot that sees it; in REPEATABLE READ or SERIALIZABLE
+-- a derivation that cannot see a concurrent one's commit fails with 40001
+-- instead of writing a state that misses it.
+CREATE TABLE stripe_billing.user_derivations (
+    user_ref    text COLLATE "C" PRIMARY KEY,
+    derived_at  timestamptz NOT NULL,
+    derivations bigint NOT NULL DEFAULT 1
+);
 
 -- Any change to user_features invalidates every backend's entitlement cache.
 CREATE FUNCTION stripe_billing._invalidate_entitlement_cache() RETURNS trigger
@@ -978,6 +1003,10 @@ BEGIN
   IF target IS NULL THEN
     RETURN;
   END IF;
+  -- one derivation of a user at a time (see user_derivations); the next
+  -- statement's snapshot then sees the previous derivation's commit
+  INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at) VALUES (target, now())
+  ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1;
   WITH grants AS (
     SELECT g.feature,
            stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
@@ -1187,6 +1216,25 @@ BEGIN
 END
 $$;
 
+-- A Stripe id that goes into a request path, checked: letters, digits and
+-- '_' only (libcurl resolves dot segments, so '../customers/x' would reach
+-- another endpoint).  Raises invalid_parameter_value naming the argument.
+CREATE FUNCTION stripe_billing._path_id(argument text, id text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF coalesce(id, '') = '' THEN
+    PERFORM stripe_billing._bad_argument(argument, 'must not be empty');
+  END IF;
+  IF id !~ '^[A-Za-z0-9_]+$' OR length(id) > 255 THEN
+    PERFORM stripe_billing._bad_argument(argument,
+        format('must be a Stripe id (letters, digits and _, at most 255), not %s', quote_literal(left(id, 100))));
+  END IF;
+  RETURN id;
+END
+$$;
+
 -- A Checkout session for the user: subscription or one-time payment (C: the
 -- form is built directly, the returned session recorded in checkout_sessions).
 CREATE FUNCTION stripe_billing.stripe_create_checkout(
@@ -1232,9 +1280,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF coalesce(subscription_id, '') = '' THEN
-    PERFORM stripe_billing._bad_argument('subscription_id', 'must not be empty');
-  END IF;
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
   IF coalesce(at_period_end, true) THEN
     RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
                                      '{"cancel_at_period_end": true}', idempotency_key);
@@ -1251,9 +1297,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF coalesce(subscription_id, '') = '' THEN
-    PERFORM stripe_billing._bad_argument('subscription_id', 'must not be empty');
-  END IF;
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
   RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
                                    '{"cancel_at_period_end": false}', idempotency_key);
 END
@@ -1272,9 +1316,7 @@ AS $$
 DECLARE
   item_ids text[];
 BEGIN
-  IF coalesce(subscription_id, '') = '' THEN
-    PERFORM stripe_billing._bad_argument('subscription_id', 'must not be empty');
-  END IF;
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
   IF coalesce(new_price, '') = '' THEN PERFORM stripe_billing._bad_argument('new_price', 'must not be empty'); END IF;
   IF proration_behavior IS NULL OR proration_behavior NOT IN ('create_prorations', 'always_invoice', 'none') THEN
     PERFORM stripe_billing._bad_argument('proration_behavior',
@@ -1528,6 +1570,13 @@ BEGIN
                FROM stripe_billing.checkout_sessions WHERE refetch
            ) marked LIMIT max_rows
   LOOP
+    -- an id that cannot be a path segment is not asked for (ids come from
+    -- events; custom product and plan ids may hold '-')
+    IF r.id !~ '^[A-Za-z0-9_-]{1,255}$' THEN
+      RAISE WARNING 'stripe_billing: % % cannot be re-fetched: its id is not a Stripe id', r.tab, quote_literal(left(r.id, 100));
+      EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1', r.tab) USING r.id;
+      CONTINUE;
+    END IF;
     BEGIN
       PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
       n := n + 1;
