@@ -1451,6 +1451,22 @@ CREATE TABLE stripe_billing.sync_state (
 INSERT INTO stripe_billing.sync_state DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.sync_state', '');
 
+-- pg_dump keeps the row (cursor, pause, counters), and a restore inserts it
+-- into a table where CREATE EXTENSION already put one: the restored row
+-- then replaces it instead of failing on the primary key (so a restore
+-- succeeds in one transaction).
+CREATE FUNCTION stripe_billing._sync_state_restore() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  DELETE FROM stripe_billing.sync_state WHERE singleton = NEW.singleton;
+  RETURN NEW;
+END
+$$;
+CREATE TRIGGER sync_state_restore BEFORE INSERT ON stripe_billing.sync_state
+    FOR EACH ROW EXECUTE FUNCTION stripe_billing._sync_state_restore();
+
 CREATE VIEW stripe_billing.sync_status AS
 SELECT s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_success_at,
        now() - s.last_event_created AS lag, s.events_applied, s.last_error, s.last_error_at,
@@ -1631,6 +1647,36 @@ BEGIN
   END IF;
   refetched := stripe_billing._refetch_marked(20);
   RETURN jsonb_build_object('usage_sent', usage_sent, 'failed_retried', retried, 'refetched', refetched);
+END
+$$;
+
+-- The background worker's one entry point (so stripe_billing.worker_role
+-- needs EXECUTE on this function only): 'ready' (true unless paused),
+-- 'no_key' and 'failed' (record why in sync_state), 'poll' (one page; true
+-- when more wait) and 'duties'.  Runs as the extension's owner.
+CREATE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  CASE step
+  WHEN 'ready' THEN
+    RETURN NOT (SELECT paused FROM stripe_billing.sync_state);
+  WHEN 'no_key' THEN
+    UPDATE stripe_billing.sync_state
+       SET last_error = 'stripe_billing.api_key is not set', last_error_at = now()
+     WHERE last_error IS DISTINCT FROM 'stripe_billing.api_key is not set';
+    RETURN false;
+  WHEN 'failed' THEN
+    UPDATE stripe_billing.sync_state
+       SET last_error = error, last_error_at = now(), consecutive_failures = consecutive_failures + 1;
+    RETURN false;
+  WHEN 'poll' THEN
+    RETURN (stripe_billing._poll_page(true)).has_more;
+  WHEN 'duties' THEN
+    PERFORM stripe_billing._sync_duties();
+    RETURN false;
+  END CASE;
 END
 $$;
 

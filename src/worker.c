@@ -15,11 +15,18 @@
  * Between cycles it sleeps on its latch: SIGTERM ends it promptly, SIGHUP
  * reloads the settings.  Failures back off exponentially, with jitter.
  *
+ * It connects as stripe_billing.worker_role (the bootstrap superuser when
+ * empty), forces search_path = pg_catalog, pg_temp for its session (so no
+ * role's object planted on the database's path ever runs in it), and does
+ * everything through stripe_billing._worker_step, a SECURITY DEFINER
+ * function with a pinned search_path: the role needs EXECUTE on it only.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -78,9 +85,27 @@ extension_installed(void)
 {
 	bool		isnull;
 
-	if (SPI_execute("SELECT pg_catalog.to_regclass('stripe_billing.sync_state') IS NOT NULL",
+	if (SPI_execute("SELECT pg_catalog.to_regprocedure('stripe_billing._worker_step(text,text)') IS NOT NULL",
 					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "looking up stripe_billing.sync_state failed");
+		elog(ERROR, "looking up stripe_billing._worker_step failed");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* Runs stripe_billing._worker_step(step, error) and returns its answer. */
+static bool
+worker_step(const char *step, const char *error)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', error ? ' ' : 'n'};
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(step);
+	values[1] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	if (SPI_execute_with_args("SELECT stripe_billing._worker_step($1, $2)", 2, argtypes,
+							  values, nulls, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "stripe_billing._worker_step('%s') failed", step);
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
@@ -88,23 +113,14 @@ extension_installed(void)
 static StepResult
 readiness(void)
 {
-	int			rc;
-	bool		isnull;
-
 	if (!extension_installed())
 		return STEP_NOT_READY;	/* wait for CREATE EXTENSION */
-	rc = SPI_execute("SELECT paused FROM stripe_billing.sync_state", true, 1);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "reading stripe_billing.sync_state failed");
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-		return STEP_NOT_READY;
+	if (!worker_step("ready", NULL))
+		return STEP_NOT_READY;	/* paused */
 	if (sb_api_key == NULL || sb_api_key[0] == '\0')
 	{
 		/* say so where sync_status shows it, then wait for a reload */
-		SPI_execute("UPDATE stripe_billing.sync_state"
-					" SET last_error = 'stripe_billing.api_key is not set', last_error_at = now()"
-					" WHERE last_error IS DISTINCT FROM 'stripe_billing.api_key is not set'",
-					false, 0);
+		(void) worker_step("no_key", NULL);
 		return STEP_NOT_READY;
 	}
 	return STEP_DONE;
@@ -115,7 +131,7 @@ readiness(void)
  * error, reports it, aborts, and records it in sync_state (new transaction).
  */
 static StepResult
-run_step(const char *what, const char *sql, int *sqlerrcode)
+run_step(const char *what, const char *step, int *sqlerrcode)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	StepResult	result = STEP_DONE;
@@ -131,17 +147,9 @@ run_step(const char *what, const char *sql, int *sqlerrcode)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		result = readiness();
-		if (result == STEP_DONE && sql != NULL)
-		{
-			bool		isnull;
-
-			if (SPI_execute(sql, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
-				elog(ERROR, "%s failed", what);
-			/* a step's one boolean column says whether more is waiting */
-			result = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull))
-				? STEP_MORE : STEP_DONE;
-		}
+		/* a step's answer says whether more is waiting */
+		if (result == STEP_DONE && step != NULL)
+			result = worker_step(step, NULL) ? STEP_MORE : STEP_DONE;
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -157,19 +165,14 @@ run_step(const char *what, const char *sql, int *sqlerrcode)
 		AbortCurrentTransaction();
 		*sqlerrcode = edata->sqlerrcode;
 
-		/* remember the failure where sync_status shows it */
+		/* remember the failure where sync_status shows it (no secret in it) */
+		sb_scrub_secrets(edata->message);
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (SPI_connect() == SPI_OK_CONNECT)
 		{
-			Oid			argtypes[1] = {TEXTOID};
-			Datum		values[1] = {CStringGetTextDatum(edata->message)};
-
 			if (extension_installed())
-				SPI_execute_with_args("UPDATE stripe_billing.sync_state"
-									  " SET last_error = $1, last_error_at = now(),"
-									  "     consecutive_failures = consecutive_failures + 1",
-									  1, argtypes, values, NULL, false, 0);
+				(void) worker_step("failed", edata->message);
 			SPI_finish();
 		}
 		PopActiveSnapshot();
@@ -209,8 +212,13 @@ stripe_billing_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 
 	database = MemoryContextStrdup(TopMemoryContext, sb_database);
-	BackgroundWorkerInitializeConnection(database, NULL, 0);
-	elog(LOG, "stripe_billing sync worker started in database \"%s\"", sb_database);
+	BackgroundWorkerInitializeConnection(database,
+										 sb_worker_role[0] ? sb_worker_role : NULL, 0);
+	/* over anything the database or role set: nothing planted on a path runs here */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	elog(LOG, "stripe_billing sync worker started in database \"%s\" as %s%s%s",
+		 sb_database, sb_worker_role[0] ? "role \"" : "the bootstrap superuser",
+		 sb_worker_role, sb_worker_role[0] ? "\"" : "");
 
 	for (;;)
 	{
@@ -236,7 +244,7 @@ stripe_billing_worker_main(Datum arg)
 		for (int page = 0; page < PAGES_PER_CYCLE; page++)
 		{
 			result = run_step("stripe_billing: polling /v1/events",
-							  "SELECT has_more FROM stripe_billing._poll_page(true)", &sqlerrcode);
+							  "poll", &sqlerrcode);
 			CHECK_FOR_INTERRUPTS();
 			/* a page that got through is progress: failures start over */
 			if (result == STEP_MORE || result == STEP_DONE)
@@ -248,8 +256,7 @@ stripe_billing_worker_main(Datum arg)
 		if (result == STEP_DONE || result == STEP_MORE)
 		{
 			StepResult	duties = run_step("stripe_billing: usage, retries, re-fetches",
-										  "SELECT false FROM stripe_billing._sync_duties()",
-										  &sqlerrcode);
+										  "duties", &sqlerrcode);
 
 			if (duties == STEP_FAILED)
 				result = STEP_FAILED;
