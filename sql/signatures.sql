@@ -123,8 +123,26 @@ SELECT length(b) AS bytes,
                                'whsec_a', 300, to_timestamp(1700000000)) AS big_tampered
   FROM (SELECT convert_to('{"data":"' || repeat('é', 150000) || '"}', 'UTF8') AS b) x;
 
--- the raising variant's errors, as a client sees them
+-- caps: any role may call these, so at most 16 secrets and 64 v1
+-- signatures are compared (a clear error past that, not minutes of HMACs)
+SELECT stripe_verify_signature(body, 't=1700000000,' || pg_temp.sign(body, 'whsec_a', 1700000000),
+                               array_append(array_fill('whsec_x'::text, ARRAY[15]), 'whsec_a'),
+                               300, to_timestamp(1700000000)) AS sixteen_secrets_ok,
+       stripe_verify_signature(body, 't=1700000000,' || repeat('v1=' || repeat('0', 64) || ',', 63)
+                                     || pg_temp.sign(body, 'whsec_a', 1700000000),
+                               'whsec_a', 300, to_timestamp(1700000000)) AS sixty_four_signatures_ok
+  FROM p;
 \set VERBOSITY default
+SELECT stripe_verify_signature(body, 't=1700000000,' || pg_temp.sign(body, 'whsec_a', 1700000000),
+                               array_append(array_fill('whsec_x'::text, ARRAY[16]), 'whsec_a'),
+                               300, to_timestamp(1700000000)) FROM p;
+SELECT stripe_verify_signature(body, 't=1700000000,' || repeat('v1=' || repeat('0', 64) || ',', 64)
+                               || pg_temp.sign(body, 'whsec_a', 1700000000),
+                               'whsec_a', 300, to_timestamp(1700000000)) FROM p;
+SELECT stripe_check_signature(body, 't=1700000000,' || repeat('v1=' || repeat('0', 64) || ',', 25000),
+                              ARRAY['whsec_a'], 300, to_timestamp(1700000000)) FROM p;
+
+-- the raising variant's errors, as a client sees them
 SELECT stripe_check_signature('payload', 't=1700000000,v1=' || repeat('0', 64), 'whsec_a', 300, to_timestamp(1700000000));
 SELECT stripe_check_signature(body, 't=1699999000,' || pg_temp.sign(body, 'whsec_a', 1699999000), 'whsec_a', 300, to_timestamp(1700000000)) FROM p;
 SELECT stripe_check_signature(body, 't=1700000000,' || pg_temp.sign(body, 'whsec_a', 1700000000), 'whsec_a', 300, to_timestamp(1700000000)) FROM p;

@@ -22,6 +22,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
@@ -31,6 +32,14 @@
 
 #define SHA256_HEX_LEN	64
 #define SIGNATURE_SCHEME "v1"
+
+/*
+ * The work of a verification is secrets x signatures HMAC comparisons; any
+ * role may call stripe_verify_signature, so both counts are capped (Stripe
+ * sends one or two v1 signatures, and a rotation needs two secrets).
+ */
+#define MAX_SECRETS		16
+#define MAX_SIGNATURES	64
 
 typedef enum SignatureStatus
 {
@@ -215,9 +224,21 @@ parse_timestamp(const char *s, size_t len, int64 *result)
 /* Is this item key exactly k? */
 #define KEY_IS(key, key_len, k) ((key_len) == strlen(k) && memcmp((key), (k), (key_len)) == 0)
 
+/* Refuses more secrets than MAX_SECRETS. */
+static void
+check_secret_count(int nsecrets)
+{
+	if (nsecrets > MAX_SECRETS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%d webhook signing secrets given; at most %d are verified", nsecrets, MAX_SECRETS),
+				 errhint("While rolling a secret, pass the old and the new one.")));
+}
+
 /*
  * Verifies a signature header; the order of the checks (and so of the
- * reasons reported) is the SDKs'.
+ * reasons reported) is the SDKs'.  Raises when there are more secrets or
+ * signatures than the caps.
  */
 static SignatureStatus
 verify_header(const char *payload, size_t payload_len,
@@ -239,12 +260,18 @@ verify_header(const char *payload, size_t payload_len,
 	if (header_len == 0)
 		return SIGNATURE_NO_HEADER;
 
+	check_secret_count(nsecrets);
 	for (p = header; (p = next_item(p, end, &key, &key_len, &value, &value_len)) != NULL;)
 	{
+		CHECK_FOR_INTERRUPTS();	/* (a header may be a gigabyte of commas) */
 		if (KEY_IS(key, key_len, "t"))
 			has_timestamp = parse_timestamp(value, value_len, &report->timestamp);
-		else if (KEY_IS(key, key_len, SIGNATURE_SCHEME))
-			report->nsignatures++;
+		else if (KEY_IS(key, key_len, SIGNATURE_SCHEME) &&
+				 ++report->nsignatures > MAX_SIGNATURES)
+			ereport(ERROR,
+					(errcode(ERRCODE_SB_TOO_MANY_SIGNATURES),
+					 errmsg("Stripe-Signature header has more than %d v1 signatures", MAX_SIGNATURES),
+					 errdetail("Stripe sends one, or two while a secret is being rolled.")));
 	}
 	if (!has_timestamp)
 		return SIGNATURE_NO_TIMESTAMP;
@@ -255,6 +282,7 @@ verify_header(const char *payload, size_t payload_len,
 	{
 		char		expected[SHA256_HEX_LEN];
 
+		CHECK_FOR_INTERRUPTS();
 		compute_signature(payload, payload_len, report->timestamp,
 						  secrets[i], secret_lens[i], expected);
 
