@@ -56,6 +56,7 @@ integration secrets_not_logged bash test/secrets_not_logged.sh "$work/main/serve
 integration standby_entitlements bash test/standby_entitlements.sh
 integration concurrency_stress bash test/concurrency_stress.sh
 integration search_path_hijack bash test/search_path_hijack.sh
+integration dump_restore bash test/dump_restore.sh
 integration api_calls bash test/api_calls.sh
 integration worker bash test/worker.sh
 integration notify bash test/notify.sh
