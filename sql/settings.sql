@@ -1,5 +1,7 @@
--- Settings: the secret ones are settable and visible by superusers only,
--- shown masked to pg_read_all_settings, invisible to everyone else; the
+-- Settings: the secret ones are settable and visible by superusers only
+-- (SHOW and current_setting show them masked to pg_read_all_settings;
+-- pg_settings and SHOW ALL never list them), never storable where every
+-- role can read them (ALTER DATABASE/ROLE ... SET, a function's SET); the
 -- stripe_billing. prefix is reserved.
 CREATE EXTENSION stripe_billing;
 LOAD 'stripe_billing';
@@ -10,9 +12,17 @@ SET stripe_billing.api_key = 'sk_test_regress_key_0123456789';
 -- superusers see and set them
 SHOW stripe_billing.webhook_secret;
 SELECT current_setting('stripe_billing.api_key');
-SELECT name, context,
-       CASE WHEN name IN ('stripe_billing.api_key', 'stripe_billing.webhook_secret') THEN setting END AS secret
-  FROM pg_settings WHERE name LIKE 'stripe_billing.%' ORDER BY name;
+-- pg_settings (reset_val, boot_val ...) and SHOW ALL leave them out, for everyone
+SELECT name, context FROM pg_settings WHERE name LIKE 'stripe_billing.%' ORDER BY name;
+
+-- never stored where every role can read them, not even by a superuser
+ALTER DATABASE contrib_regression SET stripe_billing.api_key = 'sk_test_in_catalog';
+ALTER ROLE CURRENT_USER SET stripe_billing.webhook_secret = 'whsec_in_catalog';
+CREATE FUNCTION pg_temp.leaky() RETURNS int LANGUAGE sql
+  SET stripe_billing.api_key = 'sk_test_in_catalog' AS 'SELECT 1';
+SELECT count(*) AS stored FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%stripe_billing%';
+-- a header value must be printable ASCII
+SET stripe_billing.api_version = E'2025-03-31.basil\r\nStripe-Account: acct_x';
 
 -- a plain role sees nothing and can set nothing
 CREATE ROLE regress_sb_app;
@@ -35,8 +45,10 @@ RESET ROLE;
 CREATE ROLE regress_sb_reader IN ROLE pg_read_all_settings;
 SET ROLE regress_sb_reader;
 SHOW stripe_billing.webhook_secret;
-SELECT name, setting FROM pg_settings
- WHERE name IN ('stripe_billing.api_key', 'stripe_billing.webhook_secret') ORDER BY name;
+SELECT current_setting('stripe_billing.api_key');
+SELECT count(*) AS secret_rows FROM pg_settings
+ WHERE name IN ('stripe_billing.api_key', 'stripe_billing.webhook_secret');
+SELECT count(*) AS leaked FROM pg_settings s WHERE s::text LIKE '%regress_key%' OR s::text LIKE '%whsec_regress%';
 RESET ROLE;
 
 -- the prefix is reserved: typos are errors, not silent placeholders

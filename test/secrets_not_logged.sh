@@ -10,6 +10,7 @@ rand() { head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 wh="whsec_LOGCHECK$(rand)"
 key="sk_test_LOGCHECK$(rand)"
 plain="plainsecret$(rand)"      # a configured secret with no Stripe prefix
+quoted="quotedsecret$(rand)"    # set through the quoted setting name
 start=$(($(stat -c %s "$log") + 1))
 client=$(mktemp)
 trap 'rm -f "$client"' EXIT
@@ -18,6 +19,8 @@ psql -X -q -v ON_ERROR_STOP=0 >"$client" 2>&1 <<SQL
 CREATE EXTENSION IF NOT EXISTS stripe_billing;
 DROP ROLE IF EXISTS regress_sb_logcheck;
 CREATE ROLE regress_sb_logcheck;
+DROP ROLE IF EXISTS regress_sb_monitor;
+CREATE ROLE regress_sb_monitor LOGIN IN ROLE pg_monitor;
 SET log_statement = 'all';
 SET log_min_error_statement = 'error';
 SET log_min_messages = 'notice';
@@ -28,6 +31,16 @@ ALTER SYSTEM SET stripe_billing.webhook_secret = '$wh';
 ALTER SYSTEM SET stripe_billing.api_key = '$key';
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
+-- a monitoring role's new session: the secrets are its reset values now
+\\! psql -X -U regress_sb_monitor -c "SELECT * FROM pg_settings" -c "SHOW ALL" -c "SHOW stripe_billing.api_key" -c "SELECT current_setting('stripe_billing.webhook_secret')"
+-- the names quoted, as SQL allows
+SET "stripe_billing"."webhook_secret" = '$quoted';
+SET "stripe_billing" . api_key = '$quoted';
+SET stripe_billing.webhook_secret = '$wh, $plain';
+SET stripe_billing.api_key TO '$key';
+-- where every role could read it: refused
+ALTER DATABASE postgres SET stripe_billing.api_key = '$key';
+ALTER ROLE regress_sb_logcheck SET stripe_billing.webhook_secret = '$plain';
 -- failures with secrets in the statement, configured or literal
 SELECT stripe_billing.stripe_handle_webhook('{"id": "evt_1"}', 't=1,v1=00');
 SELECT stripe_billing.stripe_check_signature('x', 't=1,v1=00', '$wh');
@@ -46,12 +59,13 @@ ALTER SYSTEM RESET stripe_billing.webhook_secret;
 ALTER SYSTEM RESET stripe_billing.api_key;
 SELECT pg_reload_conf();
 DROP ROLE regress_sb_logcheck;
+DROP ROLE regress_sb_monitor;
 SQL
 sleep 0.5
 logged=$(tail -c +"$start" "$log")
 
 fail=0
-for s in "${wh#whsec_}" "${key#sk_test_}" "$plain"; do
+for s in "${wh#whsec_}" "${key#sk_test_}" "$plain" "$quoted"; do
     if grep -qF "$s" <<<"$logged"; then
         echo "LEAK in server log: $(grep -F "$s" <<<"$logged" | head -3)"; fail=1
     fi
@@ -68,6 +82,12 @@ for expect in "stripe_check_signature" "division by zero" "secret is" "key is" \
     fi
 done
 grep -qF "secret is ****" "$client" || { echo "client did not see the masked notice"; fail=1; }
+grep -qF "stripe_billing.api_base" "$client" || { echo "the monitoring role's pg_settings was not shown; the check would prove nothing"; fail=1; }
+grep -qF "********" "$client" || { echo "the monitoring role did not see the masked SHOW"; fail=1; }
+[ "$(grep -c "cannot be set per database, role or function" "$client")" -ge 2 ] ||
+    { echo "ALTER DATABASE/ROLE ... SET of a secret was not refused"; fail=1; }
+! grep -qE "^ *stripe_billing\.(api_key|webhook_secret) *\|" "$client" ||
+    { echo "pg_settings or SHOW ALL listed a secret setting to the monitoring role"; fail=1; }
 
 echo "server log lines examined: $(wc -l <<<"$logged"); client lines: $(wc -l <"$client")"
 [ $fail -eq 0 ] && echo "no secret in the server log or client messages"
