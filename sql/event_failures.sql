@@ -63,7 +63,30 @@ INSERT INTO bad (type, label, object) VALUES
   ('refund.created', 'charge number', '{"id": "re_2", "object": "refund", "charge": 5}'),
   ('checkout.session.completed', 'expires_at string', '{"id": "cs_1", "object": "checkout.session", "expires_at": "tomorrow"}'),
   ('checkout.session.completed', 'client_reference_id number', '{"id": "cs_1", "object": "checkout.session", "client_reference_id": 42}'),
-  ('entitlements.active_entitlement_summary.updated', 'entitlements.has_more string', '{"object": "entitlements.active_entitlement_summary", "customer": "cus_1", "entitlements": {"data": [], "has_more": "no"}}');
+  ('entitlements.active_entitlement_summary.updated', 'entitlements.has_more string', '{"object": "entitlements.active_entitlement_summary", "customer": "cus_1", "entitlements": {"data": [], "has_more": "no"}}'),
+  -- values the mapping's casts would refuse without naming the field:
+  -- Unix times beyond timestamptz (or bigint), amounts beyond bigint,
+  -- counts beyond integer, an item listed twice
+  ('customer.subscription.updated', 'current_period_end beyond timestamptz', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "current_period_end": 9.22337e18, "items": {"data": []}}'),
+  ('customer.subscription.updated', 'trial_start before timestamptz', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "trial_start": -210866803201, "items": {"data": []}}'),
+  ('customer.subscription.updated', 'item current_period_start beyond bigint', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": [{"id": "si_1"}, {"id": "si_2", "current_period_start": 1e30}]}}'),
+  ('customer.subscription.updated', 'item quantity beyond bigint', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": [{"id": "si_1", "quantity": 9223372036854775808}]}}'),
+  ('customer.subscription.updated', 'item listed twice', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": [{"id": "si_1"}, {"id": "si_2"}, {"id": "si_1"}]}}'),
+  ('customer.updated', 'created beyond timestamptz', '{"id": "cus_1", "object": "customer", "created": 9224318016000}'),
+  ('product.updated', 'created fraction in exponent form', '{"id": "prod_1", "object": "product", "created": 1.5e0}'),
+  ('price.updated', 'unit_amount beyond bigint', '{"id": "price_1", "object": "price", "unit_amount": -9223372036854775809}'),
+  ('price.updated', 'recurring.interval_count beyond integer', '{"id": "price_1", "object": "price", "recurring": {"interval_count": 2147483648}}'),
+  ('plan.updated', 'interval_count beyond integer', '{"id": "plan_1", "object": "plan", "interval_count": -2147483649}'),
+  ('invoice.paid', 'attempt_count beyond integer', '{"id": "in_1", "object": "invoice", "attempt_count": 2147483648}'),
+  ('invoice.paid', 'next_payment_attempt beyond timestamptz', '{"id": "in_1", "object": "invoice", "next_payment_attempt": 1e16}'),
+  ('invoice.paid', 'amount_remaining beyond bigint', '{"id": "in_1", "object": "invoice", "amount_remaining": 1e19}'),
+  ('invoice_payment.paid', 'amount_paid beyond bigint', '{"id": "inpay_1", "object": "invoice_payment", "invoice": "in_1", "amount_paid": 1e19}'),
+  ('payment_intent.succeeded', 'created beyond timestamptz', '{"id": "pi_1", "object": "payment_intent", "created": 99999999999999}'),
+  ('charge.refunded', 'amount_refunded beyond bigint', '{"id": "ch_1", "object": "charge", "amount_refunded": 1e20}'),
+  ('charge.refunded', 'refunds.data[1].created beyond timestamptz', '{"id": "ch_1", "object": "charge", "refunds": {"data": [{"id": "re_1"}, {"id": "re_2", "created": 1e15}]}}'),
+  ('refund.created', 'amount beyond bigint', '{"id": "re_2", "object": "refund", "amount": 1e19}'),
+  ('checkout.session.completed', 'expires_at beyond timestamptz', '{"id": "cs_1", "object": "checkout.session", "expires_at": 1e13}'),
+  ('checkout.session.completed', 'amount_total beyond bigint', '{"id": "cs_1", "object": "checkout.session", "amount_total": 1e19}');
 
 -- All in ONE transaction: each bad event is recorded failed and the
 -- transaction stays usable for the next one.
@@ -76,10 +99,58 @@ SELECT g.type, stripe_apply_event(pg_temp.ev('evt_good_' || g.type, g.type, g.ob
   FROM good g ORDER BY g.type;
 COMMIT;
 
+-- ids and keys too long for an index (over 255 bytes; 500 for a user_ref
+-- from metadata) are refused by the shape check too, naming the field,
+-- instead of an index error that would abort the caller's statement
+CREATE TEMP TABLE long_ids (n serial, type text, label text, object jsonb);
+INSERT INTO long_ids (type, label, object)
+SELECT v.type, v.label, replace(v.object, 'LONG', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 100) g))::jsonb
+  FROM (VALUES
+    ('customer.updated', 'id', '{"id": "LONG", "object": "customer"}'),
+    ('customer.updated', 'metadata.user_ref', '{"id": "cus_1", "object": "customer", "metadata": {"user_ref": "LONG"}}'),
+    ('product.updated', 'id', '{"id": "LONG", "object": "product"}'),
+    ('price.updated', 'lookup_key', '{"id": "price_1", "object": "price", "lookup_key": "LONG"}'),
+    ('customer.subscription.updated', 'customer.id', '{"id": "sub_1", "object": "subscription", "customer": {"id": "LONG", "object": "customer"}, "status": "active", "items": {"data": []}}'),
+    ('customer.subscription.updated', 'items.data[1].id', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "items": {"data": [{"id": "si_1"}, {"id": "LONG"}]}}'),
+    ('customer.subscription.updated', 'metadata.userId', '{"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "active", "metadata": {"userId": "LONG"}, "items": {"data": []}}'),
+    ('invoice.paid', 'parent.subscription_details.subscription', '{"id": "in_1", "object": "invoice", "parent": {"subscription_details": {"subscription": "LONG"}}}'),
+    ('invoice_payment.paid', 'payment.payment_intent', '{"id": "inpay_1", "object": "invoice_payment", "invoice": "in_1", "payment": {"payment_intent": "LONG"}}'),
+    ('payment_intent.succeeded', 'customer', '{"id": "pi_1", "object": "payment_intent", "customer": "LONG"}'),
+    ('charge.refunded', 'refunds.data[0].id', '{"id": "ch_1", "object": "charge", "refunds": {"data": [{"id": "LONG"}]}}'),
+    ('refund.created', 'payment_intent', '{"id": "re_1", "object": "refund", "payment_intent": "LONG"}'),
+    ('checkout.session.completed', 'client_reference_id', '{"id": "cs_1", "object": "checkout.session", "client_reference_id": "LONG"}'),
+    ('entitlements.active_entitlement_summary.updated', 'entitlements.data[0].lookup_key', '{"object": "entitlements.active_entitlement_summary", "customer": "cus_1", "entitlements": {"data": [{"feature": "feat_1", "lookup_key": "LONG"}]}}')
+  ) AS v(type, label, object);
+BEGIN;
+SELECT l.type, l.label, stripe_apply_event(pg_temp.ev('evt_long_' || l.n, l.type, l.object)) AS outcome
+  FROM long_ids l ORDER BY l.n;
+SELECT l.label, e.outcome, e.error FROM long_ids l JOIN events e ON e.id = 'evt_long_' || l.n ORDER BY l.n;
+COMMIT;
+-- at the limits: fine
+SELECT stripe_apply_event(pg_temp.ev('evt_limits', 'customer.subscription.updated', jsonb_build_object(
+         'id', repeat('s', 255), 'object', 'subscription', 'customer', 'cus_limits', 'status', 'active',
+         'trial_start', -210866803200, 'trial_end', 9224318015999, 'metadata', jsonb_build_object('user_ref', repeat('u', 500)),
+         'items', jsonb_build_object('data', jsonb_build_array(
+             jsonb_build_object('id', 'si_limits', 'quantity', 9223372036854775807, 'current_period_end', 17e8))))));
+SELECT length(id), extract(year FROM trial_start) AS trial_start_year, extract(year FROM trial_end) AS trial_end_year,
+       current_period_end FROM subscriptions WHERE id = repeat('s', 255);
+SELECT id, quantity FROM subscription_items WHERE id = 'si_limits';
+SELECT stripe_apply_event(pg_temp.ev('evt_limits_invoice', 'invoice.paid',
+         '{"id": "in_limits", "object": "invoice", "status": "open", "attempt_count": 2147483647, "amount_due": -9223372036854775808}'));
+SELECT attempt_count, amount_due FROM invoices WHERE id = 'in_limits';
+DELETE FROM subscription_items WHERE id = 'si_limits';
+DELETE FROM subscriptions WHERE id = repeat('s', 255);
+DELETE FROM invoices WHERE id = 'in_limits';
+SELECT octet_length(user_ref) FROM customers WHERE id = 'cus_limits';
+DELETE FROM customers WHERE id = 'cus_limits';
+DELETE FROM events WHERE id LIKE 'evt_limits%';
+
 -- nothing is lost: every event is in the ledger, the bad ones with their error
 SELECT outcome, count(*) FROM events GROUP BY outcome ORDER BY outcome;
 SELECT count(*) AS bad_events, count(*) FILTER (WHERE e.outcome = 'failed' AND e.error LIKE 'invalid Stripe object: field "data.object.%') AS failed_naming_field
   FROM bad b JOIN events e ON e.id = 'evt_bad_' || b.n;
+SELECT count(*) AS long_id_events, count(*) FILTER (WHERE e.outcome = 'failed' AND e.error LIKE 'invalid Stripe object: field "data.object.' || l.label || '" must be at most %') AS failed_naming_field
+  FROM long_ids l JOIN events e ON e.id = 'evt_long_' || l.n;
 -- and failed events wrote nothing: the tables hold only the good objects
 SELECT (SELECT count(*) FROM customers) AS customers, (SELECT count(*) FROM subscriptions) AS subscriptions,
        (SELECT count(*) FROM subscription_items) AS items, (SELECT count(*) FROM payments) AS payments;
@@ -103,6 +174,18 @@ DROP TRIGGER refuse_gold ON customers;
 SELECT * FROM stripe_retry_failed_events() WHERE event_id = 'evt_gold';
 SELECT id, outcome, error FROM events WHERE id = 'evt_gold';
 SELECT id, metadata FROM customers WHERE id = 'cus_gold';
+-- program limits (class 54) hit by the data, here an index of the
+-- application's own that an email is too long for, are about the event:
+-- recorded failed like any data error, not raised to the caller
+CREATE INDEX regress_customers_email_idx ON customers (email);
+SELECT stripe_apply_event(pg_temp.ev('evt_long_email', 'customer.updated',
+         jsonb_build_object('id', 'cus_long_email', 'object', 'customer',
+                            'email', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 100) g))));
+SELECT id, outcome, error LIKE 'index row size % exceeds btree version 4 maximum 2704 for index "regress_customers_email_idx"%' AS index_error
+  FROM events WHERE id = 'evt_long_email';
+DROP INDEX regress_customers_email_idx;
+SELECT * FROM stripe_retry_failed_events() WHERE event_id = 'evt_long_email';
+DELETE FROM customers WHERE id = 'cus_long_email';
 -- the shape failures stay failed on retry (their payload cannot change)
 SELECT outcome, count(*) FROM stripe_retry_failed_events() GROUP BY outcome;
 SELECT * FROM stripe_retry_failed_events(0);

@@ -58,11 +58,29 @@ SELECT label, pg_temp.try_apply(e) AS outcome
     ('data string',          jsonb_set(:'ev', '{data}', '"x"')),
     ('no data.object',       jsonb_set(:'ev', '{data}', '{}')),
     ('data.object array',    jsonb_set(:'ev', '{data,object}', '[]')),
-    ('data.object null',     jsonb_set(:'ev', '{data,object}', 'null'))
+    ('data.object null',     jsonb_set(:'ev', '{data,object}', 'null')),
+    -- ids and types are capped (255 bytes): a longer one would not fit the index
+    ('id too long',          jsonb_set(:'ev', '{id}', to_jsonb((SELECT string_agg(md5(g::text), '') FROM generate_series(1, 100) g)))),
+    ('id 256 bytes',         jsonb_set(:'ev', '{id}', to_jsonb(repeat('é', 128)))),
+    ('type too long',        jsonb_set(jsonb_set(:'ev', '{id}', '"evt_long_type"'), '{type}',
+                                       to_jsonb((SELECT string_agg(md5(g::text), '.') FROM generate_series(1, 100) g))))
   ) AS c(label, e);
 SELECT pg_temp.try_apply(NULL);
 SELECT stripe_apply_event(:'ev', '');
 SELECT count(*) AS recorded FROM events;
+-- 255 bytes is fine
+SELECT stripe_apply_event(jsonb_set(jsonb_set(:'ev', '{id}', to_jsonb(repeat('é', 127) || 'x')), '{type}', to_jsonb(repeat('t', 255))));
+SELECT length(id), octet_length(id), octet_length(type), outcome FROM events WHERE id LIKE 'é%';
+DELETE FROM events WHERE id LIKE 'é%';
+
+-- each row keeps the event as jsonb (payload) or, for a verified webhook
+-- body that jsonb refused, its raw bytes (body): exactly one of them
+\set VERBOSITY terse
+INSERT INTO events (id, type, livemode, created, source, outcome)
+VALUES ('evt_neither', 'x', false, now(), 'manual', 'failed');
+INSERT INTO events (id, type, livemode, created, source, outcome, payload, body)
+VALUES ('evt_both', 'x', false, now(), 'manual', 'failed', '{}', '\x7b7d');
+\set VERBOSITY default
 
 -- livemode must match stripe_billing.livemode (off: test mode)
 \set live_ev '{"id": "evt_live_1", "object": "event", "type": "customer.created", "created": 1700000000, "livemode": true, "data": {"object": {"id": "cus_1", "object": "customer"}}}'

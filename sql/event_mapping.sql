@@ -77,4 +77,25 @@ SELECT customer, feature_id, lookup_key, entitlement_id FROM active_entitlements
 -- the raw objects are kept beside the typed columns
 SELECT count(*) FILTER (WHERE raw IS NULL) AS without_raw, count(*) AS subscriptions FROM subscriptions;
 
+-- an invoice's status may be null (Stripe's spec allows it): applied, not
+-- deleted; a later paid snapshot applies; a null status after it is stale
+-- (paid is terminal); invoice.deleted still deletes
+CREATE FUNCTION pg_temp.invoice_event(id text, type text, created bigint, invoice jsonb) RETURNS jsonb
+LANGUAGE sql AS $$
+  SELECT jsonb_build_object('id', id, 'object', 'event', 'type', type, 'created', created,
+                            'livemode', false, 'data', jsonb_build_object('object', invoice))
+$$;
+SELECT stripe_apply_event(pg_temp.invoice_event('evt_in_null_1', 'invoice.created', 1800000001,
+         '{"id": "in_null_status", "object": "invoice", "customer": "cus_null_status", "status": null, "amount_due": 500}'));
+SELECT id, status, deleted, amount_due FROM invoices WHERE id = 'in_null_status';
+SELECT stripe_apply_event(pg_temp.invoice_event('evt_in_null_2', 'invoice.paid', 1800000002,
+         '{"id": "in_null_status", "object": "invoice", "customer": "cus_null_status", "status": "paid", "amount_due": 500}'));
+SELECT stripe_apply_event(pg_temp.invoice_event('evt_in_null_3', 'invoice.updated', 1800000003,
+         '{"id": "in_null_status", "object": "invoice", "customer": "cus_null_status", "status": null, "amount_due": 500}'));
+SELECT id, status, deleted, last_event_id FROM invoices WHERE id = 'in_null_status';
+SELECT stripe_apply_event(pg_temp.invoice_event('evt_in_null_4', 'invoice.deleted', 1800000004,
+         '{"id": "in_null_status", "object": "invoice", "status": null}'));
+SELECT id, status, deleted, last_event_id FROM invoices WHERE id = 'in_null_status';
+SELECT id, outcome, error FROM events WHERE id LIKE 'evt_in_null_%' ORDER BY id;
+
 DROP EXTENSION stripe_billing;

@@ -14,8 +14,14 @@
  * function of their object's kind (stripe_billing._apply_subscription, ...),
  * inside a subtransaction: when the object does not fit (wrong shape, bad
  * data) the mapping is rolled back and the event stays in the ledger as
- * "failed" with the error, while the caller's transaction goes on.  Ordering (stale, ties, terminal states) is
- * decided by the mapping, per object row.
+ * "failed" with the error, while the caller's transaction goes on.  Ordering
+ * (stale, ties, terminal states) is decided by the mapping, per object row.
+ *
+ * A verified webhook body that jsonb refuses (invalid UTF-8, a \u0000 escape,
+ * a lone surrogate, nesting or a number beyond jsonb's limits) is kept too:
+ * its header fields are read from the body text itself, and it is recorded
+ * "failed" with its raw bytes (column body, no payload) and the reason.  Only
+ * a body without a usable id (not JSON, no id, an id too long) is refused.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,6 +29,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/jsonapi.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -43,6 +50,12 @@ PG_FUNCTION_INFO_V1(stripe_apply_event);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook_bytea);
 PG_FUNCTION_INFO_V1(stripe_reapply_event);
+
+/*
+ * Event ids and types are at most this long (bytes): they are indexed, and
+ * an index entry must fit in a third of a page.
+ */
+#define EVENT_KEY_MAX 255
 
 /* The fields of an event the ledger keeps in columns. */
 typedef struct EventHeader
@@ -102,7 +115,10 @@ get_key(JsonbContainer *object, const char *key, JsonbValue *buf)
 	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
 }
 
-/* A required non-empty string field; field is the dotted name for errors. */
+/*
+ * A required non-empty string field of at most EVENT_KEY_MAX bytes; field is
+ * the dotted name for errors.
+ */
 static char *
 required_string(JsonbContainer *object, const char *key, const char *field,
 				const char *event_id)
@@ -116,6 +132,9 @@ required_string(JsonbContainer *object, const char *key, const char *field,
 		malformed(field, psprintf("must be a string, not %s", JsonbTypeName(v)), event_id);
 	if (v->val.string.len == 0)
 		malformed(field, "must not be empty", event_id);
+	if (v->val.string.len > EVENT_KEY_MAX)
+		malformed(field, psprintf("must be at most %d bytes, not %d",
+								  EVENT_KEY_MAX, v->val.string.len), event_id);
 	return pnstrdup(v->val.string.val, v->val.string.len);
 }
 
@@ -259,6 +278,8 @@ event_is_mapped(const EventHeader *header)
  * Errors that say nothing about the event, only about this moment (cancel,
  * deadlock, serialization failure, shutdown, out of memory, a bug): they
  * abort the caller's transaction instead of marking the event failed.
+ * Program limits (class 54: an index entry too big, nesting too deep) are
+ * not among them: the same event would hit them again on every delivery.
  */
 static bool
 error_is_transient(int sqlerrcode)
@@ -267,7 +288,6 @@ error_is_transient(int sqlerrcode)
 	{
 		case ERRCODE_TRANSACTION_ROLLBACK:	/* 40: serialization, deadlock */
 		case ERRCODE_INSUFFICIENT_RESOURCES:	/* 53 */
-		case ERRCODE_PROGRAM_LIMIT_EXCEEDED:	/* 54 */
 		case ERRCODE_OPERATOR_INTERVENTION: /* 57: cancel, shutdown */
 		case ERRCODE_SYSTEM_ERROR:	/* 58 */
 		case ERRCODE_INTERNAL_ERROR:	/* XX */
@@ -479,29 +499,31 @@ ledger_set_outcome(const char *id, const char *outcome, const char *error)
 }
 
 /*
- * Records the event in the ledger with the given outcome.  Returns false when
- * the id was already there (possibly after waiting for a concurrent delivery
- * of the same id to commit).
+ * Records the event in the ledger with the given outcome (and error): its
+ * payload, or for a body jsonb refused (payload NULL) the raw body.  Returns
+ * false when the id was already there (possibly after waiting for a
+ * concurrent delivery of the same id to commit).
  */
 static bool
 ledger_insert(const EventHeader *header, const char *source, const char *outcome,
-			  Jsonb *event)
+			  const char *error, Jsonb *event, bytea *body)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
 
 	if (plan == NULL)
 	{
-		Oid			types[8] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID,
-		TIMESTAMPTZOID, TEXTOID, TEXTOID, JSONBOID};
+		Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID,
+		TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, BYTEAOID};
 
 		plan = SPI_prepare("INSERT INTO stripe_billing.events"
-						   " (id, type, api_version, livemode, created, source, outcome, payload)"
-						   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+						   " (id, type, api_version, livemode, created, source, outcome, error,"
+						   "  payload, body)"
+						   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 						   " ON CONFLICT (id) DO NOTHING",
-						   8, types);
+						   10, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
@@ -517,7 +539,18 @@ ledger_insert(const EventHeader *header, const char *source, const char *outcome
 	values[4] = TimestampTzGetDatum(header->created);
 	values[5] = CStringGetTextDatum(source);
 	values[6] = CStringGetTextDatum(outcome);
-	values[7] = JsonbPGetDatum(event);
+	if (error)
+		values[7] = CStringGetTextDatum(error);
+	else
+		nulls[7] = 'n';
+	if (event)
+		values[8] = JsonbPGetDatum(event);
+	else
+		nulls[8] = 'n';
+	if (body)
+		values[9] = PointerGetDatum(body);
+	else
+		nulls[9] = 'n';
 
 	rc = SPI_execute_plan(plan, values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
@@ -566,7 +599,7 @@ sb_apply_event(Jsonb *event, const char *source)
 		elog(ERROR, "SPI_connect failed");
 
 	/* record first, as applied: the common case then costs one insert */
-	if (!ledger_insert(&header, source, mapped ? "applied" : "ignored", event))
+	if (!ledger_insert(&header, source, mapped ? "applied" : "ignored", NULL, event, NULL))
 		outcome = "duplicate";
 	else if (!mapped)
 		outcome = "ignored";
@@ -599,6 +632,7 @@ stripe_reapply_event(PG_FUNCTION_ARGS)
 	Jsonb	   *event;
 	const char *outcome;
 	char	   *error = NULL;
+	Datum		payload;
 	bool		isnull;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -610,8 +644,13 @@ stripe_reapply_event(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("Stripe event %s is not in the ledger", id)));
-	event = DatumGetJsonbP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										 1, &isnull));
+	payload = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("Stripe event %s cannot be applied again: its body is not valid jsonb", id),
+				 errdetail("Only its raw body is kept, in column \"body\" of stripe_billing.events.")));
+	event = DatumGetJsonbP(payload);
 
 	parse_event(event, &header);
 	if (!event_is_mapped(&header))
@@ -638,10 +677,457 @@ stripe_apply_event(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Parses a verified body as jsonb (converted from UTF-8 first when convert)
+ * inside a subtransaction.  Returns NULL when jsonb refuses it, with the
+ * reason in *reason; errors about the moment, not the body, are re-thrown.
+ */
+static Jsonb *
+parse_body_guarded(char *json, int len, bool convert, char **reason)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Jsonb	   *volatile event = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+
+	PG_TRY();
+	{
+		char	   *server_json;
+
+		/* the reason kept must not carry the caller's context lines */
+		error_context_stack = NULL;
+		server_json = convert ? pg_any_to_server(json, len, PG_UTF8) : json;
+		event = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(server_json)));
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+
+		if (error_is_transient(edata->sqlerrcode))
+			ReThrowError(edata);
+
+		*reason = psprintf("the body is not valid jsonb: %s%s%s%s%s%s",
+						   edata->message,
+						   edata->detail ? " (" : "", edata->detail ? edata->detail : "",
+						   edata->detail ? ")" : "",
+						   edata->context ? ", at " : "", edata->context ? edata->context : "");
+		FreeErrorData(edata);
+		event = NULL;
+	}
+	PG_END_TRY();
+
+	return event;
+}
+
+/*
+ * A copy of a UTF-8 body fit for the header scan of a body jsonb refused:
+ * each byte that is not valid UTF-8 (or, when ascii_only, not ASCII)
+ * becomes '?', so offsets are kept.  Only the header is read from it.
+ */
+static char *
+sanitized_copy(const char *body, int len, bool ascii_only)
+{
+	char	   *copy = palloc(len + 1);
+	int			i = 0;
+
+	memcpy(copy, body, len);
+	copy[len] = '\0';
+	while (i < len)
+	{
+		if (ascii_only)
+		{
+			if (IS_HIGHBIT_SET(copy[i]) || copy[i] == '\0')
+				copy[i] = '?';
+			i++;
+			continue;
+		}
+		i += pg_encoding_verifymbstr(PG_UTF8, copy + i, len - i);
+		if (i < len)
+			copy[i++] = '?';
+	}
+	return copy;
+}
+
+/* A token of the header scan: a top-level field's value. */
+typedef struct BodyToken
+{
+	JsonTokenType type;			/* JSON_TOKEN_INVALID: the field is absent */
+	int			start;			/* offset and length in the body */
+	int			len;
+} BodyToken;
+
+/* The header fields of a body, as the scan found them (the last of each). */
+typedef struct BodyHeader
+{
+	bool		is_object;		/* the body is a JSON object */
+	BodyToken	id;
+	BodyToken	object;
+	BodyToken	type;
+	BodyToken	created;
+	BodyToken	livemode;
+	BodyToken	api_version;
+	BodyToken	data;
+	JsonTokenType data_object;	/* the first token of data.object, or INVALID */
+} BodyHeader;
+
+/* The header fields the scan keeps, by name. */
+static BodyToken *
+header_field(BodyHeader *bh, const char *name)
+{
+	static const char *const names[] = {"id", "object", "type", "created", "livemode",
+	"api_version", "data"};
+	BodyToken  *fields[] = {&bh->id, &bh->object, &bh->type, &bh->created, &bh->livemode,
+	&bh->api_version, &bh->data};
+
+	for (int i = 0; i < lengthof(names); i++)
+		if (strcmp(name, names[i]) == 0)
+			return fields[i];
+	return NULL;
+}
+
+/*
+ * The text of a string token, its escapes decoded as jsonb would; NULL with
+ * *problem when they cannot be (a \u0000, a lone surrogate).
+ */
+static char *
+decode_string(char *token, int len, char **problem)
+{
+	JsonLexContext *lex = makeJsonLexContextCstringLen(token, len, GetDatabaseEncoding(), true);
+	JsonParseErrorType err = json_lex(lex);
+
+	if (err != JSON_SUCCESS)
+	{
+		*problem = json_errdetail(err, lex);
+		return NULL;
+	}
+	return lex->strval->data;
+}
+
+/*
+ * Scans the text of a body jsonb refused, as JSON, without building it
+ * (and without recursion: any depth is fine), for the header fields at its
+ * top level and the kind of data.object.  Returns NULL, or why the text is
+ * not JSON.  Unicode escapes are not decoded, so \u0000 and lone surrogates
+ * pass (they are valid JSON); numbers are not converted.
+ */
+static char *
+scan_body_header(char *json, int len, BodyHeader *bh)
+{
+	JsonLexContext *lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), false);
+	enum
+	{
+		S_VALUE,				/* a value is expected */
+		S_FIRST_ELEMENT,		/* after '[': a value or ']' */
+		S_FIRST_KEY,			/* after '{': a key or '}' */
+		S_KEY,					/* after ',' in an object: a key */
+		S_COLON,				/* after a key */
+		S_NEXT					/* after a value: ',', the closer, or the end */
+	}			state = S_VALUE;
+	char	   *stack = palloc(64);	/* '{' or '[' per open container */
+	int			stack_size = 64;
+	int			depth = 0;
+	int			data_depth = 0; /* depth of the root's data object, if open */
+	BodyToken  *field = NULL;	/* the root's field whose value is next */
+	bool		data_object_next = false;	/* the next value is data.object */
+
+	memset(bh, 0, sizeof(BodyHeader));
+	for (;;)
+	{
+		JsonParseErrorType err = json_lex(lex);
+		JsonTokenType tok = lex->token_type;
+		char		top = depth > 0 ? stack[depth - 1] : '\0';
+
+		if (err != JSON_SUCCESS)
+			return json_errdetail(err, lex);
+
+		switch (state)
+		{
+			case S_FIRST_ELEMENT:
+				if (tok == JSON_TOKEN_ARRAY_END)
+				{
+					depth--;	/* (an array is never the data object) */
+					state = S_NEXT;
+					break;
+				}
+				/* FALLTHROUGH */
+			case S_VALUE:
+				if (depth == 0)
+					bh->is_object = tok == JSON_TOKEN_OBJECT_START;
+				if (field)
+				{
+					field->type = tok;
+					field->start = lex->token_start - json;
+					field->len = lex->token_terminator - lex->token_start;
+				}
+				if (data_object_next)
+					bh->data_object = tok;
+				if (tok == JSON_TOKEN_OBJECT_START || tok == JSON_TOKEN_ARRAY_START)
+				{
+					if (depth == stack_size)
+					{
+						stack_size *= 2;
+						stack = repalloc(stack, stack_size);
+					}
+					if (field == &bh->data && tok == JSON_TOKEN_OBJECT_START)
+						data_depth = depth + 1;
+					stack[depth++] = tok == JSON_TOKEN_OBJECT_START ? '{' : '[';
+					state = tok == JSON_TOKEN_OBJECT_START ? S_FIRST_KEY : S_FIRST_ELEMENT;
+				}
+				else if (tok == JSON_TOKEN_STRING || tok == JSON_TOKEN_NUMBER ||
+						 tok == JSON_TOKEN_TRUE || tok == JSON_TOKEN_FALSE ||
+						 tok == JSON_TOKEN_NULL)
+					state = S_NEXT;
+				else
+					return json_errdetail(tok == JSON_TOKEN_END ? JSON_EXPECTED_MORE :
+										  state == S_VALUE ? JSON_EXPECTED_JSON :
+										  JSON_EXPECTED_ARRAY_FIRST, lex);
+				field = NULL;
+				data_object_next = false;
+				break;
+
+			case S_FIRST_KEY:
+				if (tok == JSON_TOKEN_OBJECT_END)
+				{
+					if (depth == data_depth)
+						data_depth = 0;
+					depth--;
+					state = S_NEXT;
+					break;
+				}
+				/* FALLTHROUGH */
+			case S_KEY:
+				if (tok != JSON_TOKEN_STRING)
+					return json_errdetail(tok == JSON_TOKEN_END ? JSON_EXPECTED_MORE :
+										  state == S_KEY ? JSON_EXPECTED_STRING :
+										  JSON_EXPECTED_OBJECT_FIRST, lex);
+				if (depth == 1 || (depth == 2 && data_depth == 2))
+				{
+					char	   *problem;
+					char	   *key = decode_string(lex->token_start,
+													lex->token_terminator - lex->token_start,
+													&problem);
+
+					if (key && depth == 1)
+					{
+						field = header_field(bh, key);
+						/* a repeated "data" replaces the first: jsonb keeps the last */
+						if (field == &bh->data)
+							bh->data_object = JSON_TOKEN_INVALID;
+					}
+					else if (key)
+						data_object_next = strcmp(key, "object") == 0;
+				}
+				state = S_COLON;
+				break;
+
+			case S_COLON:
+				if (tok != JSON_TOKEN_COLON)
+					return json_errdetail(tok == JSON_TOKEN_END ? JSON_EXPECTED_MORE :
+										  JSON_EXPECTED_COLON, lex);
+				state = S_VALUE;
+				break;
+
+			case S_NEXT:
+				if (depth == 0)
+				{
+					if (tok != JSON_TOKEN_END)
+						return json_errdetail(JSON_EXPECTED_END, lex);
+					return NULL;
+				}
+				if (tok == JSON_TOKEN_COMMA)
+					state = top == '{' ? S_KEY : S_VALUE;
+				else if (tok == (top == '{' ? JSON_TOKEN_OBJECT_END : JSON_TOKEN_ARRAY_END))
+				{
+					if (depth == data_depth)
+						data_depth = 0;
+					depth--;
+				}
+				else
+					return json_errdetail(tok == JSON_TOKEN_END ? JSON_EXPECTED_MORE :
+										  top == '{' ? JSON_EXPECTED_OBJECT_NEXT :
+										  JSON_EXPECTED_ARRAY_NEXT, lex);
+				break;
+		}
+	}
+}
+
+/* Pushes a value of a token's type (true and false as they are). */
+static void
+push_placeholder(JsonbParseState **state, JsonTokenType type)
+{
+	JsonbValue	v;
+
+	switch (type)
+	{
+		case JSON_TOKEN_OBJECT_START:
+			pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+			pushJsonbValue(state, WJB_END_OBJECT, NULL);
+			return;
+		case JSON_TOKEN_ARRAY_START:
+			pushJsonbValue(state, WJB_BEGIN_ARRAY, NULL);
+			pushJsonbValue(state, WJB_END_ARRAY, NULL);
+			return;
+		case JSON_TOKEN_STRING:
+			v.type = jbvString;
+			v.val.string.val = "";
+			v.val.string.len = 0;
+			break;
+		case JSON_TOKEN_NUMBER:
+			v.type = jbvNumeric;
+			v.val.numeric = int64_to_numeric(0);
+			break;
+		case JSON_TOKEN_TRUE:
+		case JSON_TOKEN_FALSE:
+			v.type = jbvBool;
+			v.val.boolean = type == JSON_TOKEN_TRUE;
+			break;
+		default:
+			v.type = jbvNull;
+			break;
+	}
+	pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/* Can numeric_in read this JSON number without raising (exponent, size)? */
+static bool
+number_is_readable(const char *number)
+{
+	const char *e = strpbrk(number, "eE");
+
+	return strlen(number) <= 100 && (e == NULL || labs(strtol(e + 1, NULL, 10)) <= 1000);
+}
+
+/*
+ * Adds a scanned header field to the header object being built, as the
+ * value parse_event then checks: strings decoded, the created time as its
+ * number, other values as placeholders of their type (only their type
+ * matters), data as {"object": <a placeholder of data.object's type>}.  A
+ * string that cannot be decoded, or that the sanitized copy altered, is
+ * refused here.
+ */
+static void
+push_header_field(JsonbParseState **state, const char *name, const BodyToken *token,
+				  char *scan, const char *body, const BodyHeader *bh)
+{
+	JsonbValue	v;
+
+	if (token->type == JSON_TOKEN_INVALID)
+		return;
+	v.type = jbvString;
+	v.val.string.val = unconstify(char *, name);
+	v.val.string.len = strlen(name);
+	pushJsonbValue(state, WJB_KEY, &v);
+
+	if (token->type == JSON_TOKEN_STRING)
+	{
+		char	   *problem;
+		char	   *s = decode_string(scan + token->start, token->len, &problem);
+
+		if (s == NULL)
+			malformed(name, psprintf("cannot be read: %s", problem), NULL);
+		if (memcmp(scan + token->start, body + token->start, token->len) != 0)
+			malformed(name, "is not valid UTF-8", NULL);
+		v.type = jbvString;
+		v.val.string.val = s;
+		v.val.string.len = strlen(s);
+		pushJsonbValue(state, WJB_VALUE, &v);
+	}
+	else if (token->type == JSON_TOKEN_NUMBER && strcmp(name, "created") == 0)
+	{
+		char	   *number = pnstrdup(scan + token->start, token->len);
+
+		if (!number_is_readable(number))
+			malformed(name, psprintf("must be a Unix time in whole seconds, not %s", number),
+					  NULL);
+		v.type = jbvNumeric;
+		v.val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+															CStringGetDatum(number),
+															ObjectIdGetDatum(InvalidOid),
+															Int32GetDatum(-1)));
+		pushJsonbValue(state, WJB_VALUE, &v);
+	}
+	else if (token == &bh->data && token->type == JSON_TOKEN_OBJECT_START)
+	{
+		pushJsonbValue(state, WJB_BEGIN_OBJECT, NULL);
+		if (bh->data_object != JSON_TOKEN_INVALID)
+		{
+			v.type = jbvString;
+			v.val.string.val = "object";
+			v.val.string.len = 6;
+			pushJsonbValue(state, WJB_KEY, &v);
+			push_placeholder(state, bh->data_object);
+		}
+		pushJsonbValue(state, WJB_END_OBJECT, NULL);
+	}
+	else
+		push_placeholder(state, token->type);
+}
+
+/*
+ * Records a verified body that jsonb refused (reason says why) as a failed
+ * event with its raw bytes, its header read from scan_text: the body itself,
+ * or a sanitized copy of it of the same length.  A body without a usable
+ * header is refused as a malformed event, as the jsonb path would.
+ */
+static const char *
+record_unparsed_body(bytea *raw, char *scan_text, const char *reason)
+{
+	const char *body = VARDATA_ANY(raw);
+	int			len = VARSIZE_ANY_EXHDR(raw);
+	BodyHeader	bh;
+	char	   *not_json = scan_body_header(scan_text, len, &bh);
+	JsonbParseState *state = NULL;
+	JsonbValue *root;
+	EventHeader header;
+	bool		inserted;
+
+	if (not_json)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_MALFORMED_EVENT),
+				 errmsg("malformed Stripe event: the body is not JSON: %s", not_json)));
+	if (!bh.is_object)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_MALFORMED_EVENT),
+				 errmsg("malformed Stripe event: the event must be a JSON object")));
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_header_field(&state, "id", &bh.id, scan_text, body, &bh);
+	push_header_field(&state, "object", &bh.object, scan_text, body, &bh);
+	push_header_field(&state, "type", &bh.type, scan_text, body, &bh);
+	push_header_field(&state, "created", &bh.created, scan_text, body, &bh);
+	push_header_field(&state, "livemode", &bh.livemode, scan_text, body, &bh);
+	push_header_field(&state, "api_version", &bh.api_version, scan_text, body, &bh);
+	push_header_field(&state, "data", &bh.data, scan_text, body, &bh);
+	root = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+
+	/* the same checks as for any event, on the header alone */
+	parse_event(JsonbValueToJsonb(root), &header);
+	check_livemode(&header);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	inserted = ledger_insert(&header, "webhook", "failed", reason, NULL, raw);
+	SPI_finish();
+	return inserted ? "failed" : "duplicate";
+}
+
+/*
  * Verifies a webhook against stripe_billing.webhook_secret, parses the
  * payload and applies it with source "webhook".  The payload is the raw body
  * in bytes; is_text says it is already in the database encoding, otherwise
- * it is UTF-8, as Stripe sends it.
+ * it is UTF-8, as Stripe sends it.  A verified body jsonb refuses is kept
+ * as a failed event (record_unparsed_body).
  */
 static const char *
 handle_webhook(bytea *payload, text *header, bool is_text)
@@ -652,6 +1138,10 @@ handle_webhook(bytea *payload, text *header, bool is_text)
 	size_t	   *secret_lens;
 	int			nsecrets;
 	char	   *json;
+	char	   *reason = NULL;
+	int			db_encoding = GetDatabaseEncoding();
+	bool		utf8_db = db_encoding == PG_UTF8 || db_encoding == PG_SQL_ASCII;
+	Jsonb	   *event;
 
 	nsecrets = sb_split_secret_list(sb_webhook_secret, &secrets, &secret_lens);
 	sb_check_signature(body, body_len,
@@ -661,15 +1151,37 @@ handle_webhook(bytea *payload, text *header, bool is_text)
 					   sb_webhook_tolerance,
 					   timestamptz_to_time_t(GetCurrentTimestamp()));
 
-	/* verified: now the bytes must be text (this raises on invalid UTF-8) */
-	json = is_text ? unconstify(char *, body) :
-		pg_any_to_server(body, body_len, PG_UTF8);
-	if (json == body)
-		json = pnstrdup(body, body_len);
+	/* verified: from here on, a body with a usable id is not lost */
+	json = palloc(body_len + 1);
+	memcpy(json, body, body_len);
+	json[body_len] = '\0';
+	if (!is_text)
+	{
+		int			valid = pg_encoding_verifymbstr(PG_UTF8, json, body_len);
 
-	return sb_apply_event(DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-															 CStringGetDatum(json))),
-						  "webhook");
+		if (valid < body_len)
+		{
+			StringInfoData bytes;
+			int			n = Min(pg_encoding_mblen(PG_UTF8, json + valid), body_len - valid);
+
+			initStringInfo(&bytes);
+			for (int i = 0; i < n; i++)
+				appendStringInfo(&bytes, "%s0x%02x", i ? " " : "",
+								 (unsigned char) json[valid + i]);
+			reason = psprintf("the body is not valid UTF-8: invalid byte sequence %s at byte %d",
+							  bytes.data, valid);
+		}
+	}
+	if (reason == NULL)
+	{
+		event = parse_body_guarded(json, body_len, !is_text && !utf8_db, &reason);
+		if (event)
+			return sb_apply_event(event, "webhook");
+	}
+
+	return record_unparsed_body(payload, is_text ? json :
+								sanitized_copy(body, body_len, !utf8_db),
+								reason);
 }
 
 /* stripe_handle_webhook(payload text, signature_header text) -> outcome */

@@ -8,12 +8,16 @@
  * stored as text.  So before mapping, every field the mapping reads is
  * checked here against its expected JSON type, and the first mismatch
  * raises an error naming the field by its full path
- * ("data.object.items.data[1].quantity").
+ * ("data.object.items.data[1].quantity").  Values the mapping's casts and
+ * indexes would refuse are checked too: Unix times within timestamptz's
+ * range (stripe_billing._ts), amounts within bigint, counts within integer,
+ * ids and keys short enough for an index, an item listed once.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -23,11 +27,33 @@
 
 /* Accepted JSON types of a field (a mask); JSON null is always accepted. */
 #define J_STR	0x01
-#define J_INT	0x02			/* a number without fraction */
+#define J_INT	0x02			/* an integer within bigint */
 #define J_BOOL	0x04
 #define J_OBJ	0x08
 #define J_ARR	0x10
-#define J_ID	0x20			/* a string id, or an expanded object with one */
+#define J_ID	0x20			/* a string id, or an expanded object with one;
+								 * at most KEY_MAX bytes */
+#define J_INT4	0x40			/* an integer within integer */
+#define J_TIME	0x80			/* Unix seconds within timestamptz */
+/* Checks on top of the type */
+#define J_KEY	0x100			/* a string of at most KEY_MAX bytes */
+#define J_REF	0x200			/* a string of at most REF_MAX bytes */
+#define J_UNIQUE 0x400			/* a string unique among the array's elements */
+
+#define J_NUMBER (J_INT | J_INT4 | J_TIME)
+
+/*
+ * Ids and keys land in primary keys and indexes, whose entries must fit in a
+ * third of a page (2704 bytes): they are capped well below that.  A user
+ * reference from metadata may be as long as Stripe lets a metadata value
+ * be (500 characters; here, bytes).
+ */
+#define KEY_MAX 255
+#define REF_MAX 500
+
+/* The range of Unix seconds a timestamptz holds (to_timestamp's checks). */
+#define UNIX_SECONDS_MIN ((int64) SECS_PER_DAY * (DATETIME_MIN_JULIAN - UNIX_EPOCH_JDATE))
+#define UNIX_SECONDS_END ((int64) SECS_PER_DAY * (TIMESTAMP_END_JULIAN - UNIX_EPOCH_JDATE))
 
 typedef struct FieldSpec
 {
@@ -42,43 +68,50 @@ typedef struct ObjectShape
 	const FieldSpec *fields;
 } ObjectShape;
 
+/* The fields _user_ref() reads from metadata. */
+#define USER_REF_FIELDS \
+	{"metadata.user_ref", J_STR | J_REF, false}, \
+	{"metadata.user_id", J_STR | J_REF, false}, \
+	{"metadata.userId", J_STR | J_REF, false}
+
 /* The list of a subscription's items, as embedded in the subscription. */
 #define ITEM_FIELDS(prefix) \
-	{prefix "id", J_STR, true}, \
+	{prefix "id", J_STR | J_KEY | J_UNIQUE, true}, \
 	{prefix "quantity", J_INT, false}, \
-	{prefix "current_period_start", J_INT, false}, \
-	{prefix "current_period_end", J_INT, false}, \
+	{prefix "current_period_start", J_TIME, false}, \
+	{prefix "current_period_end", J_TIME, false}, \
 	{prefix "price", J_OBJ, false}, \
-	{prefix "price.id", J_STR, true}, \
+	{prefix "price.id", J_STR | J_KEY, true}, \
 	{prefix "price.product", J_ID, false}, \
-	{prefix "price.lookup_key", J_STR, false}, \
+	{prefix "price.lookup_key", J_STR | J_KEY, false}, \
 	{prefix "plan", J_OBJ, false}, \
-	{prefix "plan.id", J_STR, true}, \
+	{prefix "plan.id", J_STR | J_KEY, true}, \
 	{prefix "plan.product", J_ID, false}
 
 static const FieldSpec customer_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"email", J_STR, false},
 	{"name", J_STR, false},
 	{"deleted", J_BOOL, false},
 	{"metadata", J_OBJ, false},
-	{"created", J_INT, false},
+	USER_REF_FIELDS,
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 static const FieldSpec product_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"name", J_STR, false},
 	{"description", J_STR, false},
 	{"active", J_BOOL, false},
 	{"deleted", J_BOOL, false},
 	{"metadata", J_OBJ, false},
-	{"created", J_INT, false},
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 static const FieldSpec price_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"product", J_ID, false},
 	{"active", J_BOOL, false},
 	{"deleted", J_BOOL, false},
@@ -87,47 +120,48 @@ static const FieldSpec price_fields[] = {
 	{"type", J_STR, false},
 	{"recurring", J_OBJ, false},
 	{"recurring.interval", J_STR, false},
-	{"recurring.interval_count", J_INT, false},
+	{"recurring.interval_count", J_INT4, false},
 	{"recurring.usage_type", J_STR, false},
-	{"lookup_key", J_STR, false},
+	{"lookup_key", J_STR | J_KEY, false},
 	{"nickname", J_STR, false},
 	{"metadata", J_OBJ, false},
-	{"created", J_INT, false},
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 static const FieldSpec plan_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"product", J_ID, false},
 	{"active", J_BOOL, false},
 	{"deleted", J_BOOL, false},
 	{"currency", J_STR, false},
 	{"amount", J_INT, false},
 	{"interval", J_STR, false},
-	{"interval_count", J_INT, false},
+	{"interval_count", J_INT4, false},
 	{"usage_type", J_STR, false},
 	{"nickname", J_STR, false},
 	{"metadata", J_OBJ, false},
-	{"created", J_INT, false},
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 static const FieldSpec subscription_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"customer", J_ID, true},
 	{"status", J_STR, true},
 	{"cancel_at_period_end", J_BOOL, false},
-	{"cancel_at", J_INT, false},
-	{"canceled_at", J_INT, false},
-	{"ended_at", J_INT, false},
-	{"current_period_start", J_INT, false},
-	{"current_period_end", J_INT, false},
-	{"trial_start", J_INT, false},
-	{"trial_end", J_INT, false},
+	{"cancel_at", J_TIME, false},
+	{"canceled_at", J_TIME, false},
+	{"ended_at", J_TIME, false},
+	{"current_period_start", J_TIME, false},
+	{"current_period_end", J_TIME, false},
+	{"trial_start", J_TIME, false},
+	{"trial_end", J_TIME, false},
 	{"pause_collection", J_OBJ, false},
 	{"latest_invoice", J_ID, false},
 	{"metadata", J_OBJ, false},
-	{"created", J_INT, false},
+	USER_REF_FIELDS,
+	{"created", J_TIME, false},
 	{"items", J_OBJ, true},
 	{"items.data", J_ARR, true},
 	{"items.has_more", J_BOOL, false},
@@ -136,7 +170,7 @@ static const FieldSpec subscription_fields[] = {
 };
 
 static const FieldSpec invoice_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"customer", J_ID, false},
 	{"subscription", J_ID, false},
 	{"parent", J_OBJ, false},
@@ -147,19 +181,19 @@ static const FieldSpec invoice_fields[] = {
 	{"amount_paid", J_INT, false},
 	{"amount_remaining", J_INT, false},
 	{"currency", J_STR, false},
-	{"attempt_count", J_INT, false},
-	{"next_payment_attempt", J_INT, false},
+	{"attempt_count", J_INT4, false},
+	{"next_payment_attempt", J_TIME, false},
 	{"hosted_invoice_url", J_STR, false},
 	{"invoice_pdf", J_STR, false},
-	{"period_start", J_INT, false},
-	{"period_end", J_INT, false},
+	{"period_start", J_TIME, false},
+	{"period_end", J_TIME, false},
 	{"billing_reason", J_STR, false},
-	{"created", J_INT, false},
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 static const FieldSpec invoice_payment_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"invoice", J_ID, true},
 	{"amount_paid", J_INT, false},
 	{"currency", J_STR, false},
@@ -167,12 +201,12 @@ static const FieldSpec invoice_payment_fields[] = {
 	{"payment", J_OBJ, false},
 	{"payment.payment_intent", J_ID, false},
 	{"payment.charge", J_ID, false},
-	{"created", J_INT, false},
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 static const FieldSpec payment_intent_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"customer", J_ID, false},
 	{"invoice", J_ID, false},
 	{"amount", J_INT, false},
@@ -181,22 +215,22 @@ static const FieldSpec payment_intent_fields[] = {
 	{"last_payment_error", J_OBJ, false},
 	{"last_payment_error.code", J_STR, false},
 	{"last_payment_error.message", J_STR, false},
-	{"created", J_INT, false},
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 #define REFUND_FIELDS(prefix) \
-	{prefix "id", J_STR, true}, \
+	{prefix "id", J_STR | J_KEY, true}, \
 	{prefix "charge", J_ID, false}, \
 	{prefix "payment_intent", J_ID, false}, \
 	{prefix "amount", J_INT, false}, \
 	{prefix "currency", J_STR, false}, \
 	{prefix "status", J_STR, false}, \
 	{prefix "failure_reason", J_STR, false}, \
-	{prefix "created", J_INT, false}
+	{prefix "created", J_TIME, false}
 
 static const FieldSpec charge_fields[] = {
-	{"id", J_STR, true},
+	{"id", J_STR | J_KEY, true},
 	{"customer", J_ID, false},
 	{"invoice", J_ID, false},
 	{"payment_intent", J_ID, false},
@@ -206,7 +240,7 @@ static const FieldSpec charge_fields[] = {
 	{"status", J_STR, false},
 	{"failure_code", J_STR, false},
 	{"failure_message", J_STR, false},
-	{"created", J_INT, false},
+	{"created", J_TIME, false},
 	{"refunds", J_OBJ, false},
 	{"refunds.data", J_ARR, false},
 	REFUND_FIELDS("refunds.data[]."),
@@ -219,8 +253,8 @@ static const FieldSpec refund_fields[] = {
 };
 
 static const FieldSpec checkout_session_fields[] = {
-	{"id", J_STR, true},
-	{"client_reference_id", J_STR, false},
+	{"id", J_STR | J_KEY, true},
+	{"client_reference_id", J_STR | J_REF, false},
 	{"customer", J_ID, false},
 	{"customer_email", J_STR, false},
 	{"customer_details", J_OBJ, false},
@@ -233,20 +267,21 @@ static const FieldSpec checkout_session_fields[] = {
 	{"amount_total", J_INT, false},
 	{"currency", J_STR, false},
 	{"url", J_STR, false},
-	{"expires_at", J_INT, false},
+	{"expires_at", J_TIME, false},
 	{"metadata", J_OBJ, false},
-	{"created", J_INT, false},
+	USER_REF_FIELDS,
+	{"created", J_TIME, false},
 	{NULL}
 };
 
 static const FieldSpec entitlement_summary_fields[] = {
-	{"customer", J_STR, true},
+	{"customer", J_STR | J_KEY, true},
 	{"entitlements", J_OBJ, true},
 	{"entitlements.data", J_ARR, true},
 	{"entitlements.has_more", J_BOOL, false},
 	{"entitlements.data[].id", J_STR, false},
 	{"entitlements.data[].feature", J_ID, true},
-	{"entitlements.data[].lookup_key", J_STR, true},
+	{"entitlements.data[].lookup_key", J_STR | J_KEY, true},
 	{NULL}
 };
 
@@ -271,12 +306,15 @@ expected_types(int types)
 {
 	if (types & J_ID)
 		return "an id string or an object with an id";
-	switch (types)
+	switch (types & ~(J_KEY | J_REF | J_UNIQUE))
 	{
 		case J_STR:
 			return "a string";
 		case J_INT:
+		case J_INT4:
 			return "an integer";
+		case J_TIME:
+			return "a Unix time in whole seconds";
 		case J_BOOL:
 			return "a boolean";
 		case J_OBJ:
@@ -296,14 +334,58 @@ wrong_field(const StringInfo where, const char *problem)
 			 errmsg("invalid Stripe object: field \"%s\" %s", where->data, problem)));
 }
 
-/* Is v an integral JSON number? */
-static bool
-is_integer(JsonbValue *v)
+/* A value for a message, cut short when long. */
+static const char *
+shown(const char *s)
 {
-	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out,
-														NumericGetDatum(v->val.numeric)));
+	return strlen(s) <= 40 ? s : psprintf("%.40s...", s);
+}
 
-	return strspn(s, "-0123456789") == strlen(s);
+/*
+ * Checks a JSON number against the integer kind of the field: an integer
+ * within bigint (J_INT) or integer (J_INT4), or Unix seconds a timestamptz
+ * holds (J_TIME, what stripe_billing._ts converts).
+ */
+static void
+check_number(JsonbValue *v, int types, const StringInfo where)
+{
+	char	   *digits = DatumGetCString(DirectFunctionCall1(numeric_out,
+															 NumericGetDatum(v->val.numeric)));
+	char	   *end;
+	int64		value;
+	bool		in_range;
+
+	if (strspn(digits, "-0123456789") != strlen(digits))
+		wrong_field(where, psprintf("must be %s, not %s", expected_types(types), shown(digits)));
+
+	errno = 0;
+	value = strtoi64(digits, &end, 10);
+	in_range = errno == 0 && *end == '\0';
+	if (types & J_TIME)
+	{
+		if (!in_range || value < UNIX_SECONDS_MIN || value >= UNIX_SECONDS_END)
+			wrong_field(where, psprintf("must be a Unix time in whole seconds within the range of timestamptz, not %s",
+										shown(digits)));
+	}
+	else if (types & J_INT4)
+	{
+		if (!in_range || value < PG_INT32_MIN || value > PG_INT32_MAX)
+			wrong_field(where, psprintf("must be an integer within the range of integer, not %s",
+										shown(digits)));
+	}
+	else if (!in_range)
+		wrong_field(where, psprintf("must be an integer within the range of bigint, not %s",
+									shown(digits)));
+}
+
+/* Checks the length of a string id or key. */
+static void
+check_length(int len, int types, const StringInfo where)
+{
+	int			max = (types & J_REF) ? REF_MAX : KEY_MAX;
+
+	if ((types & (J_ID | J_KEY | J_REF)) && len > max)
+		wrong_field(where, psprintf("must be at most %d bytes, not %d", max, len));
 }
 
 /* Checks one leaf value against its accepted types. */
@@ -322,9 +404,13 @@ check_value(JsonbValue *v, int types, bool required, const StringInfo where)
 	{
 		case jbvString:
 			ok = (types & (J_STR | J_ID)) != 0;
+			if (ok)
+				check_length(v->val.string.len, types, where);
 			break;
 		case jbvNumeric:
-			ok = (types & J_INT) != 0 && is_integer(v);
+			ok = (types & J_NUMBER) != 0;
+			if (ok)
+				check_number(v, types, where);
 			break;
 		case jbvBool:
 			ok = (types & J_BOOL) != 0;
@@ -340,11 +426,12 @@ check_value(JsonbValue *v, int types, bool required, const StringInfo where)
 					JsonbValue *id = getKeyJsonValueFromContainer(v->val.binary.data,
 																  "id", 2, &buf);
 
+					appendStringInfoString(where, ".id");
 					if (id == NULL || id->type != jbvString)
-					{
-						appendStringInfoString(where, ".id");
 						wrong_field(where, "must be a string");
-					}
+					check_length(id->val.string.len, types, where);
+					where->len -= 3;
+					where->data[where->len] = '\0';
 				}
 			}
 			else
@@ -356,6 +443,58 @@ check_value(JsonbValue *v, int types, bool required, const StringInfo where)
 	if (!ok)
 		wrong_field(where, psprintf("must be %s, not %s", expected_types(types),
 									JsonbTypeName(v)));
+}
+
+/* One string of an array's elements, for J_UNIQUE. */
+typedef struct SeenValue
+{
+	const char *val;
+	int			len;
+	uint32		k;				/* the element's index */
+} SeenValue;
+
+/* Orders seen values by value, then by index. */
+static int
+seen_value_cmp(const void *a, const void *b)
+{
+	const SeenValue *x = a;
+	const SeenValue *y = b;
+	int			c;
+
+	if (x->len != y->len)
+		return x->len < y->len ? -1 : 1;
+	c = memcmp(x->val, y->val, x->len);
+	if (c != 0)
+		return c;
+	return x->k < y->k ? -1 : (x->k > y->k ? 1 : 0);
+}
+
+/*
+ * Raises the error for the first element (in array order) whose key, the
+ * string leaf of each element, repeats an earlier element's.  where is the
+ * array's path.
+ */
+static void
+check_unique(SeenValue *seen, int nseen, const char *leaf, StringInfo where)
+{
+	int			first = -1;
+	char	   *array;
+
+	/* sorted, a repeat follows the one it repeats: the earliest repeat wins */
+	qsort(seen, nseen, sizeof(SeenValue), seen_value_cmp);
+	for (int j = 1; j < nseen; j++)
+		if (seen[j].len == seen[j - 1].len &&
+			memcmp(seen[j].val, seen[j - 1].val, seen[j].len) == 0 &&
+			(first < 0 || seen[j].k < seen[first].k))
+			first = j;
+	if (first < 0)
+		return;
+
+	array = pstrdup(where->data);
+	appendStringInfo(where, "[%u].%s", seen[first].k, leaf);
+	wrong_field(where, psprintf("must be unique: \"%.*s\" is also %s[%u].%s",
+								seen[first].len, seen[first].val,
+								array, seen[first - 1].k, leaf));
 }
 
 /*
@@ -373,6 +512,9 @@ check_path(JsonbContainer *c, char **segs, int nsegs, int i,
 	JsonbValue	buf;
 	JsonbValue *v;
 	int			base_len;
+	uint32		nelems;
+	SeenValue  *seen = NULL;
+	int			nseen = 0;
 
 	if (each)
 		len -= 2;
@@ -398,7 +540,11 @@ check_path(JsonbContainer *c, char **segs, int nsegs, int i,
 	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
 		wrong_field(where, psprintf("must be an array, not %s", JsonbTypeName(v)));
 	base_len = where->len;
-	for (uint32 k = 0; k < JsonContainerSize(v->val.binary.data); k++)
+	nelems = JsonContainerSize(v->val.binary.data);
+	/* a key unique among the elements: the leaf right under them */
+	if ((spec->types & J_UNIQUE) && i == nsegs - 2 && nelems > 1)
+		seen = palloc(nelems * sizeof(SeenValue));
+	for (uint32 k = 0; k < nelems; k++)
 	{
 		JsonbValue *elem = getIthJsonbValueFromContainer(v->val.binary.data, k);
 
@@ -412,7 +558,29 @@ check_path(JsonbContainer *c, char **segs, int nsegs, int i,
 			if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
 				wrong_field(where, psprintf("must be an object, not %s", JsonbTypeName(elem)));
 			check_path(elem->val.binary.data, segs, nsegs, i + 1, spec, where);
+			if (seen)
+			{
+				JsonbValue	key_buf;
+				JsonbValue *key = getKeyJsonValueFromContainer(elem->val.binary.data,
+															   segs[i + 1], strlen(segs[i + 1]),
+															   &key_buf);
+
+				if (key && key->type == jbvString)
+				{
+					seen[nseen].val = key->val.string.val;
+					seen[nseen].len = key->val.string.len;
+					seen[nseen].k = k;
+					nseen++;
+				}
+			}
 		}
+	}
+	if (seen)
+	{
+		where->len = base_len;
+		where->data[base_len] = '\0';
+		check_unique(seen, nseen, segs[i + 1], where);
+		pfree(seen);
 	}
 }
 
