@@ -362,6 +362,7 @@ BEGIN
   IF EXISTS (SELECT FROM pg_catalog.pg_settings
               WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
     ALTER TABLE stripe_billing.events ALTER COLUMN payload SET COMPRESSION lz4;
+    ALTER TABLE stripe_billing.events ALTER COLUMN body SET COMPRESSION lz4;
     FOREACH t IN ARRAY ARRAY['customers', 'products', 'prices', 'subscriptions', 'subscription_items',
                              'invoices', 'payments', 'checkout_sessions', 'entitlement_summaries'] LOOP
       EXECUTE format('ALTER TABLE stripe_billing.%I ALTER COLUMN raw SET COMPRESSION lz4', t);
