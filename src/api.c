@@ -11,7 +11,10 @@
  * the local tables at once, through the same mapping as events, so the
  * caller's next query sees it; the event Stripe sends later is then
  * harmless.  Stripe's errors become ereports with a mapped SQLSTATE,
- * Stripe's message, and type/code/param in the detail.
+ * Stripe's message, and type/code/param in the detail, secrets scrubbed
+ * (an upstream may echo the Authorization header, and PL/pgSQL callers
+ * store SQLERRM).  Paths and idempotency keys are checked before any
+ * request: they go into the request line and headers as they are.
  *
  *-------------------------------------------------------------------------
  */
@@ -19,7 +22,6 @@
 
 #include <curl/curl.h>
 
-#include "common/jsonapi.h"
 #include "common/pg_prng.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
@@ -39,13 +41,40 @@ PG_FUNCTION_INFO_V1(stripe_events_page);
 /* Longest wait between retries, whatever Retry-After says (ms). */
 #define MAX_RETRY_WAIT_MS 10000
 
-/* Is this (valid) JSON text?  Checked without raising. */
-static bool
-is_json(char *text, int len)
+/*
+ * A response body as jsonb, or NULL if it is not JSON (a proxy's HTML page,
+ * a body cut short, bytes invalid in the database encoding or a NUL, which
+ * would end the text early).  Parsed once: jsonb_in's data error is caught
+ * and forgotten rather than raised.  Other errors (out of memory, an
+ * interrupt) are raised as they are.
+ */
+static Jsonb *
+parse_body(SbHttpResponse *r)
 {
-	JsonLexContext *lex = makeJsonLexContextCstringLen(text, len, GetDatabaseEncoding(), false);
+	MemoryContext context = CurrentMemoryContext;
+	Jsonb	   *volatile body = NULL;
 
-	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+	if (!pg_verify_mbstr(GetDatabaseEncoding(), r->body, r->body_len, true))
+		return NULL;
+	PG_TRY();
+	{
+		body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(r->body)));
+	}
+	PG_CATCH();
+	{
+		int			sqlstate;
+
+		MemoryContextSwitchTo(context);
+		sqlstate = geterrcode();
+		/* syntax, encoding, nesting or size: the body is not usable JSON */
+		if (ERRCODE_TO_CATEGORY(sqlstate) != ERRCODE_DATA_EXCEPTION &&
+			ERRCODE_TO_CATEGORY(sqlstate) != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+			PG_RE_THROW();
+		FlushErrorState();
+		body = NULL;
+	}
+	PG_END_TRY();
+	return body;
 }
 
 /* A string field of a jsonb object, or NULL. */
@@ -97,7 +126,11 @@ error_sqlstate(int status, const char *type)
 	return ERRCODE_SB_API_INVALID_REQUEST;
 }
 
-/* Raises the error of a failed response (HTTP error or none at all). */
+/*
+ * Raises the error of a failed response (HTTP error, a body that is not
+ * JSON, or no response at all).  What Stripe (or whatever answered) wrote
+ * is formatted first and scrubbed of secrets, then raised as it is.
+ */
 static void
 report_failure(const char *method, const char *path, SbHttpResponse *r, Jsonb *body)
 {
@@ -106,39 +139,59 @@ report_failure(const char *method, const char *path, SbHttpResponse *r, Jsonb *b
 	char	   *code = sb_object_string(error, "code");
 	char	   *param = sb_object_string(error, "param");
 	char	   *message = sb_object_string(error, "message");
+	char	   *text;
+	char	   *detail;
+	char	   *hint = NULL;
 
 	if (r->status == 0)
+	{
+		text = psprintf("Stripe API request %s %s failed: %s", method, path, r->network_error);
+		sb_scrub_secrets(text);
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_NETWORK),
-				 errmsg("Stripe API request %s %s failed: %s", method, path, r->network_error),
+				 errmsg_internal("%s", text),
 				 r->timed_out ?
 				 errhint("stripe_billing.connect_timeout and stripe_billing.request_timeout bound each request.") : 0));
+	}
 	if (body == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_NETWORK),
 				 errmsg("Stripe API request %s %s returned a response that is not JSON (HTTP %d, %d bytes)",
 						method, path, r->status, r->body_len),
-				 errhint("The response may have been cut short.")));
+				 errhint("The response may have been cut short, or come from a proxy rather than Stripe.")));
 
+	text = psprintf("Stripe API: %s", message ? message : "request failed");
+	detail = psprintf("%s %s: HTTP %d, type %s, code %s, param %s, request %s.",
+					  method, path, r->status,
+					  type ? type : "(none)", code ? code : "(none)",
+					  param ? param : "(none)",
+					  r->request_id ? r->request_id : "(none)");
+	if (r->status == 429 && r->retry_after)
+		hint = psprintf("Stripe asks to retry after %s seconds.", r->retry_after);
+	sb_scrub_secrets(text);
+	sb_scrub_secrets(detail);
+	sb_scrub_secrets(hint);
 	ereport(ERROR,
 			(errcode(error_sqlstate(r->status, type)),
-			 errmsg("Stripe API: %s", message ? message : "request failed"),
-			 errdetail("%s %s: HTTP %d, type %s, code %s, param %s, request %s.",
-					   method, path, r->status,
-					   type ? type : "(none)", code ? code : "(none)",
-					   param ? param : "(none)",
-					   r->request_id ? r->request_id : "(none)"),
-			 r->status == 429 && r->retry_after ?
-			 errhint("Stripe asks to retry after %s seconds.", r->retry_after) : 0));
+			 errmsg_internal("%s", text),
+			 errdetail_internal("%s", detail),
+			 hint ? errhint("%s", hint) : 0));
 }
 
-/* Should this failed response be tried again? */
+/*
+ * Should this failed response be tried again?  A 2xx whose body is not JSON
+ * (body == NULL) is taken for what it most likely is, a transfer spoiled on
+ * the way (a proxy's page, a body cut short), and retried like a network
+ * failure: for a mutating call the retry carries the same idempotency key,
+ * so Stripe replays the first result rather than acting twice.
+ */
 static bool
-should_retry(SbHttpResponse *r)
+should_retry(SbHttpResponse *r, Jsonb *body)
 {
 	if (r->should_retry)
 		return strcmp(r->should_retry, "true") == 0;
-	return r->status == 0 || r->status == 429 || r->status >= 500;
+	return r->status == 0 || r->status == 429 || r->status >= 500 ||
+		(r->status / 100 == 2 && body == NULL);
 }
 
 /*
@@ -188,20 +241,116 @@ new_idempotency_key(void)
 	return key;
 }
 
-/* Checks a request path: "/v1/...", printable, no query string. */
+/* Is c an unreserved URI character (RFC 3986): A-Z a-z 0-9 - . _ ~ ? */
+static bool
+is_unreserved(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+/*
+ * Checks a request path, which goes into the request line as it is:
+ * "/" then segments of unreserved characters and %XX escapes, separated by
+ * single slashes, none empty and none "." or ".." (also percent-encoded:
+ * "%2e%2E"), which libcurl or the server would resolve, so that
+ * "/v1/subscriptions/../customers/x" reached another endpoint.  The
+ * characters are checked first, so the later messages can quote the path.
+ */
 static void
 check_path(const char *path)
 {
+	const char *p;
+
 	if (path == NULL || path[0] != '/')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("path must start with \"/\", as in \"/v1/customers\"")));
-	for (const char *p = path; *p; p++)
-		if (*p <= ' ' || *p == '?' || *p == '#' || *p == 0x7f)
+	/* (not quoted: a space or control character would show raw) */
+	for (p = path; *p; p++)
+		if ((unsigned char) *p <= 0x20 || (unsigned char) *p >= 0x7f)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("path \"%s\" must not contain spaces, control characters, '?' or '#'", path),
+					 errmsg("path must not contain spaces, control characters or non-ASCII bytes, but byte %d is 0x%02X",
+							(int) (p - path) + 1, (unsigned char) *p),
+					 errhint("Percent-encode other characters of an id.")));
+	for (p = path; *p; p++)
+	{
+		if (*p == '?' || *p == '#')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("path \"%s\" must not contain '?' or '#'", path),
 					 errhint("Pass query parameters in params.")));
+		if (*p == '%' && !(isxdigit((unsigned char) p[1]) && isxdigit((unsigned char) p[2])))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("path \"%s\" has a '%%' not followed by two hexadecimal digits", path)));
+		if (*p != '/' && *p != '%' && !is_unreserved(*p))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("path \"%s\" must contain only letters, digits, \"-._~\", \"/\" and %%XX escapes, not '%c'",
+							path, *p),
+					 errhint("Percent-encode other characters of an id.")));
+	}
+
+	/* each segment, after a "/" */
+	for (p = path + 1;; p++)
+	{
+		int			chars = 0;
+		int			dots = 0;
+
+		for (; *p && *p != '/'; p++, chars++)
+		{
+			if (*p == '.')
+				dots++;
+			else if (p[0] == '%' && p[1] == '2' && (p[2] == 'e' || p[2] == 'E'))
+			{
+				dots++;
+				p += 2;
+			}
+			else if (*p == '%')
+				p += 2;
+		}
+		if (chars == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("path \"%s\" has an empty segment", path),
+					 errdetail("A path must not end in \"/\" nor contain \"//\".")));
+		if (dots == chars && chars <= 2)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("path \"%s\" has a \".\" or \"..\" segment", path),
+					 errdetail("Dot segments, also percent-encoded, would be resolved to another path.")));
+		if (*p == '\0')
+			break;
+	}
+}
+
+/*
+ * Checks an idempotency key, which goes into a request header as it is:
+ * 1 to 255 printable ASCII characters (a CR or LF would end the header and
+ * start another, or a whole second request).  The key is not quoted in
+ * the message: it may hold the very control characters refused.
+ */
+static void
+check_idempotency_key(const char *key)
+{
+	size_t		len = strlen(key);
+
+	for (size_t i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) key[i];
+
+		if (c < 0x20 || c > 0x7e)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("idempotency_key must be printable ASCII, but byte %zu is 0x%02X", i + 1, c),
+					 errdetail("An idempotency key is 1 to 255 characters from space to \"~\" (0x20 to 0x7E).")));
+	}
+	if (len > 255)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency_key must be at most 255 characters, not %zu", len)));
 }
 
 /* Calls the Stripe API with jsonb parameters (see sb_stripe_call_form). */
@@ -215,9 +364,10 @@ sb_stripe_call(const char *method, const char *path, Jsonb *params,
 /*
  * Calls the Stripe API with an encoded form and returns the response object;
  * raises Stripe's or the network's error.  Retries
- * (stripe_billing.max_network_retries) what Stripe says may be retried, with
- * the same idempotency key.  A returned object of a mapped kind is applied
- * to the local tables.
+ * (stripe_billing.max_network_retries) what Stripe says may be retried, and
+ * network failures (a 2xx that is not JSON counted as one), with the same
+ * idempotency key.  An empty idempotency_key, like NULL, means a fresh one.
+ * A returned object of a mapped kind is applied to the local tables.
  */
 Jsonb *
 sb_stripe_call_form(const char *method, const char *path, const char *form,
@@ -234,19 +384,19 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("method must be GET, POST or DELETE, not \"%s\"", method)));
 	check_path(path);
-	if (mutating && (idempotency_key == NULL || idempotency_key[0] == '\0'))
+	if (idempotency_key && idempotency_key[0] != '\0')
+		check_idempotency_key(idempotency_key);
+	else if (mutating)
 		idempotency_key = new_idempotency_key();
 
 	for (;;)
 	{
 		r = sb_http_request(method, path, form, mutating ? idempotency_key : NULL);
-		body = NULL;
-		/* (parsed once; an error body is checked first, it may be anything) */
-		if (r->status != 0 && (r->status / 100 == 2 || is_json(r->body, r->body_len)))
-			body = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(r->body)));
-		if (r->status / 100 == 2)
+		/* (parsed once, whatever the status: an error body may be anything) */
+		body = r->status != 0 ? parse_body(r) : NULL;
+		if (r->status / 100 == 2 && body != NULL)
 			break;
-		if (attempt >= sb_max_network_retries || !should_retry(r))
+		if (attempt >= sb_max_network_retries || !should_retry(r, body))
 			report_failure(method, path, r, body);
 		wait_to_retry(r, attempt++);
 	}
@@ -338,11 +488,10 @@ stripe_events_page(PG_FUNCTION_ARGS)
 	sb_form_append(&query, "limit", "100");
 	sb_form_append(&query, "ending_before", cursor);
 
-	/* (a 2xx body that is not JSON raises, as it would asked the usual way) */
+	/* (anything but a JSON 2xx is asked again the usual way, which says why) */
 	r = sb_http_take_prefetched("/v1/events", query.data);
-	if (r && r->status / 100 == 2)
-		page = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(r->body)));
-	else
+	page = (r && r->status / 100 == 2) ? parse_body(r) : NULL;
+	if (page == NULL)
 		page = sb_stripe_call_form("GET", "/v1/events", query.data, NULL);
 
 	if (prefetch_next && (next = newer_page_cursor(page)) != NULL)

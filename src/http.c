@@ -12,8 +12,14 @@
  * except plain HTTP to a loopback host (tests, a local fake Stripe).
  *
  * libcurl allocates with malloc: its lists and escaped strings are freed
- * with curl's own functions, also on error paths.  The response body is
- * collected in a palloc'd StringInfo by our write callback.
+ * with curl's own functions, also on error paths.  Nothing that can raise
+ * runs inside a libcurl callback (an ereport would longjmp out of libcurl
+ * and leave the handle unusable for the rest of the backend's life): the
+ * write callback collects the body in a malloc'd buffer, capped at
+ * stripe_billing.max_response_size, and the header callback copies the few
+ * headers kept into fixed arrays, both only recording a failure.  Once the
+ * transfer is over, the response is copied into palloc'd memory, the
+ * buffer freed on every path, and only then is anything raised.
  *
  *-------------------------------------------------------------------------
  */
@@ -30,59 +36,125 @@
 
 static CURL *curl_handle = NULL;
 
-/* Callback state of one transfer. */
+/* Room for one kept header value (longer ones are cut, still terminated). */
+#define HEADER_VALUE_SIZE 128
+
+/*
+ * Callback state of one transfer.  Callbacks only write into it (malloc,
+ * copies into fixed arrays, flags): nothing in them can raise.
+ */
 typedef struct Transfer
 {
-	StringInfo	body;
-	SbHttpResponse *response;
+	char	   *body;			/* malloc'd, NUL-terminated; or NULL */
+	size_t		body_len;
+	size_t		body_size;		/* allocated */
+	size_t		max_len;		/* stripe_billing.max_response_size in bytes */
+	bool		too_large;		/* stopped at max_len */
+	bool		out_of_memory;	/* realloc failed */
+	char		request_id[HEADER_VALUE_SIZE];
+	char		date[HEADER_VALUE_SIZE];
+	char		retry_after[HEADER_VALUE_SIZE];
+	char		should_retry[HEADER_VALUE_SIZE];
 } Transfer;
 
-/* Collects the response body. */
+/* Readies a transfer for a new request (any earlier body already freed). */
+static void
+init_transfer(Transfer *t)
+{
+	memset(t, 0, sizeof(Transfer));
+	/* (the largest setting, 1 GB, would not fit a palloc with its NUL) */
+	t->max_len = Min((size_t) sb_max_response_size * 1024, MaxAllocSize - 1);
+}
+
+/* Frees a transfer's malloc'd body. */
+static void
+free_transfer_body(Transfer *t)
+{
+	free(t->body);
+	t->body = NULL;
+	t->body_len = t->body_size = 0;
+}
+
+/*
+ * Write callback: appends to the malloc'd body.  Past max_len, or when
+ * realloc fails, it records why and returns 0, which aborts the transfer
+ * (CURLE_WRITE_ERROR).
+ */
 static size_t
 write_body(char *data, size_t size, size_t nmemb, void *arg)
 {
-	Transfer   *transfer = (Transfer *) arg;
+	Transfer   *t = (Transfer *) arg;
 	size_t		n = size * nmemb;
 
-	appendBinaryStringInfo(transfer->body, data, n);
+	if (n > t->max_len - t->body_len)
+	{
+		t->too_large = true;
+		return 0;
+	}
+	if (t->body_len + n + 1 > t->body_size)
+	{
+		size_t		want = Max(t->body_size, (size_t) 16384);
+		char	   *grown;
+
+		while (want < t->body_len + n + 1)
+			want *= 2;
+		want = Min(want, t->max_len + 1);
+		grown = realloc(t->body, want);
+		if (grown == NULL)
+		{
+			t->out_of_memory = true;
+			return 0;
+		}
+		t->body = grown;
+		t->body_size = want;
+	}
+	memcpy(t->body + t->body_len, data, n);
+	t->body_len += n;
+	t->body[t->body_len] = '\0';
 	return n;
 }
 
-/* Copies the value of a header line if its name matches. */
-static char *
-header_value(const char *line, size_t len, const char *name)
+/*
+ * Copies the value of a header line into dst (size HEADER_VALUE_SIZE) if
+ * its name is name: trimmed, cut to fit, any byte that is not printable
+ * ASCII replaced by '?' (values end up in messages).
+ */
+static bool
+keep_header(char *dst, const char *line, size_t len, const char *name)
 {
 	size_t		name_len = strlen(name);
 	const char *value;
 	const char *end = line + len;
+	size_t		n;
 
 	if (len <= name_len || pg_strncasecmp(line, name, name_len) != 0 || line[name_len] != ':')
-		return NULL;
+		return false;
 	value = line + name_len + 1;
 	while (value < end && (*value == ' ' || *value == '\t'))
 		value++;
-	while (end > value && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+	while (end > value && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
 		end--;
-	return pnstrdup(value, end - value);
+	n = Min((size_t) (end - value), (size_t) HEADER_VALUE_SIZE - 1);
+	for (size_t i = 0; i < n; i++)
+		dst[i] = ((unsigned char) value[i] >= 0x20 && (unsigned char) value[i] < 0x7f) ? value[i] : '?';
+	dst[n] = '\0';
+	return true;
 }
 
-/* Keeps the response headers the callers need. */
+/* Header callback: keeps the response headers the callers need. */
 static size_t
 read_header(char *line, size_t size, size_t nitems, void *arg)
 {
-	Transfer   *transfer = (Transfer *) arg;
-	SbHttpResponse *r = transfer->response;
+	Transfer   *t = (Transfer *) arg;
 	size_t		len = size * nitems;
-	char	   *v;
 
-	if ((v = header_value(line, len, "Request-Id")) != NULL)
-		r->request_id = v;
-	else if ((v = header_value(line, len, "Date")) != NULL)
-		r->date = v;
-	else if ((v = header_value(line, len, "Retry-After")) != NULL)
-		r->retry_after = v;
-	else if ((v = header_value(line, len, "Stripe-Should-Retry")) != NULL)
-		r->should_retry = v;
+	/* a new status line (after a 100 Continue, say): its own headers only */
+	if (len >= 5 && strncmp(line, "HTTP/", 5) == 0)
+		t->request_id[0] = t->date[0] = t->retry_after[0] = t->should_retry[0] = '\0';
+	else if (!keep_header(t->request_id, line, len, "Request-Id") &&
+			 !keep_header(t->date, line, len, "Date") &&
+			 !keep_header(t->retry_after, line, len, "Retry-After"))
+		(void) keep_header(t->should_retry, line, len, "Stripe-Should-Retry");
 	return len;
 }
 
@@ -263,12 +335,22 @@ set_options(CURL *curl, const char *method, const char *url, const char *form,
 			struct curl_slist *headers, Transfer *transfer, char *errbuf)
 {
 	curl_easy_setopt(curl, CURLOPT_URL, url);
+
+	/*
+	 * The path was checked to hold no "." or ".." segment (check_path in
+	 * api.c), so libcurl's resolving of them would change nothing; as is,
+	 * the bytes sent are exactly the bytes checked, whatever libcurl's
+	 * normalization does now or later.
+	 */
+	curl_easy_setopt(curl, CURLOPT_PATH_AS_IS, 1L);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https,http");
 	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) sb_connect_timeout);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) sb_request_timeout);
 	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
 	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+	/* (a Content-Length over the cap stops it before the body; see write_body) */
+	curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) transfer->max_len);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_body);
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, transfer);
 	curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, read_header);
@@ -285,10 +367,19 @@ set_options(CURL *curl, const char *method, const char *url, const char *form,
 		curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
 }
 
-/* Fills in how a finished transfer ended: status, or the network error. */
-static void
-finish_response(CURL *curl, CURLcode code, const char *errbuf, SbHttpResponse *response)
+/*
+ * Copies a finished transfer into a palloc'd response in the current
+ * memory context: status and body, or the network error; the kept headers.
+ * Marks the transfer too large when libcurl stopped it on Content-Length.
+ * Frees nothing: the caller frees the body whatever happens.
+ */
+static SbHttpResponse *
+collect_response(CURL *curl, CURLcode code, const char *errbuf, Transfer *t)
 {
+	SbHttpResponse *response = palloc0(sizeof(SbHttpResponse));
+
+	if (code == CURLE_FILESIZE_EXCEEDED)
+		t->too_large = true;
 	if (code == CURLE_OK)
 	{
 		long		status;
@@ -301,6 +392,38 @@ finish_response(CURL *curl, CURLcode code, const char *errbuf, SbHttpResponse *r
 		response->network_error = pstrdup(errbuf[0] ? errbuf : curl_easy_strerror(code));
 		response->timed_out = code == CURLE_OPERATION_TIMEDOUT;
 	}
+	response->body = palloc(t->body_len + 1);
+	if (t->body_len > 0)
+		memcpy(response->body, t->body, t->body_len);
+	response->body[t->body_len] = '\0';
+	response->body_len = (int) t->body_len;
+	response->request_id = t->request_id[0] ? pstrdup(t->request_id) : NULL;
+	response->date = t->date[0] ? pstrdup(t->date) : NULL;
+	response->retry_after = t->retry_after[0] ? pstrdup(t->retry_after) : NULL;
+	response->should_retry = t->should_retry[0] ? pstrdup(t->should_retry) : NULL;
+	return response;
+}
+
+/*
+ * Raises the error of a transfer the write callback stopped: a body over
+ * stripe_billing.max_response_size (SBA07, not worth retrying: the same
+ * request gets the same answer), or no memory for it.
+ */
+static void
+report_stopped_transfer(const char *method, const char *path, Transfer *t)
+{
+	if (t->too_large)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_NETWORK),
+				 errmsg("Stripe API response to %s %s exceeds stripe_billing.max_response_size (%d kB)",
+						method, path, sb_max_response_size),
+				 errhint("A superuser may raise stripe_billing.max_response_size.")));
+	if (t->out_of_memory)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("Failed on a Stripe API response to %s %s, after %zu bytes.",
+						   method, path, t->body_len)));
 }
 
 /*
@@ -314,41 +437,41 @@ SbHttpResponse *
 sb_http_request(const char *method, const char *path, const char *form,
 				const char *idempotency_key)
 {
-	SbHttpResponse *response = palloc0(sizeof(SbHttpResponse));
+	SbHttpResponse *response = NULL;
 	bool		has_body = strcmp(method, "POST") == 0;
-	Transfer	transfer;
+	Transfer   *transfer = palloc(sizeof(Transfer));	/* (not a local: see PG_FINALLY) */
 	struct curl_slist *headers;
 	CURL	   *curl;
 	CURLcode	code = CURLE_OK;
-	char		errbuf[CURL_ERROR_SIZE];
+	char	   *errbuf = palloc(CURL_ERROR_SIZE);
 	char	   *url;
 
 	check_settings();
 	url = request_url(path, has_body ? NULL : form);
-	transfer.body = makeStringInfo();
-	transfer.response = response;
+	init_transfer(transfer);
 	errbuf[0] = '\0';
 
 	curl = get_handle();
 	headers = build_headers(idempotency_key, has_body);
-	set_options(curl, method, url, form, headers, &transfer, errbuf);
+	set_options(curl, method, url, form, headers, transfer, errbuf);
 	PG_TRY();
 	{
 		code = curl_easy_perform(curl);
+		response = collect_response(curl, code, errbuf, transfer);
 	}
 	PG_FINALLY();
 	{
 		/* the header list holds the key: forget the handle's pointer to it */
 		curl_easy_setopt(curl, CURLOPT_HTTPHEADER, NULL);
+		curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, NULL);
 		curl_slist_free_all(headers);
+		free_transfer_body(transfer);
 	}
 	PG_END_TRY();
 
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		CHECK_FOR_INTERRUPTS();	/* raises the cancel, timeout or termination */
-	finish_response(curl, code, errbuf, response);
-	response->body = transfer.body->data;
-	response->body_len = transfer.body->len;
+	report_stopped_transfer(method, path, transfer);
 	return response;
 }
 
@@ -365,11 +488,11 @@ static struct
 	MemoryContext context;
 	char	   *request;		/* "path?query" in flight, or NULL */
 	struct curl_slist *headers;
-	Transfer	transfer;
+	Transfer	transfer;		/* its body malloc'd while request is set */
 	char		errbuf[CURL_ERROR_SIZE];
 } prefetch;
 
-/* Forgets the background request, finished or not. */
+/* Forgets the background request, finished or not, and frees its body. */
 static void
 drop_prefetch(void)
 {
@@ -379,6 +502,7 @@ drop_prefetch(void)
 	curl_easy_setopt(prefetch.handle, CURLOPT_HTTPHEADER, NULL);
 	curl_slist_free_all(prefetch.headers);
 	prefetch.headers = NULL;
+	free_transfer_body(&prefetch.transfer);
 	prefetch.request = NULL;
 	MemoryContextReset(prefetch.context);
 }
@@ -447,8 +571,7 @@ sb_http_prefetch(const char *path, const char *query)
 
 	oldcontext = MemoryContextSwitchTo(prefetch.context);
 	url = request_url(path, query);
-	prefetch.transfer.body = makeStringInfo();
-	prefetch.transfer.response = palloc0(sizeof(SbHttpResponse));
+	init_transfer(&prefetch.transfer);
 	prefetch.errbuf[0] = '\0';
 	prefetch.headers = build_headers(NULL, false);
 	prefetch.request = psprintf("%s?%s", path, query);
@@ -471,13 +594,15 @@ sb_http_prefetch(const char *path, const char *query)
 /*
  * The response to GET path?query if that is the request started in the
  * background (waiting for it to finish), in the caller's memory context;
- * NULL if it is not.  Either way the background request is gone after.
+ * NULL if it is not, or if its body was stopped (over
+ * stripe_billing.max_response_size, or out of memory): the request made
+ * the usual way then says why.  Either way the background request is gone
+ * after, its body freed.
  */
 SbHttpResponse *
 sb_http_take_prefetched(const char *path, const char *query)
 {
-	SbHttpResponse *response;
-	SbHttpResponse *done;
+	SbHttpResponse *response = NULL;
 	CURLMsg    *msg;
 	int			left;
 	CURLcode	code = CURLE_RECV_ERROR;
@@ -503,17 +628,23 @@ sb_http_take_prefetched(const char *path, const char *query)
 		return NULL;
 	}
 
-	/* copied out of the prefetch context, which is then reset */
-	done = prefetch.transfer.response;
-	response = palloc0(sizeof(SbHttpResponse));
-	finish_response(prefetch.handle, code, prefetch.errbuf, response);
-	response->body = pnstrdup(prefetch.transfer.body->data, prefetch.transfer.body->len);
-	response->body_len = prefetch.transfer.body->len;
-	response->request_id = done->request_id ? pstrdup(done->request_id) : NULL;
-	response->date = done->date ? pstrdup(done->date) : NULL;
-	response->retry_after = done->retry_after ? pstrdup(done->retry_after) : NULL;
-	response->should_retry = done->should_retry ? pstrdup(done->should_retry) : NULL;
-	drop_prefetch();
+	if (code == CURLE_FILESIZE_EXCEEDED || prefetch.transfer.too_large ||
+		prefetch.transfer.out_of_memory)
+	{
+		drop_prefetch();
+		return NULL;
+	}
+
+	/* copied into the caller's context; the body freed whatever happens */
+	PG_TRY();
+	{
+		response = collect_response(prefetch.handle, code, prefetch.errbuf, &prefetch.transfer);
+	}
+	PG_FINALLY();
+	{
+		drop_prefetch();
+	}
+	PG_END_TRY();
 	return response;
 }
 

@@ -3,8 +3,13 @@
 # (test/fake_stripe): the exact form a Checkout sends, idempotency, portal and
 # subscription changes mirrored in the local tables at once, the usage
 # outbox, keep-alive, errors and faults (SQLSTATEs, retries, Retry-After,
-# statement_timeout and pg_cancel_backend during a hung request), the
-# api_base and api_key guards, and no API key in any message or the server log.
+# statement_timeout and pg_cancel_backend during a hung request), a session
+# going on after each kind of failed transfer (a body over
+# stripe_billing.max_response_size, an HTML or cut-short JSON 200, a dropped
+# connection, a cancel), paths and idempotency keys refused before any
+# request (dot segments, header injection), an upstream echoing the key
+# (scrubbed from raised and stored errors), the api_base and api_key guards,
+# and no API key in any message or the server log.
 #
 # Starts its own fake and its own throwaway cluster, so it needs only the
 # installed extension:
@@ -69,15 +74,18 @@ export PGDATABASE=api_calls
 
 client_log=$work/client.log
 : >"$client_log"
-# sql SCRIPT: runs SCRIPT in a new session (stops at the first error).
+# sql SCRIPT: runs SCRIPT in a new session (stops at the first error;
+# ONERR=0 sql SCRIPT runs on after errors, in the same session).
 # Sets OUT (rows, then any error, verbose), STATE (the first error's
-# SQLSTATE, or empty), MSG and DETAIL (of that error), MS (wall time).
+# SQLSTATE, or empty), STATES (every error's, space-separated), MSG and
+# DETAIL (of the first error), MS (wall time).
 sql() {
     local t0 t1
     t0=$(date +%s%N)
-    OUT=$(timeout 25 psql -X -At -q -v ON_ERROR_STOP=1 -v VERBOSITY=verbose 2>&1 <<<"$1")
+    OUT=$(timeout 25 psql -X -At -q -v ON_ERROR_STOP="${ONERR:-1}" -v VERBOSITY=verbose 2>&1 <<<"$1")
     t1=$(date +%s%N)
     MS=$(((t1 - t0) / 1000000))
+    STATES=$(sed -nE 's/^.*(ERROR|FATAL):  ([0-9A-Z]{5}): .*$/\2/p' <<<"$OUT" | paste -sd ' ')
     STATE=$(sed -nE 's/^.*(ERROR|FATAL):  ([0-9A-Z]{5}): .*$/\2/p' <<<"$OUT" | head -1)
     MSG=$(sed -nE 's/^.*(ERROR|FATAL):  [0-9A-Z]{5}: (.*)$/\2/p' <<<"$OUT" | head -1)
     DETAIL=$(sed -nE 's/^DETAIL:  (.*)$/\1/p' <<<"$OUT" | head -1)
@@ -533,8 +541,10 @@ verdict "statement_timeout 200ms interrupts a hung request within 1 s ($MS ms, $
 nofaults
 faults '[{"kind": "hang", "path": "/v1/prices/price_pro", "count": 2}]'
 mark=$(reqcount)
+# (the second statement runs in the same session, after the cancel)
 PGAPPNAME=sb_api_cancel timeout 25 psql -X -At -v VERBOSITY=verbose \
-    -c "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_pro')" >"$work/cancel.out" 2>&1 &
+    -c "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_pro')" \
+    -c "SELECT 'after:' || (stripe_billing.stripe_api('GET', '/v1/prices/price_basic')->>'id')" >"$work/cancel.out" 2>&1 &
 bg=$!
 for _ in $(seq 100); do [ "$(reqcount)" -gt "$mark" ] && break; sleep 0.05; done
 t0=$(date +%s%N)
@@ -549,8 +559,223 @@ grep -qE 'ERROR:  57014: canceling statement due to user request' "$work/cancel.
 [ "$MS" -lt 1000 ] || bad "the call ended $MS ms after pg_cancel_backend"
 verdict "pg_cancel_backend from another session ends a hung call within 1 s ($MS ms)"
 
+grep -qx 'after:price_basic' "$work/cancel.out" ||
+    bad "the cancelled session's next call: $(grep -v 57014 "$work/cancel.out" | tr '\n' ' ')"
+grep -qE 'ERROR:  57014' "$work/cancel.out" || bad "the first call was not cancelled: the check would prove nothing"
+verdict "the session whose hung call pg_cancel_backend ended gets the answer of its next call"
+
 ###########################################################################
-# 7. api_base: https only, except loopback
+# 7. A session goes on after each kind of failed transfer
+###########################################################################
+# after_fault RULES FAILING_SQL [SETUP]: in ONE session, SETUP, then
+# FAILING_SQL with the rules set, then a plain call; leaves the records of
+# the failing call in recs.json and sets AFTER (the plain call's answer)
+after_fault() {
+    nofaults
+    faults "$1"
+    local m
+    m=$(reqcount)
+    ONERR=0 sql "${3:-}
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic', NULL);
+$2
+SELECT 'after:' || (stripe_billing.stripe_api('GET', '/v1/prices/price_basic')->>'id');"
+    recs "$m" /v1/
+    nofaults
+    AFTER=$(rows | sed -n 's/^after://p')
+}
+
+faults '[{"kind": "huge", "path": "/v1/prices/price_onetime", "bytes": 60000}]'
+sql "SET stripe_billing.max_response_size = '64kB';
+SELECT (r->>'object') || ':' || (length(r->>'padding') > 59000) FROM stripe_billing.stripe_api('GET', '/v1/prices/price_onetime') r;"
+nofaults
+noerr "a 60000-byte answer under a 64kB cap"
+eq "$(rows)" "list:true" "the answer (object:padding over 59000 bytes)"
+verdict "stripe_billing.max_response_size = 64kB: a 60000-byte answer is taken whole"
+
+# the fake's huge body with a Content-Length (libcurl stops on the header),
+# then chunked (the body callback stops at the cap)
+for chunked in false true; do
+    after_fault "[{\"kind\": \"huge\", \"path\": \"/v1/prices/price_onetime\", \"bytes\": 200000, \"count\": 2, \"chunked\": $chunked}]" \
+        "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_onetime');" \
+        "SET stripe_billing.max_response_size = '64kB';"
+    eq "$STATES" SBA07 "errors of the session"
+    [[ "$MSG" == *"GET /v1/prices/price_onetime exceeds stripe_billing.max_response_size (64 kB)"* ]] ||
+        bad "the message should name the request and the 64 kB cap: '$MSG'"
+    grep -qE '^HINT:  .*stripe_billing\.max_response_size' <<<"$OUT" || bad "no HINT naming stripe_billing.max_response_size"
+    eq "$(jx 'r.map(x => x.path + " " + x.status).join(",")')" \
+       "/v1/prices/price_basic 200,/v1/prices/price_onetime huge,/v1/prices/price_basic 200" "requests (the huge answer not retried)"
+    eq "$AFTER" price_basic "the session's next call"
+    if [ $chunked = false ]; then how="with a Content-Length"; else how="chunked, without Content-Length"; fi
+    verdict "an answer over stripe_billing.max_response_size ($how) fails with SBA07 naming the setting, is not retried, and the session's next call works"
+done
+
+after_fault '[{"kind": "html", "path": "/v1/prices/price_onetime", "count": 2}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_onetime');"
+eq "$STATES" SBA07 "errors of the session"
+[[ "$MSG" == *"not JSON"* && "$MSG" == *"HTTP 200"* ]] || bad "the message should say the HTTP 200 answer is not JSON: '$MSG'"
+eq "$(jx 'r.map(x => x.status).join(",")')" "200,html,html,200" "answers (the not-JSON 200 retried once, as a network failure)"
+eq "$AFTER" price_basic "the session's next call"
+verdict "an HTML page with HTTP 200 fails with SBA07 (not 22P02) after one retry, and the session's next call works"
+
+after_fault '[{"kind": "half_json", "path": "/v1/prices/price_onetime", "count": 2}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_onetime');"
+eq "$STATES" SBA07 "errors of the session"
+eq "$(jx 'r.map(x => x.status).join(",")')" "200,half_json,half_json,200" "answers"
+eq "$AFTER" price_basic "the session's next call"
+verdict "an HTTP 200 whose JSON is cut short fails with SBA07, and the session's next call works"
+
+after_fault '[{"kind": "truncate", "path": "/v1/prices/price_onetime", "count": 2}]' \
+    "SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_onetime');"
+eq "$STATES" SBA07 "errors of the session"
+eq "$AFTER" price_basic "the session's next call"
+verdict "a body cut off by the connection closing fails with SBA07, and the session's next call works"
+
+after_fault '[{"kind": "hang", "path": "/v1/prices/price_onetime", "count": 1}]' \
+    "SET statement_timeout = '200ms';
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_onetime');
+RESET statement_timeout;"
+eq "$STATES" 57014 "errors of the session"
+eq "$AFTER" price_basic "the session's next call"
+verdict "after statement_timeout ends a hung call, the session's next call works"
+
+nofaults
+faults '[{"kind": "html", "path": "/v1/customers", "method": "POST", "count": 1}]'
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"html@example.com\"}')->>'email';"
+recs "$mark" /v1/
+nofaults
+noerr "POST after one HTML 200"
+eq "$(rows)" html@example.com "the answer"
+eq "$(jx 'r.map(x => x.status).join(",")')" "html,200" "answers"
+eq "$(jx 'r.length == 2 && !!r[0].idempotency_key && r[0].idempotency_key == r[1].idempotency_key')" true "the same Idempotency-Key on both attempts"
+verdict "a POST answered by an HTML 200 is retried with the same Idempotency-Key, and succeeds"
+
+###########################################################################
+# 8. Paths and idempotency keys: refused before any request
+###########################################################################
+fk POST /_fake/objects '{"object": {"id": "cus_victim", "object": "customer", "email": "victim@example.com"}}' >/dev/null
+mark=$(reqcount)
+for call in "stripe_cancel_subscription('../customers/cus_victim', false)" \
+            "stripe_resume_subscription('../customers/cus_victim')" \
+            "stripe_change_price('sub_x/../../customers/cus_victim', 'price_pro')"; do
+    sql "SELECT stripe_billing.$call;"
+    state_is 22023 "$call"
+    [[ "$MSG" == *subscription_id* ]] || bad "$call: the message should name subscription_id: '$MSG'"
+done
+eq "$(reqcount)" "$mark" "requests reaching the fake"
+eq "$(fk GET /_fake/objects/cus_victim '' 'String(!!r.deleted)' 2>&1)" false "cus_victim deleted"
+verdict "subscription ids with dot segments (cancel, resume, change_price) are refused with 22023 naming subscription_id, before any request"
+
+mark=$(reqcount)
+n=0
+for path in '/v1/subscriptions/../customers/cus_victim' '/v1/subscriptions/%2e%2e/customers/cus_victim' \
+            '/v1/subscriptions/%2E%2e/customers/cus_victim' '/v1/subscriptions/.%2E/customers/cus_victim' \
+            '/v1/customers/cus_victim/..' '/v1/customers/cus_victim/.' '/v1/./customers/cus_victim' \
+            '/v1/customers/%2e' '/v1//customers/cus_victim' '/v1/customers/' '/v1/customers/cus_victim%zz' \
+            '/v1/customers/cus_victim%2' '/v1/customers/cus\victim' '/v1/customers/cus_victim;x' 'v1/customers' \
+            '/v1/customers/cus victim' '/v1/customers/cus_victim?expand=x' $'/v1/customers/cus_vict\xc3\xafm'; do
+    sql "SELECT stripe_billing.stripe_api('DELETE', '$path');"
+    state_is 22023 "path $path"
+    [[ "$MSG" == *path* ]] || bad "path $path: the message should name path: '$MSG'"
+    n=$((n + 1))
+done
+eq "$(reqcount)" "$mark" "requests reaching the fake"
+eq "$(fk GET /_fake/objects/cus_victim '' 'String(!!r.deleted)' 2>&1)" false "cus_victim deleted"
+sql "SELECT stripe_billing.stripe_api('GET', '/v1/customers/cus_victim')->>'id';
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic%5F');"
+eq "$(rows | head -1)" cus_victim "the answer to a plain path"
+state_is SBA01 "a path with a valid %5F escape (sent: Stripe's 404)"
+verdict "stripe_api refuses $n paths (dot segments, also %2e-encoded, empty segments, bad %XX, reserved characters) with 22023 naming path, before any request"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"inject@example.com\"}', E'k1\\r\\nStripe-Account: acct_victim');"
+state_is 22023 "an idempotency_key with CR LF"
+[[ "$MSG" == *idempotency_key* ]] || bad "the message should name idempotency_key: '$MSG'"
+grep -q $'\r' <<<"$OUT" && bad "the error holds a raw CR"
+grep -q '^Stripe-Account' <<<"$OUT" && bad "the error holds a raw LF"
+for key in "E'k2\\nx'" "E'tab\\tkey'" "'ключ'" "repeat('k', 256)" "E'k3\\x7f'"; do
+    sql "SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{}', $key);"
+    state_is 22023 "idempotency_key $key"
+    [[ "$MSG" == *idempotency_key* ]] || bad "idempotency_key $key: the message should name idempotency_key: '$MSG'"
+done
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_inject', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', idempotency_key => E'ck\\r\\nStripe-Account: acct_victim');"
+state_is 22023 "stripe_create_checkout with an idempotency_key with CR LF"
+[[ "$MSG" == *idempotency_key* ]] || bad "checkout: the message should name idempotency_key: '$MSG'"
+eq "$(reqcount)" "$mark" "requests reaching the fake"
+verdict "idempotency keys with CR/LF, other control characters, non-ASCII or over 255 characters are refused with 22023 before any request (stripe_api, stripe_create_checkout)"
+
+# A key that would smuggle a second request onto the kept-alive connection:
+# refused, and the same session's next call on that connection gets its own answer.
+mark=$(reqcount)
+ONERR=0 sql "SELECT 'one:' || (stripe_billing.stripe_api('GET', '/v1/prices/price_basic')->>'id');
+SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"smuggle@example.com\"}',
+  E'k4\\r\\nContent-Length: 0\\r\\n\\r\\nGET /v1/prices/price_pro HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nAuthorization: Bearer sk_test_smuggled\\r\\n\\r\\n');
+SELECT 'two:' || (stripe_billing.stripe_api('GET', '/v1/prices/price_onetime')->>'id');"
+recs "$mark" /v1/
+eq "$STATES" 22023 "errors of the session"
+eq "$(rows | paste -sd ' ')" "one:price_basic two:price_onetime" "the answers"
+eq "$(jx 'r.map(x => x.method + " " + x.path).join(",")')" "GET /v1/prices/price_basic,GET /v1/prices/price_onetime" "requests the fake received"
+eq "$(jx 'new Set(r.map(x => x.connection_id)).size')" 1 "connections used"
+verdict "a key that would smuggle a second request is refused; the next call on the same connection gets its own answer"
+
+mark=$(reqcount)
+ikey255=$(printf 'k%.0s' $(seq 255))
+sql "SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"k255@example.com\"}', '$ikey255')->>'email';
+SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"kpunct@example.com\"}', 'a b~!\"#\$%&''()*+,-./:;<=>?@[\\]^_\`{|}$RUN')->>'email';
+SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"kempty@example.com\"}', '')->>'email';"
+noerr "printable keys"
+eq "$(rows | paste -sd ' ')" "k255@example.com kpunct@example.com kempty@example.com" "the answers"
+recs "$mark" /v1/
+eq "$(jx 'r.length == 3 && r[0].idempotency_key')" "$ikey255" "the 255-character key sent"
+eq "$(jx 'r.length == 3 && r[1].idempotency_key')" "a b~!\"#\$%&'()*+,-./:;<=>?@[\\]^_\`{|}$RUN" "the punctuation key sent"
+eq "$(jx 'r.length == 3 && /^sb_[0-9a-f]{32}$/.test(r[2].idempotency_key)')" true "an empty key replaced by a fresh one"
+verdict "idempotency keys of 255 printable ASCII characters (punctuation, spaces) are sent as given; an empty one means a fresh key"
+
+###########################################################################
+# 9. An upstream that echoes the API key: scrubbed from every error text
+###########################################################################
+mark=$(reqcount)
+faults '[{"kind": "echo_auth", "path": "/v1/prices/price_basic", "count": 2}]'
+sql "CREATE TEMP TABLE caught (m text, d text);
+DO \$\$
+DECLARE m text; d text;
+BEGIN
+  PERFORM stripe_billing.stripe_api('GET', '/v1/prices/price_basic');
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+  INSERT INTO caught VALUES (m, d);
+END \$\$;
+SELECT m || ' // ' || d FROM caught;
+SELECT stripe_billing.stripe_api('GET', '/v1/prices/price_basic');"
+nofaults
+caught=$(rows | head -1)
+state_is SBA01 "the echoed error"
+eq "$(recs "$mark" /v1/; jx 'r.map(x => x.status).join(",")')" "echo_auth,echo_auth" "answers"
+[[ "$caught" == *'header "Authorization: Bearer ********'* && "$caught" == *'param Authorization: Bearer ********'* ]] ||
+    bad "the caught message and detail should quote the (masked) header: '$caught'"
+no_key_in "$caught" "the message and detail PL/pgSQL caught"
+[[ "$MSG" == *Authorization* ]] || bad "the session's error should quote the header: '$MSG'"
+no_key_in "$(grep -E '^(psql:.*)?(ERROR|DETAIL|HINT|LOCATION):' <<<"$OUT")" "the error the session saw (verbose)"
+verdict "Stripe's error echoing the Authorization header reaches PL/pgSQL (message, detail) and psql with the key masked"
+
+sql "SELECT stripe_billing.stripe_report_usage('u_life', 'api_calls', 3);"
+noerr "stripe_report_usage"
+echo_row=$(rows)
+faults '[{"kind": "echo_auth", "path": "/v1/billing/meter_events", "count": 1}]'
+sql "SELECT stripe_billing.stripe_send_usage();
+SELECT last_error FROM stripe_billing.usage_outbox WHERE id = ${echo_row:-0} AND sent_at IS NULL;"
+nofaults
+noerr "stripe_send_usage against the echoing fault"
+last_error=$(rows | sed -n 2p)
+[[ "$last_error" == *'Authorization: Bearer ********'* ]] || bad "last_error should quote the (masked) header: '$last_error'"
+no_key_in "$last_error" "usage_outbox.last_error"
+sql "SELECT stripe_billing.stripe_send_usage();"
+eq "$(rows)" 1 "the row sent once the fault is gone"
+verdict "stripe_send_usage stores the echoing error in usage_outbox.last_error with the key masked"
+
+###########################################################################
+# 10. api_base: https only, except loopback
 ###########################################################################
 mark=$(reqcount)
 for base in 'http://example.com' 'http://localhost.example.com' 'http://127.0.0.1.example.com' \
@@ -573,7 +798,7 @@ eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.headers.host).join(",")')
 verdict "api_base http://localhost:<port> works"
 
 ###########################################################################
-# 8. No key
+# 11. No key
 ###########################################################################
 mark=$(reqcount)
 sql "SET stripe_billing.api_key = '';
@@ -583,7 +808,7 @@ eq "$(reqcount)" "$mark" "requests made"
 verdict "no api key configured fails with SBC02 before any request"
 
 ###########################################################################
-# 9. Secrets
+# 12. Secrets
 ###########################################################################
 recs 0 /v1/
 eq "$(jx 'r.filter(x => x.method != "GET" && !x.idempotency_key).map(x => x.seq + " " + x.method + " " + x.path).join(", ")')" "" \
@@ -601,11 +826,12 @@ if grep -qF "$KEY_BODY" "$log"; then
     bad "server.log has the key: $(grep -F "$KEY_BODY" "$log" | head -3 | cut -c1-300)"
 fi
 for expect in 'stripe_create_checkout' 'Invalid API Key provided' 'Sorry, something went wrong' \
-              'canceling statement due to user request'; do
+              'canceling statement due to user request' 'header "Authorization: Bearer ********' \
+              'exceeds stripe_billing.max_response_size'; do
     grep -qF "$expect" "$log" || bad "server.log lacks '$expect': the check would prove nothing"
 done
 verdict "the API key is absent from the server log ($(wc -l <"$log") lines, log_statement = all, debug1)"
 
 echo "$checks checks, $failed failed, $(($(date +%s) - started)) s"
-[ "$failed" -eq 0 ] && [ "$checks" -ge 39 ] || exit 1
+[ "$failed" -eq 0 ] && [ "$checks" -ge 55 ] || exit 1
 keep=0

@@ -6,8 +6,10 @@
 #   2 crashes    kill -9 of the worker at random moments (10 times) and an
 #                immediate shutdown mid-page, during a catch-up: every event
 #                once, and the tables equal a clean in-order replay
-#   3 faults     20% of GET /v1/events failing (500, 429, truncated, hung):
-#                every event once, failures shown in sync_status, recovery
+#   3 faults     over a quarter of GET /v1/events failing (500, 429,
+#                truncated, hung, a body over max_response_size, an HTML
+#                200): every event once, failures shown in sync_status,
+#                the worker's errors SBA07 (no 22P02), recovery
 #   4 webhooks   the same events by webhook and by polling at once: one
 #                ledger row each, outcomes consistent
 #   5 usage      a rolled-back report is never sent; committed ones reach
@@ -360,18 +362,32 @@ check_faults() {
     set_conf request_timeout "'2000ms'"
     # each fault fails the step, rather than being retried inside stripe_api
     set_conf max_network_retries 0
+    # a page of 100 events is some 460 kB: 1 MB takes it, not the 2 MB "huge" body
+    set_conf max_response_size "'1MB'"
     : >"$messages"
     fake DELETE /_fake/requests >/dev/null
     log_at=$(stat -c %s "$primary/server.log")
-    # 5% each of all GET /v1/events: 500, 429 (Retry-After 1), truncated, hung
+    # 5% each of all GET /v1/events: 500, 429 (Retry-After 1), truncated,
+    # hung; then 5% each of the rest: a 2 MB body sent chunked (over the
+    # cap), an HTML page with 200 (these seeds give two of each among the
+    # first 25 requests: most requests of a catch-up are prefetches, which
+    # fall back to asking again, silently).  And the first request none of
+    # those takes gets the huge body, the next the HTML page: the first
+    # request of a poll and the one after a failure are made the usual way,
+    # so these two fail a step, and the worker logs why.
     fake POST /_fake/faults '{"rules": [
         {"kind": "500", "path": "/v1/events", "method": "GET", "rate": 0.05, "seed": 11},
         {"kind": "429", "path": "/v1/events", "method": "GET", "rate": 0.05263, "seed": 12, "retry_after": 1},
         {"kind": "truncate", "path": "/v1/events", "method": "GET", "rate": 0.05556, "seed": 13},
-        {"kind": "hang", "path": "/v1/events", "method": "GET", "rate": 0.05882, "seed": 14}]}' >/dev/null
+        {"kind": "hang", "path": "/v1/events", "method": "GET", "rate": 0.05882, "seed": 14},
+        {"kind": "huge", "path": "/v1/events", "method": "GET", "rate": 0.05, "seed": 29, "bytes": 2097152, "chunked": true},
+        {"kind": "html", "path": "/v1/events", "method": "GET", "rate": 0.05, "seed": 44},
+        {"kind": "huge", "path": "/v1/events", "method": "GET", "count": 1, "bytes": 2097152, "chunked": true},
+        {"kind": "html", "path": "/v1/events", "method": "GET", "count": 1}]}' >/dev/null
     generate 3000 500 100
-    # 30 pages: about 8 faults, each followed by a backoff of 0.5-1 s (or a
-    # 2 s timeout first): some 15 s.  60 s is ample.
+    # 30 pages: about 12 faults, each followed by a backoff of 0.5-1 s (or a
+    # 2 s timeout first), longer after failures in a row: some 20 s.  60 s
+    # is ample.
     deadline=$(($(now_ms) + 60000))
     until ledger_complete; do
         if [ "$(now_ms)" -ge "$deadline" ]; then
@@ -387,12 +403,25 @@ check_faults() {
     injected=$(fake GET '/_fake/requests?path=/v1/events' |
         jq -r '[.[] | .status | tostring] | group_by(.) | map("\(.[0])=\(length)") | join(" ")')
     note "GET /v1/events answers: $injected"
-    note "sync_status: consecutive_failures up to $max_failures, last_error set in $errors_seen samples: $(sort -u "$messages" | cut -c1-60 | head -4 | paste -sd '|')"
+    note "sync_status: consecutive_failures up to $max_failures, last_error set in $errors_seen samples: $(sort -u "$messages" | cut -c1-60 | head -6 | paste -sd '|')"
     [ "$max_failures" -gt 0 ] || [ "$errors_seen" -gt 0 ] || problems+=(" sync_status never showed a failure")
+    for kind in huge html; do
+        [[ " $injected " == *" $kind="* ]] ||
+            problems+=(" the fake answered no request with $kind: the check would prove nothing")
+    done
+    # the worker refused both for what they are (not a 22P02, not an empty page taken)
+    local worker_log; worker_log=$(tail -c +"$((log_at + 1))" "$primary/server.log")
+    grep -q 'ERROR: .*GET /v1/events exceeds stripe_billing.max_response_size (1024 kB)' <<<"$worker_log" ||
+        problems+=(" the server log shows no worker error for the body over max_response_size")
+    grep -q 'ERROR: .*GET /v1/events returned a response that is not JSON (HTTP 200' <<<"$worker_log" ||
+        problems+=(" the server log shows no worker error for the HTML 200")
+    grep -q 'ERROR: .*invalid input syntax for type json' <<<"$worker_log" &&
+        problems+=(" the worker raised 22P02 on a body that is not JSON")
     # faults off; the reloads also wake the worker from a backoff
     fake DELETE /_fake/faults >/dev/null
     reset_conf request_timeout
     reset_conf max_network_retries
+    reset_conf max_response_size
     wait_until 60 ledger_complete || problems+=(" still $(pending) events missing 60 s after the faults stopped")
     wait_until 30 eval '[ "$(sync_status consecutive_failures)" = 0 ]' ||
         problems+=(" consecutive_failures still $(sync_status consecutive_failures) after the faults stopped")
@@ -401,7 +430,7 @@ check_faults() {
     [ -n "$diff" ] && problems+=(" $diff")
     diff=$(state_vs_clean true)
     [ -n "$diff" ] && problems+=(" tables differing from the clean replay: $diff")
-    conclude "3 faults" "3000 events with 20% of /v1/events failing, in ${took} s: all once (tables = clean replay); failures shown (consecutive_failures up to $max_failures), then back to 0" "${problems[@]}"
+    conclude "3 faults" "3000 events with a quarter of /v1/events failing (huge and HTML bodies among them), in ${took} s: all once (tables = clean replay); failures shown (consecutive_failures up to $max_failures), then back to 0" "${problems[@]}"
 }
 
 # ---- 4: webhook and poll together ------------------------------------------

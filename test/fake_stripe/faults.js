@@ -4,7 +4,13 @@
 const { BadRequest } = require('./errors');
 const { seededRandom } = require('./util');
 
-const KINDS = ['429', '500', '503', '401', 'hang', 'truncate', 'reset'];
+const KINDS = ['429', '500', '503', '401', 'hang', 'truncate', 'reset', 'html', 'half_json', 'huge', 'echo_auth'];
+
+// Bounds of a "huge" body (bytes): big enough to hold its JSON frame, small
+// enough not to exhaust the fake.
+const HUGE_MIN = 256;
+const HUGE_MAX = 256 * 1024 * 1024;
+const HUGE_DEFAULT = 1024 * 1024;
 
 function parseRule(raw, index) {
   const where = `rules[${index}]`;
@@ -19,6 +25,16 @@ function parseRule(raw, index) {
     retry_after: raw.retry_after === undefined ? null : raw.retry_after,
     should_retry: raw.should_retry === undefined ? null : Boolean(raw.should_retry),
   };
+  if (kind === 'huge') {
+    const bytes = raw.bytes === undefined ? HUGE_DEFAULT : Number(raw.bytes);
+    if (!Number.isInteger(bytes) || bytes < HUGE_MIN || bytes > HUGE_MAX) {
+      throw new BadRequest(`${where}.bytes must be an integer from ${HUGE_MIN} to ${HUGE_MAX}`);
+    }
+    rule.bytes = bytes;
+    rule.chunked = Boolean(raw.chunked);
+  } else if (raw.bytes !== undefined || raw.chunked !== undefined) {
+    throw new BadRequest(`${where}: bytes and chunked apply to kind huge only`);
+  }
   if (raw.rate !== undefined) {
     const rate = Number(raw.rate);
     if (!(rate > 0 && rate <= 1)) throw new BadRequest(`${where}.rate must be in (0, 1]`);

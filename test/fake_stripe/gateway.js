@@ -15,6 +15,21 @@ const TRUNCATED_BODY = jsonText({
   message: 'This body is cut short on purpose by the fault injector; a client never sees all of it.',
 });
 
+const HTML_BODY = '<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n'
+  + '<body><h1>502 Bad Gateway</h1><p>The fault injector answers 200 with a proxy\'s HTML page.</p></body></html>\n';
+
+// A complete HTTP message whose JSON is cut in half (a proxy that truncated
+// the body and fixed up Content-Length).
+const HALF_JSON_BODY = TRUNCATED_BODY.slice(0, TRUNCATED_BODY.length >> 1);
+
+// A valid JSON body of exactly `bytes` bytes: an empty list (harmless if a
+// client takes it) padded with a string.
+function hugeBody(path, bytes) {
+  const frame = jsonText({ object: 'list', data: [], has_more: false, url: path, padding: '' });
+  const pad = bytes - Buffer.byteLength(frame);
+  return frame.replace('"padding": ""', `"padding": "${'x'.repeat(Math.max(pad, 0))}"`);
+}
+
 function bearerToken(authorization) {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization || '');
   return m ? m[1] : null;
@@ -81,6 +96,28 @@ function sendFault(rule, req, res, headers) {
       return res.write(TRUNCATED_BODY.slice(0, TRUNCATED_BODY.length >> 1), () => req.socket.destroy());
     case 'reset':
       return req.socket.resetAndDestroy();
+    case 'html':
+      return sendText(res, 200, 'text/html; charset=utf-8', HTML_BODY, faultHeaders);
+    case 'half_json':
+      return sendText(res, 200, 'application/json', HALF_JSON_BODY, faultHeaders);
+    case 'huge': {
+      const body = hugeBody(req.url.split('?')[0], rule.bytes);
+      if (!rule.chunked) return sendText(res, 200, 'application/json', body, faultHeaders);
+      // No Content-Length: a client learns the size only by reading on.
+      res.writeHead(200, { 'Content-Type': 'application/json', ...faultHeaders });
+      for (let at = 0; at < body.length; at += 65536) res.write(body.slice(at, at + 65536));
+      return res.end();
+    }
+    case 'echo_auth': {
+      // A proxy or upstream that quotes the request back, secret included.
+      const auth = req.headers.authorization || '(none)';
+      return sendJson(res, 400, new StripeError(400, {
+        type: 'invalid_request_error',
+        code: 'header_rejected',
+        param: `Authorization: ${auth}`,
+        message: `The request header "Authorization: ${auth}" was rejected.`,
+      }).toJSON(), faultHeaders);
+    }
     default:
       throw new Error(`unknown fault kind ${rule.kind}`);
   }

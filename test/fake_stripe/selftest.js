@@ -907,6 +907,64 @@ test('faults: hang, truncate and reset break the connection', async () => {
   assert.equal((await stripe('GET', '/v1/prices/price_basic')).status, 200, 'each rule fired once');
 });
 
+test('faults: html, half_json, huge and echo_auth answer 200 or 400 with a body a client must refuse', async () => {
+  await reset();
+  await ctl('POST', '/_fake/faults', {
+    rules: [
+      { kind: 'html', path: '/v1/prices/price_basic' },
+      { kind: 'half_json', path: '/v1/prices/price_pro' },
+      { kind: 'huge', path: '/v1/prices/price_onetime', bytes: 300000 },
+      { kind: 'echo_auth', path: '/v1/customers' },
+      { kind: 'huge', path: '/v1/products', bytes: 200000, chunked: true },
+    ],
+  });
+  const html = await stripe('GET', '/v1/prices/price_basic');
+  assert.equal(html.status, 200);
+  assert.match(html.headers['content-type'], /^text\/html/);
+  assert.match(html.text, /^<!DOCTYPE html>/);
+  assert.equal(html.body, undefined, 'not JSON');
+
+  const half = await stripe('GET', '/v1/prices/price_pro');
+  assert.equal(half.status, 200);
+  assert.equal(Number(half.headers['content-length']), Buffer.byteLength(half.text), 'a complete HTTP message');
+  assert.equal(half.body, undefined, 'its JSON is cut short');
+
+  const huge = await stripe('GET', '/v1/prices/price_onetime');
+  assert.equal(huge.status, 200);
+  assert.equal(Buffer.byteLength(huge.text), 300000);
+  assert.deepEqual([huge.body.object, huge.body.data, huge.body.has_more], ['list', [], false]);
+
+  const echoed = await stripe('GET', '/v1/customers/cus_x');
+  assertStripeError(echoed, 400, { type: 'invalid_request_error', code: 'header_rejected' });
+  assert.ok(echoed.body.error.message.includes(`Authorization: Bearer ${KEY}`), 'the message quotes the key');
+  assert.equal(echoed.body.error.param, `Authorization: Bearer ${KEY}`);
+
+  const chunked = await stripe('GET', '/v1/products/prod_basic');
+  assert.equal(chunked.status, 200);
+  assert.equal(chunked.headers['content-length'], undefined);
+  assert.equal(chunked.headers['transfer-encoding'], 'chunked');
+  assert.equal(Buffer.byteLength(chunked.text), 200000);
+  assert.equal(chunked.body.object, 'list');
+
+  const recorded = (await ctl('GET', '/_fake/requests')).map((r) => [r.path, r.status]);
+  assert.deepEqual(recorded, [
+    ['/v1/prices/price_basic', 'html'],
+    ['/v1/prices/price_pro', 'half_json'],
+    ['/v1/prices/price_onetime', 'huge'],
+    ['/v1/customers/cus_x', 'echo_auth'],
+    ['/v1/products/prod_basic', 'huge'],
+  ]);
+  assert.equal((await stripe('GET', '/v1/prices/price_onetime')).status, 200, 'each rule fired once');
+  for (const bytes of [10, 1.5, 'x']) {
+    const bad = await call('POST', '/_fake/faults', { json: { rules: [{ kind: 'huge', bytes }] }, auth: null });
+    assert.equal(bad.status, 400, `bytes ${bytes} refused`);
+  }
+  for (const stray of [{ kind: 'html', bytes: 1000 }, { kind: '500', chunked: true }]) {
+    const res = await call('POST', '/_fake/faults', { json: { rules: [stray] }, auth: null });
+    assert.equal(res.status, 400, `${JSON.stringify(stray)}: bytes and chunked only with huge`);
+  }
+});
+
 test('keep-alive connections are reused and counted', async () => {
   await reset();
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
