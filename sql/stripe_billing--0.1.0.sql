@@ -1547,10 +1547,24 @@ BEGIN
   page := page->'data';    -- (taken out once: a page is some 500 KB)
   events := jsonb_array_length(page);
   -- the page is newest first: apply it oldest first
-  FOR i IN REVERSE events - 1 .. 0 LOOP
-    -- (an assignment is a simple expression: no executor per event, as PERFORM has)
-    outcome := stripe_billing.stripe_apply_event(page->i, 'poll');
-  END LOOP;
+  BEGIN
+    FOR i IN REVERSE events - 1 .. 0 LOOP
+      -- (an assignment is a simple expression: no executor per event, as PERFORM has)
+      outcome := stripe_billing.stripe_apply_event(page->i, 'poll');
+    END LOOP;
+  EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+    -- an event too malformed to be kept (no usable id): a page retried
+    -- forever would stall the worker, so apply the page again one event at
+    -- a time (one subtransaction each, on this rare path only) without it
+    FOR i IN REVERSE events - 1 .. 0 LOOP
+      BEGIN
+        outcome := stripe_billing.stripe_apply_event(page->i, 'poll');
+      EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+        RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM
+              USING DETAIL = format('Its id: %s.', coalesce(left(page->i->>'id', 100), '(none)'));
+      END;
+    END LOOP;
+  END;
   UPDATE stripe_billing.sync_state
      SET event_cursor = coalesce(page->0->>'id', event_cursor),
          events_applied = events_applied + events,

@@ -449,10 +449,10 @@ _PG_init(void)
 
 	DefineCustomStringVariable("stripe_billing.worker_role",
 							   "Role the background worker runs as; empty: the bootstrap superuser.",
-							   "It needs LOGIN and EXECUTE on stripe_billing._worker_step(text); a restart applies a change.",
+							   "It needs LOGIN and EXECUTE on stripe_billing._worker_step(text, text); after a change and a reload, the worker restarts as the new role.",
 							   &sb_worker_role,
 							   "",
-							   PGC_POSTMASTER,
+							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
 

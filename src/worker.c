@@ -206,14 +206,15 @@ stripe_billing_worker_main(Datum arg)
 {
 	int			failures = 0;
 	char	   *database;
+	char	   *role;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
 	database = MemoryContextStrdup(TopMemoryContext, sb_database);
-	BackgroundWorkerInitializeConnection(database,
-										 sb_worker_role[0] ? sb_worker_role : NULL, 0);
+	role = MemoryContextStrdup(TopMemoryContext, sb_worker_role);
+	BackgroundWorkerInitializeConnection(database, role[0] ? role : NULL, 0);
 	/* over anything the database or role set: nothing planted on a path runs here */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	elog(LOG, "stripe_billing sync worker started in database \"%s\" as %s%s%s",
@@ -231,11 +232,10 @@ stripe_billing_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			if (strcmp(sb_database, database) != 0)
+			if (strcmp(sb_database, database) != 0 || strcmp(sb_worker_role, role) != 0)
 			{
-				/* the postmaster starts us again, in the new database */
-				elog(LOG, "stripe_billing.database changed to \"%s\": the sync worker restarts",
-					 sb_database);
+				/* the postmaster starts us again, in the new database or as the new role */
+				elog(LOG, "stripe_billing.database or stripe_billing.worker_role changed: the sync worker restarts");
 				proc_exit(1);
 			}
 		}
