@@ -570,6 +570,26 @@ standby_has_worker() {
     [ "$(psql -X -At -h "$standby" -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'")" != 0 ]
 }
 
+# ---- 8: an event too malformed to keep does not stall the worker ----------
+
+check_malformed() {
+    begin
+    local problems=() bad good1 good2
+    generate 1 1 1; good1=$gen_first
+    bad="evt_$(printf 'x%.0s' $(seq 300))"     # an id no index can hold: SBE01
+    fake POST /_fake/events "{\"events\": [{\"id\": \"$bad\", \"type\": \"customer.updated\",
+        \"created\": $(($(date +%s) + 86400)), \"data\": {\"object\": {\"id\": \"cus_bad\", \"object\": \"customer\"}}}]}" >/dev/null ||
+        problems+=(" the fake refused the malformed event")
+    generate 1 1 1; good2=$gen_first
+    wait_until 20 in_ledger "$good2" || problems+=(" the event after the malformed one never arrived (sync_status: $(sync_status last_error))")
+    in_ledger "$good1" || problems+=(" the event before the malformed one is missing")
+    [ "$(sql "SELECT count(*) FROM stripe_billing.events WHERE length(id) > 255")" = 0 ] ||
+        problems+=(" the malformed event is in the ledger")
+    grep -q 'a polled event was skipped' "$primary/server.log" || problems+=(" no warning about the skipped event in the log")
+    [ "$(sync_status consecutive_failures)" = 0 ] || problems+=(" consecutive_failures is $(sync_status consecutive_failures)")
+    conclude "8 malformed" "an event with a 304-byte id between two good ones: skipped with a warning, the page's other events applied, no failure" "${problems[@]}"
+}
+
 check_standby() {
     begin
     local problems=() recovery
@@ -601,6 +621,7 @@ check_crashes
 check_faults
 check_webhooks
 check_usage
+check_malformed
 check_standby
 echo "worker: $passed passed, $failed failed in $(($(date +%s) - began)) s"
 [ $failed -eq 0 ]
