@@ -6,8 +6,9 @@
 #     afterwards every user must have exactly the new plan's feature, and
 #     every user's derived features must equal a derivation from scratch
 #     (stripe_refresh_entitlements);
-#  2. meanwhile a client checks entitlements without pause and another runs
-#     ANALYZE on user_features: no check may raise.
+#  2. meanwhile a client checks entitlements without pause, another runs
+#     ANALYZE on user_features and a third writes other users' rows into it
+#     (each write invalidates every backend's cache): no check may raise.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 . test/lib/cluster.sh
@@ -47,12 +48,20 @@ EOF2
 cat >"$work/analyze.sql" <<'EOF2'
 ANALYZE stripe_billing.user_features;
 EOF2
+# direct writes of other users' rows: every one invalidates every cache
+cat >"$work/writes.sql" <<'EOF2'
+\set w random(1, 50)
+INSERT INTO stripe_billing.user_features VALUES ('w_' || :w, 'f1', NULL) ON CONFLICT DO NOTHING;
+DELETE FROM stripe_billing.user_features WHERE user_ref = 'w_' || (:w % 7);
+EOF2
 
 pgbench=$PG_BINDIR/pgbench
 "$pgbench" -n -c 1 -T 12 -f "$work/checks.sql" >"$work/checks.log" 2>&1 &
 ck=$!
 "$pgbench" -n -c 1 -T 12 -f "$work/analyze.sql" >"$work/analyze.log" 2>&1 &
 an=$!
+"$pgbench" -n -c 1 -T 12 -f "$work/writes.sql" >"$work/writes.log" 2>&1 &
+wr=$!
 
 # switch SESSION_EVENT: one side of a plan switch, held open 50 ms after applying
 switch() {
@@ -70,11 +79,12 @@ for batch in $(seq 0 9); do
         switch "stress_event($u, 1, 'canceled', 1)" &
         switch "stress_event($u, 2, 'active', 1)" &
     done
-    wait $(jobs -p | grep -vE "^($ck|$an)\$")
+    wait $(jobs -p | grep -vE "^($ck|$an|$wr)\$")
 done
 echo "   100 plan switches in $(($(date +%s) - t0)) s"
 wait $ck; ck_rc=$?
 wait $an; an_rc=$?
+wait $wr
 
 fail=0
 checks=$(grep -oE 'number of transactions actually processed: [0-9]+' "$work/checks.log" | grep -oE '[0-9]+$')
@@ -84,10 +94,11 @@ fi
 if [ "$ck_rc" -ne 0 ] || grep -qE 'aborted|ERROR' "$work/checks.log"; then
     echo "FAIL 2: an entitlement check raised under concurrent writes and ANALYZE"; grep -E 'ERROR|aborted' "$work/checks.log" | head -3; fail=1
 else
-    echo "PASS 2: $((${checks:-0} * 2)) checks during writes and ANALYZE, none raised"
+    echo "PASS 2: $((${checks:-0} * 2)) checks during writes and ANALYZE of user_features, none raised"
 fi
 
 mismatch=$(psql -X -q -At -v ON_ERROR_STOP=1 <<'SQL'
+DELETE FROM stripe_billing.user_features WHERE user_ref LIKE 'w\_%';   -- the direct writes' rows
 CREATE TEMP TABLE derived AS SELECT user_ref, feature, valid_until FROM stripe_billing.user_features;
 SELECT stripe_billing.stripe_refresh_entitlements() \g /dev/null
 SELECT count(*) FROM ((SELECT * FROM derived EXCEPT SELECT user_ref, feature, valid_until FROM stripe_billing.user_features)
