@@ -422,31 +422,30 @@ event_object_jsonb(Jsonb *event)
 }
 
 /*
- * Maps an object inside a subtransaction.  Returns the outcome; for "failed",
- * *error is the message (with its detail).  Transient errors are re-thrown.
+ * Runs work(arg) inside a subtransaction.  Returns NULL when it succeeded;
+ * when it failed on data, the subtransaction is rolled back and the error
+ * returned (a caller's handler then sees a clean state).  Errors about the
+ * moment, not the data, are re-thrown.
  */
-static const char *
-map_object_guarded(Jsonb *object, const EventHeader *header, char **error)
+static ErrorData *
+run_guarded(void (*work) (void *arg), void *arg)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	const char *volatile outcome = NULL;
+	ErrorData  *volatile edata = NULL;
 
-	*error = NULL;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcontext);
 
 	PG_TRY();
 	{
-		outcome = map_object(object, header);
+		work(arg);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(oldcontext);
 		edata = CopyErrorData();
 		FlushErrorState();
@@ -454,18 +453,47 @@ map_object_guarded(Jsonb *object, const EventHeader *header, char **error)
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
 
-		/* our subtransaction is gone: a caller's handler sees a clean state */
 		if (error_is_transient(edata->sqlerrcode))
 			ReThrowError(edata);
-
-		*error = edata->detail ? psprintf("%s (%s)", edata->message, edata->detail)
-			: pstrdup(edata->message);
-		FreeErrorData(edata);
-		outcome = "failed";
 	}
 	PG_END_TRY();
 
-	return outcome;
+	return edata;
+}
+
+/* The mapping of one object, as run_guarded work. */
+typedef struct MapWork
+{
+	Jsonb	   *object;
+	const EventHeader *header;
+	const char *outcome;
+} MapWork;
+
+static void
+map_work(void *arg)
+{
+	MapWork    *w = (MapWork *) arg;
+
+	w->outcome = map_object(w->object, w->header);
+}
+
+/*
+ * Maps an object inside a subtransaction.  Returns the outcome; for "failed",
+ * *error is the message (with its detail).  Transient errors are re-thrown.
+ */
+static const char *
+map_object_guarded(Jsonb *object, const EventHeader *header, char **error)
+{
+	MapWork		w = {object, header, NULL};
+	ErrorData  *edata = run_guarded(map_work, &w);
+
+	*error = NULL;
+	if (edata == NULL)
+		return w.outcome;
+	*error = edata->detail ? psprintf("%s (%s)", edata->message, edata->detail)
+		: pstrdup(edata->message);
+	FreeErrorData(edata);
+	return "failed";
 }
 
 /* Sets an event's outcome and error in the ledger. */
@@ -676,6 +704,27 @@ stripe_apply_event(PG_FUNCTION_ARGS)
 													text_to_cstring(PG_GETARG_TEXT_PP(1)))));
 }
 
+/* The parse of a verified body, as run_guarded work. */
+typedef struct ParseWork
+{
+	char	   *json;
+	int			len;
+	bool		convert;
+	Jsonb	   *event;
+} ParseWork;
+
+static void
+parse_work(void *arg)
+{
+	ParseWork  *w = (ParseWork *) arg;
+	char	   *server_json;
+
+	/* the reason kept must not carry the caller's context lines */
+	error_context_stack = NULL;
+	server_json = w->convert ? pg_any_to_server(w->json, w->len, PG_UTF8) : w->json;
+	w->event = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(server_json)));
+}
+
 /*
  * Parses a verified body as jsonb (converted from UTF-8 first when convert)
  * inside a subtransaction.  Returns NULL when jsonb refuses it, with the
@@ -684,50 +733,18 @@ stripe_apply_event(PG_FUNCTION_ARGS)
 static Jsonb *
 parse_body_guarded(char *json, int len, bool convert, char **reason)
 {
-	MemoryContext oldcontext = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	Jsonb	   *volatile event = NULL;
+	ParseWork	w = {json, len, convert, NULL};
+	ErrorData  *edata = run_guarded(parse_work, &w);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcontext);
-
-	PG_TRY();
-	{
-		char	   *server_json;
-
-		/* the reason kept must not carry the caller's context lines */
-		error_context_stack = NULL;
-		server_json = convert ? pg_any_to_server(json, len, PG_UTF8) : json;
-		event = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(server_json)));
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-
-		if (error_is_transient(edata->sqlerrcode))
-			ReThrowError(edata);
-
-		*reason = psprintf("the body is not valid jsonb: %s%s%s%s%s%s",
-						   edata->message,
-						   edata->detail ? " (" : "", edata->detail ? edata->detail : "",
-						   edata->detail ? ")" : "",
-						   edata->context ? ", at " : "", edata->context ? edata->context : "");
-		FreeErrorData(edata);
-		event = NULL;
-	}
-	PG_END_TRY();
-
-	return event;
+	if (edata == NULL)
+		return w.event;
+	*reason = psprintf("the body is not valid jsonb: %s%s%s%s%s%s",
+					   edata->message,
+					   edata->detail ? " (" : "", edata->detail ? edata->detail : "",
+					   edata->detail ? ")" : "",
+					   edata->context ? ", at " : "", edata->context ? edata->context : "");
+	FreeErrorData(edata);
+	return NULL;
 }
 
 /*
