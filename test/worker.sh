@@ -570,6 +570,23 @@ standby_has_worker() {
     [ "$(psql -X -At -h "$standby" -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'")" != 0 ]
 }
 
+# ---- 9: an upstream echoing the key leaves no key in sync_state -----------
+
+check_echoed_key() {
+    begin
+    local problems=() err
+    sql "UPDATE stripe_billing.sync_state SET last_error = NULL" >/dev/null
+    fake POST /_fake/faults '{"rules": [{"kind": "echo_auth", "path": "/v1/events", "method": "GET", "count": 1}]}' >/dev/null
+    generate 1 1 1
+    wait_until 20 eval '[ -n "$(sync_status last_error)" ]' || problems+=(" the echoing answer never reached sync_status")
+    err=$(sync_status last_error)
+    fake DELETE /_fake/faults >/dev/null
+    grep -qF "${KEY#sk_test_}" <<<"$err" && problems+=(" sync_state.last_error holds the API key: $err")
+    grep -q 'Bearer' <<<"$err" || problems+=(" the stored error does not show the echoed header (masked): the check would prove nothing: $err")
+    wait_until 20 in_ledger "$gen_first" || problems+=(" the event never arrived after the echoing answer")
+    conclude "9 echoed key" "an error echoing the Authorization header is stored masked: ${err:0:90}" "${problems[@]}"
+}
+
 # ---- 8: an event too malformed to keep does not stall the worker ----------
 
 check_malformed() {
@@ -622,6 +639,7 @@ check_faults
 check_webhooks
 check_usage
 check_malformed
+check_echoed_key
 check_standby
 echo "worker: $passed passed, $failed failed in $(($(date +%s) - began)) s"
 [ $failed -eq 0 ]
