@@ -14,8 +14,11 @@ work=$(mktemp -d /tmp/stripe_billing_bench.XXXXXX)
 trap 'cluster_stop "$work/pg"; fake_stop' EXIT
 fake_start "$work" sk_test_bench
 fake=$FAKE_URL
+# (the fake packs many events into each second of created time: a 5-minute
+# lookback window would hold whole batches, where Stripe's holds 5 minutes)
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.poll_interval = '200ms'" \
-    "stripe_billing.api_key = 'sk_test_bench'" "stripe_billing.api_base = '$fake'"
+    "stripe_billing.api_key = 'sk_test_bench'" "stripe_billing.api_base = '$fake'" \
+    "stripe_billing.poll_lookback = '2s'"
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # Waits until the worker has applied N events, in one session reading its

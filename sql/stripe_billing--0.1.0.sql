@@ -1447,7 +1447,8 @@ CREATE TABLE stripe_billing.sync_state (
     consecutive_failures integer NOT NULL DEFAULT 0,
     events_applied       bigint NOT NULL DEFAULT 0,
     last_event_created   timestamptz,
-    last_retry_at        timestamptz
+    last_retry_at        timestamptz,
+    lookback_after       timestamptz      -- where polling started: the lookback never reaches before it
 );
 INSERT INTO stripe_billing.sync_state DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.sync_state', '');
@@ -1515,6 +1516,7 @@ BEGIN
       UPDATE stripe_billing.sync_state
          SET event_cursor = first_page->'data'->0->>'id',
              start_from = CASE WHEN first_page->'data'->0 IS NULL THEN now()::text ELSE 'now' END,
+             lookback_after = coalesce(stripe_billing._ts(first_page->'data'->0->'created'), now()),
              last_success_at = now(), consecutive_failures = 0;
       RETURN;
     END IF;
@@ -1535,6 +1537,7 @@ BEGIN
     END IF;
     PERFORM stripe_billing.stripe_apply_event(oldest, 'poll');
     UPDATE stripe_billing.sync_state SET event_cursor = oldest->>'id', events_applied = events_applied + 1,
+           lookback_after = st.start_from::timestamptz - interval '1 second',
            last_event_created = stripe_billing._ts(oldest->'created'),
            last_success_at = now(), consecutive_failures = 0;
     events := 1;
@@ -1546,6 +1549,11 @@ BEGIN
   has_more := coalesce((page->>'has_more')::boolean, false);
   page := page->'data';    -- (taken out once: a page is some 500 KB)
   events := jsonb_array_length(page);
+  -- an empty page that says more wait would be asked for again at once,
+  -- many times a second: wait for the next poll instead
+  IF events = 0 THEN
+    has_more := false;
+  END IF;
   -- the page is newest first: apply it oldest first
   BEGIN
     FOR i IN REVERSE events - 1 .. 0 LOOP
@@ -1570,6 +1578,72 @@ BEGIN
          events_applied = events_applied + events,
          last_event_created = coalesce(stripe_billing._ts(page->0->'created'), last_event_created),
          last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+END
+$$;
+
+-- Stripe's events list is eventually consistent: an event can be listed
+-- after newer ones, behind the cursor, where ending_before never looks.  So
+-- each cycle re-reads the last stripe_billing.poll_lookback of events up to
+-- the cursor's second (created[gt], created[lte]), never before where
+-- polling started (lookback_after), and applies, oldest
+-- first, those listed behind the cursor that the ledger has not seen; the
+-- rest are skipped without being applied again (and events ahead of the
+-- cursor are left to the next page).  With nothing late, one request per
+-- 100 events in the window.  Returns how many it applied.
+CREATE FUNCTION stripe_billing._poll_lookback() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  lookback interval := current_setting('stripe_billing.poll_lookback')::interval;
+  st stripe_billing.sync_state;
+  page jsonb;
+  older_than text;
+  behind boolean := false;     -- past the cursor, in the list's newest-first order
+  late jsonb := '[]';          -- missing events behind the cursor, newest first
+  e jsonb;
+  outcome text;
+  applied integer := 0;
+BEGIN
+  SELECT * INTO st FROM stripe_billing.sync_state;
+  IF lookback <= interval '0' OR st.event_cursor IS NULL OR st.last_event_created IS NULL
+     OR st.lookback_after IS NULL THEN
+    RETURN 0;
+  END IF;
+  LOOP
+    -- (a late event behind the cursor was created no later than the cursor's
+    -- second; never before polling started)
+    page := stripe_billing.stripe_api('GET', '/v1/events', jsonb_strip_nulls(jsonb_build_object(
+        'limit', 100, 'starting_after', older_than,
+        'created', jsonb_build_object(
+            'gt', greatest(extract(epoch FROM st.last_event_created - lookback)::bigint - 1,
+                           extract(epoch FROM st.lookback_after)::bigint),
+            'lte', extract(epoch FROM st.last_event_created)::bigint))));
+    FOR e IN SELECT d.value FROM jsonb_array_elements(page->'data') WITH ORDINALITY d(value, n) ORDER BY d.n LOOP
+      IF NOT behind THEN
+        behind := e->>'id' = st.event_cursor;
+      ELSIF NOT EXISTS (SELECT FROM stripe_billing.events l WHERE l.id = e->>'id') THEN
+        late := late || jsonb_build_array(e);
+      END IF;
+    END LOOP;
+    EXIT WHEN NOT coalesce((page->>'has_more')::boolean, false)
+           OR coalesce(jsonb_array_length(page->'data'), 0) = 0;
+    older_than := page->'data'->-1->>'id';
+  END LOOP;
+
+  FOR i IN REVERSE jsonb_array_length(late) - 1 .. 0 LOOP
+    BEGIN
+      outcome := stripe_billing.stripe_apply_event(late->i, 'poll');
+      applied := applied + 1;
+    EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+      RAISE WARNING 'stripe_billing: a late-listed event was skipped: %', SQLERRM;
+    END;
+  END LOOP;
+  IF applied > 0 THEN
+    UPDATE stripe_billing.sync_state SET events_applied = events_applied + applied;
+    RAISE LOG 'stripe_billing: % late-listed event(s) applied', applied;
+  END IF;
+  RETURN applied;
 END
 $$;
 
@@ -1668,7 +1742,8 @@ $$;
 -- The background worker's one entry point (so stripe_billing.worker_role
 -- needs EXECUTE on this function only): 'ready' (true unless paused),
 -- 'no_key' and 'failed' (record why in sync_state), 'poll' (one page; true
--- when more wait) and 'duties'.  Runs as the extension's owner.
+-- when more wait), 'lookback' (late-listed events) and 'duties'.  Runs as
+-- the extension's owner.
 CREATE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1688,6 +1763,9 @@ BEGIN
     RETURN false;
   WHEN 'poll' THEN
     RETURN (stripe_billing._poll_page(true)).has_more;
+  WHEN 'lookback' THEN
+    PERFORM stripe_billing._poll_lookback();
+    RETURN false;
   WHEN 'duties' THEN
     PERFORM stripe_billing._sync_duties();
     RETURN false;
@@ -1710,6 +1788,7 @@ BEGIN
     total := total + p.events;
     EXIT WHEN NOT p.has_more;
   END LOOP;
+  total := total + stripe_billing._poll_lookback();
   PERFORM stripe_billing._sync_duties();
   RETURN total;
 END
@@ -1729,7 +1808,7 @@ BEGIN
   UPDATE stripe_billing.sync_state
      SET start_from = CASE WHEN stripe_sync_start_from.start_from = 'now' THEN 'now'
                            ELSE stripe_sync_start_from.start_from::timestamptz::text END,
-         event_cursor = NULL;
+         event_cursor = NULL, lookback_after = NULL;
 END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_start_from(text) FROM PUBLIC;

@@ -41,6 +41,7 @@ int			sb_max_network_retries = 1;
 char	   *sb_database = NULL;
 char	   *sb_worker_role = NULL;
 int			sb_poll_interval = 10000;
+int			sb_poll_lookback = 300;
 int			sb_max_response_size = 64 * 1024;	/* kB */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
@@ -472,6 +473,15 @@ _PG_init(void)
 							10000, 100, 3600000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.poll_lookback",
+							"How far back each poll cycle re-reads /v1/events for events listed late; 0 disables it.",
+							"Stripe's list is eventually consistent: an event can be listed after newer ones.",
+							&sb_poll_lookback,
+							300, 0, 30 * 86400,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("stripe_billing");

@@ -59,6 +59,7 @@ extern int	sb_max_network_retries;
 extern char *sb_database;
 extern char *sb_worker_role;
 extern int	sb_poll_interval;
+extern int	sb_poll_lookback;
 extern int	sb_max_response_size;	/* kB */
 
 extern void sb_scrub_secrets(char *s);

@@ -253,6 +253,12 @@ stripe_billing_worker_main(Datum arg)
 				break;
 		}
 
+		/* caught up: the events listed late, behind the cursor */
+		if (result == STEP_DONE &&
+			run_step("stripe_billing: re-reading /v1/events for late-listed events",
+					 "lookback", &sqlerrcode) == STEP_FAILED)
+			result = STEP_FAILED;
+
 		if (result == STEP_DONE || result == STEP_MORE)
 		{
 			StepResult	duties = run_step("stripe_billing: usage, retries, re-fetches",

@@ -204,7 +204,8 @@ setup() {
     clean_upto=$seed_id
     cluster_start "$primary" "shared_preload_libraries = 'stripe_billing'" \
         "stripe_billing.poll_interval = '200ms'" "stripe_billing.api_key = '$KEY'" \
-        "stripe_billing.api_base = 'http://127.0.0.1:$port'" "wal_level = replica" || return 1
+        "stripe_billing.api_base = 'http://127.0.0.1:$port'" "wal_level = replica" \
+        "stripe_billing.poll_lookback = '2s'" || return 1
     sql "CREATE EXTENSION stripe_billing" && sql "CREATE DATABASE clean" &&
         sql clean "CREATE EXTENSION stripe_billing" || return 1
     for db in postgres clean; do
@@ -285,8 +286,9 @@ check_catch_up() {
     fi
     # 100 pages: each fetched once (a page is requested in the background
     # while the one before it is applied, and that response is the one used),
-    # plus the idle polls of a 200 ms poll_interval around the batch
-    gets=$(fake GET '/_fake/requests?path=/v1/events' | jq length)
+    # plus the idle polls of a 200 ms poll_interval around the batch (the
+    # lookback's own requests, created[...], are not pages of the catch-up)
+    gets=$(fake GET '/_fake/requests?path=/v1/events' | jq '[.[] | select((.query | tostring | test("created")) | not)] | length')
     [ "$gets" -ge 100 ] && [ "$gets" -le 112 ] ||
         problems+=(" $gets requests to /v1/events for 100 pages (expected 100 to 112)")
     echo "      catch-up: 10000 events in ${ms} ms = ${rate} events/s, $gets requests to /v1/events"
@@ -570,6 +572,62 @@ standby_has_worker() {
     [ "$(psql -X -At -h "$standby" -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'")" != 0 ]
 }
 
+# ---- 10: events listed late, behind the cursor ----------------------------
+
+check_late_listed() {
+    begin
+    local problems=() anchor created late_ids=() body applied forward lookback
+    # three events of a second of their own, two days ahead (the generated
+    # batches compress time: a lookback window near them holds hundreds)
+    created=$(($(date +%s) + 2 * 86400))
+    body=$(jq -nc --argjson created "$created" '{events: [range(3) as $i |
+        {id: "evt_anchor_\($i)_\($created)", type: "customer.updated", created: $created,
+         data: {object: {id: "cus_anchor_\($i)", object: "customer"}}}]}')
+    fake POST /_fake/events "$body" >/dev/null || problems+=(" the fake refused the anchor events")
+    anchor="evt_anchor_2_$created"
+    fake_total=$((fake_total + 3))
+    wait_until 20 in_ledger "$anchor" || problems+=(" the anchor events never arrived")
+    # 5 events of that second, listed only now, behind the anchor (the cursor is past it)
+    body=$(jq -nc --arg before "$anchor" --argjson created "$created" '{before: $before, events: [range(5) as $i |
+        {id: "evt_late_\($i)_\($created)", type: "customer.updated", created: $created,
+         data: {object: {id: "cus_late_\($i)", object: "customer", email: "late\($i)@example.com"}}}]}')
+    fake POST /_fake/events "$body" >/dev/null || problems+=(" the fake refused the late events")
+    for i in 0 1 2 3 4; do late_ids+=("evt_late_${i}_$created"); done
+    fake_total=$((fake_total + 5))
+    all_late() { for id in "${late_ids[@]}"; do in_ledger "$id" || return 1; done; }
+    wait_until 10 all_late || true
+    applied=$(sql "SELECT count(*) FROM stripe_billing.events WHERE id LIKE 'evt_late_%_$created' AND source = 'poll' AND outcome = 'applied'")
+    [ "$applied" = 5 ] || problems+=(" $applied of 5 late-listed events applied")
+    [ "$(sql "SELECT count(*) FROM stripe_billing.customers WHERE id LIKE 'cus_late_%' AND email LIKE 'late%'")" = 5 ] ||
+        problems+=(" the late events' customers are not in the table")
+    # idle: the lookback costs one request a cycle, like the forward poll
+    fake DELETE /_fake/requests >/dev/null
+    sleep 2
+    forward=$(fake GET "/_fake/requests?path=/v1/events" | jq '[.[] | select((.query | tostring | test("created")) | not)] | length')
+    lookback=$(fake GET "/_fake/requests?path=/v1/events" | jq '[.[] | select(.query | tostring | test("created"))] | length')
+    [ "$lookback" -ge 1 ] && [ "$lookback" -le $((forward + 1)) ] ||
+        problems+=(" idle for 2 s: $lookback lookback requests against $forward forward ones")
+    ledger_complete || problems+=(" the ledger lacks $(pending) events")
+    conclude "10 late-listed" "5 events listed late behind the cursor (same second): $applied applied once, by polling; idle, $lookback lookback requests for $forward forward in 2 s" "${problems[@]}"
+}
+
+# ---- 11: an empty page that says has_more does not make a busy loop --------
+
+check_empty_has_more() {
+    begin
+    local problems=() n
+    fake POST /_fake/faults '{"rules": [{"kind": "empty_has_more", "path": "/v1/events", "method": "GET", "count": 1000}]}' >/dev/null
+    fake DELETE /_fake/requests >/dev/null
+    sleep 2
+    n=$(fake GET "/_fake/requests?path=/v1/events" | jq 'length')
+    fake DELETE /_fake/faults >/dev/null
+    # poll_interval 200 ms: about 10 cycles, each a page and a lookback
+    [ "$n" -le 30 ] || problems+=(" $n requests to /v1/events in 2 s")
+    generate 1 1 1
+    wait_until 20 in_ledger "$gen_first" || problems+=(" the next event never arrived after the empty pages")
+    conclude "11 empty has_more" "empty pages saying has_more: $n requests in 2 s (poll_interval 200 ms), then events arrive again" "${problems[@]}"
+}
+
 # ---- 9: an upstream echoing the key leaves no key in sync_state -----------
 
 check_echoed_key() {
@@ -640,6 +698,8 @@ check_webhooks
 check_usage
 check_malformed
 check_echoed_key
+check_late_listed
+check_empty_has_more
 check_standby
 echo "worker: $passed passed, $failed failed in $(($(date +%s) - began)) s"
 [ $failed -eq 0 ]

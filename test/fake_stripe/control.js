@@ -98,8 +98,9 @@ function completeEvent(raw, index) {
   };
 }
 
-// All or nothing: a batch with a duplicate id appends no event.
-function appendGivenEvents(store, given) {
+// All or nothing: a batch with a duplicate id appends no event.  With
+// `before` (an event id) the batch is listed late: inserted just before it.
+function appendGivenEvents(store, given, before) {
   if (!Array.isArray(given) || given.length === 0) throw new BadRequest('"events" must be a non-empty array');
   const events = given.map(completeEvent);
   const ids = new Set();
@@ -107,13 +108,14 @@ function appendGivenEvents(store, given) {
     if (ids.has(id) || store.eventPosition(id) !== undefined) throw new BadRequest(`duplicate event id ${id}`);
     ids.add(id);
   }
-  for (const event of events) store.appendEvent(event);
+  if (before !== undefined) store.insertEventsBefore(String(before), events);
+  else for (const event of events) store.appendEvent(event);
   return { appended: events.length, first_id: events[0].id, last_id: events[events.length - 1].id };
 }
 
 function appendEvents({ store, body }) {
   if (body.generate !== undefined) return generateEvents(store, body.generate);
-  return appendGivenEvents(store, body.events);
+  return appendGivenEvents(store, body.events, body.before);
 }
 
 function listStoredEvents({ store }) {

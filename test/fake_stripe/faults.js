@@ -4,7 +4,8 @@
 const { BadRequest } = require('./errors');
 const { seededRandom } = require('./util');
 
-const KINDS = ['429', '500', '503', '401', 'hang', 'truncate', 'reset', 'html', 'half_json', 'huge', 'echo_auth'];
+const KINDS = ['429', '500', '503', '401', 'hang', 'truncate', 'reset', 'html', 'half_json', 'huge', 'echo_auth',
+  'empty_has_more'];
 
 // Bounds of a "huge" body (bytes): big enough to hold its JSON frame, small
 // enough not to exhaust the fake.

@@ -108,6 +108,9 @@ function sendFault(rule, req, res, headers) {
       for (let at = 0; at < body.length; at += 65536) res.write(body.slice(at, at + 65536));
       return res.end();
     }
+    case 'empty_has_more':
+      // A list page with no items that still says more wait.
+      return sendJson(res, 200, { object: 'list', url: req.url.split('?')[0], has_more: true, data: [] }, faultHeaders);
     case 'echo_auth': {
       // A proxy or upstream that quotes the request back, secret included.
       const auth = req.headers.authorization || '(none)';

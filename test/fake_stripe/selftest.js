@@ -999,6 +999,35 @@ test('reset restores the seeded defaults', async () => {
   assert.deepEqual(requests.map((r) => r.seq), [1, 2, 3]);
 });
 
+test('faults: empty_has_more answers a list page with no items that says more wait', async () => {
+  await reset();
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: 'empty_has_more', path: '/v1/events' }] });
+  const page = await stripe('GET', '/v1/events?limit=100');
+  assert.equal(page.status, 200);
+  assert.deepEqual([page.body.object, page.body.data, page.body.has_more], ['list', [], true]);
+  assert.equal((await stripe('GET', '/v1/events?limit=100')).body.has_more, false, 'the rule fired once');
+});
+
+test('events: a batch given "before" an event is listed late, behind it', async () => {
+  await reset();
+  const first = await ctl('POST', '/_fake/events', { events: [{ type: 'customer.updated', data: { object: { id: 'cus_a', object: 'customer' } } }] });
+  const second = await ctl('POST', '/_fake/events', { events: [{ type: 'customer.updated', data: { object: { id: 'cus_b', object: 'customer' } } }] });
+  const late = await ctl('POST', '/_fake/events', {
+    before: second.first_id,
+    events: [{ id: 'evt_late', type: 'customer.updated', data: { object: { id: 'cus_c', object: 'customer' } } }],
+  });
+  assert.equal(late.first_id, 'evt_late');
+  const ids = (await ctl('GET', '/_fake/events')).map((e) => e.id);
+  assert.deepEqual(ids.slice(-3), [first.first_id, 'evt_late', second.first_id]);
+  // a cursor past its position never sees it; a created filter does
+  const after = await stripe('GET', `/v1/events?ending_before=${second.first_id}`);
+  assert.deepEqual(after.body.data, []);
+  const all = await stripe('GET', '/v1/events?limit=100&created[gte]=0');
+  assert.ok(all.body.data.some((e) => e.id === 'evt_late'));
+  const unknown = await call('POST', '/_fake/events', { json: { before: 'evt_nope', events: [{ type: 'x', data: {} }] }, auth: null });
+  assert.equal(unknown.status, 400);
+});
+
 test('SIGTERM stops the server promptly even with a hung request', async () => {
   await ctl('POST', '/_fake/faults', { rules: [{ kind: 'hang' }] });
   const hung = exchange('/v1/prices/price_basic');
@@ -1012,3 +1041,4 @@ test('SIGTERM stops the server promptly even with a hung request', async () => {
   const outcome = await hung;
   assert.ok(outcome.error, 'the hung client sees the connection close');
 });
+

@@ -78,6 +78,20 @@ class Store {
     return event;
   }
 
+  // Inserts complete events just before the event `beforeId`: listed late,
+  // behind events that were listed already (Stripe's list is eventually
+  // consistent), so a cursor past that position never sees them.
+  insertEventsBefore(beforeId, events) {
+    const at = this.eventPositions.get(beforeId);
+    if (at === undefined) throw new BadRequest(`no event ${beforeId} to insert before`);
+    for (const event of events) {
+      if (this.eventPositions.has(event.id)) throw new BadRequest(`duplicate event id ${event.id}`);
+    }
+    this.events.splice(at, 0, ...events);
+    this.eventPositions.clear();
+    this.events.forEach((event, index) => this.eventPositions.set(event.id, index));
+  }
+
   // Records that `object` went through `type` now (snapshotting it).
   emit(type, object, { previousAttributes, request, created } = {}) {
     return this.appendEvent(buildEvent({ type, object, previousAttributes, request, created }));
