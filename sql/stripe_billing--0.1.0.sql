@@ -1490,6 +1490,23 @@ AS 'MODULE_PATHNAME', 'stripe_events_page'
 LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
+-- Applies one polled event in a subtransaction of its own; an event too
+-- malformed to be kept (SBE01: no usable id) is skipped with a WARNING
+-- instead of failing its page for ever.  True when it was applied.
+CREATE FUNCTION stripe_billing._apply_polled(event jsonb) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing.stripe_apply_event(event, 'poll');
+  RETURN true;
+EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+  RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM
+        USING DETAIL = format('Its id: %s.', coalesce(left(event->>'id', 100), '(none)'));
+  RETURN false;
+END
+$$;
+
 CREATE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
                                           OUT events integer, OUT has_more boolean)
 LANGUAGE plpgsql
@@ -1565,12 +1582,7 @@ BEGIN
     -- forever would stall the worker, so apply the page again one event at
     -- a time (one subtransaction each, on this rare path only) without it
     FOR i IN REVERSE events - 1 .. 0 LOOP
-      BEGIN
-        outcome := stripe_billing.stripe_apply_event(page->i, 'poll');
-      EXCEPTION WHEN SQLSTATE 'SBE01' THEN
-        RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM
-              USING DETAIL = format('Its id: %s.', coalesce(left(page->i->>'id', 100), '(none)'));
-      END;
+      PERFORM stripe_billing._apply_polled(page->i);
     END LOOP;
   END;
   UPDATE stripe_billing.sync_state
@@ -1602,7 +1614,6 @@ DECLARE
   behind boolean := false;     -- past the cursor, in the list's newest-first order
   late jsonb := '[]';          -- missing events behind the cursor, newest first
   e jsonb;
-  outcome text;
   applied integer := 0;
 BEGIN
   SELECT * INTO st FROM stripe_billing.sync_state;
@@ -1632,12 +1643,9 @@ BEGIN
   END LOOP;
 
   FOR i IN REVERSE jsonb_array_length(late) - 1 .. 0 LOOP
-    BEGIN
-      outcome := stripe_billing.stripe_apply_event(late->i, 'poll');
+    IF stripe_billing._apply_polled(late->i) THEN
       applied := applied + 1;
-    EXCEPTION WHEN SQLSTATE 'SBE01' THEN
-      RAISE WARNING 'stripe_billing: a late-listed event was skipped: %', SQLERRM;
-    END;
+    END IF;
   END LOOP;
   IF applied > 0 THEN
     UPDATE stripe_billing.sync_state SET events_applied = events_applied + applied;
