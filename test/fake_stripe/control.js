@@ -1,13 +1,15 @@
 'use strict';
 // The test-only control API under /_fake (no auth, JSON in and out): read
-// the recording, reset, inject faults, seed objects and events, and play the
-// customer's or Stripe's part (complete a checkout, renew a subscription).
+// the recording, reset, inject faults, set a rate limit, seed objects, events
+// or a whole account, expire events, and play the customer's or Stripe's
+// part (complete a checkout, renew a subscription).
 
 const { Router } = require('./router');
 const { StripeError, BadRequest } = require('./errors');
 const { sendJson } = require('./http_io');
 const { advanceSubscription, completeCheckout } = require('./billing');
 const { generateEvents } = require('./generate');
+const { generateAccount } = require('./account');
 const { API_VERSION, buildPrice, buildProduct, fromTemplate, hasTemplate } = require('./templates');
 const { newId, nowSeconds } = require('./util');
 
@@ -27,13 +29,31 @@ function clearRequests({ store }) {
 }
 
 function stats({ store }) {
-  return { connections_opened: store.connectionsOpened, requests: store.requestCount };
+  return { connections_opened: store.connectionsOpened, requests: store.requestCount, rate_limited: store.rateLimited };
 }
 
-function reset({ store, faults }) {
+function reset({ store, faults, limiter }) {
   store.reset();
   faults.clear();
+  limiter.clear();
   return { reset: true };
+}
+
+// ---- rate limit ----
+
+function getRateLimit({ limiter }) {
+  return limiter.describe();
+}
+
+function setRateLimit({ limiter, body }) {
+  if (!Object.hasOwn(body, 'per_second')) throw new BadRequest('"per_second" is required (null lifts the limit)');
+  limiter.set(body.per_second);
+  return limiter.describe();
+}
+
+function clearRateLimit({ limiter }) {
+  limiter.clear();
+  return limiter.describe();
 }
 
 // ---- faults ----
@@ -66,12 +86,37 @@ function completeObject(raw, index) {
   return structuredClone(raw);
 }
 
+// A patch for a stored object: its fields replace the stored ones (top
+// level only), every other field stays. Checked before anything changes.
+function checkPatch(store, raw, index) {
+  if (!raw || typeof raw !== 'object' || typeof raw.id !== 'string') {
+    throw new BadRequest(`objects[${index}] needs a string "id" field`);
+  }
+  const stored = store.objects.get(raw.id);
+  if (!stored) throw new BadRequest(`objects[${index}]: no object ${raw.id} to merge into`);
+  if (raw.object !== undefined && raw.object !== stored.object) {
+    throw new BadRequest(`objects[${index}]: ${raw.id} is a ${stored.object}, not a ${raw.object}`);
+  }
+  return { stored, patch: structuredClone(raw) };
+}
+
+// With "merge": true the objects are patched in place (the same object, so
+// its list position and anything holding it see the change); no event.
 function seedObjects({ store, body }) {
   const given = body.objects !== undefined ? body.objects : [body.object];
   if (!Array.isArray(given)) throw new BadRequest('"objects" must be an array');
+  if (body.merge !== undefined && typeof body.merge !== 'boolean') throw new BadRequest('"merge" must be a boolean');
+  if (body.merge) {
+    const patches = given.map((raw, index) => checkPatch(store, raw, index));
+    return { objects: patches.map(({ stored, patch }) => Object.assign(stored, patch)) };
+  }
   const objects = given.map(completeObject);
   for (const object of objects) store.put(object);
   return { objects };
+}
+
+function seedAccount({ store, body }) {
+  return generateAccount(store, body);
 }
 
 function getObject({ store, path }) {
@@ -118,6 +163,20 @@ function appendEvents({ store, body }) {
   return appendGivenEvents(store, body.events, body.before);
 }
 
+// Stripe keeps events 30 days: drop the oldest ones, through an event id
+// (in list order) or created before a unix time.
+function expireEvents({ store, body }) {
+  const { through, older_than: olderThan } = body;
+  if ((through === undefined) === (olderThan === undefined)) throw new BadRequest('give one of "through" or "older_than"');
+  if (through !== undefined) {
+    const last = store.eventPosition(String(through));
+    if (last === undefined) throw new BadRequest(`no event ${through} to expire through`);
+    return { expired: store.expireEvents((event, index) => index <= last) };
+  }
+  if (!Number.isInteger(olderThan)) throw new BadRequest('"older_than" must be a unix time (integer)');
+  return { expired: store.expireEvents((event) => event.created < olderThan) };
+}
+
 function listStoredEvents({ store }) {
   return store.events.map(({ id, created, type }) => ({ id, created, type }));
 }
@@ -143,12 +202,17 @@ const router = new Router()
   .add('DELETE', '/_fake/requests', clearRequests)
   .add('GET', '/_fake/stats', stats)
   .add('POST', '/_fake/reset', reset)
+  .add('GET', '/_fake/rate_limit', getRateLimit)
+  .add('POST', '/_fake/rate_limit', setRateLimit)
+  .add('DELETE', '/_fake/rate_limit', clearRateLimit)
   .add('GET', '/_fake/faults', getFaults)
   .add('POST', '/_fake/faults', setFaults)
   .add('DELETE', '/_fake/faults', clearFaults)
   .add('POST', '/_fake/objects', seedObjects)
   .add('GET', '/_fake/objects/:id', getObject)
+  .add('POST', '/_fake/account', seedAccount)
   .add('POST', '/_fake/events', appendEvents)
+  .add('POST', '/_fake/events/expire', expireEvents)
   .add('GET', '/_fake/events', listStoredEvents)
   .add('GET', '/_fake/meter_events', listMeterEvents)
   .add('POST', '/_fake/checkout/sessions/:id/complete', completeSession)
@@ -166,13 +230,13 @@ function parseJsonBody(rawBody) {
   return body;
 }
 
-function createControl({ store, faults }) {
+function createControl({ store, faults, limiter }) {
   return function handleControl(req, res, url, rawBody) {
     const route = router.match(req.method, url.pathname);
     if (!route) return sendJson(res, 404, { error: { message: `No control endpoint ${req.method} ${url.pathname}` } });
     try {
       const body = parseJsonBody(rawBody);
-      const result = route.handler({ store, faults, body, query: url.searchParams, path: route.params });
+      const result = route.handler({ store, faults, limiter, body, query: url.searchParams, path: route.params });
       return sendJson(res, 200, result);
     } catch (err) {
       if (err instanceof StripeError) return sendJson(res, err.status, err.toJSON());

@@ -65,6 +65,14 @@ function unrecognizedUrl(method, path) {
   });
 }
 
+// Stripe's 429 body, for the rate limit and the 429 fault alike.
+function rateLimitError() {
+  return new StripeError(429, {
+    code: 'rate_limit',
+    message: 'Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.',
+  });
+}
+
 // Coerces a form string to an integer within bounds, or throws parameter_invalid.
 function intParam(value, param, { min = -Infinity, max = Infinity } = {}) {
   const n = typeof value === 'number' ? value : /^-?\d+$/.test(String(value)) ? Number(value) : NaN;
@@ -96,6 +104,7 @@ module.exports = {
   maskKey,
   invalidApiKey,
   unrecognizedUrl,
+  rateLimitError,
   intParam,
   boolParam,
   enumParam,

@@ -1,9 +1,9 @@
 'use strict';
 // The Stripe-side pipeline for /v1 requests: record the request, inject a
-// fault if a rule matches, authenticate, honour Idempotency-Key, then run the
-// endpoint handler from stripe_api.js.
+// fault if a rule matches, authenticate, apply the rate limit, honour
+// Idempotency-Key, then run the endpoint handler from stripe_api.js.
 
-const { StripeError, invalidApiKey, unrecognizedUrl } = require('./errors');
+const { StripeError, invalidApiKey, unrecognizedUrl, rateLimitError } = require('./errors');
 const { parseForm } = require('./form');
 const { jsonText, sendText, sendJson } = require('./http_io');
 const { stripeRouter } = require('./stripe_api');
@@ -30,9 +30,15 @@ function hugeBody(path, bytes) {
   return frame.replace('"padding": ""', `"padding": "${'x'.repeat(Math.max(pad, 0))}"`);
 }
 
-function bearerToken(authorization) {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization || '');
-  return m ? m[1] : null;
+// The API key a request presents: Stripe takes a Bearer token or the Basic
+// auth user name (what `curl -u sk_test_...:` sends).
+function presentedKey(authorization) {
+  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(authorization || '');
+  if (bearer) return bearer[1];
+  const basic = /^Basic\s+([A-Za-z0-9+/]+=*)\s*$/i.exec(authorization || '');
+  if (!basic) return null;
+  const [user] = Buffer.from(basic[1], 'base64').toString('utf8').split(':');
+  return user || null;
 }
 
 function recordRequest(store, req, url, rawBody, requestId) {
@@ -66,10 +72,7 @@ function sendFault(rule, req, res, headers) {
   if (rule.should_retry !== null) faultHeaders['Stripe-Should-Retry'] = String(rule.should_retry);
   switch (rule.kind) {
     case '429':
-      return sendJson(res, 429, new StripeError(429, {
-        code: 'rate_limit',
-        message: 'Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.',
-      }).toJSON(), faultHeaders);
+      return sendJson(res, 429, rateLimitError().toJSON(), faultHeaders);
     case '500':
       return sendJson(res, 500, new StripeError(500, {
         type: 'api_error',
@@ -81,7 +84,7 @@ function sendFault(rule, req, res, headers) {
         message: 'The server is temporarily unavailable. Please retry shortly.',
       }).toJSON(), faultHeaders);
     case '401':
-      return sendJson(res, 401, invalidApiKey(bearerToken(req.headers.authorization)).toJSON(), faultHeaders);
+      return sendJson(res, 401, invalidApiKey(presentedKey(req.headers.authorization)).toJSON(), faultHeaders);
     case 'hang':
       // Never answered: the socket stays open until the client gives up or
       // the server stops.
@@ -149,7 +152,7 @@ function runHandler(route, ctx) {
 }
 
 // `baseUrl()` is the server's own http://127.0.0.1:<port>, for hosted-page urls.
-function createGateway({ store, faults, apiKey, baseUrl }) {
+function createGateway({ store, faults, limiter, apiKey, baseUrl }) {
   return function handleStripe(req, res, url, rawBody) {
     const requestId = newId('req_');
     const record = recordRequest(store, req, url, rawBody, requestId);
@@ -164,9 +167,14 @@ function createGateway({ store, faults, apiKey, baseUrl }) {
       record.status = fault.kind;
       return sendFault(fault, req, res, headers);
     }
-    if (bearerToken(req.headers.authorization) !== apiKey) {
-      return respond(401, jsonText(invalidApiKey(bearerToken(req.headers.authorization)).toJSON()),
+    if (presentedKey(req.headers.authorization) !== apiKey) {
+      return respond(401, jsonText(invalidApiKey(presentedKey(req.headers.authorization)).toJSON()),
         { 'WWW-Authenticate': 'Bearer realm="Stripe"' });
+    }
+    // Stripe limits an account's requests, so only authenticated ones count.
+    if (!limiter.admit()) {
+      store.rateLimited += 1;
+      return respond(429, jsonText(rateLimitError().toJSON()), { 'Retry-After': '1' });
     }
     const route = stripeRouter.match(req.method, url.pathname);
     if (!route) return respond(404, jsonText(unrecognizedUrl(req.method, url.pathname).toJSON()));

@@ -2,7 +2,7 @@
 // Stripe list semantics: newest first, `limit`, `starting_after` (older than
 // the cursor), `ending_before` (newer than the cursor), `created[...]` ranges.
 
-const { intParam, invalidParam } = require('./errors');
+const { intParam, invalidParam, noSuch } = require('./errors');
 
 function parseListParams(params) {
   const limit = params.limit === undefined ? 10 : intParam(params.limit, 'limit', { min: 1, max: 100 });
@@ -39,6 +39,26 @@ function pageNewestFirst(items, { limit, startingAfter, endingBefore }, position
   return { data: found.slice(0, limit), has_more: found.length > limit };
 }
 
+// One page of `items` in their stored order (oldest first), as Stripe lists a
+// subscription's items: starting_after walks on, ending_before walks back.
+function pageInOrder(items, { limit, startingAfter, endingBefore }, positionOf, matches = () => true) {
+  if (endingBefore !== undefined) {
+    const found = collect(items, positionOf(endingBefore) - 1, -1, limit + 1, matches);
+    return { data: found.slice(0, limit).reverse(), has_more: found.length > limit };
+  }
+  const from = startingAfter !== undefined ? positionOf(startingAfter) + 1 : 0;
+  const found = collect(items, from, +1, limit + 1, matches);
+  return { data: found.slice(0, limit), has_more: found.length > limit };
+}
+
+// A cursor must name an object of the list (matching the filters or not);
+// Stripe answers an unknown one 404 resource_missing, naming the param.
+function checkCursors({ startingAfter, endingBefore }, isKnown, kind) {
+  for (const [param, id] of [['starting_after', startingAfter], ['ending_before', endingBefore]]) {
+    if (id !== undefined && !isKnown(id)) throw noSuch(kind, id, param);
+  }
+}
+
 // `created` is either an exact timestamp or {gt, gte, lt, lte}.
 function createdMatcher(created) {
   if (created === undefined) return () => true;
@@ -64,4 +84,12 @@ function listBody(url, page) {
   return { object: 'list', url, has_more: page.has_more, data: page.data };
 }
 
-module.exports = { parseListParams, pageNewestFirst, createdMatcher, listBody };
+// All `matchers` (null entries are filters not given) must accept an item.
+function allOf(matchers) {
+  const given = matchers.filter(Boolean);
+  return (item) => given.every((matches) => matches(item));
+}
+
+module.exports = {
+  parseListParams, pageNewestFirst, pageInOrder, checkCursors, createdMatcher, allOf, listBody,
+};

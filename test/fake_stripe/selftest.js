@@ -11,6 +11,7 @@ const fs = require('node:fs');
 const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
+const { performance } = require('node:perf_hooks');
 
 const KEY = 'sk_test_fake';
 const SERVER = path.join(__dirname, 'server.js');
@@ -156,6 +157,16 @@ test('authentication', async () => {
   assert.equal(records.at(-1).headers.authorization, 'Bearer <redacted>');
   assert.equal(records.at(-2).headers.authorization, 'Bearer <redacted>');
   assert.ok(!JSON.stringify(records).includes(KEY));
+});
+
+test('authentication: Basic auth with the key as user name, as curl -u key: sends', async () => {
+  const basic = (user) => ({ auth: null, headers: { Authorization: `Basic ${Buffer.from(`${user}:`).toString('base64')}` } });
+  assert.equal((await stripe('GET', '/v1/prices/price_basic', undefined, basic(KEY))).status, 200);
+  const wrong = await stripe('GET', '/v1/prices/price_basic', undefined, basic('sk_test_thisiswrong_9876'));
+  assertStripeError(wrong, 401, { code: 'api_key_invalid' });
+  assert.match(wrong.body.error.message, /^Invalid API Key provided: sk_test_\*+9876$/);
+  const [record] = (await ctl('GET', '/_fake/requests?path=/v1/prices')).slice(-1);
+  assert.equal(record.headers.authorization, 'Bearer <redacted>');
 });
 
 test('unrecognized URLs answer 404 like Stripe', async () => {
@@ -971,7 +982,7 @@ test('keep-alive connections are reused and counted', async () => {
   try {
     for (let i = 0; i < 5; i++) assert.equal((await stripe('GET', '/v1/prices/price_basic', undefined, { agent })).status, 200);
     const { body: stats } = await call('GET', '/_fake/stats', { agent, auth: null });
-    assert.deepEqual(stats, { connections_opened: 1, requests: 5 });
+    assert.deepEqual(stats, { connections_opened: 1, requests: 5, rate_limited: 0 });
     const connections = new Set((await ctl('GET', '/_fake/requests')).map((r) => r.connection_id));
     assert.equal(connections.size, 1);
   } finally {
@@ -1026,6 +1037,360 @@ test('events: a batch given "before" an event is listed late, behind it', async 
   assert.ok(all.body.data.some((e) => e.id === 'evt_late'));
   const unknown = await call('POST', '/_fake/events', { json: { before: 'evt_nope', events: [{ type: 'x', data: {} }] }, auth: null });
   assert.equal(unknown.status, 400);
+});
+
+// ---- lists, seeded accounts, rate limit, expiring events ----
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Every object of a list, page by page with starting_after.
+async function listAll(urlPath, { limit = 100, agent } = {}) {
+  const sep = urlPath.includes('?') ? '&' : '?';
+  const objects = [];
+  let pages = 0;
+  let cursor = null;
+  for (;;) {
+    const after = cursor ? `&starting_after=${cursor}` : '';
+    const res = await stripe('GET', `${urlPath}${sep}limit=${limit}${after}`, undefined, { agent });
+    assert.equal(res.status, 200, res.text);
+    pages += 1;
+    objects.push(...res.body.data);
+    if (!res.body.has_more) return { objects, ids: objects.map((o) => o.id), pages, url: res.body.url };
+    cursor = res.body.data.at(-1).id;
+  }
+}
+
+const pageIds = (res) => res.body.data.map((o) => o.id);
+
+test('lists: customers newest first, email filter, deleted ones left out, cursors checked', async () => {
+  await reset();
+  const made = [];
+  for (let i = 0; i < 5; i++) made.push((await stripe('POST', '/v1/customers', { email: `c${i}@example.com` })).body);
+  await stripe('DELETE', `/v1/customers/${made[1].id}`);
+  made.push((await stripe('POST', '/v1/customers', { email: 'c0@example.com' })).body);
+  const id = (...n) => n.map((i) => made[i].id);
+
+  const first = await stripe('GET', '/v1/customers?limit=2');
+  assert.deepEqual([first.body.object, first.body.url, first.body.has_more], ['list', '/v1/customers', true]);
+  assert.deepEqual(pageIds(first), id(5, 4));
+  const all = await listAll('/v1/customers', { limit: 2 });
+  assert.deepEqual(all.ids, id(5, 4, 3, 2, 0), 'each once, newest first, the deleted one left out');
+  assert.equal(all.pages, 3);
+  assert.equal((await listAll('/v1/customers')).ids.length, 5, 'default page holds them all');
+  const newer = await stripe('GET', `/v1/customers?limit=2&ending_before=${made[2].id}`);
+  assert.deepEqual([pageIds(newer), newer.body.has_more], [id(4, 3), true]);
+  assert.deepEqual(pageIds(await stripe('GET', `/v1/customers?email=${encodeURIComponent('c0@example.com')}`)), id(5, 0));
+  assert.deepEqual(pageIds(await stripe('GET', `/v1/customers?created[gte]=${made[0].created}`)), id(5, 4, 3, 2, 0));
+  assert.deepEqual(pageIds(await stripe('GET', `/v1/customers?created[lt]=${made[0].created}`)), []);
+  assert.deepEqual(pageIds(await stripe('GET', `/v1/customers?created=${made[0].created - 1}`)), []);
+
+  assertStripeError(await stripe('GET', `/v1/customers?starting_after=${made[0].id}&ending_before=${made[2].id}`), 400,
+    { code: 'parameter_invalid', param: 'ending_before' });
+  assertStripeError(await stripe('GET', '/v1/customers?starting_after=cus_nope'), 404,
+    { code: 'resource_missing', param: 'starting_after', message: "No such customer: 'cus_nope'" });
+  assertStripeError(await stripe('GET', '/v1/customers?limit=101'), 400, { code: 'parameter_invalid', param: 'limit' });
+  assertStripeError(await stripe('GET', '/v1/customers?created[near]=1'), 400, { param: 'created[near]' });
+});
+
+test('lists: products and prices filter by active, product, type and lookup key', async () => {
+  await reset();
+  await ctl('POST', '/_fake/objects', {
+    objects: [
+      { id: 'prod_old', object: 'product', name: 'Old', active: false },
+      { id: 'prod_new', object: 'product', name: 'New' },
+      { id: 'prod_gone', object: 'product', deleted: true },
+      { id: 'price_old', object: 'price', product: 'prod_old', active: false, unit_amount: 700, recurring: { interval: 'month' } },
+      { id: 'price_new_once', object: 'price', product: 'prod_new', unit_amount: 300, type: 'one_time' },
+    ],
+  });
+  const products = await stripe('GET', '/v1/products');
+  assert.equal(products.body.url, '/v1/products');
+  assert.deepEqual(pageIds(products), ['prod_new', 'prod_old', 'prod_onetime', 'prod_pro', 'prod_basic']);
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/products?active=true')), ['prod_new', 'prod_onetime', 'prod_pro', 'prod_basic']);
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/products?active=false')), ['prod_old']);
+  assertStripeError(await stripe('GET', '/v1/products?active=maybe'), 400, { param: 'active' });
+
+  const prices = await stripe('GET', '/v1/prices');
+  assert.equal(prices.body.url, '/v1/prices');
+  assert.deepEqual(pageIds(prices), ['price_new_once', 'price_old', 'price_onetime', 'price_pro', 'price_basic']);
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/prices?active=false')), ['price_old']);
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/prices?product=prod_old')), ['price_old']);
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/prices?type=one_time')), ['price_new_once', 'price_onetime']);
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/prices?type=recurring&active=true')), ['price_pro', 'price_basic']);
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/prices?lookup_keys[]=pro&lookup_keys[]=basic')), ['price_pro', 'price_basic']);
+  // a cursor need not match the filter
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/prices?active=true&starting_after=price_old')), ['price_onetime', 'price_pro', 'price_basic']);
+  assertStripeError(await stripe('GET', '/v1/prices?type=weird'), 400, { param: 'type' });
+  assertStripeError(await stripe('GET', '/v1/prices?ending_before=price_nope'), 404,
+    { code: 'resource_missing', param: 'ending_before', message: "No such price: 'price_nope'" });
+  assertStripeError(await stripe('GET', '/v1/prices?starting_after=prod_new'), 404, { param: 'starting_after' });
+});
+
+test('account: a seeded account matches its counts, reproduces from its seed and emits no event', async () => {
+  await reset();
+  const options = {
+    customers: 6, subscriptions: 4, canceled: 1, wide_subscriptions: 1, wide_items: 12,
+    entitlements_per_customer: 3, invoices_per_subscription: 2, seed: 42, created: 1_700_000_000,
+  };
+  assert.deepEqual(await ctl('POST', '/_fake/account', options), {
+    customers: 6, subscriptions: 4, subscription_items: 3 + 12, products: 10, prices: 30, invoices: 8, entitlements: 9,
+  });
+  assert.deepEqual(await storedEvents(), []);
+  const customers = (await listAll('/v1/customers')).objects;
+  assert.deepEqual(customers.map((c) => c.metadata.user_ref), ['user_6', 'user_5', 'user_4', 'user_3', 'user_2', 'user_1']);
+  assert.equal(customers.at(-1).email, 'user1@example.com');
+  const subscriptions = (await listAll('/v1/subscriptions?status=all')).objects;
+  assert.equal(subscriptions.length, 4);
+  assert.deepEqual(new Set(subscriptions.map((s) => s.customer)), new Set(customers.slice(2).map((c) => c.id)), 'the first 4 customers');
+  const products = (await listAll('/v1/products')).objects;
+  assert.equal(products.at(-4).created, options.created, 'the first object is created at `created`');
+  const created = [...customers].reverse().map((c) => c.created);
+  assert.ok(created.every((t, i) => i === 0 || t > created[i - 1]), 'increasing created');
+
+  const now = Math.floor(Date.now() / 1000);
+  const [canceled] = subscriptions.filter((s) => s.status === 'canceled');
+  assert.ok(canceled.ended_at <= now && canceled.canceled_at === canceled.ended_at);
+  for (const s of subscriptions) {
+    assert.ok(!('current_period_start' in s), 'basil: periods on items');
+    const [item] = s.items.data;
+    assert.ok(item.current_period_start < item.current_period_end);
+    if (s.status !== 'canceled') assert.ok(item.current_period_end > now, `${s.status} runs on`);
+    const ents = (await stripe('GET', `/v1/entitlements/active_entitlements?customer=${s.customer}`)).body.data;
+    assert.deepEqual(ents.map((e) => [e.lookup_key, e.feature]), s.status === 'canceled' ? []
+      : [['feature_3', 'feat_3'], ['feature_2', 'feat_2'], ['feature_1', 'feat_1']]);
+    const invoices = await listAll(`/v1/invoices?subscription=${s.id}`);
+    assert.deepEqual(invoices.objects.map((i) => [i.status, i.customer]), [['paid', s.customer], ['paid', s.customer]]);
+    assert.equal(s.latest_invoice, invoices.ids[0]);
+  }
+
+  await reset();
+  await ctl('POST', '/_fake/account', options);
+  assert.deepEqual((await listAll('/v1/customers')).ids, customers.map((c) => c.id), 'same seed, same ids');
+
+  for (const bad of [{ customers: 2, subscriptions: 3 }, { wide_subscriptions: 1, wide_items: 31 }, { customers: -1 }, { seed: 'x' }]) {
+    const res = await call('POST', '/_fake/account', { json: bad, auth: null });
+    assert.equal(res.status, 400, JSON.stringify(bad));
+  }
+});
+
+test('account: 2,000 customers seed fast and list page by page by status, customer, price and created', async (t) => {
+  await reset();
+  let started = performance.now();
+  const counts = await ctl('POST', '/_fake/account', {
+    customers: 2000, subscriptions: 2000, wide_subscriptions: 100, wide_items: 15, canceled: 200, entitlements_per_customer: 2, seed: 7,
+  });
+  const generateMs = performance.now() - started;
+  t.diagnostic(`generating the 2,000-customer account: ${generateMs.toFixed(0)} ms`);
+  assert.ok(generateMs < 2000, `generation took ${generateMs} ms`);
+  assert.deepEqual(counts, {
+    customers: 2000, subscriptions: 2000, subscription_items: 1900 + 100 * 15, products: 10, prices: 30, invoices: 2000, entitlements: 1800 * 2,
+  });
+  assert.deepEqual(await storedEvents(), []);
+
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    started = performance.now();
+    const all = await listAll('/v1/subscriptions?status=all', { agent });
+    const listMs = performance.now() - started;
+    t.diagnostic(`listing all 2,000 subscriptions in ${all.pages} pages of 100: ${listMs.toFixed(0)} ms`);
+    assert.equal(all.pages, 20);
+    assert.equal(new Set(all.ids).size, 2000, 'every subscription exactly once');
+    assert.equal(all.url, '/v1/subscriptions');
+    const byStatus = {};
+    for (const s of all.objects) byStatus[s.status] = (byStatus[s.status] || 0) + 1;
+    assert.equal(byStatus.canceled, 200);
+    assert.equal(byStatus.active + byStatus.trialing + byStatus.past_due, 1800);
+
+    const live = await listAll('/v1/subscriptions', { agent });
+    assert.equal(live.ids.length, 1800, 'no status: all but canceled');
+    assert.ok(live.objects.every((s) => s.status !== 'canceled'));
+    assert.equal((await listAll('/v1/subscriptions?status=canceled', { agent })).ids.length, 200);
+    assert.equal((await listAll('/v1/subscriptions?status=trialing', { agent })).ids.length, byStatus.trialing);
+    assert.equal((await listAll('/v1/subscriptions?status=ended', { agent })).ids.length, 200);
+    assertStripeError(await stripe('GET', '/v1/subscriptions?status=sleeping'), 400, { param: 'status' });
+
+    started = performance.now();
+    const page = await stripe('GET', `/v1/subscriptions?status=all&limit=100&starting_after=${all.ids[1000]}`, undefined, { agent });
+    t.diagnostic(`one page of 100 subscriptions: ${(performance.now() - started).toFixed(1)} ms`);
+    assert.deepEqual(pageIds(page), all.ids.slice(1001, 1101));
+
+    const sub = all.objects[500];
+    assert.deepEqual(pageIds(await stripe('GET', `/v1/subscriptions?status=all&customer=${sub.customer}`)), [sub.id]);
+    assert.deepEqual(pageIds(await stripe('GET', `/v1/subscriptions?status=all&created=${sub.created}`)), [sub.id]);
+    assert.deepEqual((await listAll(`/v1/subscriptions?status=all&created[gt]=${sub.created}`, { agent })).ids, all.ids.slice(0, 500));
+    assert.deepEqual(pageIds(await stripe('GET', `/v1/subscriptions?status=all&created[lte]=${sub.created}&limit=1`)), [sub.id]);
+    const price = all.objects.find((s) => s.items.total_count === 1).items.data[0].price.id;
+    const withPrice = await listAll(`/v1/subscriptions?status=all&price=${price}`, { agent });
+    const seen = all.objects.filter((s) => s.items.data.some((i) => i.price.id === price)).map((s) => s.id);
+    assert.ok(seen.every((id) => withPrice.ids.includes(id)));
+    assert.ok(withPrice.objects.every((s) => s.items.has_more || s.items.data.some((i) => i.price.id === price)));
+
+    const wide = all.objects.filter((s) => s.items.total_count === 15);
+    assert.equal(wide.length, 100);
+    for (const s of [wide[0], all.objects.find((x) => x.items.total_count === 1)]) {
+      const fetched = (await stripe('GET', `/v1/subscriptions/${s.id}`, undefined, { agent })).body;
+      assert.deepEqual(fetched.items, s.items, 'retrieve embeds what the list does');
+    }
+    assert.deepEqual([wide[0].items.data.length, wide[0].items.has_more, wide[0].items.url],
+      [10, true, `/v1/subscription_items?subscription=${wide[0].id}`]);
+
+    assert.equal((await listAll('/v1/customers', { agent })).ids.length, 2000);
+    const [user17] = (await stripe('GET', '/v1/customers?email=user17@example.com')).body.data;
+    assert.equal(user17.metadata.user_ref, 'user_17');
+    assert.equal((await listAll('/v1/invoices', { agent })).ids.length, 2000);
+    const invoices = await stripe('GET', `/v1/invoices?customer=${sub.customer}&status=paid`);
+    assert.deepEqual(invoices.body.data.map((i) => i.parent.subscription_details.subscription), [sub.id]);
+    assert.deepEqual(pageIds(await stripe('GET', `/v1/invoices?customer=${sub.customer}&status=open`)), []);
+    assertStripeError(await stripe('GET', '/v1/invoices?status=lost'), 400, { param: 'status' });
+    assert.equal((await listAll('/v1/products')).ids.length, 13);
+    assert.equal((await listAll('/v1/prices')).ids.length, 33);
+  } finally {
+    agent.destroy();
+  }
+});
+
+test('subscription items: embedded lists stop at 10, GET /v1/subscription_items lists them all', async () => {
+  await reset();
+  await ctl('POST', '/_fake/account', { customers: 1, subscriptions: 1, canceled: 0, wide_subscriptions: 1, wide_items: 15, seed: 3 });
+  const [sub] = (await stripe('GET', '/v1/subscriptions')).body.data;
+  const stored = await ctl('GET', `/_fake/objects/${sub.id}`);
+  assert.equal(stored.items.data.length, 15, 'the store keeps every item');
+  const storedIds = stored.items.data.map((i) => i.id);
+  assert.deepEqual(sub.items.data.map((i) => i.id), storedIds.slice(0, 10));
+  assert.deepEqual([sub.items.has_more, sub.items.total_count], [true, 15]);
+  assert.equal(new Set(stored.items.data.map((i) => i.price.id)).size, 15, 'distinct prices');
+
+  const url = `/v1/subscription_items?subscription=${sub.id}`;
+  const whole = await stripe('GET', `${url}&limit=100`);
+  assert.deepEqual([whole.body.object, whole.body.url, whole.body.has_more], ['list', '/v1/subscription_items', false]);
+  assert.deepEqual(pageIds(whole), storedIds, 'creation order');
+  const paged = await listAll(url, { limit: 4 });
+  assert.deepEqual([paged.ids, paged.pages], [storedIds, 4]);
+  assert.equal((await stripe('GET', url)).body.data.length, 10, 'default limit 10');
+  const back = await stripe('GET', `${url}&limit=2&ending_before=${storedIds[5]}`);
+  assert.deepEqual([pageIds(back), back.body.has_more], [storedIds.slice(3, 5), true]);
+  assertStripeError(await stripe('GET', '/v1/subscription_items'), 400, { code: 'parameter_missing', param: 'subscription' });
+  assertStripeError(await stripe('GET', '/v1/subscription_items?subscription=sub_nope'), 400, { code: 'resource_missing', param: 'subscription' });
+  assertStripeError(await stripe('GET', `${url}&starting_after=si_nope`), 404,
+    { code: 'resource_missing', param: 'starting_after', message: "No such subscription item: 'si_nope'" });
+
+  // updates and their events embed 10 items too; the new item is the 16th
+  const used = new Set(stored.items.data.map((i) => i.price.id));
+  const spare = (await listAll('/v1/prices?active=true&type=recurring')).ids.find((id) => !used.has(id));
+  const updated = await stripe('POST', `/v1/subscriptions/${sub.id}`, { 'items[0][price]': spare, 'metadata[k]': 'v' });
+  assert.equal(updated.status, 200, updated.text);
+  assert.deepEqual([updated.body.items.data.length, updated.body.items.has_more, updated.body.items.total_count], [10, true, 16]);
+  const [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.equal(event.type, 'customer.subscription.updated');
+  assert.deepEqual(event.data.object.items, updated.body.items);
+  assert.equal(event.data.previous_attributes.items.data.length, 10);
+  const after = await stripe('GET', `${url}&limit=100`);
+  assert.deepEqual([after.body.data.length, after.body.data.at(-1).price.id], [16, spare]);
+  const canceled = await stripe('DELETE', `/v1/subscriptions/${sub.id}`);
+  assert.deepEqual([canceled.body.items.data.length, canceled.body.items.total_count], [10, 16]);
+});
+
+test('control API merges a partial object into the stored one without an event', async () => {
+  await reset();
+  await ctl('POST', '/_fake/account', { customers: 2, subscriptions: 2, canceled: 0, wide_subscriptions: 1, wide_items: 12, seed: 5 });
+  const subs = (await stripe('GET', '/v1/subscriptions')).body.data;
+  const wide = subs.find((s) => s.items.total_count === 12);
+  const before = await ctl('GET', `/_fake/objects/${wide.id}`);
+  const res = await call('POST', '/_fake/objects', {
+    json: { merge: true, object: { id: wide.id, object: 'subscription', status: 'past_due' } }, auth: null,
+  });
+  assert.equal(res.status, 200, res.text);
+  const after = await ctl('GET', `/_fake/objects/${wide.id}`);
+  assert.deepEqual(after, { ...before, status: 'past_due' }, 'every other field kept, all 12 items too');
+  assert.deepEqual(await storedEvents(), [], 'silent: no event');
+  assert.deepEqual(pageIds(await stripe('GET', '/v1/subscriptions?status=past_due')), [wide.id]);
+  assert.deepEqual((await stripe('GET', '/v1/subscriptions?status=all')).body.data.map((s) => s.id), subs.map((s) => s.id), 'same list position');
+
+  const customer = await ctl('POST', '/_fake/objects', { merge: true, objects: [{ id: wide.customer, email: 'moved@example.com' }] });
+  assert.equal(customer.objects[0].email, 'moved@example.com');
+  assert.equal((await stripe('GET', `/v1/customers/${wide.customer}`)).body.metadata.user_ref, customer.objects[0].metadata.user_ref);
+  for (const bad of [
+    { merge: true, object: { id: 'sub_nope', object: 'subscription', status: 'past_due' } },
+    { merge: true, object: { id: wide.id, object: 'customer', email: 'x@example.com' } },
+    { merge: 'yes', object: { id: wide.id, object: 'subscription' } },
+  ]) {
+    assert.equal((await call('POST', '/_fake/objects', { json: bad, auth: null })).status, 400, JSON.stringify(bad));
+  }
+  assert.equal((await ctl('GET', `/_fake/objects/${wide.id}`)).status, 'past_due', 'rejected patches change nothing');
+});
+
+test('rate limit: requests over per_second in a rolling second get 429 with Retry-After, no side effects', async () => {
+  await reset();
+  assert.deepEqual(await ctl('POST', '/_fake/rate_limit', { per_second: 3 }), { per_second: 3 });
+  assert.deepEqual(await ctl('GET', '/_fake/rate_limit'), { per_second: 3 });
+  const results = [];
+  for (let i = 0; i < 5; i++) results.push(await stripe('POST', '/v1/customers', { email: `rl${i}@example.com` }));
+  assert.deepEqual(results.map((r) => r.status), [200, 200, 200, 429, 429]);
+  const limited = results[3];
+  assertStripeError(limited, 429, { type: 'invalid_request_error', code: 'rate_limit' });
+  assert.match(limited.body.error.message, /^Too many requests hit the API too quickly/);
+  assert.equal(limited.headers['retry-after'], '1');
+  assert.match(limited.headers['request-id'], /^req_/);
+  const recorded = await ctl('GET', '/_fake/requests?path=/v1/customers');
+  assert.deepEqual(recorded.map((r) => r.status), [200, 200, 200, 429, 429]);
+  assert.equal((await ctl('GET', '/_fake/stats')).rate_limited, 2);
+
+  await sleep(1050);
+  assert.equal((await stripe('GET', '/v1/customers?limit=100')).body.data.length, 3, 'the window rolled on; refused requests left nothing');
+  assert.equal((await storedEvents()).length, 3);
+  assert.deepEqual(await ctl('DELETE', '/_fake/rate_limit'), { per_second: null });
+  for (let i = 0; i < 6; i++) assert.equal((await stripe('GET', '/v1/prices/price_basic')).status, 200);
+  await ctl('POST', '/_fake/rate_limit', { per_second: 1 });
+  assert.deepEqual(await ctl('POST', '/_fake/rate_limit', { per_second: null }), { per_second: null });
+  assert.equal((await stripe('GET', '/v1/prices/price_basic')).status, 200);
+  for (const bad of [{ per_second: 0 }, { per_second: 'many' }, {}]) {
+    assert.equal((await call('POST', '/_fake/rate_limit', { json: bad, auth: null })).status, 400, JSON.stringify(bad));
+  }
+  await ctl('POST', '/_fake/rate_limit', { per_second: 1 });
+  await reset();
+  assert.deepEqual(await ctl('GET', '/_fake/rate_limit'), { per_second: null }, 'reset lifts the limit');
+  assert.equal((await ctl('GET', '/_fake/stats')).rate_limited, 0);
+});
+
+test('events expire: dropped ids become unknown cursors', async () => {
+  await reset();
+  const start = 1_700_000_000;
+  await ctl('POST', '/_fake/events', { generate: { count: 30, customers: 3, per_second: 5, start_created: start, seed: 2 } });
+  const all = (await storedEvents()).map((e) => e.id);
+  assert.deepEqual(await ctl('POST', '/_fake/events/expire', { through: all[9] }), { expired: 10 });
+  assert.deepEqual((await storedEvents()).map((e) => e.id), all.slice(10));
+  const unknown = await stripe('GET', '/v1/events?ending_before=evt_nope');
+  const gone = await stripe('GET', `/v1/events?ending_before=${all[4]}`);
+  assertStripeError(gone, 404, { code: 'resource_missing', param: 'ending_before', message: `No such event: '${all[4]}'` });
+  assert.deepEqual(Object.keys(gone.body.error), Object.keys(unknown.body.error));
+  assertStripeError(await stripe('GET', `/v1/events?starting_after=${all[0]}`), 404, { param: 'starting_after' });
+  assertStripeError(await stripe('GET', `/v1/events/${all[0]}`), 404, { code: 'resource_missing' });
+  const kept = await stripe('GET', `/v1/events?ending_before=${all[10]}&limit=100`);
+  assert.deepEqual(pageIds(kept), all.slice(11).reverse());
+
+  // created start+0..start+5, five a second: older_than start+4 drops the next ten
+  assert.deepEqual(await ctl('POST', '/_fake/events/expire', { older_than: start + 4 }), { expired: 10 });
+  assert.deepEqual((await storedEvents()).map((e) => e.id), all.slice(20));
+  for (const bad of [{}, { through: all[25], older_than: start }, { through: 'evt_nope' }, { older_than: 'soon' }]) {
+    assert.equal((await call('POST', '/_fake/events/expire', { json: bad, auth: null })).status, 400, JSON.stringify(bad));
+  }
+});
+
+test('responses carry a Date header', async () => {
+  await reset();
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', path: '/v1/customers' }] });
+  const responses = [
+    await stripe('GET', '/v1/prices/price_basic'),
+    await stripe('GET', '/v1/customers'), // faulted
+    await stripe('GET', '/v1/prices/price_basic', undefined, { auth: null }),
+    await stripe('GET', '/v1/xyz'),
+    await call('GET', '/_fake/stats', { auth: null }),
+    await call('GET', '/pay/cs_nope', { auth: null }),
+  ];
+  for (const res of responses) {
+    assert.match(res.headers.date || '', /^\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/, `status ${res.status}`);
+    assert.ok(Math.abs(Date.parse(res.headers.date) - Date.now()) < 5000);
+  }
 });
 
 test('SIGTERM stops the server promptly even with a hung request', async () => {

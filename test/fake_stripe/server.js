@@ -12,6 +12,7 @@ const http = require('node:http');
 const fs = require('node:fs');
 const { Store } = require('./state');
 const { FaultInjector } = require('./faults');
+const { RateLimiter } = require('./rate_limit');
 const { createGateway } = require('./gateway');
 const { createControl } = require('./control');
 const { createPages } = require('./pages');
@@ -75,10 +76,11 @@ function main() {
 
   const store = new Store();
   const faults = new FaultInjector();
+  const limiter = new RateLimiter();
   let baseUrl = null; // known once listening
   const dispatch = createDispatcher({
-    stripe: createGateway({ store, faults, apiKey: args.key, baseUrl: () => baseUrl }),
-    control: createControl({ store, faults }),
+    stripe: createGateway({ store, faults, limiter, apiKey: args.key, baseUrl: () => baseUrl }),
+    control: createControl({ store, faults, limiter }),
     pages: createPages({ store }),
   });
 

@@ -1,6 +1,7 @@
 'use strict';
-// In-memory state of the fake: Stripe objects by id, the event log, the
-// idempotency cache, meter events and the request recording.
+// In-memory state of the fake: Stripe objects by id (and per type in
+// insertion order, for the list endpoints), the event log, the idempotency
+// cache, meter events and the request recording.
 
 const { BadRequest, noSuch } = require('./errors');
 const { buildEvent, buildPrice, buildProduct } = require('./templates');
@@ -19,6 +20,7 @@ class Store {
 
   reset() {
     this.objects = new Map();
+    this.byType = new Map(); // type -> {items: objects oldest -> newest, positions: id -> index}
     this.events = []; // oldest -> newest; the array index is the event's sequence
     this.eventPositions = new Map(); // event id -> index in this.events
     this.idempotency = new Map(); // Idempotency-Key -> saved response
@@ -28,6 +30,7 @@ class Store {
     this.requests = [];
     this.requestCount = 0;
     this.connectionsOpened = 0;
+    this.rateLimited = 0; // /v1 requests answered 429 by the rate limit
     this.seedCatalogue();
   }
 
@@ -46,9 +49,41 @@ class Store {
     }
   }
 
+  // Stores or replaces an object. A replaced object keeps its list position
+  // (Stripe objects never move in a list); a new one is the newest.
   put(object) {
+    const old = this.objects.get(object.id);
+    if (old && old.object !== object.object) this.unindex(old);
     this.objects.set(object.id, object);
+    const index = this.typeIndex(object.object);
+    const at = index.positions.get(object.id);
+    if (at !== undefined) {
+      index.items[at] = object;
+    } else {
+      index.positions.set(object.id, index.items.length);
+      index.items.push(object);
+    }
     return object;
+  }
+
+  // {items, positions} of one type, created on first use.
+  typeIndex(type) {
+    let index = this.byType.get(type);
+    if (!index) {
+      index = { items: [], positions: new Map() };
+      this.byType.set(type, index);
+    }
+    return index;
+  }
+
+  // Drops an object from its type's list (only when an id changes type, which is rare).
+  unindex(object) {
+    const index = this.typeIndex(object.object);
+    const at = index.positions.get(object.id);
+    if (at === undefined) return;
+    index.items.splice(at, 1);
+    index.positions.clear();
+    index.items.forEach((item, i) => index.positions.set(item.id, i));
   }
 
   // The object with that id if it is of `type` (ids are global, so a
@@ -66,8 +101,14 @@ class Store {
     return object;
   }
 
+  // Objects of `type`, oldest first. The array is the store's own: do not modify it.
   ofType(type) {
-    return [...this.objects.values()].filter((o) => o.object === type);
+    return this.typeIndex(type).items;
+  }
+
+  // Index of an object of `type` in ofType(type), or undefined.
+  positionOf(type, id) {
+    return this.typeIndex(type).positions.get(id);
   }
 
   // Appends a complete event; ids must stay unique because they are list cursors.
@@ -88,8 +129,21 @@ class Store {
       if (this.eventPositions.has(event.id)) throw new BadRequest(`duplicate event id ${event.id}`);
     }
     this.events.splice(at, 0, ...events);
+    this.reindexEvents();
+  }
+
+  reindexEvents() {
     this.eventPositions.clear();
     this.events.forEach((event, index) => this.eventPositions.set(event.id, index));
+  }
+
+  // Drops the events that `expired(event, index)` selects, as Stripe forgets
+  // events after 30 days; their ids become unknown cursors. Returns how many.
+  expireEvents(expired) {
+    const before = this.events.length;
+    this.events = this.events.filter((event, index) => !expired(event, index));
+    this.reindexEvents();
+    return before - this.events.length;
   }
 
   // Records that `object` went through `type` now (snapshotting it).

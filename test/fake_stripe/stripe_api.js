@@ -8,9 +8,11 @@ const { Router } = require('./router');
 const {
   StripeError, missingParam, invalidParam, noSuch, intParam, boolParam, enumParam,
 } = require('./errors');
-const { parseListParams, pageNewestFirst, createdMatcher, listBody } = require('./list');
 const {
-  buildCustomer, buildCheckoutSession, buildPortalSession, buildMeterEvent,
+  parseListParams, pageNewestFirst, pageInOrder, checkCursors, createdMatcher, allOf, listBody,
+} = require('./list');
+const {
+  buildCustomer, buildCheckoutSession, buildPortalSession, buildMeterEvent, apiView,
 } = require('./templates');
 const {
   eventLog, mergeMetadata, cancelSubscription, updateSubscription, deleteCustomer,
@@ -19,6 +21,12 @@ const { newId, nowSeconds, previousAttributes } = require('./util');
 
 const CHECKOUT_MODES = ['payment', 'setup', 'subscription'];
 const CUSTOMER_FIELDS = ['email', 'name', 'description', 'phone'];
+const PRICE_TYPES = ['one_time', 'recurring'];
+const SUBSCRIPTION_STATUSES = ['active', 'past_due', 'unpaid', 'canceled', 'incomplete', 'incomplete_expired',
+  'trialing', 'paused'];
+// Listed only when asked for by status (or status=all / ended).
+const ENDED_STATUSES = ['canceled', 'incomplete_expired'];
+const INVOICE_STATUSES = ['draft', 'open', 'paid', 'uncollectible', 'void'];
 
 // A customer that exists and is not deleted.
 function liveCustomer(store, id, { param = 'id', status = 404 } = {}) {
@@ -32,6 +40,33 @@ function optionalString(value, param) {
   if (typeof value !== 'string') throw invalidParam(param, 'Invalid string');
   return value;
 }
+
+// ---- list endpoints over the stored objects ----
+
+// One newest-first page of the stored objects of `type` that `matches`.
+// `kind` names the type in an unknown cursor's error.
+function listStored(store, type, params, { url, kind = type, matches }) {
+  const list = parseListParams(params);
+  const positionOf = (id) => store.positionOf(type, id);
+  checkCursors(list, (id) => positionOf(id) !== undefined, kind);
+  const page = pageNewestFirst(store.ofType(type), list, positionOf, matches);
+  page.data = page.data.map(apiView);
+  return listBody(url, page);
+}
+
+// Filter on a string parameter compared with `valueOf(object)`; null when not given.
+function equalsFilter(params, param, valueOf) {
+  const wanted = optionalString(params[param], param);
+  return wanted === null ? null : (object) => valueOf(object) === wanted;
+}
+
+function activeFilter(params) {
+  if (params.active === undefined) return null;
+  const active = boolParam(params.active, 'active');
+  return (object) => object.active === active;
+}
+
+const notDeleted = (object) => !object.deleted;
 
 // ---- customers ----
 
@@ -63,6 +98,14 @@ function updateCustomer({ store, path, params, request }) {
 
 function removeCustomer({ store, path, request }) {
   return deleteCustomer(store, liveCustomer(store, path.id), request);
+}
+
+// Stripe's email filter is exact and case-sensitive.
+function listCustomers({ store, params }) {
+  return listStored(store, 'customer', params, {
+    url: '/v1/customers',
+    matches: allOf([notDeleted, equalsFilter(params, 'email', (c) => c.email), createdMatcher(params.created)]),
+  });
 }
 
 // ---- checkout sessions ----
@@ -168,23 +211,108 @@ function createPortalSession({ store, params, baseUrl }) {
 // ---- subscriptions, prices, products ----
 
 function getSubscription({ store, path }) {
-  return store.find(path.id, 'subscription');
+  return apiView(store.find(path.id, 'subscription'));
 }
 
 function postSubscription({ store, path, params, request }) {
-  return updateSubscription(store, store.find(path.id, 'subscription'), params, request);
+  return apiView(updateSubscription(store, store.find(path.id, 'subscription'), params, request));
 }
 
 function deleteSubscription({ store, path, request }) {
-  return cancelSubscription(store, store.find(path.id, 'subscription'), request);
+  return apiView(cancelSubscription(store, store.find(path.id, 'subscription'), request));
+}
+
+// No status lists every subscription not ended; `all` lists every one;
+// `ended` the canceled and incomplete_expired ones.
+function subscriptionStatusFilter(status) {
+  if (status === undefined) return (s) => !ENDED_STATUSES.includes(s.status);
+  enumParam(status, 'status', [...SUBSCRIPTION_STATUSES, 'all', 'ended']);
+  if (status === 'all') return null;
+  if (status === 'ended') return (s) => ENDED_STATUSES.includes(s.status);
+  return (s) => s.status === status;
+}
+
+function listSubscriptions({ store, params }) {
+  return listStored(store, 'subscription', params, {
+    url: '/v1/subscriptions',
+    matches: allOf([
+      subscriptionStatusFilter(params.status),
+      equalsFilter(params, 'customer', (s) => s.customer),
+      createdMatcher(params.created),
+      params.price === undefined ? null
+        : (s) => s.items.data.some((item) => item.price.id === params.price),
+    ]),
+  });
+}
+
+// A subscription's items in creation order, all of them (its embedded list
+// stops at 10).
+function listSubscriptionItems({ store, params }) {
+  if (params.subscription === undefined) throw missingParam('subscription');
+  const subscription = store.find(params.subscription, 'subscription', { param: 'subscription', status: 400 });
+  const list = parseListParams(params);
+  const items = subscription.items.data;
+  const positions = new Map(items.map((item, i) => [item.id, i]));
+  checkCursors(list, (id) => positions.has(id), 'subscription item');
+  return listBody('/v1/subscription_items', pageInOrder(items, list, (id) => positions.get(id)));
 }
 
 function getPrice({ store, path }) {
   return store.find(path.id, 'price');
 }
 
+function listPrices({ store, params }) {
+  const type = params.type === undefined ? undefined : enumParam(params.type, 'type', PRICE_TYPES);
+  const currency = optionalString(params.currency, 'currency');
+  const lookupKeys = params.lookup_keys === undefined ? null
+    : new Set(Array.isArray(params.lookup_keys) ? params.lookup_keys : [params.lookup_keys]);
+  return listStored(store, 'price', params, {
+    url: '/v1/prices',
+    matches: allOf([
+      activeFilter(params),
+      equalsFilter(params, 'product', (p) => p.product),
+      type === undefined ? null : (p) => p.type === type,
+      currency === null ? null : (p) => p.currency === currency.toLowerCase(),
+      lookupKeys === null ? null : (p) => lookupKeys.has(p.lookup_key),
+      createdMatcher(params.created),
+    ]),
+  });
+}
+
 function getProduct({ store, path }) {
   return store.find(path.id, 'product');
+}
+
+function listProducts({ store, params }) {
+  return listStored(store, 'product', params, {
+    url: '/v1/products',
+    matches: allOf([notDeleted, activeFilter(params), createdMatcher(params.created)]),
+  });
+}
+
+// ---- invoices ----
+
+function getInvoice({ store, path }) {
+  return store.find(path.id, 'invoice');
+}
+
+// Basil invoices name their subscription under parent.subscription_details.
+function invoiceSubscription(invoice) {
+  const details = invoice.parent && invoice.parent.subscription_details;
+  return details ? details.subscription : invoice.subscription;
+}
+
+function listInvoices({ store, params }) {
+  const status = params.status === undefined ? undefined : enumParam(params.status, 'status', INVOICE_STATUSES);
+  return listStored(store, 'invoice', params, {
+    url: '/v1/invoices',
+    matches: allOf([
+      equalsFilter(params, 'customer', (i) => i.customer),
+      equalsFilter(params, 'subscription', invoiceSubscription),
+      status === undefined ? null : (i) => i.status === status,
+      createdMatcher(params.created),
+    ]),
+  });
 }
 
 // ---- billing meter events ----
@@ -234,9 +362,7 @@ function listActiveEntitlements({ store, params }) {
   const list = parseListParams(params);
   const entitlements = store.ofType('entitlements.active_entitlement').filter((e) => e.customer === params.customer);
   const positions = new Map(entitlements.map((e, i) => [e.id, i]));
-  for (const [param, id] of [['starting_after', list.startingAfter], ['ending_before', list.endingBefore]]) {
-    if (id !== undefined && !positions.has(id)) throw noSuch('active entitlement', id, param);
-  }
+  checkCursors(list, (id) => positions.has(id), 'active entitlement');
   const page = pageNewestFirst(entitlements, list, (id) => positions.get(id));
   page.data = page.data.map(({ customer, ...entitlement }) => entitlement);
   return listBody('/v1/entitlements/active_entitlements', page);
@@ -264,9 +390,7 @@ function typeMatcher(type, types) {
 
 function listEvents({ store, params }) {
   const list = parseListParams(params);
-  for (const [param, id] of [['starting_after', list.startingAfter], ['ending_before', list.endingBefore]]) {
-    if (id !== undefined && store.eventPosition(id) === undefined) throw noSuch('event', id, param);
-  }
+  checkCursors(list, (id) => store.eventPosition(id) !== undefined, 'event');
   const inRange = createdMatcher(params.created);
   const ofType = typeMatcher(params.type, params.types);
   const page = pageNewestFirst(store.events, list, (id) => store.eventPosition(id),
@@ -281,6 +405,7 @@ function getEvent({ store, path }) {
 }
 
 const router = new Router()
+  .add('GET', '/v1/customers', listCustomers)
   .add('POST', '/v1/customers', createCustomer)
   .add('GET', '/v1/customers/:id', getCustomer)
   .add('POST', '/v1/customers/:id', updateCustomer)
@@ -288,11 +413,17 @@ const router = new Router()
   .add('POST', '/v1/checkout/sessions', createCheckoutSession)
   .add('GET', '/v1/checkout/sessions/:id', getCheckoutSession)
   .add('POST', '/v1/billing_portal/sessions', createPortalSession)
+  .add('GET', '/v1/subscriptions', listSubscriptions)
   .add('GET', '/v1/subscriptions/:id', getSubscription)
   .add('POST', '/v1/subscriptions/:id', postSubscription)
   .add('DELETE', '/v1/subscriptions/:id', deleteSubscription)
+  .add('GET', '/v1/subscription_items', listSubscriptionItems)
+  .add('GET', '/v1/prices', listPrices)
   .add('GET', '/v1/prices/:id', getPrice)
+  .add('GET', '/v1/products', listProducts)
   .add('GET', '/v1/products/:id', getProduct)
+  .add('GET', '/v1/invoices', listInvoices)
+  .add('GET', '/v1/invoices/:id', getInvoice)
   .add('POST', '/v1/billing/meter_events', createMeterEvent)
   .add('GET', '/v1/entitlements/active_entitlements', listActiveEntitlements)
   .add('GET', '/v1/events', listEvents)

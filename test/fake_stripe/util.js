@@ -14,11 +14,23 @@ function randomAlnum(length) {
   return out;
 }
 
-// Stripe-looking id: prefix + random tail (customer/item/request ids are short).
+// Length of an id's random tail (customer/item/request ids are short).
+function idTailLength(prefix) {
+  if (prefix === 'cs_test_') return 58;
+  return ['cus_', 'si_', 'req_', 'bpc_'].includes(prefix) ? 14 : 24;
+}
+
+// Stripe-looking id: prefix + random tail.
 function newId(prefix) {
-  const short = ['cus_', 'si_', 'req_', 'bpc_'].includes(prefix);
-  const long = prefix === 'cs_test_';
-  return prefix + randomAlnum(long ? 58 : short ? 14 : 24);
+  return prefix + randomAlnum(idTailLength(prefix));
+}
+
+// Like newId, with the tail drawn from `random` (a seededRandom), so a seed
+// reproduces the same ids.
+function seededId(prefix, random, length = idTailLength(prefix)) {
+  let tail = '';
+  for (let i = 0; i < length; i++) tail += ALNUM[Math.floor(random() * ALNUM.length)];
+  return prefix + tail;
 }
 
 function nowSeconds() {
@@ -91,6 +103,7 @@ function previousAttributes(before, after) {
 module.exports = {
   randomAlnum,
   newId,
+  seededId,
   nowSeconds,
   addInterval,
   seededRandom,
