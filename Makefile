@@ -2,7 +2,7 @@
 # against a running server (test/run.sh sets one up and runs everything).
 EXTENSION = stripe_billing
 MODULE_big = stripe_billing
-OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/worker.o
+OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/worker.o
 DATA = sql/stripe_billing--0.1.0.sql
 PGFILEDESC = "stripe_billing - Stripe billing inside PostgreSQL"
 

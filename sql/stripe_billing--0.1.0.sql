@@ -1448,7 +1448,9 @@ CREATE TABLE stripe_billing.sync_state (
     events_applied       bigint NOT NULL DEFAULT 0,
     last_event_created   timestamptz,
     last_retry_at        timestamptz,
-    lookback_after       timestamptz      -- where polling started: the lookback never reaches before it
+    lookback_after       timestamptz,     -- where polling started: the lookback never reaches before it
+    cursor_reset_at      timestamptz,     -- when an expired cursor was restarted from the newest event
+    cursor_reset_reason  text
 );
 INSERT INTO stripe_billing.sync_state DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.sync_state', '');
@@ -1468,16 +1470,6 @@ END
 $$;
 CREATE TRIGGER sync_state_restore BEFORE INSERT ON stripe_billing.sync_state
     FOR EACH ROW EXECUTE FUNCTION stripe_billing._sync_state_restore();
-
-CREATE VIEW stripe_billing.sync_status AS
-SELECT s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_success_at,
-       now() - s.last_event_created AS lag, s.events_applied, s.last_error, s.last_error_at,
-       s.consecutive_failures,
-       (SELECT count(*) FROM stripe_billing.usage_outbox u WHERE u.sent_at IS NULL) AS outbox_backlog,
-       (SELECT count(*) FROM stripe_billing.events e WHERE e.outcome = 'failed') AS failed_events,
-       (SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'stripe_billing sync'
-         AND datname = current_database() LIMIT 1) AS worker_pid
-  FROM stripe_billing.sync_state s;
 
 -- Applies one page of events newer than the cursor, oldest first, and moves
 -- the cursor, all in the caller's transaction (so a crash loses or repeats
@@ -1507,6 +1499,29 @@ EXCEPTION WHEN SQLSTATE 'SBE01' THEN
 END
 $$;
 
+-- An expired cursor: the newest event becomes the cursor (not applied), the
+-- lookback starts there, and a reconciliation repairs what the gap missed;
+-- sync_status says when and why.
+CREATE FUNCTION stripe_billing._restart_cursor(reason text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  newest jsonb := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}')->'data'->0;
+BEGIN
+  RAISE WARNING 'stripe_billing: %; polling restarts from the newest event, %, and a reconciliation starts',
+        reason, coalesce(newest->>'id', '(none yet)');
+  UPDATE stripe_billing.sync_state
+     SET event_cursor = newest->>'id',
+         start_from = CASE WHEN newest IS NULL THEN now()::text ELSE 'now' END,
+         last_event_created = stripe_billing._ts(newest->'created'),
+         lookback_after = coalesce(stripe_billing._ts(newest->'created'), now()),
+         cursor_reset_at = now(), cursor_reset_reason = reason,
+         last_success_at = now(), consecutive_failures = 0;
+  PERFORM stripe_billing._reconcile_begin('cursor expired');
+END
+$$;
+
 CREATE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
                                           OUT events integer, OUT has_more boolean)
 LANGUAGE plpgsql
@@ -1518,6 +1533,7 @@ DECLARE
   first_page jsonb;
   oldest jsonb;
   outcome text;
+  error_detail text;
 BEGIN
   SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
   UPDATE stripe_billing.sync_state SET last_poll_at = now();
@@ -1562,7 +1578,25 @@ BEGIN
     RETURN;
   END IF;
 
-  page := stripe_billing._events_page(st.event_cursor, prefetch_next);
+  -- Stripe keeps events 30 days: a cursor older than that, or one Stripe no
+  -- longer knows, cannot go on.  Restart from the newest event and
+  -- reconcile what the gap may have missed, rather than stall or jump
+  -- silently.
+  IF st.last_event_created < now() - interval '30 days' THEN
+    PERFORM stripe_billing._restart_cursor(format('the cursor %s is older than Stripe''s 30 days of events',
+                                                  st.event_cursor));
+    RETURN;
+  END IF;
+  BEGIN
+    page := stripe_billing._events_page(st.event_cursor, prefetch_next);
+  EXCEPTION WHEN SQLSTATE 'SBA01' THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
+    IF error_detail NOT LIKE '%code resource_missing, param ending_before%' THEN
+      RAISE;
+    END IF;
+    PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
+    RETURN;
+  END;
   has_more := coalesce((page->>'has_more')::boolean, false);
   page := page->'data';    -- (taken out once: a page is some 500 KB)
   events := jsonb_array_length(page);
@@ -1750,12 +1784,17 @@ $$;
 -- The background worker's one entry point (so stripe_billing.worker_role
 -- needs EXECUTE on this function only): 'ready' (true unless paused),
 -- 'no_key' and 'failed' (record why in sync_state), 'poll' (one page; true
--- when more wait), 'lookback' (late-listed events) and 'duties'.  Runs as
--- the extension's owner.
+-- when more wait), 'backfill' and 'reconcile' (one page, when there is
+-- one; true when more wait), 'lookback' (late-listed events) and 'duties'.
+-- Runs as the extension's owner.
 CREATE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+  more boolean;
+  backfilled record;
+  reconciled record;
 BEGIN
   CASE step
   WHEN 'ready' THEN
@@ -1770,7 +1809,31 @@ BEGIN
        SET last_error = error, last_error_at = now(), consecutive_failures = consecutive_failures + 1;
     RETURN false;
   WHEN 'poll' THEN
+    -- first start in this database: the cursor is taken now, then the
+    -- account's objects are backfilled while events are pulled from it
+    IF current_setting('stripe_billing.backfill_on_start')::boolean
+       AND (SELECT event_cursor IS NULL AND lookback_after IS NULL FROM stripe_billing.sync_state)
+       AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state) THEN
+      more := (stripe_billing._poll_page(true)).has_more;
+      PERFORM stripe_billing._backfill_begin(NULL);
+      RETURN more;
+    END IF;
     RETURN (stripe_billing._poll_page(true)).has_more;
+  WHEN 'backfill' THEN
+    SELECT * INTO backfilled FROM stripe_billing._backfill_step(NULL, true);
+    IF backfilled.failed THEN
+      RAISE WARNING '%', backfilled.message;
+    END IF;
+    RETURN backfilled.kind IS NOT NULL AND NOT backfilled.failed;
+  WHEN 'reconcile' THEN
+    IF stripe_billing._reconcile_due() THEN
+      PERFORM stripe_billing._reconcile_begin('scheduled');
+    END IF;
+    SELECT * INTO reconciled FROM stripe_billing._reconcile_step();
+    IF reconciled.failed THEN
+      RAISE WARNING '%', reconciled.message;
+    END IF;
+    RETURN reconciled.run IS NOT NULL AND NOT reconciled.failed;
   WHEN 'lookback' THEN
     PERFORM stripe_billing._poll_lookback();
     RETURN false;
@@ -1830,6 +1893,575 @@ CREATE FUNCTION stripe_billing.stripe_sync_resume() RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$ UPDATE stripe_billing.sync_state SET paused = false $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_resume() FROM PUBLIC;
+
+--------------------------------------------------------------------------
+-- Listing Stripe's current objects: the backfill (an account that existed
+-- before the install) and reconciliation (drift between Stripe and here)
+--------------------------------------------------------------------------
+
+-- One GET of a list endpoint, spaced under max_requests_per_second; the
+-- page is returned, not applied, with its time (Stripe's Date header).
+CREATE FUNCTION stripe_billing._list_page(path text, params jsonb, OUT page jsonb, OUT snapshot timestamptz)
+AS 'MODULE_PATHNAME', 'stripe_list_page'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- Applies listed objects as snapshots taken at snapshot (see listing.c).
+CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- Stripe embeds at most 10 items in a listed subscription: the rest of each
+-- cut-short list is read from /v1/subscription_items, so the snapshot holds
+-- every item.  Returns the page completed and how many requests it took.
+CREATE FUNCTION stripe_billing._complete_items(subscriptions jsonb, OUT page jsonb, OUT requests integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  i integer;
+  items jsonb;
+  l record;
+BEGIN
+  page := subscriptions;
+  requests := 0;
+  FOR i IN 0 .. jsonb_array_length(page) - 1 LOOP
+    CONTINUE WHEN NOT coalesce((page->i->'items'->>'has_more')::boolean, false);
+    items := '[]';
+    LOOP
+      SELECT * INTO l FROM stripe_billing._list_page('/v1/subscription_items', jsonb_strip_nulls(jsonb_build_object(
+          'subscription', page->i->>'id', 'limit', 100, 'starting_after', items->-1->>'id')));
+      requests := requests + 1;
+      items := items || coalesce(l.page->'data', '[]');
+      EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
+    END LOOP;
+    page := jsonb_set(page, ARRAY[i::text, 'items'],
+                      (page->i->'items') || jsonb_build_object('data', items, 'has_more', false));
+  END LOOP;
+END
+$$;
+
+-- The backfill's progress, one row per kind (kept by pg_dump).
+CREATE TABLE stripe_billing.backfill_state (
+    kind          text PRIMARY KEY,
+    ordinal       integer NOT NULL,     -- dependency order
+    state         text NOT NULL DEFAULT 'pending'
+                  CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    list_cursor   text,                 -- starting_after: the last object (customer, for entitlements) done
+    pages         bigint NOT NULL DEFAULT 0,
+    objects       bigint NOT NULL DEFAULT 0,
+    requests      bigint NOT NULL DEFAULT 0,
+    since         timestamptz,          -- invoices: created since then
+    started_at    timestamptz,
+    finished_at   timestamptz,
+    last_error    text,
+    last_error_at timestamptz
+);
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.backfill_state', '');
+
+CREATE VIEW stripe_billing.backfill_status AS
+SELECT kind, state, pages, objects, requests, started_at, finished_at, last_error
+  FROM stripe_billing.backfill_state
+ ORDER BY ordinal;
+
+-- The kinds a backfill lists, in dependency order.
+CREATE FUNCTION stripe_billing._backfill_kinds() RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements'] $$;
+
+-- Starts a backfill of the given kinds (all when NULL).  While one of them
+-- is unfinished (a crash, a cancel, a failure), the backfill resumes: those
+-- go on from their cursors, those done stay done.  When all are done, they
+-- start over (a new backfill).
+CREATE FUNCTION stripe_billing._backfill_begin(kinds text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  known text[] := stripe_billing._backfill_kinds();
+  bad text;
+  again boolean;
+BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings read below)
+  IF kinds IS NOT NULL THEN
+    IF cardinality(kinds) = 0 THEN
+      PERFORM stripe_billing._bad_argument('kinds', 'must not be empty (NULL means every kind)');
+    END IF;
+    SELECT k INTO bad FROM unnest(kinds) k WHERE k IS NULL OR NOT k = ANY (known) LIMIT 1;
+    IF FOUND THEN
+      PERFORM stripe_billing._bad_argument('kinds', format('%s is not a kind of object to backfill (%s)',
+                                                           coalesce(quote_literal(bad), 'NULL'),
+                                                           array_to_string(known, ', ')));
+    END IF;
+  END IF;
+  again := NOT EXISTS (SELECT FROM stripe_billing.backfill_state s
+                        WHERE s.kind = ANY (coalesce(kinds, known)) AND s.state <> 'done');
+  INSERT INTO stripe_billing.backfill_state AS b (kind, ordinal, since)
+  SELECT k, array_position(known, k),
+         CASE WHEN k = 'invoices'
+              THEN now() - current_setting('stripe_billing.backfill_invoices_since')::interval END
+    FROM unnest(coalesce(kinds, known)) k
+  ON CONFLICT (kind) DO UPDATE
+     SET state = 'pending', list_cursor = NULL, pages = 0, objects = 0, requests = 0, since = EXCLUDED.since,
+         started_at = NULL, finished_at = NULL, last_error = NULL, last_error_at = NULL
+   WHERE again AND b.state = 'done';
+  UPDATE stripe_billing.backfill_state
+     SET state = 'pending'
+   WHERE state = 'failed' AND kind = ANY (coalesce(kinds, known));
+END
+$$;
+
+-- One page of a kind: lists it (entitlements: per customer with a live
+-- subscription) and applies it as snapshots.
+CREATE FUNCTION stripe_billing._backfill_page(kind text, list_cursor text, since timestamptz,
+                                              OUT objects integer, OUT requests integer,
+                                              OUT next_cursor text, OUT has_more boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  l record;
+  c record;
+  data jsonb;
+  items jsonb;
+  customer_id text;
+  taken_at timestamptz;
+BEGIN
+  objects := 0;
+  requests := 0;
+  next_cursor := list_cursor;
+  has_more := false;
+  IF kind = 'entitlements' THEN
+    -- no list spans customers: twenty customers a page, one snapshot each
+    FOR customer_id IN SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
+                        WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
+                          AND s.customer > coalesce(list_cursor, '')
+                        ORDER BY 1 LIMIT 21 LOOP
+      IF objects = 20 THEN
+        has_more := true;
+        EXIT;
+      END IF;
+      items := '[]';
+      taken_at := NULL;
+      LOOP
+        SELECT * INTO l FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
+            jsonb_strip_nulls(jsonb_build_object('customer', customer_id, 'limit', 100,
+                                                 'starting_after', items->-1->>'id')));
+        requests := requests + 1;
+        taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
+        items := items || coalesce(l.page->'data', '[]');
+        EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
+      END LOOP;
+      PERFORM stripe_billing._apply_snapshots(jsonb_build_array(jsonb_build_object(
+          'object', 'entitlements.active_entitlement_summary', 'customer', customer_id,
+          'entitlements', jsonb_build_object('object', 'list', 'has_more', false, 'data', items))),
+          taken_at, 'backfill');
+      objects := objects + 1;
+      next_cursor := customer_id;
+    END LOOP;
+    RETURN;
+  END IF;
+
+  SELECT * INTO l FROM stripe_billing._list_page(
+      CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
+                WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
+                WHEN 'invoices' THEN '/v1/invoices' END,
+      jsonb_strip_nulls(jsonb_build_object(
+          'limit', 100, 'starting_after', list_cursor,
+          -- (products and prices: active and inactive alike when not asked for one)
+          'status', CASE WHEN kind = 'subscriptions' THEN 'all' END,
+          'created', CASE WHEN kind = 'invoices'
+                          THEN jsonb_build_object('gte', extract(epoch FROM since)::bigint) END)));
+  requests := 1;
+  data := coalesce(l.page->'data', '[]');
+  IF kind = 'subscriptions' THEN
+    SELECT * INTO c FROM stripe_billing._complete_items(data);
+    data := c.page;
+    requests := requests + c.requests;
+  END IF;
+  PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill');
+  objects := jsonb_array_length(data);
+  next_cursor := coalesce(data->-1->>'id', list_cursor);
+  has_more := coalesce((l.page->>'has_more')::boolean, false) AND objects > 0;
+END
+$$;
+
+-- Backfills one page of the first unfinished kind (of kinds; NULL: any),
+-- committed with its kind's cursor by the caller.  A failure is recorded
+-- (failed, last_error) and returned, not raised: other kinds go on.  The
+-- worker (retry_failed) takes a failed kind up again a minute later.
+-- Returns the kind (NULL: nothing left), a progress line and whether it
+-- failed.
+CREATE FUNCTION stripe_billing._backfill_step(kinds text[], retry_failed boolean DEFAULT false,
+                                              OUT kind text, OUT message text, OUT failed boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  b stripe_billing.backfill_state;
+  p record;
+BEGIN
+  failed := false;
+  SELECT * INTO b FROM stripe_billing.backfill_state s
+   WHERE (s.state IN ('pending', 'running')
+          OR (retry_failed AND s.state = 'failed' AND s.last_error_at < now() - interval '1 minute'))
+     AND (kinds IS NULL OR s.kind = ANY (kinds))
+   ORDER BY s.ordinal LIMIT 1
+   FOR UPDATE SKIP LOCKED;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  kind := b.kind;
+  BEGIN
+    p := stripe_billing._backfill_page(b.kind, b.list_cursor, b.since);
+    UPDATE stripe_billing.backfill_state s
+       SET state = CASE WHEN p.has_more THEN 'running' ELSE 'done' END,
+           list_cursor = p.next_cursor, pages = s.pages + 1, objects = s.objects + p.objects,
+           requests = s.requests + p.requests, started_at = coalesce(s.started_at, now()),
+           finished_at = CASE WHEN NOT p.has_more THEN now() END, last_error = NULL, last_error_at = NULL
+     WHERE s.kind = b.kind
+    RETURNING format('stripe_billing backfill: %s, page %s: %s objects (%s in all)%s', s.kind, s.pages, p.objects,
+                     s.objects, CASE WHEN p.has_more THEN '' ELSE ', done' END)
+      INTO message;
+  EXCEPTION WHEN OTHERS THEN
+    -- (a cancel is not caught: the page rolls back, and the kind resumes from its cursor)
+    UPDATE stripe_billing.backfill_state s
+       SET state = 'failed', started_at = coalesce(s.started_at, now()), last_error = SQLERRM, last_error_at = now()
+     WHERE s.kind = b.kind;
+    message := format('stripe_billing backfill: %s failed: %s', b.kind, SQLERRM);
+    failed := true;
+  END;
+END
+$$;
+
+-- Lists the account's current objects and applies them, page by page, each
+-- page committed with its kind's cursor: stopped at any moment, a second
+-- call resumes where it stopped.  Not in a transaction block (it commits).
+CREATE PROCEDURE stripe_billing.stripe_backfill(kinds text[] DEFAULT NULL)
+LANGUAGE plpgsql
+-- (no SET clause: a procedure with one may not commit; every call below is
+-- qualified, and the steps pin their own search_path)
+AS $$
+DECLARE
+  step record;
+  failures text[] := '{}';
+BEGIN
+  PERFORM stripe_billing._backfill_begin(kinds);
+  COMMIT;
+  LOOP
+    SELECT * INTO step FROM stripe_billing._backfill_step(kinds);
+    EXIT WHEN step.kind IS NULL;
+    RAISE NOTICE '%', step.message;
+    IF step.failed THEN
+      failures := pg_catalog.array_append(failures, step.message);
+    END IF;
+    COMMIT;
+  END LOOP;
+  IF pg_catalog.cardinality(failures) OPERATOR(pg_catalog.>) 0 THEN
+    RAISE EXCEPTION 'stripe_billing backfill: % kind(s) failed', pg_catalog.cardinality(failures)
+          USING DETAIL = pg_catalog.array_to_string(failures, E'\n'),
+                HINT = 'See stripe_billing.backfill_status; CALL stripe_billing.stripe_backfill() again resumes them.';
+  END IF;
+END
+$$;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_backfill(text[]) FROM PUBLIC;
+
+-- Reconciliation runs: their progress and summary.
+CREATE TABLE stripe_billing.reconcile_runs (
+    id          bigserial PRIMARY KEY,
+    reason      text NOT NULL,         -- manual, scheduled, cursor expired
+    state       text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done', 'failed')),
+    phase       text NOT NULL DEFAULT 'subscriptions' CHECK (phase IN ('subscriptions', 'customers')),
+    list_cursor text,
+    checked     bigint NOT NULL DEFAULT 0,   -- objects compared
+    drifted     bigint NOT NULL DEFAULT 0,   -- objects that differed
+    fixed       bigint NOT NULL DEFAULT 0,   -- objects set to Stripe's state
+    requests    bigint NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    last_error  text
+);
+-- (one run at a time)
+CREATE UNIQUE INDEX reconcile_runs_running_idx ON stripe_billing.reconcile_runs ((true)) WHERE state = 'running';
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_runs_id_seq', '');
+
+-- Each difference found, field by field.
+CREATE TABLE stripe_billing.reconcile_log (
+    id           bigserial PRIMARY KEY,
+    run          bigint NOT NULL REFERENCES stripe_billing.reconcile_runs ON DELETE CASCADE,
+    object_type  text NOT NULL,            -- subscription, customer
+    object_id    text NOT NULL,
+    field        text NOT NULL,            -- row (missing here), status, items, user_ref, ...
+    local_value  text,
+    stripe_value text,
+    fixed        boolean NOT NULL DEFAULT false,
+    found_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX reconcile_log_run_idx ON stripe_billing.reconcile_log (run, object_type, object_id);
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_log', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_log_id_seq', '');
+
+-- The last run.
+CREATE VIEW stripe_billing.reconcile_status AS
+SELECT id AS run, reason, state, phase, checked, drifted, fixed, requests, started_at, finished_at, last_error
+  FROM stripe_billing.reconcile_runs
+ ORDER BY id DESC
+ LIMIT 1;
+
+-- How a listed subscription differs from the local rows: one row per field
+-- (only 'row' when it is missing here).
+CREATE FUNCTION stripe_billing._subscription_drift(o jsonb)
+RETURNS TABLE (field text, local_value text, stripe_value text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH items AS (SELECT i FROM jsonb_array_elements(o->'items'->'data') i),
+  theirs AS (
+    SELECT o->>'status' AS status,
+           coalesce((o->>'cancel_at_period_end')::boolean, false) AS cancel_at_period_end,
+           coalesce(stripe_billing._ts(o->'current_period_start'),
+                    (SELECT min(stripe_billing._ts(i->'current_period_start')) FROM items)) AS period_start,
+           coalesce(stripe_billing._ts(o->'current_period_end'),
+                    (SELECT max(stripe_billing._ts(i->'current_period_end')) FROM items)) AS period_end,
+           stripe_billing._id(o->'customer') AS customer,
+           (SELECT string_agg(x, ', ' ORDER BY x)
+              FROM (SELECT coalesce(i->'price'->>'id', i->'plan'->>'id') || ' x' || coalesce(i->>'quantity', '?')
+                      FROM items) t(x)) AS items)
+  SELECT 'row', NULL, 'present'
+   WHERE NOT EXISTS (SELECT FROM stripe_billing.subscriptions WHERE id = o->>'id')
+  UNION ALL
+  SELECT f.field, f.local_value, f.stripe_value
+    FROM stripe_billing.subscriptions l, theirs s,
+         LATERAL (VALUES
+           ('status', l.status, s.status),
+           ('cancel_at_period_end', l.cancel_at_period_end::text, s.cancel_at_period_end::text),
+           ('current_period_start', l.current_period_start::text, s.period_start::text),
+           ('current_period_end', l.current_period_end::text, s.period_end::text),
+           ('customer', l.customer, s.customer),
+           ('items', (SELECT string_agg(x, ', ' ORDER BY x)
+                        FROM (SELECT si.price || ' x' || coalesce(si.quantity::text, '?')
+                                FROM stripe_billing.subscription_items si
+                               WHERE si.subscription = l.id AND NOT si.deleted) t(x)), s.items)
+         ) f(field, local_value, stripe_value)
+   WHERE l.id = o->>'id' AND f.local_value IS DISTINCT FROM f.stripe_value
+$$;
+
+-- How a listed customer differs: missing, deleted here, or linked to
+-- another user than its metadata names (a link without metadata, from
+-- Checkout or stripe_link_customer, is not a difference).
+CREATE FUNCTION stripe_billing._customer_drift(o jsonb)
+RETURNS TABLE (field text, local_value text, stripe_value text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT 'row', NULL, 'present'
+   WHERE NOT EXISTS (SELECT FROM stripe_billing.customers WHERE id = o->>'id')
+  UNION ALL
+  SELECT f.field, f.local_value, f.stripe_value
+    FROM stripe_billing.customers l,
+         LATERAL (VALUES
+           ('deleted', l.deleted::text, coalesce((o->>'deleted')::boolean, false)::text),
+           ('user_ref', l.user_ref, coalesce(stripe_billing._user_ref(o->'metadata'), l.user_ref))
+         ) f(field, local_value, stripe_value)
+   WHERE l.id = o->>'id' AND f.local_value IS DISTINCT FROM f.stripe_value
+$$;
+
+-- Starts a reconciliation (or returns the one running).
+CREATE FUNCTION stripe_billing._reconcile_begin(reason text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  run_id bigint;
+BEGIN
+  INSERT INTO stripe_billing.reconcile_runs (reason) VALUES (reason)
+  ON CONFLICT ((true)) WHERE state = 'running' DO NOTHING
+  RETURNING id INTO run_id;
+  RETURN coalesce(run_id, (SELECT id FROM stripe_billing.reconcile_runs WHERE state = 'running'));
+END
+$$;
+
+-- Compares one listed page with the local rows, logs each difference, and
+-- applies Stripe's state to the objects that differ.  The list is newer than
+-- a row last written before it, so the row is replaced whatever it holds
+-- (even a terminal state: Stripe's list says otherwise now); a row written
+-- by an event newer than the list keeps it (the difference is logged, not
+-- fixed).  Returns (checked, drifted, fixed).
+CREATE FUNCTION stripe_billing._reconcile_compare(run_id bigint, object_type text, data jsonb,
+                                                  snapshot timestamptz,
+                                                  OUT checked integer, OUT drifted integer, OUT fixed integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  first_log bigint := (SELECT coalesce(max(id), 0) FROM stripe_billing.reconcile_log);
+  ids text[];
+  outcomes jsonb;
+BEGIN
+  checked := jsonb_array_length(data);
+  IF object_type = 'subscription' THEN
+    INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
+    SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
+      FROM jsonb_array_elements(data) o, stripe_billing._subscription_drift(o) d;
+  ELSE
+    INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
+    SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
+      FROM jsonb_array_elements(data) o, stripe_billing._customer_drift(o) d;
+  END IF;
+  SELECT array_agg(DISTINCT object_id) INTO ids FROM stripe_billing.reconcile_log WHERE id > first_log;
+  drifted := coalesce(cardinality(ids), 0);
+  fixed := 0;
+  IF drifted = 0 THEN
+    RETURN;
+  END IF;
+
+  -- rows written before the list give way to it
+  IF object_type = 'subscription' THEN
+    UPDATE stripe_billing.subscriptions SET last_event_created = NULL
+     WHERE id = ANY (ids) AND last_event_created < snapshot;
+    UPDATE stripe_billing.subscription_items SET last_event_created = NULL
+     WHERE subscription = ANY (ids) AND last_event_created < snapshot;
+  ELSE
+    UPDATE stripe_billing.customers SET last_event_created = NULL
+     WHERE id = ANY (ids) AND last_event_created < snapshot;
+  END IF;
+  outcomes := stripe_billing._apply_snapshots(
+      (SELECT jsonb_agg(o) FROM jsonb_array_elements(data) o WHERE o->>'id' = ANY (ids)),
+      snapshot, 'reconcile')->'outcomes';
+
+  -- a customer whose metadata names a user and has no link gets it; one
+  -- linked to another user keeps that link (an explicit link wins)
+  IF object_type = 'customer' THEN
+    PERFORM stripe_billing._link_customer(g.object_id, g.stripe_value, true, 'customer.reconcile')
+       FROM stripe_billing.reconcile_log g
+      WHERE g.id > first_log AND g.field = 'user_ref' AND g.local_value IS NULL;
+  END IF;
+  UPDATE stripe_billing.reconcile_log g
+     SET fixed = outcomes->>g.object_id = 'applied'
+                 AND NOT (g.field = 'user_ref' AND g.local_value IS NOT NULL)
+   WHERE g.id > first_log;
+  SELECT count(DISTINCT object_id) FILTER (WHERE g.fixed) INTO fixed
+    FROM stripe_billing.reconcile_log g WHERE g.id > first_log;
+END
+$$;
+
+-- One page of the running reconciliation: subscriptions (status=all), then
+-- customers.  A failure ends the run (failed) and is returned, not raised.
+-- Returns the run (NULL: none running) and a progress line.
+CREATE FUNCTION stripe_billing._reconcile_step(OUT run bigint, OUT message text, OUT failed boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r stripe_billing.reconcile_runs;
+  l record;
+  c record;
+  data jsonb;
+  n integer := 1;
+  more boolean;
+BEGIN
+  failed := false;
+  SELECT * INTO r FROM stripe_billing.reconcile_runs WHERE state = 'running' ORDER BY id LIMIT 1
+     FOR UPDATE SKIP LOCKED;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  run := r.id;
+  BEGIN
+    SELECT * INTO l FROM stripe_billing._list_page(
+        CASE r.phase WHEN 'subscriptions' THEN '/v1/subscriptions' ELSE '/v1/customers' END,
+        jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
+                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)));
+    data := coalesce(l.page->'data', '[]');
+    IF r.phase = 'subscriptions' THEN
+      SELECT * INTO c FROM stripe_billing._complete_items(data);
+      data := c.page;
+      n := n + c.requests;
+    END IF;
+    c := stripe_billing._reconcile_compare(r.id, CASE r.phase WHEN 'subscriptions' THEN 'subscription'
+                                                               ELSE 'customer' END, data, l.snapshot);
+    more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
+    UPDATE stripe_billing.reconcile_runs g
+       SET checked = g.checked + c.checked, drifted = g.drifted + c.drifted, fixed = g.fixed + c.fixed,
+           requests = g.requests + n,
+           list_cursor = CASE WHEN more THEN data->-1->>'id' END,
+           phase = CASE WHEN NOT more AND g.phase = 'subscriptions' THEN 'customers' ELSE g.phase END,
+           state = CASE WHEN NOT more AND g.phase = 'customers' THEN 'done' ELSE 'running' END,
+           finished_at = CASE WHEN NOT more AND g.phase = 'customers' THEN now() END
+     WHERE g.id = r.id;
+    message := format('stripe_billing reconcile: %s %s checked, %s differed, %s fixed',
+                      c.checked, r.phase, c.drifted, c.fixed);
+  EXCEPTION WHEN OTHERS THEN
+    UPDATE stripe_billing.reconcile_runs
+       SET state = 'failed', last_error = SQLERRM, finished_at = now()
+     WHERE id = r.id;
+    message := format('stripe_billing reconcile: failed: %s', SQLERRM);
+    failed := true;
+  END;
+END
+$$;
+
+-- Compares subscriptions (every status) and customers at Stripe with the
+-- local rows, repairs what differs and logs it in reconcile_log; page by
+-- page, each committed.  Not in a transaction block (it commits).
+CREATE PROCEDURE stripe_billing.stripe_reconcile()
+LANGUAGE plpgsql
+-- (no SET clause, so that it may commit: every call below is qualified)
+AS $$
+DECLARE
+  step record;
+BEGIN
+  PERFORM stripe_billing._reconcile_begin('manual');
+  COMMIT;
+  LOOP
+    SELECT * INTO step FROM stripe_billing._reconcile_step();
+    EXIT WHEN step.run IS NULL;
+    RAISE NOTICE '%', step.message;
+    COMMIT;
+    IF step.failed THEN
+      RAISE EXCEPTION '%', step.message
+            USING HINT = 'See stripe_billing.reconcile_status; CALL stripe_billing.stripe_reconcile() starts again.';
+    END IF;
+  END LOOP;
+END
+$$;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_reconcile() FROM PUBLIC;
+
+-- Is a scheduled reconciliation due?  Every reconcile_interval since the
+-- last run, the end of a backfill or the first poll, never during a backfill.
+CREATE FUNCTION stripe_billing._reconcile_due() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
+     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running'))
+     AND now() - greatest((SELECT max(started_at) FROM stripe_billing.reconcile_runs),
+                          (SELECT max(finished_at) FROM stripe_billing.backfill_state),
+                          (SELECT lookback_after FROM stripe_billing.sync_state))
+         >= current_setting('stripe_billing.reconcile_interval')::interval
+$$;
+
+-- The worker's state at a glance; phase: starting, backfill (objects are
+-- being listed; events are pulled meanwhile), reconciling, streaming or
+-- paused.
+CREATE VIEW stripe_billing.sync_status AS
+SELECT CASE WHEN s.paused THEN 'paused'
+            WHEN s.event_cursor IS NULL AND s.lookback_after IS NULL THEN 'starting'
+            WHEN EXISTS (SELECT FROM stripe_billing.backfill_state b WHERE b.state IN ('pending', 'running'))
+              THEN 'backfill'
+            WHEN EXISTS (SELECT FROM stripe_billing.reconcile_runs r WHERE r.state = 'running') THEN 'reconciling'
+            ELSE 'streaming' END AS phase,
+       s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_success_at,
+       now() - s.last_event_created AS lag, s.events_applied, s.last_error, s.last_error_at,
+       s.consecutive_failures, s.cursor_reset_at, s.cursor_reset_reason,
+       (SELECT count(*) FROM stripe_billing.usage_outbox u WHERE u.sent_at IS NULL) AS outbox_backlog,
+       (SELECT count(*) FROM stripe_billing.events e WHERE e.outcome = 'failed') AS failed_events,
+       (SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'stripe_billing sync'
+         AND datname = current_database() LIMIT 1) AS worker_pid
+  FROM stripe_billing.sync_state s;
 
 -- Internal functions are for the extension's own calls only.
 DO $$

@@ -38,6 +38,9 @@
 PG_FUNCTION_INFO_V1(stripe_api);
 PG_FUNCTION_INFO_V1(stripe_events_page);
 
+/* Retries of a list request (sb_stripe_get), at least. */
+#define LIST_RETRIES 5
+
 /* Longest wait between retries, whatever Retry-After says (ms). */
 #define MAX_RETRY_WAIT_MS 10000
 
@@ -362,12 +365,49 @@ sb_stripe_call(const char *method, const char *path, Jsonb *params,
 }
 
 /*
- * Calls the Stripe API with an encoded form and returns the response object;
- * raises Stripe's or the network's error.  Retries
- * (stripe_billing.max_network_retries) what Stripe says may be retried, and
+ * Sends a request until it gets a JSON 2xx answer, which it returns (and the
+ * response in *response); raises Stripe's or the network's error.  Retries
+ * (up to max_retries times) what Stripe says may be retried, and
  * network failures (a 2xx that is not JSON counted as one), with the same
- * idempotency key.  An empty idempotency_key, like NULL, means a fresh one.
- * A returned object of a mapped kind is applied to the local tables.
+ * idempotency key.
+ */
+static Jsonb *
+call_with_retries(const char *method, const char *path, const char *form,
+				  const char *idempotency_key, int max_retries, SbHttpResponse **response)
+{
+	SbHttpResponse *r;
+	Jsonb	   *body;
+	int			attempt = 0;
+
+	for (;;)
+	{
+		r = sb_http_request(method, path, form, idempotency_key);
+		/* (parsed once, whatever the status: an error body may be anything) */
+		body = r->status != 0 ? parse_body(r) : NULL;
+		if (r->status / 100 == 2 && body != NULL)
+			break;
+		if (attempt >= max_retries || !should_retry(r, body))
+			report_failure(method, path, r, body);
+		wait_to_retry(r, attempt++);
+	}
+	*response = r;
+	return body;
+}
+
+/* The time of a response: its Date header, else now. */
+static pg_time_t
+response_time(SbHttpResponse *r)
+{
+	time_t		t = r->date ? curl_getdate(r->date, NULL) : -1;
+
+	return t < 0 ? (pg_time_t) time(NULL) : (pg_time_t) t;
+}
+
+/*
+ * Calls the Stripe API with an encoded form and returns the response object;
+ * raises Stripe's or the network's error (see call_with_retries).  An empty
+ * idempotency_key, like NULL, means a fresh one.  A returned object of a
+ * mapped kind is applied to the local tables.
  */
 Jsonb *
 sb_stripe_call_form(const char *method, const char *path, const char *form,
@@ -376,7 +416,6 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 	bool		mutating = strcmp(method, "GET") != 0;
 	SbHttpResponse *r;
 	Jsonb	   *body;
-	int			attempt = 0;
 
 	if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0 &&
 		strcmp(method, "DELETE") != 0)
@@ -389,17 +428,8 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 	else if (mutating)
 		idempotency_key = new_idempotency_key();
 
-	for (;;)
-	{
-		r = sb_http_request(method, path, form, mutating ? idempotency_key : NULL);
-		/* (parsed once, whatever the status: an error body may be anything) */
-		body = r->status != 0 ? parse_body(r) : NULL;
-		if (r->status / 100 == 2 && body != NULL)
-			break;
-		if (attempt >= sb_max_network_retries || !should_retry(r, body))
-			report_failure(method, path, r, body);
-		wait_to_retry(r, attempt++);
-	}
+	body = call_with_retries(method, path, form, mutating ? idempotency_key : NULL,
+							 sb_max_network_retries, &r);
 
 	/* whatever Stripe returned, the caller's next query sees it */
 	if (JB_ROOT_IS_OBJECT(body))
@@ -407,13 +437,28 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 		char	   *kind = sb_object_string(body, "object");
 
 		if (kind && sb_object_kind_is_known(kind))
-		{
-			time_t		snapshot = r->date ? curl_getdate(r->date, NULL) : -1;
-
-			sb_apply_api_object(body, snapshot < 0 ? (pg_time_t) time(NULL) : (pg_time_t) snapshot,
-								r->request_id);
-		}
+			sb_apply_api_object(body, response_time(r), r->request_id);
 	}
+	return body;
+}
+
+/*
+ * GET with an encoded query, for lists: returns the response object (not
+ * applied) and the response's time (Stripe's Date header) in
+ * *response_time_out, the moment the list is a snapshot of.  A long listing
+ * is bound to meet Stripe's rate limit now and then: it is retried at least
+ * LIST_RETRIES times (after Retry-After), so a 429 is waited out instead of
+ * failing the backfill.
+ */
+Jsonb *
+sb_stripe_get(const char *path, const char *query, pg_time_t *response_time_out)
+{
+	SbHttpResponse *r;
+	Jsonb	   *body;
+
+	check_path(path);
+	body = call_with_retries("GET", path, query, NULL, Max(sb_max_network_retries, LIST_RETRIES), &r);
+	*response_time_out = response_time(r);
 	return body;
 }
 

@@ -33,6 +33,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "utils/builtins.h"
@@ -1251,4 +1252,158 @@ sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
 				(errmsg("the %s returned by Stripe was not applied locally: %s", header.kind, error),
 				 errdetail("Request %s.  Its event will apply it when it arrives.",
 						   request_id ? request_id : "(none)")));
+}
+
+/* A batch of snapshots to map, as run_guarded work. */
+typedef struct SnapshotBatch
+{
+	JsonbContainer *objects;	/* an array of objects */
+	int			first;			/* the elements [first, last) */
+	int			last;
+	EventHeader *headers;		/* one per element */
+	const char **outcomes;
+} SnapshotBatch;
+
+/* The header of one listed object, as a snapshot taken at snapshot. */
+static void
+snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source,
+				EventHeader *header)
+{
+	JsonbValue	buf;
+	JsonbValue *v;
+
+	memset(header, 0, sizeof(*header));
+	v = get_key(object, "object", &buf);
+	if (v == NULL || v->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_INVALID_OBJECT),
+				 errmsg("invalid Stripe object: field \"object\" is missing or not a string")));
+	header->kind = pnstrdup(v->val.string.val, v->val.string.len);
+	v = get_key(object, "id", &buf);
+	header->id = psprintf("%s:%s", source,
+						  v && v->type == jbvString ?
+						  pnstrdup(v->val.string.val, Min(v->val.string.len, EVENT_KEY_MAX)) :
+						  "(no id)");
+	header->type = psprintf("%s.%s", header->kind, source);
+	header->created = snapshot;
+	header->livemode = sb_livemode;
+}
+
+static void
+map_batch_work(void *arg)
+{
+	SnapshotBatch *b = (SnapshotBatch *) arg;
+
+	for (int i = b->first; i < b->last; i++)
+	{
+		JsonbValue *v = getIthJsonbValueFromContainer(b->objects, i);
+
+		CHECK_FOR_INTERRUPTS();
+		b->outcomes[i] = map_object(JsonbValueToJsonb(v), &b->headers[i]);
+	}
+}
+
+/*
+ * Applies listed objects (a jsonb array, from a backfill or reconciliation
+ * page) as snapshots taken at snapshot, through the same mapping and
+ * ordering rules as events: a newer event keeps its row ("stale").  One
+ * subtransaction for the whole page; only when an object fails is the page
+ * mapped again one object at a time, so the others still apply and the
+ * failed one is reported with its id (a WARNING) instead of failing the page
+ * for ever.  Returns {"applied": n, "stale": n, "ignored": n, "failed": n,
+ * "outcomes": {id: outcome, ...}}.
+ */
+Jsonb *
+sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source)
+{
+	SnapshotBatch b;
+	int			n;
+	int			counts[4] = {0, 0, 0, 0};
+	static const char *const names[4] = {"applied", "stale", "ignored", "failed"};
+	ErrorData  *edata;
+	JsonbParseState *state = NULL;
+	JsonbValue	key;
+	JsonbValue	val;
+
+	if (!JB_ROOT_IS_ARRAY(objects) || JB_ROOT_IS_SCALAR(objects))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("objects must be a jsonb array")));
+	n = JB_ROOT_COUNT(objects);
+	b.objects = &objects->root;
+	b.headers = palloc0(sizeof(EventHeader) * Max(n, 1));
+	b.outcomes = palloc0(sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *v = getIthJsonbValueFromContainer(b.objects, i);
+
+		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_SB_INVALID_OBJECT),
+					 errmsg("invalid Stripe object: element %d of the list is not an object", i)));
+		snapshot_header(v->val.binary.data, snapshot, source, &b.headers[i]);
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	b.first = 0;
+	b.last = n;
+	edata = n > 0 ? run_guarded(map_batch_work, &b) : NULL;
+	if (edata != NULL)
+	{
+		/* the rare path: one subtransaction per object */
+		FreeErrorData(edata);
+		for (int i = 0; i < n; i++)
+		{
+			b.first = i;
+			b.last = i + 1;
+			edata = run_guarded(map_batch_work, &b);
+			if (edata == NULL)
+				continue;
+			b.outcomes[i] = "failed";
+			ereport(WARNING,
+					(errmsg("stripe_billing: the listed %s %s was not applied: %s",
+							b.headers[i].kind, b.headers[i].id + strlen(source) + 1,
+							edata->message),
+					 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+			FreeErrorData(edata);
+		}
+	}
+	SPI_finish();
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < n; i++)
+		for (int k = 0; k < 4; k++)
+			if (strcmp(b.outcomes[i], names[k]) == 0)
+				counts[k]++;
+	for (int k = 0; k < 4; k++)
+	{
+		key.type = jbvString;
+		key.val.string.val = unconstify(char *, names[k]);
+		key.val.string.len = strlen(names[k]);
+		pushJsonbValue(&state, WJB_KEY, &key);
+		val.type = jbvNumeric;
+		val.val.numeric = int64_to_numeric(counts[k]);
+		pushJsonbValue(&state, WJB_VALUE, &val);
+	}
+	key.type = jbvString;
+	key.val.string.val = "outcomes";
+	key.val.string.len = 8;
+	pushJsonbValue(&state, WJB_KEY, &key);
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < n; i++)
+	{
+		const char *id = b.headers[i].id + strlen(source) + 1;
+
+		key.type = jbvString;
+		key.val.string.val = unconstify(char *, id);
+		key.val.string.len = strlen(id);
+		pushJsonbValue(&state, WJB_KEY, &key);
+		val.type = jbvString;
+		val.val.string.val = unconstify(char *, b.outcomes[i]);
+		val.val.string.len = strlen(b.outcomes[i]);
+		pushJsonbValue(&state, WJB_VALUE, &val);
+	}
+	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }

@@ -42,6 +42,10 @@ char	   *sb_database = NULL;
 char	   *sb_worker_role = NULL;
 int			sb_poll_interval = 10000;
 int			sb_poll_lookback = 300;
+int			sb_max_requests_per_second = 20;
+bool		sb_backfill_on_start = true;
+int			sb_backfill_invoices_since = 90 * 86400;
+int			sb_reconcile_interval = 86400;
 int			sb_max_response_size = 64 * 1024;	/* kB */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
@@ -480,6 +484,42 @@ _PG_init(void)
 							"Stripe's list is eventually consistent: an event can be listed after newer ones.",
 							&sb_poll_lookback,
 							300, 0, 30 * 86400,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.max_requests_per_second",
+							"Most list requests per second a session sends for backfill and reconciliation.",
+							"Per session (the worker is one); Stripe's 429 answers are honoured besides.",
+							&sb_max_requests_per_second,
+							20, 1, 10000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("stripe_billing.backfill_on_start",
+							 "Whether the worker backfills the account's objects on its first start in a database.",
+							 NULL,
+							 &sb_backfill_on_start,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.backfill_invoices_since",
+							"How far back a backfill lists invoices.",
+							NULL,
+							&sb_backfill_invoices_since,
+							90 * 86400, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.reconcile_interval",
+							"Time between the worker's reconciliations with Stripe; 0 disables them.",
+							NULL,
+							&sb_reconcile_interval,
+							86400, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);

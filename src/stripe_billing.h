@@ -61,6 +61,10 @@ extern char *sb_worker_role;
 extern int	sb_poll_interval;
 extern int	sb_poll_lookback;
 extern int	sb_max_response_size;	/* kB */
+extern int	sb_max_requests_per_second;
+extern bool sb_backfill_on_start;
+extern int	sb_backfill_invoices_since;	/* s */
+extern int	sb_reconcile_interval;	/* s */
 
 extern void sb_scrub_secrets(char *s);
 
@@ -95,6 +99,7 @@ extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params
 extern char *sb_object_string(Jsonb *object, const char *key);
 extern Jsonb *sb_stripe_call_form(const char *method, const char *path, const char *form,
 								  const char *idempotency_key);
+extern Jsonb *sb_stripe_get(const char *path, const char *query, pg_time_t *response_time);
 
 /* signatures.c */
 extern void sb_check_signature(const char *payload, size_t payload_len,
@@ -114,5 +119,6 @@ extern TimestampTz sb_now(void);
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);
 extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id);
+extern Jsonb *sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source);
 
 #endif							/* STRIPE_BILLING_H */

@@ -10,8 +10,11 @@
  * crash.  Each cycle it applies pages of /v1/events newer than its cursor,
  * oldest first, one transaction per page: the page's events and the new
  * cursor commit together (stripe_billing._poll_page), so a crash at any
- * instant neither loses nor double-applies an event.  Then it flushes the
- * usage outbox, retries failed events and re-fetches rows marked by ties.
+ * instant neither loses nor double-applies an event.  On its first start it
+ * also backfills the account's objects (a few pages a cycle, so events keep
+ * flowing), and every stripe_billing.reconcile_interval it reconciles them.
+ * Then it re-reads the lookback window, flushes the usage outbox, retries
+ * failed events and re-fetches rows marked by ties.
  * Between cycles it sleeps on its latch: SIGTERM ends it promptly, SIGHUP
  * reloads the settings.  Failures back off exponentially, with jitter.
  *
@@ -52,6 +55,9 @@ PGDLLEXPORT void stripe_billing_worker_main(Datum arg);
 #define AUTH_BACKOFF_MS		(10 * 60 * 1000)
 /* Pages applied in a row before the other duties get a turn. */
 #define PAGES_PER_CYCLE		50
+
+/* Pages of a backfill or reconciliation a cycle (an entitlements page is 20 requests). */
+#define LISTING_PAGES_PER_CYCLE 5
 
 /* What a step of a cycle found. */
 typedef enum StepResult
@@ -200,6 +206,31 @@ backoff_ms(int failures, int sqlerrcode)
 	return ms / 2 + (long) (pg_prng_double(&pg_global_prng_state) * (ms / 2));
 }
 
+/*
+ * Runs up to LISTING_PAGES_PER_CYCLE pages of a paged step (backfill, reconcile),
+ * each in its own transaction.  Returns STEP_MORE when it or the cycle so
+ * far (so_far) left work waiting, STEP_FAILED on failure, else STEP_DONE.
+ */
+static StepResult
+run_pages(const char *what, const char *step, StepResult so_far, int *failures,
+		  int *sqlerrcode)
+{
+	StepResult	result = STEP_DONE;
+
+	for (int page = 0; page < LISTING_PAGES_PER_CYCLE; page++)
+	{
+		result = run_step(what, step, sqlerrcode);
+		CHECK_FOR_INTERRUPTS();
+		if (result == STEP_MORE)
+			*failures = 0;
+		if (result != STEP_MORE)
+			break;
+	}
+	if (result == STEP_FAILED || result == STEP_NOT_READY)
+		return result;
+	return (result == STEP_MORE || so_far == STEP_MORE) ? STEP_MORE : STEP_DONE;
+}
+
 /* Entry point of the worker. */
 void
 stripe_billing_worker_main(Datum arg)
@@ -252,6 +283,17 @@ stripe_billing_worker_main(Datum arg)
 			if (result != STEP_MORE)
 				break;
 		}
+
+		/*
+		 * a backfill (first start) and a reconciliation, some pages a cycle,
+		 * so that events keep flowing meanwhile
+		 */
+		if (result == STEP_DONE || result == STEP_MORE)
+			result = run_pages("stripe_billing: backfilling the account's objects", "backfill",
+							   result, &failures, &sqlerrcode);
+		if (result == STEP_DONE || result == STEP_MORE)
+			result = run_pages("stripe_billing: reconciling with Stripe", "reconcile",
+							   result, &failures, &sqlerrcode);
 
 		/* caught up: the events listed late, behind the cursor */
 		if (result == STEP_DONE &&

@@ -59,6 +59,8 @@ integration search_path_hijack bash test/search_path_hijack.sh
 integration dump_restore bash test/dump_restore.sh
 integration api_calls bash test/api_calls.sh
 integration worker bash test/worker.sh
+integration backfill bash test/backfill.sh
+integration fake_stripe node --test test/fake_stripe/selftest.js
 integration notify bash test/notify.sh
 
 echo
