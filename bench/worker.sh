@@ -18,7 +18,7 @@ fake=$FAKE_URL
 # lookback window would hold whole batches, where Stripe's holds 5 minutes)
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.poll_interval = '200ms'" \
     "stripe_billing.api_key = 'sk_test_bench'" "stripe_billing.api_base = '$fake'" \
-    "stripe_billing.poll_lookback = '2s'"
+    "stripe_billing.poll_lookback = '2s'" "stripe_billing.backfill_on_start = off"
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # Waits until the worker has applied N events, in one session reading its

@@ -1522,6 +1522,78 @@ BEGIN
 END
 $$;
 
+-- A page of events jsonb refused as a whole: asked for again as text and
+-- split without decoding its strings (_split_list_page).  Returns the page
+-- as jsonb when it parses now (the first answer was spoiled on the way);
+-- otherwise applies its events oldest first, each one jsonb refuses (a
+-- \u0000 in a string, a number beyond jsonb's range) recorded as failed
+-- with its text and the reason, moves the cursor and returns NULL.  A body
+-- that is not a JSON list raises (SBA07: polled again later).
+CREATE FUNCTION stripe_billing._poll_unparsed_page(event_cursor text) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  body text := stripe_billing._events_page_text(event_cursor);
+  split record;
+  e jsonb;
+  id text;
+  newest text;
+  kept integer := 0;
+BEGIN
+  BEGIN
+    RETURN body::jsonb;
+  EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+    NULL;
+  END;
+  split := stripe_billing._split_list_page(body);
+  FOR i IN REVERSE cardinality(split.items) .. 1 LOOP
+    BEGIN
+      e := split.items[i]::jsonb;
+      PERFORM stripe_billing._apply_polled(e);
+      id := e->>'id';
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+      BEGIN
+        id := stripe_billing._record_unparsed_event(split.items[i],
+                                                    'the event is not valid jsonb: ' || SQLERRM, 'poll');
+        kept := kept + 1;
+      EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+        RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM;
+        id := NULL;
+      END;
+    END;
+    newest := coalesce(id, newest);
+  END LOOP;
+  RAISE WARNING 'stripe_billing: % polled event(s) jsonb refuses kept as failed', kept
+        USING DETAIL = format('In the page after %s.', event_cursor);
+  UPDATE stripe_billing.sync_state s
+     SET event_cursor = coalesce(newest, s.event_cursor),
+         events_applied = s.events_applied + cardinality(split.items),
+         last_event_created = coalesce((SELECT l.created FROM stripe_billing.events l WHERE l.id = newest),
+                                       s.last_event_created),
+         last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+  RETURN NULL;
+END
+$$;
+
+-- Splits a list page's text into its elements' texts (see events.c).
+CREATE FUNCTION stripe_billing._split_list_page(body text, OUT has_more boolean, OUT items text[])
+AS 'MODULE_PATHNAME', 'stripe_split_list_page'
+LANGUAGE C STRICT IMMUTABLE
+SET search_path = pg_catalog, pg_temp;
+
+-- Records a polled event jsonb refuses as failed (see events.c).
+CREATE FUNCTION stripe_billing._record_unparsed_event(body text, reason text, source text) RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_record_unparsed_event'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- The page of events just newer than the cursor, as text.
+CREATE FUNCTION stripe_billing._events_page_text(event_cursor text) RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_events_page_text'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
 CREATE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
                                           OUT events integer, OUT has_more boolean)
 LANGUAGE plpgsql
@@ -1555,12 +1627,12 @@ BEGIN
     END IF;
     first_page := stripe_billing.stripe_api('GET', '/v1/events',
         jsonb_build_object('limit', 100, 'created', jsonb_build_object('gte',
-            extract(epoch FROM st.start_from::timestamptz)::bigint)));
+            floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
     oldest := first_page->'data'->(jsonb_array_length(first_page->'data') - 1);
     WHILE coalesce((first_page->>'has_more')::boolean, false) LOOP
       first_page := stripe_billing.stripe_api('GET', '/v1/events',
           jsonb_build_object('limit', 100, 'starting_after', oldest->>'id', 'created',
-              jsonb_build_object('gte', extract(epoch FROM st.start_from::timestamptz)::bigint)));
+              jsonb_build_object('gte', floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
       oldest := coalesce(first_page->'data'->(jsonb_array_length(first_page->'data') - 1), oldest);
     END LOOP;
     IF oldest IS NULL THEN
@@ -1589,13 +1661,22 @@ BEGIN
   END IF;
   BEGIN
     page := stripe_billing._events_page(st.event_cursor, prefetch_next);
-  EXCEPTION WHEN SQLSTATE 'SBA01' THEN
+  EXCEPTION
+  WHEN SQLSTATE 'SBA01' THEN
     GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
     IF error_detail NOT LIKE '%code resource_missing, param ending_before%' THEN
       RAISE;
     END IF;
     PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
     RETURN;
+  WHEN SQLSTATE 'SBA07' THEN
+    -- not jsonb: a transfer spoiled on the way (asked again, below), or a
+    -- page holding an event jsonb refuses, which would stall polling for
+    -- ever: that one is kept as failed and the page goes on
+    page := stripe_billing._poll_unparsed_page(st.event_cursor);
+    IF page IS NULL THEN
+      RETURN;     -- (applied, cursor moved)
+    END IF;
   END;
   has_more := coalesce((page->>'has_more')::boolean, false);
   page := page->'data';    -- (taken out once: a page is some 500 KB)
@@ -1661,8 +1742,8 @@ BEGIN
     page := stripe_billing.stripe_api('GET', '/v1/events', jsonb_strip_nulls(jsonb_build_object(
         'limit', 100, 'starting_after', older_than,
         'created', jsonb_build_object(
-            'gt', greatest(extract(epoch FROM st.last_event_created - lookback)::bigint - 1,
-                           extract(epoch FROM st.lookback_after)::bigint),
+            'gt', greatest(floor(extract(epoch FROM st.last_event_created - lookback))::bigint - 1,
+                           floor(extract(epoch FROM st.lookback_after))::bigint),
             'lte', extract(epoch FROM st.last_event_created)::bigint))));
     FOR e IN SELECT d.value FROM jsonb_array_elements(page->'data') WITH ORDINALITY d(value, n) ORDER BY d.n LOOP
       IF NOT behind THEN
@@ -2073,7 +2154,7 @@ BEGIN
           -- (products and prices: active and inactive alike when not asked for one)
           'status', CASE WHEN kind = 'subscriptions' THEN 'all' END,
           'created', CASE WHEN kind = 'invoices'
-                          THEN jsonb_build_object('gte', extract(epoch FROM since)::bigint) END)));
+                          THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END)));
   requests := 1;
   data := coalesce(l.page->'data', '[]');
   IF kind = 'subscriptions' THEN

@@ -37,6 +37,7 @@
 
 PG_FUNCTION_INFO_V1(stripe_api);
 PG_FUNCTION_INFO_V1(stripe_events_page);
+PG_FUNCTION_INFO_V1(stripe_events_page_text);
 
 /* Retries of a list request (sb_stripe_get), at least. */
 #define LIST_RETRIES 5
@@ -547,4 +548,42 @@ stripe_events_page(PG_FUNCTION_ARGS)
 		sb_http_prefetch("/v1/events", query.data);
 	}
 	PG_RETURN_JSONB_P(page);
+}
+
+/*
+ * stripe_billing._events_page_text(cursor text) -> text
+ *
+ * The same page as _events_page, as the text Stripe sent, for a page jsonb
+ * refuses as a whole (one event holding a \u0000, say): the caller splits
+ * it with the json type, which keeps such text as it is, and keeps the
+ * event jsonb refuses as failed.  A body that is not text in the database
+ * encoding raises SBA07, as before.
+ */
+Datum
+stripe_events_page_text(PG_FUNCTION_ARGS)
+{
+	StringInfoData query;
+	SbHttpResponse *r;
+	int			attempt = 0;
+
+	initStringInfo(&query);
+	sb_form_append(&query, "limit", "100");
+	sb_form_append(&query, "ending_before", text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	for (;;)
+	{
+		r = sb_http_request("GET", "/v1/events", query.data, NULL);
+		if (r->status / 100 == 2)
+			break;
+		if (attempt >= sb_max_network_retries || !should_retry(r, r->status ? parse_body(r) : NULL))
+			report_failure("GET", "/v1/events", r, r->status ? parse_body(r) : NULL);
+		wait_to_retry(r, attempt++);
+	}
+	if (memchr(r->body, '\0', r->body_len) != NULL ||
+		!pg_verify_mbstr(PG_UTF8, r->body, r->body_len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_NETWORK),
+				 errmsg("Stripe API request GET /v1/events returned a body that is not UTF-8 text (%d bytes)",
+						r->body_len)));
+	/* (raises when a character has no equivalent in the database encoding) */
+	PG_RETURN_TEXT_P(cstring_to_text(pg_any_to_server(r->body, r->body_len, PG_UTF8)));
 }

@@ -27,15 +27,18 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/jsonapi.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -51,6 +54,8 @@ PG_FUNCTION_INFO_V1(stripe_apply_event);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook_bytea);
 PG_FUNCTION_INFO_V1(stripe_reapply_event);
+PG_FUNCTION_INFO_V1(stripe_record_unparsed_event);
+PG_FUNCTION_INFO_V1(stripe_split_list_page);
 
 /*
  * Event ids and types are at most this long (bytes): they are indexed, and
@@ -1099,7 +1104,8 @@ push_header_field(JsonbParseState **state, const char *name, const BodyToken *to
  * header is refused as a malformed event, as the jsonb path would.
  */
 static const char *
-record_unparsed_body(bytea *raw, char *scan_text, const char *reason)
+record_unparsed_body(bytea *raw, char *scan_text, const char *reason, const char *source,
+					 char **id)
 {
 	const char *body = VARDATA_ANY(raw);
 	int			len = VARSIZE_ANY_EXHDR(raw);
@@ -1135,8 +1141,10 @@ record_unparsed_body(bytea *raw, char *scan_text, const char *reason)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	inserted = ledger_insert(&header, "webhook", "failed", reason, NULL, raw);
+	inserted = ledger_insert(&header, source, "failed", reason, NULL, raw);
 	SPI_finish();
+	if (id)
+		*id = header.id;
 	return inserted ? "failed" : "duplicate";
 }
 
@@ -1199,7 +1207,7 @@ handle_webhook(bytea *payload, text *header, bool is_text)
 
 	return record_unparsed_body(payload, is_text ? json :
 								sanitized_copy(body, body_len, !utf8_db),
-								reason);
+								reason, "webhook", NULL);
 }
 
 /* stripe_handle_webhook(payload text, signature_header text) -> outcome */
@@ -1406,4 +1414,152 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source)
 	}
 	pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
+/*
+ * stripe_billing._record_unparsed_event(body text, reason text, source text)
+ *   -> text
+ *
+ * Records a polled event that jsonb refuses (a \u0000 in a string, a
+ * number beyond jsonb's range) as failed, with its text as its raw body and
+ * the reason, as a webhook's is: its page goes on instead of failing for
+ * ever.  Returns its id (also when it was in the ledger already).
+ */
+Datum
+stripe_record_unparsed_event(PG_FUNCTION_ARGS)
+{
+	text	   *body = PG_GETARG_TEXT_PP(0);
+	char	   *scan = text_to_cstring(body);
+	bytea	   *raw = (bytea *) palloc(VARSIZE_ANY_EXHDR(body) + VARHDRSZ);
+	char	   *id = NULL;
+
+	SET_VARSIZE(raw, VARSIZE_ANY_EXHDR(body) + VARHDRSZ);
+	memcpy(VARDATA(raw), VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body));
+	(void) record_unparsed_body(raw, scan, text_to_cstring(PG_GETARG_TEXT_PP(1)),
+								text_to_cstring(PG_GETARG_TEXT_PP(2)), &id);
+	PG_RETURN_TEXT_P(cstring_to_text(id));
+}
+
+/*
+ * Splits the text of a list page ({"data": [...], "has_more": ...}) jsonb
+ * refused, without decoding escapes: the text of each element of its
+ * top-level "data" array (in order) and its "has_more".  Returns NULL, or
+ * why the text is not such a page.
+ */
+static char *
+split_list_page(char *json, int len, List **elements, bool *has_more)
+{
+	JsonLexContext *lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), false);
+	int			depth = 0;
+	bool		expect_key = false;
+	int			field = 0;		/* the root's next value: 1 data, 2 has_more */
+	bool		in_data = false;	/* inside the root's data array */
+	char	   *element_start = NULL;
+
+	*elements = NIL;
+	*has_more = false;
+	for (;;)
+	{
+		JsonParseErrorType err = json_lex(lex);
+		JsonTokenType tok = lex->token_type;
+
+		CHECK_FOR_INTERRUPTS();
+		if (err != JSON_SUCCESS)
+			return json_errdetail(err, lex);
+		if (tok == JSON_TOKEN_END)
+			break;
+		if (depth == 0 && tok != JSON_TOKEN_OBJECT_START)
+			return "the page is not a JSON object";
+
+		if (expect_key && tok == JSON_TOKEN_STRING && depth == 1)
+		{
+			char	   *problem;
+			char	   *key = decode_string(lex->token_start,
+											lex->token_terminator - lex->token_start, &problem);
+
+			field = key == NULL ? 0 : strcmp(key, "data") == 0 ? 1 :
+				strcmp(key, "has_more") == 0 ? 2 : 0;
+			expect_key = false;
+			continue;
+		}
+		expect_key = false;
+
+		switch (tok)
+		{
+			case JSON_TOKEN_OBJECT_START:
+			case JSON_TOKEN_ARRAY_START:
+				if (in_data && depth == 2)
+					element_start = lex->token_start;
+				if (depth == 1 && field == 1 && tok == JSON_TOKEN_ARRAY_START)
+					in_data = true;
+				depth++;
+				expect_key = tok == JSON_TOKEN_OBJECT_START;
+				field = depth == 2 ? field : 0;
+				break;
+			case JSON_TOKEN_OBJECT_END:
+			case JSON_TOKEN_ARRAY_END:
+				depth--;
+				if (in_data && depth == 2 && element_start)
+				{
+					*elements = lappend(*elements,
+										pnstrdup(element_start, lex->token_terminator - element_start));
+					element_start = NULL;
+				}
+				if (depth == 1)
+				{
+					in_data = false;
+					field = 0;
+				}
+				break;
+			case JSON_TOKEN_COMMA:
+				/* (keys deeper than the root's are not looked at) */
+				expect_key = depth == 1;
+				break;
+			case JSON_TOKEN_COLON:
+				break;
+			default:
+				/* a scalar */
+				if (in_data && depth == 2)
+					return "an element of \"data\" is not an object";
+				if (depth == 1 && field == 2)
+					*has_more = tok == JSON_TOKEN_TRUE;
+				break;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * stripe_billing._split_list_page(body text, OUT has_more boolean,
+ *                                 OUT items text[])
+ *
+ * See split_list_page; raises SBA07 when the text is not such a page.
+ */
+Datum
+stripe_split_list_page(PG_FUNCTION_ARGS)
+{
+	text	   *body = PG_GETARG_TEXT_PP(0);
+	List	   *elements;
+	bool		has_more;
+	char	   *problem = split_list_page(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body),
+										  &elements, &has_more);
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	Datum	   *items;
+	ListCell   *lc;
+	int			i = 0;
+
+	if (problem)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_NETWORK),
+				 errmsg("the page of events is not a JSON list: %s", problem)));
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	items = palloc(sizeof(Datum) * Max(list_length(elements), 1));
+	foreach(lc, elements)
+		items[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	values[0] = BoolGetDatum(has_more);
+	values[1] = PointerGetDatum(construct_array(items, i, TEXTOID, -1, false, TYPALIGN_INT));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

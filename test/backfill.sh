@@ -10,8 +10,8 @@
 #                as the stripe SDK lists it; users have the right features
 #   2 during     events made at Stripe during the backfill win where newer;
 #                events older than the listing are stale
-#   3 rate       under a fake limit of 10 requests/s: with
-#                max_requests_per_second 50 the 429s are waited out; with 8,
+#   3 rate       under a fake limit of 5 requests/s: with
+#                max_requests_per_second 50 the 429s are waited out; with 4,
 #                none is sent beyond the limit
 #   4 reconcile  drift injected by a superuser (7 kinds of edits) is found,
 #                logged field by field and repaired; a second run finds none
@@ -21,6 +21,8 @@
 #                newest event, says so, and reconciles what the gap missed
 #   7 too late   an event listed later than poll_lookback: reported and
 #                repaired by the scheduled reconciliation
+#   8 start      polling from a time within a second (x.9 s) takes the events
+#                of that second (it used to round up and skip them)
 # One PASS/FAIL line per check; exits 0 only if every check passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -241,7 +243,7 @@ check_backfill() {
 check_rate() {
     local problems=() limited limited2 n
     begin
-    fake POST /_fake/rate_limit '{"per_second": 10}' >/dev/null
+    fake POST /_fake/rate_limit '{"per_second": 5}' >/dev/null
     fake DELETE /_fake/requests >/dev/null
     PGOPTIONS="-c stripe_billing.max_requests_per_second=50" \
         psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_backfill(ARRAY['customers'])" >/dev/null 2>"$work/rate.log" ||
@@ -253,14 +255,14 @@ check_rate() {
 
     sleep 1.1   # (the fake's window empties)
     fake DELETE /_fake/requests >/dev/null
-    PGOPTIONS="-c stripe_billing.max_requests_per_second=8" \
+    PGOPTIONS="-c stripe_billing.max_requests_per_second=4" \
         psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_backfill(ARRAY['customers'])" >/dev/null 2>"$work/rate.log" ||
-        problems+=(" the backfill at 8/s failed")
+        problems+=(" the backfill at 4/s failed")
     n=$(requests /v1/customers | jq length)
     limited2=$(requests /v1/customers | jq '[.[] | select(.status == 429)] | length')
     fake DELETE /_fake/rate_limit >/dev/null
-    [ "${limited2:-1}" = 0 ] || problems+=(" $limited2 requests refused at 8/s under a limit of 10/s")
-    conclude rate "at 50/s against a limit of 10/s: $limited 429s waited out; at 8/s: ${n:-?} requests, ${limited2:-?} refused" "${problems[@]}"
+    [ "${limited2:-1}" = 0 ] || problems+=(" $limited2 requests refused at 4/s under a limit of 5/s")
+    conclude rate "at 50/s against a limit of 5/s: $limited 429s waited out; at 4/s: ${n:-?} requests, ${limited2:-?} refused" "${problems[@]}"
 }
 
 # ---- 4: reconciliation ---------------------------------------------------------
@@ -402,6 +404,25 @@ check_too_late() {
     conclude too_late "$logged" "${problems[@]}"
 }
 
+# ---- 8: polling from a point in time keeps the events of its second --------
+
+check_start_second() {
+    local problems=() t id got
+    begin
+    t=$(($(date +%s) - 100))
+    id="evt_start_second_$t"
+    fake POST /_fake/events "{\"events\": [{\"id\": \"$id\", \"type\": \"customer.updated\", \"created\": $t,
+        \"data\": {\"object\": {\"id\": \"cus_start_second\", \"object\": \"customer\"}}}]}" >/dev/null ||
+        problems+=(" the fake refused the event")
+    createdb sb_start && sql sb_start "CREATE EXTENSION stripe_billing" >/dev/null || problems+=(" setup failed")
+    sql sb_start "SELECT stripe_billing.stripe_sync_start_from(pg_catalog.to_timestamp($t.9)::text)" >/dev/null &&
+        sql sb_start "SELECT stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" polling failed")
+    got=$(sql sb_start "SELECT count(*) FROM stripe_billing.events WHERE id = '$id'")
+    [ "$got" = 1 ] || problems+=(" the event of the start's second was skipped")
+    conclude start "polling from $t.9 s took the event created at second $t: $got" "${problems[@]}"
+}
+
+check_start_second
 check_backfill
 check_rate
 check_reconcile

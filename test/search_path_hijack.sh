@@ -71,6 +71,10 @@ CREATE FUNCTION public.jsonb_build_object(a text, b text) RETURNS jsonb LANGUAGE
      RETURN pg_catalog.jsonb_build_object(a, b); END $$;
 CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE plpgsql AS
   $$ BEGIN PERFORM public.trap('now()'); RETURN pg_catalog.now(); END $$;
+CREATE FUNCTION public.array_append(a text[], e text) RETURNS text[] LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM public.trap('array_append()'); RETURN pg_catalog.array_append(a, e); END $$;
+CREATE FUNCTION public.cardinality(a text[]) RETURNS integer LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM public.trap('cardinality()'); RETURN pg_catalog.cardinality(a); END $$;
 CREATE FUNCTION public.jsonb_array_length(j jsonb) RETURNS integer LANGUAGE plpgsql AS
   $$ BEGIN PERFORM public.trap('jsonb_array_length(jsonb)'); RETURN pg_catalog.jsonb_array_length(j); END $$;
 CREATE FUNCTION public.jsonb_array_elements(j jsonb) RETURNS SETOF jsonb LANGUAGE plpgsql AS
@@ -141,6 +145,11 @@ SELECT stripe_billing.stripe_sync_resume();
 SELECT count(*) FROM stripe_billing.stripe_retry_failed_events();
 SELECT count(*) FROM stripe_billing.stripe_replay_events(NULL);
 SELECT * FROM stripe_billing.sync_status;
+CALL stripe_billing.stripe_backfill();
+CALL stripe_billing.stripe_backfill(ARRAY['prices']);
+CALL stripe_billing.stripe_reconcile();
+SELECT count(*) FROM stripe_billing.backfill_status;
+SELECT count(*) FROM stripe_billing.reconcile_status;
 SQL
 ) || flunk "2 a call failed: $(tail -3 <<<"$out")"
 t=$(traps)

@@ -17,6 +17,10 @@
 #   6 signals    SIGHUP changes poll_interval at once (60 s -> 200 ms);
 #                SIGTERM ends the worker within a second; prints the lag
 #   7 standby    a streaming standby starts no worker
+#   8-11         a malformed event, an echoed key, late-listed events, empty
+#                pages saying has_more (see each check)
+#   12 unparsable an event jsonb refuses (a \u0000) is kept as failed with
+#                its body; the events around it are applied
 # One PASS/FAIL line per check; exits 0 only if every check passed.
 #
 # Synthetic events are dated a day ahead.  After a catch-up the worker
@@ -196,7 +200,9 @@ start_fake() {
 }
 
 # The fake holds one event before the extension exists: on its first cycle
-# the worker takes it as its cursor without applying it.
+# the worker takes it as its cursor without applying it.  (No backfill on
+# start: the tables are compared with a replay of the events alone; the
+# backfill has test/backfill.sh.)
 setup() {
     start_fake || return 1
     generate 1 1 1 || return 1
@@ -205,7 +211,7 @@ setup() {
     cluster_start "$primary" "shared_preload_libraries = 'stripe_billing'" \
         "stripe_billing.poll_interval = '200ms'" "stripe_billing.api_key = '$KEY'" \
         "stripe_billing.api_base = 'http://127.0.0.1:$port'" "wal_level = replica" \
-        "stripe_billing.poll_lookback = '2s'" || return 1
+        "stripe_billing.poll_lookback = '2s'" "stripe_billing.backfill_on_start = off" || return 1
     sql "CREATE EXTENSION stripe_billing" && sql "CREATE DATABASE clean" &&
         sql clean "CREATE EXTENSION stripe_billing" || return 1
     for db in postgres clean; do
@@ -665,6 +671,31 @@ check_malformed() {
     conclude "8 malformed" "an event with a 304-byte id between two good ones: skipped with a warning, the page's other events applied, no failure" "${problems[@]}"
 }
 
+# ---- 12: an event jsonb refuses does not stall the worker -----------------
+
+check_unparsable() {
+    begin
+    local problems=() bad good1 good2 row
+    generate 1 1 1; good1=$gen_first
+    bad="evt_nul_$RANDOM$RANDOM"
+    # a \u0000 in a string: valid JSON, which jsonb refuses (the whole page with it, once)
+    fake POST /_fake/events "{\"events\": [{\"id\": \"$bad\", \"type\": \"customer.updated\",
+        \"created\": $(($(date +%s) + 86400)), \"data\": {\"object\": {\"id\": \"cus_nul\", \"object\": \"customer\",
+        \"name\": \"a\\u0000b\"}}}]}" >/dev/null || problems+=(" the fake refused the event")
+    fake_total=$((fake_total + 1))
+    generate 1 1 1; good2=$gen_first
+    wait_until 20 in_ledger "$good2" || problems+=(" the event after the unparsable one never arrived (sync_status: $(sync_status last_error))")
+    in_ledger "$good1" || problems+=(" the event before the unparsable one is missing")
+    row=$(sql "SELECT outcome || ', ' || source || ', body ' || (body IS NOT NULL) || ', payload ' || (payload IS NOT NULL) || ', ' || left(error, 60)
+                 FROM stripe_billing.events WHERE id = '$bad'")
+    [[ "$row" == "failed, poll, body true, payload false, the event is not valid jsonb"* ]] ||
+        problems+=(" the event is not kept as failed with its body: ${row:-not in the ledger}")
+    [ "$(sql "SELECT position('\\u0000' IN convert_from(body, 'UTF8')) > 0 FROM stripe_billing.events WHERE id = '$bad'")" = t ] ||
+        problems+=(" the kept body lost the \\u0000")
+    ledger_complete || problems+=(" the ledger lacks $(pending) events")
+    conclude "12 unparsable" "an event jsonb refuses (\\u0000) between two good ones: $row; the page's other events applied" "${problems[@]}"
+}
+
 check_standby() {
     begin
     local problems=() recovery
@@ -700,6 +731,7 @@ check_malformed
 check_echoed_key
 check_late_listed
 check_empty_has_more
+check_unparsable
 check_standby
 echo "worker: $passed passed, $failed failed in $(($(date +%s) - began)) s"
 [ $failed -eq 0 ]
