@@ -1456,8 +1456,15 @@ split_list_page(char *json, int len, List **elements, bool *has_more)
 	bool		in_data = false;	/* inside the root's data array */
 	char	   *element_start = NULL;
 
+	JsonLexContext *check = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), false);
+	JsonParseErrorType parsed;
+
 	*elements = NIL;
 	*has_more = false;
+	/* valid JSON first (a grammar check, strings not decoded): a page cut short is not a page */
+	parsed = pg_parse_json(check, &nullSemAction);
+	if (parsed != JSON_SUCCESS)
+		return json_errdetail(parsed, check);
 	for (;;)
 	{
 		JsonParseErrorType err = json_lex(lex);

@@ -1,0 +1,60 @@
+-- The backfill's and reconciliation's SQL surface (their requests are
+-- tested against the fake Stripe by test/backfill.sh)
+CREATE EXTENSION stripe_billing;
+\set VERBOSITY terse
+
+-- kinds are checked before any request, naming the argument
+CALL stripe_billing.stripe_backfill(ARRAY['customer']);
+CALL stripe_billing.stripe_backfill(ARRAY['customers', NULL]);
+CALL stripe_billing.stripe_backfill(ARRAY[]::text[]);
+SELECT count(*) FROM stripe_billing.backfill_status;
+
+-- it commits page by page: not inside a transaction block
+BEGIN;
+CALL stripe_billing.stripe_backfill(ARRAY['products']);
+ROLLBACK;
+
+-- without a key, a kind fails (recorded, the call raises at the end)
+CALL stripe_billing.stripe_backfill(ARRAY['products']);
+SELECT kind, state, pages, last_error IS NOT NULL AS has_error FROM stripe_billing.backfill_status;
+-- and a second call resumes it (failed -> pending, then failed again)
+CALL stripe_billing.stripe_backfill(ARRAY['products']);
+SELECT kind, state FROM stripe_billing.backfill_status;
+
+-- one reconciliation at a time; without a key it fails and says so
+CALL stripe_billing.stripe_reconcile();
+SELECT reason, state, phase, checked, last_error IS NOT NULL AS has_error FROM stripe_billing.reconcile_status;
+SELECT stripe_billing._reconcile_begin('manual') = stripe_billing._reconcile_begin('manual') AS same_run;
+SELECT count(*) FROM stripe_billing.reconcile_runs WHERE state = 'running';
+
+-- app roles may not run them, nor write their tables
+CREATE ROLE sb_backfill_app;
+SET ROLE sb_backfill_app;
+CALL stripe_billing.stripe_backfill();
+CALL stripe_billing.stripe_reconcile();
+DELETE FROM stripe_billing.reconcile_log;
+UPDATE stripe_billing.backfill_state SET state = 'done';
+RESET ROLE;
+DROP ROLE sb_backfill_app;
+
+-- a list page's elements, split without decoding their strings
+SELECT has_more, cardinality(items), items[1], items[2]
+  FROM stripe_billing._split_list_page('{"object": "list", "data": [{"id": "evt_2", "o": {"n": "a\u0000b", "x": [1, {"y": 2}]}}, {"id": "evt_1"}], "has_more": true, "url": "/v1/events"}');
+SELECT has_more, cardinality(items) FROM stripe_billing._split_list_page('{"data": [], "has_more": false}');
+SELECT has_more, items FROM stripe_billing._split_list_page('{"has_more": false, "other": {"data": [1]}, "data": [{"k": 1e999999}]}');
+SELECT * FROM stripe_billing._split_list_page('{"data": [1, 2]}');
+SELECT * FROM stripe_billing._split_list_page('{"data": [{"id": "x"}');
+SELECT * FROM stripe_billing._split_list_page('[{"id": "x"}]');
+
+-- snapshots: objects of the list's time through the event mapping
+SELECT stripe_billing._apply_snapshots('[{"id": "prod_snap", "object": "product", "name": "Snap", "active": true}]',
+                                       '2026-01-01 00:00:00+00', 'backfill')->>'applied' AS applied;
+-- an older snapshot is stale, and a failing object does not stop the others
+SELECT stripe_billing._apply_snapshots('[{"id": "prod_snap", "object": "product", "name": "Old", "active": true},
+                                         {"id": "prod_bad", "object": "product", "active": "yes"},
+                                         {"id": "prod_snap2", "object": "product", "name": "Two", "active": false}]',
+                                       '2025-12-31 00:00:00+00', 'backfill') - 'outcomes' AS counts;
+SELECT id, name, last_event_id FROM stripe_billing.products WHERE id LIKE 'prod_snap%' ORDER BY id;
+SELECT stripe_billing._apply_snapshots('{}', now(), 'backfill');
+SELECT stripe_billing._apply_snapshots('[]', now(), 'Backfill!');
+DROP EXTENSION stripe_billing;
