@@ -1981,10 +1981,19 @@ REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_resume() FROM PUBLIC;
 --------------------------------------------------------------------------
 
 -- One GET of a list endpoint, spaced under max_requests_per_second; the
--- page is returned, not applied, with its time (Stripe's Date header).
-CREATE FUNCTION stripe_billing._list_page(path text, params jsonb, OUT page jsonb, OUT snapshot timestamptz)
+-- page is returned, not applied, with its time (Stripe's Date header).  The
+-- next request (next_params; NULL: the next page; JSON null: none) starts
+-- in the background meanwhile (see listing.c).
+CREATE FUNCTION stripe_billing._list_page(path text, params jsonb, next_params jsonb DEFAULT NULL,
+                                          OUT page jsonb, OUT snapshot timestamptz)
 AS 'MODULE_PATHNAME', 'stripe_list_page'
 LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- Starts a request a later _list_page makes, in the background.
+CREATE FUNCTION stripe_billing._list_prefetch(path text, params jsonb) RETURNS void
+AS 'MODULE_PATHNAME', 'stripe_list_prefetch'
+LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
 -- Applies listed objects as snapshots taken at snapshot (see listing.c).
@@ -2001,25 +2010,39 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  i integer;
+  cut text[];          -- the subscriptions whose item list was cut short
+  sub text;
+  complete jsonb := '{}';
   items jsonb;
   l record;
 BEGIN
   page := subscriptions;
   requests := 0;
-  FOR i IN 0 .. jsonb_array_length(page) - 1 LOOP
-    CONTINUE WHEN NOT coalesce((page->i->'items'->>'has_more')::boolean, false);
+  SELECT array_agg(e->>'id' ORDER BY n) INTO cut
+    FROM jsonb_array_elements(subscriptions) WITH ORDINALITY x(e, n)
+   WHERE coalesce((e->'items'->>'has_more')::boolean, false);
+  IF cut IS NULL THEN
+    RETURN;
+  END IF;
+  FOREACH sub IN ARRAY cut LOOP
     items := '[]';
     LOOP
-      SELECT * INTO l FROM stripe_billing._list_page('/v1/subscription_items', jsonb_strip_nulls(jsonb_build_object(
-          'subscription', page->i->>'id', 'limit', 100, 'starting_after', items->-1->>'id')));
+      -- (nothing started in the background: the subscriptions' next page is)
+      SELECT * INTO l FROM stripe_billing._list_page('/v1/subscription_items',
+          jsonb_strip_nulls(jsonb_build_object('subscription', sub, 'limit', 100,
+                                               'starting_after', items->-1->>'id')), 'null');
       requests := requests + 1;
       items := items || coalesce(l.page->'data', '[]');
       EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
     END LOOP;
-    page := jsonb_set(page, ARRAY[i::text, 'items'],
-                      (page->i->'items') || jsonb_build_object('data', items, 'has_more', false));
+    complete := complete || jsonb_build_object(sub, items);
   END LOOP;
+  SELECT jsonb_agg(CASE WHEN complete ? (e->>'id')
+                        THEN jsonb_set(e, '{items}', (e->'items') || jsonb_build_object(
+                                 'data', complete->(e->>'id'), 'has_more', false))
+                        ELSE e END ORDER BY n)
+    INTO page
+    FROM jsonb_array_elements(subscriptions) WITH ORDINALITY x(e, n);
 END
 $$;
 
@@ -2107,65 +2130,75 @@ DECLARE
   c record;
   data jsonb;
   items jsonb;
-  customer_id text;
+  customers text[];
   taken_at timestamptz;
+  path text;
+  params jsonb;
 BEGIN
   objects := 0;
   requests := 0;
   next_cursor := list_cursor;
   has_more := false;
   IF kind = 'entitlements' THEN
-    -- no list spans customers: twenty customers a page, one snapshot each
-    FOR customer_id IN SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
-                        WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
-                          AND s.customer > coalesce(list_cursor, '')
-                        ORDER BY 1 LIMIT 21 LOOP
-      IF objects = 20 THEN
-        has_more := true;
-        EXIT;
-      END IF;
+    -- no list spans customers: twenty customers a page, each applied as it
+    -- comes (while the next customer's request travels)
+    SELECT array_agg(customer ORDER BY customer) INTO customers
+      FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
+             WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
+               AND s.customer > coalesce(list_cursor, '')
+             ORDER BY 1 LIMIT 21) c;
+    has_more := coalesce(cardinality(customers), 0) > 20;
+    FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 20) LOOP
       items := '[]';
       taken_at := NULL;
       LOOP
         SELECT * INTO l FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
-            jsonb_strip_nulls(jsonb_build_object('customer', customer_id, 'limit', 100,
-                                                 'starting_after', items->-1->>'id')));
+            jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
+                                                 'starting_after', items->-1->>'id')),
+            CASE WHEN i < cardinality(customers)
+                 THEN jsonb_build_object('customer', customers[i + 1], 'limit', 100) END);
         requests := requests + 1;
         taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
         items := items || coalesce(l.page->'data', '[]');
         EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
       END LOOP;
       PERFORM stripe_billing._apply_snapshots(jsonb_build_array(jsonb_build_object(
-          'object', 'entitlements.active_entitlement_summary', 'customer', customer_id,
+          'object', 'entitlements.active_entitlement_summary', 'customer', customers[i],
           'entitlements', jsonb_build_object('object', 'list', 'has_more', false, 'data', items))),
           taken_at, 'backfill');
       objects := objects + 1;
-      next_cursor := customer_id;
+      next_cursor := customers[i];
     END LOOP;
     RETURN;
   END IF;
 
-  SELECT * INTO l FROM stripe_billing._list_page(
-      CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
-                WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
-                WHEN 'invoices' THEN '/v1/invoices' END,
-      jsonb_strip_nulls(jsonb_build_object(
-          'limit', 100, 'starting_after', list_cursor,
-          -- (products and prices: active and inactive alike when not asked for one)
-          'status', CASE WHEN kind = 'subscriptions' THEN 'all' END,
-          'created', CASE WHEN kind = 'invoices'
-                          THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END)));
+  path := CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
+                    WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
+                    WHEN 'invoices' THEN '/v1/invoices' END;
+  params := jsonb_strip_nulls(jsonb_build_object(
+      'limit', 100, 'starting_after', list_cursor,
+      -- (products and prices: active and inactive alike when not asked for one)
+      'status', CASE WHEN kind = 'subscriptions' THEN 'all' END,
+      'created', CASE WHEN kind = 'invoices'
+                      THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END));
+  -- the next page travels while this one is applied (for subscriptions,
+  -- once their cut-short item lists are read)
+  SELECT * INTO l FROM stripe_billing._list_page(path, params,
+                                                 CASE WHEN kind = 'subscriptions' THEN 'null'::jsonb END);
   requests := 1;
   data := coalesce(l.page->'data', '[]');
+  has_more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
   IF kind = 'subscriptions' THEN
     SELECT * INTO c FROM stripe_billing._complete_items(data);
     data := c.page;
     requests := requests + c.requests;
+    IF has_more THEN
+      PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'));
+    END IF;
   END IF;
   PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill');
   objects := jsonb_array_length(data);
   next_cursor := coalesce(data->-1->>'id', list_cursor);
-  has_more := coalesce((l.page->>'has_more')::boolean, false) AND objects > 0;
 END
 $$;
 

@@ -446,7 +446,9 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 /*
  * GET with an encoded query, for lists: returns the response object (not
  * applied) and the response's time (Stripe's Date header) in
- * *response_time_out, the moment the list is a snapshot of.  A long listing
+ * *response_time_out, the moment the list is a snapshot of.  Answered by the
+ * request started in the background (sb_http_prefetch) when that was this
+ * very request and it succeeded; otherwise asked the usual way.  A long listing
  * is bound to meet Stripe's rate limit now and then: it is retried at least
  * LIST_RETRIES times (after Retry-After), so a 429 is waited out instead of
  * failing the backfill.
@@ -458,7 +460,11 @@ sb_stripe_get(const char *path, const char *query, pg_time_t *response_time_out)
 	Jsonb	   *body;
 
 	check_path(path);
-	body = call_with_retries("GET", path, query, NULL, Max(sb_max_network_retries, LIST_RETRIES), &r);
+	/* the answer to a request started in the background, if it is this one and it succeeded */
+	r = sb_http_take_prefetched(path, query);
+	body = (r && r->status / 100 == 2) ? parse_body(r) : NULL;
+	if (body == NULL)
+		body = call_with_retries("GET", path, query, NULL, Max(sb_max_network_retries, LIST_RETRIES), &r);
 	*response_time_out = response_time(r);
 	return body;
 }

@@ -7,8 +7,12 @@
  * The answers live in stripe_billing.user_features (user_ref, feature,
  * valid_until), derived in the transaction that applied the event.  Each
  * backend caches the rows it has looked up in a hash table.  Every change to
- * user_features fires a trigger that sends a relcache invalidation for the
- * table (the idiom pg_cron uses for its job cache); our relcache callback
+ * user_features fires a trigger that sends a relcache invalidation (the
+ * idiom pg_cron uses for its job cache) for the table's primary key index,
+ * not the table: an invalidation of the table would also throw away every
+ * cached plan that reads it, and the next derivation, in this backend and
+ * every other, would be planned again (a backfill spent most of its time
+ * so); plans do not depend on an index's relcache entry.  Our callback
  * then marks the cache stale, in this backend at the next command and in
  * others when they next accept invalidation messages, which we make them do
  * once per statement.  A check is then a hash lookup and a time comparison.
@@ -99,11 +103,14 @@ static TimestampTz checked_statement = 0;
 static char *parsed_clock_text = NULL;
 static TimestampTz parsed_clock = 0;
 
-/* Relcache callback: a change to user_features (or everything) stales us. */
+/*
+ * Relcache callback: a change to user_features (signalled on its primary
+ * key), the table itself (DDL, TRUNCATE) or everything stales us.
+ */
 static void
 entitlement_relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == features_relid)
+	if (relid == InvalidOid || relid == features_relid || relid == features_pkey)
 	{
 		answers_valid = false;
 		features_relid = InvalidOid;	/* re-resolve: it may be a new table */
@@ -306,14 +313,19 @@ stripe_has_entitlement(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(granted && (valid_until == DT_NOEND || sb_now() < valid_until));
 }
 
-/* Trigger on user_features: tell every backend its cache is stale. */
+/*
+ * Trigger on user_features: tell every backend its cache is stale, through
+ * the relcache entry of the table's primary key (see the top of the file).
+ */
 Datum
 stripe_invalidate_entitlement_cache(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Oid			pkey;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "stripe_invalidate_entitlement_cache: not called as a trigger");
-	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	pkey = RelationGetPrimaryKeyIndex(trigdata->tg_relation);
+	CacheInvalidateRelcacheByRelid(OidIsValid(pkey) ? pkey : RelationGetRelid(trigdata->tg_relation));
 	return PointerGetDatum(NULL);
 }

@@ -591,13 +591,24 @@ sb_http_prefetch(const char *path, const char *query)
 	(void) pump_prefetch(false);	/* the request goes out now */
 }
 
+/* Is GET path?query the request started in the background? */
+bool
+sb_http_prefetched_is(const char *path, const char *query)
+{
+	return prefetch.request != NULL &&
+		strncmp(prefetch.request, path, strlen(path)) == 0 &&
+		prefetch.request[strlen(path)] == '?' &&
+		strcmp(prefetch.request + strlen(path) + 1, query) == 0;
+}
+
 /*
  * The response to GET path?query if that is the request started in the
  * background (waiting for it to finish), in the caller's memory context;
  * NULL if it is not, or if its body was stopped (over
  * stripe_billing.max_response_size, or out of memory): the request made
- * the usual way then says why.  Either way the background request is gone
- * after, its body freed.
+ * the usual way then says why.  When it is that request, it is gone after
+ * (its body freed); another one is left in flight, to be taken later or
+ * replaced by the next sb_http_prefetch.
  */
 SbHttpResponse *
 sb_http_take_prefetched(const char *path, const char *query)
@@ -607,15 +618,9 @@ sb_http_take_prefetched(const char *path, const char *query)
 	int			left;
 	CURLcode	code = CURLE_RECV_ERROR;
 
-	if (prefetch.request == NULL)
+	/* (another request leaves it be: a backfill lists subscription items between its pages) */
+	if (!sb_http_prefetched_is(path, query))
 		return NULL;
-	if (strncmp(prefetch.request, path, strlen(path)) != 0 ||
-		prefetch.request[strlen(path)] != '?' ||
-		strcmp(prefetch.request + strlen(path) + 1, query) != 0)
-	{
-		drop_prefetch();
-		return NULL;
-	}
 
 	(void) pump_prefetch(true);
 	while ((msg = curl_multi_info_read(prefetch.multi, &left)) != NULL)

@@ -29,43 +29,134 @@
 #include "stripe_billing.h"
 
 PG_FUNCTION_INFO_V1(stripe_list_page);
+PG_FUNCTION_INFO_V1(stripe_list_prefetch);
 PG_FUNCTION_INFO_V1(stripe_apply_snapshots);
 
 /* When this session's last list request was sent. */
 static TimestampTz last_list_request = 0;
 
-/* Waits until a list request is due under max_requests_per_second. */
-static void
-throttle(void)
+/* How long until a list request is due under max_requests_per_second (us). */
+static long
+throttle_wait(void)
 {
 	TimestampTz due = last_list_request + USECS_PER_SEC / sb_max_requests_per_second;
 
-	for (;;)
-	{
-		long		left;
+	return Max((long) (due - GetCurrentTimestamp()), 0L);
+}
 
+/* Waits until a list request is due, and counts it as sent. */
+static void
+throttle(void)
+{
+	long		left;
+
+	while ((left = throttle_wait()) > 0)
+	{
 		CHECK_FOR_INTERRUPTS();
-		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due);
-		if (left <= 0)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 left, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		if (left < 1000)
+			pg_usleep(left);	/* (the latch waits whole milliseconds) */
+		else
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 left / 1000, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
+	CHECK_FOR_INTERRUPTS();
 	last_list_request = GetCurrentTimestamp();
 }
 
+/* Starts GET path?params in the background, unless the rate says wait. */
+static void
+prefetch_under_rate(const char *path, Jsonb *params)
+{
+	if (throttle_wait() > 0)
+		return;
+	last_list_request = GetCurrentTimestamp();
+	sb_http_prefetch(path, sb_form_encode(params));
+}
+
 /*
- * stripe_billing._list_page(path text, params jsonb, OUT page jsonb,
- *                           OUT snapshot timestamptz)
+ * The parameters of the page after page, asked for with params: params
+ * with starting_after = the page's last object, when Stripe says more are
+ * waiting; else NULL.
+ */
+static Jsonb *
+next_page_params(Jsonb *params, Jsonb *page)
+{
+	JsonbValue	buf;
+	JsonbValue *v;
+	JsonbValue *last;
+	char	   *last_id;
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	key;
+	JsonbValue	val;
+	bool		skip = false;
+
+	if (!JB_ROOT_IS_OBJECT(page) || (params && !JB_ROOT_IS_OBJECT(params)))
+		return NULL;
+	v = getKeyJsonValueFromContainer(&page->root, "has_more", 8, &buf);
+	if (v == NULL || v->type != jbvBool || !v->val.boolean)
+		return NULL;
+	v = getKeyJsonValueFromContainer(&page->root, "data", 4, &buf);
+	if (v == NULL || v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data) ||
+		JsonContainerSize(v->val.binary.data) == 0)
+		return NULL;
+	last = getIthJsonbValueFromContainer(v->val.binary.data, JsonContainerSize(v->val.binary.data) - 1);
+	if (last->type != jbvBinary || !JsonContainerIsObject(last->val.binary.data))
+		return NULL;
+	last_id = sb_object_string(JsonbValueToJsonb(last), "id");
+	if (last_id == NULL)
+		return NULL;
+
+	/* params without starting_after, then starting_after = the last id */
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	if (params)
+	{
+		it = JsonbIteratorInit(&params->root);
+		while ((tok = JsonbIteratorNext(&it, &val, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+			{
+				skip = val.val.string.len == 14 && memcmp(val.val.string.val, "starting_after", 14) == 0;
+				if (!skip)
+					pushJsonbValue(&state, WJB_KEY, &val);
+			}
+			else if (tok == WJB_VALUE && !skip)
+				pushJsonbValue(&state, WJB_VALUE, &val);
+		}
+	}
+	key.type = jbvString;
+	key.val.string.val = "starting_after";
+	key.val.string.len = 14;
+	pushJsonbValue(&state, WJB_KEY, &key);
+	val.type = jbvString;
+	val.val.string.val = last_id;
+	val.val.string.len = strlen(last_id);
+	pushJsonbValue(&state, WJB_VALUE, &val);
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
+/*
+ * stripe_billing._list_page(path text, params jsonb, next_params jsonb,
+ *                           OUT page jsonb, OUT snapshot timestamptz)
  *
- * One GET of a list endpoint, throttled; the page is not applied.
+ * One GET of a list endpoint, throttled; the page is not applied.  The
+ * request after it starts in the background before returning, so it
+ * travels while the caller applies this page: next_params for the same
+ * path, or when NULL the next page (starting_after), when Stripe says more
+ * wait.  JSON null: none.  (Not when that would have to wait for the rate:
+ * the next call then asks the usual way.)
  */
 Datum
 stripe_list_page(PG_FUNCTION_ARGS)
 {
 	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	Jsonb	   *params = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	Jsonb	   *next = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	char	   *query = sb_form_encode(params);
 	TupleDesc	tupdesc;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
@@ -75,11 +166,33 @@ stripe_list_page(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	throttle();
-	page = sb_stripe_get(path, sb_form_encode(params), &at);
+	if (!sb_http_prefetched_is(path, query))
+		throttle();				/* (a request started in the background was counted) */
+	page = sb_stripe_get(path, query, &at);
+
+	if (next == NULL)
+		next = next_page_params(params, page);
+	else if (!JB_ROOT_IS_OBJECT(next))
+		next = NULL;
+	if (next != NULL)
+		prefetch_under_rate(path, next);
+
 	values[0] = JsonbPGetDatum(page);
 	values[1] = TimestampTzGetDatum(time_t_to_timestamptz(at));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * stripe_billing._list_prefetch(path text, params jsonb) -> void
+ *
+ * Starts the request a later _list_page will make, so it travels while the
+ * caller works (see _list_page).
+ */
+Datum
+stripe_list_prefetch(PG_FUNCTION_ARGS)
+{
+	prefetch_under_rate(text_to_cstring(PG_GETARG_TEXT_PP(0)), PG_GETARG_JSONB_P(1));
+	PG_RETURN_VOID();
 }
 
 /*

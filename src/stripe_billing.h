@@ -90,6 +90,7 @@ extern SbHttpResponse *sb_http_request(const char *method, const char *path,
 									   const char *form, const char *idempotency_key);
 extern void sb_http_prefetch(const char *path, const char *query);
 extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *query);
+extern bool sb_http_prefetched_is(const char *path, const char *query);
 extern char *sb_form_encode(Jsonb *params);
 extern void sb_form_append(StringInfo form, const char *name, const char *value);
 
