@@ -18,7 +18,8 @@
 #   5 worker     a fresh database: the worker takes the cursor, backfills
 #                while pulling events (killed -9 three times), ends equal
 #   6 expired    the worker's cursor expires at Stripe: it restarts from the
-#                newest event, says so, and reconciles what the gap missed
+#                newest event, says so, and reconciles what the gap missed;
+#                a cursor 31 days old is restarted without asking
 #   7 too late   an event listed later than poll_lookback: reported and
 #                repaired by the scheduled reconciliation
 #   8 start      polling from a time within a second (x.9 s) takes the events
@@ -380,6 +381,13 @@ check_expired() {
     curl -sS -u "$KEY:" -d "metadata[user_ref]=after_reset" "$FAKE_URL/v1/customers" >/dev/null
     wait_until 30 bash -c "[ \"\$(psql -X -At -d sb_worker -c \"SELECT count(*) FROM stripe_billing.customers WHERE user_ref = 'after_reset'\")\" = 1 ]" ||
         problems+=(" events after the reset are not applied")
+    # a cursor older than Stripe's 30 days is not asked for at all
+    sql sb_worker "UPDATE stripe_billing.sync_state SET last_event_created = now() - interval '31 days'" >/dev/null
+    wait_until 30 bash -c "psql -X -At -d sb_worker -c 'SELECT cursor_reset_reason FROM stripe_billing.sync_status' | grep -q 'older than'" ||
+        problems+=(" a cursor 31 days old was not restarted")
+    reason="$reason; then: $(sql sb_worker "SELECT cursor_reset_reason FROM stripe_billing.sync_status")"
+    wait_until 60 bash -c "[ \"\$(psql -X -At -d sb_worker -c \"SELECT count(*) FROM stripe_billing.reconcile_runs WHERE state = 'running'\")\" = 0 ]" ||
+        problems+=(" the reconciliation after the second reset did not finish")
     conclude expired "reset: $reason" "${problems[@]}"
 }
 
