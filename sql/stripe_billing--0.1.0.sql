@@ -2202,6 +2202,26 @@ BEGIN
 END
 $$;
 
+-- Refreshes the statistics of the tables a kind fills.
+CREATE FUNCTION stripe_billing._backfill_analyze(kind text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  CASE kind
+  WHEN 'products' THEN ANALYZE stripe_billing.products;
+  WHEN 'prices' THEN ANALYZE stripe_billing.prices;
+  WHEN 'customers' THEN ANALYZE stripe_billing.customers, stripe_billing.user_derivations;
+  WHEN 'subscriptions' THEN
+    ANALYZE stripe_billing.subscriptions, stripe_billing.subscription_items, stripe_billing.user_features,
+            stripe_billing.user_derivations;
+  WHEN 'invoices' THEN ANALYZE stripe_billing.invoices;
+  WHEN 'entitlements' THEN
+    ANALYZE stripe_billing.entitlement_summaries, stripe_billing.active_entitlements, stripe_billing.user_features;
+  END CASE;
+END
+$$;
+
 -- Backfills one page of the first unfinished kind (of kinds; NULL: any),
 -- committed with its kind's cursor by the caller.  A failure is recorded
 -- (failed, last_error) and returned, not raised: other kinds go on.  The
@@ -2216,6 +2236,7 @@ AS $$
 DECLARE
   b stripe_billing.backfill_state;
   p record;
+  pages bigint;
 BEGIN
   failed := false;
   SELECT * INTO b FROM stripe_billing.backfill_state s
@@ -2237,8 +2258,14 @@ BEGIN
            finished_at = CASE WHEN NOT p.has_more THEN now() END, last_error = NULL, last_error_at = NULL
      WHERE s.kind = b.kind
     RETURNING format('stripe_billing backfill: %s, page %s: %s objects (%s in all)%s', s.kind, s.pages, p.objects,
-                     s.objects, CASE WHEN p.has_more THEN '' ELSE ', done' END)
-      INTO message;
+                     s.objects, CASE WHEN p.has_more THEN '' ELSE ', done' END), s.pages
+      INTO message, pages;
+    -- tables filled from empty: statistics at 1, 4, 16 ... pages, so that
+    -- the plans of the mapping and the derivations follow their growth
+    -- (a plan made for an empty table would scan it whole for every row)
+    IF pages IN (1, 4, 16, 64, 256, 1024, 4096) THEN
+      PERFORM stripe_billing._backfill_analyze(b.kind);
+    END IF;
   EXCEPTION WHEN OTHERS THEN
     -- (a cancel is not caught: the page rolls back, and the kind resumes from its cursor)
     UPDATE stripe_billing.backfill_state s
