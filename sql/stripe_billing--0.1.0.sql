@@ -853,6 +853,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
   IF coalesce(user_ref, '') = '' THEN
     RAISE EXCEPTION 'user_ref must not be empty' USING ERRCODE = 'invalid_parameter_value';
   END IF;
@@ -1076,6 +1077,7 @@ DECLARE
   n bigint := 0;
   u text;
 BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
   -- users who lost every customer link keep no features
   DELETE FROM stripe_billing.user_features f
    WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref);
@@ -1096,6 +1098,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
   IF source_type IS NULL OR source_type NOT IN ('price', 'lookup_key', 'product') THEN
     RAISE EXCEPTION 'source_type must be ''price'', ''lookup_key'' or ''product'', not %',
                     coalesce(quote_literal(source_type), 'NULL')
@@ -1122,6 +1125,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
   DELETE FROM stripe_billing.feature_grants g
    WHERE g.source_type = stripe_revoke_feature.source_type AND g.source = stripe_revoke_feature.source
      AND g.feature = stripe_revoke_feature.feature;
@@ -2267,7 +2271,12 @@ BEGIN
       PERFORM stripe_billing._backfill_analyze(b.kind);
     END IF;
   EXCEPTION WHEN OTHERS THEN
-    -- (a cancel is not caught: the page rolls back, and the kind resumes from its cursor)
+    -- errors of the moment, not the data (a deadlock, a serialization
+    -- failure, a shutdown) are raised: the page rolls back and is done
+    -- again, the kind resuming from its cursor (a cancel is not caught at all)
+    IF left(SQLSTATE, 2) IN ('40', '53', '57', '58') THEN
+      RAISE;
+    END IF;
     UPDATE stripe_billing.backfill_state s
        SET state = 'failed', started_at = coalesce(s.started_at, now()), last_error = SQLERRM, last_error_at = now()
      WHERE s.kind = b.kind;
@@ -2536,6 +2545,9 @@ BEGIN
     message := format('stripe_billing reconcile: %s %s checked, %s differed, %s fixed',
                       c.checked, r.phase, c.drifted, c.fixed);
   EXCEPTION WHEN OTHERS THEN
+    IF left(SQLSTATE, 2) IN ('40', '53', '57', '58') THEN
+      RAISE;     -- (of the moment: the page is done again)
+    END IF;
     UPDATE stripe_billing.reconcile_runs
        SET state = 'failed', last_error = SQLERRM, finished_at = now()
      WHERE id = r.id;

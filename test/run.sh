@@ -62,6 +62,7 @@ integration worker bash test/worker.sh
 integration backfill bash test/backfill.sh
 integration fake_stripe node --test test/fake_stripe/selftest.js
 integration notify bash test/notify.sh
+integration without_preload bash test/without_preload.sh
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
