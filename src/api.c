@@ -488,15 +488,18 @@ stripe_api(PG_FUNCTION_ARGS)
 }
 
 /*
- * The cursor of the page after a page of events: its newest event's id, if
- * Stripe says more are waiting (has_more); else NULL.
+ * The id of the first (first = true) or last object of a list page, when
+ * Stripe says more are waiting (has_more); else NULL.  The cursor of the
+ * page after it: a page of events is newest first, so ending_before its
+ * first; starting_after the last for any list.
  */
-static char *
-newer_page_cursor(Jsonb *page)
+char *
+sb_list_page_edge_id(Jsonb *page, bool first)
 {
 	JsonbValue	buf;
 	JsonbValue *v;
-	JsonbValue *newest;
+	JsonbValue *edge;
+	int			n;
 
 	if (!JB_ROOT_IS_OBJECT(page))
 		return NULL;
@@ -505,12 +508,12 @@ newer_page_cursor(Jsonb *page)
 		return NULL;
 	v = getKeyJsonValueFromContainer(&page->root, "data", 4, &buf);
 	if (v == NULL || v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data) ||
-		JsonContainerSize(v->val.binary.data) == 0)
+		(n = JsonContainerSize(v->val.binary.data)) == 0)
 		return NULL;
-	newest = getIthJsonbValueFromContainer(v->val.binary.data, 0);
-	if (newest->type != jbvBinary || !JsonContainerIsObject(newest->val.binary.data))
+	edge = getIthJsonbValueFromContainer(v->val.binary.data, first ? 0 : n - 1);
+	if (edge->type != jbvBinary || !JsonContainerIsObject(edge->val.binary.data))
 		return NULL;
-	return sb_object_string(JsonbValueToJsonb(newest), "id");
+	return sb_object_string(JsonbValueToJsonb(edge), "id");
 }
 
 /*
@@ -546,7 +549,7 @@ stripe_events_page(PG_FUNCTION_ARGS)
 	if (page == NULL)
 		page = sb_stripe_call_form("GET", "/v1/events", query.data, NULL);
 
-	if (prefetch_next && (next = newer_page_cursor(page)) != NULL)
+	if (prefetch_next && (next = sb_list_page_edge_id(page, true)) != NULL)
 	{
 		resetStringInfo(&query);
 		sb_form_append(&query, "limit", "100");

@@ -84,10 +84,7 @@ prefetch_under_rate(const char *path, Jsonb *params)
 static Jsonb *
 next_page_params(Jsonb *params, Jsonb *page)
 {
-	JsonbValue	buf;
-	JsonbValue *v;
-	JsonbValue *last;
-	char	   *last_id;
+	char	   *last_id = sb_list_page_edge_id(page, false);
 	JsonbParseState *state = NULL;
 	JsonbIterator *it;
 	JsonbIteratorToken tok;
@@ -95,20 +92,7 @@ next_page_params(Jsonb *params, Jsonb *page)
 	JsonbValue	val;
 	bool		skip = false;
 
-	if (!JB_ROOT_IS_OBJECT(page) || (params && !JB_ROOT_IS_OBJECT(params)))
-		return NULL;
-	v = getKeyJsonValueFromContainer(&page->root, "has_more", 8, &buf);
-	if (v == NULL || v->type != jbvBool || !v->val.boolean)
-		return NULL;
-	v = getKeyJsonValueFromContainer(&page->root, "data", 4, &buf);
-	if (v == NULL || v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data) ||
-		JsonContainerSize(v->val.binary.data) == 0)
-		return NULL;
-	last = getIthJsonbValueFromContainer(v->val.binary.data, JsonContainerSize(v->val.binary.data) - 1);
-	if (last->type != jbvBinary || !JsonContainerIsObject(last->val.binary.data))
-		return NULL;
-	last_id = sb_object_string(JsonbValueToJsonb(last), "id");
-	if (last_id == NULL)
+	if (last_id == NULL || (params && !JB_ROOT_IS_OBJECT(params)))
 		return NULL;
 
 	/* params without starting_after, then starting_after = the last id */

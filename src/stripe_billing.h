@@ -101,6 +101,7 @@ extern char *sb_object_string(Jsonb *object, const char *key);
 extern Jsonb *sb_stripe_call_form(const char *method, const char *path, const char *form,
 								  const char *idempotency_key);
 extern Jsonb *sb_stripe_get(const char *path, const char *query, pg_time_t *response_time);
+extern char *sb_list_page_edge_id(Jsonb *page, bool first);
 
 /* signatures.c */
 extern void sb_check_signature(const char *payload, size_t payload_len,
