@@ -2001,52 +2001,44 @@ LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
 -- Applies listed objects as snapshots taken at snapshot (see listing.c).
-CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text) RETURNS jsonb
+CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text,
+                                                replacements jsonb DEFAULT NULL) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
-LANGUAGE C STRICT VOLATILE
+LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
 -- Stripe embeds at most 10 items in a listed subscription: the rest of each
 -- cut-short list is read from /v1/subscription_items, so the snapshot holds
--- every item.  Returns the page completed and how many requests it took.
-CREATE FUNCTION stripe_billing._complete_items(subscriptions jsonb, OUT page jsonb, OUT requests integer)
+-- every item.  Returns the completed subscriptions by id (to stand for the
+-- listed ones: the page itself is not rebuilt) and how many requests it took.
+CREATE FUNCTION stripe_billing._complete_items(subscriptions jsonb, OUT complete jsonb, OUT requests integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  cut text[];          -- the subscriptions whose item list was cut short
-  sub text;
-  complete jsonb := '{}';
+  cut jsonb;           -- the subscriptions whose item list was cut short
+  sub jsonb;
   items jsonb;
   l record;
 BEGIN
-  page := subscriptions;
+  complete := '{}';
   requests := 0;
-  SELECT array_agg(e->>'id' ORDER BY n) INTO cut
-    FROM jsonb_array_elements(subscriptions) WITH ORDINALITY x(e, n)
+  SELECT jsonb_agg(e) INTO cut FROM jsonb_array_elements(subscriptions) e
    WHERE coalesce((e->'items'->>'has_more')::boolean, false);
-  IF cut IS NULL THEN
-    RETURN;
-  END IF;
-  FOREACH sub IN ARRAY cut LOOP
+  FOR sub IN SELECT * FROM jsonb_array_elements(coalesce(cut, '[]')) LOOP
     items := '[]';
     LOOP
       -- (nothing started in the background: the subscriptions' next page is)
       SELECT * INTO l FROM stripe_billing._list_page('/v1/subscription_items',
-          jsonb_strip_nulls(jsonb_build_object('subscription', sub, 'limit', 100,
+          jsonb_strip_nulls(jsonb_build_object('subscription', sub->>'id', 'limit', 100,
                                                'starting_after', items->-1->>'id')), 'null');
       requests := requests + 1;
       items := items || coalesce(l.page->'data', '[]');
       EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
     END LOOP;
-    complete := complete || jsonb_build_object(sub, items);
+    complete := complete || jsonb_build_object(sub->>'id', jsonb_set(sub, '{items}',
+        (sub->'items') || jsonb_build_object('data', items, 'has_more', false)));
   END LOOP;
-  SELECT jsonb_agg(CASE WHEN complete ? (e->>'id')
-                        THEN jsonb_set(e, '{items}', (e->'items') || jsonb_build_object(
-                                 'data', complete->(e->>'id'), 'has_more', false))
-                        ELSE e END ORDER BY n)
-    INTO page
-    FROM jsonb_array_elements(subscriptions) WITH ORDINALITY x(e, n);
 END
 $$;
 
@@ -2192,15 +2184,15 @@ BEGIN
   requests := 1;
   data := coalesce(l.page->'data', '[]');
   has_more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
+  SELECT NULL::jsonb AS complete, 0 AS requests INTO c;
   IF kind = 'subscriptions' THEN
     SELECT * INTO c FROM stripe_billing._complete_items(data);
-    data := c.page;
     requests := requests + c.requests;
     IF has_more THEN
       PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'));
     END IF;
   END IF;
-  PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill');
+  PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete);
   objects := jsonb_array_length(data);
   next_cursor := coalesce(data->-1->>'id', list_cursor);
 END
@@ -2441,7 +2433,7 @@ $$;
 -- by an event newer than the list keeps it (the difference is logged, not
 -- fixed).  Returns (checked, drifted, fixed).
 CREATE FUNCTION stripe_billing._reconcile_compare(run_id bigint, object_type text, data jsonb,
-                                                  snapshot timestamptz,
+                                                  snapshot timestamptz, complete jsonb DEFAULT '{}',
                                                   OUT checked integer, OUT drifted integer, OUT fixed integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -2455,7 +2447,8 @@ BEGIN
   IF object_type = 'subscription' THEN
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
-      FROM jsonb_array_elements(data) o, stripe_billing._subscription_drift(o) d;
+      FROM jsonb_array_elements(data) o,
+           stripe_billing._subscription_drift(coalesce(complete->(o->>'id'), o)) d;
   ELSE
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
@@ -2480,7 +2473,7 @@ BEGIN
   END IF;
   outcomes := stripe_billing._apply_snapshots(
       (SELECT jsonb_agg(o) FROM jsonb_array_elements(data) o WHERE o->>'id' = ANY (ids)),
-      snapshot, 'reconcile')->'outcomes';
+      snapshot, 'reconcile', complete)->'outcomes';
 
   -- a customer whose metadata names a user and has no link gets it; one
   -- linked to another user keeps that link (an explicit link wins)
@@ -2510,6 +2503,7 @@ DECLARE
   l record;
   c record;
   data jsonb;
+  complete jsonb;
   n integer := 1;
   more boolean;
 BEGIN
@@ -2526,13 +2520,14 @@ BEGIN
         jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
                                              'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)));
     data := coalesce(l.page->'data', '[]');
+    complete := '{}';
     IF r.phase = 'subscriptions' THEN
       SELECT * INTO c FROM stripe_billing._complete_items(data);
-      data := c.page;
+      complete := c.complete;
       n := n + c.requests;
     END IF;
     c := stripe_billing._reconcile_compare(r.id, CASE r.phase WHEN 'subscriptions' THEN 'subscription'
-                                                               ELSE 'customer' END, data, l.snapshot);
+                                                               ELSE 'customer' END, data, l.snapshot, complete);
     more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
     UPDATE stripe_billing.reconcile_runs g
        SET checked = g.checked + c.checked, drifted = g.drifted + c.drifted, fixed = g.fixed + c.fixed,

@@ -1265,7 +1265,7 @@ sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
 /* A batch of snapshots to map, as run_guarded work. */
 typedef struct SnapshotBatch
 {
-	JsonbContainer *objects;	/* an array of objects */
+	Jsonb	  **objects;		/* the objects to map */
 	int			first;			/* the elements [first, last) */
 	int			last;
 	EventHeader *headers;		/* one per element */
@@ -1304,10 +1304,8 @@ map_batch_work(void *arg)
 
 	for (int i = b->first; i < b->last; i++)
 	{
-		JsonbValue *v = getIthJsonbValueFromContainer(b->objects, i);
-
 		CHECK_FOR_INTERRUPTS();
-		b->outcomes[i] = map_object(JsonbValueToJsonb(v), &b->headers[i]);
+		b->outcomes[i] = map_object(b->objects[i], &b->headers[i]);
 	}
 }
 
@@ -1318,11 +1316,14 @@ map_batch_work(void *arg)
  * subtransaction for the whole page; only when an object fails is the page
  * mapped again one object at a time, so the others still apply and the
  * failed one is reported with its id (a WARNING) instead of failing the page
- * for ever.  Returns {"applied": n, "stale": n, "ignored": n, "failed": n,
- * "outcomes": {id: outcome, ...}}.
+ * for ever.  An object whose id is a key of replacements (when not NULL) is
+ * applied as the value there instead (a subscription whose items were
+ * listed apart).  Returns {"applied": n, "stale": n, "ignored": n, "failed":
+ * n, "outcomes": {id: outcome, ...}}.
  */
 Jsonb *
-sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source)
+sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
+				   Jsonb *replacements)
 {
 	SnapshotBatch b;
 	int			n;
@@ -1337,19 +1338,39 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("objects must be a jsonb array")));
+	if (replacements && (!JB_ROOT_IS_OBJECT(replacements) || JB_ROOT_IS_SCALAR(replacements)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("replacements must be a jsonb object")));
 	n = JB_ROOT_COUNT(objects);
-	b.objects = &objects->root;
+	b.objects = palloc0(sizeof(Jsonb *) * Max(n, 1));
 	b.headers = palloc0(sizeof(EventHeader) * Max(n, 1));
 	b.outcomes = palloc0(sizeof(char *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
-		JsonbValue *v = getIthJsonbValueFromContainer(b.objects, i);
+		JsonbValue *v = getIthJsonbValueFromContainer(&objects->root, i);
+		JsonbValue	buf;
+		JsonbValue *id;
+		JsonbValue *replacement = NULL;
 
 		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 			ereport(ERROR,
 					(errcode(ERRCODE_SB_INVALID_OBJECT),
 					 errmsg("invalid Stripe object: element %d of the list is not an object", i)));
-		snapshot_header(v->val.binary.data, snapshot, source, &b.headers[i]);
+		/* an object completed apart (a subscription's items) stands for the listed one */
+		if (replacements && (id = get_key(v->val.binary.data, "id", &buf)) != NULL &&
+			id->type == jbvString)
+			replacement = getKeyJsonValueFromContainer(&replacements->root, id->val.string.val,
+													   id->val.string.len, NULL);
+		if (replacement && (replacement->type != jbvBinary ||
+							!JsonContainerIsObject(replacement->val.binary.data)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the replacement of element %d of the list is not an object", i)));
+		if (replacement)
+			v = replacement;
+		b.objects[i] = JsonbValueToJsonb(v);
+		snapshot_header(&b.objects[i]->root, snapshot, source, &b.headers[i]);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)

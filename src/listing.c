@@ -181,18 +181,24 @@ stripe_list_prefetch(PG_FUNCTION_ARGS)
 
 /*
  * stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz,
- *                                 source text) -> jsonb
+ *                                 source text, replacements jsonb) -> jsonb
  *
  * See sb_apply_snapshots (events.c).
  */
 Datum
 stripe_apply_snapshots(PG_FUNCTION_ARGS)
 {
-	char	   *source = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *source;
+
+	/* (not STRICT, for replacements: NULL objects, time or source map nothing) */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	source = text_to_cstring(PG_GETARG_TEXT_PP(2));
 
 	if (strspn(source, "abcdefghijklmnopqrstuvwxyz_") != strlen(source) || source[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("source must be lower-case letters and underscores, not \"%s\"", source)));
-	PG_RETURN_JSONB_P(sb_apply_snapshots(PG_GETARG_JSONB_P(0), PG_GETARG_TIMESTAMPTZ(1), source));
+	PG_RETURN_JSONB_P(sb_apply_snapshots(PG_GETARG_JSONB_P(0), PG_GETARG_TIMESTAMPTZ(1), source,
+										 PG_NARGS() > 3 && !PG_ARGISNULL(3) ? PG_GETARG_JSONB_P(3) : NULL));
 }
