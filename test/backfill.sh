@@ -28,15 +28,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . test/lib/cluster.sh
+. test/lib/checks.sh
 . test/lib/fake_stripe.sh
 
 KEY=sk_test_backfill_$RANDOM$RANDOM
 export NODE_PATH=$PWD/test/node/node_modules
 work=$(mktemp -d /tmp/stripe_billing_backfill.XXXXXX)
 chmod 755 "$work"
-passed=0
-failed=0
-phase_began=0
 since=$(($(date +%s) - 90 * 86400))
 
 cleanup() {
@@ -45,29 +43,6 @@ cleanup() {
     if [ "$passed" -gt 0 ] && [ "$failed" -eq 0 ]; then rm -rf "$work"; else echo "logs and data kept in $work"; fi
 }
 trap cleanup EXIT
-
-begin() { phase_began=$SECONDS; }
-# conclude NAME SUMMARY [PROBLEM...]: PASS when no problem was given.
-conclude() {
-    local name=$1 summary=$2 took="[$((SECONDS - phase_began)) s]"
-    shift 2
-    if [ $# -eq 0 ]; then
-        echo "PASS  $name: $summary $took"; passed=$((passed + 1))
-    else
-        local IFS=';'
-        echo "FAIL  $name: $summary $took -- problems:$*"; failed=$((failed + 1))
-    fi
-}
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-wait_until() {
-    local deadline=$(($(now_ms) + $1 * 1000))
-    shift
-    until "$@"; do
-        [ "$(now_ms)" -ge "$deadline" ] && return 1
-        sleep "${POLL:-0.1}"
-    done
-}
 
 # sql DB QUERY: one query, unaligned output, errors to stderr.
 sql() { psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }

@@ -32,6 +32,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . test/lib/cluster.sh
+. test/lib/checks.sh
 
 KEY=sk_test_worker_$RANDOM$RANDOM
 WHSEC=whsec_worker_$RANDOM$RANDOM
@@ -49,9 +50,6 @@ gen_first=      # the first and last events of the latest generate
 gen_last=
 clean_upto=     # the newest event applied to the clean database
 batch_seed=0    # the generator's seeds, one per batch: reproducible streams
-passed=0
-failed=0
-phase_began=0   # $SECONDS when the running check began
 
 # Stops everything; keeps the work directory (logs, data) only after a failure.
 cleanup() {
@@ -66,40 +64,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ---- reporting -------------------------------------------------------------
-
-begin() { phase_began=$SECONDS; }
-
-# conclude NAME SUMMARY [PROBLEM...]: PASS when no problem was given.
-conclude() {
-    local name=$1 summary=$2 took="[$((SECONDS - phase_began)) s]"
-    shift 2
-    if [ $# -eq 0 ]; then
-        echo "PASS  $name: $summary $took"
-        passed=$((passed + 1))
-    else
-        local IFS=';'
-        echo "FAIL  $name: $summary $took -- problems:$*"
-        failed=$((failed + 1))
-    fi
-}
-
-note() { echo "      $*"; }
-
-# ---- time and waiting ------------------------------------------------------
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# wait_until SECONDS COMMAND...: runs COMMAND every $POLL s (default 0.1)
-# until it succeeds; fails after SECONDS.
-wait_until() {
-    local deadline=$(($(now_ms) + $1 * 1000))
-    shift
-    until "$@"; do
-        [ "$(now_ms)" -ge "$deadline" ] && return 1
-        sleep "${POLL:-0.1}"
-    done
-}
+# ---- time and waiting (reporting and wait_until: test/lib/checks.sh) -----
 
 # sleep_random MIN_MS MAX_MS
 sleep_random() { sleep "$(awk -v a="$1" -v b="$2" -v r="$RANDOM" 'BEGIN { printf "%.3f", (a + (b - a) * r / 32767) / 1000 }')"; }
