@@ -7,7 +7,8 @@
 # anything: the ratio is how close the backfill comes to the network and the
 # fake alone.  max_requests_per_second is lifted (10000) on both sides.
 # A warm-up round, then three timed rounds, each into a fresh database; the
-# medians are printed.
+# medians are printed.  ROUNDS="0 1" runs fewer; SHOW_KINDS=1 prints each
+# kind's pages, requests and time.
 #     bash bench/backfill.sh [customers, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ curl -sS -X POST -H 'Content-Type: application/json' --data "{\"customers\": $cu
     \"invoices_per_subscription\": 1, \"seed\": 7}" "$FAKE_URL/_fake/account" >/dev/null
 
 backfill_times=(); curl_times=(); ratios=()
-for round in 0 1 2 3; do
+for round in ${ROUNDS:-0 1 2 3}; do
     dropdb --if-exists bench_backfill && createdb bench_backfill
     psql -X -q -d bench_backfill -c "CREATE EXTENSION stripe_billing" >/dev/null
     curl -sS -X DELETE "$FAKE_URL/_fake/requests" >/dev/null
@@ -38,6 +39,7 @@ for round in 0 1 2 3; do
     psql -X -q -d bench_backfill -c "CALL stripe_billing.stripe_backfill()" 2>/dev/null
     backfill_ms=$(($(now_ms) - t0))
     objects=$(psql -X -At -d bench_backfill -c "SELECT sum(objects) FROM stripe_billing.backfill_state")
+    [ -z "${SHOW_KINDS:-}" ] || psql -X -d bench_backfill -c "SELECT kind, pages, objects, requests, finished_at - started_at AS took FROM stripe_billing.backfill_state ORDER BY ordinal"
 
     # the same requests, on one connection, nothing applied
     curl -sS "$FAKE_URL/_fake/requests?path=/v1/" | jq -r --arg base "$FAKE_URL" '.[] |

@@ -2137,13 +2137,18 @@ BEGIN
   has_more := false;
   IF kind = 'entitlements' THEN
     -- no list spans customers: twenty customers a page, each applied as it
-    -- comes (while the next customer's request travels)
+    -- comes, while the requests of the next three travel (also past this
+    -- page: the next call takes them)
     SELECT array_agg(customer ORDER BY customer) INTO customers
       FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
              WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
                AND s.customer > coalesce(list_cursor, '')
-             ORDER BY 1 LIMIT 21) c;
+             ORDER BY 1 LIMIT 20 + 3) c;
     has_more := coalesce(cardinality(customers), 0) > 20;
+    FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 3) LOOP
+      PERFORM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
+                                            jsonb_build_object('customer', customers[i], 'limit', 100));
+    END LOOP;
     FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 20) LOOP
       items := '[]';
       taken_at := NULL;
@@ -2151,8 +2156,8 @@ BEGIN
         SELECT * INTO l FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
             jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
                                                  'starting_after', items->-1->>'id')),
-            CASE WHEN i < cardinality(customers)
-                 THEN jsonb_build_object('customer', customers[i + 1], 'limit', 100) END);
+            CASE WHEN i + 3 <= cardinality(customers)
+                 THEN jsonb_build_object('customer', customers[i + 3], 'limit', 100) ELSE 'null' END);
         requests := requests + 1;
         taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
         items := items || coalesce(l.page->'data', '[]');

@@ -527,7 +527,8 @@ sb_list_page_edge_id(Jsonb *page, bool first)
  * request for the next page starts in the background before returning, so
  * it travels while the caller applies this page.  (If the caller's
  * transaction rolls back, its cursor does not move and the next call asks
- * for another page: the prefetched one is dropped.)
+ * for the same page again: it takes the prefetched one only while that is
+ * recent, see sb_http_prefetch.)
  */
 Datum
 stripe_events_page(PG_FUNCTION_ARGS)

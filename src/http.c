@@ -31,6 +31,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "stripe_billing.h"
 
@@ -476,178 +477,292 @@ sb_http_request(const char *method, const char *path, const char *form,
 }
 
 /*
- * A GET that runs in the background while the backend does other work (the
- * worker fetches the next page of events while it applies this one).  At
- * most one per backend, on a handle and multi handle of its own, its
- * response collected in a memory context of its own until it is taken.
+ * GETs that run in the background while the backend does other work (the
+ * worker fetches the next page of events while it applies this one; the
+ * backfill asks for the next customers' entitlements while it applies
+ * one's).  At most PREFETCH_SLOTS at once, each on an easy handle of its
+ * own, all on one multi handle (which keeps their connections alive), each
+ * response collected in a memory context of its own until it is taken.  A
+ * request not taken within PREFETCH_MAX_AGE is dropped: an answer that old
+ * is no longer the present.
  */
-static struct
+#define PREFETCH_SLOTS 4
+#define PREFETCH_MAX_AGE_US (10 * USECS_PER_SEC)
+
+typedef struct PrefetchSlot
 {
-	CURLM	   *multi;
 	CURL	   *handle;
 	MemoryContext context;
-	char	   *request;		/* "path?query" in flight, or NULL */
+	char	   *request;		/* "path?query" in flight or done, or NULL */
+	TimestampTz started;		/* when it was sent */
+	bool		done;			/* finished: result is its outcome */
+	CURLcode	result;
 	struct curl_slist *headers;
 	Transfer	transfer;		/* its body malloc'd while request is set */
 	char		errbuf[CURL_ERROR_SIZE];
-} prefetch;
+} PrefetchSlot;
 
-/* Forgets the background request, finished or not, and frees its body. */
+static CURLM *prefetch_multi = NULL;
+static PrefetchSlot prefetch[PREFETCH_SLOTS];
+
+/* Forgets a background request, finished or not, and frees its body. */
 static void
-drop_prefetch(void)
+drop_prefetch(PrefetchSlot *slot)
 {
-	if (prefetch.request == NULL)
+	if (slot->request == NULL)
 		return;
-	curl_multi_remove_handle(prefetch.multi, prefetch.handle);
-	curl_easy_setopt(prefetch.handle, CURLOPT_HTTPHEADER, NULL);
-	curl_slist_free_all(prefetch.headers);
-	prefetch.headers = NULL;
-	free_transfer_body(&prefetch.transfer);
-	prefetch.request = NULL;
-	MemoryContextReset(prefetch.context);
+	curl_multi_remove_handle(prefetch_multi, slot->handle);
+	curl_easy_setopt(slot->handle, CURLOPT_HTTPHEADER, NULL);
+	curl_slist_free_all(slot->headers);
+	slot->headers = NULL;
+	free_transfer_body(&slot->transfer);
+	slot->request = NULL;
+	MemoryContextReset(slot->context);
+}
+
+/* Forgets every background request. */
+static void
+drop_all_prefetches(void)
+{
+	for (int i = 0; i < PREFETCH_SLOTS; i++)
+		drop_prefetch(&prefetch[i]);
+}
+
+/* Records the outcome of the transfers libcurl says are finished. */
+static void
+read_prefetch_messages(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(prefetch_multi, &left)) != NULL)
+	{
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		for (int i = 0; i < PREFETCH_SLOTS; i++)
+			if (prefetch[i].request != NULL && prefetch[i].handle == msg->easy_handle)
+			{
+				prefetch[i].done = true;
+				prefetch[i].result = msg->data.result;
+			}
+	}
 }
 
 /*
- * Moves the background transfer on; with wait, until it is finished.
- * Returns whether it is finished.  Interrupts raise (the request dropped).
+ * Moves the background transfers on; with slot, waits until that one is
+ * finished.  Interrupts raise (every background request dropped).
  */
-static bool
-pump_prefetch(bool wait)
+static void
+pump_prefetches(PrefetchSlot *slot)
 {
-	MemoryContext oldcontext = MemoryContextSwitchTo(prefetch.context);
-	int			running = 1;
+	int			running;
 
 	PG_TRY();
 	{
 		for (;;)
 		{
-			if (curl_multi_perform(prefetch.multi, &running) != CURLM_OK || running == 0 || !wait)
+			if (curl_multi_perform(prefetch_multi, &running) != CURLM_OK)
+				break;
+			read_prefetch_messages();
+			if (slot == NULL || slot->done || running == 0)
 				break;
 			/* (a signal's latch set does not wake poll: 100 ms at most) */
-			(void) curl_multi_poll(prefetch.multi, NULL, 0, 100, NULL);
+			(void) curl_multi_poll(prefetch_multi, NULL, 0, 100, NULL);
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(oldcontext);
-		drop_prefetch();
+		drop_all_prefetches();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	MemoryContextSwitchTo(oldcontext);
-	return running == 0;
 }
 
 /*
- * Starts GET path?query in the background, replacing any earlier one.  Does
- * nothing when the settings would refuse it: the request made the usual way
- * will say why.
+ * Moves the transfers on until slot's request is sent (its connection
+ * reused, or a new one made), for PREFETCH_SEND_WAIT at most: nothing moves
+ * them while the backend works, so a request still connecting would only
+ * leave when taken.  (A TLS handshake may take longer: it goes on at the
+ * next call.)
+ */
+#define PREFETCH_SEND_WAIT_US 20000
+
+static void
+send_prefetch(PrefetchSlot *slot)
+{
+	TimestampTz until = GetCurrentTimestamp() + PREFETCH_SEND_WAIT_US;
+	long		sent = 0;
+
+	for (;;)
+	{
+		pump_prefetches(NULL);
+		if (slot->request == NULL || slot->done ||
+			curl_easy_getinfo(slot->handle, CURLINFO_REQUEST_SIZE, &sent) != CURLE_OK || sent > 0 ||
+			GetCurrentTimestamp() >= until)
+			return;
+		(void) curl_multi_poll(prefetch_multi, NULL, 0, 1, NULL);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* The slot holding GET path?query, or NULL. */
+static PrefetchSlot *
+find_prefetch(const char *path, const char *query)
+{
+	size_t		len = strlen(path);
+
+	for (int i = 0; i < PREFETCH_SLOTS; i++)
+		if (prefetch[i].request != NULL &&
+			strncmp(prefetch[i].request, path, len) == 0 && prefetch[i].request[len] == '?' &&
+			strcmp(prefetch[i].request + len + 1, query) == 0)
+			return &prefetch[i];
+	return NULL;
+}
+
+/* Drops the background requests sent more than PREFETCH_MAX_AGE ago. */
+static void
+drop_old_prefetches(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < PREFETCH_SLOTS; i++)
+		if (prefetch[i].request != NULL && now - prefetch[i].started > PREFETCH_MAX_AGE_US)
+			drop_prefetch(&prefetch[i]);
+}
+
+/*
+ * Starts GET path?query in the background, unless it is already: in a free
+ * slot, or in place of the oldest request.  Does nothing when the settings
+ * would refuse it: the request made the usual way will say why.
  */
 void
 sb_http_prefetch(const char *path, const char *query)
 {
 	MemoryContext oldcontext;
+	PrefetchSlot *slot = NULL;
 	char	   *url;
 
-	drop_prefetch();
 	if (sb_api_key == NULL || sb_api_key[0] == '\0')
 		return;
 	sb_check_api_base(sb_api_base);
-
-	if (prefetch.context == NULL)
+	if (prefetch_multi == NULL)
 	{
-		prefetch.context = AllocSetContextCreate(TopMemoryContext, "stripe_billing prefetch",
-												 ALLOCSET_DEFAULT_SIZES);
-		prefetch.multi = curl_multi_init();
-		prefetch.handle = curl_easy_init();
-		if (prefetch.multi == NULL || prefetch.handle == NULL)
+		prefetch_multi = curl_multi_init();
+		if (prefetch_multi == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("could not create a libcurl handle")));
 	}
-	else
-		curl_easy_reset(prefetch.handle);	/* keeps the multi's connections */
+	drop_old_prefetches();
+	if (find_prefetch(path, query) != NULL)
+		return;
 
-	oldcontext = MemoryContextSwitchTo(prefetch.context);
+	for (int i = 0; i < PREFETCH_SLOTS; i++)
+		if (prefetch[i].request == NULL)
+		{
+			slot = &prefetch[i];
+			break;
+		}
+	if (slot == NULL)
+	{
+		slot = &prefetch[0];
+		for (int i = 1; i < PREFETCH_SLOTS; i++)
+			if (prefetch[i].started < slot->started)
+				slot = &prefetch[i];
+		drop_prefetch(slot);
+	}
+
+	if (slot->context == NULL)
+	{
+		slot->handle = curl_easy_init();
+		if (slot->handle == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
+		slot->context = AllocSetContextCreate(TopMemoryContext, "stripe_billing prefetch",
+											  ALLOCSET_SMALL_SIZES);
+	}
+	else
+		curl_easy_reset(slot->handle);	/* (the multi keeps the connections) */
+
+	oldcontext = MemoryContextSwitchTo(slot->context);
 	url = request_url(path, query);
-	init_transfer(&prefetch.transfer);
-	prefetch.errbuf[0] = '\0';
-	prefetch.headers = build_headers(NULL, false);
-	prefetch.request = psprintf("%s?%s", path, query);
+	init_transfer(&slot->transfer);
+	slot->errbuf[0] = '\0';
+	slot->headers = build_headers(NULL, false);
+	slot->request = psprintf("%s?%s", path, query);
+	slot->started = GetCurrentTimestamp();
+	slot->done = false;
 	MemoryContextSwitchTo(oldcontext);
 
-	set_options(prefetch.handle, "GET", url, NULL, prefetch.headers,
-				&prefetch.transfer, prefetch.errbuf);
-	if (curl_multi_add_handle(prefetch.multi, prefetch.handle) != CURLM_OK)
+	set_options(slot->handle, "GET", url, NULL, slot->headers, &slot->transfer, slot->errbuf);
+	if (curl_multi_add_handle(prefetch_multi, slot->handle) != CURLM_OK)
 	{
-		prefetch.request = NULL;	/* not added: only the list to free */
-		curl_easy_setopt(prefetch.handle, CURLOPT_HTTPHEADER, NULL);
-		curl_slist_free_all(prefetch.headers);
-		prefetch.headers = NULL;
-		MemoryContextReset(prefetch.context);
+		slot->request = NULL;	/* not added: only the list to free */
+		curl_easy_setopt(slot->handle, CURLOPT_HTTPHEADER, NULL);
+		curl_slist_free_all(slot->headers);
+		slot->headers = NULL;
+		MemoryContextReset(slot->context);
 		return;
 	}
-	(void) pump_prefetch(false);	/* the request goes out now */
+	send_prefetch(slot);
 }
 
-/* Is GET path?query the request started in the background? */
+/* Is GET path?query a request started in the background (and recent)? */
 bool
 sb_http_prefetched_is(const char *path, const char *query)
 {
-	return prefetch.request != NULL &&
-		strncmp(prefetch.request, path, strlen(path)) == 0 &&
-		prefetch.request[strlen(path)] == '?' &&
-		strcmp(prefetch.request + strlen(path) + 1, query) == 0;
+	drop_old_prefetches();
+	return find_prefetch(path, query) != NULL;
 }
 
 /*
- * The response to GET path?query if that is the request started in the
+ * The response to GET path?query if that is a request started in the
  * background (waiting for it to finish), in the caller's memory context;
  * NULL if it is not, or if its body was stopped (over
  * stripe_billing.max_response_size, or out of memory): the request made
- * the usual way then says why.  When it is that request, it is gone after
- * (its body freed); another one is left in flight, to be taken later or
- * replaced by the next sb_http_prefetch.
+ * the usual way then says why.  When it is such a request, it is gone
+ * after (its body freed); others are left in flight, to be taken later.
  */
 SbHttpResponse *
 sb_http_take_prefetched(const char *path, const char *query)
 {
 	SbHttpResponse *response = NULL;
-	CURLMsg    *msg;
-	int			left;
-	CURLcode	code = CURLE_RECV_ERROR;
+	PrefetchSlot *slot;
 
-	/* (another request leaves it be: a backfill lists subscription items between its pages) */
-	if (!sb_http_prefetched_is(path, query))
+	/* (another request leaves them be: a backfill lists subscription items between its pages) */
+	drop_old_prefetches();
+	if ((slot = find_prefetch(path, query)) == NULL)
 		return NULL;
 
-	(void) pump_prefetch(true);
-	while ((msg = curl_multi_info_read(prefetch.multi, &left)) != NULL)
-		if (msg->msg == CURLMSG_DONE && msg->easy_handle == prefetch.handle)
-			code = msg->data.result;
-	if (code == CURLE_ABORTED_BY_CALLBACK)
+	pump_prefetches(slot);
+	if (!slot->done)
 	{
-		drop_prefetch();
+		drop_prefetch(slot);	/* (libcurl failed us: asked again the usual way) */
+		return NULL;
+	}
+	if (slot->result == CURLE_ABORTED_BY_CALLBACK)
+	{
+		drop_prefetch(slot);
 		CHECK_FOR_INTERRUPTS();
 		return NULL;
 	}
-
-	if (code == CURLE_FILESIZE_EXCEEDED || prefetch.transfer.too_large ||
-		prefetch.transfer.out_of_memory)
+	if (slot->result == CURLE_FILESIZE_EXCEEDED || slot->transfer.too_large ||
+		slot->transfer.out_of_memory)
 	{
-		drop_prefetch();
+		drop_prefetch(slot);
 		return NULL;
 	}
 
 	/* copied into the caller's context; the body freed whatever happens */
 	PG_TRY();
 	{
-		response = collect_response(prefetch.handle, code, prefetch.errbuf, &prefetch.transfer);
+		response = collect_response(slot->handle, slot->result, slot->errbuf, &slot->transfer);
 	}
 	PG_FINALLY();
 	{
-		drop_prefetch();
+		drop_prefetch(slot);
 	}
 	PG_END_TRY();
 	return response;

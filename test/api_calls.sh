@@ -798,6 +798,59 @@ eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.headers.host).join(",")')
 verdict "api_base http://localhost:<port> works"
 
 ###########################################################################
+# 10b. Requests started in the background (the backfill's lookahead)
+###########################################################################
+ents() { recs "$1" /v1/entitlements; jx "r.map(x => x.query.customer).join(' ')"; }
+# Four prefetched requests are all kept and each taken once: once the fake
+# has seen the four, every entitlements request meets a fault (an empty
+# page saying more wait), so a request asked again would show.
+mark=$(reqcount)
+psql -X -At -q -v ON_ERROR_STOP=1 >"$work/prefetch.out" 2>&1 <<'SQL' &
+SET stripe_billing.max_requests_per_second = 1000;
+DO $$ DECLARE c text; BEGIN
+  FOREACH c IN ARRAY '{cus_pf1,cus_pf2,cus_pf3,cus_pf4}'::text[] LOOP
+    PERFORM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
+                                          jsonb_build_object('customer', c, 'limit', 100));
+    PERFORM pg_sleep(0.01);   -- (the rate: one a millisecond)
+  END LOOP;
+  PERFORM pg_sleep(3);
+END $$;
+SELECT string_agg(c || ' ' || (l.page->'has_more')::text || ' ' || (l.snapshot IS NOT NULL), ',')
+  FROM unnest('{cus_pf1,cus_pf2,cus_pf3,cus_pf4}'::text[]) c,
+       stripe_billing._list_page('/v1/entitlements/active_entitlements',
+                                 jsonb_build_object('customer', c, 'limit', 100), 'null') l;
+SQL
+sql_pid=$!
+seen=
+deadline=$(($(date +%s%N) / 1000000 + 2000))
+while [ $(($(date +%s%N) / 1000000)) -lt "$deadline" ]; do
+    [ "$(ents "$mark" | wc -w)" -ge 4 ] && { seen=1; break; }
+    sleep 0.05
+done
+[ -n "$seen" ] || bad "the fake had not seen the four requests 2 s into the session's 3 s sleep: $(ents "$mark")"
+faults '[{"kind": "empty_has_more", "path": "/v1/entitlements/active_entitlements", "count": 10}]'
+wait "$sql_pid" || bad "psql failed: $(cat "$work/prefetch.out")"
+nofaults
+eq "$(cat "$work/prefetch.out")" "cus_pf1 false true,cus_pf2 false true,cus_pf3 false true,cus_pf4 false true" \
+   "the four pages"
+eq "$(ents "$mark")" "cus_pf1 cus_pf2 cus_pf3 cus_pf4" "requests the fake saw"
+verdict "four requests started in the background are each answered once, none asked again"
+
+# An answer left untaken past ten seconds is not used (asked again): it is
+# no longer the present.
+mark=$(reqcount)
+sql "SELECT FROM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
+                                               '{\"customer\": \"cus_pf_old\", \"limit\": 100}');
+SELECT FROM pg_sleep(10.5);
+SELECT jsonb_array_length(page->'data')
+  FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
+                                 '{\"customer\": \"cus_pf_old\", \"limit\": 100}', 'null');"
+noerr "an old background request"
+eq "$(rows | grep -v '^$')" "0" "the page"
+eq "$(ents "$mark")" "cus_pf_old cus_pf_old" "requests the fake saw"
+verdict "an answer started in the background and left untaken for ten seconds is asked again"
+
+###########################################################################
 # 11. No key
 ###########################################################################
 mark=$(reqcount)
@@ -833,5 +886,5 @@ done
 verdict "the API key is absent from the server log ($(wc -l <"$log") lines, log_statement = all, debug1)"
 
 echo "$checks checks, $failed failed, $(($(date +%s) - started)) s"
-[ "$failed" -eq 0 ] && [ "$checks" -ge 55 ] || exit 1
+[ "$failed" -eq 0 ] && [ "$checks" -ge 57 ] || exit 1
 keep=0
