@@ -6,7 +6,8 @@ OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entit
 DATA = sql/stripe_billing--0.1.0.sql
 PGFILEDESC = "stripe_billing - Stripe billing inside PostgreSQL"
 
-PG_CPPFLAGS = -I$(srcdir)/src
+EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
+PG_CPPFLAGS = -I$(srcdir)/src -DSB_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK = -lcrypto -lcurl
 
 # pg_regress: sql/<name>.sql against expected/<name>.out

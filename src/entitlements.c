@@ -325,7 +325,7 @@ stripe_invalidate_entitlement_cache(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "stripe_invalidate_entitlement_cache: not called as a trigger");
-	pkey = RelationGetPrimaryKeyIndex(trigdata->tg_relation);
+	pkey = sb_primary_key_index(trigdata->tg_relation);
 	CacheInvalidateRelcacheByRelid(OidIsValid(pkey) ? pkey : RelationGetRelid(trigdata->tg_relation));
 	return PointerGetDatum(NULL);
 }

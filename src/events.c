@@ -824,9 +824,9 @@ header_field(BodyHeader *bh, const char *name)
  * *problem when they cannot be (a \u0000, a lone surrogate).
  */
 static char *
-decode_string(char *token, int len, char **problem)
+decode_string(const char *token, int len, char **problem)
 {
-	JsonLexContext *lex = makeJsonLexContextCstringLen(token, len, GetDatabaseEncoding(), true);
+	JsonLexContext *lex = sb_json_lexer(token, len, true);
 	JsonParseErrorType err = json_lex(lex);
 
 	if (err != JSON_SUCCESS)
@@ -847,7 +847,7 @@ decode_string(char *token, int len, char **problem)
 static char *
 scan_body_header(char *json, int len, BodyHeader *bh)
 {
-	JsonLexContext *lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), false);
+	JsonLexContext *lex = sb_json_lexer(json, len, false);
 	enum
 	{
 		S_VALUE,				/* a value is expected */
@@ -1470,14 +1470,14 @@ stripe_record_unparsed_event(PG_FUNCTION_ARGS)
 static char *
 split_list_page(char *json, int len, List **elements, bool *has_more)
 {
-	JsonLexContext *lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), false);
+	JsonLexContext *lex = sb_json_lexer(json, len, false);
 	int			depth = 0;
 	bool		expect_key = false;
 	int			field = 0;		/* the root's next value: 1 data, 2 has_more */
 	bool		in_data = false;	/* inside the root's data array */
-	char	   *element_start = NULL;
+	const char *element_start = NULL;
 
-	JsonLexContext *check = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), false);
+	JsonLexContext *check = sb_json_lexer(json, len, false);
 	JsonParseErrorType parsed;
 
 	*elements = NIL;

@@ -24,7 +24,11 @@
 
 #include "stripe_billing.h"
 
+#ifdef PG_MODULE_MAGIC_EXT
+PG_MODULE_MAGIC_EXT(.name = "stripe_billing",.version = SB_VERSION);
+#else
 PG_MODULE_MAGIC;
+#endif
 
 char	   *sb_webhook_secret = NULL;
 char	   *sb_api_key = NULL;

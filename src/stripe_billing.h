@@ -16,6 +16,27 @@
 #include "utils/timestamp.h"
 
 /*
+ * APIs that changed between the PostgreSQL versions built against (15 to
+ * 18): one name for each, the version check here only.
+ */
+#if PG_VERSION_NUM >= 170000
+/* 17 added the context to fill (NULL: palloc'd) */
+#define sb_json_lexer(json, len, need_escapes) \
+	makeJsonLexContextCstringLen(NULL, (json), (len), GetDatabaseEncoding(), (need_escapes))
+#else
+/* (and took the text as char *, though it only reads it) */
+#define sb_json_lexer(json, len, need_escapes) \
+	makeJsonLexContextCstringLen((char *) (json), (len), GetDatabaseEncoding(), (need_escapes))
+#endif
+
+#if PG_VERSION_NUM >= 180000
+/* 18 added deferrable_ok (ours is not deferrable) */
+#define sb_primary_key_index(rel) RelationGetPrimaryKeyIndex((rel), false)
+#else
+#define sb_primary_key_index(rel) RelationGetPrimaryKeyIndex(rel)
+#endif
+
+/*
  * SQLSTATEs of our own, in an implementation-defined class ("SB").
  * SBSxx: a webhook signature was refused (the app answers 400).
  * SBCxx: the extension is not configured for the call (the app answers 500).
