@@ -69,6 +69,12 @@ SHOW stripe_billing.livemode;
 -- an unset secret shows as empty
 SHOW stripe_billing.api_key;
 
+-- the library names itself and its version (PG_MODULE_MAGIC_EXT, 18 and
+-- later; before 18 there is no such function)
+SELECT module_name, version = (SELECT default_version FROM pg_available_extensions
+                                WHERE name = 'stripe_billing') AS version_matches
+  FROM pg_get_loaded_modules() WHERE file_name LIKE 'stripe_billing%';
+
 DROP ROLE regress_sb_app;
 DROP ROLE regress_sb_reader;
 DROP EXTENSION stripe_billing;

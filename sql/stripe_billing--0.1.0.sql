@@ -1674,6 +1674,11 @@ BEGIN
     PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
     RETURN;
   WHEN SQLSTATE 'SBA07' THEN
+    -- a body over max_response_size is as large when asked again: raised
+    GET STACKED DIAGNOSTICS error_detail = MESSAGE_TEXT;
+    IF error_detail LIKE '%exceeds stripe_billing.max_response_size%' THEN
+      RAISE;
+    END IF;
     -- not jsonb: a transfer spoiled on the way (asked again, below), or a
     -- page holding an event jsonb refuses, which would stall polling for
     -- ever: that one is kept as failed and the page goes on
