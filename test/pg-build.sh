@@ -34,7 +34,7 @@ fi
 log "installing the build dependencies"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    gcc make bison flex pkg-config liblz4-dev libssl-dev zlib1g-dev xz-utils bzip2 \
+    gcc make perl bison flex pkg-config liblz4-dev libssl-dev zlib1g-dev xz-utils bzip2 \
     ca-certificates >/dev/null
 
 src=$cache/src-$version

@@ -40,6 +40,16 @@ WRAPPER
 chmod 755 "$work/postgres"
 trap 'cluster_stop "$work/main"' EXIT
 
+# errors in Memcheck's logs: the sum of their ERROR SUMMARY lines
+summed_errors() {
+    cat "$@" | sed -nE 's/^==[0-9]+== ERROR SUMMARY: ([0-9]+) errors.*/\1/p' | awk '{ s += $1 } END { print s + 0 }'
+}
+# (the verdict can fail: a read after free in a small program is counted)
+printf '#include <stdlib.h>\nint main(void) { char *p = malloc(8); free(p); return p[0]; }\n' >"$work/canary.c"
+gcc -O0 -o "$work/canary" "$work/canary.c" && valgrind --log-file="$work/canary.log" "$work/canary"
+[ "$(summed_errors "$work/canary.log")" -ge 1 ] ||
+    { echo "Memcheck did not count the canary's read after free: the verdict would prove nothing"; exit 1; }
+
 t0=$(date +%s)
 echo "== starting a cluster under Valgrind in $work/main"
 SB_POSTGRES_WRAPPER=$work/postgres SB_START_TIMEOUT=300 \
@@ -64,7 +74,7 @@ trap - EXIT
 
 # Memcheck's verdict: every process's log ends with its ERROR SUMMARY
 logs=$(ls "$work"/vg/*.log | wc -l)
-errors=$(cat "$work"/vg/*.log | sed -nE 's/^==[0-9]+== ERROR SUMMARY: ([0-9]+) errors.*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
+errors=$(summed_errors "$work"/vg/*.log)
 ours=$(awk '/^==[0-9]+== [A-Z]/ { inerr = ($0 !~ /ERROR SUMMARY|HEAP SUMMARY|Memcheck|Copyright|Using Valgrind|Command:|Parent PID/) }
             inerr && /stripe_billing\.so/ { n++; inerr = 0 } END { print n + 0 }' "$work"/vg/*.log)
 echo "== Memcheck: $logs processes, $errors errors, $ours in the extension's frames ($(($(date +%s) - t0)) s)"
