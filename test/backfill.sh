@@ -135,6 +135,17 @@ backfill_done() {
     [ "$(sql "$1" "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM stripe_billing.backfill_state" 2>/dev/null)" = "6/6" ]
 }
 backfilled_objects() { sql "$1" "SELECT coalesce(sum(objects), 0) FROM stripe_billing.backfill_state" 2>/dev/null; }
+# reached DB N: has the backfill in DB applied N objects yet?
+reached() { [ "$(backfilled_objects "$1")" -ge "$2" ] 2>/dev/null; }
+# change_at_stripe N TAG: N active subscriptions changed at Stripe (metadata
+# during = TAG, cancel at period end), as a user would during a backfill
+change_at_stripe() {
+    local sub
+    for sub in $(curl -sS -u "$KEY:" "$FAKE_URL/v1/subscriptions?limit=$1&status=active" | jq -r '.data[].id'); do
+        curl -sS -u "$KEY:" -d "metadata[during]=$2" -d "cancel_at_period_end=true" \
+            "$FAKE_URL/v1/subscriptions/$sub" >/dev/null
+    done
+}
 backend_of() { sql postgres "SELECT pid FROM pg_stat_activity WHERE query LIKE '$1%' AND pid <> pg_backend_pid()" 2>/dev/null | head -1; }
 
 # ---- setup -----------------------------------------------------------------
@@ -164,14 +175,11 @@ check_backfill() {
     for threshold in 1200 3600 6400; do
         psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_backfill()" >"$work/call.log" 2>&1 &
         call_pid=$!
-        wait_until 120 bash -c "[ \"\$(psql -X -At -d sb_procedure -c 'SELECT coalesce(sum(objects), 0) FROM stripe_billing.backfill_state')\" -ge $threshold ]" ||
+        wait_until 120 reached sb_procedure "$threshold" ||
             problems+=(" the backfill did not reach $threshold objects")
         if [ "$threshold" = 3600 ]; then
             # changes at Stripe during the backfill: newer than any listing of them
-            for sub in $(curl -sS -u "$KEY:" "$FAKE_URL/v1/subscriptions?limit=3&status=active" | jq -r '.data[].id'); do
-                curl -sS -u "$KEY:" -d "metadata[during]=yes" -d "cancel_at_period_end=true" \
-                    "$FAKE_URL/v1/subscriptions/$sub" >/dev/null
-            done
+            change_at_stripe 3 yes
         fi
         at=$(backfilled_objects sb_procedure)
         pid=$(backend_of "CALL stripe_billing.stripe_backfill")
@@ -299,13 +307,10 @@ check_worker() {
     sql sb_worker "CREATE EXTENSION stripe_billing" >/dev/null || problems+=(" CREATE EXTENSION failed")
     sql sb_worker "$(cat test/backfill/account_rows.sql)" >/dev/null
     for threshold in 1500 4000 6500; do
-        wait_until 120 bash -c "[ \"\$(psql -X -At -d sb_worker -c 'SELECT coalesce(sum(objects), 0) FROM stripe_billing.backfill_state' 2>/dev/null)\" -ge $threshold ]" ||
+        wait_until 120 reached sb_worker "$threshold" ||
             problems+=(" the worker's backfill did not reach $threshold objects")
         if [ "$threshold" = 4000 ]; then
-            for sub in $(curl -sS -u "$KEY:" "$FAKE_URL/v1/subscriptions?limit=2&status=active" | jq -r '.data[].id'); do
-                curl -sS -u "$KEY:" -d "metadata[during]=worker" -d "cancel_at_period_end=true" \
-                    "$FAKE_URL/v1/subscriptions/$sub" >/dev/null
-            done
+            change_at_stripe 2 worker
         fi
         pid=$(worker_pid)
         if [ -n "$pid" ] && ! backfill_done sb_worker; then

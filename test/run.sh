@@ -23,6 +23,7 @@ for part in "${parts[@]}"; do
     esac
 done
 
+. test/lib/build.sh
 started=$(date +%s)
 times=()
 elapsed() { echo "$(($(date +%s) - $1)) s"; }
@@ -37,14 +38,6 @@ failures=()
 export SB_CRASH_REPORT
 SB_CRASH_REPORT=$(mktemp /tmp/stripe_billing_crashes.XXXXXX)
 chmod 666 "$SB_CRASH_REPORT"
-
-# Builds and installs the extension for the PostgreSQL in bin dir $1,
-# warnings as errors.
-build_for() {
-    make -s clean >/dev/null
-    make -s PG_CONFIG="$1/pg_config" COPT=-Werror >/dev/null &&
-        make -s PG_CONFIG="$1/pg_config" install >/dev/null
-}
 
 # Adds a part's "N passed, N failed" (its last such line) to the totals.
 count() {

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 . test/lib/cluster.sh
+. test/lib/build.sh
 work=$(mktemp -d /tmp/stripe_billing_test.XXXXXX)
 chmod 755 "$work"
 trap 'cluster_stop "$work/main"' EXIT
@@ -24,20 +25,10 @@ failures=()
 # pg_regress (sql/, expected/) and pg_isolation_regress (specs/): one count
 # per test, read from their own report lines.
 echo "== pg_regress and isolation tests"
-make -s PG_CONFIG="$PG_BINDIR/pg_config" installcheck >"$work/installcheck.log" 2>&1
-grep -E '\.\.\. |^(not )?ok [0-9]+ |tests? (passed|failed)' "$work/installcheck.log"
-# (15 prints "name ... ok"; 16 and later "ok 1 - name" and "not ok 2 - name")
-ok=$(grep -cE '\.\.\. ok|^ok [0-9]+ ' "$work/installcheck.log")
-bad=$(grep -cE '\.\.\. FAILED|\.\.\. failed|^not ok [0-9]+ ' "$work/installcheck.log")
-passed=$((passed + ok))
-failed=$((failed + bad))
-if [ "$ok" -eq 0 ] || [ "$bad" -gt 0 ] || ! grep -q 'All .* tests passed' "$work/installcheck.log"; then
-    [ "$bad" -gt 0 ] || failed=$((failed + 1))
-    failures+=("installcheck")
-    for f in regression.diffs output_iso/regression.diffs; do
-        [ -f "$f" ] && head -100 "$f"
-    done
-fi
+installcheck "$PG_BINDIR" "$work/installcheck.log"
+passed=$((passed + CHECK_OK))
+failed=$((failed + CHECK_BAD))
+[ "$CHECK_BAD" -eq 0 ] || failures+=("installcheck")
 
 # Integration tests: each script is one test; its output is shown.
 createdb sb_integration

@@ -21,9 +21,8 @@ command -v valgrind >/dev/null || {
 bindir=$(bash test/pg-build.sh 18 valgrind | tail -1) || { echo "building PostgreSQL 18 for Valgrind failed"; exit 1; }
 supp=$(dirname "$bindir")/valgrind.supp
 
-make -s clean >/dev/null
-make -s PG_CONFIG="$bindir/pg_config" COPT=-Werror >/dev/null &&
-    make -s PG_CONFIG="$bindir/pg_config" install >/dev/null || { echo "building the extension failed"; exit 1; }
+. test/lib/build.sh
+build_for "$bindir" || { echo "building the extension failed"; exit 1; }
 
 PG_BINDIR=$bindir
 . test/lib/cluster.sh
@@ -61,14 +60,9 @@ SB_POSTGRES_WRAPPER=$work/postgres SB_START_TIMEOUT=300 \
 regress=$(make -s -f - PG_CONFIG="$bindir/pg_config" print-regress <<<'include Makefile
 print-regress: ; @echo $(REGRESS)' | tr ' ' '\n' | grep -vx event_lifecycle | paste -sd ' ')
 echo "== pg_regress ($regress) and isolation tests, every backend under Memcheck"
-make -s PG_CONFIG="$bindir/pg_config" REGRESS="$regress" installcheck >"$work/installcheck.log" 2>&1
-grep -E '^(not )?ok [0-9]+ |tests? (passed|failed)' "$work/installcheck.log"
-ok=$(grep -cE '^ok [0-9]+ ' "$work/installcheck.log")
-bad=$(grep -cE '^not ok [0-9]+ ' "$work/installcheck.log")
-if [ "$ok" -eq 0 ] || [ "$bad" -gt 0 ] || ! grep -q 'All .* tests passed' "$work/installcheck.log"; then
-    [ "$bad" -gt 0 ] || bad=1
-    for f in regression.diffs output_iso/regression.diffs; do [ -f "$f" ] && head -60 "$f"; done
-fi
+installcheck "$bindir" "$work/installcheck.log" REGRESS="$regress"
+ok=$CHECK_OK
+bad=$CHECK_BAD
 cluster_stop "$work/main"
 trap - EXIT
 
