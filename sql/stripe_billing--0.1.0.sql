@@ -2135,6 +2135,7 @@ DECLARE
   taken_at timestamptz;
   path text;
   params jsonb;
+  ahead constant integer := 3;   -- entitlements: customers' requests kept in flight
 BEGIN
   objects := 0;
   requests := 0;
@@ -2142,15 +2143,15 @@ BEGIN
   has_more := false;
   IF kind = 'entitlements' THEN
     -- no list spans customers: twenty customers a page, each applied as it
-    -- comes, while the requests of the next three travel (also past this
-    -- page: the next call takes them)
+    -- comes, while the requests of the next few (ahead) travel, also past
+    -- this page: the next call takes them
     SELECT array_agg(customer ORDER BY customer) INTO customers
       FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
              WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
                AND s.customer > coalesce(list_cursor, '')
-             ORDER BY 1 LIMIT 20 + 3) c;
+             ORDER BY 1 LIMIT 20 + ahead) c;
     has_more := coalesce(cardinality(customers), 0) > 20;
-    FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 3) LOOP
+    FOR i IN 1 .. least(coalesce(cardinality(customers), 0), ahead) LOOP
       PERFORM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
                                             jsonb_build_object('customer', customers[i], 'limit', 100));
     END LOOP;
@@ -2161,8 +2162,8 @@ BEGIN
         SELECT * INTO l FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
             jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
                                                  'starting_after', items->-1->>'id')),
-            CASE WHEN i + 3 <= cardinality(customers)
-                 THEN jsonb_build_object('customer', customers[i + 3], 'limit', 100) ELSE 'null' END);
+            CASE WHEN i + ahead <= cardinality(customers)
+                 THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END);
         requests := requests + 1;
         taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
         items := items || coalesce(l.page->'data', '[]');
