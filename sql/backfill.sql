@@ -55,6 +55,44 @@ SELECT stripe_billing._apply_snapshots('[{"id": "prod_snap", "object": "product"
                                          {"id": "prod_snap2", "object": "product", "name": "Two", "active": false}]',
                                        '2025-12-31 00:00:00+00', 'backfill') - 'outcomes' AS counts;
 SELECT id, name, last_event_id FROM stripe_billing.products WHERE id LIKE 'prod_snap%' ORDER BY id;
+-- a batch derives its users' features at its end, once per user
+SELECT stripe_billing.stripe_grant_feature('price', 'price_snap', 'snap_feature');
+SELECT stripe_billing._apply_snapshots(
+  '[{"id": "cus_snap", "object": "customer", "metadata": {"user_ref": "user_snap"}},
+    {"id": "sub_snap", "object": "subscription", "customer": "cus_snap", "status": "active",
+     "current_period_start": 1767225600, "current_period_end": 4102444800, "metadata": {},
+     "items": {"object": "list", "has_more": false,
+               "data": [{"id": "si_snap", "object": "subscription_item", "quantity": 1,
+                         "price": {"id": "price_snap", "object": "price", "product": "prod_snap"}}]}}]',
+  '2026-01-01 00:00:00+00', 'backfill')->>'applied' AS applied;
+SELECT * FROM stripe_billing.stripe_user_features('user_snap');
+SELECT derivations FROM stripe_billing.user_derivations WHERE user_ref = 'user_snap';
+-- derive => false leaves it to the caller
+SELECT stripe_billing._apply_snapshots(
+  '[{"id": "cus_snap2", "object": "customer", "metadata": {"user_ref": "user_snap2"}},
+    {"id": "sub_snap2", "object": "subscription", "customer": "cus_snap2", "status": "active",
+     "current_period_start": 1767225600, "current_period_end": 4102444800, "metadata": {},
+     "items": {"object": "list", "has_more": false,
+               "data": [{"id": "si_snap2", "object": "subscription_item", "quantity": 1,
+                         "price": {"id": "price_snap", "object": "price", "product": "prod_snap"}}]}}]',
+  '2026-01-01 00:00:00+00', 'backfill', derive => false)->>'applied' AS applied;
+SELECT count(*) FROM stripe_billing.stripe_user_features('user_snap2');
+SELECT stripe_billing._refresh_customers_features(ARRAY['cus_snap2'], 'test');
+SELECT * FROM stripe_billing.stripe_user_features('user_snap2');
+-- a batch whose last object fails leaves no deferral behind: the next
+-- event derives at once
+SELECT stripe_billing._apply_snapshots('[{"id": "prod_bad", "object": "product", "active": "yes"}]',
+                                       '2026-01-01 00:00:00+00', 'backfill') - 'outcomes' AS counts;
+SELECT derivations FROM stripe_billing.user_derivations WHERE user_ref = 'user_snap';
+SELECT stripe_billing.stripe_apply_event(
+  '{"id": "evt_snap4", "object": "event", "livemode": false, "type": "customer.subscription.deleted", "created": 1767398400,
+    "data": {"object": {"id": "sub_snap", "object": "subscription", "customer": "cus_snap", "status": "canceled",
+     "current_period_start": 1767225600, "current_period_end": 4102444800, "metadata": {},
+     "items": {"object": "list", "has_more": false,
+               "data": [{"id": "si_snap", "object": "subscription_item", "quantity": 1,
+                         "price": {"id": "price_snap", "object": "price", "product": "prod_snap"}}]}}}}');
+SELECT count(*) AS features_left FROM stripe_billing.stripe_user_features('user_snap');
+SELECT derivations FROM stripe_billing.user_derivations WHERE user_ref = 'user_snap';
 SELECT stripe_billing._apply_snapshots('{}', now(), 'backfill');
 SELECT stripe_billing._apply_snapshots('[]', now(), 'Backfill!');
 DROP EXTENSION stripe_billing;

@@ -992,25 +992,35 @@ AS $$
                cancel_at)
 $$;
 
--- Recomputes one user's features; writes only what changed.  (PL/pgSQL,
--- not SQL: on the hot path of every event, its plan stays cached.)
-CREATE FUNCTION stripe_billing._refresh_user_features(target text, customer_id text DEFAULT NULL,
-                                                      ev_type text DEFAULT NULL) RETURNS void
+-- Recomputes the features of users (several at once: a listed page's);
+-- writes only what changed.  customer_ids[i], when given, is the customer
+-- that made targets[i] due (for the notification).  (PL/pgSQL, not SQL: on
+-- the hot path of every event, its plans stay cached.)
+CREATE FUNCTION stripe_billing._refresh_users_features(targets text[], customer_ids text[] DEFAULT NULL,
+                                                       ev_type text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  notified text;
+  notified bigint;
 BEGIN
-  IF target IS NULL THEN
+  -- one derivation of a user at a time (see user_derivations), taken in
+  -- user order so that two derivations of several users cannot deadlock;
+  -- the next statement's snapshot then sees the previous derivations' commits
+  INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at)
+  SELECT DISTINCT t.u COLLATE "C", now() FROM unnest(targets) t(u) WHERE t.u IS NOT NULL ORDER BY 1
+  ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1;
+  IF NOT FOUND THEN
     RETURN;
   END IF;
-  -- one derivation of a user at a time (see user_derivations); the next
-  -- statement's snapshot then sees the previous derivation's commit
-  INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at) VALUES (target, now())
-  ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1;
-  WITH grants AS (
-    SELECT g.feature,
+  WITH due AS (
+    SELECT DISTINCT ON (t.u COLLATE "C") t.u COLLATE "C" AS user_ref, t.c AS customer
+      FROM unnest(targets, customer_ids) WITH ORDINALITY t(u, c, n)
+     WHERE t.u IS NOT NULL
+     ORDER BY t.u COLLATE "C", t.n
+  ),
+  grants AS (
+    SELECT c.user_ref, g.feature,
            stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
                                        coalesce(i.current_period_end, s.current_period_end)) AS ends
       FROM stripe_billing.customers c
@@ -1020,50 +1030,86 @@ BEGIN
         ON (g.source_type = 'price' AND g.source = i.price)
         OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
         OR (g.source_type = 'product' AND g.source = i.product)
-     WHERE c.user_ref = target AND NOT c.deleted
+     WHERE c.user_ref = ANY (targets) AND NOT c.deleted
        AND s.status IN ('active', 'trialing', 'past_due')
     UNION ALL
-    SELECT e.lookup_key, NULL
+    SELECT c.user_ref, e.lookup_key, NULL
       FROM stripe_billing.customers c
       JOIN stripe_billing.active_entitlements e ON e.customer = c.id
-     WHERE c.user_ref = target AND NOT c.deleted
+     WHERE c.user_ref = ANY (targets) AND NOT c.deleted
   ),
   wanted AS (
-    SELECT feature, CASE WHEN bool_or(ends IS NULL) THEN NULL ELSE max(ends) END AS valid_until
-      FROM grants GROUP BY feature
+    SELECT user_ref COLLATE "C" AS user_ref, feature COLLATE "C" AS feature,
+           CASE WHEN bool_or(ends IS NULL) THEN NULL ELSE max(ends) END AS valid_until
+      FROM grants GROUP BY 1, 2
   ),
   revoked AS (
     DELETE FROM stripe_billing.user_features u
-     WHERE u.user_ref = target AND u.feature NOT IN (SELECT feature FROM wanted)
-    RETURNING 1
+     WHERE u.user_ref = ANY (targets)
+       AND NOT EXISTS (SELECT FROM wanted w WHERE w.user_ref = u.user_ref AND w.feature = u.feature)
+    RETURNING u.user_ref
   ),
   granted AS (
     INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
-    SELECT target, feature, valid_until FROM wanted
+    SELECT user_ref, feature, valid_until FROM wanted
     ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until
     WHERE u.valid_until IS DISTINCT FROM EXCLUDED.valid_until
-    RETURNING 1
+    RETURNING u.user_ref
   )
   -- apps LISTEN stripe_billing to react when a user's access changes
   -- (delivered at commit, not at all on rollback)
-  SELECT pg_notify('stripe_billing', json_build_object(
-           'user_ref', target, 'customer', customer_id, 'event_type', ev_type,
-           'features', (SELECT coalesce(json_agg(json_build_object('feature', feature, 'valid_until', valid_until)
-                                                 ORDER BY feature), '[]') FROM wanted))::text)
+  SELECT count(pg_notify('stripe_billing', json_build_object(
+           'user_ref', d.user_ref, 'customer', d.customer, 'event_type', ev_type,
+           'features', (SELECT coalesce(json_agg(json_build_object('feature', w.feature, 'valid_until', w.valid_until)
+                                                 ORDER BY w.feature), '[]')
+                          FROM wanted w WHERE w.user_ref = d.user_ref))::text))
     INTO notified   -- (unused: PERFORM cannot start with WITH)
-   WHERE EXISTS (SELECT FROM revoked) OR EXISTS (SELECT FROM granted);
+    FROM due d
+   WHERE d.user_ref IN (SELECT user_ref FROM revoked UNION SELECT user_ref FROM granted);
 END
 $$;
 
--- Recomputes the features of the users linked to a customer.
+-- Recomputes one user's features.
+CREATE FUNCTION stripe_billing._refresh_user_features(target text, customer_id text DEFAULT NULL,
+                                                      ev_type text DEFAULT NULL) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT stripe_billing._refresh_users_features(ARRAY[target], ARRAY[customer_id], ev_type)
+$$;
+
+-- Whether a batch of listed snapshots is being mapped, which then derives
+-- its customers' users at its end, at once; when so, notes customer_id.
+CREATE FUNCTION stripe_billing._derivation_deferred(customer_id text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'stripe_derivation_deferred'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- Recomputes the features of the users linked to a customer (unless a
+-- batch defers it).
 CREATE FUNCTION stripe_billing._refresh_customer_features(customer_id text, ev_type text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  IF stripe_billing._derivation_deferred(customer_id) THEN
+    RETURN;
+  END IF;
   PERFORM stripe_billing._refresh_user_features(c.user_ref, c.id, ev_type)
      FROM stripe_billing.customers c WHERE c.id = customer_id AND c.user_ref IS NOT NULL;
+END
+$$;
+
+-- Recomputes the features of the users linked to these customers, at once.
+CREATE FUNCTION stripe_billing._refresh_customers_features(customer_ids text[], ev_type text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._refresh_users_features(array_agg(c.user_ref), array_agg(c.id), ev_type)
+     FROM stripe_billing.customers c WHERE c.id = ANY (customer_ids) AND c.user_ref IS NOT NULL;
 END
 $$;
 
@@ -2005,9 +2051,11 @@ AS 'MODULE_PATHNAME', 'stripe_list_prefetch'
 LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Applies listed objects as snapshots taken at snapshot (see listing.c).
+-- Applies listed objects as snapshots taken at snapshot (see listing.c);
+-- derive false: the caller derives their customers' users' features.
 CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text,
-                                                replacements jsonb DEFAULT NULL) RETURNS jsonb
+                                                replacements jsonb DEFAULT NULL, derive boolean DEFAULT true)
+RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
@@ -2021,22 +2069,31 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  cut jsonb;           -- the subscriptions whose item list was cut short
+  cut jsonb[];         -- the subscriptions whose item list was cut short
   sub jsonb;
   items jsonb;
   l record;
+  ahead constant integer := 2;   -- first item pages kept in flight (besides the next page)
 BEGIN
   complete := '{}';
   requests := 0;
-  SELECT jsonb_agg(e) INTO cut FROM jsonb_array_elements(subscriptions) e
+  SELECT coalesce(array_agg(e), '{}') INTO cut FROM jsonb_array_elements(subscriptions) e
    WHERE coalesce((e->'items'->>'has_more')::boolean, false);
-  FOR sub IN SELECT * FROM jsonb_array_elements(coalesce(cut, '[]')) LOOP
+  FOR i IN 1 .. least(cardinality(cut), ahead) LOOP
+    PERFORM stripe_billing._list_prefetch('/v1/subscription_items',
+                                          jsonb_build_object('subscription', cut[i]->>'id', 'limit', 100));
+  END LOOP;
+  FOR i IN 1 .. cardinality(cut) LOOP
+    sub := cut[i];
     items := '[]';
     LOOP
-      -- (nothing started in the background: the subscriptions' next page is)
+      -- the first item page of a subscription further on travels meanwhile
       SELECT * INTO l FROM stripe_billing._list_page('/v1/subscription_items',
           jsonb_strip_nulls(jsonb_build_object('subscription', sub->>'id', 'limit', 100,
-                                               'starting_after', items->-1->>'id')), 'null');
+                                               'starting_after', items->-1->>'id')),
+          CASE WHEN items = '[]' AND i + ahead <= cardinality(cut)
+               THEN jsonb_build_object('subscription', cut[i + ahead]->>'id', 'limit', 100)
+               ELSE 'null' END);
       requests := requests + 1;
       items := items || coalesce(l.page->'data', '[]');
       EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
@@ -2144,7 +2201,8 @@ BEGIN
   IF kind = 'entitlements' THEN
     -- no list spans customers: twenty customers a page, each applied as it
     -- comes, while the requests of the next few (ahead) travel, also past
-    -- this page: the next call takes them
+    -- this page (the next call takes them); their users' features are
+    -- derived at the end, at once
     SELECT array_agg(customer ORDER BY customer) INTO customers
       FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
              WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
@@ -2162,7 +2220,7 @@ BEGIN
         SELECT * INTO l FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
             jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
                                                  'starting_after', items->-1->>'id')),
-            CASE WHEN i + ahead <= cardinality(customers)
+            CASE WHEN items = '[]' AND i + ahead <= cardinality(customers)
                  THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END);
         requests := requests + 1;
         taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
@@ -2172,10 +2230,12 @@ BEGIN
       PERFORM stripe_billing._apply_snapshots(jsonb_build_array(jsonb_build_object(
           'object', 'entitlements.active_entitlement_summary', 'customer', customers[i],
           'entitlements', jsonb_build_object('object', 'list', 'has_more', false, 'data', items))),
-          taken_at, 'backfill');
+          taken_at, 'backfill', derive => false);
       objects := objects + 1;
       next_cursor := customers[i];
     END LOOP;
+    PERFORM stripe_billing._refresh_customers_features(customers[1:20],
+                                                       'entitlements.active_entitlement_summary.backfill');
     RETURN;
   END IF;
 
@@ -2189,7 +2249,7 @@ BEGIN
       'created', CASE WHEN kind = 'invoices'
                       THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END));
   -- the next page travels while this one is applied (for subscriptions,
-  -- once their cut-short item lists are read)
+  -- and while their cut-short item lists are read)
   SELECT * INTO l FROM stripe_billing._list_page(path, params,
                                                  CASE WHEN kind = 'subscriptions' THEN 'null'::jsonb END);
   requests := 1;
@@ -2197,11 +2257,11 @@ BEGIN
   has_more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
   SELECT NULL::jsonb AS complete, 0 AS requests INTO c;
   IF kind = 'subscriptions' THEN
-    SELECT * INTO c FROM stripe_billing._complete_items(data);
-    requests := requests + c.requests;
     IF has_more THEN
       PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'));
     END IF;
+    SELECT * INTO c FROM stripe_billing._complete_items(data);
+    requests := requests + c.requests;
   END IF;
   PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete);
   objects := jsonb_array_length(data);

@@ -56,6 +56,7 @@ PG_FUNCTION_INFO_V1(stripe_handle_webhook_bytea);
 PG_FUNCTION_INFO_V1(stripe_reapply_event);
 PG_FUNCTION_INFO_V1(stripe_record_unparsed_event);
 PG_FUNCTION_INFO_V1(stripe_split_list_page);
+PG_FUNCTION_INFO_V1(stripe_derivation_deferred);
 
 /*
  * Event ids and types are at most this long (bytes): they are indexed, and
@@ -1270,6 +1271,7 @@ typedef struct SnapshotBatch
 	int			last;
 	EventHeader *headers;		/* one per element */
 	const char **outcomes;
+	bool		derive;			/* derive the users' features (else the caller does) */
 } SnapshotBatch;
 
 /* The header of one listed object, as a snapshot taken at snapshot. */
@@ -1297,16 +1299,84 @@ snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source
 	header->livemode = sb_livemode;
 }
 
+/*
+ * While a batch is mapped, the customers whose users' features it derives
+ * at its end, all in one statement, instead of one derivation per object
+ * (see stripe_derivation_deferred).
+ */
+static bool deferring = false;
+static List *deferred_customers = NIL;
+static MemoryContext deferred_context = NULL;
+
+/* Derives the features of the users of the customers the batch noted. */
+static void
+derive_deferred(const char *ev_type)
+{
+	int			n = list_length(deferred_customers);
+	Datum	   *elems;
+	Oid			argtypes[2] = {TEXTARRAYOID, TEXTOID};
+	Datum		values[2];
+	ListCell   *lc;
+	int			i = 0;
+
+	if (n == 0)
+		return;
+	elems = palloc(sizeof(Datum) * n);
+	foreach(lc, deferred_customers)
+		elems[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	values[0] = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[1] = CStringGetTextDatum(ev_type);
+	if (SPI_execute_with_args("SELECT stripe_billing._refresh_customers_features($1, $2)",
+							  2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not derive the features of a batch's users");
+}
+
 static void
 map_batch_work(void *arg)
 {
 	SnapshotBatch *b = (SnapshotBatch *) arg;
 
-	for (int i = b->first; i < b->last; i++)
+	deferred_customers = NIL;
+	deferred_context = CurrentMemoryContext;
+	deferring = true;
+	PG_TRY();
 	{
-		CHECK_FOR_INTERRUPTS();
-		b->outcomes[i] = map_object(b->objects[i], &b->headers[i]);
+		for (int i = b->first; i < b->last; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			b->outcomes[i] = map_object(b->objects[i], &b->headers[i]);
+		}
+		deferring = false;
+		if (b->derive)
+			derive_deferred(b->headers[b->first].type);
 	}
+	PG_FINALLY();
+	{
+		/* (never left on: every later derivation would be lost) */
+		deferring = false;
+		deferred_customers = NIL;
+	}
+	PG_END_TRY();
+}
+
+/*
+ * stripe_billing._derivation_deferred(customer_id text) -> boolean
+ *
+ * Whether a batch of snapshots is being mapped; when so, the customer is
+ * noted and its users' features are derived at the batch's end (inside the
+ * batch's subtransaction: a failure there fails the batch).
+ */
+Datum
+stripe_derivation_deferred(PG_FUNCTION_ARGS)
+{
+	MemoryContext oldcontext;
+
+	if (!deferring)
+		PG_RETURN_BOOL(false);
+	oldcontext = MemoryContextSwitchTo(deferred_context);
+	deferred_customers = lappend(deferred_customers, text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	MemoryContextSwitchTo(oldcontext);
+	PG_RETURN_BOOL(true);
 }
 
 /*
@@ -1318,12 +1388,15 @@ map_batch_work(void *arg)
  * failed one is reported with its id (a WARNING) instead of failing the page
  * for ever.  An object whose id is a key of replacements (when not NULL) is
  * applied as the value there instead (a subscription whose items were
- * listed apart).  Returns {"applied": n, "stale": n, "ignored": n, "failed":
- * n, "outcomes": {id: outcome, ...}}.
+ * listed apart).  The users' features are derived at the end of the
+ * batch, at once; unless derive is false: the caller then derives those of
+ * the objects' customers itself (after several batches).  Returns
+ * {"applied": n, "stale": n, "ignored": n, "failed": n, "outcomes": {id:
+ * outcome, ...}}.
  */
 Jsonb *
 sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
-				   Jsonb *replacements)
+				   Jsonb *replacements, bool derive)
 {
 	SnapshotBatch b;
 	int			n;
@@ -1346,6 +1419,7 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 	b.objects = palloc0(sizeof(Jsonb *) * Max(n, 1));
 	b.headers = palloc0(sizeof(EventHeader) * Max(n, 1));
 	b.outcomes = palloc0(sizeof(char *) * Max(n, 1));
+	b.derive = derive;
 	for (int i = 0; i < n; i++)
 	{
 		JsonbValue *v = getIthJsonbValueFromContainer(&objects->root, i);

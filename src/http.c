@@ -720,9 +720,9 @@ sb_http_prefetched_is(const char *path, const char *query)
 /*
  * The response to GET path?query if that is a request started in the
  * background (waiting for it to finish), in the caller's memory context;
- * NULL if it is not, or if its body was stopped (over
- * stripe_billing.max_response_size, or out of memory): the request made
- * the usual way then says why.  When it is such a request, it is gone
+ * NULL if it is not.  A body stopped over stripe_billing.max_response_size
+ * (or for want of memory) raises SBA07 (or out of memory), as the request
+ * made the usual way would.  When it is such a request, it is gone
  * after (its body freed); others are left in flight, to be taken later.
  */
 SbHttpResponse *
@@ -751,8 +751,15 @@ sb_http_take_prefetched(const char *path, const char *query)
 	if (slot->result == CURLE_FILESIZE_EXCEEDED || slot->transfer.too_large ||
 		slot->transfer.out_of_memory)
 	{
+		Transfer	stopped;
+
+		/* (the same request would get the same answer: raised, not asked again) */
+		memset(&stopped, 0, sizeof(stopped));
+		stopped.too_large = slot->result == CURLE_FILESIZE_EXCEEDED || slot->transfer.too_large;
+		stopped.out_of_memory = slot->transfer.out_of_memory;
+		stopped.body_len = slot->transfer.body_len;
 		drop_prefetch(slot);
-		return NULL;
+		report_stopped_transfer("GET", path, &stopped);
 	}
 
 	/* copied into the caller's context; the body freed whatever happens */

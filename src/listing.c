@@ -181,7 +181,8 @@ stripe_list_prefetch(PG_FUNCTION_ARGS)
 
 /*
  * stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz,
- *                                 source text, replacements jsonb) -> jsonb
+ *                                 source text, replacements jsonb,
+ *                                 derive boolean) -> jsonb
  *
  * See sb_apply_snapshots (events.c).
  */
@@ -200,5 +201,6 @@ stripe_apply_snapshots(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("source must be lower-case letters and underscores, not \"%s\"", source)));
 	PG_RETURN_JSONB_P(sb_apply_snapshots(PG_GETARG_JSONB_P(0), PG_GETARG_TIMESTAMPTZ(1), source,
-										 PG_NARGS() > 3 && !PG_ARGISNULL(3) ? PG_GETARG_JSONB_P(3) : NULL));
+										 PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3),
+										 PG_ARGISNULL(4) || PG_GETARG_BOOL(4)));
 }

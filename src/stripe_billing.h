@@ -143,6 +143,6 @@ extern TimestampTz sb_now(void);
 extern const char *sb_apply_event(Jsonb *event, const char *source);
 extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id);
 extern Jsonb *sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
-								 Jsonb *replacements);
+								 Jsonb *replacements, bool derive);
 
 #endif							/* STRIPE_BILLING_H */

@@ -850,6 +850,22 @@ eq "$(rows | grep -v '^$')" "0" "the page"
 eq "$(ents "$mark")" "cus_pf_old cus_pf_old" "requests the fake saw"
 verdict "an answer started in the background and left untaken for ten seconds is asked again"
 
+# An answer started in the background and over max_response_size is raised
+# when taken (SBA07), not asked again: it would be just as large.
+mark=$(reqcount)
+faults '[{"kind": "huge", "path": "/v1/entitlements/active_entitlements", "bytes": 200000, "count": 1}]'
+sql "SET stripe_billing.max_response_size = '64kB';
+SELECT FROM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
+                                          '{\"customer\": \"cus_pf_huge\", \"limit\": 100}');
+SELECT FROM pg_sleep(0.2);
+SELECT jsonb_array_length(page->'data')
+  FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
+                                 '{\"customer\": \"cus_pf_huge\", \"limit\": 100}', 'null');"
+nofaults
+state_is SBA07 "a prefetched answer over max_response_size"
+eq "$(ents "$mark")" "cus_pf_huge" "requests the fake saw"
+verdict "an answer started in the background and over max_response_size fails with SBA07 when taken, not asked again"
+
 ###########################################################################
 # 11. No key
 ###########################################################################

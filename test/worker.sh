@@ -344,7 +344,8 @@ check_faults() {
     # hung; then 5% each of the rest: a 2 MB body sent chunked (over the
     # cap), an HTML page with 200 (these seeds give two of each among the
     # first 25 requests: most requests of a catch-up are prefetches, which
-    # fall back to asking again, silently).  And the first request none of
+    # fall back to asking again, silently, but for a body over the cap,
+    # raised whether prefetched or not).  And the first request none of
     # those takes gets the huge body, the next the HTML page: the first
     # request of a poll and the one after a failure are made the usual way,
     # so these two fail a step, and the worker logs why.
