@@ -3,12 +3,16 @@
 // the control API. Every function validates before it mutates, so a thrown
 // error leaves no side effects, and appends the events Stripe would emit.
 
-const { StripeError, noSuch, invalidParam, boolParam, intParam, enumParam } = require('./errors');
+const { StripeError, noSuch, invalidParam, missingParam, boolParam, intParam, enumParam } = require('./errors');
 const {
-  buildCustomer, buildSubscription, buildSubscriptionItem, buildInvoice, itemList, planFromPrice,
-  buildPaymentIntent, buildCharge, buildSetupIntent,
+  buildCustomer, buildSubscription, buildSubscriptionItem, buildInvoice, buildPreviewInvoice, buildInvoiceItem,
+  itemCharges, itemList, planFromPrice, buildPaymentIntent, buildCharge, buildSetupIntent,
 } = require('./templates');
-const { nowSeconds, addInterval, previousAttributes } = require('./util');
+const {
+  currentPeriod, prorationDate, prorate, nextPeriodCharges, pendingInvoiceItems, invoiceItemCharges,
+} = require('./proration');
+const { METADATA_MAX_KEYS } = require('./params');
+const { newId, nowSeconds, addInterval, previousAttributes } = require('./util');
 
 const PRORATION_BEHAVIORS = ['create_prorations', 'always_invoice', 'none'];
 const ADVANCE_STATUSES = ['past_due', 'active', 'canceled', 'unpaid'];
@@ -26,6 +30,8 @@ function eventLog(store, request = null) {
 }
 
 // Stripe metadata updates: a key set to "" is removed, metadata="" clears all.
+// The limits per key are checked with the parameters (params.js); the key
+// count limit holds for the merged result too.
 function mergeMetadata(current, update, param = 'metadata') {
   if (update === undefined) return current;
   if (update === '') return {};
@@ -35,6 +41,10 @@ function mergeMetadata(current, update, param = 'metadata') {
     if (typeof value !== 'string') throw invalidParam(`${param}[${key}]`, 'Invalid string');
     if (value === '') delete merged[key];
     else merged[key] = value;
+  }
+  const count = Object.keys(merged).length;
+  if (count > METADATA_MAX_KEYS) {
+    throw invalidParam(param, `Metadata can have up to ${METADATA_MAX_KEYS} keys, but you've set ${count}.`);
   }
   return merged;
 }
@@ -60,17 +70,23 @@ function invoiceAt(invoice, status) {
   return snapshot;
 }
 
-// Bills the subscription's current items: invoice.created, invoice.finalized,
-// then invoice.paid + invoice.payment_succeeded or invoice.payment_failed.
-function issueInvoice(store, subscription, { billingReason, paid, emit }) {
+// Bills the subscription's pending invoice items (prorations) and, unless
+// `recurring` is false, its current items: invoice.created,
+// invoice.finalized, then invoice.paid + invoice.payment_succeeded or
+// invoice.payment_failed.
+function issueInvoice(store, subscription, { billingReason, paid, emit, recurring = true }) {
   const customer = store.find(subscription.customer, 'customer');
+  const names = (id) => productName(store, id);
+  const pending = pendingInvoiceItems(store, subscription);
   const invoice = buildInvoice({
     subscription,
     customer,
     billingReason,
     paid,
-    productName: (id) => productName(store, id),
+    productName: names,
+    charges: [...invoiceItemCharges(store, pending), ...(recurring ? itemCharges(subscription, names) : [])],
   });
+  for (const item of pending) item.invoice = invoice.id;
   customer.next_invoice_sequence += 1;
   store.put(invoice);
   subscription.latest_invoice = invoice.id;
@@ -118,21 +134,36 @@ function endSubscription(subscription, reason) {
   };
 }
 
-// DELETE /v1/subscriptions/:id: cancel immediately.
-function cancelSubscription(store, subscription, request) {
+// `cancellation_details[comment|feedback]` (enum checked with the
+// parameters) as they will read on the subscription.
+function cancellationDetails(subscription, details) {
+  if (details === undefined || details === '') return subscription.cancellation_details;
+  if (typeof details !== 'object' || Array.isArray(details)) throw invalidParam('cancellation_details', 'Invalid object');
+  const given = (name) => (details[name] === undefined ? subscription.cancellation_details[name] : details[name] || null);
+  return { ...subscription.cancellation_details, comment: given('comment'), feedback: given('feedback') };
+}
+
+// DELETE /v1/subscriptions/:id: cancel immediately (`invoice_now` and
+// `prorate` are checked, not modeled).
+function cancelSubscription(store, subscription, params, request) {
   if (subscription.status === 'canceled') throw noSuch('subscription', subscription.id);
+  const details = cancellationDetails(subscription, params.cancellation_details);
   const log = eventLog(store, request);
+  subscription.cancellation_details = details;
   endSubscription(subscription, 'cancellation_requested');
   log.emit('customer.subscription.deleted', subscription);
   return subscription;
 }
 
-// Validates `items[n]` of a subscription update into a list of planned changes.
-function planItemChanges(store, subscription, items) {
-  if (!Array.isArray(items)) throw invalidParam('items', 'Invalid array');
-  return items.map((entry, n) => {
-    const param = (name) => `items[${n}][${name}]`;
-    if (!entry || typeof entry !== 'object') throw invalidParam(`items[${n}]`, 'Invalid object');
+// Validates `items[n]` of a subscription update (or `prefix[n]`, e.g. a
+// preview's subscription_details[items]) into a list of planned changes.
+// A new item's id is drawn now, so its prorations can name it.
+function planItemChanges(store, subscription, items, prefix = 'items') {
+  if (!Array.isArray(items)) throw invalidParam(prefix, 'Invalid array');
+  // Array.from visits holes left by sparse indexes, so they are reported.
+  return Array.from(items, (entry, n) => {
+    const param = (name) => `${prefix}[${n}][${name}]`;
+    if (!entry || typeof entry !== 'object') throw invalidParam(`${prefix}[${n}]`, 'Invalid object');
     const item = entry.id === undefined ? undefined
       : subscription.items.data.find((i) => i.id === entry.id);
     if (entry.id !== undefined && !item) throw noSuch('subscription item', entry.id, param('id'), 400);
@@ -148,23 +179,27 @@ function planItemChanges(store, subscription, items) {
       throw invalidParam(param('price'), 'You must specify a price for a new subscription item.');
     }
     const quantity = entry.quantity === undefined ? undefined : intParam(entry.quantity, param('quantity'), { min: 0 });
-    return { item, price, quantity };
+    return { item, price, quantity, newId: item ? undefined : newId('si_') };
   });
 }
 
+// Applies planned changes; items are matched by id, so the changes planned
+// on a subscription also apply to a copy of it (a preview's).
 function applyItemChanges(subscription, changes) {
   const [first] = subscription.items.data;
   let items = subscription.items.data;
   for (const change of changes) {
+    const item = change.item && items.find((i) => i.id === change.item.id);
     if (change.deleted) {
-      items = items.filter((i) => i !== change.item);
+      items = items.filter((i) => i !== item);
     } else if (change.item) {
+      if (!item) continue; // deleted earlier in the same request
       // The item keeps its id and creation time; only price and plan change.
       if (change.price) {
-        change.item.price = structuredClone(change.price);
-        change.item.plan = planFromPrice(change.price);
+        item.price = structuredClone(change.price);
+        item.plan = planFromPrice(change.price);
       }
-      if (change.quantity !== undefined) change.item.quantity = change.quantity;
+      if (change.quantity !== undefined) item.quantity = change.quantity;
     } else {
       items = [...items, buildSubscriptionItem({
         subscription: subscription.id,
@@ -172,38 +207,125 @@ function applyItemChanges(subscription, changes) {
         quantity: change.quantity === undefined ? 1 : change.quantity,
         periodStart: first.current_period_start,
         periodEnd: first.current_period_end,
+        id: change.newId,
       })];
     }
   }
   subscription.items = itemList(subscription.id, items);
 }
 
-// POST /v1/subscriptions/:id.
+// Stripe's default when a request names no proration_behavior.
+function prorationBehavior(value, param) {
+  return value === undefined ? 'create_prorations' : enumParam(value, param, PRORATION_BEHAVIORS);
+}
+
+// POST /v1/subscriptions/:id. Item changes are prorated at proration_date
+// (default now): create_prorations leaves the prorations as pending invoice
+// items for the next invoice (invoiceitem.created each, before
+// customer.subscription.updated), always_invoice bills them (and any
+// pending ones) at once, without invoiceitem events; none drops them.
 function updateSubscription(store, subscription, params, request) {
-  if (params.proration_behavior !== undefined) {
-    enumParam(params.proration_behavior, 'proration_behavior', PRORATION_BEHAVIORS);
-  }
+  const behavior = prorationBehavior(params.proration_behavior, 'proration_behavior');
   const cancelAtPeriodEnd = params.cancel_at_period_end === undefined ? undefined
     : boolParam(params.cancel_at_period_end, 'cancel_at_period_end');
   const changes = params.items === undefined ? [] : planItemChanges(store, subscription, params.items);
   const metadata = mergeMetadata(subscription.metadata, params.metadata);
+  const details = cancellationDetails(subscription, params.cancellation_details);
   if (subscription.status === 'canceled' && (cancelAtPeriodEnd !== undefined || changes.length)) {
     throw new StripeError(400, { message: 'A canceled subscription can only update its cancellation_details and metadata.' });
   }
+  const t = params.proration_date === undefined && !changes.length ? null
+    : prorationDate(subscription, params.proration_date, 'proration_date');
+  const charges = behavior === 'none' || !changes.length ? []
+    : prorate(subscription, changes, t, (id) => productName(store, id));
 
   const before = structuredClone(subscription);
   subscription.metadata = metadata;
+  subscription.cancellation_details = details;
   if (cancelAtPeriodEnd !== undefined) setCancelAtPeriodEnd(subscription, cancelAtPeriodEnd);
   if (changes.length) applyItemChanges(subscription, changes);
 
   const log = eventLog(store, request);
+  const invoiceItems = charges.map((charge) => store.put(buildInvoiceItem({
+    customer: subscription.customer, subscription: subscription.id, charge,
+  })));
+  const billNow = changes.length > 0 && behavior === 'always_invoice';
+  // Pending prorations are announced before the update that made them.
+  if (!billNow) for (const item of invoiceItems) log.emit('invoiceitem.created', item);
   const previous = previousAttributes(before, subscription);
   if (Object.keys(previous).length) log.emit('customer.subscription.updated', subscription, previous);
   // always_invoice bills an item change right away instead of at renewal.
-  if (changes.length && params.proration_behavior === 'always_invoice') {
-    issueInvoice(store, subscription, { billingReason: 'subscription_update', paid: true, emit: log.emit });
+  if (billNow) {
+    issueInvoice(store, subscription, { billingReason: 'subscription_update', paid: true, emit: log.emit, recurring: false });
   }
   return subscription;
+}
+
+// The subscription a preview is for: `subscription`, or the customer's one
+// live subscription.
+function previewedSubscription(store, params) {
+  if (params.subscription !== undefined) {
+    const subscription = store.find(params.subscription, 'subscription', { param: 'subscription' });
+    if (params.customer !== undefined && params.customer !== subscription.customer) {
+      throw invalidParam('customer', `The subscription ${subscription.id} does not belong to the customer ${params.customer}.`);
+    }
+    return subscription;
+  }
+  if (params.customer === undefined) throw missingParam('customer');
+  const customer = store.find(params.customer, 'customer', { param: 'customer' });
+  const live = store.ofType('subscription').filter((s) => s.customer === customer.id && s.status !== 'canceled');
+  if (live.length === 0) {
+    throw new StripeError(400, { code: 'invoice_upcoming_none', message: `No upcoming invoices for customer: ${customer.id}` });
+  }
+  if (live.length > 1) {
+    throw invalidParam('subscription', `Customer ${customer.id} has ${live.length} subscriptions; name the one to preview with subscription.`);
+  }
+  return live[0];
+}
+
+// POST /v1/invoices/create_preview for a subscription, optionally with item
+// changes (subscription_details[items]) at proration_date. Nothing is
+// changed; the preview is kept in store.previews for the control API.
+//   create_prorations: the upcoming invoice at the period end (pending and
+//     new prorations, then the next period of the changed items);
+//   always_invoice: the invoice the update would bill now (prorations only);
+//   none: the upcoming invoice without new prorations.
+function previewInvoice(store, params) {
+  const subscription = previewedSubscription(store, params);
+  if (subscription.status === 'canceled') {
+    throw new StripeError(400, { code: 'invoice_upcoming_none', message: `No upcoming invoices for subscription: ${subscription.id}` });
+  }
+  const details = params.subscription_details === undefined ? {} : params.subscription_details;
+  if (!details || typeof details !== 'object' || Array.isArray(details)) {
+    throw invalidParam('subscription_details', 'Invalid object');
+  }
+  const behavior = prorationBehavior(details.proration_behavior, 'subscription_details[proration_behavior]');
+  const changes = details.items === undefined ? []
+    : planItemChanges(store, subscription, details.items, 'subscription_details[items]');
+  const t = prorationDate(subscription, details.proration_date, 'subscription_details[proration_date]');
+  const names = (id) => productName(store, id);
+  const customer = store.find(subscription.customer, 'customer');
+
+  const prorations = behavior === 'none' || !changes.length ? [] : prorate(subscription, changes, t, names);
+  const pending = invoiceItemCharges(store, pendingInvoiceItems(store, subscription));
+  const after = structuredClone(subscription);
+  if (changes.length) applyItemChanges(after, changes);
+  // The preview is what the update would invoice now (always_invoice), or
+  // the renewal at the period end.
+  const now = behavior === 'always_invoice';
+  const period = currentPeriod(subscription);
+  const preview = buildPreviewInvoice({
+    subscription: after,
+    customer,
+    billingReason: now ? 'subscription_update' : 'upcoming',
+    productName: names,
+    charges: [...pending, ...prorations, ...(now ? [] : nextPeriodCharges(after, names))],
+    created: now ? nowSeconds() : period.end,
+    periodStart: now ? nowSeconds() : period.start,
+    periodEnd: now ? nowSeconds() : period.end,
+  });
+  store.previews.set(preview.id, preview);
+  return preview;
 }
 
 // Basil: cancel_at_period_end=true sets cancel_at to the period end.
@@ -264,6 +386,18 @@ function customerDetails(customer) {
     business_name: null,
     individual_name: null,
   };
+}
+
+// A payment-mode session given customer_creation=if_required pays as a
+// guest: no customer. Without customer_creation the fake creates one, as
+// it always has (Stripe's default there is if_required).
+function createsCustomer(session, details) {
+  return session.mode !== 'payment' || details.customerCreation !== 'if_required';
+}
+
+// customer_details of a guest: what the customer typed on the page.
+function guestDetails(session) {
+  return customerDetails({ email: session.customer_email, name: null });
 }
 
 function startSubscription(customer, details, trialDays, metadata) {
@@ -339,12 +473,12 @@ function completeCheckout(store, session, { trial_days: trialDaysOverride, payme
     if (session.mode === 'payment') chargeSession(store, session, customer, details, true, log);
     return { session, events: log.ids };
   }
-  if (!customer) {
+  if (!customer && createsCustomer(session, details)) {
     customer = store.put(buildCustomer({ email: session.customer_email, metadata: { ...session.metadata } }));
     log.emit('customer.created', customer);
   }
-  session.customer = customer.id;
-  session.customer_details = customerDetails(customer);
+  session.customer = customer ? customer.id : null;
+  session.customer_details = customer ? customerDetails(customer) : guestDetails(session);
   if (session.mode === 'subscription') completeSubscriptionMode(store, session, customer, details, trialDays, log);
   else if (session.mode === 'payment') {
     chargeSession(store, session, customer, details, false, log);
@@ -376,6 +510,7 @@ module.exports = {
   mergeMetadata,
   cancelSubscription,
   updateSubscription,
+  previewInvoice,
   advanceSubscription,
   completeCheckout,
   deleteCustomer,

@@ -1,8 +1,9 @@
 'use strict';
 // The test-only control API under /_fake (no auth, JSON in and out): read
-// the recording, reset, inject faults, set a rate limit, seed objects, events
-// or a whole account, expire events, and play the customer's or Stripe's
-// part (complete a checkout, renew a subscription).
+// the recording, reset, inject faults, set a rate limit or latency, seed
+// objects, events or a whole account, expire events or meter event
+// sessions, and play the customer's or Stripe's part (complete a checkout,
+// renew a subscription).
 
 const { Router } = require('./router');
 const { StripeError, BadRequest } = require('./errors');
@@ -10,6 +11,7 @@ const { sendJson } = require('./http_io');
 const { advanceSubscription, completeCheckout } = require('./billing');
 const { generateEvents } = require('./generate');
 const { generateAccount } = require('./account');
+const { expireMeterSessions } = require('./meter_events');
 const { API_VERSION, buildPrice, buildProduct, fromTemplate, hasTemplate } = require('./templates');
 const { newId, nowSeconds } = require('./util');
 
@@ -32,10 +34,11 @@ function stats({ store }) {
   return { connections_opened: store.connectionsOpened, requests: store.requestCount, rate_limited: store.rateLimited };
 }
 
-function reset({ store, faults, limiter }) {
+function reset({ store, faults, limiter, latency }) {
   store.reset();
   faults.clear();
   limiter.clear();
+  latency.clear();
   return { reset: true };
 }
 
@@ -54,6 +57,22 @@ function setRateLimit({ limiter, body }) {
 function clearRateLimit({ limiter }) {
   limiter.clear();
   return limiter.describe();
+}
+
+// ---- latency ----
+
+function getLatency({ latency }) {
+  return latency.describe();
+}
+
+function setLatency({ latency, body }) {
+  latency.set(body);
+  return latency.describe();
+}
+
+function clearLatency({ latency }) {
+  latency.clear();
+  return latency.describe();
 }
 
 // ---- faults ----
@@ -119,8 +138,10 @@ function seedAccount({ store, body }) {
   return generateAccount(store, body);
 }
 
+// Invoice previews are never stored as invoices (no list shows them), but
+// the control API shows them too.
 function getObject({ store, path }) {
-  const object = store.objects.get(path.id);
+  const object = store.objects.get(path.id) || store.previews.get(path.id);
   if (!object) throw new StripeError(404, { code: 'resource_missing', param: 'id', message: `No such object: '${path.id}'` });
   return object;
 }
@@ -185,6 +206,14 @@ function listMeterEvents({ store }) {
   return store.meterEvents;
 }
 
+function meterEventStats({ store }) {
+  return { ...store.meterStats };
+}
+
+function expireSessions({ store }) {
+  return { expired: expireMeterSessions(store) };
+}
+
 // ---- life cycle steps ----
 
 function completeSession({ store, path, body }) {
@@ -202,6 +231,9 @@ const router = new Router()
   .add('DELETE', '/_fake/requests', clearRequests)
   .add('GET', '/_fake/stats', stats)
   .add('POST', '/_fake/reset', reset)
+  .add('GET', '/_fake/latency', getLatency)
+  .add('POST', '/_fake/latency', setLatency)
+  .add('DELETE', '/_fake/latency', clearLatency)
   .add('GET', '/_fake/rate_limit', getRateLimit)
   .add('POST', '/_fake/rate_limit', setRateLimit)
   .add('DELETE', '/_fake/rate_limit', clearRateLimit)
@@ -215,6 +247,8 @@ const router = new Router()
   .add('POST', '/_fake/events/expire', expireEvents)
   .add('GET', '/_fake/events', listStoredEvents)
   .add('GET', '/_fake/meter_events', listMeterEvents)
+  .add('GET', '/_fake/meter_events/stats', meterEventStats)
+  .add('POST', '/_fake/meter_sessions/expire', expireSessions)
   .add('POST', '/_fake/checkout/sessions/:id/complete', completeSession)
   .add('POST', '/_fake/subscriptions/:id/advance', advance);
 
@@ -230,13 +264,13 @@ function parseJsonBody(rawBody) {
   return body;
 }
 
-function createControl({ store, faults, limiter }) {
+function createControl({ store, faults, limiter, latency }) {
   return function handleControl(req, res, url, rawBody) {
     const route = router.match(req.method, url.pathname);
     if (!route) return sendJson(res, 404, { error: { message: `No control endpoint ${req.method} ${url.pathname}` } });
     try {
       const body = parseJsonBody(rawBody);
-      const result = route.handler({ store, faults, limiter, body, query: url.searchParams, path: route.params });
+      const result = route.handler({ store, faults, limiter, latency, body, query: url.searchParams, path: route.params });
       return sendJson(res, 200, result);
     } catch (err) {
       if (err instanceof StripeError) return sendJson(res, err.status, err.toJSON());

@@ -1,11 +1,16 @@
 'use strict';
-// Fault injection rules for /v1 requests, set through POST /_fake/faults.
+// Fault injection rules for /v1 and /v2 requests, set through POST
+// /_fake/faults. A rule's path is a prefix of the request path.
 
 const { BadRequest } = require('./errors');
 const { seededRandom } = require('./util');
 
 const KINDS = ['429', '500', '503', '401', 'hang', 'truncate', 'reset', 'html', 'half_json', 'huge', 'echo_auth',
-  'empty_has_more'];
+  'empty_has_more', 'after_reset'];
+
+// Kinds whose request is processed in full (side effects kept) before the
+// fault replaces the answer; every other kind answers instead of the handler.
+const PROCESSED_KINDS = ['after_reset'];
 
 // Bounds of a "huge" body (bytes): big enough to hold its JSON frame, small
 // enough not to exhaust the fake.
@@ -86,4 +91,4 @@ class FaultInjector {
   }
 }
 
-module.exports = { FaultInjector };
+module.exports = { FaultInjector, PROCESSED_KINDS };

@@ -1,11 +1,15 @@
 'use strict';
-// The Stripe-side pipeline for /v1 requests: record the request, inject a
-// fault if a rule matches, authenticate, apply the rate limit, honour
-// Idempotency-Key, then run the endpoint handler from stripe_api.js.
+// The Stripe-side pipeline for /v1 and /v2 requests: record the request,
+// inject a fault if a rule matches, authenticate (the API key, or a meter
+// event session token where the route says so), apply the rate limit,
+// honour Idempotency-Key, then run the endpoint handler from stripe_api.js;
+// the answer leaves after the configured latency.
 
 const { StripeError, invalidApiKey, unrecognizedUrl, rateLimitError } = require('./errors');
+const { PROCESSED_KINDS } = require('./faults');
 const { parseForm } = require('./form');
 const { jsonText, sendText, sendJson } = require('./http_io');
+const { meterSessionAuthError } = require('./meter_events');
 const { stripeRouter } = require('./stripe_api');
 const { API_VERSION } = require('./templates');
 const { newId, stableStringify } = require('./util');
@@ -41,9 +45,23 @@ function presentedKey(authorization) {
   return user || null;
 }
 
-function recordRequest(store, req, url, rawBody, requestId) {
+// A body sent as Content-Type: application/json (what /v2 takes): {value}
+// parsed, or {error} when it is not JSON; null for any other content type.
+function jsonBody(req, rawBody) {
+  const type = String(req.headers['content-type'] || '').split(';')[0].trim().toLowerCase();
+  if (type !== 'application/json') return null;
+  if (rawBody.trim() === '') return { value: null };
+  try {
+    return { value: JSON.parse(rawBody) };
+  } catch (err) {
+    return { value: null, error: err.message };
+  }
+}
+
+function recordRequest(store, req, url, rawBody, requestId, body) {
   const headers = { ...req.headers };
-  // The key never lands in the recording, valid or not.
+  // The key (or a meter event session token) never lands in the recording,
+  // valid or not.
   if (headers.authorization !== undefined) headers.authorization = 'Bearer <redacted>';
   store.requestCount += 1;
   const record = {
@@ -51,7 +69,8 @@ function recordRequest(store, req, url, rawBody, requestId) {
     method: req.method,
     path: url.pathname,
     query: parseForm(url.searchParams),
-    form: parseForm(rawBody),
+    form: body ? {} : parseForm(rawBody),
+    json: body ? body.value : null,
     raw_body: rawBody,
     headers,
     connection_id: req.socket.fakeConnectionId,
@@ -151,63 +170,124 @@ function runHandler(route, ctx) {
   }
 }
 
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+// Why the request may not run (a 401 StripeError), or null. Most routes take
+// the API key; the meter event stream takes a session token instead.
+function authError(route, req, store, apiKey) {
+  const presented = presentedKey(req.headers.authorization);
+  if (route && route.options.auth === 'meter_session') return meterSessionAuthError(store, presented, apiKey);
+  return presented === apiKey ? null : invalidApiKey(presented);
+}
+
+// /v1 routes take form parameters (and the query string); routes with
+// options.body "json" (the /v2 ones) take a JSON object, or no body.
+function requestParams(route, req, record, body) {
+  if (route.options.body !== 'json') return req.method === 'GET' ? record.query : { ...record.query, ...record.form };
+  if (record.raw_body.trim() === '') return {};
+  if (!body) throw new StripeError(400, { message: 'The request body must be JSON, sent with Content-Type: application/json.' });
+  if (body.error !== undefined) throw new StripeError(400, { message: `Invalid JSON in the request body: ${body.error}` });
+  if (!isPlainObject(body.value)) throw new StripeError(400, { message: 'The request body must be a JSON object.' });
+  return body.value;
+}
+
+// Runs `send` now, or `ms` later on a timer so other requests go on
+// meanwhile. A timer callback has no caller to catch for it.
+function answerLater(ms, socket) {
+  return (send) => {
+    if (!ms) return send();
+    return setTimeout(() => {
+      try {
+        send();
+      } catch (err) {
+        console.error('fake_stripe: delayed answer failed', err);
+        socket.destroy();
+      }
+    }, ms);
+  };
+}
+
+function resetConnection(socket) {
+  if (!socket.destroyed) socket.resetAndDestroy();
+}
+
+// Authentication, rate limit, routing, idempotency and the handler, for a
+// request no answering fault took; `respond(status, text, headers)` answers.
+function serve({ store, limiter, apiKey, baseUrl }, req, url, record, body, respond) {
+  const route = stripeRouter.match(req.method, url.pathname);
+  const refused = authError(route, req, store, apiKey);
+  if (refused) return respond(401, jsonText(refused.toJSON()), { 'WWW-Authenticate': 'Bearer realm="Stripe"' });
+  // Stripe limits an account's requests, so only authenticated ones count.
+  if (!limiter.admit()) {
+    store.rateLimited += 1;
+    return respond(429, jsonText(rateLimitError().toJSON()), { 'Retry-After': '1' });
+  }
+  if (!route) return respond(404, jsonText(unrecognizedUrl(req.method, url.pathname).toJSON()));
+  let params;
+  try {
+    params = requestParams(route, req, record, body);
+  } catch (err) {
+    return respond(err.status, jsonText(err.toJSON()));
+  }
+
+  // Stripe ignores Idempotency-Key on GET.
+  const key = req.method === 'GET' ? null : record.idempotency_key;
+  const fingerprint = stableStringify({ query: record.query, form: record.form, json: record.json });
+  if (key !== null) {
+    const saved = store.idempotency.get(key);
+    if (saved && (saved.method !== req.method || saved.path !== url.pathname || saved.fingerprint !== fingerprint)) {
+      return respond(400, jsonText(idempotencyMismatch(key).toJSON()));
+    }
+    if (saved) {
+      return respond(saved.status, saved.text, { 'Idempotent-Replayed': 'true', 'Original-Request': saved.requestId });
+    }
+  }
+
+  const ctx = {
+    store,
+    params,
+    path: route.params,
+    request: { id: record.request_id, idempotency_key: key },
+    baseUrl: baseUrl(),
+  };
+  const { status, body: result } = runHandler(route, ctx);
+  const text = jsonText(result);
+  // Like Stripe, only results of requests that executed are saved; ours
+  // validate before changing anything, so that means successful ones.
+  if (key !== null && status < 400) {
+    store.idempotency.set(key, { method: req.method, path: url.pathname, fingerprint, status, text, requestId: record.request_id });
+  }
+  return respond(status, text, key !== null ? { 'Idempotency-Key': key } : {});
+}
+
 // `baseUrl()` is the server's own http://127.0.0.1:<port>, for hosted-page urls.
-function createGateway({ store, faults, limiter, apiKey, baseUrl }) {
+function createGateway({ store, faults, limiter, latency, apiKey, baseUrl }) {
   return function handleStripe(req, res, url, rawBody) {
     const requestId = newId('req_');
-    const record = recordRequest(store, req, url, rawBody, requestId);
+    const body = jsonBody(req, rawBody);
+    const record = recordRequest(store, req, url, rawBody, requestId, body);
     const headers = { 'Request-Id': requestId, 'Stripe-Version': record.stripe_version };
-    const respond = (status, text, extra = {}) => {
-      record.status = status;
-      sendText(res, status, 'application/json', text, { ...headers, ...extra });
-    };
+    const later = answerLater(latency.delayFor(url.pathname), req.socket);
 
     const fault = faults.take(req.method, url.pathname);
-    if (fault) {
+    if (fault && !PROCESSED_KINDS.includes(fault.kind)) {
       record.status = fault.kind;
-      return sendFault(fault, req, res, headers);
+      return later(() => sendFault(fault, req, res, headers));
     }
-    if (presentedKey(req.headers.authorization) !== apiKey) {
-      return respond(401, jsonText(invalidApiKey(presentedKey(req.headers.authorization)).toJSON()),
-        { 'WWW-Authenticate': 'Bearer realm="Stripe"' });
-    }
-    // Stripe limits an account's requests, so only authenticated ones count.
-    if (!limiter.admit()) {
-      store.rateLimited += 1;
-      return respond(429, jsonText(rateLimitError().toJSON()), { 'Retry-After': '1' });
-    }
-    const route = stripeRouter.match(req.method, url.pathname);
-    if (!route) return respond(404, jsonText(unrecognizedUrl(req.method, url.pathname).toJSON()));
-
-    // Stripe ignores Idempotency-Key on GET.
-    const key = req.method === 'GET' ? null : record.idempotency_key;
-    const fingerprint = stableStringify({ query: record.query, form: record.form });
-    if (key !== null) {
-      const saved = store.idempotency.get(key);
-      if (saved && (saved.method !== req.method || saved.path !== url.pathname || saved.fingerprint !== fingerprint)) {
-        return respond(400, jsonText(idempotencyMismatch(key).toJSON()));
+    const respond = (status, text, extra = {}) => {
+      if (fault) {
+        // after_reset: the request went through, the client only sees the
+        // connection reset.
+        record.status = fault.kind;
+        record.processed_status = status;
+        return later(() => resetConnection(req.socket));
       }
-      if (saved) {
-        return respond(saved.status, saved.text, { 'Idempotent-Replayed': 'true', 'Original-Request': saved.requestId });
-      }
-    }
-
-    const params = req.method === 'GET' ? record.query : { ...record.query, ...record.form };
-    const ctx = {
-      store,
-      params,
-      path: route.params,
-      request: { id: requestId, idempotency_key: key },
-      baseUrl: baseUrl(),
+      record.status = status;
+      return later(() => sendText(res, status, 'application/json', text, { ...headers, ...extra }));
     };
-    const { status, body } = runHandler(route, ctx);
-    const text = jsonText(body);
-    // Like Stripe, only results of requests that executed are saved; ours
-    // validate before changing anything, so that means successful ones.
-    if (key !== null && status < 400) {
-      store.idempotency.set(key, { method: req.method, path: url.pathname, fingerprint, status, text, requestId });
-    }
-    return respond(status, text, key !== null ? { 'Idempotency-Key': key } : {});
+    return serve({ store, limiter, apiKey, baseUrl }, req, url, record, body, respond);
   };
 }
 

@@ -1,22 +1,23 @@
 'use strict';
-// Minimal method + path router: patterns like "/v1/customers/:id".
+// Minimal method + path router: patterns like "/v1/customers/:id". A route
+// may carry options for the pipeline (e.g. how its requests authenticate).
 
 class Router {
   constructor() {
     this.routes = [];
   }
 
-  add(method, pattern, handler) {
+  add(method, pattern, handler, options = {}) {
     const names = [];
     const source = pattern.replace(/:([a-z_]+)/g, (_, name) => {
       names.push(name);
       return '([^/]+)';
     });
-    this.routes.push({ method, regex: new RegExp(`^${source}$`), names, handler });
+    this.routes.push({ method, regex: new RegExp(`^${source}$`), names, handler, options });
     return this;
   }
 
-  // {handler, params} for the first matching route, or null (also for a
+  // {handler, params, options} for the first matching route, or null (also for a
   // malformed %-escape, which no route can match).
   match(method, path) {
     for (const route of this.routes) {
@@ -29,7 +30,7 @@ class Router {
       } catch {
         return null;
       }
-      return { handler: route.handler, params };
+      return { handler: route.handler, params, options: route.options };
     }
     return null;
   }

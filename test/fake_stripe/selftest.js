@@ -39,9 +39,10 @@ function startServer() {
 }
 
 // One HTTP exchange. `form` is an object of already-bracketed keys or a raw
-// string; `json` is a control API body. By default every call opens its own
-// connection (agent: false) so connection counts stay predictable.
-function call(method, urlPath, { form, json, headers = {}, auth = KEY, agent = false, timeout } = {}) {
+// string; `json` is a control API (or /v2) body; `raw` is {type, text}, a
+// body sent as is. By default every call opens its own connection
+// (agent: false) so connection counts stay predictable.
+function call(method, urlPath, { form, json, raw, headers = {}, auth = KEY, agent = false, timeout } = {}) {
   return new Promise((resolve, reject) => {
     const h = { ...headers };
     let body = null;
@@ -52,6 +53,10 @@ function call(method, urlPath, { form, json, headers = {}, auth = KEY, agent = f
     if (json !== undefined) {
       body = JSON.stringify(json);
       h['Content-Type'] = 'application/json';
+    }
+    if (raw !== undefined) {
+      body = raw.text;
+      if (raw.type) h['Content-Type'] = raw.type;
     }
     if (auth) h.Authorization = `Bearer ${auth}`;
     if (body !== null) h['Content-Length'] = Buffer.byteLength(body);
@@ -1391,6 +1396,742 @@ test('responses carry a Date header', async () => {
     assert.match(res.headers.date || '', /^\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/, `status ${res.status}`);
     assert.ok(Math.abs(Date.parse(res.headers.date) - Date.now()) < 5000);
   }
+});
+
+// ---- meter events v2, latency, after_reset, previews, strict parameters ----
+
+const nowIso = (offsetSeconds = 0) => new Date(Date.now() + offsetSeconds * 1000).toISOString();
+const meterEvent = (fields = {}) => ({
+  event_name: 'api_request',
+  payload: { stripe_customer_id: 'cus_meter', value: '1' },
+  ...fields,
+});
+
+async function meterSession(auth = KEY) {
+  const res = await call('POST', '/v2/billing/meter_event_session', { auth });
+  assert.equal(res.status, 200, res.text);
+  return res.body;
+}
+
+const streamEvents = (token, events, opts = {}) =>
+  call('POST', '/v2/billing/meter_event_stream', { json: { events }, auth: token, ...opts });
+
+// A request whose connection may break: {res} or {error}.
+const attempt = (method, urlPath, opts) => call(method, urlPath, opts).then((res) => ({ res }), (error) => ({ error }));
+
+test('meter events v2: a session gives a 15-minute token, the stream takes only that token', async () => {
+  await reset();
+  const before = Date.now();
+  const session = await meterSession();
+  assert.deepEqual(Object.keys(session).sort(), ['authentication_token', 'created', 'expires_at', 'id', 'livemode', 'object']);
+  assert.match(session.id, /^mes_\w+$/);
+  assert.equal(session.object, 'v2.billing.meter_event_session');
+  assert.equal(session.livemode, false);
+  assert.ok(typeof session.authentication_token === 'string' && session.authentication_token.length >= 32);
+  assert.ok(!session.authentication_token.includes(KEY));
+  assert.match(session.created, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+  assert.ok(Math.abs(Date.parse(session.created) - before) < 5000);
+  assert.equal(Date.parse(session.expires_at) - Date.parse(session.created), 15 * 60 * 1000);
+  assert.match(session.expires_at, /Z$/);
+
+  // an empty JSON object is a valid body too; a parameter is not
+  assert.equal((await call('POST', '/v2/billing/meter_event_session', { json: {} })).status, 200);
+  assertStripeError(await call('POST', '/v2/billing/meter_event_session', { json: { ttl: 60 } }), 400,
+    { type: 'invalid_request_error', code: 'parameter_unknown', param: 'ttl', message: 'Received unknown parameter: ttl' });
+  assertStripeError(await call('POST', '/v2/billing/meter_event_session', { auth: null }), 401, { type: 'invalid_request_error' });
+  assertStripeError(await call('POST', '/v2/billing/meter_event_session', { auth: session.authentication_token }), 401,
+    { code: 'api_key_invalid' });
+
+  const ok = await streamEvents(session.authentication_token, [meterEvent({ identifier: 'v2-1' })]);
+  assert.equal(ok.status, 200, ok.text);
+  assert.deepEqual(ok.body, {});
+  assert.match(ok.headers['request-id'], /^req_/);
+  assert.match(ok.headers.date, /GMT$/);
+
+  const withKey = await streamEvents(KEY, [meterEvent()]);
+  assertStripeError(withKey, 401, { type: 'invalid_request_error' });
+  assert.match(withKey.body.error.message, /meter event session/);
+  assertStripeError(await streamEvents(null, [meterEvent()]), 401, { type: 'invalid_request_error' });
+  const unknown = await streamEvents('mest_test_made_up', [meterEvent()]);
+  assertStripeError(unknown, 401, { type: 'invalid_request_error', code: 'billing_meter_event_session_expired' });
+  assert.ok(unknown.body.error.message.length > 0);
+
+  assert.deepEqual(await ctl('POST', '/_fake/meter_sessions/expire'), { expired: 2 });
+  assertStripeError(await streamEvents(session.authentication_token, [meterEvent()]), 401,
+    { code: 'billing_meter_event_session_expired' });
+  assert.deepEqual(await ctl('POST', '/_fake/meter_sessions/expire'), { expired: 0 });
+  const fresh = await meterSession();
+  assert.notEqual(fresh.authentication_token, session.authentication_token);
+  assert.equal((await streamEvents(fresh.authentication_token, [meterEvent()])).status, 200);
+
+  assert.equal((await ctl('GET', '/_fake/meter_events')).length, 2);
+  await reset(); // forgets the tokens
+  assertStripeError(await streamEvents(fresh.authentication_token, [meterEvent()]), 401,
+    { code: 'billing_meter_event_session_expired' });
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events'), []);
+});
+
+test('meter events v2: the whole batch is validated first, any bad event stores nothing', async () => {
+  await reset();
+  const { authentication_token: token } = await meterSession();
+  const good = (n) => Array.from({ length: n }, (_, i) => meterEvent({ identifier: `batch-${n}-${i}` }));
+  const bad = async (events, fields) => {
+    const res = Array.isArray(events) || events === undefined
+      ? await call('POST', '/v2/billing/meter_event_stream', { json: events === undefined ? {} : { events }, auth: token })
+      : await call('POST', '/v2/billing/meter_event_stream', { json: events, auth: token });
+    assertStripeError(res, 400, { type: 'invalid_request_error', ...fields });
+    return res;
+  };
+  await bad(undefined, { code: 'parameter_missing', param: 'events' });
+  await bad([], { code: 'parameter_invalid', param: 'events' });
+  await bad(good(101), { code: 'parameter_invalid', param: 'events' });
+  await bad({ events: 'x' }, { code: 'parameter_invalid', param: 'events' });
+  await bad({ events: good(1), extra: true }, { code: 'parameter_unknown', param: 'extra', message: 'Received unknown parameter: extra' });
+
+  const withBad = (i, event) => good(5).map((e, n) => (n === i ? event : e));
+  const now = Math.floor(Date.now() / 1000);
+  const cases = [
+    [withBad(3, meterEvent({ payload: { stripe_customer_id: 'cus_1', value: 'many' } })), 'parameter_invalid', 'events[3].payload.value'],
+    [withBad(3, meterEvent({ payload: { stripe_customer_id: 'cus_1', value: 5 } })), 'parameter_invalid', 'events[3].payload.value'],
+    [withBad(2, meterEvent({ payload: { stripe_customer_id: 'cus_1' } })), 'parameter_missing', 'events[2].payload.value'],
+    [withBad(1, meterEvent({ payload: { value: '1' } })), 'parameter_missing', 'events[1].payload.stripe_customer_id'],
+    [withBad(1, meterEvent({ payload: { stripe_customer_id: 'cus_1', value: '1', region: 'eu' } })), 'parameter_unknown', 'events[1].payload.region'],
+    [withBad(0, { payload: { stripe_customer_id: 'cus_1', value: '1' } }), 'parameter_missing', 'events[0].event_name'],
+    [withBad(4, { event_name: 'x' }), 'parameter_missing', 'events[4].payload'],
+    [withBad(4, meterEvent({ payload: 'x' })), 'parameter_invalid', 'events[4].payload'],
+    [withBad(2, meterEvent({ value: '1' })), 'parameter_unknown', 'events[2].value'],
+    [withBad(2, meterEvent({ identifier: 'x'.repeat(101) })), 'parameter_invalid', 'events[2].identifier'],
+    [withBad(2, meterEvent({ identifier: 7 })), 'parameter_invalid', 'events[2].identifier'],
+    [withBad(2, meterEvent({ timestamp: nowIso(-36 * DAY) })), 'parameter_invalid', 'events[2].timestamp'],
+    [withBad(2, meterEvent({ timestamp: nowIso(6 * 60) })), 'parameter_invalid', 'events[2].timestamp'],
+    [withBad(2, meterEvent({ timestamp: now })), 'parameter_invalid', 'events[2].timestamp'],
+    [withBad(2, meterEvent({ timestamp: '2026-01-01 12:00:00' })), 'parameter_invalid', 'events[2].timestamp'],
+    [withBad(2, 'x'), 'parameter_invalid', 'events[2]'],
+  ];
+  for (const [events, code, param] of cases) await bad(events, { code, param });
+  const value = await bad(withBad(3, meterEvent({ payload: { stripe_customer_id: 'cus_1', value: 'many' } })), {});
+  assert.equal(value.body.error.param, 'events[3].payload.value');
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events'), [], 'nothing stored from a refused batch');
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats'), { received: 0, stored: 0, duplicates: 0 });
+
+  const notJson = await call('POST', '/v2/billing/meter_event_stream', {
+    raw: { type: 'application/x-www-form-urlencoded', text: 'events[0][event_name]=x' }, auth: token,
+  });
+  assertStripeError(notJson, 400, { type: 'invalid_request_error' });
+  assert.match(notJson.body.error.message, /JSON/);
+  const broken = await call('POST', '/v2/billing/meter_event_stream', { raw: { type: 'application/json', text: '{"events": [' }, auth: token });
+  assertStripeError(broken, 400, { type: 'invalid_request_error' });
+  const array = await call('POST', '/v2/billing/meter_event_stream', { raw: { type: 'application/json', text: '[]' }, auth: token });
+  assertStripeError(array, 400, { type: 'invalid_request_error' });
+
+  // a hundred events, with and without timestamps and identifiers
+  const hundred = good(100);
+  hundred[0] = meterEvent({ identifier: 'ts-1', timestamp: nowIso(-34 * DAY) });
+  hundred[1] = meterEvent({ timestamp: nowIso(-60) });
+  hundred[2] = meterEvent({ identifier: 'ts-3', timestamp: nowIso(4 * 60).replace('Z', '+00:00') });
+  const res = await streamEvents(token, hundred);
+  assert.equal(res.status, 200, res.text);
+  const stored = await ctl('GET', '/_fake/meter_events');
+  assert.equal(stored.length, 100);
+  assert.ok(stored.every((e) => e.api === 'v2' && e.object === 'billing.meter_event'));
+  assert.equal(stored[0].timestamp, Math.floor(Date.parse(hundred[0].timestamp) / 1000));
+  assert.ok(Math.abs(stored[1].timestamp - (now - 60)) <= 5);
+  assert.ok(Math.abs(stored[3].timestamp - Math.floor(Date.now() / 1000)) <= 5, 'no timestamp: now');
+  assert.ok(stored[1].identifier && stored[1].identifier !== stored[2].identifier, 'identifiers generated');
+  assert.deepEqual(stored[3].payload, { stripe_customer_id: 'cus_meter', value: '1' });
+  assert.equal(stored[3].event_name, 'api_request');
+});
+
+test('meter events: duplicates within 24 h are dropped silently in v2 and counted; both APIs share the window', async () => {
+  await reset();
+  const { authentication_token: token } = await meterSession();
+  const v1 = await stripe('POST', '/v1/billing/meter_events', {
+    event_name: 'api_request', 'payload[stripe_customer_id]': 'cus_meter', 'payload[value]': '2', identifier: 'shared-1',
+  });
+  assert.equal(v1.status, 200, v1.text);
+  assert.equal(v1.body.api, undefined, 'the API answer is Stripe\'s object');
+
+  const batch = [meterEvent({ identifier: 'd-1' }), meterEvent({ identifier: 'd-1' }), meterEvent({ identifier: 'shared-1' }),
+    meterEvent({ identifier: 'd-2' })];
+  assert.equal((await streamEvents(token, batch)).status, 200);
+  assert.equal((await streamEvents(token, [meterEvent({ identifier: 'd-2' }), meterEvent({ identifier: 'd-3' })])).status, 200);
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats'), { received: 7, stored: 4, duplicates: 3 });
+
+  const stored = await ctl('GET', '/_fake/meter_events');
+  assert.deepEqual(stored.map((e) => [e.api, e.identifier]), [['v1', 'shared-1'], ['v2', 'd-1'], ['v2', 'd-2'], ['v2', 'd-3']]);
+  for (const e of stored) {
+    assert.deepEqual(Object.keys(e).sort(), ['api', 'created', 'event_name', 'identifier', 'livemode', 'object', 'payload', 'timestamp']);
+    assert.ok(Number.isInteger(e.timestamp));
+  }
+
+  // v1 still refuses a seen identifier (synchronously), v2's too; refusals are not counted
+  const again = await stripe('POST', '/v1/billing/meter_events', {
+    event_name: 'api_request', 'payload[stripe_customer_id]': 'cus_meter', 'payload[value]': '2', identifier: 'd-3',
+  });
+  assertStripeError(again, 400, { code: 'resource_already_exists', param: 'identifier' });
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats'), { received: 7, stored: 4, duplicates: 3 });
+  await reset();
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats'), { received: 0, stored: 0, duplicates: 0 });
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events'), []);
+});
+
+test('meter events v2: recorded with their JSON, no key or token in the recording, idempotency and faults apply', async () => {
+  await reset();
+  const session = await meterSession();
+  const token = session.authentication_token;
+  const events = [meterEvent({ identifier: 'rec-1' })];
+  const first = await streamEvents(token, events, { headers: { 'Idempotency-Key': 'v2-idem' } });
+  const replay = await streamEvents(token, events, { headers: { 'Idempotency-Key': 'v2-idem' } });
+  assert.deepEqual([first.status, replay.status, replay.headers['idempotent-replayed']], [200, 200, 'true']);
+  const mismatch = await streamEvents(token, [meterEvent({ identifier: 'rec-2' })], { headers: { 'Idempotency-Key': 'v2-idem' } });
+  assertStripeError(mismatch, 400, { type: 'idempotency_error' });
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats'), { received: 1, stored: 1, duplicates: 0 }, 'a replay runs nothing');
+
+  const records = await ctl('GET', '/_fake/requests?path=/v2/');
+  assert.deepEqual(records.map((r) => [r.method, r.path, r.status]), [
+    ['POST', '/v2/billing/meter_event_session', 200],
+    ['POST', '/v2/billing/meter_event_stream', 200],
+    ['POST', '/v2/billing/meter_event_stream', 200],
+    ['POST', '/v2/billing/meter_event_stream', 400],
+  ]);
+  const [, stream] = records;
+  assert.deepEqual(stream.json, { events });
+  assert.equal(stream.raw_body, JSON.stringify({ events }));
+  assert.deepEqual(stream.form, {});
+  assert.equal(stream.headers.authorization, 'Bearer <redacted>');
+  assert.equal(records[0].json, null, 'no body');
+  const text = JSON.stringify(await ctl('GET', '/_fake/requests'));
+  assert.ok(!text.includes(KEY) && !text.includes(token), 'neither the key nor the token is recorded');
+
+  // fault rules match /v2 paths by prefix
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '503', path: '/v2/billing/meter_event_stream', count: 1 }] });
+  assertStripeError(await streamEvents(token, [meterEvent({ identifier: 'f-1' })]), 503, { type: 'api_error' });
+  assert.equal((await streamEvents(token, [meterEvent({ identifier: 'f-1' })])).status, 200, 'one use');
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', path: '/v2/' }] });
+  assertStripeError(await call('POST', '/v2/billing/meter_event_session'), 500, { type: 'api_error' });
+  assert.deepEqual((await ctl('GET', '/_fake/requests?path=/v2/')).slice(-3).map((r) => r.status), ['503', 200, '500']);
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats'), { received: 2, stored: 2, duplicates: 0 });
+  await ctl('DELETE', '/_fake/faults');
+  assertStripeError(await call('GET', '/v2/billing/meter_event_stream'), 404, { type: 'invalid_request_error' });
+  assertStripeError(await call('POST', '/v2/nothing'), 404, { type: 'invalid_request_error' });
+});
+
+test('faults: after_reset processes the request, then resets the connection (a retry is then a duplicate)', async () => {
+  await reset();
+  const { authentication_token: token } = await meterSession();
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: 'after_reset', path: '/v2/billing/meter_event_stream' }] });
+  const batch = [meterEvent({ identifier: 'ar-1' }), meterEvent({ identifier: 'ar-2' })];
+  const lost = await attempt('POST', '/v2/billing/meter_event_stream', { json: { events: batch }, auth: token });
+  assert.equal(lost.error && lost.error.code, 'ECONNRESET');
+  assert.equal((await ctl('GET', '/_fake/meter_events')).length, 2, 'the events got through');
+  const retry = await streamEvents(token, batch);
+  assert.equal(retry.status, 200);
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats'), { received: 4, stored: 2, duplicates: 2 });
+  const [record] = await ctl('GET', '/_fake/requests?path=/v2/billing/meter_event_stream');
+  assert.deepEqual([record.status, record.processed_status], ['after_reset', 200]);
+
+  // on /v1 too: the customer is created, the client sees only the reset
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: 'after_reset', path: '/v1/customers', method: 'POST' }] });
+  const v1 = await attempt('POST', '/v1/customers', { form: { email: 'lost@example.com' } });
+  assert.equal(v1.error && v1.error.code, 'ECONNRESET');
+  assert.equal((await stripe('GET', '/v1/customers?email=lost@example.com')).body.data.length, 1);
+  assert.deepEqual((await storedEvents()).map((e) => e.type), ['customer.created']);
+  // a refused request is reset too, without side effects
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: 'after_reset', path: '/v1/customers' }] });
+  const refused = await attempt('POST', '/v1/customers', { form: { bogus: 'x' } });
+  assert.equal(refused.error && refused.error.code, 'ECONNRESET');
+  assert.deepEqual((await ctl('GET', '/_fake/requests?path=/v1/customers')).slice(-1).map((r) => [r.status, r.processed_status]),
+    [['after_reset', 400]]);
+  assert.equal((await storedEvents()).length, 1);
+});
+
+test('latency: answers wait ms on a timer, requests run in parallel, path prefix, lifted by DELETE and reset', async () => {
+  await reset();
+  assert.deepEqual(await ctl('GET', '/_fake/latency'), { ms: 0, path: null });
+  assert.deepEqual(await ctl('POST', '/_fake/latency', { ms: 50 }), { ms: 50, path: null });
+  let started = performance.now();
+  assert.equal((await stripe('GET', '/v1/prices/price_basic')).status, 200);
+  assert.ok(performance.now() - started >= 48, 'one request waits');
+
+  started = performance.now();
+  const parallel = await Promise.all(Array.from({ length: 8 }, () => stripe('GET', '/v1/prices/price_basic')));
+  const elapsed = performance.now() - started;
+  assert.ok(parallel.every((r) => r.status === 200));
+  assert.ok(elapsed >= 48 && elapsed < 200, `8 parallel requests with 50 ms latency took ${elapsed.toFixed(0)} ms`);
+
+  // faulted answers wait too
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', path: '/v1/customers' }] });
+  started = performance.now();
+  assert.equal((await stripe('GET', '/v1/customers')).status, 500);
+  assert.ok(performance.now() - started >= 48);
+  await ctl('DELETE', '/_fake/faults');
+
+  // the control API and the hosted pages are never delayed
+  await ctl('POST', '/_fake/latency', { ms: 500 });
+  started = performance.now();
+  await ctl('GET', '/_fake/stats');
+  await call('GET', '/pay/cs_nope', { auth: null });
+  assert.ok(performance.now() - started < 400, 'no latency outside /v1 and /v2');
+
+  assert.deepEqual(await ctl('POST', '/_fake/latency', { ms: 300, path: '/v2/' }), { ms: 300, path: '/v2/' });
+  started = performance.now();
+  await stripe('GET', '/v1/prices/price_basic');
+  assert.ok(performance.now() - started < 150, '/v1 is outside the prefix');
+  started = performance.now();
+  await meterSession();
+  assert.ok(performance.now() - started >= 295, '/v2 waits');
+
+  // a client that gives up has still had its request done
+  const gaveUp = await attempt('POST', '/v2/billing/meter_event_session', { timeout: 50 });
+  assert.equal(gaveUp.error && gaveUp.error.code, 'CLIENT_TIMEOUT');
+  assert.equal((await ctl('GET', '/_fake/requests?path=/v2/')).at(-1).status, 200);
+
+  assert.deepEqual(await ctl('DELETE', '/_fake/latency'), { ms: 0, path: null });
+  for (const bad of [{}, { ms: -1 }, { ms: 10001 }, { ms: 1.5 }, { ms: '50' }, { ms: 5, path: 3 }]) {
+    assert.equal((await call('POST', '/_fake/latency', { json: bad, auth: null })).status, 400, JSON.stringify(bad));
+  }
+  await ctl('POST', '/_fake/latency', { ms: 10000 });
+  await reset();
+  assert.deepEqual(await ctl('GET', '/_fake/latency'), { ms: 0, path: null }, 'reset lifts it');
+  started = performance.now();
+  await stripe('GET', '/v1/prices/price_basic');
+  assert.ok(performance.now() - started < 1000);
+});
+
+// The proration amounts of moving `qa` of price A to `qb` of price B at t in [s, e).
+function expectedProration({ a, qa = 1, b, qb = 1, s, e, t }) {
+  const fraction = (e - t) / (e - s);
+  return { credit: -Math.round(a * qa * fraction), charge: Math.round(b * qb * fraction) };
+}
+
+async function previewFor(subscription, fields) {
+  return stripe('POST', '/v1/invoices/create_preview', { subscription: subscription.id, ...fields });
+}
+
+test('invoice preview: prorations of a price swap under create_prorations, always_invoice and none', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const [s, e] = [item.current_period_start, item.current_period_end];
+  const t = s + Math.floor((e - s) / 3);
+  const swap = {
+    'subscription_details[items][0][id]': item.id,
+    'subscription_details[items][0][price]': 'price_pro',
+    'subscription_details[items][0][quantity]': '2',
+    'subscription_details[proration_date]': String(t),
+  };
+  const { credit, charge } = expectedProration({ a: 1000, b: 5000, qb: 2, s, e, t });
+  const day = new Date(t * 1000).toUTCString().slice(5, 16); // "01 Jan 2026"
+
+  const res = await previewFor(subscription, swap);
+  assert.equal(res.status, 200, res.text);
+  const preview = res.body;
+  assert.match(preview.id, /^upcoming_in_\w+$/);
+  assert.equal(preview.object, 'invoice');
+  assert.equal(preview.status, 'draft');
+  assert.equal(preview.customer, subscription.customer);
+  assert.equal(preview.parent.subscription_details.subscription, subscription.id, 'basil: the subscription under parent');
+  assert.ok(!('subscription' in preview));
+  assert.equal(preview.currency, 'usd');
+  assert.equal(preview.billing_reason, 'upcoming');
+  assert.equal(preview.created, e, 'the upcoming invoice is issued at the period end');
+  const lines = preview.lines.data;
+  assert.deepEqual(lines.map((l) => l.amount), [credit, charge, 10000]);
+  assert.deepEqual(lines.map((l) => l.parent.subscription_item_details.proration), [true, true, false]);
+  assert.deepEqual(lines.map((l) => l.pricing.price_details.price), ['price_basic', 'price_pro', 'price_pro']);
+  assert.deepEqual(lines.map((l) => l.quantity), [1, 2, 2]);
+  assert.deepEqual(lines.map((l) => l.currency), ['usd', 'usd', 'usd']);
+  assert.equal(lines[0].description, `Unused time on Basic after ${day}`);
+  assert.equal(lines[1].description, `Remaining time on 2 × Pro after ${day}`);
+  assert.equal(lines[2].description, '2 × Pro (at $50.00 / month)');
+  assert.deepEqual([lines[0].period, lines[1].period], [{ start: t, end: e }, { start: t, end: e }]);
+  assert.equal(lines[2].period.start, e);
+  assert.ok(lines[2].period.end - e >= 28 * DAY);
+  assert.equal(preview.subtotal, credit + charge + 10000);
+  assert.equal(preview.total, preview.subtotal);
+  assert.equal(preview.amount_due, preview.total);
+
+  const now = (await previewFor(subscription, { ...swap, 'subscription_details[proration_behavior]': 'always_invoice' })).body;
+  assert.deepEqual(now.lines.data.map((l) => l.amount), [credit, charge]);
+  assert.equal(now.amount_due, credit + charge);
+  const none = (await previewFor(subscription, { ...swap, 'subscription_details[proration_behavior]': 'none' })).body;
+  assert.deepEqual(none.lines.data.map((l) => [l.amount, l.parent.subscription_item_details.proration]), [[10000, false]]);
+
+  // a downgrade: the credit outweighs; nothing is due, the total is negative
+  const down = (await previewFor(subscription, {
+    'subscription_details[items][0][id]': item.id,
+    'subscription_details[items][0][quantity]': '0',
+    'subscription_details[proration_date]': String(t),
+    'subscription_details[proration_behavior]': 'always_invoice',
+  })).body;
+  assert.equal(down.total, expectedProration({ a: 1000, b: 0, s, e, t }).credit);
+  assert.equal(down.amount_due, 0);
+
+  // no change: the plain renewal; previews change nothing and are not listed
+  const plain = (await stripe('POST', '/v1/invoices/create_preview', { customer: subscription.customer })).body;
+  assert.deepEqual(plain.lines.data.map((l) => l.amount), [1000]);
+  assert.equal((await ctl('GET', `/_fake/objects/${preview.id}`)).id, preview.id);
+  assert.deepEqual((await stripe('GET', `/v1/subscriptions/${subscription.id}`)).body.items, subscription.items);
+  assert.ok(!pageIds(await stripe('GET', '/v1/invoices?limit=100')).some((id) => id.startsWith('upcoming_in_')));
+  assertStripeError(await stripe('GET', `/v1/invoices/${preview.id}`), 404, { code: 'resource_missing' });
+});
+
+test('invoice preview: errors', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const [s, e] = [item.current_period_start, item.current_period_end];
+  const eventCount = (await storedEvents()).length;
+  const cases = [
+    [{}, 400, 'parameter_missing', 'customer'],
+    [{ subscription: 'sub_nope' }, 404, 'resource_missing', 'subscription'],
+    [{ customer: 'cus_nope' }, 404, 'resource_missing', 'customer'],
+    [{ subscription: subscription.id, 'subscription_details[items][0][id]': 'si_nope', 'subscription_details[items][0][price]': 'price_pro' },
+      400, 'resource_missing', 'subscription_details[items][0][id]'],
+    [{ subscription: subscription.id, 'subscription_details[items][0][id]': item.id, 'subscription_details[items][0][price]': 'price_nope' },
+      400, 'resource_missing', 'subscription_details[items][0][price]'],
+    [{ subscription: subscription.id, 'subscription_details[proration_date]': String(s - 1) }, 400, 'parameter_invalid', 'subscription_details[proration_date]'],
+    [{ subscription: subscription.id, 'subscription_details[proration_date]': String(e) }, 400, 'parameter_invalid', 'subscription_details[proration_date]'],
+    [{ subscription: subscription.id, 'subscription_details[proration_date]': 'soon' }, 400, 'parameter_invalid', 'subscription_details[proration_date]'],
+    [{ subscription: subscription.id, 'subscription_details[proration_behavior]': 'later' }, 400, 'parameter_invalid', 'subscription_details[proration_behavior]'],
+    [{ subscription: subscription.id, 'subscription_details[items][0][colour]': 'red' }, 400, 'parameter_unknown', 'subscription_details[items][0][colour]'],
+    [{ subscription: subscription.id, 'subscription_details[pause]': 'x' }, 400, 'parameter_unknown', 'subscription_details[pause]'],
+    [{ subscription: subscription.id, upcoming: 'true' }, 400, 'parameter_unknown', 'upcoming'],
+    [{ subscription: subscription.id, customer: 'cus_other' }, 400, 'parameter_invalid', 'customer'],
+  ];
+  for (const [form, status, code, param] of cases) {
+    assertStripeError(await stripe('POST', '/v1/invoices/create_preview', form), status, { type: 'invalid_request_error', code, param });
+  }
+  await stripe('DELETE', `/v1/subscriptions/${subscription.id}`);
+  assertStripeError(await previewFor(subscription, {}), 400, { code: 'invoice_upcoming_none' });
+  assertStripeError(await stripe('POST', '/v1/invoices/create_preview', { customer: subscription.customer }), 400, { code: 'invoice_upcoming_none' });
+  assert.equal((await storedEvents()).length, eventCount + 1, 'only the cancellation emitted anything');
+});
+
+test('subscription update with proration_date bills what the preview showed', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const [s, e] = [item.current_period_start, item.current_period_end];
+  const t = s + Math.floor((e - s) / 2);
+  const preview = (await previewFor(subscription, {
+    'subscription_details[items][0][id]': item.id,
+    'subscription_details[items][0][price]': 'price_pro',
+    'subscription_details[proration_behavior]': 'always_invoice',
+    'subscription_details[proration_date]': String(t),
+  })).body;
+  const { credit, charge } = expectedProration({ a: 1000, b: 5000, s, e, t });
+  assert.equal(preview.total, credit + charge);
+
+  const url = `/v1/subscriptions/${subscription.id}`;
+  assertStripeError(await stripe('POST', url, { 'items[0][id]': item.id, 'items[0][price]': 'price_pro', proration_date: String(e + 10) }),
+    400, { code: 'parameter_invalid', param: 'proration_date' });
+  const updated = await stripe('POST', url, {
+    'items[0][id]': item.id, 'items[0][price]': 'price_pro', proration_behavior: 'always_invoice', proration_date: String(t),
+  });
+  assert.equal(updated.status, 200, updated.text);
+  const invoice = await ctl('GET', `/_fake/objects/${updated.body.latest_invoice}`);
+  assert.equal(invoice.billing_reason, 'subscription_update');
+  assert.equal(invoice.status, 'paid');
+  assert.equal(invoice.amount_due, preview.amount_due);
+  assert.equal(invoice.amount_paid, preview.amount_due);
+  assert.deepEqual(invoice.lines.data.map((l) => [l.amount, l.description, l.parent.subscription_item_details.proration]),
+    preview.lines.data.map((l) => [l.amount, l.description, true]));
+  assert.equal((await stripe('GET', `/v1/invoices/${invoice.id}`)).body.amount_paid, credit + charge);
+
+  // create_prorations: pending invoice items, billed by the next invoice as previewed
+  const back = {
+    'subscription_details[items][0][id]': item.id,
+    'subscription_details[items][0][price]': 'price_basic',
+    'subscription_details[items][0][quantity]': '3',
+    'subscription_details[proration_date]': String(t + 3600),
+  };
+  const upcoming = (await previewFor(subscription, back)).body;
+  const down = expectedProration({ a: 5000, b: 1000, qb: 3, s, e, t: t + 3600 });
+  assert.deepEqual(upcoming.lines.data.map((l) => l.amount), [down.credit, down.charge, 3000]);
+  const before = (await storedEvents()).length;
+  const changed = await stripe('POST', url, {
+    'items[0][id]': item.id, 'items[0][price]': 'price_basic', 'items[0][quantity]': '3', proration_date: String(t + 3600),
+  });
+  assert.equal(changed.status, 200, changed.text);
+  assert.equal(changed.body.latest_invoice, invoice.id, 'nothing billed now');
+  const made = (await storedEvents()).slice(before);
+  assert.deepEqual(made.map((ev) => ev.type), ['invoiceitem.created', 'invoiceitem.created', 'customer.subscription.updated']);
+  const pendingId = (await stripe('GET', `/v1/events/${made[0].id}`)).body.data.object.id;
+  const pendingItem = await ctl('GET', `/_fake/objects/${pendingId}`);
+  assert.deepEqual([pendingItem.object, pendingItem.amount, pendingItem.proration, pendingItem.invoice], ['invoiceitem', down.credit, true, null]);
+  // the preview now shows the pending items too, as Stripe's upcoming invoice does
+  const withPending = (await previewFor(subscription, {})).body;
+  assert.deepEqual(withPending.lines.data.map((l) => l.amount), [down.credit, down.charge, 3000]);
+
+  const renewal = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  const next = await ctl('GET', `/_fake/objects/${renewal.subscription.latest_invoice}`);
+  assert.equal(next.billing_reason, 'subscription_cycle');
+  assert.equal(next.amount_due, upcoming.amount_due);
+  assert.deepEqual(next.lines.data.map((l) => l.amount), upcoming.lines.data.map((l) => l.amount));
+  assert.deepEqual(next.lines.data[2].period, upcoming.lines.data[2].period);
+  assert.equal(next.lines.data[0].parent.subscription_item_details.invoice_item, pendingItem.id);
+  assert.equal((await ctl('GET', `/_fake/objects/${pendingItem.id}`)).invoice, next.id);
+  const after = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  assert.equal((await ctl('GET', `/_fake/objects/${after.subscription.latest_invoice}`)).amount_due, 3000, 'billed once');
+
+  // none: no prorations at all
+  const quiet = await stripe('POST', url, { 'items[0][id]': item.id, 'items[0][quantity]': '1', proration_behavior: 'none' });
+  assert.equal(quiet.status, 200);
+  assert.deepEqual((await previewFor(subscription, {})).body.lines.data.map((l) => l.amount), [1000]);
+});
+
+test('invoice preview and update: a deleted item is only credited, a new one only charged', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const [s, e] = [item.current_period_start, item.current_period_end];
+  const t = e - Math.floor((e - s) / 4);
+  const form = (prefix) => ({
+    [`${prefix}[0][id]`]: item.id,
+    [`${prefix}[0][deleted]`]: 'true',
+    [`${prefix}[1][price]`]: 'price_pro',
+    [`${prefix}[1][quantity]`]: '3',
+  });
+  const { credit } = expectedProration({ a: 1000, b: 0, s, e, t });
+  const { charge } = expectedProration({ a: 0, b: 5000, qb: 3, s, e, t });
+  const preview = (await previewFor(subscription, {
+    ...form('subscription_details[items]'), 'subscription_details[proration_date]': String(t),
+  })).body;
+  assert.deepEqual(preview.lines.data.map((l) => [l.amount, l.pricing.price_details.price, l.quantity]),
+    [[credit, 'price_basic', 1], [charge, 'price_pro', 3], [15000, 'price_pro', 3]]);
+  assert.match(preview.lines.data[1].description, /^Remaining time on 3 × Pro after /);
+  assertStripeError(await previewFor(subscription, { 'subscription_details[items][0][deleted]': 'true' }), 400,
+    { param: 'subscription_details[items][0][deleted]' });
+
+  const updated = await stripe('POST', `/v1/subscriptions/${subscription.id}`, { ...form('items'), proration_date: String(t) });
+  assert.equal(updated.status, 200, updated.text);
+  assert.deepEqual(updated.body.items.data.map((i) => [i.price.id, i.quantity]), [['price_pro', 3]]);
+  const renewal = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  const invoice = await ctl('GET', `/_fake/objects/${renewal.subscription.latest_invoice}`);
+  assert.equal(invoice.amount_due, preview.amount_due);
+  assert.equal(invoice.lines.data[1].parent.subscription_item_details.subscription_item, updated.body.items.data[0].id,
+    'the new item\'s proration names it');
+});
+
+test('checkout sessions: customer_creation', async () => {
+  await reset();
+  const payment = { mode: 'payment', customer_email: 'guest@example.com', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1' };
+  const subscription = { mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1' };
+  const customer = (await stripe('POST', '/v1/customers', { email: 'known@example.com' })).body;
+  const before = (await storedEvents()).length;
+  assertStripeError(await stripe('POST', '/v1/checkout/sessions', { ...subscription, customer_creation: 'always' }), 400,
+    { code: 'parameter_invalid', param: 'customer_creation', message: 'customer_creation can only be used in payment mode.' });
+  const { customer_email: email, ...anonymous } = payment;
+  assertStripeError(await stripe('POST', '/v1/checkout/sessions', { ...anonymous, customer: customer.id, customer_creation: 'always' }), 400,
+    { code: 'parameter_invalid', param: 'customer_creation' });
+  assertStripeError(await stripe('POST', '/v1/checkout/sessions', { ...payment, customer_creation: 'sometimes' }), 400,
+    { code: 'parameter_invalid', param: 'customer_creation' });
+  assert.equal((await storedEvents()).length, before);
+
+  const always = await createSession({ ...payment, customer_creation: 'always' });
+  assert.equal(always.customer_creation, 'always');
+  const done = await ctl('POST', `/_fake/checkout/sessions/${always.id}/complete`, {});
+  assert.equal((await eventTypes(done.events))[0], 'customer.created');
+  assert.match(done.session.customer, /^cus_/);
+  assert.equal(done.session.customer_details.email, 'guest@example.com');
+  const intent = await ctl('GET', `/_fake/objects/${done.session.payment_intent}`);
+  assert.equal(intent.customer, done.session.customer);
+  assert.equal((await stripe('GET', `/v1/customers/${done.session.customer}`)).body.email, 'guest@example.com');
+
+  const guest = await createSession({ ...payment, customer_creation: 'if_required' });
+  assert.equal(guest.customer_creation, 'if_required');
+  const paid = await ctl('POST', `/_fake/checkout/sessions/${guest.id}/complete`, {});
+  assert.deepEqual(await eventTypes(paid.events),
+    ['payment_intent.created', 'payment_intent.succeeded', 'charge.succeeded', 'checkout.session.completed']);
+  assert.equal(paid.session.customer, null);
+  assert.equal(paid.session.customer_details.email, 'guest@example.com');
+  assert.equal((await ctl('GET', `/_fake/objects/${paid.session.payment_intent}`)).customer, null);
+
+  // the hosted page completes the same way
+  const page = await createSession({ ...payment, customer_creation: 'always', success_url: 'https://app.example/ok' });
+  assert.equal((await call('POST', `/pay/${page.id}`, { auth: null })).status, 303);
+  const completed = (await stripe('GET', `/v1/checkout/sessions/${page.id}`)).body;
+  assert.match(completed.customer, /^cus_/);
+  assert.equal((await ctl('GET', `/_fake/objects/${completed.payment_intent}`)).customer, completed.customer);
+
+  const setup = await createSession({ mode: 'setup', customer_creation: 'always' });
+  assert.equal(setup.customer_creation, 'always');
+});
+
+test('metadata limits, client_reference_id length and checkout enums', async () => {
+  await reset();
+  const session = { mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1' };
+  const many = (prefix, n) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`${prefix}[k${i}]`, 'v']));
+  const customer = (await stripe('POST', '/v1/customers', { ...many('metadata', 50) })).body;
+  assert.equal(Object.keys(customer.metadata).length, 50, '50 keys are fine');
+  const before = (await storedEvents()).length;
+  const refused = [
+    ['/v1/customers', many('metadata', 51), 'metadata', /up to 50 keys/],
+    [`/v1/customers/${customer.id}`, { 'metadata[one_more]': 'v' }, 'metadata', /up to 50 keys, but you've set 51/],
+    ['/v1/customers', { [`metadata[${'k'.repeat(41)}]`]: 'v' }, `metadata[${'k'.repeat(41)}]`, /40 characters/],
+    ['/v1/customers', { 'metadata[k]': 'v'.repeat(501) }, 'metadata[k]', /500 characters/],
+    ['/v1/customers', { 'metadata[a[b]': 'v' }, 'metadata[a[b]', /\[/],
+    ['/v1/customers', { 'metadata[team][id]': 't1' }, 'metadata[team]', /Invalid string/],
+    ['/v1/checkout/sessions', { ...session, ...many('subscription_data[metadata]', 51) }, 'subscription_data[metadata]', /50 keys/],
+    ['/v1/checkout/sessions', { ...session, 'subscription_data[metadata][k]': 'v'.repeat(501) }, 'subscription_data[metadata][k]', /500/],
+    ['/v1/checkout/sessions', { mode: 'payment', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1',
+      [`payment_intent_data[metadata][${'p'.repeat(41)}]`]: 'v' }, `payment_intent_data[metadata][${'p'.repeat(41)}]`, /40/],
+    ['/v1/checkout/sessions', { ...session, 'line_items[0][metadata][k]': 'v'.repeat(501) }, 'line_items[0][metadata][k]', /500/],
+    ['/v1/checkout/sessions', { ...session, client_reference_id: 'r'.repeat(201) }, 'client_reference_id', /at most 200 characters/],
+    ['/v1/checkout/sessions', { ...session, billing_address_collection: 'sometimes' }, 'billing_address_collection', /auto, required/],
+    ['/v1/checkout/sessions', { ...session, payment_method_collection: 'never' }, 'payment_method_collection', /always, if_required/],
+    ['/v1/checkout/sessions', { mode: 'payment', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1',
+      payment_method_collection: 'if_required' }, 'payment_method_collection', /subscription mode/],
+    ['/v1/checkout/sessions', { ...session, allow_promotion_codes: 'yes' }, 'allow_promotion_codes', /boolean/],
+  ];
+  for (const [urlPath, form, param, message] of refused) {
+    const res = await stripe('POST', urlPath, form);
+    assertStripeError(res, 400, { type: 'invalid_request_error', code: 'parameter_invalid', param });
+    assert.match(res.body.error.message, message, `${param}: ${res.body.error.message}`);
+  }
+  assert.equal((await storedEvents()).length, before, 'nothing changed');
+  const { subscription } = await subscribe();
+  assertStripeError(await stripe('POST', `/v1/subscriptions/${subscription.id}`, { 'items[0][id]': subscription.items.data[0].id, 'items[0][metadata][k]': 'v'.repeat(501) }),
+    400, { param: 'items[0][metadata][k]' });
+  assertStripeError(await stripe('POST', `/v1/subscriptions/${subscription.id}`, many('metadata', 51)), 400, { param: 'metadata' });
+
+  const ok = await createSession({
+    ...session, client_reference_id: 'r'.repeat(200), billing_address_collection: 'required', payment_method_collection: 'if_required',
+    [`metadata[${'k'.repeat(40)}]`]: 'v'.repeat(500),
+  });
+  assert.deepEqual([ok.client_reference_id.length, ok.billing_address_collection, ok.payment_method_collection], [200, 'required', 'if_required']);
+  assert.equal(ok.metadata['k'.repeat(40)].length, 500);
+});
+
+test('strict parameters: unknown names are refused on every POST and DELETE, documented ones accepted', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const customer = (await stripe('POST', '/v1/customers', { email: 's@example.com' })).body;
+  const session = { mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1' };
+  const meter = { event_name: 'e', 'payload[stripe_customer_id]': 'cus_1', 'payload[value]': '1' };
+  const sub = `/v1/subscriptions/${subscription.id}`;
+  const before = (await storedEvents()).length;
+  const unknown = [
+    ['POST', '/v1/customers', { email: 'x@example.com', nickname: 'x' }, 'nickname'],
+    ['POST', `/v1/customers/${customer.id}`, { default_payment_method: 'pm_1' }, 'default_payment_method'],
+    ['DELETE', `/v1/customers/${customer.id}`, { invoice_now: 'true' }, 'invoice_now'],
+    ['POST', '/v1/checkout/sessions', { ...session, trial_period_days: '7' }, 'trial_period_days'],
+    ['POST', '/v1/checkout/sessions', { ...session, 'line_items[0][product]': 'prod_basic' }, 'line_items[0][product]'],
+    ['POST', '/v1/checkout/sessions', { ...session, 'subscription_data[trial_days]': '7' }, 'subscription_data[trial_days]'],
+    ['POST', '/v1/checkout/sessions', { mode: 'payment', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1',
+      'payment_intent_data[customer]': 'cus_1' }, 'payment_intent_data[customer]'],
+    ['POST', '/v1/billing_portal/sessions', { customer: customer.id, success_url: 'https://x' }, 'success_url'],
+    ['POST', sub, { prorate: 'true' }, 'prorate'],
+    ['POST', sub, { 'items[0][id]': item.id, 'items[0][plan]': 'price_pro' }, 'items[0][plan]'],
+    ['POST', sub, { 'cancellation_details[reason]': 'other' }, 'cancellation_details[reason]'],
+    ['DELETE', sub, { cancel_at_period_end: 'true' }, 'cancel_at_period_end'],
+    ['POST', '/v1/billing/meter_events', { ...meter, value: '1' }, 'value'],
+    ['POST', '/v1/billing/meter_events', { ...meter, 'payload[region]': 'eu' }, 'payload[region]'],
+    ['POST', '/v1/invoices/create_preview', { subscription: subscription.id, subscription_items: 'x' }, 'subscription_items'],
+  ];
+  for (const [method, urlPath, form, param] of unknown) {
+    const res = await stripe(method, urlPath, form);
+    assertStripeError(res, 400, { type: 'invalid_request_error', code: 'parameter_unknown', param, message: `Received unknown parameter: ${param}` });
+  }
+  // unknown names win over bad values of known ones, as Stripe checks the names first
+  assertStripeError(await stripe('POST', '/v1/checkout/sessions', { mode: 'bogus', zzz: '1' }), 400, { code: 'parameter_unknown', param: 'zzz' });
+  const enums = [
+    ['POST', sub, { payment_behavior: 'sometimes' }, 'payment_behavior'],
+    ['POST', sub, { collection_method: 'cash' }, 'collection_method'],
+    ['POST', sub, { 'cancellation_details[feedback]': 'meh' }, 'cancellation_details[feedback]'],
+    ['POST', sub, { 'items[0][id]': item.id, 'items[0][deleted]': 'perhaps' }, 'items[0][deleted]'],
+    ['DELETE', sub, { invoice_now: 'soon' }, 'invoice_now'],
+    ['POST', '/v1/customers', { tax_exempt: 'always' }, 'tax_exempt'],
+    ['POST', '/v1/checkout/sessions', { ...session, 'subscription_data[proration_behavior]': 'always_invoice' }, 'subscription_data[proration_behavior]'],
+    ['POST', '/v1/checkout/sessions', { ...session, submit_type: 'buy' }, 'submit_type'],
+  ];
+  for (const [method, urlPath, form, param] of enums) {
+    assertStripeError(await stripe(method, urlPath, form), 400, { type: 'invalid_request_error', code: 'parameter_invalid', param });
+  }
+  assert.equal((await storedEvents()).length, before, 'refused requests change nothing');
+
+  // documented parameters the fake does not model are accepted and ignored; expand[] everywhere
+  const accepted = [
+    ['POST', '/v1/customers', { email: 'y@example.com', preferred_locales: 'fr', 'invoice_settings[footer]': 'x', 'expand[]': 'tax' }],
+    ['POST', `/v1/customers/${customer.id}`, { balance: '0', tax_exempt: 'none' }],
+    ['POST', '/v1/checkout/sessions', { ...session, locale: 'auto', 'automatic_tax[enabled]': 'true', ui_mode: 'hosted',
+      'subscription_data[description]': 'd', 'line_items[0][tax_rates][0]': 'txr_1', billing_address_collection: 'auto',
+      'expand[]': 'line_items' }],
+    ['POST', '/v1/billing_portal/sessions', { customer: customer.id, locale: 'auto', configuration: 'bpc_1' }],
+    ['POST', sub, { payment_behavior: 'allow_incomplete', collection_method: 'charge_automatically', off_session: 'true',
+      description: 'd', 'cancellation_details[comment]': 'fine', 'cancellation_details[feedback]': 'other' }],
+    ['POST', '/v1/invoices/create_preview', { subscription: subscription.id, preview_mode: 'next', 'automatic_tax[enabled]': 'false' }],
+    ['POST', '/v1/billing/meter_events', { ...meter, 'expand[]': 'x' }],
+  ];
+  for (const [method, urlPath, form] of accepted) {
+    const res = await stripe(method, urlPath, form);
+    assert.equal(res.status, 200, `${method} ${urlPath}: ${res.text}`);
+  }
+  const noted = (await stripe('GET', sub)).body.cancellation_details;
+  assert.deepEqual([noted.comment, noted.feedback], ['fine', 'other']);
+  const canceled = await stripe('DELETE', sub, { invoice_now: 'false', prorate: 'false', 'cancellation_details[feedback]': 'too_expensive' });
+  assert.equal(canceled.status, 200, canceled.text);
+  assert.deepEqual([canceled.body.status, canceled.body.cancellation_details.feedback, canceled.body.cancellation_details.reason],
+    ['canceled', 'too_expensive', 'cancellation_requested']);
+  assert.equal((await stripe('DELETE', `/v1/customers/${customer.id}`)).status, 200);
+});
+
+test('strict parameters: every request the extension and the repo tests send is accepted', async () => {
+  await reset();
+  const note = 'café ☕ & a=b+c %20 ü';
+  // stripe_create_checkout, subscription and payment (test/api_calls.sh, bench/checkout.sh)
+  const checkout = new URLSearchParams([
+    ['mode', 'subscription'], ['line_items[0][price]', 'price_basic'], ['line_items[0][quantity]', '2'],
+    ['success_url', 'https://app.example/ok?session={CHECKOUT_SESSION_ID}&x=1'], ['cancel_url', 'https://app.example/cancel'],
+    ['client_reference_id', 'u_sub'], ['metadata[user_ref]', 'u_sub'], ['metadata[plan]', 'pro'], ['metadata[note]', note],
+    ['metadata[seats]', '5'], ['metadata[beta]', 'true'], ['customer_email', 'sub@example.com'], ['allow_promotion_codes', 'true'],
+    ['subscription_data[metadata][user_ref]', 'u_sub'], ['subscription_data[trial_period_days]', '14'],
+  ]).toString();
+  const sub = await stripe('POST', '/v1/checkout/sessions', checkout);
+  assert.equal(sub.status, 200, sub.text);
+  const pay = await stripe('POST', '/v1/checkout/sessions', {
+    mode: 'payment', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1', success_url: 'https://app.example/paid',
+    cancel_url: 'https://app.example/back', client_reference_id: 'u_pay', 'metadata[user_ref]': 'u_pay',
+    'payment_intent_data[metadata][user_ref]': 'u_pay',
+  });
+  assert.equal(pay.status, 200, pay.text);
+  await ctl('POST', '/_fake/objects', { object: { id: 'cus_x', object: 'customer', email: 'x@example.com' } });
+  const linked = await stripe('POST', '/v1/checkout/sessions', {
+    mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1', success_url: 'https://app.example/ok',
+    cancel_url: 'https://app.example/cancel', client_reference_id: 'u1', 'metadata[user_ref]': 'u1', customer: 'cus_x',
+    'subscription_data[metadata][user_ref]': 'u1',
+  });
+  assert.equal(linked.status, 200, linked.text);
+  // stripe_create_portal_session, customers (stripe_api, test/backfill.sh)
+  assert.equal((await stripe('POST', '/v1/billing_portal/sessions', { customer: 'cus_x', return_url: 'https://app.example/account' })).status, 200);
+  assert.equal((await stripe('POST', '/v1/customers', { email: 'retry@example.com', 'metadata[user_ref]': 'u_retry' })).status, 200);
+  assert.equal((await stripe('POST', '/v1/customers', { 'metadata[after]': 'expiry' })).status, 200);
+  assert.equal((await stripe('POST', '/v1/customers', '')).status, 200);
+  // stripe_cancel_subscription / resume / change_price (test/api_calls.sh, test/backfill.sh)
+  const done = await ctl('POST', `/_fake/checkout/sessions/${sub.body.id}/complete`, {});
+  const subscription = (await stripe('GET', `/v1/subscriptions/${done.session.subscription}`)).body;
+  const url = `/v1/subscriptions/${subscription.id}`;
+  for (const form of [
+    { cancel_at_period_end: 'true' },
+    { cancel_at_period_end: 'false' },
+    { 'metadata[during]': 'x', cancel_at_period_end: 'true' },
+    { 'items[0][id]': subscription.items.data[0].id, 'items[0][price]': 'price_pro', 'items[0][quantity]': '3', proration_behavior: 'none' },
+    { 'items[0][id]': subscription.items.data[0].id, 'items[0][price]': 'price_basic', proration_behavior: 'create_prorations' },
+    { 'items[0][id]': subscription.items.data[0].id, 'items[0][price]': 'price_pro', proration_behavior: 'always_invoice' },
+  ]) {
+    const res = await stripe('POST', url, form);
+    assert.equal(res.status, 200, `${JSON.stringify(form)}: ${res.text}`);
+  }
+  // stripe_send_usage
+  const usage = await stripe('POST', '/v1/billing/meter_events', {
+    event_name: 'wt_api_calls', identifier: 'sb_usage_1', timestamp: String(Math.floor(Date.now() / 1000) - 60),
+    'payload[stripe_customer_id]': 'cus_x', 'payload[value]': '424242',
+  }, { headers: { 'Idempotency-Key': 'sb_usage_1' } });
+  assert.equal(usage.status, 200, usage.text);
+  assert.equal((await stripe('DELETE', url, '')).status, 200);
+  assert.equal((await stripe('DELETE', '/v1/customers/cus_x')).status, 200);
 });
 
 test('SIGTERM stops the server promptly even with a hung request', async () => {

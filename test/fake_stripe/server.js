@@ -5,7 +5,7 @@
 //   node test/fake_stripe/server.js --port 0 --key sk_test_fake [--port-file PATH]
 //
 // Binds 127.0.0.1 only and prints exactly one line, "listening <port>", once
-// ready. /v1/... emulates Stripe, /_fake/... is the control API (README.md),
+// ready. /v1/... and /v2/... emulate Stripe, /_fake/... is the control API (README.md),
 // /pay/... and /portal/... are the hosted pages behind session urls.
 
 const http = require('node:http');
@@ -13,6 +13,7 @@ const fs = require('node:fs');
 const { Store } = require('./state');
 const { FaultInjector } = require('./faults');
 const { RateLimiter } = require('./rate_limit');
+const { Latency } = require('./latency');
 const { createGateway } = require('./gateway');
 const { createControl } = require('./control');
 const { createPages } = require('./pages');
@@ -58,7 +59,7 @@ function createDispatcher(handlers) {
       throw err;
     }
     const { pathname } = url;
-    if (pathname === '/v1' || pathname.startsWith('/v1/')) return handlers.stripe(req, res, url, rawBody);
+    if (/^\/v[12](\/|$)/.test(pathname)) return handlers.stripe(req, res, url, rawBody);
     if (pathname.startsWith('/_fake/')) return handlers.control(req, res, url, rawBody);
     if (pathname.startsWith('/pay/') || pathname.startsWith('/portal/')) return handlers.pages(req, res, url);
     return sendJson(res, 404, { error: { message: `Not found: ${req.method} ${pathname}` } });
@@ -77,10 +78,11 @@ function main() {
   const store = new Store();
   const faults = new FaultInjector();
   const limiter = new RateLimiter();
+  const latency = new Latency();
   let baseUrl = null; // known once listening
   const dispatch = createDispatcher({
-    stripe: createGateway({ store, faults, limiter, apiKey: args.key, baseUrl: () => baseUrl }),
-    control: createControl({ store, faults, limiter }),
+    stripe: createGateway({ store, faults, limiter, latency, apiKey: args.key, baseUrl: () => baseUrl }),
+    control: createControl({ store, faults, limiter, latency }),
     pages: createPages({ store }),
   });
 

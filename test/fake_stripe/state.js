@@ -1,7 +1,7 @@
 'use strict';
 // In-memory state of the fake: Stripe objects by id (and per type in
 // insertion order, for the list endpoints), the event log, the idempotency
-// cache, meter events and the request recording.
+// cache, meter events and meter event sessions, and the request recording.
 
 const { BadRequest, noSuch } = require('./errors');
 const { buildEvent, buildPrice, buildProduct } = require('./templates');
@@ -24,13 +24,16 @@ class Store {
     this.events = []; // oldest -> newest; the array index is the event's sequence
     this.eventPositions = new Map(); // event id -> index in this.events
     this.idempotency = new Map(); // Idempotency-Key -> saved response
-    this.meterEvents = [];
+    this.meterEvents = []; // stored meter events of both APIs, each with `api` "v1" or "v2"
     this.meterIdentifiers = new Map(); // identifier -> unix time first seen
+    this.meterStats = { received: 0, stored: 0, duplicates: 0 };
+    this.meterSessions = new Map(); // v2 authentication_token -> {id, expiresAt (ms)}
+    this.previews = new Map(); // invoice previews by id: shown by the control API only, never listed
     this.checkoutDetails = new Map(); // session id -> request data Stripe keeps off the session object
     this.requests = [];
     this.requestCount = 0;
     this.connectionsOpened = 0;
-    this.rateLimited = 0; // /v1 requests answered 429 by the rate limit
+    this.rateLimited = 0; // /v1 and /v2 requests answered 429 by the rate limit
     this.seedCatalogue();
   }
 

@@ -1,22 +1,24 @@
 'use strict';
-// Handlers for the emulated Stripe endpoints under /v1. Each handler gets
-// ctx = {store, params, path, request, baseUrl} and returns the response
-// body (status 200) or throws a StripeError.
+// Handlers for the emulated Stripe endpoints under /v1 and /v2. Each
+// handler gets ctx = {store, params, path, request, baseUrl} and returns the
+// response body (status 200) or throws a StripeError. POST and DELETE
+// handlers are wrapped in strict() with their parameter table (params.js).
 
-const crypto = require('node:crypto');
 const { Router } = require('./router');
 const {
-  StripeError, missingParam, invalidParam, noSuch, intParam, boolParam, enumParam,
+  missingParam, invalidParam, noSuch, intParam, boolParam, enumParam,
 } = require('./errors');
 const {
   parseListParams, pageNewestFirst, pageInOrder, checkCursors, createdMatcher, allOf, listBody,
 } = require('./list');
 const {
-  buildCustomer, buildCheckoutSession, buildPortalSession, buildMeterEvent, apiView,
+  buildCustomer, buildCheckoutSession, buildPortalSession, apiView,
 } = require('./templates');
 const {
-  eventLog, mergeMetadata, cancelSubscription, updateSubscription, deleteCustomer,
+  eventLog, mergeMetadata, cancelSubscription, updateSubscription, previewInvoice, deleteCustomer,
 } = require('./billing');
+const { createMeterEvent, createMeterEventSession, streamMeterEvents } = require('./meter_events');
+const P = require('./params');
 const { newId, nowSeconds, previousAttributes } = require('./util');
 
 const CHECKOUT_MODES = ['payment', 'setup', 'subscription'];
@@ -132,6 +134,28 @@ function parseLineItems(store, lineItems, mode) {
   return lines;
 }
 
+// customer_creation (enum checked with the parameters): Stripe takes it in
+// payment and setup mode, and not together with an existing customer.
+function customerCreation(params, mode) {
+  if (params.customer_creation === undefined) return null;
+  if (mode === 'subscription') {
+    throw invalidParam('customer_creation', 'customer_creation can only be used in payment mode.');
+  }
+  if (params.customer !== undefined) {
+    throw invalidParam('customer_creation', 'You may only specify one of these parameters: customer, customer_creation.');
+  }
+  return params.customer_creation;
+}
+
+// payment_method_collection (enum checked with the parameters) is for subscription mode only.
+function paymentMethodCollection(params, mode) {
+  if (params.payment_method_collection === undefined) return mode === 'subscription' ? 'always' : null;
+  if (mode !== 'subscription') {
+    throw invalidParam('payment_method_collection', 'payment_method_collection can only be used in subscription mode.');
+  }
+  return params.payment_method_collection;
+}
+
 // subscription_data / payment_intent_data only fit their own mode.
 function modeData(params, name, mode, wantedMode) {
   const data = params[name];
@@ -147,6 +171,8 @@ function createCheckoutSession({ store, params, baseUrl }) {
   if (params.customer !== undefined && params.customer_email !== undefined) {
     throw invalidParam('customer_email', 'You may only specify one of these parameters: customer, customer_email.');
   }
+  const creation = customerCreation(params, mode);
+  const methodCollection = paymentMethodCollection(params, mode);
   const customer = params.customer === undefined ? null
     : liveCustomer(store, params.customer, { param: 'customer', status: 400 });
   const lines = mode === 'setup' ? [] : parseLineItems(store, params.line_items, mode);
@@ -158,6 +184,7 @@ function createCheckoutSession({ store, params, baseUrl }) {
     // Subscription items are the recurring lines; one-time lines are only charged.
     lines: lines.filter((line) => mode !== 'subscription' || line.price.recurring),
     trialDays,
+    customerCreation: creation,
     subscriptionMetadata: mergeMetadata({}, subscriptionData.metadata, 'subscription_data[metadata]'),
     paymentIntentMetadata: mergeMetadata({}, paymentIntentData.metadata, 'payment_intent_data[metadata]'),
   };
@@ -172,18 +199,19 @@ function createCheckoutSession({ store, params, baseUrl }) {
       : boolParam(params.allow_promotion_codes, 'allow_promotion_codes'),
     amount_subtotal: mode === 'setup' ? null : amount,
     amount_total: mode === 'setup' ? null : amount,
+    billing_address_collection: params.billing_address_collection === undefined ? null : params.billing_address_collection,
     cancel_url: optionalString(params.cancel_url, 'cancel_url'),
     client_reference_id: optionalString(params.client_reference_id, 'client_reference_id'),
     created,
     currency: lines.length ? lines[0].price.currency : null,
     customer: customer ? customer.id : null,
-    customer_creation: customer ? null : mode === 'payment' ? 'if_required' : 'always',
+    customer_creation: creation || (customer ? null : mode === 'payment' ? 'if_required' : 'always'),
     customer_email: optionalString(params.customer_email, 'customer_email'),
     expires_at: created + 86400,
     invoice: null,
     metadata: mergeMetadata({}, params.metadata),
     mode,
-    payment_method_collection: mode === 'subscription' ? 'always' : null,
+    payment_method_collection: methodCollection,
     payment_status: mode === 'setup' ? 'no_payment_required' : 'unpaid',
     setup_intent: null,
     status: 'open',
@@ -218,8 +246,8 @@ function postSubscription({ store, path, params, request }) {
   return apiView(updateSubscription(store, store.find(path.id, 'subscription'), params, request));
 }
 
-function deleteSubscription({ store, path, request }) {
-  return apiView(cancelSubscription(store, store.find(path.id, 'subscription'), request));
+function deleteSubscription({ store, path, params, request }) {
+  return apiView(cancelSubscription(store, store.find(path.id, 'subscription'), params, request));
 }
 
 // No status lists every subscription not ended; `all` lists every one;
@@ -292,6 +320,10 @@ function listProducts({ store, params }) {
 
 // ---- invoices ----
 
+function createInvoicePreview({ store, params }) {
+  return previewInvoice(store, params);
+}
+
 function getInvoice({ store, path }) {
   return store.find(path.id, 'invoice');
 }
@@ -313,44 +345,6 @@ function listInvoices({ store, params }) {
       createdMatcher(params.created),
     ]),
   });
-}
-
-// ---- billing meter events ----
-
-const METER_EVENT_MAX_AGE = 35 * 86400;
-const METER_EVENT_MAX_FUTURE = 5 * 60;
-const METER_IDENTIFIER_WINDOW = 86400;
-
-function meterPayload(payload) {
-  if (payload === undefined) throw missingParam('payload');
-  if (typeof payload !== 'object' || Array.isArray(payload)) throw invalidParam('payload', 'Invalid object');
-  if (payload.stripe_customer_id === undefined) throw missingParam('payload[stripe_customer_id]');
-  if (payload.value === undefined) throw missingParam('payload[value]');
-  if (!/^-?\d+(\.\d+)?$/.test(payload.value)) throw invalidParam('payload[value]', 'The value must be a number.');
-  return payload;
-}
-
-function createMeterEvent({ store, params }) {
-  if (params.event_name === undefined) throw missingParam('event_name');
-  const payload = meterPayload(params.payload);
-  const now = nowSeconds();
-  const timestamp = params.timestamp === undefined ? now : intParam(params.timestamp, 'timestamp');
-  if (timestamp < now - METER_EVENT_MAX_AGE || timestamp > now + METER_EVENT_MAX_FUTURE) {
-    throw invalidParam('timestamp', 'Timestamp must be within the past 35 calendar days and no more than 5 minutes in the future.');
-  }
-  const identifier = params.identifier === undefined ? crypto.randomUUID() : String(params.identifier);
-  const seen = store.meterIdentifiers.get(identifier);
-  if (seen !== undefined && now - seen < METER_IDENTIFIER_WINDOW) {
-    throw new StripeError(400, {
-      code: 'resource_already_exists',
-      param: 'identifier',
-      message: `An event already exists with identifier ${identifier}.`,
-    });
-  }
-  store.meterIdentifiers.set(identifier, now);
-  const event = buildMeterEvent({ eventName: String(params.event_name), identifier, payload, timestamp });
-  store.meterEvents.push(event);
-  return event;
 }
 
 // ---- entitlements ----
@@ -406,27 +400,32 @@ function getEvent({ store, path }) {
 
 const router = new Router()
   .add('GET', '/v1/customers', listCustomers)
-  .add('POST', '/v1/customers', createCustomer)
+  .add('POST', '/v1/customers', P.strict(P.CUSTOMER_CREATE, createCustomer))
   .add('GET', '/v1/customers/:id', getCustomer)
-  .add('POST', '/v1/customers/:id', updateCustomer)
-  .add('DELETE', '/v1/customers/:id', removeCustomer)
-  .add('POST', '/v1/checkout/sessions', createCheckoutSession)
+  .add('POST', '/v1/customers/:id', P.strict(P.CUSTOMER_UPDATE, updateCustomer))
+  .add('DELETE', '/v1/customers/:id', P.strict(P.CUSTOMER_DELETE, removeCustomer))
+  .add('POST', '/v1/checkout/sessions', P.strict(P.CHECKOUT_SESSION_CREATE, createCheckoutSession))
   .add('GET', '/v1/checkout/sessions/:id', getCheckoutSession)
-  .add('POST', '/v1/billing_portal/sessions', createPortalSession)
+  .add('POST', '/v1/billing_portal/sessions', P.strict(P.PORTAL_SESSION_CREATE, createPortalSession))
   .add('GET', '/v1/subscriptions', listSubscriptions)
   .add('GET', '/v1/subscriptions/:id', getSubscription)
-  .add('POST', '/v1/subscriptions/:id', postSubscription)
-  .add('DELETE', '/v1/subscriptions/:id', deleteSubscription)
+  .add('POST', '/v1/subscriptions/:id', P.strict(P.SUBSCRIPTION_UPDATE, postSubscription))
+  .add('DELETE', '/v1/subscriptions/:id', P.strict(P.SUBSCRIPTION_CANCEL, deleteSubscription))
   .add('GET', '/v1/subscription_items', listSubscriptionItems)
   .add('GET', '/v1/prices', listPrices)
   .add('GET', '/v1/prices/:id', getPrice)
   .add('GET', '/v1/products', listProducts)
   .add('GET', '/v1/products/:id', getProduct)
   .add('GET', '/v1/invoices', listInvoices)
+  .add('POST', '/v1/invoices/create_preview', P.strict(P.INVOICE_PREVIEW, createInvoicePreview))
   .add('GET', '/v1/invoices/:id', getInvoice)
-  .add('POST', '/v1/billing/meter_events', createMeterEvent)
+  .add('POST', '/v1/billing/meter_events', P.strict(P.METER_EVENT_CREATE, createMeterEvent))
   .add('GET', '/v1/entitlements/active_entitlements', listActiveEntitlements)
   .add('GET', '/v1/events', listEvents)
-  .add('GET', '/v1/events/:id', getEvent);
+  .add('GET', '/v1/events/:id', getEvent)
+  .add('POST', '/v2/billing/meter_event_session', P.strict(P.METER_EVENT_SESSION_CREATE, createMeterEventSession, 'json'),
+    { body: 'json' })
+  .add('POST', '/v2/billing/meter_event_stream', P.strict(P.METER_EVENT_STREAM_CREATE, streamMeterEvents, 'json'),
+    { body: 'json', auth: 'meter_session' });
 
 module.exports = { stripeRouter: router };

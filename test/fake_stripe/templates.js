@@ -270,60 +270,74 @@ function describeLine(item, productName) {
   return `${item.quantity} × ${productName} (at $${amount}${every})`;
 }
 
-function buildInvoiceLine({ invoice, subscription, item, amount, productName, id = newId('il_') }) {
+// What one invoice line bills: {price, quantity, amount, description,
+// period: {start, end}, proration, subscriptionItem, invoiceItem}.
+// Plain renewals bill every item over its current period; prorations and
+// pending invoice items come with their own amounts and wording.
+function itemCharges(subscription, productName) {
+  const trial = subscription.status === 'trialing';
+  return subscription.items.data.map((item) => ({
+    price: item.price,
+    quantity: item.quantity,
+    amount: trial ? 0 : item.price.unit_amount * item.quantity,
+    description: describeLine(item, productName(item.price.product)),
+    period: { start: item.current_period_start, end: item.current_period_end },
+    proration: false,
+    subscriptionItem: item.id,
+    invoiceItem: null,
+  }));
+}
+
+function buildInvoiceLine({ invoice, subscription, charge, id = newId('il_') }) {
+  const { price } = charge;
   return fromTemplate('invoice_line', {
-    amount,
-    currency: item.price.currency,
-    description: describeLine(item, productName),
+    amount: charge.amount,
+    currency: price.currency,
+    description: charge.description,
     discount_amounts: [],
     discounts: [],
     id,
     invoice,
     metadata: {},
-    period: { end: item.current_period_end, start: item.current_period_start },
-    quantity: item.quantity,
+    period: { end: charge.period.end, start: charge.period.start },
+    quantity: charge.quantity,
     subscription: subscription.id,
     parent: {
       invoice_item_details: null,
       subscription_item_details: {
-        invoice_item: null,
-        proration: false,
+        invoice_item: charge.invoiceItem,
+        proration: charge.proration,
         proration_details: { credited_items: null },
         subscription: subscription.id,
-        subscription_item: item.id,
+        subscription_item: charge.subscriptionItem,
       },
       type: 'subscription_item_details',
     },
     pricing: {
-      price_details: { price: item.price.id, product: item.price.product },
+      price_details: { price: price.id, product: price.product },
       type: 'price_details',
-      unit_amount_decimal: item.price.unit_amount_decimal,
+      unit_amount_decimal: price.unit_amount_decimal,
     },
-    subtotal: amount,
+    subtotal: charge.amount,
   });
 }
 
-// Invoice for a subscription's current items. `paid` false leaves it open
-// after a failed attempt. A trialing subscription is invoiced 0.
+// Invoice for a subscription: by default its current items (a trialing
+// subscription is invoiced 0); `charges` bills other lines (prorations,
+// pending invoice items). `paid` false leaves it open after a failed
+// attempt. A negative total (credits) leaves nothing due.
 // `productName(id)` resolves line descriptions.
 function buildInvoice({
   subscription, customer, billingReason, paid, productName, created = nowSeconds(),
-  id = newId('in_'), lineId = () => newId('il_'),
+  id = newId('in_'), lineId = () => newId('il_'), charges = itemCharges(subscription, productName),
 }) {
-  const trial = subscription.status === 'trialing';
-  const lines = subscription.items.data.map((item) => buildInvoiceLine({
-    invoice: id,
-    subscription,
-    item,
-    amount: trial ? 0 : item.price.unit_amount * item.quantity,
-    productName: productName(item.price.product),
-    id: lineId(),
-  }));
+  const lines = charges.map((charge) => buildInvoiceLine({ invoice: id, subscription, charge, id: lineId() }));
   const total = lines.reduce((sum, line) => sum + line.amount, 0);
+  const due = Math.max(total, 0);
   return fromTemplate('invoice', {
-    amount_due: total,
-    amount_paid: paid ? total : 0,
-    amount_remaining: paid ? 0 : total,
+    amount_due: due,
+    amount_paid: paid ? due : 0,
+    amount_remaining: paid ? 0 : due,
     attempt_count: 1,
     attempted: true,
     billing_reason: billingReason,
@@ -333,6 +347,7 @@ function buildInvoice({
     customer_email: customer.email,
     customer_name: customer.name,
     effective_at: created,
+    ending_balance: Math.min(total, 0),
     hosted_invoice_url: `https://invoice.stripe.com/i/fake/${id}`,
     id,
     invoice_pdf: `https://pay.stripe.com/invoice/fake/${id}/pdf`,
@@ -356,6 +371,67 @@ function buildInvoice({
       type: 'subscription_details',
     },
   });
+}
+
+// An invoice preview (POST /v1/invoices/create_preview): a draft nobody
+// finalized, numbered or paid, with an upcoming_in_ id and temporary line
+// ids. `created` is when it would be issued; the period is what it bills.
+function buildPreviewInvoice({ subscription, customer, billingReason, productName, charges, created, periodStart, periodEnd }) {
+  const invoice = buildInvoice({
+    subscription, customer, billingReason, paid: false, productName, charges, created,
+    id: newId('upcoming_in_'), lineId: () => newId('il_tmp_'),
+  });
+  return Object.assign(invoice, {
+    attempt_count: 0,
+    attempted: false,
+    effective_at: null,
+    ending_balance: null,
+    hosted_invoice_url: null,
+    invoice_pdf: null,
+    lines: { ...invoice.lines, url: '/v1/invoices/upcoming/lines' },
+    next_payment_attempt: billingReason === 'upcoming' ? created : null,
+    number: null,
+    period_end: periodEnd,
+    period_start: periodStart,
+    status: 'draft',
+    status_transitions: { finalized_at: null, marked_uncollectible_at: null, paid_at: null, voided_at: null },
+    webhooks_delivered_at: null,
+  });
+}
+
+// A pending invoice item (a proration the next invoice bills), in the basil
+// shape. There is no fixture for invoice items, so every field is set here.
+function buildInvoiceItem({ customer, subscription, charge }) {
+  const { price } = charge;
+  return {
+    id: newId('ii_'),
+    object: 'invoiceitem',
+    amount: charge.amount,
+    currency: price.currency,
+    customer,
+    date: nowSeconds(),
+    description: charge.description,
+    discountable: false,
+    discounts: [],
+    invoice: null,
+    livemode: false,
+    metadata: {},
+    net_amount: charge.amount,
+    parent: {
+      subscription_details: { subscription, subscription_item: charge.subscriptionItem },
+      type: 'subscription_details',
+    },
+    period: { end: charge.period.end, start: charge.period.start },
+    pricing: {
+      price_details: { price: price.id, product: price.product },
+      type: 'price_details',
+      unit_amount_decimal: price.unit_amount_decimal,
+    },
+    proration: charge.proration,
+    quantity: charge.quantity,
+    tax_rates: [],
+    test_clock: null,
+  };
 }
 
 function buildCheckoutSession(fields) {
@@ -510,7 +586,11 @@ module.exports = {
   buildSubscription,
   itemList,
   apiView,
+  describeLine,
+  itemCharges,
   buildInvoice,
+  buildPreviewInvoice,
+  buildInvoiceItem,
   buildCheckoutSession,
   buildPortalSession,
   buildPaymentIntent,
