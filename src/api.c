@@ -52,8 +52,8 @@ PG_FUNCTION_INFO_V1(stripe_events_page_text);
  * and forgotten rather than raised.  Other errors (out of memory, an
  * interrupt) are raised as they are.
  */
-static Jsonb *
-parse_body(SbHttpResponse *r)
+Jsonb *
+sb_parse_body(SbHttpResponse *r)
 {
 	MemoryContext context = CurrentMemoryContext;
 	Jsonb	   *volatile body = NULL;
@@ -384,7 +384,7 @@ call_with_retries(const char *method, const char *path, const char *form,
 	{
 		r = sb_http_request(method, path, form, idempotency_key);
 		/* (parsed once, whatever the status: an error body may be anything) */
-		body = r->status != 0 ? parse_body(r) : NULL;
+		body = r->status != 0 ? sb_parse_body(r) : NULL;
 		if (r->status / 100 == 2 && body != NULL)
 			break;
 		if (attempt >= max_retries || !should_retry(r, body))
@@ -404,11 +404,20 @@ response_time(SbHttpResponse *r)
 	return t < 0 ? (pg_time_t) time(NULL) : (pg_time_t) t;
 }
 
+/* Does path ask for a preview (an invoice that is not made)? */
+static bool
+is_preview(const char *path)
+{
+	size_t		len = strlen(path);
+
+	return len >= 15 && strcmp(path + len - 15, "/create_preview") == 0;
+}
+
 /*
  * Calls the Stripe API with an encoded form and returns the response object;
  * raises Stripe's or the network's error (see call_with_retries).  An empty
  * idempotency_key, like NULL, means a fresh one.  A returned object of a
- * mapped kind is applied to the local tables.
+ * mapped kind is applied to the local tables (unless it is a preview).
  */
 Jsonb *
 sb_stripe_call_form(const char *method, const char *path, const char *form,
@@ -432,8 +441,11 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 	body = call_with_retries(method, path, form, mutating ? idempotency_key : NULL,
 							 sb_max_network_retries, &r);
 
-	/* whatever Stripe returned, the caller's next query sees it */
-	if (JB_ROOT_IS_OBJECT(body))
+	/*
+	 * whatever Stripe returned, the caller's next query sees it; but not a
+	 * preview (.../create_preview): it is no object of the account
+	 */
+	if (JB_ROOT_IS_OBJECT(body) && !is_preview(path))
 	{
 		char	   *kind = sb_object_string(body, "object");
 
@@ -462,7 +474,7 @@ sb_stripe_get(const char *path, const char *query, pg_time_t *response_time_out)
 	check_path(path);
 	/* the answer to a request started in the background, if it is this one and it succeeded */
 	r = sb_http_take_prefetched(path, query);
-	body = (r && r->status / 100 == 2) ? parse_body(r) : NULL;
+	body = (r && r->status / 100 == 2) ? sb_parse_body(r) : NULL;
 	if (body == NULL)
 		body = call_with_retries("GET", path, query, NULL, Max(sb_max_network_retries, LIST_RETRIES), &r);
 	*response_time_out = response_time(r);
@@ -546,7 +558,7 @@ stripe_events_page(PG_FUNCTION_ARGS)
 
 	/* (anything but a JSON 2xx is asked again the usual way, which says why) */
 	r = sb_http_take_prefetched("/v1/events", query.data);
-	page = (r && r->status / 100 == 2) ? parse_body(r) : NULL;
+	page = (r && r->status / 100 == 2) ? sb_parse_body(r) : NULL;
 	if (page == NULL)
 		page = sb_stripe_call_form("GET", "/v1/events", query.data, NULL);
 
@@ -584,8 +596,8 @@ stripe_events_page_text(PG_FUNCTION_ARGS)
 		r = sb_http_request("GET", "/v1/events", query.data, NULL);
 		if (r->status / 100 == 2)
 			break;
-		if (attempt >= sb_max_network_retries || !should_retry(r, r->status ? parse_body(r) : NULL))
-			report_failure("GET", "/v1/events", r, r->status ? parse_body(r) : NULL);
+		if (attempt >= sb_max_network_retries || !should_retry(r, r->status ? sb_parse_body(r) : NULL))
+			report_failure("GET", "/v1/events", r, r->status ? sb_parse_body(r) : NULL);
 		wait_to_retry(r, attempt++);
 	}
 	if (memchr(r->body, '\0', r->body_len) != NULL ||

@@ -18,6 +18,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -39,8 +40,15 @@ enum
 	ARG_ALLOW_PROMOTION_CODES,
 	ARG_CUSTOMER_EMAIL,
 	ARG_METADATA,
-	ARG_IDEMPOTENCY_KEY
+	ARG_IDEMPOTENCY_KEY,
+	ARG_ALLOW_REPEAT_TRIAL
 };
+
+/* Stripe's limits on metadata and client_reference_id (characters). */
+#define METADATA_MAX_KEYS 50
+#define METADATA_KEY_MAX 40
+#define METADATA_VALUE_MAX 500
+#define CLIENT_REFERENCE_ID_MAX 200
 
 /* Raises invalid_parameter_value naming the argument. */
 static void
@@ -71,21 +79,26 @@ optional_text(FunctionCallInfo fcinfo, int argno)
 	return value && value[0] ? value : NULL;
 }
 
-/* The user's known customer (stripe_billing._customer_of), or NULL. */
+/*
+ * The user's known customer (stripe_billing._customer_of), or NULL; and
+ * whether any subscription of theirs ever had a trial, whatever its status.
+ */
 static char *
-known_customer(const char *user_ref)
+user_facts(const char *user_ref, bool *had_trial)
 {
 	static SPIPlanPtr plan = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	Datum		arg = CStringGetTextDatum(user_ref);
 	char	   *customer = NULL;
 
+	*had_trial = false;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (plan == NULL)
 	{
 		Oid			type = TEXTOID;
-		SPIPlanPtr	p = SPI_prepare("SELECT stripe_billing._customer_of($1)", 1, &type);
+		SPIPlanPtr	p = SPI_prepare("SELECT stripe_billing._customer_of($1), stripe_billing._had_trial($1)",
+									1, &type);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -97,9 +110,12 @@ known_customer(const char *user_ref)
 	if (SPI_processed == 1)
 	{
 		char	   *id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+		Datum		trial = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 
 		if (id)
 			customer = MemoryContextStrdup(caller, id);
+		*had_trial = !isnull && DatumGetBool(trial);
 	}
 	SPI_finish();
 	return customer;
@@ -107,8 +123,11 @@ known_customer(const char *user_ref)
 
 /*
  * Appends metadata[key]=value for each entry of the caller's metadata but
- * user_ref (ours wins).  Stripe keeps metadata as flat strings: a nested
- * value is refused here, naming its key, before any request.
+ * user_ref (ours wins).  Stripe keeps metadata as flat strings within
+ * limits: a nested value, a key with "[" or "]" (it would change the form's
+ * structure), a key over 40 or a value over 500 characters, or more than 49
+ * keys (with user_ref, Stripe's 50) are refused here, naming the key,
+ * before any request.
  */
 static void
 append_metadata(StringInfo form, Jsonb *metadata)
@@ -117,6 +136,7 @@ append_metadata(StringInfo form, Jsonb *metadata)
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
+	int			keys = 0;
 
 	if (!JB_ROOT_IS_OBJECT(metadata))
 		bad_argument("metadata", "must be a JSON object");
@@ -152,8 +172,23 @@ append_metadata(StringInfo form, Jsonb *metadata)
 									  JsonContainerIsArray(v.val.binary.data) ? "array" : "object"));
 				value = NULL;	/* keep compiler quiet */
 		}
-		if (strcmp(key, "user_ref") != 0)
-			sb_form_append(form, psprintf("metadata[%s]", key), value);
+		if (strcmp(key, "user_ref") == 0)
+			continue;
+		if (strpbrk(key, "[]") != NULL)
+			bad_argument(psprintf("metadata key \"%s\"", key), "must not contain \"[\" or \"]\"");
+		if (key[0] == '\0')
+			bad_argument("metadata", "must not have an empty key");
+		if (pg_mbstrlen(key) > METADATA_KEY_MAX)
+			bad_argument(psprintf("metadata key \"%s\"", key),
+						 psprintf("must be at most %d characters, not %d", METADATA_KEY_MAX, pg_mbstrlen(key)));
+		if (pg_mbstrlen(value) > METADATA_VALUE_MAX)
+			bad_argument(psprintf("metadata.%s", key),
+						 psprintf("must be at most %d characters, not %d", METADATA_VALUE_MAX, pg_mbstrlen(value)));
+		if (++keys > METADATA_MAX_KEYS - 1)
+			bad_argument("metadata",
+						 psprintf("must have at most %d keys besides user_ref (Stripe allows %d, and user_ref is one)",
+								  METADATA_MAX_KEYS - 1, METADATA_MAX_KEYS));
+		sb_form_append(form, psprintf("metadata[%s]", key), value);
 	}
 }
 
@@ -185,11 +220,17 @@ session_time(Jsonb *session, const char *key, bool *isnull)
 /*
  * stripe_create_checkout(user_ref, price, success_url, cancel_url, quantity,
  *     mode, trial_days, allow_promotion_codes, customer_email, metadata,
- *     idempotency_key) -> (session_id, url, expires_at)
+ *     idempotency_key, allow_repeat_trial)
+ *     -> (session_id, url, expires_at, trial_granted)
  *
  * Uses the user's known customer, else customer_email; puts user_ref in
  * client_reference_id and in the session's and the subscription's (or
  * payment's) metadata, which is how the completed session finds the user.
+ * In payment mode without a known customer, Checkout is asked to create
+ * one (customer_creation=always), so that the payment links the user to a
+ * customer.  One trial per user: trial_days is left out for a user who
+ * already had a trial (any subscription of theirs, whatever its status),
+ * unless allow_repeat_trial; trial_granted says whether it was asked for.
  */
 Datum
 stripe_create_checkout(PG_FUNCTION_ARGS)
@@ -201,22 +242,30 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 	char	   *mode = PG_ARGISNULL(ARG_MODE) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(ARG_MODE));
 	char	   *customer_email = optional_text(fcinfo, ARG_CUSTOMER_EMAIL);
 	char	   *idempotency_key = optional_text(fcinfo, ARG_IDEMPOTENCY_KEY);
+	bool		allow_repeat_trial = PG_NARGS() > ARG_ALLOW_REPEAT_TRIAL &&
+		!PG_ARGISNULL(ARG_ALLOW_REPEAT_TRIAL) && PG_GETARG_BOOL(ARG_ALLOW_REPEAT_TRIAL);
 	bool		subscription;
+	bool		had_trial;
+	bool		trial_granted = false;
 	char	   *customer;
 	StringInfoData form;
 	Jsonb	   *session;
 	TupleDesc	tupdesc;
-	Datum		values[3];
-	bool		nulls[3];
+	Datum		values[4];
+	bool		nulls[4];
 
+	if (pg_mbstrlen(user_ref) > CLIENT_REFERENCE_ID_MAX)
+		bad_argument("user_ref",
+					 psprintf("must be at most %d characters (Stripe's limit for client_reference_id), not %d",
+							  CLIENT_REFERENCE_ID_MAX, pg_mbstrlen(user_ref)));
 	if (PG_ARGISNULL(ARG_QUANTITY) || PG_GETARG_INT32(ARG_QUANTITY) < 1)
 		bad_argument("quantity", "must be at least 1");
 	if (mode == NULL || (strcmp(mode, "subscription") != 0 && strcmp(mode, "payment") != 0))
 		bad_argument("mode", "must be 'subscription' or 'payment'");
 	subscription = strcmp(mode, "subscription") == 0;
 	if (!PG_ARGISNULL(ARG_TRIAL_DAYS) &&
-		(PG_GETARG_INT32(ARG_TRIAL_DAYS) < 1 || !subscription))
-		bad_argument("trial_days", "must be at least 1, for mode 'subscription' only");
+		(PG_GETARG_INT32(ARG_TRIAL_DAYS) < 1 || PG_GETARG_INT32(ARG_TRIAL_DAYS) > 730 || !subscription))
+		bad_argument("trial_days", "must be from 1 to 730, for mode 'subscription' only");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "stripe_create_checkout must return a composite type");
 
@@ -232,7 +281,7 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 		append_metadata(&form, PG_GETARG_JSONB_P(ARG_METADATA));
 	sb_form_append(&form, "metadata[user_ref]", user_ref);
 
-	customer = known_customer(user_ref);
+	customer = user_facts(user_ref, &had_trial);
 	if (customer)
 		sb_form_append(&form, "customer", customer);
 	else if (customer_email)
@@ -242,12 +291,17 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 	if (subscription)
 	{
 		sb_form_append(&form, "subscription_data[metadata][user_ref]", user_ref);
-		if (!PG_ARGISNULL(ARG_TRIAL_DAYS))
+		trial_granted = !PG_ARGISNULL(ARG_TRIAL_DAYS) && (!had_trial || allow_repeat_trial);
+		if (trial_granted)
 			sb_form_append(&form, "subscription_data[trial_period_days]",
 						   psprintf("%d", PG_GETARG_INT32(ARG_TRIAL_DAYS)));
 	}
 	else
+	{
 		sb_form_append(&form, "payment_intent_data[metadata][user_ref]", user_ref);
+		if (customer == NULL)
+			sb_form_append(&form, "customer_creation", "always");
+	}
 
 	session = sb_stripe_call_form("POST", "/v1/checkout/sessions", form.data, idempotency_key);
 
@@ -258,5 +312,7 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 	values[0] = session_text(session, "id", &nulls[0]);
 	values[1] = session_text(session, "url", &nulls[1]);
 	values[2] = session_time(session, "expires_at", &nulls[2]);
+	values[3] = BoolGetDatum(trial_granted);
+	nulls[3] = false;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

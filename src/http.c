@@ -191,15 +191,16 @@ host_is_loopback(const char *host)
 }
 
 /*
- * Checks stripe_billing.api_base, parsed the way libcurl will parse it:
- * https://host[:port], or http:// to a loopback host, never with a user name
- * or password in it (http://127.0.0.1@example.com goes to example.com).
- * Raises SBC03 otherwise, before any network traffic.
+ * Checks a base URL setting (stripe_billing.api_base, .meter_events_base),
+ * parsed the way libcurl will parse it: https://host[:port], or http:// to
+ * a loopback host, never with a user name or password in it
+ * (http://127.0.0.1@example.com goes to example.com).  Raises SBC03
+ * otherwise, before any network traffic.  *checked remembers the last
+ * value found allowed.
  */
-void
-sb_check_api_base(const char *base)
+static void
+check_base(const char *setting, const char *base, char **checked)
 {
-	static char *checked_base = NULL;	/* the last base found allowed */
 	CURLU	   *url;
 	char	   *scheme = NULL;
 	char	   *host = NULL;
@@ -207,7 +208,7 @@ sb_check_api_base(const char *base)
 	char	   *password = NULL;
 	bool		ok;
 
-	if (checked_base && strcmp(checked_base, base) == 0)
+	if (*checked && strcmp(*checked, base) == 0)
 		return;
 	url = curl_url();
 	if (url == NULL)
@@ -228,11 +229,29 @@ sb_check_api_base(const char *base)
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_API_BASE_REFUSED),
-				 errmsg("stripe_billing.api_base \"%s\" is not allowed", base),
+				 errmsg("%s \"%s\" is not allowed", setting, base),
 				 errdetail("Only https:// is allowed, and plain http:// to a loopback host for tests, without a user name or password.")));
-	if (checked_base)
-		pfree(checked_base);
-	checked_base = MemoryContextStrdup(TopMemoryContext, base);
+	if (*checked)
+		pfree(*checked);
+	*checked = MemoryContextStrdup(TopMemoryContext, base);
+}
+
+/* Checks stripe_billing.api_base (see check_base). */
+void
+sb_check_api_base(const char *base)
+{
+	static char *checked = NULL;
+
+	check_base("stripe_billing.api_base", base, &checked);
+}
+
+/* Checks stripe_billing.meter_events_base (see check_base). */
+void
+sb_check_meter_events_base(const char *base)
+{
+	static char *checked = NULL;
+
+	check_base("stripe_billing.meter_events_base", base, &checked);
 }
 
 /* Returns the backend's easy handle, reset for a new request. */
@@ -262,8 +281,8 @@ get_handle(void)
 
 
 /* Checks the settings a request needs; raises SBC02 or SBC03. */
-static void
-check_settings(void)
+void
+sb_check_settings(void)
 {
 	if (sb_api_key == NULL || sb_api_key[0] == '\0')
 		ereport(ERROR,
@@ -273,14 +292,14 @@ check_settings(void)
 	sb_check_api_base(sb_api_base);
 }
 
-/* stripe_billing.api_base || path, and ?query when there is no body. */
+/* base || path, and ?query when there is no body. */
 static char *
-request_url(const char *path, const char *query)
+request_url(const char *base, const char *path, const char *query)
 {
 	StringInfoData url;
 
 	initStringInfo(&url);
-	appendStringInfoString(&url, sb_api_base);
+	appendStringInfoString(&url, base);
 	while (url.len > 0 && url.data[url.len - 1] == '/')
 		url.data[--url.len] = '\0';	/* "https://api.stripe.com/" + "/v1/..." */
 	appendStringInfoString(&url, path);
@@ -291,13 +310,15 @@ request_url(const char *path, const char *query)
 
 /*
  * The request headers, as a curl list (malloc'd: the caller frees it with
- * curl_slist_free_all).  Built without any chance of an ereport between the
- * appends, so the list cannot leak; our copy of the key line is wiped.
+ * curl_slist_free_all), authenticated with secret (the API key, or a meter
+ * event session's token), with content_type when there is a body.  Built
+ * without any chance of an ereport between the appends, so the list cannot
+ * leak; our copy of the secret's line is wiped.
  */
 static struct curl_slist *
-build_headers(const char *idempotency_key, bool has_body)
+build_headers(const char *secret, const char *idempotency_key, const char *content_type)
 {
-	char	   *auth = psprintf("Authorization: Bearer %s", sb_api_key);
+	char	   *auth = psprintf("Authorization: Bearer %s", secret);
 	const char *lines[6];
 	int			n = 0;
 	struct curl_slist *headers = NULL;
@@ -308,8 +329,8 @@ build_headers(const char *idempotency_key, bool has_body)
 	lines[n++] = "Accept: application/json";
 	if (idempotency_key)
 		lines[n++] = psprintf("Idempotency-Key: %s", idempotency_key);
-	if (has_body)
-		lines[n++] = "Content-Type: application/x-www-form-urlencoded";
+	if (content_type)
+		lines[n++] = psprintf("Content-Type: %s", content_type);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -447,13 +468,14 @@ sb_http_request(const char *method, const char *path, const char *form,
 	char	   *errbuf = palloc(CURL_ERROR_SIZE);
 	char	   *url;
 
-	check_settings();
-	url = request_url(path, has_body ? NULL : form);
+	sb_check_settings();
+	url = request_url(sb_api_base, path, has_body ? NULL : form);
 	init_transfer(transfer);
 	errbuf[0] = '\0';
 
 	curl = get_handle();
-	headers = build_headers(idempotency_key, has_body);
+	headers = build_headers(sb_api_key, idempotency_key,
+							 has_body ? "application/x-www-form-urlencoded" : NULL);
 	set_options(curl, method, url, form, headers, transfer, errbuf);
 	PG_TRY();
 	{
@@ -687,10 +709,10 @@ sb_http_prefetch(const char *path, const char *query)
 		curl_easy_reset(slot->handle);	/* (the multi keeps the connections) */
 
 	oldcontext = MemoryContextSwitchTo(slot->context);
-	url = request_url(path, query);
+	url = request_url(sb_api_base, path, query);
 	init_transfer(&slot->transfer);
 	slot->errbuf[0] = '\0';
-	slot->headers = build_headers(NULL, false);
+	slot->headers = build_headers(sb_api_key, NULL, NULL);
 	slot->request = psprintf("%s?%s", path, query);
 	slot->started = GetCurrentTimestamp();
 	slot->done = false;
@@ -773,6 +795,118 @@ sb_http_take_prefetched(const char *path, const char *query)
 	}
 	PG_END_TRY();
 	return response;
+}
+
+/*
+ * POSTs several JSON bodies to base || path, at most parallel at once on
+ * connections a multi handle of its own keeps between calls, authenticated
+ * with secret.  Returns one response per body, in order: a transport
+ * failure or a body over stripe_billing.max_response_size comes back as
+ * status 0 with network_error set, for the caller to retry.  An interrupt
+ * stops every transfer and raises.
+ */
+SbHttpResponse **
+sb_http_post_all(const char *base, const char *path, char **bodies, int n,
+				 const char *secret, int parallel)
+{
+	static CURLM *multi = NULL;
+	SbHttpResponse **responses = palloc0(sizeof(SbHttpResponse *) * Max(n, 1));
+	char	   *url = request_url(base, path, NULL);
+	int			slots = Max(Min(parallel, n), 1);
+	CURL	  **handles = palloc0(sizeof(CURL *) * slots);
+	int		   *running_body = palloc(sizeof(int) * slots);		/* -1: idle */
+	Transfer   *transfers = palloc0(sizeof(Transfer) * slots);
+	char	  **errbufs = palloc(sizeof(char *) * slots);
+	struct curl_slist *volatile headers = NULL;
+
+	if (multi == NULL && (multi = curl_multi_init()) == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not create a libcurl multi handle")));
+	for (int i = 0; i < slots; i++)
+	{
+		running_body[i] = -1;
+		errbufs[i] = palloc(CURL_ERROR_SIZE);
+	}
+	(void) get_handle();		/* (curl_global_init) */
+	headers = build_headers(secret, NULL, "application/json");
+
+	PG_TRY();
+	{
+		int			next = 0;
+		int			done = 0;
+
+		for (int i = 0; i < slots; i++)
+			if ((handles[i] = curl_easy_init()) == NULL)
+				ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not create a libcurl handle")));
+		while (done < n)
+		{
+			int			still;
+			int			queued;
+			CURLMsg    *msg;
+
+			/* idle slots take the next bodies */
+			for (int i = 0; i < slots && next < n; i++)
+			{
+				if (running_body[i] >= 0)
+					continue;
+				curl_easy_reset(handles[i]);
+				init_transfer(&transfers[i]);
+				errbufs[i][0] = '\0';
+				set_options(handles[i], "POST", url, bodies[next], headers, &transfers[i], errbufs[i]);
+				if (curl_multi_add_handle(multi, handles[i]) != CURLM_OK)
+					ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("could not start a libcurl transfer")));
+				running_body[i] = next++;
+			}
+
+			(void) curl_multi_perform(multi, &still);
+			while ((msg = curl_multi_info_read(multi, &queued)) != NULL)
+			{
+				int			i;
+
+				if (msg->msg != CURLMSG_DONE)
+					continue;
+				for (i = 0; i < slots && handles[i] != msg->easy_handle; i++)
+					;
+				if (i == slots || running_body[i] < 0)
+					continue;
+				if (msg->data.result == CURLE_ABORTED_BY_CALLBACK)
+					CHECK_FOR_INTERRUPTS();
+				responses[running_body[i]] = collect_response(handles[i], msg->data.result, errbufs[i],
+															  &transfers[i]);
+				if (transfers[i].too_large || transfers[i].out_of_memory)
+				{
+					responses[running_body[i]]->status = 0;
+					responses[running_body[i]]->network_error =
+						psprintf("the response exceeds stripe_billing.max_response_size (%d kB)",
+								 sb_max_response_size);
+				}
+				curl_multi_remove_handle(multi, handles[i]);
+				free_transfer_body(&transfers[i]);
+				running_body[i] = -1;
+				done++;
+			}
+			if (done < n)
+			{
+				CHECK_FOR_INTERRUPTS();
+				(void) curl_multi_poll(multi, NULL, 0, 100, NULL);
+			}
+		}
+	}
+	PG_FINALLY();
+	{
+		for (int i = 0; i < slots; i++)
+		{
+			if (handles[i] == NULL)
+				continue;
+			if (running_body[i] >= 0)
+				curl_multi_remove_handle(multi, handles[i]);
+			/* the header list holds the secret: no handle keeps a pointer to it */
+			curl_easy_cleanup(handles[i]);
+			free_transfer_body(&transfers[i]);
+		}
+		curl_slist_free_all(headers);
+	}
+	PG_END_TRY();
+	return responses;
 }
 
 /* Appends text percent-encoded (curl's string is malloc'd: freed here). */

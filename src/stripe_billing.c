@@ -50,6 +50,9 @@ int			sb_max_requests_per_second = 20;
 bool		sb_backfill_on_start = true;
 int			sb_backfill_invoices_since = 90 * 86400;
 int			sb_reconcile_interval = 86400;
+char	   *sb_meter_events_base = NULL;
+int			sb_usage_api = SB_USAGE_API_V2;
+int			sb_usage_concurrency = 4;
 int			sb_max_response_size = 64 * 1024;	/* kB */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
@@ -335,6 +338,12 @@ check_header_value(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+static const struct config_enum_entry usage_api_options[] = {
+	{"v2", SB_USAGE_API_V2, false},
+	{"v1", SB_USAGE_API_V1, false},
+	{NULL, 0, false}
+};
+
 /* Module load: define settings and install the scrubbing hook. */
 void
 _PG_init(void)
@@ -526,6 +535,34 @@ _PG_init(void)
 							86400, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("stripe_billing.meter_events_base",
+							   "Base URL of Stripe's meter event stream (Billing Meter Events v2).",
+							   "https:// only; http:// is allowed to loopback hosts, for tests.",
+							   &sb_meter_events_base,
+							   "https://meter-events.stripe.com",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("stripe_billing.usage_api",
+							 "How usage is sent: v2 (meter event stream, batches of 100) or v1 (one request per row).",
+							 NULL,
+							 &sb_usage_api,
+							 SB_USAGE_API_V2,
+							 usage_api_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.usage_concurrency",
+							"Requests of the meter event stream in flight at once.",
+							NULL,
+							&sb_usage_concurrency,
+							4, 1, 16,
+							PGC_SUSET,
+							0,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("stripe_billing");

@@ -86,6 +86,11 @@ extern int	sb_max_requests_per_second;
 extern bool sb_backfill_on_start;
 extern int	sb_backfill_invoices_since;	/* s */
 extern int	sb_reconcile_interval;	/* s */
+extern char *sb_meter_events_base;
+#define SB_USAGE_API_V2 2
+#define SB_USAGE_API_V1 1
+extern int	sb_usage_api;
+extern int	sb_usage_concurrency;
 
 extern void sb_scrub_secrets(char *s);
 
@@ -107,6 +112,8 @@ typedef struct SbHttpResponse
 } SbHttpResponse;
 
 extern void sb_check_api_base(const char *base);
+extern void sb_check_settings(void);
+extern void sb_check_meter_events_base(const char *base);
 extern SbHttpResponse *sb_http_request(const char *method, const char *path,
 									   const char *form, const char *idempotency_key);
 extern void sb_http_prefetch(const char *path, const char *query);
@@ -114,11 +121,14 @@ extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *que
 extern bool sb_http_prefetched_is(const char *path, const char *query);
 extern char *sb_form_encode(Jsonb *params);
 extern void sb_form_append(StringInfo form, const char *name, const char *value);
+extern SbHttpResponse **sb_http_post_all(const char *base, const char *path, char **bodies, int n,
+										 const char *secret, int parallel);
 
 /* api.c */
 extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params,
 							 const char *idempotency_key);
 extern char *sb_object_string(Jsonb *object, const char *key);
+extern Jsonb *sb_parse_body(SbHttpResponse *r);
 extern Jsonb *sb_stripe_call_form(const char *method, const char *path, const char *form,
 								  const char *idempotency_key);
 extern Jsonb *sb_stripe_get(const char *path, const char *query, pg_time_t *response_time);

@@ -210,7 +210,8 @@ success_url=https://app.example/paid
 cancel_url=https://app.example/back
 client_reference_id=u_pay
 metadata[user_ref]=u_pay
-payment_intent_data[metadata][user_ref]=u_pay" "$(jx 'r.length ? pairs(r[0]) : ""')"
+payment_intent_data[metadata][user_ref]=u_pay
+customer_creation=always" "$(jx 'r.length ? pairs(r[0]) : ""')"
 eq "$(jx 'r.length == 2 && !!r[0].idempotency_key && !!r[1].idempotency_key && r[0].idempotency_key != r[1].idempotency_key')" \
    true "generated Idempotency-Keys present and distinct per call"
 eq "$(rows | sed -n 3,4p | tr '\n' ' ')" "u_pay:open u_pay2:open " "checkout_sessions rows"
@@ -253,6 +254,52 @@ recs "$mark" /v1/
 eq "$(jx 'r.length ? pairs(r[0]).filter(l => /^customer/.test(l)).join(",") : "no request"')" "customer=cus_x" "customer fields sent"
 eq "$(fk GET "/_fake/objects/$(rows | tail -1)" '' 'r.customer' 2>&1)" cus_x "the fake's session customer"
 verdict "checkout for a user with a known customer sends customer=cus_x and no customer_email"
+
+# Stripe's limits, refused before any request with the argument named:
+# a bracket in a key would change the form's structure; Stripe allows 50
+# keys (user_ref is ours), keys up to 40 and values up to 500 characters,
+# and client_reference_id (user_ref) up to 200.
+many_keys=$(node -e 'const m = {}; for (let i = 0; i < 50; i++) m["k" + i] = "v"; console.log(JSON.stringify(m))')
+for case in "metadata key \"a[b]\"|u_lim|{\"a[b]\": \"x\"}" \
+            "metadata key \"a]\"|u_lim|{\"a]\": \"x\"}" \
+            "metadata key \"$(printf 'k%.0s' {1..41})\"|u_lim|{\"$(printf 'k%.0s' {1..41})\": \"x\"}" \
+            "metadata.long|u_lim|{\"long\": \"$(printf 'v%.0s' {1..501})\"}" \
+            "metadata must have at most 49 keys|u_lim|$many_keys" \
+            "user_ref|$(printf 'u%.0s' {1..201})|{}"; do
+    IFS='|' read -r named user meta <<<"$case"
+    mark=$(reqcount)
+    sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('$user', 'price_basic',
+      'https://app.example/ok', 'https://app.example/cancel', metadata => '$meta');"
+    state_is 22023 "checkout refused for $named"
+    [[ "$MSG" == "$named"* ]] || bad "the message should start with '$named': '$MSG'"
+    eq "$(reqcount)" "$mark" "requests made ($named)"
+done
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('$(printf 'u%.0s' {1..200})', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel',
+  metadata => '$(node -e 'const m = {user_ref: "theirs"}; for (let i = 0; i < 49; i++) m["k" + i] = "v"; m["k0"] = "v".repeat(500); m["k".repeat(40)] = "x"; delete m.k48; console.log(JSON.stringify(m))')');"
+noerr "checkout at every limit (200-character user_ref, 49 keys besides user_ref, a 40-character key, a 500-character value)"
+verdict "checkout refuses metadata keys with [ or ], over 40 characters, values over 500, more than 49 keys, a user_ref over 200, naming each, before any request; exactly at the limits it is sent"
+
+# payment mode: a user with no known customer gets one made by Checkout, so
+# that the payment links them; a known customer is used as it is
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u1', 'price_onetime',
+  'https://app.example/paid', 'https://app.example/back', mode => 'payment');"
+noerr "checkout (payment) for a linked user"
+recs "$mark" /v1/
+eq "$(jx 'r.length ? pairs(r[0]).filter(l => /^customer/.test(l)).join(",") : "no request"')" "customer=cus_x" "customer fields sent (linked user)"
+cs_pay=$(rows)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_guest', 'price_onetime',
+  'https://app.example/paid', 'https://app.example/back', mode => 'payment', customer_email => 'guest@example.com');"
+noerr "checkout (payment) for a new user"
+cs_guest=$(rows)
+completed=$(fk POST "/_fake/checkout/sessions/$cs_guest/complete" '{}' 'r.session.customer' 2>&1)
+sql "SELECT public.apply_all_events();
+SELECT c.id FROM stripe_billing.customers c WHERE c.user_ref = 'u_guest';"
+noerr "applying the payment's events"
+[[ "$completed" == cus_* ]] || bad "the completed payment session has no customer: '$completed'"
+eq "$(rows | tail -1)" "$completed" "the customer linked to u_guest"
+verdict "checkout in payment mode sends customer_creation=always for a user without a customer (the payment then links them: u_guest -> $completed), and customer=cus_x without it for a linked user"
 
 ###########################################################################
 # 2. Idempotency
@@ -367,6 +414,54 @@ sql "SELECT stripe_billing.stripe_change_price('$sub', 'price_basic', 'sometimes
 eq "$(reqcount)" "$mark" "requests made"
 verdict "stripe_change_price refuses an unknown proration_behavior before any request ($STATE: $MSG)"
 
+# The preview asks Stripe (create_preview, every field), returns its figures,
+# and changes nothing; the change with its proration_date bills just that.
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_preview_price_change('$sub', 'price_basic', quantity => 1,
+                                                      proration_behavior => 'always_invoice');
+SELECT string_agg(id || ':' || price || ':' || quantity, ',') FROM stripe_billing.subscription_items
+ WHERE subscription = '$sub' AND NOT deleted;
+SELECT count(*) FROM stripe_billing.invoices WHERE id LIKE 'upcoming%';"
+noerr "stripe_preview_price_change"
+preview=$(rows | sed -n 1p)
+eq "$(rows | sed -n 2,3p | tr '\n' ' ')" "$item:price_pro:3 0 " "local items after the preview (unchanged), and preview invoices kept locally"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" "POST /v1/invoices/create_preview 200" "requests sent"
+pdate=$(jq -r '.proration_date' <<<"$preview")
+pepoch=$(date -d "$pdate" +%s)
+same_lines "the preview form" "customer=$cus
+subscription=$sub
+subscription_details[items][0][id]=$item
+subscription_details[items][0][price]=price_basic
+subscription_details[items][0][quantity]=1
+subscription_details[proration_behavior]=always_invoice
+subscription_details[proration_date]=$pepoch" "$(jx 'r.length ? pairs(r[0]) : ""')"
+# the same preview asked directly of the fake: the figures must be Stripe's
+direct=$(curl -sS -u "$KEY:" -H "Idempotency-Key: direct-preview-$RUN" "$BASE/v1/invoices/create_preview" -d customer="$cus" -d subscription="$sub" \
+    -d "subscription_details[items][0][id]=$item" -d "subscription_details[items][0][price]=price_basic" \
+    -d "subscription_details[items][0][quantity]=1" -d "subscription_details[proration_behavior]=always_invoice" \
+    -d "subscription_details[proration_date]=$pepoch")
+eq "$(jq -c '[.amount_due, .total, .currency, [.lines[] | [.amount, .price, .proration]]]' <<<"$preview")" \
+   "$(jq -c '[.amount_due, .total, .currency, [.lines.data[] | [.amount, .pricing.price_details.price, .parent.subscription_item_details.proration]]]' <<<"$direct")" \
+   "the preview's figures vs the fake's own (amount_due, total, currency, lines)"
+[ "$(jq '.lines | length' <<<"$preview")" -ge 2 ] || bad "the preview has fewer than two lines: $preview"
+[ "$(jq '[.lines[] | select(.proration)] | length' <<<"$preview")" -ge 2 ] || bad "no proration lines in the preview: $preview"
+verdict "stripe_preview_price_change posts create_preview with every field, returns Stripe's amount_due, total, currency and lines (amount $(jq -c .amount_due <<<"$preview")), and changes nothing locally"
+
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_change_price('$sub', 'price_basic', 'always_invoice', quantity => 1,
+                                              proration_date => '$pdate')->>'latest_invoice';"
+noerr "stripe_change_price with the preview's proration_date"
+invoice=$(rows)
+recs "$mark" /v1/
+same_lines "the form" "items[0][id]=$item
+items[0][price]=price_basic
+items[0][quantity]=1
+proration_behavior=always_invoice
+proration_date=$pepoch" "$(jx 'r.length ? pairs(r[0]) : ""')"
+eq "$(fk GET "/_fake/objects/$invoice" '' 'r.amount_due' 2>&1)" "$(jq .amount_due <<<"$preview")" "the change's invoice amount vs the preview's"
+verdict "stripe_change_price with the preview's proration_date sends it, and the invoice Stripe makes is the preview's amount"
+
 mark=$(reqcount)
 sql "SELECT stripe_billing.stripe_cancel_subscription('$sub', at_period_end => false)->>'status';
 SELECT status, ended_at IS NOT NULL FROM stripe_billing.subscriptions WHERE id = '$sub';"
@@ -376,6 +471,51 @@ recs "$mark" /v1/
 eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" "DELETE /v1/subscriptions/$sub 200" "requests sent"
 eq "$(jx 'r.length && !!r[0].idempotency_key')" true "Idempotency-Key sent with DELETE"
 verdict "stripe_cancel_subscription(at_period_end => false) sends DELETE; the local row is canceled at once"
+
+###########################################################################
+# 3b. One trial per user
+###########################################################################
+# checkout_trial USER [ARGS]: a subscription checkout with trial_days 14;
+# sets CS, GRANTED and FORM (the trial fields sent)
+checkout_trial() {
+    local mark
+    mark=$(reqcount)
+    sql "SELECT session_id, trial_granted FROM stripe_billing.stripe_create_checkout('$1', 'price_basic',
+      'https://app.example/ok', 'https://app.example/cancel', trial_days => 14${2:+, $2});"
+    noerr "checkout with trial_days for $1"
+    IFS='|' read -r CS GRANTED <<<"$(rows)"
+    recs "$mark" /v1/
+    FORM=$(jx 'r.length ? pairs(r[0]).filter(l => /trial_period/.test(l)).join(",") : "no request"')
+}
+# subscribe_and_cancel SESSION: completes it at the fake, cancels the
+# subscription now, and applies the events
+subscribe_and_cancel() {
+    local s
+    s=$(fk POST "/_fake/checkout/sessions/$1/complete" '{}' 'r.session.subscription' 2>&1)
+    sql "SELECT public.apply_all_events();
+SELECT stripe_billing.stripe_cancel_subscription('$s', at_period_end => false)->>'status';
+SELECT public.apply_all_events();
+SELECT status || ':' || (trial_end IS NOT NULL) FROM stripe_billing.subscriptions WHERE id = '$s';"
+    noerr "subscribing and cancelling ($1)"
+    ENDED=$(rows | tail -1)
+}
+trial='subscription_data[trial_period_days]=14'
+checkout_trial u_trial_new
+eq "$GRANTED|$FORM" "t|$trial" "a new user: trial_granted, and the trial field sent"
+subscribe_and_cancel "$CS"
+eq "$ENDED" "canceled:true" "u_trial_new's subscription (status:had a trial)"
+checkout_trial u_trial_new
+eq "$GRANTED|$FORM" "f|" "the same user after a canceled trial subscription"
+checkout_trial u_trial_new "allow_repeat_trial => true"
+eq "$GRANTED|$FORM" "t|$trial" "the same user with allow_repeat_trial"
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_paid', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel');"
+noerr "checkout without a trial for u_paid"
+subscribe_and_cancel "$(rows)"
+eq "$ENDED" "canceled:false" "u_paid's subscription (status:had a trial)"
+checkout_trial u_paid
+eq "$GRANTED|$FORM" "t|$trial" "a user whose past subscription was paid, without a trial"
+verdict "one trial per user: granted to a new user and to one whose past subscription had none; left out (trial_granted false) after a trial subscription, even canceled; granted again with allow_repeat_trial"
 
 ###########################################################################
 # 4. Usage outbox
@@ -397,8 +537,12 @@ sql "SELECT stripe_billing.stripe_report_usage('u_life', 'api_calls', 7, to_time
 SELECT stripe_billing.stripe_report_usage('u_life', 'api_calls', 11, occurred_at => to_timestamp($t2));"
 noerr "stripe_report_usage"
 id1=$(rows | sed -n 1p) id2=$(rows | sed -n 2p)
+sql "SELECT stripe_billing.stripe_installation_id();"
+inst=$(rows)
+[[ "$inst" =~ ^[0-9a-f]{16}$ ]] || bad "the installation id: '$inst'"
 mark=$(reqcount)
-sql "SELECT stripe_billing.stripe_send_usage();
+sql "SET stripe_billing.usage_api = 'v1';
+SELECT stripe_billing.stripe_send_usage();
 SELECT count(*) FROM stripe_billing.usage_outbox WHERE id IN ($id1, $id2) AND sent_at IS NOT NULL;"
 noerr "stripe_send_usage"
 eq "$(rows | tr '\n' ' ')" "2 2 " "rows sent, then rows marked sent"
@@ -408,17 +552,17 @@ eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" \
 same_lines "the meter event forms" "event_name=api_calls
 payload[stripe_customer_id]=$cus
 payload[value]=7
-identifier=sb_usage_$id1
+identifier=sb_${inst}_$id1
 timestamp=$t1
 event_name=api_calls
 payload[stripe_customer_id]=$cus
 payload[value]=11
-identifier=sb_usage_$id2
+identifier=sb_${inst}_$id2
 timestamp=$t2" "$(jx 'r.flatMap(pairs)')"
-eq "$(jx 'r.every(x => !!x.idempotency_key)')" true "Idempotency-Keys sent"
+eq "$(jx 'r.map(x => x.idempotency_key).join(",")')" "sb_${inst}_$id1,sb_${inst}_$id2" "Idempotency-Keys sent"
 eq "$(fk GET /_fake/meter_events '' 'r.map(m => m.identifier).sort().join(",")' 2>&1)" \
-   "$(printf 'sb_usage_%s\n' "$id1" "$id2" | LC_ALL=C sort | paste -sd,)" "meter events the fake received"
-verdict "committed usage rows are sent once as meter events (identifier sb_usage_<id>, customer, value, timestamp) and marked sent"
+   "$(printf "sb_${inst}_%s\n" "$id1" "$id2" | LC_ALL=C sort | paste -sd,)" "meter events the fake received"
+verdict "with usage_api = 'v1', committed usage rows are sent once as meter events (identifier sb_<installation>_<id>, customer, value, timestamp) and marked sent"
 
 mark=$(reqcount)
 sql "SELECT stripe_billing.stripe_send_usage();"
@@ -763,16 +907,20 @@ sql "SELECT stripe_billing.stripe_report_usage('u_life', 'api_calls', 3);"
 noerr "stripe_report_usage"
 echo_row=$(rows)
 faults '[{"kind": "echo_auth", "path": "/v1/billing/meter_events", "count": 1}]'
-sql "SELECT stripe_billing.stripe_send_usage();
-SELECT last_error FROM stripe_billing.usage_outbox WHERE id = ${echo_row:-0} AND sent_at IS NULL;"
+sql "SET stripe_billing.usage_api = 'v1';
+SELECT stripe_billing.stripe_send_usage();
+SELECT last_error FROM stripe_billing.usage_outbox WHERE id = ${echo_row:-0} AND failed_at IS NOT NULL;"
 nofaults
 noerr "stripe_send_usage against the echoing fault"
 last_error=$(rows | sed -n 2p)
 [[ "$last_error" == *'Authorization: Bearer ********'* ]] || bad "last_error should quote the (masked) header: '$last_error'"
 no_key_in "$last_error" "usage_outbox.last_error"
-sql "SELECT stripe_billing.stripe_send_usage();"
-eq "$(rows)" 1 "the row sent once the fault is gone"
-verdict "stripe_send_usage stores the echoing error in usage_outbox.last_error with the key masked"
+sql "SET stripe_billing.usage_api = 'v1';
+SELECT stripe_billing.stripe_send_usage();
+SELECT stripe_billing.stripe_retry_failed_usage(ARRAY[${echo_row:-0}::bigint]);
+SELECT stripe_billing.stripe_send_usage();"
+eq "$(rows | tr '\n' ' ')" "0 1 1 " "rows sent while failed, rows made pending again, rows sent then"
+verdict "a usage row Stripe refuses (400, echoing the header) is failed with the error in usage_outbox.last_error, key masked, and sent after stripe_retry_failed_usage"
 
 ###########################################################################
 # 10. api_base: https only, except loopback

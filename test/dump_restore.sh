@@ -3,7 +3,8 @@
 # with pg_restore --single-transaction --exit-on-error into a new database,
 # succeeds and answers as before with no manual step: every entitlement
 # check, the worker's cursor and pause, the ledger, the billing tables, the
-# feature grants and the usage outbox (whose ids go on from where they were).
+# feature grants and the usage outbox (whose ids go on from where they were,
+# with the same installation id in the meter event identifiers).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 . test/lib/cluster.sh
@@ -81,5 +82,16 @@ if [ -n "$next" ] && [ "$next" -gt "$max" ]; then
     echo "PASS 3 usage outbox ids go on after the restore ($next > $max)"
 else
     echo "FAIL 3 a new usage row got id '$next' after the restore (the old rows go up to $max)"; fail=1
+fi
+
+# the meter event identifiers go on too: the same installation id (a new
+# one would let a resent row count twice at Stripe)
+inst_src=$(psql -X -At -d src -c "SELECT stripe_billing.stripe_installation_id()")
+inst_dst=$(psql -X -At -d dst -c "SELECT stripe_billing.stripe_installation_id()")
+rows_dst=$(psql -X -At -d dst -c "SELECT count(*) FROM stripe_billing.installation")
+if [ -n "$inst_src" ] && [ "$inst_src" = "$inst_dst" ] && [ "$rows_dst" = 2 ]; then
+    echo "PASS 4 the restored database keeps the installation id ($inst_dst; the one its CREATE EXTENSION made is younger)"
+else
+    echo "FAIL 4 installation id $inst_src before, $inst_dst after the restore ($rows_dst rows)"; fail=1
 fi
 exit $fail

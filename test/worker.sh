@@ -12,8 +12,9 @@
 #                the worker's errors SBA07 (no 22P02), recovery
 #   4 webhooks   the same events by webhook and by polling at once: one
 #                ledger row each, outcomes consistent
-#   5 usage      a rolled-back report is never sent; committed ones reach
-#                Stripe once each although the worker is killed while sending
+#   5 usage      a rolled-back report is never sent; 3,000 committed ones go
+#                through the meter event stream and are stored once each
+#                although the worker is killed -9 mid-stream
 #   6 signals    SIGHUP changes poll_interval at once (60 s -> 200 ms);
 #                SIGTERM ends the worker within a second; prints the lag
 #   7 standby    a streaming standby starts no worker
@@ -175,7 +176,8 @@ setup() {
     clean_upto=$seed_id
     cluster_start "$primary" "shared_preload_libraries = 'stripe_billing'" \
         "stripe_billing.poll_interval = '200ms'" "stripe_billing.api_key = '$KEY'" \
-        "stripe_billing.api_base = 'http://127.0.0.1:$port'" "wal_level = replica" \
+        "stripe_billing.api_base = 'http://127.0.0.1:$port'" "stripe_billing.meter_events_base = 'http://127.0.0.1:$port'" \
+        "wal_level = replica" \
         "stripe_billing.poll_lookback = '2s'" "stripe_billing.backfill_on_start = off" || return 1
     sql "CREATE EXTENSION stripe_billing" && sql "CREATE DATABASE clean" &&
         sql clean "CREATE EXTENSION stripe_billing" || return 1
@@ -481,14 +483,14 @@ check_webhooks() {
 
 # ---- 5: usage outbox -------------------------------------------------------
 
-# meter_posts [jq filter]: the fake's POST /v1/billing/meter_events requests
-meter_posts() { fake GET '/_fake/requests?path=/v1/billing/meter_events&method=POST' | jq "[.[] | ${1:-.}] | length"; }
-throttled() { meter_posts 'select(.status == "429")'; }
+# streamed: the fake's POST /v2/billing/meter_event_stream requests so far
+streamed() { fake GET '/_fake/requests?path=/v2/billing/meter_event_stream&method=POST' | jq length; }
 
 check_usage() {
     begin
-    local problems=() customer rolled first last kills=0 seen killed= pid requests identifiers
-    customer=$(sql "SELECT id FROM stripe_billing.customers ORDER BY id LIMIT 1")
+    local problems=() customer rolled first last kills=0 seen killed= pid identifiers stats
+    customer=cus_wt_meter
+    fake POST /_fake/objects "{\"object\": {\"id\": \"$customer\", \"object\": \"customer\"}}" >/dev/null
     sql "SELECT stripe_billing.stripe_link_customer('wt_meter_user', '$customer')" >/dev/null
     rolled=$(psql -X -At -q -v ON_ERROR_STOP=1 -h "$primary" -d postgres <<'SQL'
 BEGIN;
@@ -499,43 +501,45 @@ SQL
     sql "SELECT stripe_billing.stripe_sync_pause()" >/dev/null
     sleep 0.5
     fake DELETE /_fake/requests >/dev/null
-    IFS='|' read -r first last < <(sql "SELECT min(id), max(id) FROM (SELECT stripe_billing.stripe_report_usage('wt_meter_user', 'wt_api_calls', g) AS id FROM generate_series(1, 50) g) s")
+    IFS='|' read -r first last < <(sql "SELECT min(id), max(id) FROM (SELECT stripe_billing.stripe_report_usage('wt_meter_user', 'wt_api_calls', g) AS id FROM generate_series(1, 3000) g) s")
+    # each batch answered 300 ms late: a worker's call (10 batches, 4 at a
+    # time) is under way for about a second, some batches answered (at the
+    # fake: stored), none marked yet; each kill lands there, and the next
+    # worker sends those rows again
+    fake POST /_fake/latency '{"ms": 300, "path": "/v2/billing/meter_event_stream"}' >/dev/null
     sql "SELECT stripe_billing.stripe_sync_resume()" >/dev/null
-    # a throttle (429, Retry-After 1) on some sends makes the worker pause in
-    # the middle of the batch, its earlier sends done but their marks not yet
-    # committed: each kill lands there, and the next worker sends them again
-    fake POST /_fake/faults '{"rules": [{"kind": "429", "path": "/v1/billing/meter_events", "method": "POST",
-                                         "rate": 0.1, "seed": 5, "retry_after": 1}]}' >/dev/null
     seen=0
-    while [ $kills -lt 5 ]; do
+    while [ $kills -lt 4 ]; do
         wait_worker "$killed" || { problems+=(" the worker was not back after kill $kills"); break; }
         [ "$(sync_status outbox_backlog)" = 0 ] && break
-        POLL=0.02 wait_until 20 eval '[ "$(throttled)" -gt "$seen" ]' || break
+        POLL=0.02 wait_until 20 eval '[ "$(streamed)" -gt "$((seen + 4))" ]' || break
         pid=$(worker_pid) && [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || continue
         killed=$pid
         kills=$((kills + 1))
-        seen=$(throttled)
+        seen=$(streamed)
     done
-    fake DELETE /_fake/faults >/dev/null
     wait_worker "$killed" || problems+=(" the worker was not back after the kills")
     wait_until 60 eval '[ "$(sync_status outbox_backlog)" = 0 ]' ||
         problems+=(" $(sync_status outbox_backlog) usage rows still unsent after 60 s")
+    fake DELETE /_fake/latency >/dev/null
 
-    requests=$(meter_posts 'select(.status != "429")')
-    identifiers=$(fake GET /_fake/meter_events | jq -r '.[].identifier' | sort)
-    note "usage rows $first..$last (rolled back: $rolled); $kills kills -9 mid-batch; $requests sends (429s aside) for $(wc -l <<<"$identifiers") meter events"
-    [ "$identifiers" = "$(for ((i = first; i <= last; i++)); do echo "sb_usage_$i"; done | sort)" ] ||
-        problems+=(" the fake's meter events are not exactly sb_usage_$first..$last once each: $(uniq -c <<<"$identifiers" | awk '$1 > 1' | head -3 | paste -sd ' ')")
-    grep -qx "sb_usage_$rolled" <<<"$identifiers" && problems+=(" the rolled-back report $rolled was sent")
+    stats=$(fake GET /_fake/meter_events/stats | jq -c .)
+    identifiers=$(fake GET /_fake/meter_events | jq -r '.[] | select(.event_name == "wt_api_calls") | .identifier' | sort)
+    inst=$(sql "SELECT stripe_billing.stripe_installation_id()")
+    note "usage rows $first..$last (rolled back: $rolled); $kills kills -9 mid-stream; $(streamed) stream requests; the fake: $stats"
+    [ "$identifiers" = "$(for ((i = first; i <= last; i++)); do echo "sb_${inst}_$i"; done | sort)" ] ||
+        problems+=(" the fake's meter events are not exactly sb_${inst}_$first..$last once each: $(uniq -c <<<"$identifiers" | awk '$1 > 1' | head -3 | paste -sd ' ')")
+    grep -qx "sb_${inst}_$rolled" <<<"$identifiers" && problems+=(" the rolled-back report $rolled was sent")
     [ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE id = $rolled")" = 0 ] || problems+=(" the rolled-back row exists")
-    [ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE sent_at IS NOT NULL AND last_error IS NULL")" = 50 ] ||
+    [ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE sent_at IS NOT NULL AND id BETWEEN $first AND $last")" = 3000 ] ||
         problems+=(" not every row is marked sent: $(sql "SELECT count(*) || ' unsent, errors: ' || coalesce(string_agg(DISTINCT last_error, '|'), '-') FROM stripe_billing.usage_outbox WHERE sent_at IS NULL")")
-    if [ "$requests" -gt 50 ]; then
-        note "$((requests - 50)) sends repeated after a crash, answered without a second meter event"
+    [ "$kills" -gt 0 ] || problems+=(" no kill landed: the check would prove nothing")
+    if [ "$(jq .duplicates <<<"$stats")" -gt 0 ]; then
+        note "$(jq .duplicates <<<"$stats") events sent again after a crash, dropped by the fake as duplicates"
     else
-        note "(no send was repeated: no kill landed between a send and its commit)"
+        problems+=(" no event was sent twice: no kill landed between a batch's answer and its commit, so the check proves nothing")
     fi
-    conclude "5 usage outbox" "rolled-back report never sent; 50 committed rows each sent once and marked sent despite $kills kills" "${problems[@]}"
+    conclude "5 usage outbox" "rolled-back report never sent; 3000 committed rows through the meter event stream each stored once and marked sent despite $kills kills mid-stream" "${problems[@]}"
 }
 
 # ---- 7: standby --------------------------------------------------------------
