@@ -995,11 +995,13 @@ $$;
 -- Recomputes the features of users (several at once: a listed page's);
 -- writes only what changed.  customer_ids[i], when given, is the customer
 -- that made targets[i] due (for the notification).  (PL/pgSQL, not SQL: on
--- the hot path of every event, its plans stay cached.)
+-- the hot path of every event, its plans stay cached; and generic: a plan
+-- made for each array of users cost more than the derivation.)
 CREATE FUNCTION stripe_billing._refresh_users_features(targets text[], customer_ids text[] DEFAULT NULL,
                                                        ev_type text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   notified bigint;
@@ -1069,13 +1071,70 @@ BEGIN
 END
 $$;
 
--- Recomputes one user's features.
+-- Recomputes one user's features; writes only what changed.  The same
+-- derivation as _refresh_users_features, for one user: on the hot path of
+-- every event it costs half as much as the general one (whose plan for an
+-- array of users carries more steps).  test/backfill.sh checks that the
+-- two agree.
 CREATE FUNCTION stripe_billing._refresh_user_features(target text, customer_id text DEFAULT NULL,
                                                       ev_type text DEFAULT NULL) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT stripe_billing._refresh_users_features(ARRAY[target], ARRAY[customer_id], ev_type)
+DECLARE
+  notified text;
+BEGIN
+  IF target IS NULL THEN
+    RETURN;
+  END IF;
+  -- one derivation of a user at a time (see user_derivations); the next
+  -- statement's snapshot then sees the previous derivation's commit
+  INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at) VALUES (target, now())
+  ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1;
+  WITH grants AS (
+    SELECT g.feature,
+           stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
+                                       coalesce(i.current_period_end, s.current_period_end)) AS ends
+      FROM stripe_billing.customers c
+      JOIN stripe_billing.subscriptions s ON s.customer = c.id
+      JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
+      JOIN stripe_billing.feature_grants g
+        ON (g.source_type = 'price' AND g.source = i.price)
+        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
+        OR (g.source_type = 'product' AND g.source = i.product)
+     WHERE c.user_ref = target AND NOT c.deleted
+       AND s.status IN ('active', 'trialing', 'past_due')
+    UNION ALL
+    SELECT e.lookup_key, NULL
+      FROM stripe_billing.customers c
+      JOIN stripe_billing.active_entitlements e ON e.customer = c.id
+     WHERE c.user_ref = target AND NOT c.deleted
+  ),
+  wanted AS (
+    SELECT feature, CASE WHEN bool_or(ends IS NULL) THEN NULL ELSE max(ends) END AS valid_until
+      FROM grants GROUP BY feature
+  ),
+  revoked AS (
+    DELETE FROM stripe_billing.user_features u
+     WHERE u.user_ref = target AND u.feature NOT IN (SELECT feature FROM wanted)
+    RETURNING 1
+  ),
+  granted AS (
+    INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
+    SELECT target, feature, valid_until FROM wanted
+    ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until
+    WHERE u.valid_until IS DISTINCT FROM EXCLUDED.valid_until
+    RETURNING 1
+  )
+  -- apps LISTEN stripe_billing to react when a user's access changes
+  -- (delivered at commit, not at all on rollback)
+  SELECT pg_notify('stripe_billing', json_build_object(
+           'user_ref', target, 'customer', customer_id, 'event_type', ev_type,
+           'features', (SELECT coalesce(json_agg(json_build_object('feature', feature, 'valid_until', valid_until)
+                                                 ORDER BY feature), '[]') FROM wanted))::text)
+    INTO notified   -- (unused: PERFORM cannot start with WITH)
+   WHERE EXISTS (SELECT FROM revoked) OR EXISTS (SELECT FROM granted);
+END
 $$;
 
 -- Whether a batch of listed snapshots is being mapped, which then derives
@@ -1247,14 +1306,17 @@ REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) FROM P
 -- The user's Stripe customer (the most recently created live one), or NULL.
 -- (PL/pgSQL, not SQL: its plan is cached across transactions.)
 -- Whether any subscription of the user ever had a trial, whatever its
--- status (one trial per user: stripe_create_checkout).
+-- status (one trial per user: stripe_create_checkout).  (PL/pgSQL, not
+-- SQL: a SQL function with SET is planned again at every call.)
 CREATE FUNCTION stripe_billing._had_trial(target text) RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT EXISTS (SELECT FROM stripe_billing.customers c
+BEGIN
+  RETURN EXISTS (SELECT FROM stripe_billing.customers c
                    JOIN stripe_billing.subscriptions s ON s.customer = c.id
-                  WHERE c.user_ref = target AND (s.trial_start IS NOT NULL OR s.trial_end IS NOT NULL))
+                  WHERE c.user_ref = target AND (s.trial_start IS NOT NULL OR s.trial_end IS NOT NULL));
+END
 $$;
 
 CREATE FUNCTION stripe_billing._customer_of(target text) RETURNS text

@@ -163,7 +163,7 @@ seed 1 || { echo "seeding the fake failed"; exit 1; }
 # ---- 1 and 2: the procedure, killed three times; events meanwhile ------------
 
 check_backfill() {
-    local problems=() kills=0 at out extra call_pid pid restarts firsts
+    local problems=() kills=0 at out extra call_pid pid restarts firsts digest batch single
     in_flight_first=""
     begin
     # polling starts first (the cursor is the newest event), as in the README
@@ -206,7 +206,18 @@ check_backfill() {
     grant_products sb_procedure
     extra=$(features_problems sb_procedure)
     [[ "$extra" == "0 missing, 0 extra, "* ]] || problems+=(" features: $extra")
-    conclude backfill "$kills kills, first pages: $firsts(again after a kill during it:${in_flight_first:- none}); $out; $extra" "${problems[@]}"
+    # the derivation of many users at once (a backfill page's) and the one
+    # per user (every event, stripe_refresh_entitlements) agree, from scratch
+    digest="SELECT count(*) || ' ' || md5(string_agg(user_ref || ':' || feature || ':' || coalesce(valid_until::text, '-'), ','
+                                                    ORDER BY user_ref, feature)) FROM stripe_billing.user_features"
+    sql sb_procedure "DELETE FROM stripe_billing.user_features;
+        SELECT stripe_billing._refresh_customers_features(array_agg(id), 'test') FROM stripe_billing.customers" >/dev/null
+    batch=$(sql sb_procedure "$digest")
+    sql sb_procedure "DELETE FROM stripe_billing.user_features; SELECT stripe_billing.stripe_refresh_entitlements()" >/dev/null
+    single=$(sql sb_procedure "$digest")
+    [ "$batch" = "$single" ] || problems+=(" the derivation at once gives $batch, the one per user $single")
+    [ "${batch%% *}" -gt 1000 ] 2>/dev/null || problems+=(" only ${batch%% *} features derived: the comparison proves little")
+    conclude backfill "$kills kills, first pages: $firsts(again after a kill during it:${in_flight_first:- none}); $out; $extra; derivation at once = per user (${batch%% *} features)" "${problems[@]}"
 
     problems=()
     begin
