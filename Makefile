@@ -3,7 +3,7 @@
 EXTENSION = stripe_billing
 MODULE_big = stripe_billing
 OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/usage.o src/worker.o
-DATA = sql/stripe_billing--0.1.0.sql
+DATA = sql/stripe_billing--0.1.0.sql sql/stripe_billing--0.1.0--0.2.0.sql sql/stripe_billing--0.2.0.sql
 PGFILEDESC = "stripe_billing - Stripe billing inside PostgreSQL"
 
 EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
@@ -11,7 +11,7 @@ PG_CPPFLAGS = -I$(srcdir)/src -DSB_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK = -lcrypto -lcurl
 
 # pg_regress: sql/<name>.sql against expected/<name>.out
-REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_lifecycle entitlements backfill usage_outbox
+REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_lifecycle entitlements backfill usage_outbox drop_extension
 # pg_isolation_regress: specs/<name>.spec against expected/<name>.out
 ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots
 

@@ -10,7 +10,7 @@ packages=(
     make gcc
     postgresql-15 postgresql-client-15 postgresql-server-dev-15
     libcurl4-openssl-dev libssl-dev
-    curl jq
+    curl jq pgbouncer python3-psycopg
     nodejs npm
 )
 # nodejs/npm may come from elsewhere already (a newer Node): keep it then.

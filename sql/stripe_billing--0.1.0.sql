@@ -992,90 +992,8 @@ AS $$
                cancel_at)
 $$;
 
--- Recomputes the features of users (several at once: a listed page's);
--- writes only what changed.  customer_ids[i], when given, is the customer
--- that made targets[i] due (for the notification).  (PL/pgSQL, not SQL: on
--- the hot path of every event, its plans stay cached; and generic: a plan
--- made for each array of users cost more than the derivation.)
-CREATE FUNCTION stripe_billing._refresh_users_features(targets text[], customer_ids text[] DEFAULT NULL,
-                                                       ev_type text DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
-AS $$
-DECLARE
-  notified bigint;
-BEGIN
-  -- one derivation of a user at a time (see user_derivations), taken in
-  -- user order so that two derivations of several users cannot deadlock;
-  -- the next statement's snapshot then sees the previous derivations' commits
-  INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at)
-  SELECT DISTINCT t.u COLLATE "C", now() FROM unnest(targets) t(u) WHERE t.u IS NOT NULL ORDER BY 1
-  ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1;
-  IF NOT FOUND THEN
-    RETURN;
-  END IF;
-  WITH due AS (
-    SELECT DISTINCT ON (t.u COLLATE "C") t.u COLLATE "C" AS user_ref, t.c AS customer
-      FROM unnest(targets, customer_ids) WITH ORDINALITY t(u, c, n)
-     WHERE t.u IS NOT NULL
-     ORDER BY t.u COLLATE "C", t.n
-  ),
-  grants AS (
-    SELECT c.user_ref, g.feature,
-           stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
-                                       coalesce(i.current_period_end, s.current_period_end)) AS ends
-      FROM stripe_billing.customers c
-      JOIN stripe_billing.subscriptions s ON s.customer = c.id
-      JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
-      JOIN stripe_billing.feature_grants g
-        ON (g.source_type = 'price' AND g.source = i.price)
-        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
-        OR (g.source_type = 'product' AND g.source = i.product)
-     WHERE c.user_ref = ANY (targets) AND NOT c.deleted
-       AND s.status IN ('active', 'trialing', 'past_due')
-    UNION ALL
-    SELECT c.user_ref, e.lookup_key, NULL
-      FROM stripe_billing.customers c
-      JOIN stripe_billing.active_entitlements e ON e.customer = c.id
-     WHERE c.user_ref = ANY (targets) AND NOT c.deleted
-  ),
-  wanted AS (
-    SELECT user_ref COLLATE "C" AS user_ref, feature COLLATE "C" AS feature,
-           CASE WHEN bool_or(ends IS NULL) THEN NULL ELSE max(ends) END AS valid_until
-      FROM grants GROUP BY 1, 2
-  ),
-  revoked AS (
-    DELETE FROM stripe_billing.user_features u
-     WHERE u.user_ref = ANY (targets)
-       AND NOT EXISTS (SELECT FROM wanted w WHERE w.user_ref = u.user_ref AND w.feature = u.feature)
-    RETURNING u.user_ref
-  ),
-  granted AS (
-    INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
-    SELECT user_ref, feature, valid_until FROM wanted
-    ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until
-    WHERE u.valid_until IS DISTINCT FROM EXCLUDED.valid_until
-    RETURNING u.user_ref
-  )
-  -- apps LISTEN stripe_billing to react when a user's access changes
-  -- (delivered at commit, not at all on rollback)
-  SELECT count(pg_notify('stripe_billing', json_build_object(
-           'user_ref', d.user_ref, 'customer', d.customer, 'event_type', ev_type,
-           'features', (SELECT coalesce(json_agg(json_build_object('feature', w.feature, 'valid_until', w.valid_until)
-                                                 ORDER BY w.feature), '[]')
-                          FROM wanted w WHERE w.user_ref = d.user_ref))::text))
-    INTO notified   -- (unused: PERFORM cannot start with WITH)
-    FROM due d
-   WHERE d.user_ref IN (SELECT user_ref FROM revoked UNION SELECT user_ref FROM granted);
-END
-$$;
-
--- Recomputes one user's features; writes only what changed.  The same
--- derivation as _refresh_users_features, for one user: on the hot path of
--- every event it costs half as much as the general one (whose plan for an
--- array of users carries more steps).  test/backfill.sh checks that the
--- two agree.
+-- Recomputes one user's features; writes only what changed.  (PL/pgSQL,
+-- not SQL: on the hot path of every event, its plan stays cached.)
 CREATE FUNCTION stripe_billing._refresh_user_features(target text, customer_id text DEFAULT NULL,
                                                       ev_type text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
@@ -1137,38 +1055,15 @@ BEGIN
 END
 $$;
 
--- Whether a batch of listed snapshots is being mapped, which then derives
--- its customers' users at its end, at once; when so, notes customer_id.
-CREATE FUNCTION stripe_billing._derivation_deferred(customer_id text) RETURNS boolean
-AS 'MODULE_PATHNAME', 'stripe_derivation_deferred'
-LANGUAGE C STRICT VOLATILE
-SET search_path = pg_catalog, pg_temp;
-
--- Recomputes the features of the users linked to a customer (unless a
--- batch defers it).
+-- Recomputes the features of the users linked to a customer.
 CREATE FUNCTION stripe_billing._refresh_customer_features(customer_id text, ev_type text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-  IF stripe_billing._derivation_deferred(customer_id) THEN
-    RETURN;
-  END IF;
   PERFORM stripe_billing._refresh_user_features(c.user_ref, c.id, ev_type)
      FROM stripe_billing.customers c WHERE c.id = customer_id AND c.user_ref IS NOT NULL;
-END
-$$;
-
--- Recomputes the features of the users linked to these customers, at once.
-CREATE FUNCTION stripe_billing._refresh_customers_features(customer_ids text[], ev_type text DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-  PERFORM stripe_billing._refresh_users_features(array_agg(c.user_ref), array_agg(c.id), ev_type)
-     FROM stripe_billing.customers c WHERE c.id = ANY (customer_ids) AND c.user_ref IS NOT NULL;
 END
 $$;
 
@@ -1305,20 +1200,6 @@ REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) FROM P
 
 -- The user's Stripe customer (the most recently created live one), or NULL.
 -- (PL/pgSQL, not SQL: its plan is cached across transactions.)
--- Whether any subscription of the user ever had a trial, whatever its
--- status (one trial per user: stripe_create_checkout).  (PL/pgSQL, not
--- SQL: a SQL function with SET is planned again at every call.)
-CREATE FUNCTION stripe_billing._had_trial(target text) RETURNS boolean
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-  RETURN EXISTS (SELECT FROM stripe_billing.customers c
-                   JOIN stripe_billing.subscriptions s ON s.customer = c.id
-                  WHERE c.user_ref = target AND (s.trial_start IS NOT NULL OR s.trial_end IS NOT NULL));
-END
-$$;
-
 CREATE FUNCTION stripe_billing._customer_of(target text) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1365,13 +1246,13 @@ CREATE FUNCTION stripe_billing.stripe_create_checkout(
     user_ref text, price text, success_url text, cancel_url text,
     quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
     allow_promotion_codes boolean DEFAULT false, customer_email text DEFAULT NULL,
-    metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL, allow_repeat_trial boolean DEFAULT false,
-    OUT session_id text, OUT url text, OUT expires_at timestamptz, OUT trial_granted boolean)
+    metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL,
+    OUT session_id text, OUT url text, OUT expires_at timestamptz)
 AS 'MODULE_PATHNAME', 'stripe_create_checkout'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
-                                                            boolean, text, jsonb, text, boolean) FROM PUBLIC;
+                                                            boolean, text, jsonb, text) FROM PUBLIC;
 
 -- A customer portal session for the user; returns its URL.
 CREATE FUNCTION stripe_billing.stripe_create_portal_session(user_ref text, return_url text DEFAULT NULL,
@@ -1428,12 +1309,13 @@ END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_resume_subscription(text, text) FROM PUBLIC;
 
--- The one live item of a subscription whose price is to change, the
--- arguments of the change checked first (naming the bad one).
-CREATE FUNCTION stripe_billing._price_change_item(subscription_id text, new_price text,
-                                                  proration_behavior text, quantity integer,
-                                                  caller text) RETURNS text
-LANGUAGE plpgsql STABLE
+-- Moves a single-item subscription to another price.
+CREATE FUNCTION stripe_billing.stripe_change_price(subscription_id text, new_price text,
+                                                   proration_behavior text DEFAULT 'create_prorations',
+                                                   quantity integer DEFAULT NULL,
+                                                   idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1449,138 +1331,36 @@ BEGIN
   SELECT array_agg(i.id ORDER BY i.id) INTO item_ids
     FROM stripe_billing.subscription_items i WHERE i.subscription = subscription_id AND NOT i.deleted;
   IF coalesce(array_length(item_ids, 1), 0) <> 1 THEN
-    RAISE EXCEPTION 'subscription % has % live items here; % changes single-item subscriptions',
-                    subscription_id, coalesce(array_length(item_ids, 1), 0), caller
+    RAISE EXCEPTION 'subscription % has % live items here; stripe_change_price changes single-item subscriptions',
+                    subscription_id, coalesce(array_length(item_ids, 1), 0)
           USING ERRCODE = 'object_not_in_prerequisite_state',
                 HINT = 'Use stripe_api(''POST'', ''/v1/subscriptions/<id>'', ...) with items[] for others.';
   END IF;
-  RETURN item_ids[1];
-END
-$$;
-
--- What a price change would bill, as Stripe computes it (POST
--- /v1/invoices/create_preview with the item swapped, at proration_date =
--- now, to the second); nothing changes, here or at Stripe.  Returns
--- {amount_due, total, currency, proration_date, lines: [{description,
--- amount, quantity, price, proration, period_start, period_end}]}; pass
--- proration_date to stripe_change_price to be charged exactly that.
-CREATE FUNCTION stripe_billing.stripe_preview_price_change(subscription_id text, new_price text,
-                                                           quantity integer DEFAULT NULL,
-                                                           proration_behavior text DEFAULT 'create_prorations')
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
-                                                    'stripe_preview_price_change');
-  at timestamptz := date_trunc('second', clock_timestamp());
-  preview jsonb;
-BEGIN
-  preview := stripe_billing.stripe_api('POST', '/v1/invoices/create_preview', jsonb_strip_nulls(jsonb_build_object(
-      'customer', (SELECT s.customer FROM stripe_billing.subscriptions s WHERE s.id = subscription_id),
-      'subscription', subscription_id,
-      'subscription_details', jsonb_build_object(
-          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-                       'id', item_id, 'price', new_price, 'quantity', quantity))),
-          'proration_behavior', proration_behavior,
-          'proration_date', extract(epoch FROM at)::bigint))));
-  RETURN jsonb_build_object(
-      'amount_due', preview->'amount_due', 'total', preview->'total', 'currency', preview->'currency',
-      'proration_date', to_jsonb(at),
-      'lines', (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                    'description', e.l->'description', 'amount', e.l->'amount', 'quantity', e.l->'quantity',
-                    'price', coalesce(e.l->'pricing'->'price_details'->'price', e.l->'price'->'id'),
-                    'proration', coalesce(e.l->'parent'->'subscription_item_details'->'proration', e.l->'proration'),
-                    'period_start', to_jsonb(to_timestamp((e.l->'period'->>'start')::bigint)),
-                    'period_end', to_jsonb(to_timestamp((e.l->'period'->>'end')::bigint)))
-                  ORDER BY e.n), '[]')
-                  FROM jsonb_array_elements(preview->'lines'->'data') WITH ORDINALITY AS e(l, n)));
-END
-$$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_preview_price_change(text, text, integer, text) FROM PUBLIC;
-
--- Moves a single-item subscription to another price; with proration_date
--- (a preview's), Stripe prorates as of then, as the preview showed.
-CREATE FUNCTION stripe_billing.stripe_change_price(subscription_id text, new_price text,
-                                                   proration_behavior text DEFAULT 'create_prorations',
-                                                   quantity integer DEFAULT NULL,
-                                                   idempotency_key text DEFAULT NULL,
-                                                   proration_date timestamptz DEFAULT NULL)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
-                                                    'stripe_change_price');
-BEGIN
   RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
-      jsonb_strip_nulls(jsonb_build_object(
-          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-                       'id', item_id, 'price', new_price, 'quantity', quantity))),
-          'proration_behavior', proration_behavior,
-          'proration_date', extract(epoch FROM proration_date)::bigint)),
+      jsonb_build_object('items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                             'id', item_ids[1], 'price', new_price, 'quantity', quantity))),
+                         'proration_behavior', proration_behavior),
       idempotency_key);
 END
 $$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz) FROM PUBLIC;
-
--- This installation's id, 16 hex digits made at CREATE EXTENSION.  Meter
--- event identifiers carry it (sb_<installation>_<row id>), so that two
--- databases billing one Stripe account, or the extension dropped and
--- created again within Stripe's de-duplication window (24 hours), never
--- send one identifier for two usages.  Dumped: a restore adds the old row
--- beside the one its own CREATE EXTENSION made, and the oldest row is the id.
-CREATE TABLE stripe_billing.installation (
-    id         text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{16}$'),
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
-);
-INSERT INTO stripe_billing.installation (id)
-VALUES (pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16));
-SELECT pg_catalog.pg_extension_config_dump('stripe_billing.installation', '');
-
--- This installation's id (see installation).
-CREATE FUNCTION stripe_billing.stripe_installation_id() RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-  SELECT id FROM stripe_billing.installation ORDER BY created_at, id LIMIT 1
-$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text) FROM PUBLIC;
 
 -- Metered usage waiting to be sent as Billing Meter Events; written in the
 -- app's transaction, so usage commits or rolls back with the app's work.
--- A row is pending until sent; after a failed attempt it waits until
--- next_attempt_at (backoff); a row Stripe refuses for good is failed, and
--- only stripe_retry_failed_usage makes it pending again.  Neither kind
--- blocks the rows behind it.
 CREATE TABLE stripe_billing.usage_outbox (
-    id              bigserial PRIMARY KEY,
-    user_ref        text NOT NULL,
-    event_name      text NOT NULL,
-    value           bigint NOT NULL,
-    occurred_at     timestamptz NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    sent_at         timestamptz,
-    failed_at       timestamptz,            -- refused for good (last_error says why)
-    attempts        integer NOT NULL DEFAULT 0,
-    next_attempt_at timestamptz,            -- after a failed attempt: not before then
-    last_error      text
+    id          bigserial PRIMARY KEY,
+    user_ref    text NOT NULL,
+    event_name  text NOT NULL,
+    value       bigint NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    sent_at     timestamptz,
+    attempts    integer NOT NULL DEFAULT 0,
+    last_error  text
 );
-CREATE INDEX usage_outbox_pending_idx ON stripe_billing.usage_outbox (id)
-    WHERE sent_at IS NULL AND failed_at IS NULL;
+CREATE INDEX usage_outbox_pending_idx ON stripe_billing.usage_outbox (id) WHERE sent_at IS NULL;
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.usage_outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.usage_outbox_id_seq', '');
-
--- The outbox at a glance.
-CREATE VIEW stripe_billing.usage_status AS
-SELECT count(*) FILTER (WHERE sent_at IS NULL AND failed_at IS NULL) AS pending,
-       count(*) FILTER (WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at > now()) AS waiting,
-       count(*) FILTER (WHERE sent_at IS NOT NULL) AS sent,
-       count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
-       now() - min(created_at) FILTER (WHERE sent_at IS NULL AND failed_at IS NULL) AS oldest_pending_age,
-       max(sent_at) AS last_sent_at
-  FROM stripe_billing.usage_outbox;
 
 -- Records usage for the user; returns the outbox row id.  No HTTP.
 CREATE FUNCTION stripe_billing.stripe_report_usage(user_ref text, event_name text, value bigint,
@@ -1604,200 +1384,55 @@ END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz) FROM PUBLIC;
 
--- How long a usage row waits after its n-th failed attempt: 1 s, doubling,
--- at most an hour.
-CREATE FUNCTION stripe_billing._usage_backoff(attempts integer) RETURNS interval
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-  SELECT make_interval(secs => least(3600, 2 ^ least(greatest(attempts, 1) - 1, 12)))
-$$;
-
--- Marks usage rows after an attempt: 'sent', 'failed' (for good, with the
--- error) or 'retry' (after a backoff, with the error).
-CREATE FUNCTION stripe_billing._usage_mark(ids bigint[], outcome text, error text) RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-  UPDATE stripe_billing.usage_outbox
-     SET attempts = attempts + 1,
-         sent_at = CASE WHEN outcome = 'sent' THEN now() END,
-         failed_at = CASE WHEN outcome = 'failed' THEN now() END,
-         next_attempt_at = CASE WHEN outcome = 'retry' THEN now() + stripe_billing._usage_backoff(attempts + 1) END,
-         last_error = CASE WHEN outcome <> 'sent' THEN error END
-   WHERE id = ANY (ids)
-$$;
-
--- Sends one usage row by POST /v1/billing/meter_events, whose answer is
--- about this row alone (validated at once), and marks it.  Returns the
--- outcome.  Stripe refusing the row (400, 404) fails it; "already exists"
--- means an earlier send got through; anything else (409, 429, 5xx, no
--- answer, the key refused) is not the row's fault: it waits and is tried
--- again.
-CREATE FUNCTION stripe_billing._send_usage_v1(row_id bigint, event jsonb) RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  outcome text := 'sent';
-  error text;
-BEGIN
-  BEGIN
-    PERFORM stripe_billing.stripe_api('POST', '/v1/billing/meter_events',
-        jsonb_build_object('event_name', event->>'event_name', 'identifier', event->>'identifier',
-                           'timestamp', extract(epoch FROM (event->>'timestamp')::timestamptz)::bigint,
-                           'payload', event->'payload'),
-        event->>'identifier');
-  EXCEPTION WHEN OTHERS THEN
-    error := SQLERRM;
-    outcome := CASE WHEN SQLSTATE = 'SBA01' AND SQLERRM ILIKE '%already exists%' THEN 'sent'
-                    WHEN SQLSTATE IN ('SBA01', 'SBA02') THEN 'failed'
-                    ELSE 'retry' END;
-  END;
-  PERFORM stripe_billing._usage_mark(ARRAY[row_id], outcome, error);
-  RETURN outcome;
-END
-$$;
-
--- Posts batches of meter events to the meter event stream (see usage.c).
-CREATE FUNCTION stripe_billing._meter_stream_send(bodies text[]) RETURNS jsonb
-AS 'MODULE_PATHNAME', 'stripe_meter_stream_send'
-LANGUAGE C STRICT VOLATILE
-SET search_path = pg_catalog, pg_temp;
-
--- Sends up to max_rows due usage rows, oldest first, as meter events whose
--- identifier is sb_<installation>_<row id>, so that a row sent but not
+-- Sends pending usage rows, oldest first, each as a meter event whose
+-- identifier (and idempotency key) is sb_usage_<id>, so a row sent but not
 -- marked (a crash in between) is not counted twice; returns how many were
--- sent.  Rows Stripe cannot take are put out of the way first: a user
--- without a customer yet waits (backoff); usage older than Stripe's 35 days
--- fails.  With stripe_billing.usage_api = 'v2' (the default) the rows go in
--- batches of 100 to the meter event stream, stripe_billing.usage_concurrency
--- requests at once; a batch Stripe refuses is sent again row by row through
--- v1, so that only the rows at fault fail.  With 'v1', one request per row.
-CREATE FUNCTION stripe_billing.stripe_send_usage(max_rows integer DEFAULT 1000)
+-- sent.  Failures stay pending with their error.
+CREATE FUNCTION stripe_billing.stripe_send_usage(max_rows integer DEFAULT 100)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  prefix text;
-  ids bigint[];
-  events jsonb[];
-  bodies text[];
-  results jsonb;
-  r jsonb;
-  batch bigint[];
-  status integer;
-  per_batch constant integer := 100;
+  r record;
+  customer_id text;
   sent integer := 0;
 BEGIN
-  IF max_rows IS NULL OR max_rows < 1 THEN
-    PERFORM stripe_billing._bad_argument('max_rows', 'must be at least 1');
-  END IF;
-  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines stripe_billing.usage_api)
-  prefix := 'sb_' || stripe_billing.stripe_installation_id() || '_';
-
-  WITH stuck AS (
-    SELECT o.id, o.user_ref, o.occurred_at, o.occurred_at < now() - interval '35 days' AS too_old
-      FROM stripe_billing.usage_outbox o
-     WHERE o.sent_at IS NULL AND o.failed_at IS NULL
-       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-       AND (o.occurred_at < now() - interval '35 days'
-            OR NOT EXISTS (SELECT FROM stripe_billing.customers c
-                            WHERE c.user_ref = o.user_ref AND NOT c.deleted))
-     ORDER BY o.id LIMIT max_rows
-       FOR UPDATE OF o SKIP LOCKED
-  )
-  UPDATE stripe_billing.usage_outbox o
-     SET attempts = o.attempts + 1,
-         failed_at = CASE WHEN s.too_old THEN now() END,
-         next_attempt_at = CASE WHEN NOT s.too_old THEN now() + stripe_billing._usage_backoff(o.attempts + 1) END,
-         last_error = CASE WHEN s.too_old
-                           THEN format('occurred_at %s is older than the 35 days Stripe takes meter events for',
-                                       s.occurred_at)
-                           ELSE format('user %s has no Stripe customer yet', s.user_ref) END
-    FROM stuck s
-   WHERE o.id = s.id;
-
-  SELECT array_agg(d.id ORDER BY d.id), array_agg(d.event ORDER BY d.id) INTO ids, events
-    FROM (SELECT o.id, jsonb_build_object(
-                 'event_name', o.event_name, 'identifier', prefix || o.id,
-                 'timestamp', to_char(o.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                 'payload', jsonb_build_object('stripe_customer_id', stripe_billing._customer_of(o.user_ref),
-                                               'value', o.value::text)) AS event
-            FROM stripe_billing.usage_outbox o
-           WHERE o.sent_at IS NULL AND o.failed_at IS NULL
-             AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-             AND o.occurred_at >= now() - interval '35 days'
-             AND EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = o.user_ref AND NOT c.deleted)
-           ORDER BY o.id LIMIT max_rows
-             FOR UPDATE OF o SKIP LOCKED) d;
-  IF ids IS NULL THEN
-    RETURN 0;
-  END IF;
-
-  IF current_setting('stripe_billing.usage_api') = 'v1' THEN
-    FOR i IN 1 .. cardinality(ids) LOOP
-      IF stripe_billing._send_usage_v1(ids[i], events[i]) = 'sent' THEN
-        sent := sent + 1;
-      END IF;
-    END LOOP;
-    RETURN sent;
-  END IF;
-
-  SELECT array_agg(jsonb_build_object('events', to_jsonb(events[g * per_batch + 1 : (g + 1) * per_batch]))::text
-                   ORDER BY g)
-    INTO bodies
-    FROM generate_series(0, (cardinality(ids) - 1) / per_batch) g;
-  BEGIN
-    results := stripe_billing._meter_stream_send(bodies);
-  EXCEPTION WHEN OTHERS THEN
-    -- (no key, a refused base URL: nothing was sent; every row waits)
-    PERFORM stripe_billing._usage_mark(ids, 'retry', SQLERRM);
-    RETURN 0;
-  END;
-  FOR k IN 0 .. cardinality(bodies) - 1 LOOP
-    r := results->k;
-    status := (r->>'status')::integer;
-    batch := ids[k * per_batch + 1 : (k + 1) * per_batch];
-    IF status / 100 = 2 THEN
-      PERFORM stripe_billing._usage_mark(batch, 'sent', NULL);
-      sent := sent + cardinality(batch);
-    ELSIF status / 100 = 4 AND status NOT IN (401, 403, 409, 429) THEN
-      -- refused as a whole: each row on its own, to fail only those at fault
-      FOR i IN k * per_batch + 1 .. k * per_batch + cardinality(batch) LOOP
-        IF stripe_billing._send_usage_v1(ids[i], events[i]) = 'sent' THEN
-          sent := sent + 1;
-        END IF;
-      END LOOP;
-    ELSE
-      PERFORM stripe_billing._usage_mark(batch, 'retry',
-          format('meter event stream: %s%s', r->>'message', ' (' || (r->>'code') || ')'));
+  FOR r IN SELECT * FROM stripe_billing.usage_outbox
+            WHERE sent_at IS NULL ORDER BY id LIMIT max_rows FOR UPDATE SKIP LOCKED
+  LOOP
+    customer_id := stripe_billing._customer_of(r.user_ref);
+    IF customer_id IS NULL THEN
+      UPDATE stripe_billing.usage_outbox
+         SET attempts = attempts + 1, last_error = format('user %s has no Stripe customer yet', r.user_ref)
+       WHERE id = r.id;
+      CONTINUE;
     END IF;
+    BEGIN
+      PERFORM stripe_billing.stripe_api('POST', '/v1/billing/meter_events',
+          jsonb_build_object('event_name', r.event_name, 'identifier', 'sb_usage_' || r.id,
+                             'timestamp', extract(epoch FROM r.occurred_at)::bigint,
+                             'payload', jsonb_build_object('stripe_customer_id', customer_id,
+                                                           'value', r.value::text)),
+          'sb_usage_' || r.id);
+      UPDATE stripe_billing.usage_outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL
+       WHERE id = r.id;
+      sent := sent + 1;
+    EXCEPTION WHEN OTHERS THEN
+      -- Stripe already has this identifier: an earlier send got through
+      IF SQLSTATE = 'SBA01' AND SQLERRM ILIKE '%already exists%' THEN
+        UPDATE stripe_billing.usage_outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL
+         WHERE id = r.id;
+        sent := sent + 1;
+      ELSE
+        UPDATE stripe_billing.usage_outbox SET attempts = attempts + 1, last_error = SQLERRM WHERE id = r.id;
+      END IF;
+    END;
   END LOOP;
   RETURN sent;
 END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_send_usage(integer) FROM PUBLIC;
-
--- Makes failed usage rows pending again (all, or those of ids); returns how
--- many.
-CREATE FUNCTION stripe_billing.stripe_retry_failed_usage(ids bigint[] DEFAULT NULL)
-RETURNS integer
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-  n integer;
-BEGIN
-  UPDATE stripe_billing.usage_outbox
-     SET failed_at = NULL, next_attempt_at = NULL, attempts = 0
-   WHERE failed_at IS NOT NULL AND (ids IS NULL OR id = ANY (ids));
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
-END
-$$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_retry_failed_usage(bigint[]) FROM PUBLIC;
 
 --------------------------------------------------------------------------
 -- Sync: pulling /v1/events (the background worker, or stripe_sync_now)
@@ -2226,8 +1861,7 @@ DECLARE
   retried integer := 0;
   refetched integer;
 BEGIN
-  usage_sent := stripe_billing.stripe_send_usage(
-      CASE current_setting('stripe_billing.usage_api') WHEN 'v1' THEN 100 ELSE 1000 END);
+  usage_sent := stripe_billing.stripe_send_usage(100);
   IF (SELECT last_retry_at IS NULL OR last_retry_at < now() - interval '5 minutes' FROM stripe_billing.sync_state) THEN
     SELECT count(*) INTO retried FROM stripe_billing.stripe_retry_failed_events(100);
     UPDATE stripe_billing.sync_state SET last_retry_at = now();
@@ -2371,11 +2005,9 @@ AS 'MODULE_PATHNAME', 'stripe_list_prefetch'
 LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Applies listed objects as snapshots taken at snapshot (see listing.c);
--- derive false: the caller derives their customers' users' features.
+-- Applies listed objects as snapshots taken at snapshot (see listing.c).
 CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text,
-                                                replacements jsonb DEFAULT NULL, derive boolean DEFAULT true)
-RETURNS jsonb
+                                                replacements jsonb DEFAULT NULL) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
@@ -2389,31 +2021,22 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  cut jsonb[];         -- the subscriptions whose item list was cut short
+  cut jsonb;           -- the subscriptions whose item list was cut short
   sub jsonb;
   items jsonb;
   l record;
-  ahead constant integer := 2;   -- first item pages kept in flight (besides the next page)
 BEGIN
   complete := '{}';
   requests := 0;
-  SELECT coalesce(array_agg(e), '{}') INTO cut FROM jsonb_array_elements(subscriptions) e
+  SELECT jsonb_agg(e) INTO cut FROM jsonb_array_elements(subscriptions) e
    WHERE coalesce((e->'items'->>'has_more')::boolean, false);
-  FOR i IN 1 .. least(cardinality(cut), ahead) LOOP
-    PERFORM stripe_billing._list_prefetch('/v1/subscription_items',
-                                          jsonb_build_object('subscription', cut[i]->>'id', 'limit', 100));
-  END LOOP;
-  FOR i IN 1 .. cardinality(cut) LOOP
-    sub := cut[i];
+  FOR sub IN SELECT * FROM jsonb_array_elements(coalesce(cut, '[]')) LOOP
     items := '[]';
     LOOP
-      -- the first item page of a subscription further on travels meanwhile
+      -- (nothing started in the background: the subscriptions' next page is)
       SELECT * INTO l FROM stripe_billing._list_page('/v1/subscription_items',
           jsonb_strip_nulls(jsonb_build_object('subscription', sub->>'id', 'limit', 100,
-                                               'starting_after', items->-1->>'id')),
-          CASE WHEN items = '[]' AND i + ahead <= cardinality(cut)
-               THEN jsonb_build_object('subscription', cut[i + ahead]->>'id', 'limit', 100)
-               ELSE 'null' END);
+                                               'starting_after', items->-1->>'id')), 'null');
       requests := requests + 1;
       items := items || coalesce(l.page->'data', '[]');
       EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
@@ -2521,8 +2144,7 @@ BEGIN
   IF kind = 'entitlements' THEN
     -- no list spans customers: twenty customers a page, each applied as it
     -- comes, while the requests of the next few (ahead) travel, also past
-    -- this page (the next call takes them); their users' features are
-    -- derived at the end, at once
+    -- this page: the next call takes them
     SELECT array_agg(customer ORDER BY customer) INTO customers
       FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
              WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
@@ -2540,7 +2162,7 @@ BEGIN
         SELECT * INTO l FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
             jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
                                                  'starting_after', items->-1->>'id')),
-            CASE WHEN items = '[]' AND i + ahead <= cardinality(customers)
+            CASE WHEN i + ahead <= cardinality(customers)
                  THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END);
         requests := requests + 1;
         taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
@@ -2550,12 +2172,10 @@ BEGIN
       PERFORM stripe_billing._apply_snapshots(jsonb_build_array(jsonb_build_object(
           'object', 'entitlements.active_entitlement_summary', 'customer', customers[i],
           'entitlements', jsonb_build_object('object', 'list', 'has_more', false, 'data', items))),
-          taken_at, 'backfill', derive => false);
+          taken_at, 'backfill');
       objects := objects + 1;
       next_cursor := customers[i];
     END LOOP;
-    PERFORM stripe_billing._refresh_customers_features(customers[1:20],
-                                                       'entitlements.active_entitlement_summary.backfill');
     RETURN;
   END IF;
 
@@ -2569,7 +2189,7 @@ BEGIN
       'created', CASE WHEN kind = 'invoices'
                       THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END));
   -- the next page travels while this one is applied (for subscriptions,
-  -- and while their cut-short item lists are read)
+  -- once their cut-short item lists are read)
   SELECT * INTO l FROM stripe_billing._list_page(path, params,
                                                  CASE WHEN kind = 'subscriptions' THEN 'null'::jsonb END);
   requests := 1;
@@ -2577,11 +2197,11 @@ BEGIN
   has_more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
   SELECT NULL::jsonb AS complete, 0 AS requests INTO c;
   IF kind = 'subscriptions' THEN
+    SELECT * INTO c FROM stripe_billing._complete_items(data);
+    requests := requests + c.requests;
     IF has_more THEN
       PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'));
     END IF;
-    SELECT * INTO c FROM stripe_billing._complete_items(data);
-    requests := requests + c.requests;
   END IF;
   PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete);
   objects := jsonb_array_length(data);
@@ -2996,7 +2616,7 @@ SELECT CASE WHEN s.paused THEN 'paused'
        s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_success_at,
        now() - s.last_event_created AS lag, s.events_applied, s.last_error, s.last_error_at,
        s.consecutive_failures, s.cursor_reset_at, s.cursor_reset_reason,
-       (SELECT count(*) FROM stripe_billing.usage_outbox u WHERE u.sent_at IS NULL AND u.failed_at IS NULL) AS outbox_backlog,
+       (SELECT count(*) FROM stripe_billing.usage_outbox u WHERE u.sent_at IS NULL) AS outbox_backlog,
        (SELECT count(*) FROM stripe_billing.events e WHERE e.outcome = 'failed') AS failed_events,
        (SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'stripe_billing sync'
          AND datname = current_database() LIMIT 1) AS worker_pid

@@ -201,6 +201,6 @@ stripe_apply_snapshots(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("source must be lower-case letters and underscores, not \"%s\"", source)));
 	PG_RETURN_JSONB_P(sb_apply_snapshots(PG_GETARG_JSONB_P(0), PG_GETARG_TIMESTAMPTZ(1), source,
-										 PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3),
-										 PG_ARGISNULL(4) || PG_GETARG_BOOL(4)));
+										 PG_NARGS() <= 3 || PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3),
+										 PG_NARGS() <= 4 || PG_ARGISNULL(4) || PG_GETARG_BOOL(4)));
 }

@@ -338,6 +338,23 @@ check_header_value(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/* Did shared_preload_libraries load us (backends inherit it from the postmaster)? */
+static bool preloaded = false;
+
+PG_FUNCTION_INFO_V1(stripe_preloaded);
+
+/*
+ * stripe_billing._preloaded() -> boolean
+ *
+ * Whether shared_preload_libraries loaded the library: the background
+ * worker runs only then.
+ */
+Datum
+stripe_preloaded(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(preloaded);
+}
+
 static const struct config_enum_entry usage_api_options[] = {
 	{"v2", SB_USAGE_API_V2, false},
 	{"v1", SB_USAGE_API_V1, false},
@@ -568,7 +585,10 @@ _PG_init(void)
 	MarkGUCPrefixReserved("stripe_billing");
 
 	if (process_shared_preload_libraries_in_progress)
+	{
+		preloaded = true;
 		sb_register_worker();
+	}
 
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = scrub_secrets_hook;

@@ -55,6 +55,11 @@ integration backfill bash test/backfill.sh
 integration fake_stripe node --test test/fake_stripe/selftest.js
 integration notify bash test/notify.sh
 integration without_preload bash test/without_preload.sh
+integration pgbouncer bash test/pgbouncer.sh
+integration packaging bash test/packaging.sh
+integration sql_reference bash test/sql_reference.sh
+integration quickstart bash test/quickstart.sh
+integration upgrade bash test/upgrade.sh
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"

@@ -13,7 +13,15 @@ chmod 755 "$work"
 trap 'cluster_stop "$work/pg"; [ "$fail" = 0 ] && rm -rf "$work"' EXIT
 fail=0
 cluster_start "$work/pg" || exit 1
-psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION stripe_billing" || exit 1
+created=$(psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION stripe_billing" 2>&1) || { echo "$created"; exit 1; }
+# CREATE EXTENSION says what is left out, and how to have it
+if grep -q '^WARNING:  stripe_billing is not in shared_preload_libraries: its background worker will not run' <<<"$created" &&
+   grep -q '^DETAIL:  .*events are not polled' <<<"$created" &&
+   grep -q '^HINT:  Add stripe_billing to shared_preload_libraries' <<<"$created"; then
+    echo "PASS  CREATE EXTENSION warns that the library is not preloaded, with what that leaves out and the fix"
+else
+    echo "FAIL  CREATE EXTENSION without preload said: $created"; fail=1
+fi
 
 # fresh SQL [EXPECTED_ERROR]: runs SQL in a new session; passes when it
 # succeeds, or fails with EXPECTED_ERROR (and never on a missing setting)

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# ALTER EXTENSION stripe_billing UPDATE from 0.1.0: a database installed at
+# 0.1.0, with events applied, users' features, usage rows and a grant of
+# the app's own, is updated to the default version; then its catalog
+# (functions with their signatures, defaults, settings, volatility,
+# security, language and body; tables, columns, defaults, indexes,
+# constraints, triggers, views, grants, comments, the dumped configuration
+# tables) equals a fresh install's, the data is intact and works on, and
+# the app's grant on a recreated function is carried over.  Runs against
+# the suite's cluster (PGHOST), in databases of its own.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+old=0.1.0
+new=$(sed -n "s/^default_version = '\(.*\)'/\1/p" stripe_billing.control)
+fail=0
+for db in sb_upgrade sb_fresh; do dropdb --if-exists "$db" 2>/dev/null; createdb "$db" || exit 1; done
+trap 'for db in sb_upgrade sb_fresh; do dropdb --if-exists "$db" 2>/dev/null; done; psql -X -q -c "DROP ROLE IF EXISTS sb_upgrade_app" 2>/dev/null' EXIT
+psql -X -q -c "DROP ROLE IF EXISTS sb_upgrade_app" 2>/dev/null
+psql -X -q -c "CREATE ROLE sb_upgrade_app" || exit 1
+q() { psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
+
+# ---- 0.1.0, in use ----
+psql -X -q -v ON_ERROR_STOP=1 -d sb_upgrade >/dev/null <<SQL || { echo "FAIL  setting up $old"; exit 1; }
+CREATE EXTENSION stripe_billing VERSION '$old';
+SELECT stripe_billing.stripe_grant_feature('price', 'price_up', 'reports');
+SELECT stripe_billing.stripe_apply_event(jsonb_build_object(
+  'id', 'evt_up_' || u, 'object', 'event', 'type', 'customer.subscription.created', 'livemode', false,
+  'created', extract(epoch FROM now())::bigint - 60,
+  'data', jsonb_build_object('object', jsonb_build_object(
+    'id', 'sub_' || u, 'object', 'subscription', 'customer', 'cus_' || u, 'status', 'active',
+    'metadata', jsonb_build_object('user_ref', u),
+    'current_period_start', extract(epoch FROM now())::bigint - 86400,
+    'current_period_end', extract(epoch FROM now())::bigint + 30 * 86400,
+    'items', jsonb_build_object('object', 'list', 'has_more', false, 'data', jsonb_build_array(jsonb_build_object(
+      'id', 'si_' || u, 'object', 'subscription_item', 'quantity', 1,
+      'price', jsonb_build_object('id', 'price_up', 'object', 'price', 'product', 'prod_up'))))))))
+  FROM unnest(ARRAY['user_1', 'user_2', 'user_3']) u;
+SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', g) FROM generate_series(1, 5) g;
+GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
+                                                                boolean, text, jsonb, text) TO sb_upgrade_app;
+SQL
+[ "$(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = "$old" ] ||
+    { echo "FAIL  the database is not at $old"; exit 1; }
+before=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
+    (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
+    (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
+    (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
+
+# ---- the update ----
+if out=$(psql -X -q -v ON_ERROR_STOP=1 -d sb_upgrade -c "ALTER EXTENSION stripe_billing UPDATE" 2>&1); then
+    echo "PASS  ALTER EXTENSION stripe_billing UPDATE from $old to $(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")"
+else
+    echo "FAIL  ALTER EXTENSION stripe_billing UPDATE: $out"; exit 1
+fi
+psql -X -q -v ON_ERROR_STOP=1 -d sb_fresh -c "CREATE EXTENSION stripe_billing" 2>/dev/null || { echo "FAIL  a fresh install"; exit 1; }
+
+after=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
+    (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
+    (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
+    (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
+works=$(q sb_upgrade "SELECT stripe_billing.stripe_has_entitlement('user_2', 'reports') || ' ' ||
+    (SELECT pending FROM stripe_billing.usage_status) || ' ' ||
+    (stripe_billing.stripe_installation_id() ~ '^[0-9a-f]{16}$')")
+if [ "$before" = "$after" ] && [ "$before" = "3 events, 3 features, 5 usage rows, 3 subscriptions" ] && [ "$works" = "true 5 true" ]; then
+    echo "PASS  the data is intact ($after) and works on (an entitlement check, usage_status, an installation id)"
+else
+    echo "FAIL  before: $before; after: $after; checks: $works"; fail=1
+fi
+granted=$(q sb_upgrade "SELECT has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean)', 'EXECUTE')")
+if [ "$granted" = t ]; then
+    echo "PASS  the app's grant on stripe_create_checkout (recreated: its signature changed) is carried over"
+else
+    echo "FAIL  the app's grant on stripe_create_checkout was lost"; fail=1
+fi
+q sb_upgrade "REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
+                                                                              boolean, text, jsonb, text, boolean) FROM sb_upgrade_app"
+
+# ---- the catalogs ----
+catalog() {
+    psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" <<'SQL'
+SELECT 'function ' || p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
+       || ' kind=' || p.prokind::text || ' ' || p.provolatile::text || p.proparallel::text || ' secdef=' || p.prosecdef
+       || ' strict=' || p.proisstrict || ' lang=' || l.lanname || ' config=' || coalesce(p.proconfig::text, '-')
+       || ' acl=' || coalesce(p.proacl::text, '-') || ' bin=' || coalesce(p.probin, '-')
+       || ' src=' || md5(p.prosrc) || ' comment=' || coalesce(obj_description(p.oid, 'pg_proc'), '-')
+  FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+ WHERE p.pronamespace = 'stripe_billing'::regnamespace
+UNION ALL
+SELECT 'relation ' || c.relname || ' kind=' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '-')
+       || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '-')
+       || CASE WHEN c.relkind = 'v' THEN ' view=' || md5(pg_get_viewdef(c.oid)) ELSE '' END
+  FROM pg_class c WHERE c.relnamespace = 'stripe_billing'::regnamespace
+UNION ALL
+SELECT 'column ' || c.relname || '.' || a.attname || ' #' || row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum)
+       || ' ' || format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
+       || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') || ' collation=' || a.attcollation::regcollation
+       || ' compression=' || coalesce(nullif(a.attcompression::text, ''), '-')
+       || ' comment=' || coalesce(col_description(c.oid, a.attnum), '-')
+  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+ WHERE c.relnamespace = 'stripe_billing'::regnamespace
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'stripe_billing'::regnamespace
+UNION ALL
+SELECT 'constraint ' || c.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
+  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid WHERE c.relnamespace = 'stripe_billing'::regnamespace
+UNION ALL
+SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+ WHERE c.relnamespace = 'stripe_billing'::regnamespace AND NOT t.tgisinternal
+UNION ALL
+SELECT 'dumped ' || c.relname || ' ' || coalesce(e.extcondition[i], '')
+  FROM pg_extension e, generate_subscripts(e.extconfig, 1) i JOIN pg_class c ON true
+ WHERE e.extname = 'stripe_billing' AND c.oid = e.extconfig[i]
+UNION ALL
+SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid)
+  FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass
+ WHERE e.extname = 'stripe_billing' AND d.deptype = 'e'
+ORDER BY 1
+SQL
+}
+catalog sb_upgrade >"/tmp/sb_catalog_upgrade.$$"
+catalog sb_fresh >"/tmp/sb_catalog_fresh.$$"
+lines=$(wc -l <"/tmp/sb_catalog_fresh.$$")
+if diff -q "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$" >/dev/null && [ "$lines" -gt 300 ]; then
+    echo "PASS  the updated catalog equals a fresh $new install's ($lines lines: functions, relations, columns, indexes, constraints, triggers, dumped tables, members)"
+else
+    echo "FAIL  the updated catalog differs from a fresh $new install's (< updated, > fresh):"
+    diff "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$" | head -20 | cut -c1-220 | sed 's/^/      /'
+    fail=1
+fi
+rm -f "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$"
+exit $fail
