@@ -16,9 +16,11 @@ cd "$(dirname "$0")/.." || exit 1
 PY=/usr/bin/python3     # Debian's, which has python3-psycopg
 work=$(mktemp -d /tmp/stripe_billing_pgbouncer.XXXXXX)
 chmod 755 "$work"
-bouncer_pid=
+bdir=$work/pgbouncer
 cleanup() {
-    [ -n "$bouncer_pid" ] && kill "$bouncer_pid" 2>/dev/null
+    # (pgbouncer itself, not the runuser that started it)
+    [ -s "$bdir/pgbouncer.pid" ] && kill "$(cat "$bdir/pgbouncer.pid")" 2>/dev/null
+    pkill -f "pgbouncer $bdir/pgbouncer.ini" 2>/dev/null
     cluster_stop "$work/pg"
 }
 trap cleanup EXIT
@@ -56,7 +58,6 @@ SQL
 
 # ---- PgBouncer, transaction pooling, two server connections ----
 port=$((20000 + RANDOM % 20000))
-bdir=$work/pgbouncer
 mkdir -p "$bdir"
 cat >"$bdir/pgbouncer.ini" <<EOF
 [databases]
@@ -71,11 +72,11 @@ pool_mode = transaction
 default_pool_size = 2
 max_client_conn = 50
 logfile = $bdir/pgbouncer.log
+pidfile = $bdir/pgbouncer.pid
 EOF
 echo '"app_user" ""' >"$bdir/userlist.txt"
 [ "$(id -u)" -eq 0 ] && chown -R "$SB_TEST_USER" "$bdir"
 as_owner /usr/sbin/pgbouncer "$bdir/pgbouncer.ini" >"$bdir/pgbouncer.out" 2>&1 &
-bouncer_pid=$!
 for _ in $(seq 50); do [ -S "$bdir/.s.PGSQL.$port" ] && break; sleep 0.1; done
 [ -S "$bdir/.s.PGSQL.$port" ] || { echo "FAIL: pgbouncer did not start"; cat "$bdir/pgbouncer.out" "$bdir/pgbouncer.log"; exit 1; }
 
