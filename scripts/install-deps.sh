@@ -10,7 +10,7 @@ packages=(
     make gcc
     postgresql-15 postgresql-client-15 postgresql-server-dev-15
     libcurl4-openssl-dev libssl-dev
-    curl jq pgbouncer python3-psycopg
+    curl jq pgbouncer python3-psycopg python3-psycopg-pool python3-fastapi python3-uvicorn
     nodejs npm
 )
 # nodejs/npm may come from elsewhere already (a newer Node): keep it then.
@@ -24,6 +24,8 @@ DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recomme
 
 echo "== installing the official stripe SDK (npm) for the cross-checks"
 npm ci --prefix test/node --no-audit --no-fund --loglevel=error >/dev/null
+echo "== installing the Express example's packages (npm)"
+npm ci --prefix examples/node --no-audit --no-fund --loglevel=error >/dev/null
 
 echo "== building and installing stripe_billing"
 make -s PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config

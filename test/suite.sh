@@ -60,6 +60,8 @@ integration packaging bash test/packaging.sh
 integration sql_reference bash test/sql_reference.sh
 integration quickstart bash test/quickstart.sh
 integration upgrade bash test/upgrade.sh
+integration example_express bash test/example_express.sh
+integration example_fastapi bash test/example_fastapi.sh
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
