@@ -11,6 +11,7 @@ packages=(
     postgresql-15 postgresql-client-15 postgresql-server-dev-15
     libcurl4-openssl-dev libssl-dev
     curl jq pgbouncer python3-psycopg python3-psycopg-pool python3-fastapi python3-uvicorn
+    debhelper postgresql-server-dev-all
     nodejs npm
 )
 # nodejs/npm may come from elsewhere already (a newer Node): keep it then.

@@ -62,6 +62,8 @@ integration quickstart bash test/quickstart.sh
 integration upgrade bash test/upgrade.sh
 integration example_express bash test/example_express.sh
 integration example_fastapi bash test/example_fastapi.sh
+# (the package is built for Debian's PostgreSQL, debian/pgversions)
+[ "$PG_BINDIR" = /usr/lib/postgresql/15/bin ] && integration debian_package bash test/debian_package.sh
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"
