@@ -94,32 +94,10 @@ sql() {
 rows() { grep -vE '^(psql:|ERROR:|DETAIL:|HINT:|LOCATION:|CONTEXT:|STATEMENT:|WARNING:|NOTICE:)' <<<"$OUT"; }
 
 # ---- verdicts ----
-checks=0
-failed=0
-why=()
-bad() { why+=("$*"); }
-# eq ACTUAL EXPECTED WHAT
-eq() { [ "$1" == "$2" ] || bad "$3: got '$1', expected '$2'"; }
+. test/lib/verdicts.sh
 noerr() { [ -z "$STATE" ] || bad "$1: error $STATE: $MSG${DETAIL:+ ($DETAIL)}"; }
 state_is() { [ "$STATE" == "$1" ] || bad "$2: expected SQLSTATE $1, got '${STATE:-no error}'${MSG:+: $MSG}"; }
 no_key_in() { if grep -qF "$KEY_BODY" <<<"$1"; then bad "$2 contains the API key"; fi; }
-verdict() {
-    checks=$((checks + 1))
-    if [ ${#why[@]} -eq 0 ]; then
-        echo "PASS: $1"
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $1"
-        printf '      - %s\n' "${why[@]}"
-    fi
-    why=()
-}
-# same_lines WHAT EXPECTED ACTUAL: equal as sorted sets of lines
-same_lines() {
-    local d
-    d=$(diff <(LC_ALL=C sort <<<"$2") <(LC_ALL=C sort <<<"$3")) ||
-        bad "$1 differs (< expected, > sent): $(tr '\n' ' ' <<<"$d")"
-}
 
 # ---- the extension ----
 sql "CREATE EXTENSION stripe_billing;

@@ -40,17 +40,8 @@ CREATE POLICY reports_paid ON reports FOR SELECT
 GRANT SELECT ON reports TO app_user;
 SELECT stripe_billing.stripe_grant_feature('price', 'price_reports', 'reports');
 -- two users on the paid plan
-SELECT stripe_billing.stripe_apply_event(jsonb_build_object(
-  'id', 'evt_pgb_' || u, 'object', 'event', 'type', 'customer.subscription.created', 'livemode', false,
-  'created', extract(epoch FROM now())::bigint - 60,
-  'data', jsonb_build_object('object', jsonb_build_object(
-    'id', 'sub_' || u, 'object', 'subscription', 'customer', 'cus_' || u, 'status', 'active',
-    'metadata', jsonb_build_object('user_ref', u),
-    'current_period_start', extract(epoch FROM now())::bigint - 86400,
-    'current_period_end', extract(epoch FROM now())::bigint + 30 * 86400,
-    'items', jsonb_build_object('object', 'list', 'has_more', false, 'data', jsonb_build_array(jsonb_build_object(
-      'id', 'si_' || u, 'object', 'subscription_item', 'quantity', 1,
-      'price', jsonb_build_object('id', 'price_reports', 'object', 'price', 'product', 'prod_reports'))))))))
+\i test/lib/subscription_event.sql
+SELECT stripe_billing.stripe_apply_event(pg_temp.subscription_created(u, 'price_reports'))
   FROM unnest(ARRAY['user_a', 'user_b']) u;
 SQL
 [ "$(psql -X -At -d app -c "SELECT count(*) FROM stripe_billing.user_features WHERE feature = 'reports'")" = 2 ] ||

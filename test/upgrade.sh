@@ -23,17 +23,8 @@ q() { psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
 psql -X -q -v ON_ERROR_STOP=1 -d sb_upgrade >/dev/null <<SQL || { echo "FAIL  setting up $old"; exit 1; }
 CREATE EXTENSION stripe_billing VERSION '$old';
 SELECT stripe_billing.stripe_grant_feature('price', 'price_up', 'reports');
-SELECT stripe_billing.stripe_apply_event(jsonb_build_object(
-  'id', 'evt_up_' || u, 'object', 'event', 'type', 'customer.subscription.created', 'livemode', false,
-  'created', extract(epoch FROM now())::bigint - 60,
-  'data', jsonb_build_object('object', jsonb_build_object(
-    'id', 'sub_' || u, 'object', 'subscription', 'customer', 'cus_' || u, 'status', 'active',
-    'metadata', jsonb_build_object('user_ref', u),
-    'current_period_start', extract(epoch FROM now())::bigint - 86400,
-    'current_period_end', extract(epoch FROM now())::bigint + 30 * 86400,
-    'items', jsonb_build_object('object', 'list', 'has_more', false, 'data', jsonb_build_array(jsonb_build_object(
-      'id', 'si_' || u, 'object', 'subscription_item', 'quantity', 1,
-      'price', jsonb_build_object('id', 'price_up', 'object', 'price', 'product', 'prod_up'))))))))
+\i test/lib/subscription_event.sql
+SELECT stripe_billing.stripe_apply_event(pg_temp.subscription_created(u, 'price_up'))
   FROM unnest(ARRAY['user_1', 'user_2', 'user_3']) u;
 SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', g) FROM generate_series(1, 5) g;
 GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,

@@ -29,17 +29,7 @@ createdb usage_outbox
 
 sql() { psql -X -At -q -v ON_ERROR_STOP=1 -c "$1"; }
 fake() { curl -sS -X "$1" -H 'Content-Type: application/json' ${3:+--data "$3"} "$FAKE_URL$2"; }
-failed=0
-checks=0
-why=()
-bad() { why+=("$*"); }
-eq() { [ "$1" == "$2" ] || bad "$3: got '$1', expected '$2'"; }
-verdict() {
-    checks=$((checks + 1))
-    if [ ${#why[@]} -eq 0 ]; then echo "PASS: $1"; else
-        echo "FAIL: $1"; printf '      - %s\n' "${why[@]}"; failed=$((failed + 1)); fi
-    why=()
-}
+. test/lib/verdicts.sh
 # the recorded requests to a path after seq MARK
 since() { fake GET "/_fake/requests?path=$2" | jq --argjson m "$1" '[.[] | select(.seq > $m)]'; }
 mark() { fake GET /_fake/stats | jq .requests; }
