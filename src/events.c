@@ -51,6 +51,8 @@
 #include "stripe_billing.h"
 
 PG_FUNCTION_INFO_V1(stripe_apply_event);
+PG_FUNCTION_INFO_V1(stripe_apply_events);
+PG_FUNCTION_INFO_V1(stripe_apply_page);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook_bytea);
 PG_FUNCTION_INFO_V1(stripe_reapply_event);
@@ -709,6 +711,272 @@ stripe_apply_event(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(sb_apply_event(PG_GETARG_JSONB_P(0),
 													PG_ARGISNULL(1) ? NULL :
 													text_to_cstring(PG_GETARG_TEXT_PP(1)))));
+}
+
+/*
+ * Applying many events in one call: a worker's page, or stripe_apply_events.
+ * A subtransaction per event would be simplest, but past 64 in one
+ * transaction PostgreSQL's per-backend subtransaction cache overflows, and
+ * while that transaction runs every snapshot in the cluster falls back to
+ * pg_subtrans lookups; committing thousands of them in one transaction also
+ * costs more per event the more there are.  So one subtransaction holds a
+ * run of events.  When an event fails on data, the run is rolled back, the
+ * events before it are applied again as a run of their own, and the failing
+ * one alone is recorded "failed"; the next run starts after it.  A batch
+ * without failures takes one subtransaction whatever its size, and each
+ * failure adds one (the rolled-back ones leave no trace in the cache).
+ */
+typedef struct EventBatch
+{
+	int			n;
+	Jsonb	  **events;
+	EventHeader *headers;
+	bool	   *mapped;
+	bool	   *skipped;		/* malformed, skipped with a WARNING */
+	const char **outcomes;
+	const char *source;
+	int			first;			/* the run: events first .. last - 1 */
+	int			last;
+	int			at;				/* the event being worked on */
+	MemoryContext event_context;	/* reset after each event */
+} EventBatch;
+
+/* Records an event in the ledger and maps it, in the current transaction. */
+static const char *
+apply_recorded(Jsonb *event, const EventHeader *header, bool mapped, const char *source)
+{
+	const char *outcome;
+
+	if (!ledger_insert(header, source, mapped ? "applied" : "ignored", NULL, event, NULL))
+		return "duplicate";
+	if (!mapped)
+		return "ignored";
+	outcome = map_object(event_object_jsonb(event), header);
+	if (strcmp(outcome, "applied") != 0)
+		ledger_set_outcome(header->id, outcome, NULL);
+	return outcome;
+}
+
+/* Applies the run's events in order, as run_guarded work. */
+static void
+apply_run_work(void *arg)
+{
+	EventBatch *b = (EventBatch *) arg;
+	MemoryContext oldcontext = CurrentMemoryContext;
+
+	for (b->at = b->first; b->at < b->last; b->at++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (b->skipped[b->at])
+			continue;
+		MemoryContextSwitchTo(b->event_context);
+		b->outcomes[b->at] = apply_recorded(b->events[b->at], &b->headers[b->at],
+											b->mapped[b->at], b->source);
+		MemoryContextSwitchTo(oldcontext);
+		MemoryContextReset(b->event_context);
+	}
+}
+
+/* Parses the headers from b->at on, as run_guarded work (it writes nothing). */
+static void
+parse_batch_work(void *arg)
+{
+	EventBatch *b = (EventBatch *) arg;
+
+	for (; b->at < b->n; b->at++)
+	{
+		if (b->skipped[b->at])
+			continue;
+		parse_event(b->events[b->at], &b->headers[b->at]);
+		check_livemode(&b->headers[b->at]);
+		b->mapped[b->at] = event_is_mapped(&b->headers[b->at]);
+	}
+}
+
+/*
+ * Parses every event's header first.  A malformed event (no usable id)
+ * raises, unless skip_malformed: then it is skipped with a WARNING, as a
+ * polled page must not stall on it.  The subtransactions here write
+ * nothing, so they take no transaction id and do not count in the cache.
+ */
+static void
+parse_batch(EventBatch *b, bool skip_malformed)
+{
+	b->at = 0;
+	while (b->at < b->n)
+	{
+		ErrorData  *edata;
+
+		if (!skip_malformed)
+		{
+			parse_batch_work(b);
+			break;
+		}
+		edata = run_guarded(parse_batch_work, b);
+		if (edata == NULL)
+			break;
+		if (edata->sqlerrcode != ERRCODE_SB_MALFORMED_EVENT)
+			ReThrowError(edata);
+		ereport(WARNING,
+				(errmsg("stripe_billing: a polled event was skipped: %s", edata->message),
+				 errdetail("Its id: %s.", b->headers[b->at].id ? b->headers[b->at].id : "(none)")));
+		FreeErrorData(edata);
+		b->skipped[b->at] = true;
+		b->outcomes[b->at] = NULL;
+		b->at++;
+	}
+}
+
+/* Applies b's events in order, with as few subtransactions as failures allow. */
+static void
+apply_batch(EventBatch *b)
+{
+	int			first = 0;
+	int			last = b->n;
+	int			failing = -1;
+	char	   *failing_error = NULL;
+
+	b->event_context = AllocSetContextCreate(CurrentMemoryContext, "stripe_billing event",
+											 ALLOCSET_DEFAULT_SIZES);
+	while (first < b->n)
+	{
+		ErrorData  *edata;
+
+		if (first == failing)
+		{
+			/* the failing event: recorded alone, outside any run */
+			b->outcomes[first] = ledger_insert(&b->headers[first], b->source, "failed",
+											   failing_error, b->events[first], NULL) ?
+				"failed" : "duplicate";
+			first++;
+			last = b->n;
+			continue;
+		}
+		b->first = first;
+		b->last = last;
+		edata = run_guarded(apply_run_work, b);
+		MemoryContextReset(b->event_context);
+		if (edata == NULL)
+		{
+			first = last;
+			last = b->n;
+			continue;
+		}
+		/* rolled back: the ones before the failing one become a run again */
+		failing = b->at;
+		failing_error = edata->detail ?
+			psprintf("%s (%s)", edata->message, edata->detail) : pstrdup(edata->message);
+		FreeErrorData(edata);
+		last = failing;
+	}
+	MemoryContextDelete(b->event_context);
+}
+
+/* An EventBatch of n events, none parsed yet. */
+static void
+init_batch(EventBatch *b, int n, const char *source)
+{
+	if (source == NULL || source[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event source must not be empty")));
+	b->n = n;
+	b->events = palloc0(sizeof(Jsonb *) * Max(n, 1));
+	b->headers = palloc0(sizeof(EventHeader) * Max(n, 1));
+	b->mapped = palloc0(sizeof(bool) * Max(n, 1));
+	b->skipped = palloc0(sizeof(bool) * Max(n, 1));
+	b->outcomes = palloc0(sizeof(char *) * Max(n, 1));
+	b->source = source;
+}
+
+/*
+ * stripe_apply_events(events jsonb[], source text) -> (event_id, outcome)
+ *
+ * Applies the events in array order, each as stripe_apply_event would,
+ * with one subtransaction for the lot plus one per failing event.
+ */
+Datum
+stripe_apply_events(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ArrayType  *array;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	EventBatch	b;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("events must not be NULL")));
+	array = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("events must be a one-dimensional array")));
+	deconstruct_array(array, JSONBOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	init_batch(&b, n, PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("events[%d] must not be NULL", i + 1)));
+		b.events[i] = DatumGetJsonbP(elems[i]);
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+	parse_batch(&b, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	apply_batch(&b);
+	SPI_finish();
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[2];
+		bool		isnull[2] = {false, false};
+
+		values[0] = CStringGetTextDatum(b.headers[i].id);
+		values[1] = CStringGetTextDatum(b.outcomes[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * stripe_billing._apply_page(page jsonb, source text) -> integer
+ *
+ * Applies a list page of events (newest first, as /v1/events lists them)
+ * oldest first; a malformed event is skipped with a WARNING.  Returns how
+ * many were not skipped.
+ */
+Datum
+stripe_apply_page(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *page = PG_GETARG_JSONB_P(0);
+	EventBatch	b;
+	int			n;
+	int			kept = 0;
+
+	if (!JB_ROOT_IS_ARRAY(page) || JB_ROOT_IS_SCALAR(page))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a page of events must be a jsonb array")));
+	n = JB_ROOT_COUNT(page);
+	init_batch(&b, n, text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	for (int i = 0; i < n; i++)
+		b.events[n - 1 - i] = JsonbValueToJsonb(getIthJsonbValueFromContainer(&page->root, i));
+
+	parse_batch(&b, true);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	apply_batch(&b);
+	SPI_finish();
+
+	for (int i = 0; i < n; i++)
+		kept += b.skipped[i] ? 0 : 1;
+	PG_RETURN_INT32(kept);
 }
 
 /* The parse of a verified body, as run_guarded work. */

@@ -167,7 +167,7 @@ check_backfill() {
     in_flight_first=""
     begin
     # polling starts first (the cursor is the newest event), as in the README
-    sql sb_procedure "SELECT stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" stripe_sync_now failed")
+    sql sb_procedure "CALL stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" stripe_sync_now failed")
     # a change made before the backfill lists subscriptions: its event is older than the listing
     curl -sS -u "$KEY:" -d cancel_at_period_end=true \
         "$FAKE_URL/v1/subscriptions/$(curl -sS -u "$KEY:" "$FAKE_URL/v1/subscriptions?limit=1&status=active" | jq -r '.data[0].id')" >/dev/null
@@ -201,7 +201,7 @@ check_backfill() {
     firsts=$(first_pages | tr '\n' ' ')
     out=$(sql sb_procedure "SELECT string_agg(kind || ' ' || objects, ', ') FROM stripe_billing.backfill_status")
     # the events made meanwhile, then everything must equal the account
-    sql sb_procedure "SELECT stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" stripe_sync_now failed")
+    sql sb_procedure "CALL stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" stripe_sync_now failed")
     differences sb_procedure || problems+=(" $? rows differ from the account")
     grant_products sb_procedure
     extra=$(features_problems sb_procedure)
@@ -415,7 +415,7 @@ check_start_second() {
         problems+=(" the fake refused the event")
     createdb sb_start && sql sb_start "CREATE EXTENSION stripe_billing" >/dev/null || problems+=(" setup failed")
     sql sb_start "SELECT stripe_billing.stripe_sync_start_from(pg_catalog.to_timestamp($t.9)::text)" >/dev/null &&
-        sql sb_start "SELECT stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" polling failed")
+        sql sb_start "CALL stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" polling failed")
     got=$(sql sb_start "SELECT count(*) FROM stripe_billing.events WHERE id = '$id'")
     [ "$got" = 1 ] || problems+=(" the event of the start's second was skipped")
     conclude start "polling from $t.9 s took the event created at second $t: $got" "${problems[@]}"

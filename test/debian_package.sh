@@ -41,6 +41,7 @@ files=$(dpkg -L "$package")
 for f in "$PG_BINDIR/../lib/stripe_billing.so" /usr/share/postgresql/15/extension/stripe_billing.control \
          /usr/share/postgresql/15/extension/stripe_billing--0.1.0.sql \
          /usr/share/postgresql/15/extension/stripe_billing--0.1.0--0.2.0.sql \
+         /usr/share/postgresql/15/extension/stripe_billing--0.2.0--0.3.0.sql \
          "/usr/share/postgresql/15/extension/stripe_billing--$version.sql"; do
     f=$(realpath -m "$f")
     grep -qx "$f" <<<"$files" || { echo "FAIL  the package lacks $f"; fail=1; }

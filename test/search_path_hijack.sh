@@ -131,7 +131,7 @@ fi
 for _ in $(seq 150); do [ "$(su -c "SELECT phase FROM stripe_billing.sync_status")" = streaming ] && break; sleep 0.2; done
 su -c "DELETE FROM public.trap_log" >/dev/null
 out=$(victim 2>&1 <<'SQL'
-SELECT stripe_billing.stripe_sync_now();
+CALL stripe_billing.stripe_sync_now();
 SELECT stripe_billing.stripe_refresh_entitlements();
 SELECT stripe_billing.stripe_link_customer('user_hj', (SELECT id FROM stripe_billing.customers LIMIT 1));
 SELECT stripe_billing.stripe_report_usage('user_hj', 'api_calls', 3);

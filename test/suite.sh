@@ -50,6 +50,7 @@ integration search_path_hijack bash test/search_path_hijack.sh
 integration dump_restore bash test/dump_restore.sh
 integration api_calls bash test/api_calls.sh
 integration usage_outbox bash test/usage_outbox.sh
+integration subtransactions bash test/subtransactions.sh
 integration worker bash test/worker.sh
 integration backfill bash test/backfill.sh
 integration fake_stripe node --test test/fake_stripe/selftest.js

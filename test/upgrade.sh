@@ -1,70 +1,22 @@
 #!/usr/bin/env bash
-# ALTER EXTENSION stripe_billing UPDATE from 0.1.0: a database installed at
-# 0.1.0, with events applied, users' features, usage rows and a grant of
-# the app's own, is updated to the default version; then its catalog
+# ALTER EXTENSION stripe_billing UPDATE from every earlier version (0.1.0,
+# 0.2.0): a database installed at it, with events applied, users' features,
+# usage rows and grants of the app's own, is updated to the default
+# version; then its catalog
 # (functions with their signatures, defaults, settings, volatility,
 # security, language and body; tables, columns, defaults, indexes,
 # constraints, triggers, views, grants, comments, the dumped configuration
 # tables) equals a fresh install's, the data is intact and works on, and
-# the app's grant on a recreated function is carried over.  Runs against
+# the app's grants on recreated functions are carried over.  Runs against
 # the suite's cluster (PGHOST), in databases of its own.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-old=0.1.0
 new=$(sed -n "s/^default_version = '\(.*\)'/\1/p" stripe_billing.control)
 fail=0
-for db in sb_upgrade sb_fresh; do dropdb --if-exists "$db" 2>/dev/null; createdb "$db" || exit 1; done
 trap 'for db in sb_upgrade sb_fresh; do dropdb --if-exists "$db" 2>/dev/null; done; psql -X -q -c "DROP ROLE IF EXISTS sb_upgrade_app" 2>/dev/null' EXIT
 psql -X -q -c "DROP ROLE IF EXISTS sb_upgrade_app" 2>/dev/null
 psql -X -q -c "CREATE ROLE sb_upgrade_app" || exit 1
 q() { psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
-
-# ---- 0.1.0, in use ----
-psql -X -q -v ON_ERROR_STOP=1 -d sb_upgrade >/dev/null <<SQL || { echo "FAIL  setting up $old"; exit 1; }
-CREATE EXTENSION stripe_billing VERSION '$old';
-SELECT stripe_billing.stripe_grant_feature('price', 'price_up', 'reports');
-\i test/lib/subscription_event.sql
-SELECT stripe_billing.stripe_apply_event(pg_temp.subscription_created(u, 'price_up'))
-  FROM unnest(ARRAY['user_1', 'user_2', 'user_3']) u;
-SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', g) FROM generate_series(1, 5) g;
-GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
-                                                                boolean, text, jsonb, text) TO sb_upgrade_app;
-SQL
-[ "$(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = "$old" ] ||
-    { echo "FAIL  the database is not at $old"; exit 1; }
-before=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
-    (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
-    (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
-    (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
-
-# ---- the update ----
-if out=$(psql -X -q -v ON_ERROR_STOP=1 -d sb_upgrade -c "ALTER EXTENSION stripe_billing UPDATE" 2>&1); then
-    echo "PASS  ALTER EXTENSION stripe_billing UPDATE from $old to $(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")"
-else
-    echo "FAIL  ALTER EXTENSION stripe_billing UPDATE: $out"; exit 1
-fi
-psql -X -q -v ON_ERROR_STOP=1 -d sb_fresh -c "CREATE EXTENSION stripe_billing" 2>/dev/null || { echo "FAIL  a fresh install"; exit 1; }
-
-after=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
-    (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
-    (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
-    (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
-works=$(q sb_upgrade "SELECT stripe_billing.stripe_has_entitlement('user_2', 'reports') || ' ' ||
-    (SELECT pending FROM stripe_billing.usage_status) || ' ' ||
-    (stripe_billing.stripe_installation_id() ~ '^[0-9a-f]{16}$')")
-if [ "$before" = "$after" ] && [ "$before" = "3 events, 3 features, 5 usage rows, 3 subscriptions" ] && [ "$works" = "true 5 true" ]; then
-    echo "PASS  the data is intact ($after) and works on (an entitlement check, usage_status, an installation id)"
-else
-    echo "FAIL  before: $before; after: $after; checks: $works"; fail=1
-fi
-granted=$(q sb_upgrade "SELECT has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean)', 'EXECUTE')")
-if [ "$granted" = t ]; then
-    echo "PASS  the app's grant on stripe_create_checkout (recreated: its signature changed) is carried over"
-else
-    echo "FAIL  the app's grant on stripe_create_checkout was lost"; fail=1
-fi
-q sb_upgrade "REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
-                                                                              boolean, text, jsonb, text, boolean) FROM sb_upgrade_app"
 
 # ---- the catalogs ----
 catalog() {
@@ -111,15 +63,74 @@ SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid)
 ORDER BY 1
 SQL
 }
-catalog sb_upgrade >"/tmp/sb_catalog_upgrade.$$"
-catalog sb_fresh >"/tmp/sb_catalog_fresh.$$"
-lines=$(wc -l <"/tmp/sb_catalog_fresh.$$")
-if diff -q "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$" >/dev/null && [ "$lines" -gt 300 ]; then
-    echo "PASS  the updated catalog equals a fresh $new install's ($lines lines: functions, relations, columns, indexes, constraints, triggers, dumped tables, members)"
-else
-    echo "FAIL  the updated catalog differs from a fresh $new install's (< updated, > fresh):"
-    diff "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$" | head -20 | cut -c1-220 | sed 's/^/      /'
-    fail=1
-fi
-rm -f "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$"
+
+# Installs version $1 with data and grants, updates it, checks the data and
+# grants, and compares its catalog with a fresh install's.
+from() {
+    local old=$1 checkout_args=$2
+    for db in sb_upgrade sb_fresh; do dropdb --if-exists "$db" 2>/dev/null; createdb "$db" || exit 1; done
+
+    # ---- the old version, in use ----
+    psql -X -q -v ON_ERROR_STOP=1 -d sb_upgrade >/dev/null <<SQL || { echo "FAIL  setting up $old"; exit 1; }
+CREATE EXTENSION stripe_billing VERSION '$old';
+SELECT stripe_billing.stripe_grant_feature('price', 'price_up', 'reports');
+\i test/lib/subscription_event.sql
+SELECT stripe_billing.stripe_apply_event(pg_temp.subscription_created(u, 'price_up'))
+  FROM unnest(ARRAY['user_1', 'user_2', 'user_3']) u;
+SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', g) FROM generate_series(1, 5) g;
+GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout($checkout_args) TO sb_upgrade_app;
+GRANT EXECUTE ON FUNCTION stripe_billing.stripe_sync_now() TO sb_upgrade_app;
+SQL
+    [ "$(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = "$old" ] ||
+        { echo "FAIL  the database is not at $old"; exit 1; }
+    before=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
+        (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
+        (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
+        (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
+
+    # ---- the update ----
+    if out=$(psql -X -q -v ON_ERROR_STOP=1 -d sb_upgrade -c "ALTER EXTENSION stripe_billing UPDATE" 2>&1); then
+        echo "PASS  ALTER EXTENSION stripe_billing UPDATE from $old to $(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")"
+    else
+        echo "FAIL  ALTER EXTENSION stripe_billing UPDATE: $out"; exit 1
+    fi
+    psql -X -q -v ON_ERROR_STOP=1 -d sb_fresh -c "CREATE EXTENSION stripe_billing" 2>/dev/null || { echo "FAIL  a fresh install"; exit 1; }
+
+    after=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
+        (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
+        (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
+        (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
+    works=$(q sb_upgrade "SELECT stripe_billing.stripe_has_entitlement('user_2', 'reports') || ' ' ||
+        (SELECT pending FROM stripe_billing.usage_status) || ' ' ||
+        (stripe_billing.stripe_installation_id() ~ '^[0-9a-f]{16}$')")
+    if [ "$before" = "$after" ] && [ "$before" = "3 events, 3 features, 5 usage rows, 3 subscriptions" ] && [ "$works" = "true 5 true" ]; then
+        echo "PASS  from $old: the data is intact ($after) and works on (an entitlement check, usage_status, an installation id)"
+    else
+        echo "FAIL  from $old: before: $before; after: $after; checks: $works"; fail=1
+    fi
+    granted=$(q sb_upgrade "SELECT has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean)', 'EXECUTE')
+        || ' ' || has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_sync_now(integer)', 'EXECUTE')")
+    if [ "$granted" = "true true" ]; then
+        echo "PASS  from $old: the app's grants on stripe_create_checkout and stripe_sync_now (recreated: a new signature, a procedure) are carried over"
+    else
+        echo "FAIL  from $old: the app's grants on stripe_create_checkout and stripe_sync_now: $granted"; fail=1
+    fi
+    q sb_upgrade "REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
+                                                                                  boolean, text, jsonb, text, boolean) FROM sb_upgrade_app;
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM sb_upgrade_app"
+    catalog sb_upgrade >"/tmp/sb_catalog_upgrade.$$"
+    catalog sb_fresh >"/tmp/sb_catalog_fresh.$$"
+    lines=$(wc -l <"/tmp/sb_catalog_fresh.$$")
+    if diff -q "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$" >/dev/null && [ "$lines" -gt 300 ]; then
+        echo "PASS  from $old: the updated catalog equals a fresh $new install's ($lines lines: functions, relations, columns, indexes, constraints, triggers, dumped tables, members)"
+    else
+        echo "FAIL  from $old: the updated catalog differs from a fresh $new install's (< updated, > fresh):"
+        diff "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$" | head -20 | cut -c1-220 | sed 's/^/      /'
+        fail=1
+    fi
+    rm -f "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$"
+}
+
+from 0.1.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text"
+from 0.2.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean"
 exit $fail

@@ -1,0 +1,182 @@
+-- stripe_billing 0.2.0 -> 0.3.0.  Every function ends as a fresh 0.3.0
+-- install makes it (test/upgrade.sh compares the catalogs); the data stays.
+\echo Use "ALTER EXTENSION stripe_billing UPDATE TO '0.3.0'" to load this file. \quit
+
+-- EXECUTE granted on stripe_sync_now, a function until now and a procedure
+-- from now on, is carried over at the end.
+SELECT pg_catalog.set_config('stripe_billing_upgrade.stripe_sync_now', coalesce(p.proacl::text, ''), false)
+  FROM pg_catalog.pg_proc p
+ WHERE p.pronamespace = 'stripe_billing'::regnamespace AND p.proname = 'stripe_sync_now';
+
+-- Records and applies many events in array order, each as stripe_apply_event
+-- does, in one subtransaction plus one per failing event (a subtransaction
+-- per event would overflow PostgreSQL's cache past 64).  Not for PUBLIC.
+CREATE FUNCTION stripe_billing.stripe_apply_events(events jsonb[], source text DEFAULT 'manual')
+RETURNS TABLE (event_id text, outcome text)
+AS 'MODULE_PATHNAME', 'stripe_apply_events'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_apply_events(jsonb[], text) FROM PUBLIC;
+
+-- Applies a page of polled events (newest first) oldest first, in one
+-- subtransaction plus one per failing event; a malformed event (SBE01: no
+-- usable id) is skipped with a WARNING.  Returns how many were kept.
+CREATE FUNCTION stripe_billing._apply_page(page jsonb, source text) RETURNS integer
+AS 'MODULE_PATHNAME', 'stripe_apply_page'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+-- (internal, as every function whose name starts with _)
+REVOKE ALL ON FUNCTION stripe_billing._apply_page(jsonb, text) FROM PUBLIC;
+
+-- A worker's page: one subtransaction, not one per event.
+CREATE OR REPLACE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
+                                          OUT events integer, OUT has_more boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  st stripe_billing.sync_state;
+  page jsonb;
+  first_page jsonb;
+  oldest jsonb;
+  error_detail text;
+BEGIN
+  SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
+  UPDATE stripe_billing.sync_state SET last_poll_at = now();
+  events := 0;
+  has_more := false;
+
+  IF st.event_cursor IS NULL THEN
+    -- first start: from now (the newest event is the cursor, not applied),
+    -- or from a point in time (the oldest event since then is applied first)
+    IF st.start_from = 'now' THEN
+      first_page := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}');
+      -- no event at all yet: start from this moment instead
+      UPDATE stripe_billing.sync_state
+         SET event_cursor = first_page->'data'->0->>'id',
+             start_from = CASE WHEN first_page->'data'->0 IS NULL THEN now()::text ELSE 'now' END,
+             lookback_after = coalesce(stripe_billing._ts(first_page->'data'->0->'created'), now()),
+             last_success_at = now(), consecutive_failures = 0;
+      RETURN;
+    END IF;
+    first_page := stripe_billing.stripe_api('GET', '/v1/events',
+        jsonb_build_object('limit', 100, 'created', jsonb_build_object('gte',
+            floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
+    oldest := first_page->'data'->(jsonb_array_length(first_page->'data') - 1);
+    WHILE coalesce((first_page->>'has_more')::boolean, false) LOOP
+      first_page := stripe_billing.stripe_api('GET', '/v1/events',
+          jsonb_build_object('limit', 100, 'starting_after', oldest->>'id', 'created',
+              jsonb_build_object('gte', floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
+      oldest := coalesce(first_page->'data'->(jsonb_array_length(first_page->'data') - 1), oldest);
+    END LOOP;
+    IF oldest IS NULL THEN
+      -- nothing since then yet: look again next time
+      UPDATE stripe_billing.sync_state SET last_success_at = now(), consecutive_failures = 0;
+      RETURN;
+    END IF;
+    PERFORM stripe_billing.stripe_apply_event(oldest, 'poll');
+    UPDATE stripe_billing.sync_state SET event_cursor = oldest->>'id', events_applied = events_applied + 1,
+           lookback_after = st.start_from::timestamptz - interval '1 second',
+           last_event_created = stripe_billing._ts(oldest->'created'),
+           last_success_at = now(), consecutive_failures = 0;
+    events := 1;
+    has_more := true;
+    RETURN;
+  END IF;
+
+  -- Stripe keeps events 30 days: a cursor older than that, or one Stripe no
+  -- longer knows, cannot go on.  Restart from the newest event and
+  -- reconcile what the gap may have missed, rather than stall or jump
+  -- silently.
+  IF st.last_event_created < now() - interval '30 days' THEN
+    PERFORM stripe_billing._restart_cursor(format('the cursor %s is older than Stripe''s 30 days of events',
+                                                  st.event_cursor));
+    RETURN;
+  END IF;
+  BEGIN
+    page := stripe_billing._events_page(st.event_cursor, prefetch_next);
+  EXCEPTION
+  WHEN SQLSTATE 'SBA01' THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
+    IF error_detail NOT LIKE '%code resource_missing, param ending_before%' THEN
+      RAISE;
+    END IF;
+    PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
+    RETURN;
+  WHEN SQLSTATE 'SBA07' THEN
+    -- a body over max_response_size is as large when asked again: raised
+    GET STACKED DIAGNOSTICS error_detail = MESSAGE_TEXT;
+    IF error_detail LIKE '%exceeds stripe_billing.max_response_size%' THEN
+      RAISE;
+    END IF;
+    -- not jsonb: a transfer spoiled on the way (asked again, below), or a
+    -- page holding an event jsonb refuses, which would stall polling for
+    -- ever: that one is kept as failed and the page goes on
+    page := stripe_billing._poll_unparsed_page(st.event_cursor);
+    IF page IS NULL THEN
+      RETURN;     -- (applied, cursor moved)
+    END IF;
+  END;
+  has_more := coalesce((page->>'has_more')::boolean, false);
+  page := page->'data';    -- (taken out once: a page is some 500 KB)
+  events := jsonb_array_length(page);
+  -- an empty page that says more wait would be asked for again at once,
+  -- many times a second: wait for the next poll instead
+  IF events = 0 THEN
+    has_more := false;
+  END IF;
+  -- (newest first: applied oldest first, a malformed event skipped)
+  PERFORM stripe_billing._apply_page(page, 'poll');
+  UPDATE stripe_billing.sync_state
+     SET event_cursor = coalesce(page->0->>'id', event_cursor),
+         events_applied = events_applied + events,
+         last_event_created = coalesce(stripe_billing._ts(page->0->'created'), last_event_created),
+         last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+END
+$$;
+
+DROP FUNCTION stripe_billing.stripe_sync_now();
+-- Runs a poll cycle now in this session, a transaction per page (a long
+-- catch-up stays linear and holds no page's locks longer than its own);
+-- events: the number of events received.  CALL it outside a transaction
+-- block.
+CREATE PROCEDURE stripe_billing.stripe_sync_now(INOUT events integer DEFAULT NULL)
+LANGUAGE plpgsql
+-- (no SET clause and no SECURITY DEFINER: a procedure with either may not
+-- commit; every call below is qualified, and the steps pin their own
+-- search_path)
+AS $$
+DECLARE
+  p record;
+BEGIN
+  events := 0;
+  LOOP
+    p := stripe_billing._poll_page();
+    events := events OPERATOR(pg_catalog.+) p.events;
+    COMMIT;
+    EXIT WHEN NOT p.has_more;
+  END LOOP;
+  events := events OPERATOR(pg_catalog.+) stripe_billing._poll_lookback();
+  PERFORM stripe_billing._sync_duties();
+  COMMIT;
+END
+$$;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM PUBLIC;
+
+DO $$
+DECLARE
+  grantee name;
+BEGIN
+  FOR grantee IN
+      SELECT r.rolname
+        FROM pg_catalog.aclexplode(NULLIF(pg_catalog.current_setting('stripe_billing_upgrade.stripe_sync_now', true),
+                                          '')::pg_catalog.aclitem[]) a
+        JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+       WHERE a.privilege_type = 'EXECUTE'
+         AND a.grantee <> (SELECT p.proowner FROM pg_catalog.pg_proc p
+                            WHERE p.oid = 'stripe_billing.stripe_sync_now(integer)'::pg_catalog.regprocedure)
+  LOOP
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE stripe_billing.stripe_sync_now(integer) TO %I', grantee);
+  END LOOP;
+END
+$$;
