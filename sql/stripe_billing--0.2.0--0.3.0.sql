@@ -8,6 +8,94 @@ SELECT pg_catalog.set_config('stripe_billing_upgrade.stripe_sync_now', coalesce(
   FROM pg_catalog.pg_proc p
  WHERE p.pronamespace = 'stripe_billing'::regnamespace AND p.proname = 'stripe_sync_now';
 
+-- Each item's JSON is in its subscription's raw (items.data): the copy in
+-- subscription_items goes, and the mapping no longer writes it.
+ALTER TABLE stripe_billing.subscription_items DROP COLUMN raw;
+CREATE OR REPLACE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  sid text := o->>'id';
+  items jsonb := o->'items'->'data';
+  complete_list boolean := NOT coalesce((o->'items'->>'has_more')::boolean, false);
+  period_start timestamptz := stripe_billing._ts(o->'current_period_start');
+  period_end timestamptz := stripe_billing._ts(o->'current_period_end');
+  customer_id text := stripe_billing._id(o->'customer');
+BEGIN
+  IF period_start IS NULL OR period_end IS NULL THEN
+    SELECT coalesce(period_start, min(stripe_billing._ts(i->'current_period_start'))),
+           coalesce(period_end, max(stripe_billing._ts(i->'current_period_end')))
+      INTO period_start, period_end
+      FROM jsonb_array_elements(items) i;
+  END IF;
+
+  INSERT INTO stripe_billing.subscriptions AS t
+         (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
+          current_period_start, current_period_end, trial_start, trial_end, pause_collection,
+          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch)
+  VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
+          stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
+          period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
+          CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
+          stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, status = EXCLUDED.status,
+         cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+         canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
+         current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+         trial_start = EXCLUDED.trial_start, trial_end = EXCLUDED.trial_end,
+         pause_collection = EXCLUDED.pause_collection, latest_invoice = EXCLUDED.latest_invoice,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status IN ('canceled', 'incomplete_expired'),
+                                      EXCLUDED.status IN ('canceled', 'incomplete_expired'));
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+
+  -- the items follow the subscription snapshot that was just written
+  INSERT INTO stripe_billing.subscription_items AS t
+         (id, subscription, price, product, price_lookup_key, quantity,
+          current_period_start, current_period_end, deleted, last_event_id, last_event_created)
+  SELECT i->>'id', sid,
+         coalesce(i->'price'->>'id', i->'plan'->>'id'),
+         coalesce(stripe_billing._id(i->'price'->'product'), stripe_billing._id(i->'plan'->'product')),
+         i->'price'->>'lookup_key', (i->>'quantity')::bigint,
+         coalesce(stripe_billing._ts(i->'current_period_start'), period_start),
+         coalesce(stripe_billing._ts(i->'current_period_end'), period_end),
+         false, ev_id, ev_created
+    FROM jsonb_array_elements(items) i
+  ON CONFLICT (id) DO UPDATE SET
+         subscription = EXCLUDED.subscription, price = EXCLUDED.price, product = EXCLUDED.product,
+         price_lookup_key = EXCLUDED.price_lookup_key, quantity = EXCLUDED.quantity,
+         current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+         deleted = false,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
+
+  -- items no longer listed were removed (unless the list was cut short)
+  IF complete_list THEN
+    UPDATE stripe_billing.subscription_items
+       SET deleted = true, last_event_id = ev_id, last_event_created = ev_created, updated_at = now()
+     WHERE subscription = sid AND NOT deleted
+       AND id NOT IN (SELECT i->>'id' FROM jsonb_array_elements(items) i);
+  END IF;
+
+  IF stripe_billing._user_ref(o->'metadata') IS NOT NULL THEN
+    PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true, ev_type);
+  END IF;
+  PERFORM stripe_billing._refresh_customer_features(customer_id, ev_type);
+  RETURN 'applied';
+END
+$$;
+
 -- Records and applies many events in array order, each as stripe_apply_event
 -- does, in one subtransaction plus one per failing event (a subtransaction
 -- per event would overflow PostgreSQL's cache past 64).  Not for PUBLIC.

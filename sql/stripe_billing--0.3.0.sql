@@ -248,11 +248,11 @@ CREATE TABLE stripe_billing.subscription_items (
     current_period_start timestamptz,
     current_period_end   timestamptz,
     deleted              boolean NOT NULL DEFAULT false,
-    raw                  jsonb NOT NULL,
     last_event_id        text,
     last_event_created   timestamptz,
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
+-- (no raw: each item's JSON is in its subscription's raw, items.data)
 CREATE INDEX subscription_items_subscription_idx ON stripe_billing.subscription_items (subscription);
 
 CREATE TABLE stripe_billing.invoices (
@@ -373,7 +373,7 @@ BEGIN
               WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
     ALTER TABLE stripe_billing.events ALTER COLUMN payload SET COMPRESSION lz4;
     ALTER TABLE stripe_billing.events ALTER COLUMN body SET COMPRESSION lz4;
-    FOREACH t IN ARRAY ARRAY['customers', 'products', 'prices', 'subscriptions', 'subscription_items',
+    FOREACH t IN ARRAY ARRAY['customers', 'products', 'prices', 'subscriptions',
                              'invoices', 'payments', 'checkout_sessions', 'entitlement_summaries'] LOOP
       EXECUTE format('ALTER TABLE stripe_billing.%I ALTER COLUMN raw SET COMPRESSION lz4', t);
     END LOOP;
@@ -604,20 +604,20 @@ BEGIN
   -- the items follow the subscription snapshot that was just written
   INSERT INTO stripe_billing.subscription_items AS t
          (id, subscription, price, product, price_lookup_key, quantity,
-          current_period_start, current_period_end, deleted, raw, last_event_id, last_event_created)
+          current_period_start, current_period_end, deleted, last_event_id, last_event_created)
   SELECT i->>'id', sid,
          coalesce(i->'price'->>'id', i->'plan'->>'id'),
          coalesce(stripe_billing._id(i->'price'->'product'), stripe_billing._id(i->'plan'->'product')),
          i->'price'->>'lookup_key', (i->>'quantity')::bigint,
          coalesce(stripe_billing._ts(i->'current_period_start'), period_start),
          coalesce(stripe_billing._ts(i->'current_period_end'), period_end),
-         false, i, ev_id, ev_created
+         false, ev_id, ev_created
     FROM jsonb_array_elements(items) i
   ON CONFLICT (id) DO UPDATE SET
          subscription = EXCLUDED.subscription, price = EXCLUDED.price, product = EXCLUDED.product,
          price_lookup_key = EXCLUDED.price_lookup_key, quantity = EXCLUDED.quantity,
          current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
-         deleted = false, raw = EXCLUDED.raw,
+         deleted = false,
          last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
          updated_at = now()
   WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
