@@ -1147,8 +1147,9 @@ BEGIN
 END
 $$;
 
--- Whether a batch of listed snapshots is being mapped, which then derives
--- its customers' users at its end, at once; when so, notes customer_id.
+-- Whether a batch (of listed snapshots, or a run of events) is being
+-- mapped, which then derives its customers' users at its end, at once;
+-- when so, notes customer_id.
 CREATE FUNCTION stripe_billing._derivation_deferred(customer_id text) RETURNS boolean
 AS 'MODULE_PATHNAME', 'stripe_derivation_deferred'
 LANGUAGE C STRICT VOLATILE

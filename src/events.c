@@ -714,6 +714,38 @@ stripe_apply_event(PG_FUNCTION_ARGS)
 }
 
 /*
+ * While a batch is mapped, the customers whose users' features it derives
+ * at its end, all in one statement, instead of one derivation per object
+ * (see stripe_derivation_deferred).
+ */
+static bool deferring = false;
+static List *deferred_customers = NIL;
+static MemoryContext deferred_context = NULL;
+
+/* Derives the features of the users of the customers the batch noted. */
+static void
+derive_deferred(const char *ev_type)
+{
+	int			n = list_length(deferred_customers);
+	Datum	   *elems;
+	Oid			argtypes[2] = {TEXTARRAYOID, TEXTOID};
+	Datum		values[2];
+	ListCell   *lc;
+	int			i = 0;
+
+	if (n == 0)
+		return;
+	elems = palloc(sizeof(Datum) * n);
+	foreach(lc, deferred_customers)
+		elems[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	values[0] = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[1] = CStringGetTextDatum(ev_type);
+	if (SPI_execute_with_args("SELECT stripe_billing._refresh_customers_features($1, $2)",
+							  2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not derive the features of a batch's users");
+}
+
+/*
  * Applying many events in one call: a worker's page, or stripe_apply_events.
  * A subtransaction per event would be simplest, but past 64 in one
  * transaction PostgreSQL's per-backend subtransaction cache overflows, and
@@ -738,6 +770,7 @@ typedef struct EventBatch
 	int			first;			/* the run: events first .. last - 1 */
 	int			last;
 	int			at;				/* the event being worked on */
+	bool		defer;			/* derive features at the run's end */
 	MemoryContext event_context;	/* reset after each event */
 } EventBatch;
 
@@ -757,24 +790,50 @@ apply_recorded(Jsonb *event, const EventHeader *header, bool mapped, const char 
 	return outcome;
 }
 
-/* Applies the run's events in order, as run_guarded work. */
+/*
+ * Applies the run's events in order, as run_guarded work.  When b->defer,
+ * the users' features are derived once, at the run's end, for every
+ * customer the run touched (see stripe_derivation_deferred): rewriting a
+ * user's features at each of their events would leave, inside one
+ * transaction, a dead version per event for the next derivation to step
+ * over.  The notification then names the run's last event type.
+ */
 static void
 apply_run_work(void *arg)
 {
 	EventBatch *b = (EventBatch *) arg;
 	MemoryContext oldcontext = CurrentMemoryContext;
+	const char *last_type = NULL;
 
-	for (b->at = b->first; b->at < b->last; b->at++)
+	deferred_customers = NIL;
+	deferred_context = oldcontext;
+	deferring = b->defer;
+	PG_TRY();
 	{
-		CHECK_FOR_INTERRUPTS();
-		if (b->skipped[b->at])
-			continue;
-		MemoryContextSwitchTo(b->event_context);
-		b->outcomes[b->at] = apply_recorded(b->events[b->at], &b->headers[b->at],
-											b->mapped[b->at], b->source);
-		MemoryContextSwitchTo(oldcontext);
-		MemoryContextReset(b->event_context);
+		for (b->at = b->first; b->at < b->last; b->at++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			if (b->skipped[b->at])
+				continue;
+			MemoryContextSwitchTo(b->event_context);
+			b->outcomes[b->at] = apply_recorded(b->events[b->at], &b->headers[b->at],
+												b->mapped[b->at], b->source);
+			MemoryContextSwitchTo(oldcontext);
+			MemoryContextReset(b->event_context);
+			last_type = b->headers[b->at].type;
+		}
+		/* (b->at is b->last here: a failure now is the derivation's) */
+		deferring = false;
+		if (b->defer && last_type != NULL)
+			derive_deferred(last_type);
 	}
+	PG_FINALLY();
+	{
+		/* (never left on: every later derivation would be lost) */
+		deferring = false;
+		deferred_customers = NIL;
+	}
+	PG_END_TRY();
 }
 
 /* Parses the headers from b->at on, as run_guarded work (it writes nothing). */
@@ -862,6 +921,14 @@ apply_batch(EventBatch *b)
 			last = b->n;
 			continue;
 		}
+		if (b->at == last)
+		{
+			/* the run's derivation failed: run it again deriving per event */
+			Assert(b->defer);
+			FreeErrorData(edata);
+			b->defer = false;
+			continue;
+		}
 		/* rolled back: the ones before the failing one become a run again */
 		failing = b->at;
 		failing_error = edata->detail ?
@@ -887,6 +954,7 @@ init_batch(EventBatch *b, int n, const char *source)
 	b->skipped = palloc0(sizeof(bool) * Max(n, 1));
 	b->outcomes = palloc0(sizeof(char *) * Max(n, 1));
 	b->source = source;
+	b->defer = true;
 }
 
 /*
@@ -1565,38 +1633,6 @@ snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source
 	header->type = psprintf("%s.%s", header->kind, source);
 	header->created = snapshot;
 	header->livemode = sb_livemode;
-}
-
-/*
- * While a batch is mapped, the customers whose users' features it derives
- * at its end, all in one statement, instead of one derivation per object
- * (see stripe_derivation_deferred).
- */
-static bool deferring = false;
-static List *deferred_customers = NIL;
-static MemoryContext deferred_context = NULL;
-
-/* Derives the features of the users of the customers the batch noted. */
-static void
-derive_deferred(const char *ev_type)
-{
-	int			n = list_length(deferred_customers);
-	Datum	   *elems;
-	Oid			argtypes[2] = {TEXTARRAYOID, TEXTOID};
-	Datum		values[2];
-	ListCell   *lc;
-	int			i = 0;
-
-	if (n == 0)
-		return;
-	elems = palloc(sizeof(Datum) * n);
-	foreach(lc, deferred_customers)
-		elems[i++] = CStringGetTextDatum((char *) lfirst(lc));
-	values[0] = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[1] = CStringGetTextDatum(ev_type);
-	if (SPI_execute_with_args("SELECT stripe_billing._refresh_customers_features($1, $2)",
-							  2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not derive the features of a batch's users");
 }
 
 static void
