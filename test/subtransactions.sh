@@ -9,6 +9,8 @@
 #   2. A worker's page (_apply_page): 100 events in one subtransaction; a
 #      malformed one skipped with a WARNING, a failing one recorded failed,
 #      the others applied.
+#      A run whose derivation at its end fails is applied again deriving
+#      per event: only the events of the user at fault fail.
 #   3. CALL stripe_sync_now(): a transaction per page over 20,000 events of
 #      the loopback fake, each with at most one subtransaction; refused
 #      inside a transaction block.
@@ -41,7 +43,7 @@ curl -sS -X POST -H 'Content-Type: application/json' \
     -d "{\"generate\": {\"count\": $n, \"customers\": 200, \"per_second\": 10, \"seed\": 7, \"start_created\": $start}}" \
     "$FAKE_URL/_fake/events" >/dev/null || { echo "FAIL: the fake did not generate events"; exit 1; }
 
-for db in batch single page sync; do
+for db in batch single page derive sync; do
     createdb "$db" && sql "$db" "CREATE EXTENSION stripe_billing; SELECT stripe_billing.stripe_sync_pause()" >/dev/null ||
         { echo "FAIL: setting up database $db"; exit 1; }
 done
@@ -63,9 +65,16 @@ END $$;
 UPDATE fetched SET n = (SELECT max(n) + 1 FROM fetched) - n;
 UPDATE fetched SET event = event #- '{data,object,id}' WHERE n IN (1, 2, 5000, 12345, 20000);
 SQL
-for db in single page; do
+for db in single page derive; do
     psql -X -q -d batch -c "COPY fetched TO STDOUT" |
         psql -X -q -d "$db" -c "CREATE TABLE fetched (n bigint, event jsonb); COPY fetched FROM STDIN"
+done
+# every price of the events grants a feature: users' features are derived and compared too
+for db in batch single derive; do
+    sql "$db" "SELECT count(stripe_billing.stripe_grant_feature('price', p, 'pro'))
+                 FROM (SELECT DISTINCT i->'price'->>'id' AS p FROM fetched,
+                              jsonb_array_elements(event->'data'->'object'->'items'->'data') i) s
+                WHERE p IS NOT NULL" >/dev/null
 done
 eq "$(sql batch "SELECT count(*) FROM fetched")" "$n" "events fetched from the fake"
 
@@ -125,9 +134,11 @@ state() {
                     FROM stripe_billing.$t x"
     done
 }
+features=$(sql batch "SELECT count(*) FROM stripe_billing.user_features")
+[ "$features" -gt 0 ] || bad "no user has a feature: the comparison of the derivations would be empty"
 [ "$(state batch)" = "$(state single)" ] ||
     bad "stripe_apply_events and a loop of stripe_apply_event left different ledgers or rows: $(diff <(state batch) <(state single) | tr '\n' ' ')"
-verdict "20,000 events in one transaction: stripe_apply_events took $xids transaction ids${count:+ ($count subtransactions, overflowed: $overflowed)}, a loop of stripe_apply_event $sxids${scount:+ ($scount, overflowed: $soverflowed)}; the same ledger and rows"
+verdict "20,000 events in one transaction: stripe_apply_events took $xids transaction ids${count:+ ($count subtransactions, overflowed: $overflowed)}, a loop of stripe_apply_event $sxids${scount:+ ($scount, overflowed: $soverflowed)}; the same ledger and rows, and the same $features features"
 
 # 2. a worker's page: 100 events, one of them malformed, one failing
 page="(SELECT jsonb_agg(CASE WHEN n = 30 THEN event - 'id' WHEN n = 60 THEN event #- '{data,object,id}' ELSE event END
@@ -146,6 +157,44 @@ eq "$(sql page "SELECT e.outcome FROM stripe_billing.events e JOIN fetched f ON 
 eq "$(sql page "SELECT count(*) FROM stripe_billing.events e JOIN fetched f ON f.event->>'id' = e.id
                  WHERE f.n IN (59, 61, 102, 3) AND e.outcome = 'applied'")" 4 "the events around it and at the ends"
 verdict "a worker's page of 100 events took $xids transaction ids; a malformed event skipped with a WARNING, a failing one recorded failed, the other 98 applied"
+
+# 2b. a page whose features cannot be derived for one user: the run's
+# derivation at its end fails, the run is applied again deriving per event,
+# and only that user's subscription events fail
+psql -X -q -v ON_ERROR_STOP=1 -d derive >/dev/null <<'SQL' || bad "setting up the derivation failure"
+-- a subscription event of the page whose customer a customer event links to a user
+CREATE TABLE victim AS
+SELECT s.event->'data'->'object'->>'customer' AS customer, c.event AS customer_event,
+       c.event->'data'->'object'->'metadata'->>'user_ref' AS user_ref
+  FROM fetched s JOIN fetched c ON c.event->'data'->'object'->>'id' = s.event->'data'->'object'->>'customer'
+ WHERE s.n BETWEEN 3 AND 102 AND s.event->>'type' LIKE 'customer.subscription.%'
+   AND c.event->'data'->'object'->'metadata'->>'user_ref' IS NOT NULL
+ ORDER BY s.n LIMIT 1;
+SELECT stripe_billing.stripe_apply_event(customer_event, 'manual') FROM victim;
+CREATE FUNCTION public.refuse_victim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.user_ref = (SELECT user_ref FROM public.victim) THEN
+    RAISE EXCEPTION 'test: no features for %', NEW.user_ref;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_victim BEFORE INSERT ON stripe_billing.user_features
+  FOR EACH ROW EXECUTE FUNCTION public.refuse_victim();
+SQL
+got=$(xids_of derive "SELECT stripe_billing._apply_page((SELECT jsonb_agg(event ORDER BY n DESC) FROM fetched
+                                                        WHERE n BETWEEN 3 AND 102), 'poll');")
+read -r xids count overflowed <<<"$got"
+victim_events=$(sql derive "SELECT count(*) FROM fetched f, victim v WHERE f.n BETWEEN 3 AND 102
+    AND f.event->>'type' LIKE 'customer.subscription.%' AND f.event->'data'->'object'->>'customer' = v.customer")
+failed_ok=$(sql derive "SELECT count(*) FROM stripe_billing.events WHERE outcome = 'failed' AND error LIKE 'test: no features for %'")
+others=$(sql derive "SELECT count(*) FROM stripe_billing.events WHERE outcome <> 'failed' AND source = 'poll'")
+[ "$victim_events" -ge 1 ] || bad "no subscription event of the victim's customer in the page"
+eq "$failed_ok" "$victim_events" "events failed on the refused derivation"
+eq "$(sql derive "SELECT count(*) FROM stripe_billing.events WHERE outcome = 'failed'")" "$failed_ok" "failed events"
+eq "$((others + failed_ok))" 100 "events of the page recorded"
+[ "$(sql derive "SELECT count(*) FROM stripe_billing.user_features")" -gt 0 ] || bad "no other user got features"
+[ "$xids" -le $((2 + 2 * victim_events + 2)) ] || bad "$xids transaction ids"
+verdict "a page whose run cannot derive one user's features: applied again deriving per event; the $failed_ok subscription event(s) of that user failed, the other $others applied ($xids transaction ids)"
 
 # 3. CALL stripe_sync_now(): a transaction per page
 sql sync "SELECT stripe_billing.stripe_sync_start_from(to_timestamp($start - 1)::text)" >/dev/null
