@@ -3,8 +3,7 @@
 EXTENSION = stripe_billing
 MODULE_big = stripe_billing
 OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/usage.o src/worker.o
-DATA = sql/stripe_billing--0.1.0.sql sql/stripe_billing--0.1.0--0.2.0.sql sql/stripe_billing--0.2.0.sql \
-       sql/stripe_billing--0.2.0--0.3.0.sql sql/stripe_billing--0.3.0.sql
+DATA = sql/stripe_billing--0.1.0.sql sql/stripe_billing--0.1.0--0.2.0.sql sql/stripe_billing--0.2.0.sql sql/stripe_billing--0.2.0--0.3.0.sql sql/stripe_billing--0.3.0.sql
 PGFILEDESC = "stripe_billing - Stripe billing inside PostgreSQL"
 
 EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
