@@ -62,21 +62,7 @@ echo "CALL stripe_sync_now(), 20000 events: $t ms, $x transaction ids"
 createdb source
 sql source "CREATE EXTENSION stripe_billing; SELECT stripe_billing.stripe_sync_pause()" >/dev/null
 psql -X -q -v ON_ERROR_STOP=1 -d source >/dev/null <<'SQL'
-CREATE TABLE fetched (n bigint, event jsonb);
-DO $$
-DECLARE page jsonb; after text; k bigint := 0;
-BEGIN
-  LOOP
-    page := stripe_billing.stripe_api('GET', '/v1/events',
-              jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', after)));
-    INSERT INTO fetched SELECT k + o, e FROM jsonb_array_elements(page->'data') WITH ORDINALITY AS x(e, o);
-    k := k + jsonb_array_length(page->'data');
-    after := page->'data'->-1->>'id';
-    EXIT WHEN NOT (page->>'has_more')::boolean;
-  END LOOP;
-END $$;
--- oldest first
-UPDATE fetched SET n = (SELECT max(n) + 1 FROM fetched) - n;
+\i test/lib/fetch_events.sql
 SQL
 # Applies the first $2 events in a fresh database the way $1 says; prints
 # "milliseconds transaction-ids".

@@ -56,3 +56,5 @@ SELECT user_ref, feature FROM user_features ORDER BY 1, 2;
 
 -- Not for PUBLIC.
 SELECT has_function_privilege('public', 'stripe_billing.stripe_apply_events(jsonb[], text)', 'EXECUTE') AS public_may_call;
+
+DROP EXTENSION stripe_billing;

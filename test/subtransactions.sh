@@ -49,20 +49,7 @@ for db in batch single page derive sync; do
 done
 # the fake's events, oldest first, with five made to fail (no data.object.id)
 psql -X -q -v ON_ERROR_STOP=1 -d batch >/dev/null <<'SQL' || { echo "FAIL: fetching the events"; exit 1; }
-CREATE TABLE fetched (n bigint, event jsonb);
-DO $$
-DECLARE page jsonb; after text; k bigint := 0;
-BEGIN
-  LOOP
-    page := stripe_billing.stripe_api('GET', '/v1/events',
-              jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', after)));
-    INSERT INTO fetched SELECT k + o, e FROM jsonb_array_elements(page->'data') WITH ORDINALITY AS x(e, o);
-    k := k + jsonb_array_length(page->'data');
-    after := page->'data'->-1->>'id';
-    EXIT WHEN NOT (page->>'has_more')::boolean;
-  END LOOP;
-END $$;
-UPDATE fetched SET n = (SELECT max(n) + 1 FROM fetched) - n;
+\i test/lib/fetch_events.sql
 UPDATE fetched SET event = event #- '{data,object,id}' WHERE n IN (1, 2, 5000, 12345, 20000);
 SQL
 for db in single page derive; do
