@@ -98,7 +98,7 @@ read -r xids count overflowed <<<"$got"
 [ "$xids" -ge 2 ] && [ "$xids" -le 12 ] ||
     bad "stripe_apply_events took $xids transaction ids (the top one, one run and two per failure: at most 12)"
 if [ "$version" -ge 160000 ]; then
-    [ "$count" -le 64 ] && [ "$overflowed" = f ] ||
+    [ "$count" -le 64 ] && [ "$overflowed" = false ] ||
         bad "pg_stat_get_backend_subxact says $count subtransactions, overflowed $overflowed"
 fi
 eq "$(sql batch "SELECT outcome || ' ' || count(*) FROM stripe_billing.events GROUP BY outcome ORDER BY outcome" | paste -sd,)" \
@@ -111,7 +111,7 @@ single=$(xids_of single "SELECT count(stripe_billing.stripe_apply_event(event, '
     FROM (SELECT event FROM fetched ORDER BY n) f;")
 read -r sxids scount soverflowed <<<"$single"
 [ "$sxids" -gt 1000 ] || bad "the contrast: a loop of stripe_apply_event took only $sxids transaction ids"
-[ "$version" -lt 160000 ] || [ "$soverflowed" = t ] ||
+[ "$version" -lt 160000 ] || [ "$soverflowed" = true ] ||
     bad "the contrast: a loop of stripe_apply_event did not overflow the cache ($scount, $soverflowed)"
 state() {
     sql "$1" "SELECT md5(string_agg(id || ' ' || type || ' ' || outcome || ' ' || coalesce(error, '-'), ',' ORDER BY id))
