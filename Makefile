@@ -13,7 +13,7 @@ SHLIB_LINK = -lcrypto -lcurl
 # pg_regress: sql/<name>.sql against expected/<name>.out
 REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_batches event_lifecycle entitlements backfill usage_outbox drop_extension
 # pg_isolation_regress: specs/<name>.spec against expected/<name>.out
-ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots usage_outbox_concurrent_send
+ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots usage_outbox_concurrent_send event_batch_features
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
