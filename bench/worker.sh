@@ -71,24 +71,9 @@ for round in $(seq $rounds); do
 
     echo "== round $round: the same events applied directly with stripe_apply_events, in another database"
     # fetch the newest n events (this batch) into a table, outside the timing
-    PGOPTIONS="-c bench.n=$n" psql -X -q -d direct -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+    PGOPTIONS="-c fetch.max=$n" psql -X -q -d direct -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
 DROP TABLE IF EXISTS fetched;
-CREATE TABLE fetched (n bigint, event jsonb);
-DO $$
-DECLARE
-  page jsonb;
-  after text;
-  k bigint := 0;
-BEGIN
-  WHILE k < current_setting('bench.n')::bigint LOOP
-    page := stripe_billing.stripe_api('GET', '/v1/events',
-              jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', after)));
-    INSERT INTO fetched SELECT k + o, e FROM jsonb_array_elements(page->'data') WITH ORDINALITY AS x(e, o);
-    k := k + jsonb_array_length(page->'data');
-    after := page->'data'->-1->>'id';
-    EXIT WHEN NOT (page->>'has_more')::boolean;
-  END LOOP;
-END $$;
+\i test/lib/fetch_events.sql
 SQL
     t2=$(now_ms)
     # a transaction per 100 events, oldest first, as the worker commits a
@@ -101,7 +86,7 @@ DECLARE
 BEGIN
   FOR b IN 0..(total - 1) / 100 LOOP
     PERFORM count(*) FROM stripe_billing.stripe_apply_events(ARRAY(
-       SELECT event FROM fetched WHERE n > total - (b + 1) * 100 AND n <= total - b * 100 ORDER BY n DESC), 'poll');
+       SELECT event FROM fetched WHERE n > b * 100 AND n <= (b + 1) * 100 ORDER BY n), 'poll');
     COMMIT;
   END LOOP;
 END $$;

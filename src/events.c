@@ -939,6 +939,17 @@ apply_batch(EventBatch *b)
 	MemoryContextDelete(b->event_context);
 }
 
+/* Parses b's events, then applies them (see parse_batch, apply_batch). */
+static void
+run_batch(EventBatch *b, bool skip_malformed)
+{
+	parse_batch(b, skip_malformed);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	apply_batch(b);
+	SPI_finish();
+}
+
 /* An EventBatch of n events, none parsed yet. */
 static void
 init_batch(EventBatch *b, int n, const char *source)
@@ -994,11 +1005,7 @@ stripe_apply_events(PG_FUNCTION_ARGS)
 	}
 
 	InitMaterializedSRF(fcinfo, 0);
-	parse_batch(&b, false);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	apply_batch(&b);
-	SPI_finish();
+	run_batch(&b, false);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1036,11 +1043,7 @@ stripe_apply_page(PG_FUNCTION_ARGS)
 	for (int i = 0; i < n; i++)
 		b.events[n - 1 - i] = JsonbValueToJsonb(getIthJsonbValueFromContainer(&page->root, i));
 
-	parse_batch(&b, true);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	apply_batch(&b);
-	SPI_finish();
+	run_batch(&b, true);
 
 	for (int i = 0; i < n; i++)
 		kept += b.skipped[i] ? 0 : 1;
