@@ -28,7 +28,7 @@ secret=whsec_bench_peer_0123456789abcdef
 . test/lib/cluster.sh
 work=$(mktemp -d /tmp/stripe_billing_bench.XXXXXX)
 node_dir=$(mktemp -d /tmp/stripe_billing_peer_npm.XXXXXX)
-trap 'cluster_stop "$work/pg"; rm -rf "$node_dir"' EXIT
+trap 'cluster_stop "$work/pg"; rm -rf "$node_dir" "$work"' EXIT
 
 echo "== installing the sync engine (npm ci in $node_dir)"
 cp bench/peer/package.json bench/peer/package-lock.json bench/peer/race.js bench/peer/walrels.js "$node_dir/"

@@ -15,7 +15,7 @@ rounds=${1:-3}
 . test/lib/fake_stripe.sh
 work=$(mktemp -d /tmp/stripe_billing_bench.XXXXXX)
 chmod 755 "$work"
-trap 'cluster_stop "$work/pg"; fake_stop' EXIT
+trap 'cluster_stop "$work/pg"; fake_stop; rm -rf "$work"' EXIT
 fake_start "$work" sk_test_bench
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.database = 'postgres'" \
     "stripe_billing.api_key = 'sk_test_bench'" "stripe_billing.api_base = '$FAKE_URL'" \

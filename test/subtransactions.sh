@@ -28,7 +28,13 @@ cd "$(dirname "$0")/.." || exit 1
 key="sk_test_subx$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 work=$(mktemp -d /tmp/stripe_billing_subx.XXXXXX)
 chmod 755 "$work"
-trap 'fake_stop; cluster_stop "$work/pg"' EXIT
+# (the work directory, a GB of data, is kept only after a failure)
+cleanup() {
+    fake_stop
+    cluster_stop "$work/pg"
+    if [ "$checks" -gt 0 ] && [ "$failed" -eq 0 ]; then rm -rf "$work"; else echo "logs and data kept in $work"; fi
+}
+trap cleanup EXIT
 fake_start "$work" "$key" || exit 1
 # (the worker serves database postgres, so the test's own databases are
 # touched by the test alone)
