@@ -1,12 +1,17 @@
 # stripe_billing: PGXS build.  `make && make install`, then `make installcheck`
 # against a running server (test/run.sh sets one up and runs everything).
 EXTENSION = stripe_billing
+EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
 MODULE_big = stripe_billing
 OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/usage.o src/worker.o
-DATA = sql/stripe_billing--0.1.0.sql sql/stripe_billing--0.1.0--0.2.0.sql sql/stripe_billing--0.2.0.sql sql/stripe_billing--0.2.0--0.3.0.sql sql/stripe_billing--0.3.0.sql
+# The install script of this version is built from the chapters of one SQL
+# source; the upgrade scripts (and the frozen scripts of earlier versions)
+# are installed as they are.
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+DATA = $(wildcard sql/$(EXTENSION)--*.sql)
+EXTRA_CLEAN = $(EXTENSION)--*.sql
 PGFILEDESC = "stripe_billing - Stripe billing inside PostgreSQL"
 
-EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
 PG_CPPFLAGS = -I$(srcdir)/src -DSB_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK = -lcrypto -lcurl
 
@@ -18,3 +23,7 @@ ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/chapters/*.sql)) $(EXTENSION).control
+	{ echo "-- $(EXTENSION) $(EXTVERSION): install script, built from sql/chapters/*.sql"; \
+	  cat $(sort $(wildcard sql/chapters/*.sql)); } > $@

@@ -18,7 +18,9 @@ meta=$(node -e 'const m = JSON.parse(require("fs").readFileSync("META.json", "ut
 check "META.json parses ($meta)" '[[ "$meta" == stripe_billing\ * ]]'
 read -r name v pv file license spec <<<"$meta"
 check "META.json's version and its extension's are the control file's ($v, $pv)" '[ "$v" = "$version" ] && [ "$pv" = "$version" ]'
-check "META.json's file is the install script of that version ($file)" '[ "$file" = "sql/stripe_billing--$version.sql" ] && [ -f "$file" ]'
+check "META.json's file is the first chapter of the SQL source ($file)" '[ "$file" = "sql/chapters/01_schema.sql" ] && [ -f "$file" ]'
 check "META.json's license is postgresql, meta-spec 1.0.0" '[ "$license" = postgresql ] && [ "$spec" = 1.0.0 ]'
-check "the Makefile installs that script" 'grep -q "^DATA = .*sql/stripe_billing--$version.sql" Makefile'
+built=$(make -s --no-print-directory -f - print-built <<<"include Makefile
+print-built: ; @echo \$(DATA_built)" 2>/dev/null)
+check "the Makefile builds that version's install script ($built)" '[ "$built" = "stripe_billing--$version.sql" ]'
 exit $fail

@@ -79,7 +79,7 @@ SELECT stripe_billing.stripe_apply_event(pg_temp.subscription_created(u, 'price_
   FROM unnest(ARRAY['user_1', 'user_2', 'user_3']) u;
 SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', g) FROM generate_series(1, 5) g;
 GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout($checkout_args) TO sb_upgrade_app;
-GRANT EXECUTE ON FUNCTION stripe_billing.stripe_sync_now() TO sb_upgrade_app;
+GRANT EXECUTE ON ROUTINE stripe_billing.stripe_sync_now TO sb_upgrade_app;
 SQL
     [ "$(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = "$old" ] ||
         { echo "FAIL  the database is not at $old"; exit 1; }
@@ -133,4 +133,5 @@ SQL
 
 from 0.1.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text"
 from 0.2.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean"
+from 0.3.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean"
 exit $fail

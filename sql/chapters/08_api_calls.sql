@@ -1,0 +1,243 @@
+
+--------------------------------------------------------------------------
+-- Stripe API calls
+--
+-- stripe_api (C) makes the request: HTTPS to stripe_billing.api_base with
+-- the configured key and version, an Idempotency-Key on every POST and
+-- DELETE, retries of what Stripe says may be retried, Stripe's errors as
+-- SQLSTATEs SBA01..SBA07, and the returned object applied to the local
+-- tables at once.  The functions below build the calls apps need.  None is
+-- executable by PUBLIC: grant them to the application's backend role.
+--------------------------------------------------------------------------
+
+CREATE FUNCTION stripe_billing.stripe_api(method text, path text, params jsonb DEFAULT '{}',
+                                          idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_api'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) FROM PUBLIC;
+
+-- The user's Stripe customer (the most recently created live one), or NULL.
+-- (PL/pgSQL, not SQL: its plan is cached across transactions.)
+-- Whether any subscription of the user ever had a trial, whatever its
+-- status (one trial per user: stripe_create_checkout).  (PL/pgSQL, not
+-- SQL: a SQL function with SET is planned again at every call.)
+CREATE FUNCTION stripe_billing._had_trial(target text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN EXISTS (SELECT FROM stripe_billing.customers c
+                   JOIN stripe_billing.subscriptions s ON s.customer = c.id
+                  WHERE c.user_ref = target AND (s.trial_start IS NOT NULL OR s.trial_end IS NOT NULL));
+END
+$$;
+
+CREATE FUNCTION stripe_billing._customer_of(target text) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN (SELECT c.id FROM stripe_billing.customers c
+           WHERE c.user_ref = target AND NOT c.deleted
+           ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1);
+END
+$$;
+
+-- Raises an invalid_parameter_value error naming the argument.
+CREATE FUNCTION stripe_billing._bad_argument(argument text, problem text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RAISE EXCEPTION '% %', argument, problem USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+
+-- A Stripe id that goes into a request path, checked: letters, digits and
+-- '_' only (libcurl resolves dot segments, so '../customers/x' would reach
+-- another endpoint).  Raises invalid_parameter_value naming the argument.
+CREATE FUNCTION stripe_billing._path_id(argument text, id text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF coalesce(id, '') = '' THEN
+    PERFORM stripe_billing._bad_argument(argument, 'must not be empty');
+  END IF;
+  IF id !~ '^[A-Za-z0-9_]+$' OR length(id) > 255 THEN
+    PERFORM stripe_billing._bad_argument(argument,
+        format('must be a Stripe id (letters, digits and _, at most 255), not %s', quote_literal(left(id, 100))));
+  END IF;
+  RETURN id;
+END
+$$;
+
+-- A Checkout session for the user: subscription or one-time payment (C: the
+-- form is built directly, the returned session recorded in checkout_sessions).
+CREATE FUNCTION stripe_billing.stripe_create_checkout(
+    user_ref text, price text, success_url text, cancel_url text,
+    quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
+    allow_promotion_codes boolean DEFAULT false, customer_email text DEFAULT NULL,
+    metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL, allow_repeat_trial boolean DEFAULT false,
+    OUT session_id text, OUT url text, OUT expires_at timestamptz, OUT trial_granted boolean)
+AS 'MODULE_PATHNAME', 'stripe_create_checkout'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
+                                                            boolean, text, jsonb, text, boolean) FROM PUBLIC;
+
+-- A customer portal session for the user; returns its URL.
+CREATE FUNCTION stripe_billing.stripe_create_portal_session(user_ref text, return_url text DEFAULT NULL,
+                                                            idempotency_key text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  customer_id text := stripe_billing._customer_of(user_ref);
+BEGIN
+  IF customer_id IS NULL THEN
+    RAISE EXCEPTION 'user % has no Stripe customer', coalesce(quote_literal(user_ref), 'NULL')
+          USING ERRCODE = 'no_data_found',
+                HINT = 'A completed Checkout session, customer metadata or stripe_link_customer() links one.';
+  END IF;
+  RETURN stripe_billing.stripe_api('POST', '/v1/billing_portal/sessions',
+                                   jsonb_strip_nulls(jsonb_build_object('customer', customer_id,
+                                                                        'return_url', return_url)),
+                                   idempotency_key)->>'url';
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_create_portal_session(text, text, text) FROM PUBLIC;
+
+-- Cancels a subscription at the period end (default) or now.
+CREATE FUNCTION stripe_billing.stripe_cancel_subscription(subscription_id text, at_period_end boolean DEFAULT true,
+                                                          idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
+  IF coalesce(at_period_end, true) THEN
+    RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+                                     '{"cancel_at_period_end": true}', idempotency_key);
+  END IF;
+  RETURN stripe_billing.stripe_api('DELETE', '/v1/subscriptions/' || subscription_id, '{}', idempotency_key);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_cancel_subscription(text, boolean, text) FROM PUBLIC;
+
+-- Takes back a cancellation scheduled for the period end.
+CREATE FUNCTION stripe_billing.stripe_resume_subscription(subscription_id text, idempotency_key text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+                                   '{"cancel_at_period_end": false}', idempotency_key);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_resume_subscription(text, text) FROM PUBLIC;
+
+-- The one live item of a subscription whose price is to change, the
+-- arguments of the change checked first (naming the bad one).
+CREATE FUNCTION stripe_billing._price_change_item(subscription_id text, new_price text,
+                                                  proration_behavior text, quantity integer,
+                                                  caller text) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item_ids text[];
+BEGIN
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
+  IF coalesce(new_price, '') = '' THEN PERFORM stripe_billing._bad_argument('new_price', 'must not be empty'); END IF;
+  IF proration_behavior IS NULL OR proration_behavior NOT IN ('create_prorations', 'always_invoice', 'none') THEN
+    PERFORM stripe_billing._bad_argument('proration_behavior',
+        'must be ''create_prorations'', ''always_invoice'' or ''none''');
+  END IF;
+  IF quantity IS NOT NULL AND quantity < 1 THEN PERFORM stripe_billing._bad_argument('quantity', 'must be at least 1'); END IF;
+  SELECT array_agg(i.id ORDER BY i.id) INTO item_ids
+    FROM stripe_billing.subscription_items i WHERE i.subscription = subscription_id AND NOT i.deleted;
+  IF coalesce(array_length(item_ids, 1), 0) <> 1 THEN
+    RAISE EXCEPTION 'subscription % has % live items here; % changes single-item subscriptions',
+                    subscription_id, coalesce(array_length(item_ids, 1), 0), caller
+          USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'Use stripe_api(''POST'', ''/v1/subscriptions/<id>'', ...) with items[] for others.';
+  END IF;
+  RETURN item_ids[1];
+END
+$$;
+
+-- What a price change would bill, as Stripe computes it (POST
+-- /v1/invoices/create_preview with the item swapped, at proration_date =
+-- now, to the second); nothing changes, here or at Stripe.  Returns
+-- {amount_due, total, currency, proration_date, lines: [{description,
+-- amount, quantity, price, proration, period_start, period_end}]}; pass
+-- proration_date to stripe_change_price to be charged exactly that.
+CREATE FUNCTION stripe_billing.stripe_preview_price_change(subscription_id text, new_price text,
+                                                           quantity integer DEFAULT NULL,
+                                                           proration_behavior text DEFAULT 'create_prorations')
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
+                                                    'stripe_preview_price_change');
+  at timestamptz := date_trunc('second', clock_timestamp());
+  preview jsonb;
+BEGIN
+  preview := stripe_billing.stripe_api('POST', '/v1/invoices/create_preview', jsonb_strip_nulls(jsonb_build_object(
+      'customer', (SELECT s.customer FROM stripe_billing.subscriptions s WHERE s.id = subscription_id),
+      'subscription', subscription_id,
+      'subscription_details', jsonb_build_object(
+          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                       'id', item_id, 'price', new_price, 'quantity', quantity))),
+          'proration_behavior', proration_behavior,
+          'proration_date', extract(epoch FROM at)::bigint))));
+  RETURN jsonb_build_object(
+      'amount_due', preview->'amount_due', 'total', preview->'total', 'currency', preview->'currency',
+      'proration_date', to_jsonb(at),
+      'lines', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'description', e.l->'description', 'amount', e.l->'amount', 'quantity', e.l->'quantity',
+                    'price', coalesce(e.l->'pricing'->'price_details'->'price', e.l->'price'->'id'),
+                    'proration', coalesce(e.l->'parent'->'subscription_item_details'->'proration', e.l->'proration'),
+                    'period_start', to_jsonb(to_timestamp((e.l->'period'->>'start')::bigint)),
+                    'period_end', to_jsonb(to_timestamp((e.l->'period'->>'end')::bigint)))
+                  ORDER BY e.n), '[]')
+                  FROM jsonb_array_elements(preview->'lines'->'data') WITH ORDINALITY AS e(l, n)));
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_preview_price_change(text, text, integer, text) FROM PUBLIC;
+
+-- Moves a single-item subscription to another price; with proration_date
+-- (a preview's), Stripe prorates as of then, as the preview showed.
+CREATE FUNCTION stripe_billing.stripe_change_price(subscription_id text, new_price text,
+                                                   proration_behavior text DEFAULT 'create_prorations',
+                                                   quantity integer DEFAULT NULL,
+                                                   idempotency_key text DEFAULT NULL,
+                                                   proration_date timestamptz DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
+                                                    'stripe_change_price');
+BEGIN
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+      jsonb_strip_nulls(jsonb_build_object(
+          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                       'id', item_id, 'price', new_price, 'quantity', quantity))),
+          'proration_behavior', proration_behavior,
+          'proration_date', extract(epoch FROM proration_date)::bigint)),
+      idempotency_key);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz) FROM PUBLIC;
+

@@ -1,0 +1,551 @@
+
+--------------------------------------------------------------------------
+-- Sync: pulling /v1/events (the background worker, or stripe_sync_now)
+--------------------------------------------------------------------------
+
+-- The worker's state: one row.
+CREATE TABLE stripe_billing.sync_state (
+    singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    event_cursor         text,            -- newest event id applied by polling
+    start_from           text NOT NULL DEFAULT 'now',  -- 'now', or a timestamptz within 30 days
+    paused               boolean NOT NULL DEFAULT false,
+    last_poll_at         timestamptz,
+    last_success_at      timestamptz,
+    last_error           text,
+    last_error_at        timestamptz,
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    events_applied       bigint NOT NULL DEFAULT 0,
+    last_event_created   timestamptz,
+    last_retry_at        timestamptz,
+    lookback_after       timestamptz,     -- where polling started: the lookback never reaches before it
+    cursor_reset_at      timestamptz,     -- when an expired cursor was restarted from the newest event
+    cursor_reset_reason  text
+);
+INSERT INTO stripe_billing.sync_state DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.sync_state', '');
+
+-- pg_dump keeps the row (cursor, pause, counters), and a restore inserts it
+-- into a table where CREATE EXTENSION already put one: the restored row
+-- then replaces it instead of failing on the primary key (so a restore
+-- succeeds in one transaction).
+CREATE FUNCTION stripe_billing._sync_state_restore() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  DELETE FROM stripe_billing.sync_state WHERE singleton = NEW.singleton;
+  RETURN NEW;
+END
+$$;
+CREATE TRIGGER sync_state_restore BEFORE INSERT ON stripe_billing.sync_state
+    FOR EACH ROW EXECUTE FUNCTION stripe_billing._sync_state_restore();
+
+-- Applies one page of events newer than the cursor, oldest first, and moves
+-- the cursor, all in the caller's transaction (so a crash loses or repeats
+-- nothing).  Returns the number of events in the page and whether Stripe
+-- has more.
+-- The page of events just newer than the cursor; with prefetch_next, the
+-- next page's request starts in the background (see api.c).
+CREATE FUNCTION stripe_billing._events_page(event_cursor text, prefetch_next boolean) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_events_page'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- Applies a page of polled events (newest first) oldest first, in one
+-- subtransaction plus one per failing event; a malformed event (SBE01: no
+-- usable id) is skipped with a WARNING.  Returns how many were kept.
+CREATE FUNCTION stripe_billing._apply_page(page jsonb, source text) RETURNS integer
+AS 'MODULE_PATHNAME', 'stripe_apply_page'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- Applies one polled event in a subtransaction of its own; an event too
+-- malformed to be kept (SBE01: no usable id) is skipped with a WARNING
+-- instead of failing its page for ever.  True when it was applied.
+CREATE FUNCTION stripe_billing._apply_polled(event jsonb) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing.stripe_apply_event(event, 'poll');
+  RETURN true;
+EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+  RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM
+        USING DETAIL = format('Its id: %s.', coalesce(left(event->>'id', 100), '(none)'));
+  RETURN false;
+END
+$$;
+
+-- An expired cursor: the newest event becomes the cursor (not applied), the
+-- lookback starts there, and a reconciliation repairs what the gap missed;
+-- sync_status says when and why.
+CREATE FUNCTION stripe_billing._restart_cursor(reason text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  newest jsonb := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}')->'data'->0;
+BEGIN
+  RAISE WARNING 'stripe_billing: %; polling restarts from the newest event, %, and a reconciliation starts',
+        reason, coalesce(newest->>'id', '(none yet)');
+  UPDATE stripe_billing.sync_state
+     SET event_cursor = newest->>'id',
+         start_from = CASE WHEN newest IS NULL THEN now()::text ELSE 'now' END,
+         last_event_created = stripe_billing._ts(newest->'created'),
+         lookback_after = coalesce(stripe_billing._ts(newest->'created'), now()),
+         cursor_reset_at = now(), cursor_reset_reason = reason,
+         last_success_at = now(), consecutive_failures = 0;
+  PERFORM stripe_billing._reconcile_begin('cursor expired');
+END
+$$;
+
+-- A page of events jsonb refused as a whole: asked for again as text and
+-- split without decoding its strings (_split_list_page).  Returns the page
+-- as jsonb when it parses now (the first answer was spoiled on the way);
+-- otherwise applies its events oldest first, each one jsonb refuses (a
+-- \u0000 in a string, a number beyond jsonb's range) recorded as failed
+-- with its text and the reason, moves the cursor and returns NULL.  A body
+-- that is not a JSON list raises (SBA07: polled again later).
+CREATE FUNCTION stripe_billing._poll_unparsed_page(event_cursor text) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  body text := stripe_billing._events_page_text(event_cursor);
+  split record;
+  e jsonb;
+  id text;
+  newest text;
+  kept integer := 0;
+BEGIN
+  BEGIN
+    RETURN body::jsonb;
+  EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+    NULL;
+  END;
+  split := stripe_billing._split_list_page(body);
+  FOR i IN REVERSE cardinality(split.items) .. 1 LOOP
+    BEGIN
+      e := split.items[i]::jsonb;
+      PERFORM stripe_billing._apply_polled(e);
+      id := e->>'id';
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+      BEGIN
+        id := stripe_billing._record_unparsed_event(split.items[i],
+                                                    'the event is not valid jsonb: ' || SQLERRM, 'poll');
+        kept := kept + 1;
+      EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+        RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM;
+        id := NULL;
+      END;
+    END;
+    newest := coalesce(id, newest);
+  END LOOP;
+  RAISE WARNING 'stripe_billing: % polled event(s) jsonb refuses kept as failed', kept
+        USING DETAIL = format('In the page after %s.', event_cursor);
+  UPDATE stripe_billing.sync_state s
+     SET event_cursor = coalesce(newest, s.event_cursor),
+         events_applied = s.events_applied + cardinality(split.items),
+         last_event_created = coalesce((SELECT l.created FROM stripe_billing.events l WHERE l.id = newest),
+                                       s.last_event_created),
+         last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+  RETURN NULL;
+END
+$$;
+
+-- Splits a list page's text into its elements' texts (see events.c).
+CREATE FUNCTION stripe_billing._split_list_page(body text, OUT has_more boolean, OUT items text[])
+AS 'MODULE_PATHNAME', 'stripe_split_list_page'
+LANGUAGE C STRICT IMMUTABLE
+SET search_path = pg_catalog, pg_temp;
+
+-- Records a polled event jsonb refuses as failed (see events.c).
+CREATE FUNCTION stripe_billing._record_unparsed_event(body text, reason text, source text) RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_record_unparsed_event'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- The page of events just newer than the cursor, as text.
+CREATE FUNCTION stripe_billing._events_page_text(event_cursor text) RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_events_page_text'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
+                                          OUT events integer, OUT has_more boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  st stripe_billing.sync_state;
+  page jsonb;
+  first_page jsonb;
+  oldest jsonb;
+  error_detail text;
+BEGIN
+  SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
+  UPDATE stripe_billing.sync_state SET last_poll_at = now();
+  events := 0;
+  has_more := false;
+
+  IF st.event_cursor IS NULL THEN
+    -- first start: from now (the newest event is the cursor, not applied),
+    -- or from a point in time (the oldest event since then is applied first)
+    IF st.start_from = 'now' THEN
+      first_page := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}');
+      -- no event at all yet: start from this moment instead
+      UPDATE stripe_billing.sync_state
+         SET event_cursor = first_page->'data'->0->>'id',
+             start_from = CASE WHEN first_page->'data'->0 IS NULL THEN now()::text ELSE 'now' END,
+             lookback_after = coalesce(stripe_billing._ts(first_page->'data'->0->'created'), now()),
+             last_success_at = now(), consecutive_failures = 0;
+      RETURN;
+    END IF;
+    first_page := stripe_billing.stripe_api('GET', '/v1/events',
+        jsonb_build_object('limit', 100, 'created', jsonb_build_object('gte',
+            floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
+    oldest := first_page->'data'->(jsonb_array_length(first_page->'data') - 1);
+    WHILE coalesce((first_page->>'has_more')::boolean, false) LOOP
+      first_page := stripe_billing.stripe_api('GET', '/v1/events',
+          jsonb_build_object('limit', 100, 'starting_after', oldest->>'id', 'created',
+              jsonb_build_object('gte', floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
+      oldest := coalesce(first_page->'data'->(jsonb_array_length(first_page->'data') - 1), oldest);
+    END LOOP;
+    IF oldest IS NULL THEN
+      -- nothing since then yet: look again next time
+      UPDATE stripe_billing.sync_state SET last_success_at = now(), consecutive_failures = 0;
+      RETURN;
+    END IF;
+    PERFORM stripe_billing.stripe_apply_event(oldest, 'poll');
+    UPDATE stripe_billing.sync_state SET event_cursor = oldest->>'id', events_applied = events_applied + 1,
+           lookback_after = st.start_from::timestamptz - interval '1 second',
+           last_event_created = stripe_billing._ts(oldest->'created'),
+           last_success_at = now(), consecutive_failures = 0;
+    events := 1;
+    has_more := true;
+    RETURN;
+  END IF;
+
+  -- Stripe keeps events 30 days: a cursor older than that, or one Stripe no
+  -- longer knows, cannot go on.  Restart from the newest event and
+  -- reconcile what the gap may have missed, rather than stall or jump
+  -- silently.
+  IF st.last_event_created < now() - interval '30 days' THEN
+    PERFORM stripe_billing._restart_cursor(format('the cursor %s is older than Stripe''s 30 days of events',
+                                                  st.event_cursor));
+    RETURN;
+  END IF;
+  BEGIN
+    page := stripe_billing._events_page(st.event_cursor, prefetch_next);
+  EXCEPTION
+  WHEN SQLSTATE 'SBA01' THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
+    IF error_detail NOT LIKE '%code resource_missing, param ending_before%' THEN
+      RAISE;
+    END IF;
+    PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
+    RETURN;
+  WHEN SQLSTATE 'SBA07' THEN
+    -- a body over max_response_size is as large when asked again: raised
+    GET STACKED DIAGNOSTICS error_detail = MESSAGE_TEXT;
+    IF error_detail LIKE '%exceeds stripe_billing.max_response_size%' THEN
+      RAISE;
+    END IF;
+    -- not jsonb: a transfer spoiled on the way (asked again, below), or a
+    -- page holding an event jsonb refuses, which would stall polling for
+    -- ever: that one is kept as failed and the page goes on
+    page := stripe_billing._poll_unparsed_page(st.event_cursor);
+    IF page IS NULL THEN
+      RETURN;     -- (applied, cursor moved)
+    END IF;
+  END;
+  has_more := coalesce((page->>'has_more')::boolean, false);
+  page := page->'data';    -- (taken out once: a page is some 500 KB)
+  events := jsonb_array_length(page);
+  -- an empty page that says more wait would be asked for again at once,
+  -- many times a second: wait for the next poll instead
+  IF events = 0 THEN
+    has_more := false;
+  END IF;
+  -- (newest first: applied oldest first, a malformed event skipped)
+  PERFORM stripe_billing._apply_page(page, 'poll');
+  UPDATE stripe_billing.sync_state
+     SET event_cursor = coalesce(page->0->>'id', event_cursor),
+         events_applied = events_applied + events,
+         last_event_created = coalesce(stripe_billing._ts(page->0->'created'), last_event_created),
+         last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+END
+$$;
+
+-- Stripe's events list is eventually consistent: an event can be listed
+-- after newer ones, behind the cursor, where ending_before never looks.  So
+-- each cycle re-reads the last stripe_billing.poll_lookback of events up to
+-- the cursor's second (created[gt], created[lte]), never before where
+-- polling started (lookback_after), and applies, oldest
+-- first, those listed behind the cursor that the ledger has not seen; the
+-- rest are skipped without being applied again (and events ahead of the
+-- cursor are left to the next page).  With nothing late, one request per
+-- 100 events in the window.  Returns how many it applied.
+CREATE FUNCTION stripe_billing._poll_lookback() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  lookback interval := current_setting('stripe_billing.poll_lookback')::interval;
+  st stripe_billing.sync_state;
+  page jsonb;
+  older_than text;
+  behind boolean := false;     -- past the cursor, in the list's newest-first order
+  late jsonb := '[]';          -- missing events behind the cursor, newest first
+  e jsonb;
+  applied integer := 0;
+BEGIN
+  SELECT * INTO st FROM stripe_billing.sync_state;
+  IF lookback <= interval '0' OR st.event_cursor IS NULL OR st.last_event_created IS NULL
+     OR st.lookback_after IS NULL THEN
+    RETURN 0;
+  END IF;
+  LOOP
+    -- (a late event behind the cursor was created no later than the cursor's
+    -- second; never before polling started)
+    page := stripe_billing.stripe_api('GET', '/v1/events', jsonb_strip_nulls(jsonb_build_object(
+        'limit', 100, 'starting_after', older_than,
+        'created', jsonb_build_object(
+            'gt', greatest(floor(extract(epoch FROM st.last_event_created - lookback))::bigint - 1,
+                           floor(extract(epoch FROM st.lookback_after))::bigint),
+            'lte', extract(epoch FROM st.last_event_created)::bigint))));
+    FOR e IN SELECT d.value FROM jsonb_array_elements(page->'data') WITH ORDINALITY d(value, n) ORDER BY d.n LOOP
+      IF NOT behind THEN
+        behind := e->>'id' = st.event_cursor;
+      ELSIF NOT EXISTS (SELECT FROM stripe_billing.events l WHERE l.id = e->>'id') THEN
+        late := late || jsonb_build_array(e);
+      END IF;
+    END LOOP;
+    EXIT WHEN NOT coalesce((page->>'has_more')::boolean, false)
+           OR coalesce(jsonb_array_length(page->'data'), 0) = 0;
+    older_than := page->'data'->-1->>'id';
+  END LOOP;
+
+  FOR i IN REVERSE jsonb_array_length(late) - 1 .. 0 LOOP
+    IF stripe_billing._apply_polled(late->i) THEN
+      applied := applied + 1;
+    END IF;
+  END LOOP;
+  IF applied > 0 THEN
+    UPDATE stripe_billing.sync_state SET events_applied = events_applied + applied;
+    RAISE LOG 'stripe_billing: % late-listed event(s) applied', applied;
+  END IF;
+  RETURN applied;
+END
+$$;
+
+-- Fetches the current state of rows marked by same-second ties (and
+-- entitlement summaries cut short) and applies it; returns how many.
+CREATE FUNCTION stripe_billing._refetch_marked(max_rows integer) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r record;
+  n integer := 0;
+  list jsonb;
+  items jsonb;
+  summary jsonb;
+BEGIN
+  FOR r IN SELECT tab, id, path FROM (
+             SELECT 'customers' AS tab, id, '/v1/customers/' || id AS path
+               FROM stripe_billing.customers WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'subscriptions', id, '/v1/subscriptions/' || id
+               FROM stripe_billing.subscriptions WHERE refetch
+             UNION ALL SELECT 'invoices', id, '/v1/invoices/' || id
+               FROM stripe_billing.invoices WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'products', id, '/v1/products/' || id
+               FROM stripe_billing.products WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'prices', id, '/v1/prices/' || id
+               FROM stripe_billing.prices WHERE refetch AND NOT deleted
+             UNION ALL SELECT 'checkout_sessions', id, '/v1/checkout/sessions/' || id
+               FROM stripe_billing.checkout_sessions WHERE refetch
+           ) marked LIMIT max_rows
+  LOOP
+    -- an id that cannot be a path segment is not asked for (ids come from
+    -- events; custom product and plan ids may hold '-')
+    IF r.id !~ '^[A-Za-z0-9_-]{1,255}$' THEN
+      RAISE WARNING 'stripe_billing: % % cannot be re-fetched: its id is not a Stripe id', r.tab, quote_literal(left(r.id, 100));
+      EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1', r.tab) USING r.id;
+      CONTINUE;
+    END IF;
+    BEGIN
+      PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
+      n := n + 1;
+    EXCEPTION WHEN OTHERS THEN
+      -- gone at Stripe (or not readable with this key): nothing to heal
+      IF SQLSTATE = 'SBA01' AND SQLERRM ILIKE '%no such%' THEN
+        EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1', r.tab) USING r.id;
+      ELSE
+        RAISE;
+      END IF;
+    END;
+    -- a snapshot of the same second as the tie cannot settle it: do not ask again
+    EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND refetch', r.tab) USING r.id;
+  END LOOP;
+
+  FOR r IN SELECT customer FROM stripe_billing.entitlement_summaries WHERE refetch LIMIT max_rows LOOP
+    items := '[]';
+    list := jsonb_build_object('has_more', true);
+    WHILE (list->>'has_more')::boolean LOOP
+      list := stripe_billing.stripe_api('GET', '/v1/entitlements/active_entitlements',
+          jsonb_strip_nulls(jsonb_build_object('customer', r.customer, 'limit', 100,
+                                               'starting_after', items->-1->>'id')));
+      items := items || (list->'data');
+    END LOOP;
+    summary := jsonb_build_object('object', 'entitlements.active_entitlement_summary', 'customer', r.customer,
+                                  'entitlements', jsonb_build_object('object', 'list', 'has_more', false,
+                                                                     'data', items));
+    -- as of now: newer than the summary event it completes
+    PERFORM stripe_billing._apply_entitlement_summary(summary, 'entitlements.refetch', 'refetch', now());
+    UPDATE stripe_billing.entitlement_summaries SET refetch = false WHERE customer = r.customer;
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END
+$$;
+
+-- The worker's duties besides polling, each bounded: flush usage, retry
+-- failed events (every 5 minutes), re-fetch marked rows.
+CREATE FUNCTION stripe_billing._sync_duties() RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  usage_sent integer;
+  retried integer := 0;
+  refetched integer;
+BEGIN
+  usage_sent := stripe_billing.stripe_send_usage(
+      CASE current_setting('stripe_billing.usage_api') WHEN 'v1' THEN 100 ELSE 1000 END);
+  IF (SELECT last_retry_at IS NULL OR last_retry_at < now() - interval '5 minutes' FROM stripe_billing.sync_state) THEN
+    SELECT count(*) INTO retried FROM stripe_billing.stripe_retry_failed_events(100);
+    UPDATE stripe_billing.sync_state SET last_retry_at = now();
+  END IF;
+  refetched := stripe_billing._refetch_marked(20);
+  RETURN jsonb_build_object('usage_sent', usage_sent, 'failed_retried', retried, 'refetched', refetched);
+END
+$$;
+
+-- The background worker's one entry point (so stripe_billing.worker_role
+-- needs EXECUTE on this function only): 'ready' (true unless paused),
+-- 'no_key' and 'failed' (record why in sync_state), 'poll' (one page; true
+-- when more wait), 'backfill' and 'reconcile' (one page, when there is
+-- one; true when more wait), 'lookback' (late-listed events) and 'duties'.
+-- Runs as the extension's owner.
+CREATE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  more boolean;
+  backfilled record;
+  reconciled record;
+BEGIN
+  CASE step
+  WHEN 'ready' THEN
+    RETURN NOT (SELECT paused FROM stripe_billing.sync_state);
+  WHEN 'no_key' THEN
+    UPDATE stripe_billing.sync_state
+       SET last_error = 'stripe_billing.api_key is not set', last_error_at = now()
+     WHERE last_error IS DISTINCT FROM 'stripe_billing.api_key is not set';
+    RETURN false;
+  WHEN 'failed' THEN
+    UPDATE stripe_billing.sync_state
+       SET last_error = error, last_error_at = now(), consecutive_failures = consecutive_failures + 1;
+    RETURN false;
+  WHEN 'poll' THEN
+    -- first start in this database: the cursor is taken now, then the
+    -- account's objects are backfilled while events are pulled from it
+    IF current_setting('stripe_billing.backfill_on_start')::boolean
+       AND (SELECT event_cursor IS NULL AND lookback_after IS NULL FROM stripe_billing.sync_state)
+       AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state) THEN
+      more := (stripe_billing._poll_page(true)).has_more;
+      PERFORM stripe_billing._backfill_begin(NULL);
+      RETURN more;
+    END IF;
+    RETURN (stripe_billing._poll_page(true)).has_more;
+  WHEN 'backfill' THEN
+    SELECT * INTO backfilled FROM stripe_billing._backfill_step(NULL, true);
+    IF backfilled.failed THEN
+      RAISE WARNING '%', backfilled.message;
+    END IF;
+    RETURN backfilled.kind IS NOT NULL AND NOT backfilled.failed;
+  WHEN 'reconcile' THEN
+    IF stripe_billing._reconcile_due() THEN
+      PERFORM stripe_billing._reconcile_begin('scheduled');
+    END IF;
+    SELECT * INTO reconciled FROM stripe_billing._reconcile_step();
+    IF reconciled.failed THEN
+      RAISE WARNING '%', reconciled.message;
+    END IF;
+    RETURN reconciled.run IS NOT NULL AND NOT reconciled.failed;
+  WHEN 'lookback' THEN
+    PERFORM stripe_billing._poll_lookback();
+    RETURN false;
+  WHEN 'duties' THEN
+    PERFORM stripe_billing._sync_duties();
+    RETURN false;
+  END CASE;
+END
+$$;
+
+-- Runs a poll cycle now in this session, a transaction per page (a long
+-- catch-up stays linear and holds no page's locks longer than its own);
+-- events: the number of events received.  CALL it outside a transaction
+-- block.
+CREATE PROCEDURE stripe_billing.stripe_sync_now(INOUT events integer DEFAULT NULL)
+LANGUAGE plpgsql
+-- (no SET clause and no SECURITY DEFINER: a procedure with either may not
+-- commit; every call below is qualified, and the steps pin their own
+-- search_path)
+AS $$
+DECLARE
+  p record;
+BEGIN
+  events := 0;
+  LOOP
+    p := stripe_billing._poll_page();
+    events := events OPERATOR(pg_catalog.+) p.events;
+    COMMIT;
+    EXIT WHEN NOT p.has_more;
+  END LOOP;
+  events := events OPERATOR(pg_catalog.+) stripe_billing._poll_lookback();
+  PERFORM stripe_billing._sync_duties();
+  COMMIT;
+END
+$$;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM PUBLIC;
+
+-- Where polling starts when there is no cursor yet: 'now', or a time within
+-- Stripe's 30 days of events.  Resets the cursor.
+CREATE FUNCTION stripe_billing.stripe_sync_start_from(start_from text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF start_from IS NULL OR (start_from <> 'now' AND start_from::timestamptz < now() - interval '30 days') THEN
+    PERFORM stripe_billing._bad_argument('start_from', 'must be ''now'' or a time within the last 30 days');
+  END IF;
+  UPDATE stripe_billing.sync_state
+     SET start_from = CASE WHEN stripe_sync_start_from.start_from = 'now' THEN 'now'
+                           ELSE stripe_sync_start_from.start_from::timestamptz::text END,
+         event_cursor = NULL, lookback_after = NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_start_from(text) FROM PUBLIC;
+
+CREATE FUNCTION stripe_billing.stripe_sync_pause() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ UPDATE stripe_billing.sync_state SET paused = true $$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_pause() FROM PUBLIC;
+
+CREATE FUNCTION stripe_billing.stripe_sync_resume() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ UPDATE stripe_billing.sync_state SET paused = false $$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_resume() FROM PUBLIC;
