@@ -3,7 +3,7 @@
 EXTENSION = stripe_billing
 EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
 MODULE_big = stripe_billing
-OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/usage.o src/worker.o
+OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/usage.o src/worker.o src/extension.o src/procedures.o src/locks.o
 # The install script of this version is built from the chapters of one SQL
 # source; the upgrade scripts (and the frozen scripts of earlier versions)
 # are installed as they are.
@@ -18,7 +18,7 @@ SHLIB_LINK = -lcrypto -lcurl
 # pg_regress: sql/<name>.sql against expected/<name>.out
 REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_batches event_lifecycle entitlements backfill usage_outbox drop_extension
 # pg_isolation_regress: specs/<name>.spec against expected/<name>.out
-ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots usage_outbox_concurrent_send event_batch_features
+ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots usage_outbox_concurrent_send event_batch_features lock_order_webhook_page lock_order_page_page lock_order_batch_webhook lock_order_two_users concurrent_link_cancel
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -93,6 +93,13 @@ SELECT stripe_billing.stripe_apply_event(
                          "price": {"id": "price_snap", "object": "price", "product": "prod_snap"}}]}}}}');
 SELECT count(*) AS features_left FROM stripe_billing.stripe_user_features('user_snap');
 SELECT derivations FROM stripe_billing.user_derivations WHERE user_ref = 'user_snap';
+-- an object of the other mode than the database's is refused (SBE02),
+-- reported, and the others applied: livemode guards every path, not only
+-- events
+SELECT stripe_billing._apply_snapshots('[{"id": "prod_live", "object": "product", "name": "Live", "active": true, "livemode": true},
+                                         {"id": "prod_test", "object": "product", "name": "Test", "active": true, "livemode": false}]',
+                                       '2026-01-02 00:00:00+00', 'backfill') - 'outcomes' AS counts;
+SELECT id FROM stripe_billing.products WHERE id IN ('prod_live', 'prod_test') ORDER BY id;
 SELECT stripe_billing._apply_snapshots('{}', now(), 'backfill');
 SELECT stripe_billing._apply_snapshots('[]', now(), 'Backfill!');
 DROP EXTENSION stripe_billing;

@@ -116,7 +116,7 @@ SELECT id, outcome, payload IS NULL AS no_payload, strpos(convert_from(body, 'UT
 SELECT count(*) AS customers_written FROM customers WHERE id LIKE 'cus_wh_%' AND id <> 'cus_wh_1';
 SELECT * FROM stripe_retry_failed_events();
 SELECT count(*) AS still_failed FROM events WHERE body IS NOT NULL AND outcome = 'failed';
-SELECT _reapply_event('evt_wh_nul');
+SELECT * FROM _reapply_events(ARRAY['evt_wh_nul']);
 
 -- a real Stripe delivery, byte for byte, with the header the stripe SDK made
 -- for it (signed long ago, so the age check is off here)

@@ -64,12 +64,6 @@ PG_FUNCTION_INFO_V1(stripe_has_entitlement);
 PG_FUNCTION_INFO_V1(stripe_now);
 PG_FUNCTION_INFO_V1(stripe_invalidate_entitlement_cache);
 
-/* The local transaction id moved in PostgreSQL 17. */
-#if PG_VERSION_NUM >= 170000
-#define MY_LXID (MyProc->vxid.lxid)
-#else
-#define MY_LXID (MyProc->lxid)
-#endif
 
 /* Longest "user_ref \x1f feature" key cached; longer ones are looked up. */
 #define KEY_MAX 256

@@ -56,6 +56,7 @@ PG_FUNCTION_INFO_V1(stripe_apply_page);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook);
 PG_FUNCTION_INFO_V1(stripe_handle_webhook_bytea);
 PG_FUNCTION_INFO_V1(stripe_reapply_event);
+PG_FUNCTION_INFO_V1(stripe_reapply_events);
 PG_FUNCTION_INFO_V1(stripe_record_unparsed_event);
 PG_FUNCTION_INFO_V1(stripe_split_list_page);
 PG_FUNCTION_INFO_V1(stripe_derivation_deferred);
@@ -75,6 +76,7 @@ typedef struct EventHeader
 	bool		livemode;
 	TimestampTz created;
 	char	   *kind;			/* data.object.object; NULL if absent */
+	bool		snapshot;		/* no event: a listed object or an API answer */
 } EventHeader;
 
 /*
@@ -222,6 +224,7 @@ parse_event(Jsonb *event, EventHeader *header)
 				(errcode(ERRCODE_SB_MALFORMED_EVENT),
 				 errmsg("malformed Stripe event: the event must be a JSON object")));
 
+	header->snapshot = false;
 	header->id = required_string(root, "id", "id", NULL);
 
 	/* a bare API object passed by mistake is refused, not misread */
@@ -322,8 +325,9 @@ canonical_outcome(const char *outcome)
  * The SQL function that maps each kind of object, in schema stripe_billing:
  * f(o jsonb, ev_type text, ev_id text, ev_created timestamptz), or without
  * ev_type.  Called through fmgr, not a SELECT: no executor of our own around
- * the mapping's own statements.  The function is looked up by name on first
- * use and again after any pg_proc change (the extension may be recreated).
+ * the mapping's own statements.  The function is looked up, as a member of
+ * the extension (extension.c), on first use and again after any pg_proc
+ * change (the extension may be recreated).
  */
 typedef struct ObjectMapper
 {
@@ -379,15 +383,43 @@ get_mapper(const char *kind)
 	{
 		Oid			with_type[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
 		Oid			without_type[3] = {JSONBOID, TEXTOID, TIMESTAMPTZOID};
-		List	   *name = list_make2(makeString("stripe_billing"),
-									  makeString(unconstify(char *, mapper->function)));
 		Oid			fn = mapper->takes_type ?
-			LookupFuncName(name, 4, with_type, false) :
-			LookupFuncName(name, 3, without_type, false);
+			sb_extension_function(mapper->function, 4, with_type, false) :
+			sb_extension_function(mapper->function, 3, without_type, false);
+
 		fmgr_info_cxt(fn, &mapper->flinfo, TopMemoryContext);
 		mapper->valid = true;
 	}
 	return mapper;
+}
+
+/*
+ * Refuses an object that no event brought (a backfill's, a
+ * reconciliation's, a re-fetch's, an API answer) of the other mode than
+ * this database's, as check_livemode refuses such an event: a live
+ * database given a test key must not import test objects.  An object
+ * without livemode (one the extension builds) passes.
+ */
+static void
+check_object_livemode(JsonbContainer *object, const EventHeader *header)
+{
+	JsonbValue	buf;
+	JsonbValue *v = getKeyJsonValueFromContainer(object, "livemode", 8, &buf);
+	JsonbValue	idbuf;
+	JsonbValue *id;
+
+	if (v == NULL || v->type != jbvBool || v->val.boolean == sb_livemode)
+		return;
+	id = getKeyJsonValueFromContainer(object, "id", 2, &idbuf);
+	ereport(ERROR,
+			(errcode(ERRCODE_SB_LIVEMODE_MISMATCH),
+			 errmsg("Stripe %s %s is a %s object but this database accepts %s objects",
+					header->kind,
+					id && id->type == jbvString ?
+					pnstrdup(id->val.string.val, Min(id->val.string.len, EVENT_KEY_MAX)) : "(no id)",
+					v->val.boolean ? "live-mode" : "test-mode",
+					sb_livemode ? "live-mode" : "test-mode"),
+			 errhint("stripe_billing.livemode selects the mode; stripe_billing.api_key is a key of the other mode.")));
 }
 
 /* Runs the SQL mapping of one object: "applied", "stale" or "ignored". */
@@ -403,6 +435,9 @@ map_object(Jsonb *object, const EventHeader *header)
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_INVALID_OBJECT),
 				 errmsg("invalid Stripe object: field \"data.object.object\" is missing")));
+	/* (an event's own livemode was checked before it was recorded) */
+	if (header->snapshot)
+		check_object_livemode(&object->root, header);
 	sb_check_object_shape(&object->root, header->kind);
 	mapper = get_mapper(header->kind);
 
@@ -610,6 +645,16 @@ check_livemode(const EventHeader *header)
 				 errhint("stripe_billing.livemode selects the mode; an endpoint of the other mode is sending here.")));
 }
 
+/* Takes the locks that mapping one object needs, in the global order (locks.c). */
+static void
+lock_objects(JsonbContainer *object, const char *kind)
+{
+	SbLockSet  *set = sb_lockset_create();
+
+	sb_lockset_add_object(set, object, kind);
+	sb_lockset_acquire(set);
+}
+
 /*
  * Applies one event inside the caller's transaction and returns its outcome:
  * "applied", "stale" (an older snapshot than the rows hold), "ignored" (type
@@ -644,6 +689,7 @@ sb_apply_event(Jsonb *event, const char *source)
 	{
 		char	   *error;
 
+		lock_objects(event_object(event), header.kind);
 		outcome = map_object_guarded(event_object_jsonb(event), &header, &error);
 		if (strcmp(outcome, "applied") != 0)
 			ledger_set_outcome(header.id, outcome, error);
@@ -654,48 +700,125 @@ sb_apply_event(Jsonb *event, const char *source)
 }
 
 /*
- * stripe_billing._reapply_event(id text) -> outcome
+ * Applies recorded events again (failed ones, or ignored ones whose type is
+ * now mapped), in the order given, each in a subtransaction of its own, and
+ * records each one's new outcome (and error) in the ledger and in
+ * outcomes[] and errors[].  The locks of them all are taken first
+ * (locks.c); the caller has locked their ledger rows.
+ */
+static void
+reapply_events(Datum *ids, bool *nulls, int n, EventHeader *headers,
+			   const char **outcomes, char **errors)
+{
+	Jsonb	  **events = palloc0(sizeof(Jsonb *) * Max(n, 1));
+	bool	   *mapped = palloc0(sizeof(bool) * Max(n, 1));
+	SbLockSet  *set = sb_lockset_create();
+	SPIPlanPtr	plan;
+	Oid			argtype = TEXTOID;
+
+	plan = SPI_prepare("SELECT payload FROM stripe_billing.events WHERE id = $1", 1, &argtype);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	for (int i = 0; i < n; i++)
+	{
+		char	   *id;
+		Datum		payload;
+		bool		isnull;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("ids[%d] must not be NULL", i + 1)));
+		id = TextDatumGetCString(ids[i]);
+		if (SPI_execute_plan(plan, &ids[i], NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "reading stripe_billing.events failed");
+		if (SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_NO_DATA_FOUND),
+					 errmsg("Stripe event %s is not in the ledger", id)));
+		payload = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("Stripe event %s cannot be applied again: its body is not valid jsonb", id),
+					 errdetail("Only its raw body is kept, in column \"body\" of stripe_billing.events.")));
+		/* (a copy: the next read frees SPI's tuple table) */
+		events[i] = DatumGetJsonbPCopy(payload);
+		parse_event(events[i], &headers[i]);
+		mapped[i] = event_is_mapped(&headers[i]);
+		if (mapped[i])
+			sb_lockset_add_object(set, event_object(events[i]), headers[i].kind);
+	}
+	SPI_freeplan(plan);
+	sb_lockset_acquire(set);
+
+	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		errors[i] = NULL;
+		outcomes[i] = mapped[i] ?
+			map_object_guarded(event_object_jsonb(events[i]), &headers[i], &errors[i]) : "ignored";
+		ledger_set_outcome(headers[i].id, outcomes[i], errors[i]);
+	}
+}
+
+/*
+ * stripe_billing._reapply_events(ids text[])
+ *   -> (event_id, event_type, outcome, error)
  *
- * Applies a recorded event again (a failed one, or an ignored one whose type
- * is now mapped) and records the new outcome.  The caller locks the row.
+ * See reapply_events.
+ */
+Datum
+stripe_reapply_events(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum	   *ids;
+	bool	   *nulls;
+	int			n;
+	EventHeader *headers;
+	const char **outcomes;
+	char	  **errors;
+
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), TEXTOID, -1, false, TYPALIGN_INT, &ids, &nulls, &n);
+	headers = palloc0(sizeof(EventHeader) * Max(n, 1));
+	outcomes = palloc0(sizeof(char *) * Max(n, 1));
+	errors = palloc0(sizeof(char *) * Max(n, 1));
+	InitMaterializedSRF(fcinfo, 0);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	reapply_events(ids, nulls, n, headers, outcomes, errors);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[4];
+		bool		isnull[4] = {false, false, false, errors[i] == NULL};
+
+		values[0] = CStringGetTextDatum(headers[i].id);
+		values[1] = CStringGetTextDatum(headers[i].type);
+		values[2] = CStringGetTextDatum(outcomes[i]);
+		values[3] = errors[i] ? CStringGetTextDatum(errors[i]) : (Datum) 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, isnull);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
+ * stripe_billing._reapply_event(id text) -> outcome: 0.3.0's SQL calls it
+ * (its retries), until ALTER EXTENSION UPDATE.
  */
 Datum
 stripe_reapply_event(PG_FUNCTION_ARGS)
 {
-	char	   *id = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Datum		arg = PG_GETARG_DATUM(0);
-	Oid			argtype = TEXTOID;
+	Datum		id = PG_GETARG_DATUM(0);
+	bool		isnull = false;
 	EventHeader header;
-	Jsonb	   *event;
 	const char *outcome;
-	char	   *error = NULL;
-	Datum		payload;
-	bool		isnull;
+	char	   *error;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT payload FROM stripe_billing.events WHERE id = $1",
-							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "reading stripe_billing.events failed");
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("Stripe event %s is not in the ledger", id)));
-	payload = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("Stripe event %s cannot be applied again: its body is not valid jsonb", id),
-				 errdetail("Only its raw body is kept, in column \"body\" of stripe_billing.events.")));
-	event = DatumGetJsonbP(payload);
-
-	parse_event(event, &header);
-	if (!event_is_mapped(&header))
-		outcome = "ignored";
-	else
-		outcome = map_object_guarded(event_object_jsonb(event), &header, &error);
-	ledger_set_outcome(header.id, outcome, error);
-
+	reapply_events(&id, &isnull, 1, &header, &outcome, &error);
 	SPI_finish();
 	PG_RETURN_TEXT_P(cstring_to_text(outcome));
 }
@@ -747,14 +870,19 @@ derive_deferred(const char *ev_type)
 
 /*
  * Applying many events in one call: a worker's page, or stripe_apply_events.
+ * The events are recorded first, in id order, then the locks of every event
+ * to map are taken at once (locks.c: two batches, or a batch and a webhook,
+ * delivering the same events never wait for each other in opposite orders),
+ * then the events are mapped in their order.
+ *
  * A subtransaction per event would be simplest, but past 64 in one
  * transaction PostgreSQL's per-backend subtransaction cache overflows, and
  * while that transaction runs every snapshot in the cluster falls back to
  * pg_subtrans lookups; committing thousands of them in one transaction also
- * costs more per event the more there are.  So one subtransaction holds a
+ * costs more per event the more there are.  So one subtransaction maps a
  * run of events.  When an event fails on data, the run is rolled back, the
- * events before it are applied again as a run of their own, and the failing
- * one alone is recorded "failed"; the next run starts after it.  A batch
+ * events before it are mapped again as a run of their own, and the failing
+ * one alone is marked "failed"; the next run starts after it.  A batch
  * without failures takes one subtransaction whatever its size, and each
  * failure adds one (the rolled-back ones leave no trace in the cache).
  */
@@ -763,8 +891,9 @@ typedef struct EventBatch
 	int			n;
 	Jsonb	  **events;
 	EventHeader *headers;
-	bool	   *mapped;
+	bool	   *mapped;			/* of a mapped type */
 	bool	   *skipped;		/* malformed, skipped with a WARNING */
+	bool	   *to_map;			/* recorded by this batch, and mapped */
 	const char **outcomes;
 	const char *source;
 	int			first;			/* the run: events first .. last - 1 */
@@ -774,24 +903,19 @@ typedef struct EventBatch
 	MemoryContext event_context;	/* reset after each event */
 } EventBatch;
 
-/* Records an event in the ledger and maps it, in the current transaction. */
+/* Maps a recorded event, in the current (sub)transaction. */
 static const char *
-apply_recorded(Jsonb *event, const EventHeader *header, bool mapped, const char *source)
+map_recorded(Jsonb *event, const EventHeader *header)
 {
-	const char *outcome;
+	const char *outcome = map_object(event_object_jsonb(event), header);
 
-	if (!ledger_insert(header, source, mapped ? "applied" : "ignored", NULL, event, NULL))
-		return "duplicate";
-	if (!mapped)
-		return "ignored";
-	outcome = map_object(event_object_jsonb(event), header);
 	if (strcmp(outcome, "applied") != 0)
 		ledger_set_outcome(header->id, outcome, NULL);
 	return outcome;
 }
 
 /*
- * Applies the run's events in order, as run_guarded work.  When b->defer,
+ * Maps the run's events in order, as run_guarded work.  When b->defer,
  * the users' features are derived once, at the run's end, for every
  * customer the run touched (see stripe_derivation_deferred): rewriting a
  * user's features at each of their events would leave, inside one
@@ -813,11 +937,10 @@ apply_run_work(void *arg)
 		for (b->at = b->first; b->at < b->last; b->at++)
 		{
 			CHECK_FOR_INTERRUPTS();
-			if (b->skipped[b->at])
+			if (!b->to_map[b->at])
 				continue;
 			MemoryContextSwitchTo(b->event_context);
-			b->outcomes[b->at] = apply_recorded(b->events[b->at], &b->headers[b->at],
-												b->mapped[b->at], b->source);
+			b->outcomes[b->at] = map_recorded(b->events[b->at], &b->headers[b->at]);
 			MemoryContextSwitchTo(oldcontext);
 			MemoryContextReset(b->event_context);
 			last_type = b->headers[b->at].type;
@@ -886,14 +1009,63 @@ parse_batch(EventBatch *b, bool skip_malformed)
 	}
 }
 
-/* Applies b's events in order, with as few subtransactions as failures allow. */
+/* Event ids in order (qsort), the earlier in the batch first among repeats. */
+static const EventBatch *sorting_batch;
+
+static int
+id_order(const void *a, const void *b)
+{
+	int			i = *(const int *) a;
+	int			j = *(const int *) b;
+	int			c = strcmp(sorting_batch->headers[i].id, sorting_batch->headers[j].id);
+
+	return c != 0 ? c : (i < j ? -1 : i > j ? 1 : 0);
+}
+
+/*
+ * Records b's events in the ledger in id order (level 0 of locks.c: a
+ * delivery of the same id elsewhere is waited for here, before any other
+ * lock is held), then takes the locks of every event to map at once.
+ */
+static void
+record_batch(EventBatch *b)
+{
+	int		   *order = palloc(sizeof(int) * Max(b->n, 1));
+	int			n = 0;
+	SbLockSet  *set = sb_lockset_create();
+
+	for (int i = 0; i < b->n; i++)
+		if (!b->skipped[i])
+			order[n++] = i;
+	sorting_batch = b;
+	qsort(order, n, sizeof(int), id_order);
+	for (int k = 0; k < n; k++)
+	{
+		int			i = order[k];
+
+		CHECK_FOR_INTERRUPTS();
+		if (!ledger_insert(&b->headers[i], b->source, b->mapped[i] ? "applied" : "ignored",
+						   NULL, b->events[i], NULL))
+			b->outcomes[i] = "duplicate";
+		else if (!b->mapped[i])
+			b->outcomes[i] = "ignored";
+		else
+		{
+			b->to_map[i] = true;
+			sb_lockset_add_object(set, event_object(b->events[i]), b->headers[i].kind);
+		}
+	}
+	sb_lockset_acquire(set);
+	pfree(order);
+}
+
+/* Maps b's recorded events in order, with as few subtransactions as failures allow. */
 static void
 apply_batch(EventBatch *b)
 {
 	int			first = 0;
 	int			last = b->n;
 	int			failing = -1;
-	char	   *failing_error = NULL;
 
 	b->event_context = AllocSetContextCreate(CurrentMemoryContext, "stripe_billing event",
 											 ALLOCSET_DEFAULT_SIZES);
@@ -903,10 +1075,7 @@ apply_batch(EventBatch *b)
 
 		if (first == failing)
 		{
-			/* the failing event: recorded alone, outside any run */
-			b->outcomes[first] = ledger_insert(&b->headers[first], b->source, "failed",
-											   failing_error, b->events[first], NULL) ?
-				"failed" : "duplicate";
+			/* the failing event (marked failed already) */
 			first++;
 			last = b->n;
 			continue;
@@ -931,21 +1100,24 @@ apply_batch(EventBatch *b)
 		}
 		/* rolled back: the ones before the failing one become a run again */
 		failing = b->at;
-		failing_error = edata->detail ?
-			psprintf("%s (%s)", edata->message, edata->detail) : pstrdup(edata->message);
+		b->outcomes[failing] = "failed";
+		ledger_set_outcome(b->headers[failing].id, "failed",
+						   edata->detail ? psprintf("%s (%s)", edata->message, edata->detail)
+						   : edata->message);
 		FreeErrorData(edata);
 		last = failing;
 	}
 	MemoryContextDelete(b->event_context);
 }
 
-/* Parses b's events, then applies them (see parse_batch, apply_batch). */
+/* Parses b's events, records them, then maps them (see the functions above). */
 static void
 run_batch(EventBatch *b, bool skip_malformed)
 {
 	parse_batch(b, skip_malformed);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	record_batch(b);
 	apply_batch(b);
 	SPI_finish();
 }
@@ -963,6 +1135,7 @@ init_batch(EventBatch *b, int n, const char *source)
 	b->headers = palloc0(sizeof(EventHeader) * Max(n, 1));
 	b->mapped = palloc0(sizeof(bool) * Max(n, 1));
 	b->skipped = palloc0(sizeof(bool) * Max(n, 1));
+	b->to_map = palloc0(sizeof(bool) * Max(n, 1));
 	b->outcomes = palloc0(sizeof(char *) * Max(n, 1));
 	b->source = source;
 	b->defer = true;
@@ -1589,9 +1762,11 @@ sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
 	header.livemode = sb_livemode;
 	header.kind = pnstrdup(kind->val.string.val, kind->val.string.len);
 	header.type = psprintf("%s.api_response", header.kind);
+	header.snapshot = true;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	lock_objects(&object->root, header.kind);
 	outcome = map_object_guarded(object, &header, &error);
 	SPI_finish();
 
@@ -1636,6 +1811,7 @@ snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source
 	header->type = psprintf("%s.%s", header->kind, source);
 	header->created = snapshot;
 	header->livemode = sb_livemode;
+	header->snapshot = true;
 }
 
 static void
@@ -1713,6 +1889,7 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 	JsonbParseState *state = NULL;
 	JsonbValue	key;
 	JsonbValue	val;
+	SbLockSet  *set;
 
 	if (!JB_ROOT_IS_ARRAY(objects) || JB_ROOT_IS_SCALAR(objects))
 		ereport(ERROR,
@@ -1756,6 +1933,11 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* every object's locks at once, before any row is written (locks.c) */
+	set = sb_lockset_create();
+	for (int i = 0; i < n; i++)
+		sb_lockset_add_object(set, &b.objects[i]->root, b.headers[i].kind);
+	sb_lockset_acquire(set);
 	b.first = 0;
 	b.last = n;
 	edata = n > 0 ? run_guarded(map_batch_work, &b) : NULL;

@@ -36,6 +36,22 @@
 #define sb_primary_key_index(rel) RelationGetPrimaryKeyIndex(rel)
 #endif
 
+#if PG_VERSION_NUM >= 160000
+/* 16 replaced the per-kind ACL checks with one */
+#define sb_proc_aclcheck(fn, role, mode) object_aclcheck(ProcedureRelationId, (fn), (role), (mode))
+#else
+#define sb_proc_aclcheck(fn, role, mode) pg_proc_aclcheck((fn), (role), (mode))
+#endif
+
+#if PG_VERSION_NUM >= 170000
+/* 17 moved the local transaction id, and let LockHeldByMe accept a stronger mode */
+#define MY_LXID (MyProc->vxid.lxid)
+#define sb_lock_held_by_me(tag, mode) LockHeldByMe((tag), (mode), false)
+#else
+#define MY_LXID (MyProc->lxid)
+#define sb_lock_held_by_me(tag, mode) LockHeldByMe((tag), (mode))
+#endif
+
 /*
  * SQLSTATEs of our own, in an implementation-defined class ("SB").
  * SBSxx: a webhook signature was refused (the app answers 400).
@@ -93,6 +109,21 @@ extern int	sb_usage_api;
 extern int	sb_usage_concurrency;
 
 extern void sb_scrub_secrets(char *s);
+
+/* extension.c */
+extern Oid	sb_extension_oid(void);
+extern Oid	sb_extension_owner(Oid extension);
+extern Oid	sb_extension_function(const char *name, int nargs, const Oid *argtypes,
+								  bool missing_ok);
+
+/* locks.c */
+typedef struct SbLockSet SbLockSet;
+extern SbLockSet *sb_lockset_create(void);
+extern void sb_lockset_add_key(SbLockSet *set, const char *kind, const char *id, int len);
+extern void sb_lockset_add_customer(SbLockSet *set, const char *id, int len);
+extern void sb_lockset_add_user(SbLockSet *set, const char *user_ref, int len);
+extern void sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind);
+extern void sb_lockset_acquire(SbLockSet *set);
 
 /* worker.c */
 extern void sb_register_worker(void);

@@ -14,7 +14,8 @@
  * also backfills the account's objects (a few pages a cycle, so events keep
  * flowing), and every stripe_billing.reconcile_interval it reconciles them.
  * Then it re-reads the lookback window, flushes the usage outbox, retries
- * failed events and re-fetches rows marked by ties.
+ * failed events and re-fetches rows marked by ties, each step a transaction
+ * of its own (see locks.c: a transaction applies one unit).
  * Between cycles it sleeps on its latch: SIGTERM ends it promptly, SIGHUP
  * reloads the settings.  Failures back off exponentially, with jitter.
  *
@@ -22,16 +23,20 @@
  * empty), forces search_path = pg_catalog, pg_temp for its session (so no
  * role's object planted on the database's path ever runs in it), and does
  * everything through stripe_billing._worker_step, a SECURITY DEFINER
- * function with a pinned search_path: the role needs EXECUTE on it only.
+ * function with a pinned search_path, which runs as the extension's owner:
+ * the role needs EXECUTE on it only.  That function is found by OID as a
+ * member of the installed extension and called through fmgr (see
+ * extension.c): before CREATE EXTENSION, or after DROP EXTENSION, a schema
+ * stripe_billing planted by the database's owner is never looked into.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
-#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -40,6 +45,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -55,6 +61,9 @@ PGDLLEXPORT void stripe_billing_worker_main(Datum arg);
 #define AUTH_BACKOFF_MS		(10 * 60 * 1000)
 /* Pages applied in a row before the other duties get a turn. */
 #define PAGES_PER_CYCLE		50
+
+/* Objects marked by ties re-fetched a cycle, one a transaction. */
+#define REFETCHES_PER_CYCLE 20
 
 /* Pages of a backfill or reconciliation a cycle (an entitlements page is 20 requests). */
 #define LISTING_PAGES_PER_CYCLE 5
@@ -85,48 +94,59 @@ sb_register_worker(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* Is the extension installed in this database (in a version with sync)? */
-static bool
-extension_installed(void)
-{
-	bool		isnull;
-
-	if (SPI_execute("SELECT pg_catalog.to_regprocedure('stripe_billing._worker_step(text,text)') IS NOT NULL",
-					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "looking up stripe_billing._worker_step failed");
-	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/* Runs stripe_billing._worker_step(step, error) and returns its answer. */
-static bool
-worker_step(const char *step, const char *error)
+/*
+ * The installed extension's stripe_billing._worker_step(text, text), found
+ * by its membership (see extension.c), or InvalidOid while the extension is
+ * not installed here: a function of that name the database's owner may
+ * have made is never called.
+ */
+static Oid
+worker_step_function(void)
 {
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
-	char		nulls[2] = {' ', error ? ' ' : 'n'};
-	bool		isnull;
 
-	values[0] = CStringGetTextDatum(step);
-	values[1] = error ? CStringGetTextDatum(error) : (Datum) 0;
-	if (SPI_execute_with_args("SELECT stripe_billing._worker_step($1, $2)", 2, argtypes,
-							  values, nulls, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "stripe_billing._worker_step('%s') failed", step);
-	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return sb_extension_function("_worker_step", 2, argtypes, true);
+}
+
+/*
+ * Runs the extension's _worker_step(step, error) and returns its answer.
+ * Called by OID (no SQL is parsed in the worker's session); the worker's
+ * role needs EXECUTE on it, as a SQL call would.
+ */
+static bool
+worker_step(Oid fn, const char *step, const char *error)
+{
+	LOCAL_FCINFO(fcinfo, 2);
+	FmgrInfo	flinfo;
+	Datum		result;
+
+	if (sb_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function stripe_billing._worker_step"),
+				 errhint("GRANT EXECUTE ON FUNCTION stripe_billing._worker_step(text, text) TO the role of stripe_billing.worker_role.")));
+	fmgr_info(fn, &flinfo);
+	InitFunctionCallInfoData(*fcinfo, &flinfo, 2, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = CStringGetTextDatum(step);
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = error ? CStringGetTextDatum(error) : (Datum) 0;
+	fcinfo->args[1].isnull = error == NULL;
+	result = FunctionCallInvoke(fcinfo);
+	return !fcinfo->isnull && DatumGetBool(result);
 }
 
 /* Is the extension installed here, and is the worker asked to work? */
 static StepResult
-readiness(void)
+readiness(Oid fn)
 {
-	if (!extension_installed())
+	if (!OidIsValid(fn))
 		return STEP_NOT_READY;	/* wait for CREATE EXTENSION */
-	if (!worker_step("ready", NULL))
+	if (!worker_step(fn, "ready", NULL))
 		return STEP_NOT_READY;	/* paused */
 	if (sb_api_key == NULL || sb_api_key[0] == '\0')
 	{
 		/* say so where sync_status shows it, then wait for a reload */
-		(void) worker_step("no_key", NULL);
+		(void) worker_step(fn, "no_key", NULL);
 		return STEP_NOT_READY;
 	}
 	return STEP_DONE;
@@ -150,13 +170,20 @@ run_step(const char *what, const char *step, int *sqlerrcode)
 
 	PG_TRY();
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		result = readiness();
+		Oid			fn = worker_step_function();
+
+		result = readiness(fn);
+		/*
+		 * 0.3.0's SQL, until ALTER EXTENSION UPDATE: its step "duties" does
+		 * usage, retries and re-fetches at once
+		 */
+		if (result == STEP_DONE && step != NULL && strcmp(step, "poll") != 0 &&
+			!OidIsValid(sb_extension_function("_refetch_one", 0, NULL, true)))
+			step = strcmp(step, "usage") == 0 ? "duties" :
+				(strcmp(step, "retry") == 0 || strcmp(step, "refetch") == 0) ? NULL : step;
 		/* a step's answer says whether more is waiting */
 		if (result == STEP_DONE && step != NULL)
-			result = worker_step(step, NULL) ? STEP_MORE : STEP_DONE;
-		SPI_finish();
+			result = worker_step(fn, step, NULL) ? STEP_MORE : STEP_DONE;
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
@@ -175,11 +202,11 @@ run_step(const char *what, const char *step, int *sqlerrcode)
 		sb_scrub_secrets(edata->message);
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_connect() == SPI_OK_CONNECT)
 		{
-			if (extension_installed())
-				(void) worker_step("failed", edata->message);
-			SPI_finish();
+			Oid			fn = worker_step_function();
+
+			if (OidIsValid(fn))
+				(void) worker_step(fn, "failed", edata->message);
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -301,13 +328,23 @@ stripe_billing_worker_main(Datum arg)
 					 "lookback", &sqlerrcode) == STEP_FAILED)
 			result = STEP_FAILED;
 
+		/* the duties, each in a transaction of its own (see locks.c) */
 		if (result == STEP_DONE || result == STEP_MORE)
 		{
-			StepResult	duties = run_step("stripe_billing: usage, retries, re-fetches",
-										  "duties", &sqlerrcode);
-
-			if (duties == STEP_FAILED)
+			if (run_step("stripe_billing: sending usage", "usage", &sqlerrcode) == STEP_FAILED ||
+				run_step("stripe_billing: retrying failed events", "retry", &sqlerrcode) == STEP_FAILED)
 				result = STEP_FAILED;
+			for (int i = 0; i < REFETCHES_PER_CYCLE && result != STEP_FAILED; i++)
+			{
+				StepResult	refetch = run_step("stripe_billing: re-fetching an object marked by a tie",
+											   "refetch", &sqlerrcode);
+
+				CHECK_FOR_INTERRUPTS();
+				if (refetch == STEP_FAILED)
+					result = STEP_FAILED;
+				if (refetch != STEP_MORE)
+					break;
+			}
 		}
 
 		if (result == STEP_FAILED)

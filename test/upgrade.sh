@@ -17,6 +17,18 @@ trap 'for db in sb_upgrade sb_fresh; do dropdb --if-exists "$db" 2>/dev/null; do
 psql -X -q -c "DROP ROLE IF EXISTS sb_upgrade_app" 2>/dev/null
 psql -X -q -c "CREATE ROLE sb_upgrade_app" || exit 1
 q() { psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
+# as_app SQL: runs SQL as sb_upgrade_app in sb_upgrade; prints the SQLSTATE
+# of its error (and the message, for P0001), or "ok"
+as_app() {
+    local out
+    out=$(PGOPTIONS='-c role=sb_upgrade_app' psql -X -At -q -d sb_upgrade -v VERBOSITY=sqlstate -c "$1" 2>&1 >/dev/null |
+          sed -n 's/^ERROR:  //p' | head -1)
+    if [ "$out" = P0001 ]; then
+        out="P0001 $(PGOPTIONS='-c role=sb_upgrade_app' psql -X -At -q -d sb_upgrade -c "$1" 2>&1 >/dev/null |
+                     sed -n 's/^ERROR:  //p' | head -1)"
+    fi
+    echo "${out:-ok}"
+}
 
 # ---- the catalogs ----
 catalog() {
@@ -80,6 +92,8 @@ SELECT stripe_billing.stripe_apply_event(pg_temp.subscription_created(u, 'price_
 SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', g) FROM generate_series(1, 5) g;
 GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout($checkout_args) TO sb_upgrade_app;
 GRANT EXECUTE ON ROUTINE stripe_billing.stripe_sync_now TO sb_upgrade_app;
+GRANT EXECUTE ON PROCEDURE stripe_billing.stripe_backfill(text[]) TO sb_upgrade_app;
+GRANT EXECUTE ON PROCEDURE stripe_billing.stripe_reconcile() TO sb_upgrade_app;
 SQL
     [ "$(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = "$old" ] ||
         { echo "FAIL  the database is not at $old"; exit 1; }
@@ -115,9 +129,21 @@ SQL
     else
         echo "FAIL  from $old: the app's grants on stripe_create_checkout and stripe_sync_now: $granted"; fail=1
     fi
+    # the grantee can still run each granted routine (no API key is set
+    # here: each gets as far as the request, past every privilege check)
+    ran=$(as_app "CALL stripe_billing.stripe_sync_now()"),$(as_app "CALL stripe_billing.stripe_backfill()")
+    ran=$ran,$(as_app "CALL stripe_billing.stripe_reconcile()")
+    ran=$ran,$(as_app "SELECT stripe_billing.stripe_create_checkout('user_1', 'price_up', 'https://example.com/s', 'https://example.com/c')")
+    if [ "$ran" = "SBC02,P0001 stripe_billing backfill: 6 kind(s) failed,P0001 stripe_billing reconcile: failed: no Stripe API key is configured,SBC02" ]; then
+        echo "PASS  from $old: the grantee runs stripe_sync_now, stripe_backfill, stripe_reconcile and stripe_create_checkout (each stops at the missing API key, past every privilege check)"
+    else
+        echo "FAIL  from $old: the grantee's calls: $ran"; fail=1
+    fi
     q sb_upgrade "REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
                                                                                   boolean, text, jsonb, text, boolean) FROM sb_upgrade_app;
-                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM sb_upgrade_app"
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM sb_upgrade_app;
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_backfill(text[]) FROM sb_upgrade_app;
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_reconcile() FROM sb_upgrade_app"
     catalog sb_upgrade >"/tmp/sb_catalog_upgrade.$$"
     catalog sb_fresh >"/tmp/sb_catalog_fresh.$$"
     lines=$(wc -l <"/tmp/sb_catalog_fresh.$$")

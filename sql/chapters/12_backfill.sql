@@ -159,6 +159,8 @@ DECLARE
   items jsonb;
   customers text[];
   taken_at timestamptz;
+  summaries jsonb;
+  snapshot timestamptz;
   path text;
   params jsonb;
   ahead constant integer := 3;   -- entitlements: customers' requests kept in flight
@@ -182,6 +184,7 @@ BEGIN
       PERFORM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
                                             jsonb_build_object('customer', customers[i], 'limit', 100));
     END LOOP;
+    summaries := '[]';
     FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 20) LOOP
       items := '[]';
       taken_at := NULL;
@@ -196,15 +199,20 @@ BEGIN
         items := items || coalesce(l.page->'data', '[]');
         EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
       END LOOP;
-      PERFORM stripe_billing._apply_snapshots(jsonb_build_array(jsonb_build_object(
+      summaries := summaries || jsonb_build_array(jsonb_build_object(
           'object', 'entitlements.active_entitlement_summary', 'customer', customers[i],
-          'entitlements', jsonb_build_object('object', 'list', 'has_more', false, 'data', items))),
-          taken_at, 'backfill', derive => false);
+          'entitlements', jsonb_build_object('object', 'list', 'has_more', false, 'data', items)));
+      snapshot := least(snapshot, taken_at);
       objects := objects + 1;
       next_cursor := customers[i];
     END LOOP;
-    PERFORM stripe_billing._refresh_customers_features(customers[1:20],
-                                                       'entitlements.active_entitlement_summary.backfill');
+    -- applied at once, as of the oldest answer (each summary is no newer):
+    -- one unit, its locks taken together (see locks.c)
+    IF objects > 0 THEN
+      PERFORM stripe_billing._apply_snapshots(summaries, snapshot, 'backfill', derive => false);
+      PERFORM stripe_billing._refresh_customers_features(customers[1:20],
+                                                         'entitlements.active_entitlement_summary.backfill');
+    END IF;
     RETURN;
   END IF;
 
@@ -323,21 +331,22 @@ $$;
 -- call resumes where it stopped.  Not in a transaction block (it commits).
 CREATE PROCEDURE stripe_billing.stripe_backfill(kinds text[] DEFAULT NULL)
 LANGUAGE plpgsql
--- (no SET clause: a procedure with one may not commit; every call below is
--- qualified, and the steps pin their own search_path)
+-- (no SET clause: a procedure with one may not commit; every type, call
+-- and operator below is qualified, and each step runs through
+-- _procedure_step, see stripe_sync_now)
 AS $$
 DECLARE
-  step record;
-  failures text[] := '{}';
+  step pg_catalog.jsonb;
+  failures pg_catalog.text[] := '{}';
 BEGIN
-  PERFORM stripe_billing._backfill_begin(kinds);
+  PERFORM stripe_billing._procedure_step('backfill.begin', pg_catalog.jsonb_build_object('kinds', kinds));
   COMMIT;
   LOOP
-    SELECT * INTO step FROM stripe_billing._backfill_step(kinds);
-    EXIT WHEN step.kind IS NULL;
-    RAISE NOTICE '%', step.message;
-    IF step.failed THEN
-      failures := pg_catalog.array_append(failures, step.message);
+    step := stripe_billing._procedure_step('backfill.step', pg_catalog.jsonb_build_object('kinds', kinds));
+    EXIT WHEN step OPERATOR(pg_catalog.->>) 'kind' IS NULL;
+    RAISE NOTICE '%', step OPERATOR(pg_catalog.->>) 'message';
+    IF (step OPERATOR(pg_catalog.->>) 'failed')::pg_catalog.bool THEN
+      failures := pg_catalog.array_append(failures, step OPERATOR(pg_catalog.->>) 'message');
     END IF;
     COMMIT;
   END LOOP;

@@ -59,23 +59,6 @@ AS 'MODULE_PATHNAME', 'stripe_apply_page'
 LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Applies one polled event in a subtransaction of its own; an event too
--- malformed to be kept (SBE01: no usable id) is skipped with a WARNING
--- instead of failing its page for ever.  True when it was applied.
-CREATE FUNCTION stripe_billing._apply_polled(event jsonb) RETURNS boolean
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-  PERFORM stripe_billing.stripe_apply_event(event, 'poll');
-  RETURN true;
-EXCEPTION WHEN SQLSTATE 'SBE01' THEN
-  RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM
-        USING DETAIL = format('Its id: %s.', coalesce(left(event->>'id', 100), '(none)'));
-  RETURN false;
-END
-$$;
-
 -- An expired cursor: the newest event becomes the cursor (not applied), the
 -- lookback starts there, and a reconciliation repairs what the gap missed;
 -- sync_status says when and why.
@@ -116,6 +99,7 @@ DECLARE
   e jsonb;
   id text;
   newest text;
+  good jsonb := '[]';
   kept integer := 0;
 BEGIN
   BEGIN
@@ -124,11 +108,13 @@ BEGIN
     NULL;
   END;
   split := stripe_billing._split_list_page(body);
+  -- those jsonb refuses are recorded as they come, oldest first; the others
+  -- are applied after, as one page (its locks at once: see locks.c)
   FOR i IN REVERSE cardinality(split.items) .. 1 LOOP
     BEGIN
       e := split.items[i]::jsonb;
-      PERFORM stripe_billing._apply_polled(e);
-      id := e->>'id';
+      good := jsonb_build_array(e) || good;
+      id := CASE WHEN jsonb_typeof(e->'id') = 'string' AND e->>'id' <> '' THEN e->>'id' END;
     EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
       BEGIN
         id := stripe_billing._record_unparsed_event(split.items[i],
@@ -141,6 +127,7 @@ BEGIN
     END;
     newest := coalesce(id, newest);
   END LOOP;
+  PERFORM stripe_billing._apply_page(good, 'poll');
   RAISE WARNING 'stripe_billing: % polled event(s) jsonb refuses kept as failed', kept
         USING DETAIL = format('In the page after %s.', event_cursor);
   UPDATE stripe_billing.sync_state s
@@ -205,23 +192,32 @@ BEGIN
         jsonb_build_object('limit', 100, 'created', jsonb_build_object('gte',
             floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
     oldest := first_page->'data'->(jsonb_array_length(first_page->'data') - 1);
+    page := first_page->'data';
     WHILE coalesce((first_page->>'has_more')::boolean, false) LOOP
       first_page := stripe_billing.stripe_api('GET', '/v1/events',
           jsonb_build_object('limit', 100, 'starting_after', oldest->>'id', 'created',
               jsonb_build_object('gte', floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
       oldest := coalesce(first_page->'data'->(jsonb_array_length(first_page->'data') - 1), oldest);
+      IF jsonb_array_length(first_page->'data') > 0 THEN
+        page := first_page->'data';    -- (the oldest events listed)
+      END IF;
     END LOOP;
     IF oldest IS NULL THEN
       -- nothing since then yet: look again next time
       UPDATE stripe_billing.sync_state SET last_success_at = now(), consecutive_failures = 0;
       RETURN;
     END IF;
-    PERFORM stripe_billing.stripe_apply_event(oldest, 'poll');
-    UPDATE stripe_billing.sync_state SET event_cursor = oldest->>'id', events_applied = events_applied + 1,
+    -- the oldest event becomes the cursor, applied; an event too malformed
+    -- to keep is skipped with a WARNING, as in any page (and the cursor is
+    -- the oldest event that has an id)
+    page := stripe_billing._oldest_with_id(page);
+    PERFORM stripe_billing._apply_page(page, 'poll');
+    UPDATE stripe_billing.sync_state SET event_cursor = page->0->>'id',
+           events_applied = events_applied + jsonb_array_length(page),
            lookback_after = st.start_from::timestamptz - interval '1 second',
-           last_event_created = stripe_billing._ts(oldest->'created'),
+           last_event_created = coalesce(stripe_billing._ts(page->0->'created'), last_event_created),
            last_success_at = now(), consecutive_failures = 0;
-    events := 1;
+    events := jsonb_array_length(page);
     has_more := true;
     RETURN;
   END IF;
@@ -269,12 +265,34 @@ BEGIN
   END IF;
   -- (newest first: applied oldest first, a malformed event skipped)
   PERFORM stripe_billing._apply_page(page, 'poll');
+  -- the cursor: the newest event listed that has an id, applied or skipped
+  page := stripe_billing._oldest_with_id(page, newest => true);
   UPDATE stripe_billing.sync_state
      SET event_cursor = coalesce(page->0->>'id', event_cursor),
          events_applied = events_applied + events,
          last_event_created = coalesce(stripe_billing._ts(page->0->'created'), last_event_created),
          last_success_at = now(), consecutive_failures = 0, last_error = NULL;
 END
+$$;
+
+-- Of a list page (newest first): the oldest events up to the oldest one
+-- that has an id (a non-empty string), newest first; with newest, the
+-- newest event that has one, alone.  (An event without an id cannot be
+-- the cursor; one too long to keep can.)  Empty when none has one.
+CREATE FUNCTION stripe_billing._oldest_with_id(page jsonb, newest boolean DEFAULT false) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH listed AS (
+    SELECT e, n, jsonb_typeof(e->'id') = 'string' AND e->>'id' <> '' AS has_id
+      FROM jsonb_array_elements(coalesce(page, '[]')) WITH ORDINALITY x(e, n)
+  ),
+  edge AS (
+    SELECT CASE WHEN newest THEN min(n) ELSE max(n) END AS n FROM listed WHERE has_id
+  )
+  SELECT coalesce(jsonb_agg(l.e ORDER BY l.n), '[]')
+    FROM listed l, edge
+   WHERE CASE WHEN newest THEN l.n = edge.n ELSE l.n >= edge.n END
 $$;
 
 -- Stripe's events list is eventually consistent: an event can be listed
@@ -300,7 +318,8 @@ DECLARE
   e jsonb;
   applied integer := 0;
 BEGIN
-  SELECT * INTO st FROM stripe_billing.sync_state;
+  -- (the state's row first, as a page takes it: see locks.c)
+  SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
   IF lookback <= interval '0' OR st.event_cursor IS NULL OR st.last_event_created IS NULL
      OR st.lookback_after IS NULL THEN
     RETURN 0;
@@ -326,11 +345,11 @@ BEGIN
     older_than := page->'data'->-1->>'id';
   END LOOP;
 
-  FOR i IN REVERSE jsonb_array_length(late) - 1 .. 0 LOOP
-    IF stripe_billing._apply_polled(late->i) THEN
-      applied := applied + 1;
-    END IF;
-  END LOOP;
+  -- (one batch, as a page: oldest first, its locks at once, an event too
+  -- malformed to keep skipped with a WARNING)
+  IF jsonb_array_length(late) > 0 THEN
+    applied := stripe_billing._apply_page(late, 'poll');
+  END IF;
   IF applied > 0 THEN
     UPDATE stripe_billing.sync_state SET events_applied = events_applied + applied;
     RAISE LOG 'stripe_billing: % late-listed event(s) applied', applied;
@@ -339,57 +358,48 @@ BEGIN
 END
 $$;
 
--- Fetches the current state of rows marked by same-second ties (and
--- entitlement summaries cut short) and applies it; returns how many.
-CREATE FUNCTION stripe_billing._refetch_marked(max_rows integer) RETURNS integer
+-- Fetches the current state of one row marked by a same-second tie (or of
+-- an entitlement summary cut short) and applies it; false when none is
+-- marked.  One object per transaction: its locks are the only ones the
+-- transaction takes (see locks.c).
+CREATE FUNCTION stripe_billing._refetch_one() RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   r record;
-  n integer := 0;
   list jsonb;
   items jsonb;
   summary jsonb;
 BEGIN
-  FOR r IN SELECT tab, id, path FROM (
-             SELECT 'customers' AS tab, id, '/v1/customers/' || id AS path
-               FROM stripe_billing.customers WHERE refetch AND NOT deleted
-             UNION ALL SELECT 'subscriptions', id, '/v1/subscriptions/' || id
-               FROM stripe_billing.subscriptions WHERE refetch
-             UNION ALL SELECT 'invoices', id, '/v1/invoices/' || id
-               FROM stripe_billing.invoices WHERE refetch AND NOT deleted
-             UNION ALL SELECT 'products', id, '/v1/products/' || id
-               FROM stripe_billing.products WHERE refetch AND NOT deleted
-             UNION ALL SELECT 'prices', id, '/v1/prices/' || id
-               FROM stripe_billing.prices WHERE refetch AND NOT deleted
-             UNION ALL SELECT 'checkout_sessions', id, '/v1/checkout/sessions/' || id
-               FROM stripe_billing.checkout_sessions WHERE refetch
-           ) marked LIMIT max_rows
-  LOOP
-    -- an id that cannot be a path segment is not asked for (ids come from
-    -- events; custom product and plan ids may hold '-')
-    IF r.id !~ '^[A-Za-z0-9_-]{1,255}$' THEN
-      RAISE WARNING 'stripe_billing: % % cannot be re-fetched: its id is not a Stripe id', r.tab, quote_literal(left(r.id, 100));
-      EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1', r.tab) USING r.id;
-      CONTINUE;
-    END IF;
-    BEGIN
-      PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
-      n := n + 1;
-    EXCEPTION WHEN OTHERS THEN
-      -- gone at Stripe (or not readable with this key): nothing to heal
-      IF SQLSTATE = 'SBA01' AND SQLERRM ILIKE '%no such%' THEN
-        EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1', r.tab) USING r.id;
-      ELSE
-        RAISE;
-      END IF;
-    END;
-    -- a snapshot of the same second as the tie cannot settle it: do not ask again
-    EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND refetch', r.tab) USING r.id;
-  END LOOP;
+  SELECT tab, id, path, customer INTO r FROM (
+           SELECT 'customers' AS tab, id, '/v1/customers/' || id AS path, id AS customer
+             FROM stripe_billing.customers WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'subscriptions', id, '/v1/subscriptions/' || id, customer
+             FROM stripe_billing.subscriptions WHERE refetch
+           UNION ALL SELECT 'invoices', id, '/v1/invoices/' || id, NULL
+             FROM stripe_billing.invoices WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'products', id, '/v1/products/' || id, NULL
+             FROM stripe_billing.products WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'prices', id, '/v1/prices/' || id, NULL
+             FROM stripe_billing.prices WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'checkout_sessions', id, '/v1/checkout/sessions/' || id, customer
+             FROM stripe_billing.checkout_sessions WHERE refetch
+           UNION ALL SELECT 'entitlement_summaries', customer, NULL, customer
+             FROM stripe_billing.entitlement_summaries WHERE refetch
+         ) marked LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  -- the row's keys before it is written (the answer applied takes them again)
+  PERFORM stripe_billing._lock_keys(ARRAY[CASE r.tab WHEN 'subscriptions' THEN 'subscription:'
+                                                     WHEN 'invoices' THEN 'invoice:'
+                                                     WHEN 'products' THEN 'product:'
+                                                     WHEN 'prices' THEN 'price:'
+                                                     WHEN 'checkout_sessions' THEN 'checkout.session:' END || r.id],
+                                    ARRAY[r.customer], NULL);
 
-  FOR r IN SELECT customer FROM stripe_billing.entitlement_summaries WHERE refetch LIMIT max_rows LOOP
+  IF r.tab = 'entitlement_summaries' THEN
     items := '[]';
     list := jsonb_build_object('has_more', true);
     WHILE (list->>'has_more')::boolean LOOP
@@ -402,48 +412,73 @@ BEGIN
                                   'entitlements', jsonb_build_object('object', 'list', 'has_more', false,
                                                                      'data', items));
     -- as of now: newer than the summary event it completes
-    PERFORM stripe_billing._apply_entitlement_summary(summary, 'entitlements.refetch', 'refetch', now());
+    PERFORM stripe_billing._apply_snapshots(jsonb_build_array(summary), now(), 'refetch');
     UPDATE stripe_billing.entitlement_summaries SET refetch = false WHERE customer = r.customer;
-    n := n + 1;
-  END LOOP;
-  RETURN n;
+    RETURN true;
+  END IF;
+
+  -- an id that cannot be a path segment is not asked for (ids come from
+  -- events; custom product and plan ids may hold '-')
+  IF r.id !~ '^[A-Za-z0-9_-]{1,255}$' THEN
+    RAISE WARNING 'stripe_billing: % % cannot be re-fetched: its id is not a Stripe id', r.tab, quote_literal(left(r.id, 100));
+  ELSE
+    BEGIN
+      PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
+    EXCEPTION WHEN SQLSTATE 'SBA01' THEN
+      -- gone at Stripe (or not readable with this key): nothing to heal
+      IF SQLERRM NOT ILIKE '%no such%' THEN
+        RAISE;
+      END IF;
+    END;
+  END IF;
+  -- a snapshot of the same second as the tie cannot settle it: do not ask again
+  EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND refetch', r.tab) USING r.id;
+  RETURN true;
 END
 $$;
 
--- The worker's duties besides polling, each bounded: flush usage, retry
--- failed events (every 5 minutes), re-fetch marked rows.
-CREATE FUNCTION stripe_billing._sync_duties() RETURNS jsonb
+-- Retries failed events (every 5 minutes), for the worker and
+-- stripe_sync_now; returns how many.
+CREATE FUNCTION stripe_billing._retry_due() RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  usage_sent integer;
-  retried integer := 0;
-  refetched integer;
+  retried integer;
 BEGIN
-  usage_sent := stripe_billing.stripe_send_usage(
-      CASE current_setting('stripe_billing.usage_api') WHEN 'v1' THEN 100 ELSE 1000 END);
-  IF (SELECT last_retry_at IS NULL OR last_retry_at < now() - interval '5 minutes' FROM stripe_billing.sync_state) THEN
-    SELECT count(*) INTO retried FROM stripe_billing.stripe_retry_failed_events(100);
-    UPDATE stripe_billing.sync_state SET last_retry_at = now();
+  -- (the state's row first, as a page takes it: see locks.c)
+  UPDATE stripe_billing.sync_state SET last_retry_at = now()
+   WHERE last_retry_at IS NULL OR last_retry_at < now() - interval '5 minutes';
+  IF NOT FOUND THEN
+    RETURN 0;
   END IF;
-  refetched := stripe_billing._refetch_marked(20);
-  RETURN jsonb_build_object('usage_sent', usage_sent, 'failed_retried', retried, 'refetched', refetched);
+  SELECT count(*) INTO retried FROM stripe_billing.stripe_retry_failed_events(100);
+  RETURN retried;
 END
+$$;
+
+-- Sends due usage rows, for the worker and stripe_sync_now; returns how many.
+CREATE FUNCTION stripe_billing._send_usage_due() RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT stripe_billing.stripe_send_usage(
+      CASE current_setting('stripe_billing.usage_api') WHEN 'v1' THEN 100 ELSE 1000 END)
 $$;
 
 -- The background worker's one entry point (so stripe_billing.worker_role
 -- needs EXECUTE on this function only): 'ready' (true unless paused),
 -- 'no_key' and 'failed' (record why in sync_state), 'poll' (one page; true
 -- when more wait), 'backfill' and 'reconcile' (one page, when there is
--- one; true when more wait), 'lookback' (late-listed events) and 'duties'.
--- Runs as the extension's owner.
+-- one; true when more wait), 'lookback' (late-listed events), 'usage'
+-- (send due usage), 'retry' (failed events, every 5 minutes) and 'refetch'
+-- (one object marked by a tie; true when it did one).  Each step is a
+-- transaction of the worker's.  Runs as the extension's owner.
 CREATE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  more boolean;
   backfilled record;
   reconciled record;
 BEGIN
@@ -462,12 +497,12 @@ BEGIN
   WHEN 'poll' THEN
     -- first start in this database: the cursor is taken now, then the
     -- account's objects are backfilled while events are pulled from it
+    -- (the backfill's rows first, as stripe_backfill takes them before the
+    -- locks of what it applies: see locks.c)
     IF current_setting('stripe_billing.backfill_on_start')::boolean
        AND (SELECT event_cursor IS NULL AND lookback_after IS NULL FROM stripe_billing.sync_state)
        AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state) THEN
-      more := (stripe_billing._poll_page(true)).has_more;
       PERFORM stripe_billing._backfill_begin(NULL);
-      RETURN more;
     END IF;
     RETURN (stripe_billing._poll_page(true)).has_more;
   WHEN 'backfill' THEN
@@ -488,9 +523,63 @@ BEGIN
   WHEN 'lookback' THEN
     PERFORM stripe_billing._poll_lookback();
     RETURN false;
-  WHEN 'duties' THEN
-    PERFORM stripe_billing._sync_duties();
+  WHEN 'usage' THEN
+    PERFORM stripe_billing._send_usage_due();
     RETURN false;
+  WHEN 'retry' THEN
+    PERFORM stripe_billing._retry_due();
+    RETURN false;
+  WHEN 'refetch' THEN
+    RETURN stripe_billing._refetch_one();
+  END CASE;
+END
+$$;
+
+-- The steps of the procedures that commit (stripe_sync_now, stripe_backfill,
+-- stripe_reconcile).  A procedure that commits may not be SECURITY DEFINER,
+-- so it runs with its caller's rights, and the internal functions are not
+-- the caller's to run.  Each step goes through _procedure_step (C,
+-- executable by everyone): it lets through a caller who may EXECUTE the
+-- step's procedure, and runs the step in _procedure_step_run, which runs as
+-- the extension's owner.  So GRANT EXECUTE on a procedure is all a role
+-- needs to run it.
+CREATE FUNCTION stripe_billing._procedure_step(step text, arg jsonb DEFAULT NULL) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_procedure_step'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION stripe_billing._procedure_step_run(step text, arg jsonb) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r record;
+  kinds text[] := CASE WHEN jsonb_typeof(arg->'kinds') = 'array'
+                       THEN ARRAY(SELECT jsonb_array_elements_text(arg->'kinds')) END;
+BEGIN
+  CASE step
+  WHEN 'sync_now.poll' THEN
+    r := stripe_billing._poll_page();
+    RETURN jsonb_build_object('events', r.events, 'has_more', r.has_more);
+  WHEN 'sync_now.lookback' THEN
+    RETURN jsonb_build_object('events', stripe_billing._poll_lookback());
+  WHEN 'sync_now.usage' THEN
+    RETURN jsonb_build_object('sent', stripe_billing._send_usage_due());
+  WHEN 'sync_now.retry' THEN
+    RETURN jsonb_build_object('retried', stripe_billing._retry_due());
+  WHEN 'sync_now.refetch' THEN
+    RETURN jsonb_build_object('more', stripe_billing._refetch_one());
+  WHEN 'backfill.begin' THEN
+    PERFORM stripe_billing._backfill_begin(kinds);
+    RETURN NULL;
+  WHEN 'backfill.step' THEN
+    SELECT * INTO r FROM stripe_billing._backfill_step(kinds);
+    RETURN to_jsonb(r);
+  WHEN 'reconcile.begin' THEN
+    RETURN to_jsonb(stripe_billing._reconcile_begin(arg->>'reason'));
+  WHEN 'reconcile.step' THEN
+    SELECT * INTO r FROM stripe_billing._reconcile_step();
+    RETURN to_jsonb(r);
   END CASE;
 END
 $$;
@@ -502,22 +591,33 @@ $$;
 CREATE PROCEDURE stripe_billing.stripe_sync_now(INOUT events integer DEFAULT NULL)
 LANGUAGE plpgsql
 -- (no SET clause and no SECURITY DEFINER: a procedure with either may not
--- commit; every call below is qualified, and the steps pin their own
--- search_path)
+-- commit.  So it runs under its caller's search_path: every type, call and
+-- operator below is qualified, down to the declarations, which PL/pgSQL
+-- resolves when it first runs them.)
 AS $$
 DECLARE
-  p record;
+  p pg_catalog.jsonb;
 BEGIN
   events := 0;
   LOOP
-    p := stripe_billing._poll_page();
-    events := events OPERATOR(pg_catalog.+) p.events;
+    p := stripe_billing._procedure_step('sync_now.poll');
+    events := events OPERATOR(pg_catalog.+) (p OPERATOR(pg_catalog.->>) 'events')::pg_catalog.int4;
     COMMIT;
-    EXIT WHEN NOT p.has_more;
+    EXIT WHEN NOT (p OPERATOR(pg_catalog.->>) 'has_more')::pg_catalog.bool;
   END LOOP;
-  events := events OPERATOR(pg_catalog.+) stripe_billing._poll_lookback();
-  PERFORM stripe_billing._sync_duties();
+  p := stripe_billing._procedure_step('sync_now.lookback');
+  events := events OPERATOR(pg_catalog.+) (p OPERATOR(pg_catalog.->>) 'events')::pg_catalog.int4;
   COMMIT;
+  PERFORM stripe_billing._procedure_step('sync_now.usage');
+  COMMIT;
+  PERFORM stripe_billing._procedure_step('sync_now.retry');
+  COMMIT;
+  -- (up to 20 re-fetches, one object a transaction)
+  FOR i IN 1 .. 20 LOOP
+    p := stripe_billing._procedure_step('sync_now.refetch');
+    COMMIT;
+    EXIT WHEN NOT (p OPERATOR(pg_catalog.->>) 'more')::pg_catalog.bool;
+  END LOOP;
 END
 $$;
 REVOKE ALL ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM PUBLIC;

@@ -28,6 +28,9 @@ BEGIN
   END LOOP;
 END
 $$;
+-- ... but one: the gate of the committing procedures' steps, which checks
+-- its caller's right to EXECUTE the procedure itself (see _procedure_step).
+GRANT EXECUTE ON FUNCTION stripe_billing._procedure_step(text, jsonb) TO PUBLIC;
 
 -- Whether shared_preload_libraries loaded the library: the background
 -- worker runs only then.

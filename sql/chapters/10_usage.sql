@@ -12,9 +12,10 @@ INSERT INTO stripe_billing.installation (id)
 VALUES (pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16));
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.installation', '');
 
--- This installation's id (see installation).
+-- This installation's id (see installation), for every role: the table is
+-- not theirs to read.
 CREATE FUNCTION stripe_billing.stripe_installation_id() RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT id FROM stripe_billing.installation ORDER BY created_at, id LIMIT 1

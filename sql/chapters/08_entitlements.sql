@@ -139,12 +139,13 @@ BEGIN
     RETURNING u.user_ref
   )
   -- apps LISTEN stripe_billing to react when a user's access changes
-  -- (delivered at commit, not at all on rollback)
+  -- (delivered at commit, not at all on rollback); see the notification in
+  -- _refresh_user_features
   SELECT count(pg_notify('stripe_billing', json_build_object(
            'user_ref', d.user_ref, 'customer', d.customer, 'event_type', ev_type,
-           'features', (SELECT coalesce(json_agg(json_build_object('feature', w.feature, 'valid_until', w.valid_until)
-                                                 ORDER BY w.feature), '[]')
-                          FROM wanted w WHERE w.user_ref = d.user_ref))::text))
+           'derivation', (SELECT ud.derivations FROM stripe_billing.user_derivations ud
+                           WHERE ud.user_ref = d.user_ref),
+           'features', (SELECT count(*) FROM wanted w WHERE w.user_ref = d.user_ref))::text))
     INTO notified   -- (unused: PERFORM cannot start with WITH)
     FROM due d
    WHERE d.user_ref IN (SELECT user_ref FROM revoked UNION SELECT user_ref FROM granted);
@@ -163,6 +164,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   notified text;
+  derivation bigint;
 BEGIN
   IF target IS NULL THEN
     RETURN;
@@ -170,7 +172,8 @@ BEGIN
   -- one derivation of a user at a time (see user_derivations); the next
   -- statement's snapshot then sees the previous derivation's commit
   INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at) VALUES (target, now())
-  ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1;
+  ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1
+  RETURNING d.derivations INTO derivation;
   WITH grants AS (
     SELECT g.feature,
            stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
@@ -207,11 +210,16 @@ BEGIN
     RETURNING 1
   )
   -- apps LISTEN stripe_billing to react when a user's access changes
-  -- (delivered at commit, not at all on rollback)
+  -- (delivered at commit, not at all on rollback).  The payload names the
+  -- user, never their features: NOTIFY payloads end at 8000 bytes, and a
+  -- notification must never make billing state fail.  Its parts are
+  -- bounded (each is an index key, at most some 2700 bytes; the feature
+  -- count and the derivation number are integers), and the listener reads
+  -- the rest (stripe_user_features): any role can NOTIFY this channel, so
+  -- a payload is a hint to re-read, not a fact.
   SELECT pg_notify('stripe_billing', json_build_object(
            'user_ref', target, 'customer', customer_id, 'event_type', ev_type,
-           'features', (SELECT coalesce(json_agg(json_build_object('feature', feature, 'valid_until', valid_until)
-                                                 ORDER BY feature), '[]') FROM wanted))::text)
+           'derivation', derivation, 'features', (SELECT count(*) FROM wanted))::text)
     INTO notified   -- (unused: PERFORM cannot start with WITH)
    WHERE EXISTS (SELECT FROM revoked) OR EXISTS (SELECT FROM granted);
 END
@@ -264,6 +272,11 @@ DECLARE
   u text;
 BEGIN
   PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
+  -- every user's key first (past a thousand users, the apply lock alone):
+  -- see locks.c
+  PERFORM stripe_billing._lock_keys(NULL, NULL, ARRAY(
+      SELECT c.user_ref FROM stripe_billing.customers c WHERE c.user_ref IS NOT NULL
+      UNION SELECT f.user_ref FROM stripe_billing.user_features f));
   -- users who lost every customer link keep no features
   DELETE FROM stripe_billing.user_features f
    WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref);

@@ -149,7 +149,11 @@ BEGIN
     RETURN;
   END IF;
 
-  -- rows written before the list give way to it
+  -- rows written before the list give way to it (their locks first, as
+  -- applying them takes: see locks.c)
+  PERFORM stripe_billing._lock_objects(
+      (SELECT jsonb_agg(coalesce(complete->(o->>'id'), o)) FROM jsonb_array_elements(data) o
+        WHERE o->>'id' = ANY (ids)));
   IF object_type = 'subscription' THEN
     UPDATE stripe_billing.subscriptions SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
@@ -245,20 +249,22 @@ $$;
 -- page, each committed.  Not in a transaction block (it commits).
 CREATE PROCEDURE stripe_billing.stripe_reconcile()
 LANGUAGE plpgsql
--- (no SET clause, so that it may commit: every call below is qualified)
+-- (no SET clause, so that it may commit: every type, call and operator
+-- below is qualified, and each step runs through _procedure_step, see
+-- stripe_sync_now)
 AS $$
 DECLARE
-  step record;
+  step pg_catalog.jsonb;
 BEGIN
-  PERFORM stripe_billing._reconcile_begin('manual');
+  PERFORM stripe_billing._procedure_step('reconcile.begin', '{"reason": "manual"}');
   COMMIT;
   LOOP
-    SELECT * INTO step FROM stripe_billing._reconcile_step();
-    EXIT WHEN step.run IS NULL;
-    RAISE NOTICE '%', step.message;
+    step := stripe_billing._procedure_step('reconcile.step');
+    EXIT WHEN step OPERATOR(pg_catalog.->>) 'run' IS NULL;
+    RAISE NOTICE '%', step OPERATOR(pg_catalog.->>) 'message';
     COMMIT;
-    IF step.failed THEN
-      RAISE EXCEPTION '%', step.message
+    IF (step OPERATOR(pg_catalog.->>) 'failed')::pg_catalog.bool THEN
+      RAISE EXCEPTION '%', step OPERATOR(pg_catalog.->>) 'message'
             USING HINT = 'See stripe_billing.reconcile_status; CALL stripe_billing.stripe_reconcile() starts again.';
     END IF;
   END LOOP;

@@ -1,0 +1,584 @@
+/*-------------------------------------------------------------------------
+ *
+ * locks.c
+ *	  One global order for the locks that applying events takes.
+ *
+ * Every event reaches the database twice by design, by webhook and by
+ * polling, often at the same moment, and a worker's page or a batch applies
+ * many events in one transaction.  If two appliers took the locks they need
+ * in different orders, each could wait for the other: a deadlock, an aborted
+ * webhook.  So every unit of application (one event, a page or batch of
+ * events, a page of listed snapshots, an API answer, a link) takes its
+ * locks in these levels, one after the other, and within a level in one
+ * global order:
+ *
+ *   0. ledger rows: a unit's events are recorded first, in id order
+ *      (events.c); a duplicate waits here for the other delivery's commit;
+ *   1. the apply lock, shared; or exclusive for a unit too big to lock its
+ *      objects one by one (more than SB_MAX_KEYS keys), which then needs
+ *      no other key;
+ *   2. object keys: one per Stripe object whose row the unit may write, and
+ *      one per customer whose link or users' features it may change, in
+ *      key order;
+ *   3. user keys: one per user whose features it may derive (the users
+ *      linked to those customers, read once the customers' keys are held,
+ *      and the users the objects name), in key order.
+ *
+ * Then it writes rows.  Two units that write the same row hold a common
+ * key, so between appliers rows are never waited for, whatever order the
+ * unit writes them in, and derivations may run in any order.  A unit that
+ * changes a user's inputs (a link, a subscription, entitlements) holds its
+ * customer's key, so a derivation reads a state no concurrent unit is
+ * still changing: in READ COMMITTED, a statement after the wait sees the
+ * other unit's commit.  A REPEATABLE READ or SERIALIZABLE transaction
+ * cannot see it, so when it had to wait it fails with 40001, as it would
+ * on a row updated concurrently.
+ *
+ * The keys are advisory locks of classes of our own (the locktag's fourth
+ * field; SQL's pg_advisory_* use 1 and 2, so they never meet an
+ * application's), keyed by a 64-bit hash of the object: pg_locks shows them
+ * as advisory locks with objsubid 21329..21331.  A hash collision only makes
+ * two units wait for each other.  A unit holds one transaction-level lock
+ * per key, in the shared lock table.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "storage/proc.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+
+#include "stripe_billing.h"
+
+PG_FUNCTION_INFO_V1(stripe_lock_keys);
+PG_FUNCTION_INFO_V1(stripe_lock_objects);
+
+/* Lock classes: the advisory locktag's fourth field ("SQ", "SR", "SS"). */
+#define CLASS_APPLY		0x5351
+#define CLASS_OBJECT	0x5352
+#define CLASS_USER		0x5353
+
+/* Keys beyond which a unit takes the apply lock exclusively instead. */
+#define SB_MAX_KEYS		1000
+
+/* The keys this transaction took (an overestimate after a rollback to a savepoint). */
+static LocalTransactionId counted_lxid = InvalidLocalTransactionId;
+static int	keys_taken = 0;
+
+typedef struct LockKey
+{
+	uint16		class;
+	uint64		hash;
+} LockKey;
+
+struct SbLockSet
+{
+	LockKey    *keys;			/* object keys, then user keys once acquired */
+	int			nkeys;
+	int			size;
+	List	   *customers;		/* ids (text datums) whose users to look up */
+	List	   *users;			/* user refs (text datums) named by the objects */
+};
+
+SbLockSet *
+sb_lockset_create(void)
+{
+	SbLockSet  *set = palloc0(sizeof(SbLockSet));
+
+	set->size = 16;
+	set->keys = palloc(sizeof(LockKey) * set->size);
+	return set;
+}
+
+static void
+add_hash(SbLockSet *set, uint16 class, const char *kind, const char *id, int len)
+{
+	StringInfoData key;
+
+	initStringInfo(&key);
+	if (kind)
+		appendStringInfo(&key, "%s:", kind);
+	appendBinaryStringInfo(&key, id, len);
+	if (set->nkeys == set->size)
+	{
+		set->size *= 2;
+		set->keys = repalloc(set->keys, sizeof(LockKey) * set->size);
+	}
+	set->keys[set->nkeys].class = class;
+	set->keys[set->nkeys].hash = hash_bytes_extended((unsigned char *) key.data, key.len, 0);
+	set->nkeys++;
+	pfree(key.data);
+}
+
+/* A key for the row of a Stripe object of this kind ("invoice", ...). */
+void
+sb_lockset_add_key(SbLockSet *set, const char *kind, const char *id, int len)
+{
+	if (id == NULL || len <= 0)
+		return;
+	add_hash(set, CLASS_OBJECT, kind, id, len);
+}
+
+/* A customer's key; its linked users are locked too. */
+void
+sb_lockset_add_customer(SbLockSet *set, const char *id, int len)
+{
+	if (id == NULL || len <= 0)
+		return;
+	add_hash(set, CLASS_OBJECT, "customer", id, len);
+	set->customers = lappend(set->customers, cstring_to_text_with_len(id, len));
+}
+
+/* A user whose features the unit may derive. */
+void
+sb_lockset_add_user(SbLockSet *set, const char *user_ref, int len)
+{
+	if (user_ref == NULL || len <= 0)
+		return;
+	set->users = lappend(set->users, cstring_to_text_with_len(user_ref, len));
+}
+
+static JsonbValue *
+get_key(JsonbContainer *object, const char *key, JsonbValue *buf)
+{
+	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
+}
+
+/*
+ * An id field: a string, or an expanded object's "id" (as
+ * stripe_billing._id reads it).  False when absent or of another type.
+ */
+static bool
+id_field(JsonbContainer *object, const char *key, const char **id, int *len)
+{
+	JsonbValue	buf;
+	JsonbValue	idbuf;
+	JsonbValue *v = get_key(object, key, &buf);
+
+	if (v && v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data))
+		v = get_key(v->val.binary.data, "id", &idbuf);
+	if (v == NULL || v->type != jbvString)
+		return false;
+	*id = v->val.string.val;
+	*len = v->val.string.len;
+	return true;
+}
+
+/* A scalar as ->> reads it; false for null, absent or a container. */
+static bool
+text_field(JsonbContainer *object, const char *key, const char **text, int *len)
+{
+	JsonbValue	buf;
+	JsonbValue *v = get_key(object, key, &buf);
+
+	if (v == NULL)
+		return false;
+	switch (v->type)
+	{
+		case jbvString:
+			*text = v->val.string.val;
+			*len = v->val.string.len;
+			return true;
+		case jbvNumeric:
+			*text = DatumGetCString(DirectFunctionCall1(numeric_out,
+														NumericGetDatum(v->val.numeric)));
+			*len = strlen(*text);
+			return true;
+		case jbvBool:
+			*text = v->val.boolean ? "true" : "false";
+			*len = strlen(*text);
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* The user metadata names (stripe_billing._user_ref: user_ref, user_id, userId). */
+static void
+add_metadata_user(SbLockSet *set, JsonbContainer *object)
+{
+	static const char *const keys[] = {"user_ref", "user_id", "userId"};
+	JsonbValue	buf;
+	JsonbValue *metadata = get_key(object, "metadata", &buf);
+
+	if (metadata == NULL || metadata->type != jbvBinary ||
+		!JsonContainerIsObject(metadata->val.binary.data))
+		return;
+	for (int i = 0; i < lengthof(keys); i++)
+	{
+		const char *user;
+		int			len;
+
+		if (text_field(metadata->val.binary.data, keys[i], &user, &len) && len > 0)
+		{
+			sb_lockset_add_user(set, user, len);
+			return;
+		}
+	}
+}
+
+/*
+ * The keys a Stripe object's mapping needs (see the _apply_* functions):
+ * its row's, its customer's where it may link the customer or change what
+ * the customer's users are entitled to, and the users it names.
+ */
+void
+sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind)
+{
+	const char *id = NULL;
+	int			len = 0;
+	const char *customer = NULL;
+	int			customer_len = 0;
+	bool		has_id = id_field(object, "id", &id, &len);
+	bool		has_customer = id_field(object, "customer", &customer, &customer_len);
+
+	if (kind == NULL)
+		return;
+	if (strcmp(kind, "customer") == 0)
+	{
+		if (has_id)
+			sb_lockset_add_customer(set, id, len);
+		add_metadata_user(set, object);
+	}
+	else if (strcmp(kind, "subscription") == 0)
+	{
+		if (has_id)
+			sb_lockset_add_key(set, "subscription", id, len);
+		if (has_customer)
+			sb_lockset_add_customer(set, customer, customer_len);
+		add_metadata_user(set, object);
+	}
+	else if (strcmp(kind, "checkout.session") == 0)
+	{
+		const char *user;
+		int			user_len;
+
+		if (has_id)
+			sb_lockset_add_key(set, "checkout.session", id, len);
+		if (has_customer)
+			sb_lockset_add_customer(set, customer, customer_len);
+		if (text_field(object, "client_reference_id", &user, &user_len) && user_len > 0)
+			sb_lockset_add_user(set, user, user_len);
+		else
+			add_metadata_user(set, object);
+	}
+	else if (strcmp(kind, "entitlements.active_entitlement_summary") == 0)
+	{
+		if (has_customer)
+			sb_lockset_add_customer(set, customer, customer_len);
+	}
+	else if (strcmp(kind, "product") == 0 || strcmp(kind, "invoice") == 0)
+	{
+		if (has_id)
+			sb_lockset_add_key(set, kind, id, len);
+	}
+	else if (strcmp(kind, "price") == 0 || strcmp(kind, "plan") == 0)
+	{
+		/* (a plan is written as a price) */
+		if (has_id)
+			sb_lockset_add_key(set, "price", id, len);
+	}
+	else if (strcmp(kind, "payment_intent") == 0 || strcmp(kind, "refund") == 0 ||
+			 strcmp(kind, "charge") == 0 || strcmp(kind, "invoice_payment") == 0)
+	{
+		JsonbValue	buf;
+		JsonbValue *v;
+
+		/* one table of payments: every row the mapping may write */
+		if (has_id)
+			sb_lockset_add_key(set, "payment", id, len);
+		if (strcmp(kind, "charge") == 0 &&
+			(v = get_key(object, "refunds", &buf)) != NULL && v->type == jbvBinary &&
+			JsonContainerIsObject(v->val.binary.data))
+		{
+			JsonbValue	databuf;
+			JsonbValue *data = get_key(v->val.binary.data, "data", &databuf);
+
+			if (data && data->type == jbvBinary && JsonContainerIsArray(data->val.binary.data))
+			{
+				int			n = JsonContainerSize(data->val.binary.data);
+
+				for (int i = 0; i < n; i++)
+				{
+					JsonbValue *r = getIthJsonbValueFromContainer(data->val.binary.data, i);
+
+					if (r->type == jbvBinary && JsonContainerIsObject(r->val.binary.data) &&
+						id_field(r->val.binary.data, "id", &id, &len))
+						sb_lockset_add_key(set, "payment", id, len);
+				}
+			}
+		}
+		if (strcmp(kind, "invoice_payment") == 0 &&
+			(v = get_key(object, "payment", &buf)) != NULL && v->type == jbvBinary &&
+			JsonContainerIsObject(v->val.binary.data))
+		{
+			if (id_field(v->val.binary.data, "payment_intent", &id, &len))
+				sb_lockset_add_key(set, "payment", id, len);
+			if (id_field(v->val.binary.data, "charge", &id, &len))
+				sb_lockset_add_key(set, "payment", id, len);
+		}
+	}
+}
+
+static int
+key_cmp(const void *a, const void *b)
+{
+	const LockKey *x = (const LockKey *) a;
+	const LockKey *y = (const LockKey *) b;
+
+	if (x->class != y->class)
+		return x->class < y->class ? -1 : 1;
+	if (x->hash != y->hash)
+		return x->hash < y->hash ? -1 : 1;
+	return 0;
+}
+
+/* Sorts keys[from..] and drops repeats; returns the new count. */
+static int
+sort_unique(LockKey *keys, int from, int n)
+{
+	int			out = from;
+
+	if (n - from > 1)
+		qsort(keys + from, n - from, sizeof(LockKey), key_cmp);
+	for (int i = from; i < n; i++)
+		if (out == from || key_cmp(&keys[out - 1], &keys[i]) != 0)
+			keys[out++] = keys[i];
+	return out;
+}
+
+/*
+ * Takes one lock; in a transaction whose snapshot was taken before a wait,
+ * what the holder committed meanwhile is invisible: fail with 40001.
+ */
+static void
+take(uint16 class, uint64 hash, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+	LockAcquireResult result;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (hash >> 32), (uint32) hash, class);
+	result = LockAcquire(&tag, mode, false, true);
+	if (result == LOCKACQUIRE_OK)
+		keys_taken++;
+	if (result != LOCKACQUIRE_NOT_AVAIL)
+		return;
+	(void) LockAcquire(&tag, mode, false, false);
+	keys_taken++;
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to a concurrent change of the same Stripe objects"),
+				 errdetail("Another transaction applied a change to the same customers, objects or users meanwhile, which this transaction's snapshot cannot see."),
+				 errhint("Retry the transaction, or apply Stripe's events in READ COMMITTED.")));
+}
+
+/* The users linked to the set's customers, added to its users. */
+static void
+add_linked_users(SbLockSet *set)
+{
+	static SPIPlanPtr plan = NULL;
+	int			n = list_length(set->customers);
+	Datum	   *elems;
+	Datum		arg;
+	ListCell   *lc;
+	int			i = 0;
+
+	if (n == 0)
+		return;
+	if (plan == NULL)
+	{
+		Oid			type = TEXTARRAYOID;
+
+		plan = SPI_prepare("SELECT c.user_ref FROM stripe_billing.customers c"
+						   " WHERE c.id OPERATOR(pg_catalog.=) ANY ($1) AND c.user_ref IS NOT NULL",
+						   1, &type);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	elems = palloc(sizeof(Datum) * n);
+	foreach(lc, set->customers)
+		elems[i++] = PointerGetDatum(lfirst(lc));
+	arg = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the users of the customers to lock");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		Datum		user = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			set->users = lappend(set->users, DatumGetTextPP(user));
+	}
+}
+
+/* Does this transaction hold the apply lock exclusively (no key needed)? */
+static bool
+applying_alone(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, CLASS_APPLY);
+	return sb_lock_held_by_me(&tag, ExclusiveLock);
+}
+
+/*
+ * Takes the set's locks in the global order (see the file header): the
+ * apply lock, the object keys, then the users' keys.  The caller is
+ * connected to SPI (the customers' users are read).  The set is spent.
+ */
+void
+sb_lockset_acquire(SbLockSet *set)
+{
+	int			nobjects;
+	int			estimate;
+	ListCell   *lc;
+
+	if (counted_lxid != MY_LXID)
+	{
+		counted_lxid = MY_LXID;
+		keys_taken = 0;
+	}
+	nobjects = sort_unique(set->keys, 0, set->nkeys);
+	estimate = nobjects + list_length(set->customers) + list_length(set->users);
+	if (applying_alone())
+		return;
+	if (keys_taken + estimate > SB_MAX_KEYS)
+	{
+		/*
+		 * Every other unit holds the apply lock shared: none runs meanwhile,
+		 * and this transaction needs no other key.  (A transaction of many
+		 * units, a loop of stripe_apply_event, gets here once it has taken
+		 * a thousand keys: it then upgrades its shared lock, and two such
+		 * transactions at once can deadlock.  Apply big sets of events in
+		 * one stripe_apply_events call, or one transaction at a time.)
+		 */
+		take(CLASS_APPLY, 0, ExclusiveLock);
+		return;
+	}
+	take(CLASS_APPLY, 0, ShareLock);
+	for (int i = 0; i < nobjects; i++)
+		take(set->keys[i].class, set->keys[i].hash, ExclusiveLock);
+
+	/* the users linked now: a link changes only under its customer's key */
+	add_linked_users(set);
+	set->nkeys = nobjects;
+	foreach(lc, set->users)
+	{
+		text	   *user = (text *) lfirst(lc);
+
+		add_hash(set, CLASS_USER, NULL, VARDATA_ANY(user), VARSIZE_ANY_EXHDR(user));
+	}
+	set->nkeys = sort_unique(set->keys, nobjects, set->nkeys);
+	for (int i = nobjects; i < set->nkeys; i++)
+		take(set->keys[i].class, set->keys[i].hash, ExclusiveLock);
+}
+
+/* Adds each non-null element of a text[] argument through add. */
+static void
+add_text_array(SbLockSet *set, ArrayType *array,
+			   void (*add) (SbLockSet *set, const char *s, int len))
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+		{
+			text	   *t = DatumGetTextPP(elems[i]);
+
+			add(set, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		}
+}
+
+/* An object key given as "kind:id". */
+static void
+add_kind_id(SbLockSet *set, const char *s, int len)
+{
+	const char *colon = memchr(s, ':', len);
+
+	if (colon == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an object key must be \"kind:id\", not \"%.*s\"", Min(len, 100), s)));
+	if (colon - s == 8 && memcmp(s, "customer", 8) == 0)
+		sb_lockset_add_customer(set, colon + 1, len - (colon + 1 - s));
+	else
+		add_hash(set, CLASS_OBJECT, NULL, s, len);
+}
+
+/*
+ * stripe_billing._lock_keys(objects text[], customers text[], users text[])
+ *
+ * A unit of SQL (a link, a derivation of every user, the rows a
+ * reconciliation resets) takes its keys: objects as "kind:id", customers
+ * (with their linked users), users.
+ */
+Datum
+stripe_lock_keys(PG_FUNCTION_ARGS)
+{
+	SbLockSet  *set = sb_lockset_create();
+
+	if (!PG_ARGISNULL(0))
+		add_text_array(set, PG_GETARG_ARRAYTYPE_P(0), add_kind_id);
+	if (!PG_ARGISNULL(1))
+		add_text_array(set, PG_GETARG_ARRAYTYPE_P(1), sb_lockset_add_customer);
+	if (!PG_ARGISNULL(2))
+		add_text_array(set, PG_GETARG_ARRAYTYPE_P(2), sb_lockset_add_user);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	sb_lockset_acquire(set);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * stripe_billing._lock_objects(objects jsonb)
+ *
+ * The keys a list of Stripe objects needs, as applying them would take:
+ * for SQL that writes their rows before applying them (reconciliation).
+ */
+Datum
+stripe_lock_objects(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *objects = PG_GETARG_JSONB_P(0);
+	SbLockSet  *set = sb_lockset_create();
+	int			n;
+
+	if (!JB_ROOT_IS_ARRAY(objects) || JB_ROOT_IS_SCALAR(objects))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("objects must be a jsonb array")));
+	n = JB_ROOT_COUNT(objects);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *v = getIthJsonbValueFromContainer(&objects->root, i);
+		JsonbValue	buf;
+		JsonbValue *kind;
+
+		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+			continue;
+		kind = get_key(v->val.binary.data, "object", &buf);
+		if (kind && kind->type == jbvString)
+			sb_lockset_add_object(set, v->val.binary.data,
+								  pnstrdup(kind->val.string.val, kind->val.string.len));
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	sb_lockset_acquire(set);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
