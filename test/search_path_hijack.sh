@@ -14,6 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 . test/lib/cluster.sh
 . test/lib/fake_stripe.sh
+. test/lib/checks.sh
 KEY="sk_test_hijack$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 work=$(mktemp -d /tmp/stripe_billing_hijack.XXXXXX)
 chmod 755 "$work"
@@ -32,7 +33,7 @@ generate 1 1    # the worker's first cursor
 
 conf=("shared_preload_libraries = 'stripe_billing'" "stripe_billing.database = 'hijack'"
       "stripe_billing.api_key = '$KEY'" "stripe_billing.api_base = '$FAKE_URL'"
-      "stripe_billing.poll_interval = '200ms'")
+      "stripe_billing.poll_interval = '200ms'" "stripe_billing.meter_events_base = '$FAKE_URL'")
 cluster_start "$work/pg" "${conf[@]}" || { echo "FAIL: the cluster did not start"; exit 1; }
 # su: a superuser session of the test's own (pg_catalog first: its own
 # queries must not trip the traps); victim: one on the database's path
@@ -91,13 +92,42 @@ CREATE OPERATOR public.-> (LEFTARG = jsonb, RIGHTARG = text, FUNCTION = public.t
 CREATE FUNCTION public.trap_texteq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS
   $$ BEGIN PERFORM public.trap('=(text, text)'); RETURN a OPERATOR(pg_catalog.=) b; END $$;
 CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.trap_texteq);
+-- types: domains named as pg_catalog's types, whose CHECK runs the trap
+-- whenever a value is made one of them (an unqualified declaration such as
+-- "failures text[]" would resolve to them)
+CREATE FUNCTION public.trap_check(what text, v anyelement) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM public.trap(what); RETURN true; END $$;
+CREATE DOMAIN public.text AS pg_catalog.text CHECK (public.trap_check('domain text', VALUE));
+CREATE DOMAIN public.jsonb AS pg_catalog.jsonb CHECK (public.trap_check('domain jsonb', VALUE));
+CREATE DOMAIN public.timestamptz AS pg_catalog.timestamptz CHECK (public.trap_check('domain timestamptz', VALUE));
+CREATE DOMAIN public.int4 AS pg_catalog.int4 CHECK (public.trap_check('domain int4', VALUE));
+-- a type of its own named as pg_catalog's regclass, with a cast from text
+-- that runs the trap (an unqualified 'x'::regclass would take it)
+CREATE TYPE public.regclass AS (oid oid);
+CREATE FUNCTION public.trap_regclass(t pg_catalog.text) RETURNS public.regclass LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM public.trap('cast text -> regclass'); RETURN ROW(0)::public.regclass; END $$;
+CREATE CAST (pg_catalog.text AS public.regclass) WITH FUNCTION public.trap_regclass(pg_catalog.text) AS IMPLICIT;
 ALTER DATABASE hijack SET search_path = public, pg_catalog;
+SQL
+# an operator class whose operators run the trap (CREATE OPERATOR CLASS is a
+# superuser's: planted here as an extension of the owner's could have)
+su >/dev/null <<'SQL' || { echo "FAIL: planting the operator class"; exit 1; }
+CREATE FUNCTION public.trap_text_cmp(a pg_catalog.text, b pg_catalog.text) RETURNS int4 LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM public.trap('operator class text_trap_ops'); RETURN pg_catalog.bttextcmp(a, b); END $$;
+CREATE FUNCTION public.trap_text_lt(a pg_catalog.text, b pg_catalog.text) RETURNS boolean LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM public.trap('operator class <'); RETURN a OPERATOR(pg_catalog.<) b; END $$;
+CREATE OPERATOR public.< (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text, FUNCTION = public.trap_text_lt);
+CREATE OPERATOR CLASS public.text_trap_ops FOR TYPE pg_catalog.text USING btree AS
+  OPERATOR 1 public.<, OPERATOR 2 pg_catalog.<=, OPERATOR 3 pg_catalog.=, OPERATOR 4 pg_catalog.>=,
+  OPERATOR 5 pg_catalog.>, FUNCTION 1 public.trap_text_cmp(pg_catalog.text, pg_catalog.text);
 SQL
 
 traps() { su -c "SELECT count(*) FROM public.trap_log"; }
 canary() {   # (as the planting role itself: its ALTER ROLE fails)
-    victim -U sb_app_owner -c "SELECT jsonb_build_object('canary', 1)" >/dev/null &&
-        [ "$(su -c "SELECT count(*) FROM public.trap_log WHERE what = 'jsonb_build_object(text, integer)'")" -ge 1 ] &&
+    victim -U sb_app_owner -c "SELECT jsonb_build_object('canary', 1), 'x'::text, '{}'::jsonb, now()::timestamptz,
+                                      1::int4, 'x'::regclass, 'a' OPERATOR(public.<) 'b'" >/dev/null &&
+        [ "$(su -c "SELECT count(DISTINCT what) FROM public.trap_log WHERE what IN ('jsonb_build_object(text, integer)',
+               'domain text', 'domain jsonb', 'domain timestamptz', 'domain int4', 'cast text -> regclass', 'operator class <')")" = 7 ] &&
         su -c "DELETE FROM public.trap_log" >/dev/null
 }
 superuser_now() { su -c "SELECT rolsuper FROM pg_roles WHERE rolname = 'sb_app_owner'"; }
@@ -125,12 +155,40 @@ else
     flunk "1 the worker did not apply the events ($(ledger) in the ledger; sync_status: $(su -c "SELECT last_error FROM stripe_billing.sync_status"))"
 fi
 
+# 1b. the worker's duties: a usage row to send, a failed event to retry, a
+# row marked by a tie to re-fetch
+su -c "DELETE FROM public.trap_log" >/dev/null
+su >/dev/null <<'SQL' || flunk "1b setting up the duties"
+SELECT stripe_billing.stripe_report_usage('user_hj', 'api_calls', 7);
+UPDATE stripe_billing.sync_state SET last_retry_at = NULL;
+SELECT stripe_billing.stripe_apply_event('{"id": "evt_hj_fail", "object": "event", "type": "customer.updated",
+  "created": 1700000000, "livemode": false, "data": {"object": {"id": "cus_hj_fail", "object": "customer",
+  "created": "not a time"}}}');
+UPDATE stripe_billing.customers SET refetch = true
+ WHERE id = (SELECT id FROM stripe_billing.customers WHERE NOT deleted ORDER BY id LIMIT 1);
+SQL
+duties_done() {
+    [ "$(su -c "SELECT (SELECT count(*) FROM stripe_billing.usage_outbox WHERE sent_at IS NULL) = 0
+                   AND (SELECT count(*) FROM stripe_billing.customers WHERE refetch) = 0
+                   AND (SELECT last_retry_at IS NOT NULL FROM stripe_billing.sync_state)")" = t ]
+}
+if wait_until 30 duties_done; then
+    t=$(traps)
+    if [ "$t" = 0 ] && [ "$(superuser_now)" = f ]; then
+        pass "1b the worker's duties (usage sent, a failed event retried, a marked row re-fetched) ran no planted object"
+    else
+        flunk "1b planted objects ran $t time(s) in the worker's duties: $(su -c "SELECT string_agg(DISTINCT what, ', ') FROM public.trap_log")"
+    fi
+else
+    flunk "1b the worker did not do its duties in 30 s ($(su -c "SELECT last_error FROM stripe_billing.sync_status"))"
+fi
+
 # 2. a superuser session (search_path public first) calls the extension,
 # once the worker's own backfill is over (deriving every user's features
 # while the worker derives some of them can deadlock: not what this tests)
 for _ in $(seq 150); do [ "$(su -c "SELECT phase FROM stripe_billing.sync_status")" = streaming ] && break; sleep 0.2; done
 su -c "DELETE FROM public.trap_log" >/dev/null
-out=$(victim 2>&1 <<'SQL'
+out=$(FAKE_URL=$FAKE_URL victim 2>&1 <<'SQL'
 CALL stripe_billing.stripe_sync_now();
 SELECT stripe_billing.stripe_refresh_entitlements();
 SELECT stripe_billing.stripe_link_customer('user_hj', (SELECT id FROM stripe_billing.customers LIMIT 1));
@@ -151,13 +209,24 @@ SELECT * FROM stripe_billing.sync_status;
 CALL stripe_billing.stripe_backfill();
 CALL stripe_billing.stripe_backfill(ARRAY['prices']);
 CALL stripe_billing.stripe_reconcile();
+-- a backfill of which a kind fails (its failures are collected in an array)
+SELECT stripe_billing.stripe_sync_pause();
+\! curl -s -X POST -H 'Content-Type: application/json' --data '{"rules": [{"kind": "401", "path": "/v1/invoices", "count": 10}]}' "$FAKE_URL/_fake/faults" >/dev/null
+\set ON_ERROR_STOP 0
+CALL stripe_billing.stripe_backfill(ARRAY['invoices']);
+\set ON_ERROR_STOP 1
+\! curl -s -X DELETE "$FAKE_URL/_fake/faults" >/dev/null
+SELECT stripe_billing.stripe_sync_resume();
+SELECT 'invoices: ' || state FROM stripe_billing.backfill_status WHERE kind = 'invoices';
 SELECT count(*) FROM stripe_billing.backfill_status;
 SELECT count(*) FROM stripe_billing.reconcile_status;
 SQL
 ) || flunk "2 a call failed: $(tail -3 <<<"$out")"
+grep -q 'invoices: failed' <<<"$out" && grep -q 'backfill: 1 kind(s) failed' <<<"$out" ||
+    flunk "2 the backfill's invoices did not fail as the fault asked: the failures' array was not exercised"
 t=$(traps)
 if [ "$t" = 0 ] && [ "$(superuser_now)" = f ]; then
-    pass "2 a superuser calling the extension's functions (and its inlined SQL helpers) ran no planted object"
+    pass "2 a superuser calling the extension's functions and procedures (a backfill with a failing kind among them, and its inlined SQL helpers) ran no planted object"
 else
     flunk "2 planted objects ran $t time(s): $(su -c "SELECT string_agg(DISTINCT what, ', ') FROM public.trap_log")"
 fi

@@ -18,8 +18,9 @@
 #   6 signals    SIGHUP changes poll_interval at once (60 s -> 200 ms);
 #                SIGTERM ends the worker within a second; prints the lag
 #   7 standby    a streaming standby starts no worker
-#   8-11         a malformed event, an echoed key, late-listed events, empty
-#                pages saying has_more (see each check)
+#   8-11         a malformed event (on every path that applies polled
+#                events), an echoed key, late-listed events, empty pages
+#                saying has_more (see each check)
 #   12 unparsable an event jsonb refuses (a \u0000) is kept as failed with
 #                its body; the events around it are applied
 # One PASS/FAIL line per check; exits 0 only if every check passed.
@@ -622,23 +623,106 @@ check_echoed_key() {
 }
 
 # ---- 8: an event too malformed to keep does not stall the worker ----------
+# (issue 22: a 3,000-byte id, no index can hold it: SBE01), on every path
+# that applies polled events: a page's body, a page's head (the event the
+# cursor moves to), the lookback, a page jsonb refuses, and the first start
+# (check_malformed_first_start).  Each time: skipped with a WARNING, the
+# good events around it applied, no failure.
+
+poison_id() { echo "evt_${1}_$(printf 'x%.0s' $(seq 3000))"; }
+# poison_event ID CREATED: an event whose id no ledger can keep
+poison_event() {
+    jq -nc --arg id "$1" --argjson created "$2" '{id: $id, type: "customer.updated", created: $created,
+        data: {object: {id: "cus_poison", object: "customer"}}}'
+}
+skipped_warnings() { grep -c 'a polled event was skipped' "$primary/server.log"; }
+more_warnings() { [ "$(skipped_warnings)" -gt "$1" ]; }
 
 check_malformed() {
     begin
-    local problems=() bad good1 good2
+    local problems=() bad good1 good2 warned created body late_good
+    # the body of a page: between two good events
+    warned=$(skipped_warnings)
     generate 1 1 1; good1=$gen_first
-    bad="evt_$(printf 'x%.0s' $(seq 300))"     # an id no index can hold: SBE01
-    fake POST /_fake/events "{\"events\": [{\"id\": \"$bad\", \"type\": \"customer.updated\",
-        \"created\": $(($(date +%s) + 86400)), \"data\": {\"object\": {\"id\": \"cus_bad\", \"object\": \"customer\"}}}]}" >/dev/null ||
+    bad=$(poison_id body)
+    fake POST /_fake/events "{\"events\": [$(poison_event "$bad" $(($(date +%s) + 86400)))]}" >/dev/null ||
         problems+=(" the fake refused the malformed event")
     generate 1 1 1; good2=$gen_first
-    wait_until 20 in_ledger "$good2" || problems+=(" the event after the malformed one never arrived (sync_status: $(sync_status last_error))")
-    in_ledger "$good1" || problems+=(" the event before the malformed one is missing")
+    wait_until 20 in_ledger "$good2" || problems+=(" body: the event after the malformed one never arrived (sync_status: $(sync_status last_error))")
+    in_ledger "$good1" || problems+=(" body: the event before the malformed one is missing")
+    more_warnings "$warned" || problems+=(" body: no warning about the skipped event in the log")
+
+    # the head of a page: the newest event listed, where the cursor moves
+    warned=$(skipped_warnings)
+    bad=$(poison_id head)
+    fake POST /_fake/events "{\"events\": [$(poison_event "$bad" $(($(date +%s) + 86400)))]}" >/dev/null ||
+        problems+=(" the fake refused the malformed event")
+    wait_until 20 more_warnings "$warned" || problems+=(" head: no warning about the skipped event in the log")
+    generate 1 1 1; good2=$gen_first
+    wait_until 20 in_ledger "$good2" || problems+=(" head: the event after the malformed one never arrived (sync_status: $(sync_status last_error))")
+
+    # the lookback: a malformed event and a good one listed late, behind the cursor
+    warned=$(skipped_warnings)
+    created=$(($(date +%s) + 86400))
+    generate 1 1 1
+    wait_until 20 in_ledger "$gen_first" || problems+=(" lookback: the anchor event never arrived")
+    late_good="evt_late_good_$created"
+    body=$(jq -nc --arg before "$gen_first" --argjson created "$(sql "SELECT extract(epoch FROM created)::bigint FROM stripe_billing.events WHERE id = '$gen_first'")" \
+        --argjson poison "$(poison_event "$(poison_id late)" 0)" --arg good "$late_good" \
+        '{before: $before, events: [($poison | .created = $created),
+          {id: $good, type: "customer.updated", created: $created, data: {object: {id: "cus_late_good", object: "customer"}}}]}')
+    fake POST /_fake/events "$body" >/dev/null || problems+=(" the fake refused the late events")
+    fake_total=$((fake_total + 1))
+    wait_until 20 in_ledger "$late_good" || problems+=(" lookback: the good late event never arrived (sync_status: $(sync_status last_error))")
+    wait_until 20 more_warnings "$warned" || problems+=(" lookback: no warning about the skipped event in the log")
+
+    # a page jsonb refuses (a \u0000 in an event): the malformed event in it too
+    warned=$(skipped_warnings)
+    generate 1 1 1; good1=$gen_first
+    created=$(($(date +%s) + 86400))
+    fake POST /_fake/events "{\"events\": [{\"id\": \"evt_nul2_$RANDOM$RANDOM\", \"type\": \"customer.updated\",
+        \"created\": $created, \"data\": {\"object\": {\"id\": \"cus_nul2\", \"object\": \"customer\",
+        \"name\": \"a\\u0000b\"}}}, $(poison_event "$(poison_id unparsed)" "$created")]}" >/dev/null ||
+        problems+=(" the fake refused the events")
+    fake_total=$((fake_total + 1))
+    generate 1 1 1; good2=$gen_first
+    wait_until 20 in_ledger "$good2" || problems+=(" unparsed page: the event after the malformed one never arrived (sync_status: $(sync_status last_error))")
+    in_ledger "$good1" || problems+=(" unparsed page: the event before the malformed one is missing")
+    more_warnings "$warned" || problems+=(" unparsed page: no warning about the skipped event in the log")
+
     [ "$(sql "SELECT count(*) FROM stripe_billing.events WHERE length(id) > 255")" = 0 ] ||
-        problems+=(" the malformed event is in the ledger")
-    grep -q 'a polled event was skipped' "$primary/server.log" || problems+=(" no warning about the skipped event in the log")
+        problems+=(" a malformed event is in the ledger")
     [ "$(sync_status consecutive_failures)" = 0 ] || problems+=(" consecutive_failures is $(sync_status consecutive_failures)")
-    conclude "8 malformed" "an event with a 304-byte id between two good ones: skipped with a warning, the page's other events applied, no failure" "${problems[@]}"
+    ledger_complete || problems+=(" the ledger lacks $(pending) events")
+    conclude "8 malformed" "an event with a 3,004-byte id in a page's body, at a page's head, listed late, in a page jsonb refuses: skipped with a warning each time, the events around it applied, no failure" "${problems[@]}"
+}
+
+# ---- 8, first start: the oldest event since start_from is malformed -------
+
+check_malformed_first_start() {
+    begin
+    local problems=() created bad good1 good2 warned
+    warned=$(skipped_warnings)
+    # a second of their own, three days ahead: the first start lists them only
+    created=$(($(date +%s) + 3 * 86400))
+    bad=$(poison_id first)
+    good1="evt_first_good1_$created"
+    good2="evt_first_good2_$created"
+    sql "SELECT stripe_billing.stripe_sync_pause()" >/dev/null
+    fake POST /_fake/events "{\"events\": [$(poison_event "$bad" "$created"),
+        {\"id\": \"$good1\", \"type\": \"customer.updated\", \"created\": $((created + 1)),
+         \"data\": {\"object\": {\"id\": \"cus_first1\", \"object\": \"customer\"}}},
+        {\"id\": \"$good2\", \"type\": \"customer.updated\", \"created\": $((created + 2)),
+         \"data\": {\"object\": {\"id\": \"cus_first2\", \"object\": \"customer\"}}}]}" >/dev/null ||
+        problems+=(" the fake refused the events")
+    fake_total=$((fake_total + 2))
+    sql "SELECT stripe_billing.stripe_sync_start_from(to_timestamp($created)::text)" >/dev/null
+    sql "SELECT stripe_billing.stripe_sync_resume()" >/dev/null
+    wait_until 30 in_ledger "$good2" || problems+=(" the events after the malformed oldest one never arrived (sync_status: $(sync_status last_error))")
+    in_ledger "$good1" || problems+=(" the first good event is missing")
+    more_warnings "$warned" || problems+=(" no warning about the skipped event in the log")
+    [ "$(sync_status consecutive_failures)" = 0 ] || problems+=(" consecutive_failures is $(sync_status consecutive_failures)")
+    conclude "8 malformed, first start" "the oldest event since start_from has a 3,006-byte id: skipped with a warning, the two after it applied, no failure" "${problems[@]}"
 }
 
 # ---- 12: an event jsonb refuses does not stall the worker -----------------
@@ -702,6 +786,7 @@ check_echoed_key
 check_late_listed
 check_empty_has_more
 check_unparsable
+check_malformed_first_start
 check_standby
 echo "worker: $passed passed, $failed failed in $(($(date +%s) - began)) s"
 [ $failed -eq 0 ]
