@@ -329,7 +329,7 @@ SQL
             [ "$(jq '.not_canceled | length' <<<"$ra")" = 0 ] || pr+=(" subscriptions not canceled: $(jq -c .not_canceled <<<"$ra")")
             [ "$(jq .raised <<<"$ra")" = 0 ] || pr+=(" $(jq .raised <<<"$ra") of the raced webhooks raised ($rd deadlocks; delivered again afterwards: $(jq -c .retried.outcomes <<<"$ra")): $(jq -r '.errors | keys | join("; ")' <<<"$ra" | cut -c1-200)")
             race_line="entitled after the race: $re of $RACE_USERS"
-            conclude "race" "run $k: $race_line (the pair overlapped in $(jq .overlapped <<<"$ra") of $(jq .rounds <<<"$ra") rounds; $(jq .raised <<<"$ra") raised)" "${pr[@]}"
+            conclude "race" "run $k: $race_line (start: $RACE_START; the two reached the ledger $(jq -r '.ledger_gap_us | "\(.[0]) µs apart (median), \(.[1]) µs (9th decile)"' <<<"$ra"); $(jq .raised <<<"$ra") raised)" "${pr[@]}"
         else
             conclude "race" "run $k" " the race driver failed"
         fi

@@ -288,6 +288,12 @@ def cmd_race(args):
                          JOIN stripe_billing.subscriptions s ON s.customer = c.id WHERE c.user_ref = u),
                       (SELECT count(*) FROM stripe_billing.user_features f WHERE f.user_ref = u)
                  FROM unnest(%s::text[]) u""", (raced_users,)).fetchall()
+        # how far apart the two reached the ledger (received_at, the server's clock)
+        gaps = conn.execute(
+            """SELECT percentile_disc(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY abs(extract(epoch FROM a.received_at - b.received_at)))
+                 FROM unnest(%s::text[], %s::text[]) p(a, b)
+                 JOIN stripe_billing.events a ON a.id = p.a JOIN stripe_billing.events b ON b.id = p.b""",
+            ([pairs[c][RACED[0]]["id"] for c in customers], [pairs[c][RACED[1]]["id"] for c in customers])).fetchone()[0]
     for c in conns + [gate]:
         c.close()
     entitled = [u for u, has, status, features in rows if has]
@@ -300,6 +306,7 @@ def cmd_race(args):
     print(json.dumps({
         "users": len(raced_users), "events_before": len(rest), "rounds": len(customers),
         "start": args.start, "overlapped": overlapped, "pids": pids,
+        "ledger_gap_us": [round(float(g) * 1e6) for g in gaps or []],
         "outcomes": s["outcomes"], "raised": s["raised"], "errors": s["errors"],
         "retried": summary_of(again),
         "entitled": len(entitled), "entitled_users": entitled,
