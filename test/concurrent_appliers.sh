@@ -11,8 +11,11 @@
 # deleted).  test/concurrent_appliers/deliver.py hands them, shuffled, to
 # stripe_handle_webhook as signed webhooks through SESSIONS sessions, while
 # the worker polls the same events: every event reaches the database twice.
+# (The worker is paused while the events are made and read, and resumed and
+# woken as the webhooks start, so both paths start together.)
 # Then, one PASS/FAIL line each:
-#   deadlocks  no "deadlock detected" in the server log
+#   deadlocks  no "deadlock detected", nor any other error, in the server
+#              log (each deadlock attributed to a webhook or the worker)
 #   webhooks   no delivery raised; outcomes applied, stale or duplicate
 #   ledger     every event in the ledger once, outcomes applied or stale
 #   users      every user ends with all subscriptions canceled, no feature
@@ -25,8 +28,10 @@
 #   race       (item 7, narrowed) RACE_USERS users' lifecycles applied but
 #              checkout.session.completed and customer.subscription.deleted,
 #              then those two at the same moment in two sessions, user by
-#              user: no user may stay entitled ("entitled after the race:
-#              k of M")
+#              user (each transaction first waits on an advisory lock that
+#              is released once both wait), in a database of its own: no
+#              user may stay entitled ("entitled after the race: k of M"),
+#              no delivery may raise
 #
 # Settings (environment):
 #   ROUNDS=1       lifecycles per user (3: the issue's ~3,300 events)
@@ -37,6 +42,11 @@
 #   RACE_USERS=40  users of the narrowed race, per run (0: no race)
 #   SEED=1         run k uses seed SEED + k - 1 (events and shuffle)
 #   PACE_MS=0      mean pause of a session after each webhook
+#   RACE_START=gate  how the race's two deliveries start together: gate (the
+#                  advisory lock; tens of microseconds apart) or client (a
+#                  barrier in the driver; about a millisecond apart)
+#   MIN_FIRST_PCT=5  the overlap check's least share (%) of a run's events
+#                  that each path must have applied first
 #   KEEP=1         keep the work directory (logs, data) for inspection
 #   PG_BINDIR      the PostgreSQL (test/lib/cluster.sh)
 # Exits 0 only if every check of every run passed.
