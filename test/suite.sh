@@ -52,6 +52,7 @@ integration api_calls bash test/api_calls.sh
 integration usage_outbox bash test/usage_outbox.sh
 integration subtransactions bash test/subtransactions.sh
 integration worker bash test/worker.sh
+integration concurrent_appliers bash test/concurrent_appliers.sh
 integration backfill bash test/backfill.sh
 integration fake_stripe node --test test/fake_stripe/selftest.js
 integration notify bash test/notify.sh

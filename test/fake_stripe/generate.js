@@ -8,6 +8,7 @@
 const { BadRequest } = require('./errors');
 const { buildCustomer, buildSubscription, buildInvoice, planFromPrice } = require('./templates');
 const { addInterval, nowSeconds, seededRandom, previousAttributes } = require('./util');
+const { generateLifecycles } = require('./lifecycle');
 
 function positiveInt(value, name, fallback) {
   if (value === undefined) return fallback;
@@ -113,7 +114,13 @@ class EventGenerator {
   }
 }
 
+// {"mode": "lifecycle", ...}: users' subscription lifecycles (lifecycle.js);
+// otherwise the random mix above.
 function generateEvents(store, options) {
+  if (options && options.mode !== undefined) {
+    if (options.mode !== 'lifecycle') throw new BadRequest('generate.mode must be "lifecycle" (or absent)');
+    return generateLifecycles(store, options);
+  }
   return new EventGenerator(store, options || {}).run();
 }
 

@@ -1357,6 +1357,78 @@ test('rate limit: requests over per_second in a rolling second get 429 with Retr
   assert.equal((await ctl('GET', '/_fake/stats')).rate_limited, 0);
 });
 
+test('events generate lifecycles: Checkout links the user, bursts share a second, seeded', async () => {
+  await reset();
+  const start = 1_800_000_000;
+  const options = { mode: 'lifecycle', users: 3, rounds: 2, seed: 7, start_created: start, user_prefix: 't_' };
+  const gen = await ctl('POST', '/_fake/events', { generate: options });
+  assert.equal(gen.appended, 3 * 2 * 11);
+  assert.deepEqual(gen.users, ['t_1', 't_2', 't_3']);
+  const { objects: events } = await listAll('/v1/events');
+  events.reverse(); // oldest first
+  assert.equal(events.length, 66);
+  assert.deepEqual([events[0].id, events.at(-1).id], [gen.first_id, gen.last_id]);
+  assert.deepEqual([gen.first_created, gen.last_created], [events[0].created, events.at(-1).created]);
+  events.forEach((e, i) => assert.ok(i === 0 || events[i - 1].created <= e.created, 'listed in created order'));
+
+  const customerOf = (e) => (e.data.object.object === 'customer' ? e.data.object.id : e.data.object.customer);
+  const lives = new Map();
+  for (const e of events) lives.set(customerOf(e), [...(lives.get(customerOf(e)) || []), e]);
+  assert.equal(lives.size, 6, 'a new customer per user and round');
+  const users = new Map();
+  for (const life of lives.values()) {
+    assert.deepEqual(life.map((e) => e.type), [
+      'customer.created', 'customer.subscription.created', 'invoice.finalized', 'invoice.paid',
+      'customer.subscription.updated', 'checkout.session.completed',
+      'invoice.payment_failed', 'customer.subscription.updated',
+      'invoice.paid', 'customer.subscription.updated',
+      'customer.subscription.deleted']);
+    // four bursts, each within one second, in increasing seconds
+    const seconds = life.map((e) => e.created);
+    assert.deepEqual([...new Set(seconds)].map((t) => seconds.filter((x) => x === t).length), [6, 2, 2, 1]);
+    const [created, subCreated, finalized, paid, activated, completed, failed, pastDue, retried, active, deleted] =
+      life.map((e) => e.data.object);
+    assert.deepEqual(created.metadata, {}, 'no user on the customer');
+    assert.equal(subCreated.status, 'incomplete');
+    assert.deepEqual(subCreated.metadata, {}, 'no user on the subscription');
+    assert.equal(subCreated.items.data[0].price.lookup_key, 'pro');
+    assert.deepEqual([finalized.status, paid.status, paid.id], ['open', 'paid', finalized.id]);
+    assert.equal(activated.status, 'active');
+    assert.deepEqual(life[4].data.previous_attributes, { status: 'incomplete' });
+    assert.equal(completed.object, 'checkout.session');
+    assert.deepEqual([completed.mode, completed.status, completed.payment_status, completed.customer, completed.subscription],
+      ['subscription', 'complete', 'paid', created.id, subCreated.id]);
+    assert.match(completed.client_reference_id, /^t_[123]$/);
+    users.set(completed.client_reference_id, (users.get(completed.client_reference_id) || 0) + 1);
+    assert.deepEqual([failed.status, failed.billing_reason, pastDue.status], ['open', 'subscription_cycle', 'past_due']);
+    assert.ok(pastDue.items.data[0].current_period_start === activated.items.data[0].current_period_end, 'the next period');
+    assert.deepEqual([retried.id, retried.status, active.status], [failed.id, 'paid', 'active']);
+    assert.deepEqual([deleted.id, deleted.status, deleted.ended_at], [subCreated.id, 'canceled', life[10].created]);
+    // the stored objects are the final ones
+    assert.equal((await stripe('GET', `/v1/subscriptions/${deleted.id}`)).body.status, 'canceled');
+    assert.equal((await stripe('GET', `/v1/invoices/${failed.id}`)).body.status, 'paid');
+  }
+  assert.deepEqual(Object.fromEntries(users), { t_1: 2, t_2: 2, t_3: 2 }, 'two rounds of each user');
+  // rounds follow each other: a user's second lifecycle starts after the first ends
+  const roundsOf = (user) => [...lives.values()].filter((life) => life[5].data.object.client_reference_id === user);
+  for (const user of users.keys()) {
+    const [a, b] = roundsOf(user);
+    assert.ok(a.at(-1).created < b[0].created);
+  }
+
+  // the same seed gives the same events, ids included
+  await reset();
+  const again = await ctl('POST', '/_fake/events', { generate: options });
+  assert.deepEqual(again, gen);
+  const { objects: replayed } = await listAll('/v1/events');
+  assert.deepEqual(replayed.reverse().map((e) => [e.id, e.type, e.created, e.data.object.id]),
+    events.map((e) => [e.id, e.type, e.created, e.data.object.id]));
+  for (const bad of [{ mode: 'nope' }, { mode: 'lifecycle', users: 0 }, { mode: 'lifecycle', user_prefix: 'a b' },
+    { mode: 'lifecycle', price: 'price_onetime' }, { mode: 'lifecycle', spread: 20, round_seconds: 30 }]) {
+    assert.equal((await call('POST', '/_fake/events', { json: { generate: bad }, auth: null })).status, 400, JSON.stringify(bad));
+  }
+});
+
 test('events expire: dropped ids become unknown cursors', async () => {
   await reset();
   const start = 1_700_000_000;
