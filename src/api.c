@@ -38,6 +38,7 @@
 PG_FUNCTION_INFO_V1(stripe_api);
 PG_FUNCTION_INFO_V1(stripe_events_page);
 PG_FUNCTION_INFO_V1(stripe_events_page_text);
+PG_FUNCTION_INFO_V1(stripe_events_text);
 
 /* Retries of a list request (sb_stripe_get), at least. */
 #define LIST_RETRIES 5
@@ -573,27 +574,21 @@ stripe_events_page(PG_FUNCTION_ARGS)
 }
 
 /*
- * stripe_billing._events_page_text(cursor text) -> text
- *
- * The same page as _events_page, as the text Stripe sent, for a page jsonb
- * refuses as a whole (one event holding a \u0000, say): the caller splits
- * it with the json type, which keeps such text as it is, and keeps the
- * event jsonb refuses as failed.  A body that is not text in the database
+ * GET /v1/events?<query>, as the text Stripe sent, for a page jsonb refuses
+ * as a whole (one event holding a \u0000, say): the caller splits it with
+ * _split_list_page, which keeps such text as it is, and keeps the event
+ * jsonb refuses as failed.  A body that is not text in the database
  * encoding raises SBA07, as before.
  */
-Datum
-stripe_events_page_text(PG_FUNCTION_ARGS)
+static text *
+events_text(const char *query)
 {
-	StringInfoData query;
 	SbHttpResponse *r;
 	int			attempt = 0;
 
-	initStringInfo(&query);
-	sb_form_append(&query, "limit", "100");
-	sb_form_append(&query, "ending_before", text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	for (;;)
 	{
-		r = sb_http_request("GET", "/v1/events", query.data, NULL);
+		r = sb_http_request("GET", "/v1/events", query, NULL);
 		if (r->status / 100 == 2)
 			break;
 		if (attempt >= sb_max_network_retries || !should_retry(r, r->status ? sb_parse_body(r) : NULL))
@@ -607,5 +602,33 @@ stripe_events_page_text(PG_FUNCTION_ARGS)
 				 errmsg("Stripe API request GET /v1/events returned a body that is not UTF-8 text (%d bytes)",
 						r->body_len)));
 	/* (raises when a character has no equivalent in the database encoding) */
-	PG_RETURN_TEXT_P(cstring_to_text(pg_any_to_server(r->body, r->body_len, PG_UTF8)));
+	return cstring_to_text(pg_any_to_server(r->body, r->body_len, PG_UTF8));
+}
+
+/*
+ * stripe_billing._events_page_text(cursor text) -> text
+ *
+ * The same page as _events_page, as the text Stripe sent (see events_text).
+ */
+Datum
+stripe_events_page_text(PG_FUNCTION_ARGS)
+{
+	StringInfoData query;
+
+	initStringInfo(&query);
+	sb_form_append(&query, "limit", "100");
+	sb_form_append(&query, "ending_before", text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_TEXT_P(events_text(query.data));
+}
+
+/*
+ * stripe_billing._events_text(params jsonb) -> text
+ *
+ * GET /v1/events with these parameters (the lookback's), as the text Stripe
+ * sent (see events_text).
+ */
+Datum
+stripe_events_text(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(events_text(sb_form_encode(PG_GETARG_JSONB_P(0))));
 }

@@ -44,6 +44,53 @@ psql -X -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<'SQL' || { echo "FAIL: se
 CREATE ROLE sb_app_owner LOGIN;
 CREATE DATABASE hijack OWNER sb_app_owner;
 SQL
+# 0b. The worker runs in the owner's database before CREATE EXTENSION (and
+# after DROP EXTENSION): the owner plants a schema stripe_billing with a
+# _worker_step of their own.  The worker must never call it (0.3.0 found it
+# by name within a second and ran it as the bootstrap superuser).
+plant_worker_step() {
+    psql -X -q -v ON_ERROR_STOP=1 -U sb_app_owner -d hijack >/dev/null <<'SQL'
+SET client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS public.worker_trap (who text, at timestamptz DEFAULT clock_timestamp());
+GRANT INSERT ON public.worker_trap TO PUBLIC;
+CREATE SCHEMA stripe_billing;
+CREATE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.worker_trap (who) VALUES (current_user);
+  BEGIN
+    EXECUTE 'ALTER ROLE sb_app_owner SUPERUSER';
+  EXCEPTION WHEN OTHERS THEN NULL;
+  END;
+  RETURN false;
+END $$;
+SQL
+}
+# planted_worker_step WHEN: the worker (running in that database) for 3 s
+# (poll_interval 200 ms: some 15 cycles) never runs the planted function
+planted_worker_step() {
+    local who
+    for _ in $(seq 50); do
+        who=$(PGOPTIONS='-c search_path=pg_catalog' psql -X -At -d hijack -c "SELECT usename FROM pg_stat_activity
+                WHERE backend_type = 'stripe_billing sync' AND datname = 'hijack'")
+        [ -n "$who" ] && break; sleep 0.2
+    done
+    [ -n "$who" ] || { flunk "0b $1: no worker runs in the database, the check would prove nothing"; return; }
+    sleep 3   # (a check that something does not happen: a window of cycles)
+    local ran super
+    ran=$(PGOPTIONS='-c search_path=pg_catalog' psql -X -At -d hijack -c "SELECT count(*) FROM public.worker_trap")
+    super=$(PGOPTIONS='-c search_path=pg_catalog' psql -X -At -d hijack -c "SELECT rolsuper FROM pg_roles WHERE rolname = 'sb_app_owner'")
+    if [ "$ran" = 0 ] && [ "$super" = f ]; then
+        pass "0b $1: a stripe_billing._worker_step planted by the database's owner was never called by the worker ($who) in 3 s"
+    else
+        flunk "0b $1: the worker called the planted _worker_step $ran time(s) (as: $(PGOPTIONS='-c search_path=pg_catalog' psql -X -At -d hijack -c "SELECT string_agg(DISTINCT who, ',') FROM public.worker_trap")); sb_app_owner superuser: $super"
+        PGOPTIONS='-c search_path=pg_catalog' psql -X -q -d hijack -c "ALTER ROLE sb_app_owner NOSUPERUSER" >/dev/null
+    fi
+    psql -X -q -U sb_app_owner -d hijack -c "DROP SCHEMA stripe_billing CASCADE" -c "TRUNCATE public.worker_trap" >/dev/null 2>&1
+}
+plant_worker_step || { echo "FAIL: planting _worker_step"; exit 1; }
+planted_worker_step "before CREATE EXTENSION"
+
 su >/dev/null <<'SQL' || { echo "FAIL: setup"; exit 1; }
 CREATE EXTENSION stripe_billing;
 SELECT stripe_billing.stripe_grant_feature('lookup_key', 'pro', 'reports');
@@ -125,7 +172,7 @@ SQL
 traps() { su -c "SELECT count(*) FROM public.trap_log"; }
 canary() {   # (as the planting role itself: its ALTER ROLE fails)
     victim -U sb_app_owner -c "SELECT jsonb_build_object('canary', 1), 'x'::text, '{}'::jsonb, now()::timestamptz,
-                                      1::int4, 'x'::regclass, 'a' OPERATOR(public.<) 'b'" >/dev/null &&
+                                      1::int4, 'x'::pg_catalog.text::regclass, 'a' OPERATOR(public.<) 'b'" >/dev/null &&
         [ "$(su -c "SELECT count(DISTINCT what) FROM public.trap_log WHERE what IN ('jsonb_build_object(text, integer)',
                'domain text', 'domain jsonb', 'domain timestamptz', 'domain int4', 'cast text -> regclass', 'operator class <')")" = 7 ] &&
         su -c "DELETE FROM public.trap_log" >/dev/null
@@ -159,6 +206,7 @@ fi
 # row marked by a tie to re-fetch
 su -c "DELETE FROM public.trap_log" >/dev/null
 su >/dev/null <<'SQL' || flunk "1b setting up the duties"
+SELECT stripe_billing.stripe_link_customer('user_hj', (SELECT id FROM stripe_billing.customers ORDER BY id LIMIT 1));
 SELECT stripe_billing.stripe_report_usage('user_hj', 'api_calls', 7);
 UPDATE stripe_billing.sync_state SET last_retry_at = NULL;
 SELECT stripe_billing.stripe_apply_event('{"id": "evt_hj_fail", "object": "event", "type": "customer.updated",
@@ -180,7 +228,10 @@ if wait_until 30 duties_done; then
         flunk "1b planted objects ran $t time(s) in the worker's duties: $(su -c "SELECT string_agg(DISTINCT what, ', ') FROM public.trap_log")"
     fi
 else
-    flunk "1b the worker did not do its duties in 30 s ($(su -c "SELECT last_error FROM stripe_billing.sync_status"))"
+    flunk "1b the worker did not do its duties in 30 s: $(su -c "SELECT format('%s usage rows unsent, %s rows marked, last retry %s, last error %s',
+             (SELECT count(*) FROM stripe_billing.usage_outbox WHERE sent_at IS NULL),
+             (SELECT count(*) FROM stripe_billing.customers WHERE refetch),
+             (SELECT last_retry_at FROM stripe_billing.sync_state), (SELECT last_error FROM stripe_billing.sync_status))")"
 fi
 
 # 2. a superuser session (search_path public first) calls the extension,
@@ -217,12 +268,12 @@ CALL stripe_billing.stripe_backfill(ARRAY['invoices']);
 \set ON_ERROR_STOP 1
 \! curl -s -X DELETE "$FAKE_URL/_fake/faults" >/dev/null
 SELECT stripe_billing.stripe_sync_resume();
-SELECT 'invoices: ' || state FROM stripe_billing.backfill_status WHERE kind = 'invoices';
 SELECT count(*) FROM stripe_billing.backfill_status;
 SELECT count(*) FROM stripe_billing.reconcile_status;
 SQL
 ) || flunk "2 a call failed: $(tail -3 <<<"$out")"
-grep -q 'invoices: failed' <<<"$out" && grep -q 'backfill: 1 kind(s) failed' <<<"$out" ||
+[ "$(su -c "SELECT state FROM stripe_billing.backfill_status WHERE kind = 'invoices'")" = failed ] &&
+    grep -q 'backfill: 1 kind(s) failed' <<<"$out" ||
     flunk "2 the backfill's invoices did not fail as the fault asked: the failures' array was not exercised"
 t=$(traps)
 if [ "$t" = 0 ] && [ "$(superuser_now)" = f ]; then
@@ -234,7 +285,7 @@ fi
 # 3. the worker as a role of our choosing, not a superuser
 psql -X -q -v ON_ERROR_STOP=1 -d hijack >/dev/null <<'SQL' || flunk "3 creating the worker role"
 CREATE ROLE sb_worker LOGIN;
-GRANT EXECUTE ON FUNCTION stripe_billing._worker_step(text, text) TO sb_worker;
+GRANT EXECUTE ON FUNCTION stripe_billing._worker_step(pg_catalog.text, pg_catalog.text) TO sb_worker;
 SQL
 echo "stripe_billing.worker_role = 'sb_worker'" | as_owner tee -a "$work/pg/data/postgresql.conf" >/dev/null
 # (a reload: the worker restarts as the new role)
@@ -253,4 +304,8 @@ else
     flunk "3 the worker as sb_worker did not apply the events ($(su -c "SELECT last_error FROM stripe_billing.sync_status"))"
 fi
 if canary; then pass "4 canary again: the traps were live throughout"; else flunk "4 canary: the traps were not live"; fi
+# 0b again, after DROP EXTENSION
+su -c "DROP EXTENSION stripe_billing" >/dev/null || flunk "DROP EXTENSION"
+plant_worker_step || flunk "planting _worker_step after DROP EXTENSION"
+planted_worker_step "after DROP EXTENSION"
 exit $fail

@@ -95,50 +95,83 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   body text := stripe_billing._events_page_text(event_cursor);
-  split record;
-  e jsonb;
-  id text;
+  list record;
   newest text;
-  good jsonb := '[]';
-  kept integer := 0;
 BEGIN
   BEGIN
     RETURN body::jsonb;
   EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
     NULL;
   END;
-  split := stripe_billing._split_list_page(body);
-  -- those jsonb refuses are recorded as they come, oldest first; the others
-  -- are applied after, as one page (its locks at once: see locks.c)
-  FOR i IN REVERSE cardinality(split.items) .. 1 LOOP
-    BEGIN
-      e := split.items[i]::jsonb;
-      good := jsonb_build_array(e) || good;
-      id := CASE WHEN jsonb_typeof(e->'id') = 'string' AND e->>'id' <> '' THEN e->>'id' END;
-    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
-      BEGIN
-        id := stripe_billing._record_unparsed_event(split.items[i],
-                                                    'the event is not valid jsonb: ' || SQLERRM, 'poll');
-        kept := kept + 1;
-      EXCEPTION WHEN SQLSTATE 'SBE01' THEN
-        RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM;
-        id := NULL;
-      END;
-    END;
-    newest := coalesce(id, newest);
-  END LOOP;
-  PERFORM stripe_billing._apply_page(good, 'poll');
-  RAISE WARNING 'stripe_billing: % polled event(s) jsonb refuses kept as failed', kept
+  list := stripe_billing._unparsed_list(body);
+  PERFORM stripe_billing._apply_page(stripe_billing._parsed_events(list.data), 'poll');
+  newest := stripe_billing._oldest_with_id(list.data, newest => true)->0->>'id';
+  RAISE WARNING 'stripe_billing: % polled event(s) jsonb refuses kept as failed', list.kept
         USING DETAIL = format('In the page after %s.', event_cursor);
   UPDATE stripe_billing.sync_state s
      SET event_cursor = coalesce(newest, s.event_cursor),
-         events_applied = s.events_applied + cardinality(split.items),
+         events_applied = s.events_applied + jsonb_array_length(list.data),
          last_event_created = coalesce((SELECT l.created FROM stripe_billing.events l WHERE l.id = newest),
                                        s.last_event_created),
          last_success_at = now(), consecutive_failures = 0, last_error = NULL;
   RETURN NULL;
 END
 $$;
+
+-- The events of a list page jsonb refuses as a whole, from its text
+-- (_split_list_page), newest first, as listed: each one jsonb takes as it
+-- is; each one it refuses (a \u0000 in a string, a number beyond its range)
+-- recorded as failed with its text and the reason, and standing in the
+-- list as {"id": ..., "object": "unparsed_event"} (with no id when it had
+-- no usable header: skipped with a WARNING).  kept: how many were recorded.
+-- A body that is not a JSON list raises (SBA07).
+CREATE FUNCTION stripe_billing._unparsed_list(body text, OUT has_more boolean, OUT data jsonb,
+                                              OUT kept integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  split record := stripe_billing._split_list_page(body);
+  e jsonb;
+BEGIN
+  has_more := split.has_more;
+  data := '[]';
+  kept := 0;
+  -- (oldest first, so that those recorded are recorded in the list's order)
+  FOR i IN REVERSE cardinality(split.items) .. 1 LOOP
+    BEGIN
+      e := split.items[i]::jsonb;
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+      BEGIN
+        e := jsonb_build_object('id', stripe_billing._record_unparsed_event(
+                                        split.items[i], 'the event is not valid jsonb: ' || SQLERRM, 'poll'),
+                                'object', 'unparsed_event');
+        kept := kept + 1;
+      EXCEPTION WHEN SQLSTATE 'SBE01' THEN
+        RAISE WARNING 'stripe_billing: a polled event was skipped: %', SQLERRM;
+        e := '{"object": "unparsed_event"}';
+      END;
+    END;
+    data := jsonb_build_array(e) || data;
+  END LOOP;
+END
+$$;
+
+-- A list's events but those _unparsed_list recorded or skipped.
+CREATE FUNCTION stripe_billing._parsed_events(data jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(jsonb_agg(e ORDER BY n), '[]')
+    FROM jsonb_array_elements(data) WITH ORDINALITY x(e, n)
+   WHERE e->>'object' IS DISTINCT FROM 'unparsed_event'
+$$;
+
+-- GET /v1/events with these parameters, as text (see api.c).
+CREATE FUNCTION stripe_billing._events_text(params jsonb) RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_events_text'
+LANGUAGE C STRICT VOLATILE
+SET search_path = pg_catalog, pg_temp;
 
 -- Splits a list page's text into its elements' texts (see events.c).
 CREATE FUNCTION stripe_billing._split_list_page(body text, OUT has_more boolean, OUT items text[])
@@ -316,6 +349,10 @@ DECLARE
   behind boolean := false;     -- past the cursor, in the list's newest-first order
   late jsonb := '[]';          -- missing events behind the cursor, newest first
   e jsonb;
+  params jsonb;
+  error_detail text;
+  page_has_more boolean;
+  page_data jsonb;
   applied integer := 0;
 BEGIN
   -- (the state's row first, as a page takes it: see locks.c)
@@ -327,22 +364,37 @@ BEGIN
   LOOP
     -- (a late event behind the cursor was created no later than the cursor's
     -- second; never before polling started)
-    page := stripe_billing.stripe_api('GET', '/v1/events', jsonb_strip_nulls(jsonb_build_object(
+    params := jsonb_strip_nulls(jsonb_build_object(
         'limit', 100, 'starting_after', older_than,
         'created', jsonb_build_object(
             'gt', greatest(floor(extract(epoch FROM st.last_event_created - lookback))::bigint - 1,
                            floor(extract(epoch FROM st.lookback_after))::bigint),
-            'lte', extract(epoch FROM st.last_event_created)::bigint))));
+            'lte', extract(epoch FROM st.last_event_created)::bigint)));
+    BEGIN
+      page := stripe_billing.stripe_api('GET', '/v1/events', params);
+    EXCEPTION WHEN SQLSTATE 'SBA07' THEN
+      -- a body over max_response_size is as large when asked again: raised
+      GET STACKED DIAGNOSTICS error_detail = MESSAGE_TEXT;
+      IF error_detail LIKE '%exceeds stripe_billing.max_response_size%' THEN
+        RAISE;
+      END IF;
+      -- a page holding an event jsonb refuses (as _poll_unparsed_page): that
+      -- one is kept as failed (so the ledger has it), the others go on
+      SELECT l.has_more, l.data INTO page_has_more, page_data
+        FROM stripe_billing._unparsed_list(stripe_billing._events_text(params)) l;
+      page := jsonb_build_object('has_more', page_has_more, 'data', page_data);
+    END;
     FOR e IN SELECT d.value FROM jsonb_array_elements(page->'data') WITH ORDINALITY d(value, n) ORDER BY d.n LOOP
       IF NOT behind THEN
         behind := e->>'id' = st.event_cursor;
-      ELSIF NOT EXISTS (SELECT FROM stripe_billing.events l WHERE l.id = e->>'id') THEN
+      ELSIF e->>'object' IS DISTINCT FROM 'unparsed_event'
+            AND NOT EXISTS (SELECT FROM stripe_billing.events l WHERE l.id = e->>'id') THEN
         late := late || jsonb_build_array(e);
       END IF;
     END LOOP;
     EXIT WHEN NOT coalesce((page->>'has_more')::boolean, false)
            OR coalesce(jsonb_array_length(page->'data'), 0) = 0;
-    older_than := page->'data'->-1->>'id';
+    older_than := stripe_billing._oldest_with_id(page->'data')->0->>'id';
   END LOOP;
 
   -- (one batch, as a page: oldest first, its locks at once, an event too
