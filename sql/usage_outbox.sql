@@ -52,11 +52,15 @@ SELECT value, attempts, failed_at IS NULL AS pending FROM stripe_billing.usage_o
 SELECT stripe_billing.stripe_retry_failed_usage();
 
 -- app roles cannot send or retry
+SELECT stripe_billing.stripe_installation_id() AS installation_id \gset
 CREATE ROLE usage_app;
 SET ROLE usage_app;
 SELECT stripe_billing.stripe_send_usage();
 SELECT stripe_billing.stripe_retry_failed_usage();
 SELECT * FROM stripe_billing.usage_status;
+-- but any role reads the installation id (0.3.0: permission denied for
+-- table installation)
+SELECT stripe_billing.stripe_installation_id() = :'installation_id' AS same_id;
 RESET ROLE;
 DROP ROLE usage_app;
 DROP EXTENSION stripe_billing;
