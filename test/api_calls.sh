@@ -371,6 +371,20 @@ eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.idempotency_key).join(","
 same_lines "the form" "cancel_at_period_end=false" "$(jx 'r.length ? pairs(r[0]) : ""')"
 verdict "stripe_resume_subscription posts cancel_at_period_end=false; the local row shows it at once"
 
+# livemode guards an API answer as it guards an event: a live database
+# (given, here, a test key) does not apply the test-mode subscription Stripe
+# returns (issue 22: it did), and says so
+sql "SET stripe_billing.livemode = on;
+SELECT stripe_billing.stripe_cancel_subscription('$sub', idempotency_key => 'live-cancel-$RUN')->>'cancel_at_period_end';
+SELECT cancel_at_period_end FROM stripe_billing.subscriptions WHERE id = '$sub';"
+noerr "stripe_cancel_subscription with livemode on"
+eq "$(rows | tr '\n' ' ')" "true f " "returned cancel_at_period_end, then the local row, not written"
+grep -q "WARNING:  01000: the subscription returned by Stripe was not applied locally: Stripe subscription $sub is a test-mode object but this database accepts live-mode objects" <<<"$OUT" ||
+    bad "no warning naming the refused object: $(grep WARNING <<<"$OUT" | head -2)"
+sql "SELECT stripe_billing.stripe_resume_subscription('$sub')->>'cancel_at_period_end';"
+noerr "stripe_resume_subscription after it"
+verdict "livemode on: the test-mode subscription Stripe returned is not applied locally (SBE02, a warning naming it), the local row unchanged"
+
 mark=$(reqcount)
 sql "SELECT stripe_billing.stripe_change_price('$sub', 'price_pro', 'none', quantity => 3)->'items'->'data'->0->'price'->>'id';
 SELECT string_agg(id || ':' || price || ':' || quantity, ',') FROM stripe_billing.subscription_items
