@@ -424,6 +424,7 @@ BEGIN
     -- not jsonb: a transfer spoiled on the way (asked again, below), or a
     -- page holding an event jsonb refuses, which would stall polling for
     -- ever: that one is kept as failed and the page goes on
+    RAISE LOG 'stripe_billing: %; the page is asked for again as text', error_detail;
     page := stripe_billing._poll_unparsed_page(st.event_cursor);
     IF page IS NULL THEN
       RETURN;     -- (applied, cursor moved)
@@ -510,6 +511,7 @@ BEGIN
       END IF;
       -- a page holding an event jsonb refuses (as _poll_unparsed_page): that
       -- one is kept as failed (so the ledger has it), the others go on
+      RAISE LOG 'stripe_billing: %; the lookback''s page is asked for again as text', error_detail;
       SELECT l.has_more, l.data INTO page_has_more, page_data
         FROM stripe_billing._unparsed_list(stripe_billing._events_text(params)) l;
       page := jsonb_build_object('has_more', page_has_more, 'data', page_data);
