@@ -5,19 +5,22 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION)
 MODULE_big = stripe_billing
 OBJS = src/stripe_billing.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/usage.o src/worker.o src/extension.o src/procedures.o src/locks.o
 # The install script of this version is built from the chapters of one SQL
-# source; the upgrade scripts (and the frozen scripts of earlier versions)
-# are installed as they are.
+# source; the upgrade scripts from every released version are installed as
+# they are.
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
-DATA = $(wildcard sql/$(EXTENSION)--*.sql)
+DATA = $(wildcard sql/$(EXTENSION)--*--*.sql)
 EXTRA_CLEAN = $(EXTENSION)--*.sql
 PGFILEDESC = "stripe_billing - Stripe billing inside PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src -DSB_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK = -lcrypto -lcurl
 
-# pg_regress: sql/<name>.sql against expected/<name>.out
+# make installcheck, against a running server with the library preloaded:
+# pg_regress runs test/sql/<name>.sql against test/expected/<name>.out,
+# pg_isolation_regress test/specs/<name>.spec against test/expected/<name>.out
+REGRESS_OPTS = --inputdir=test
+ISOLATION_OPTS = --inputdir=test
 REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_batches event_lifecycle entitlements backfill usage_outbox drop_extension
-# pg_isolation_regress: specs/<name>.spec against expected/<name>.out
 ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots usage_outbox_concurrent_send event_batch_features lock_order_webhook_page lock_order_page_page lock_order_batch_webhook lock_order_two_users concurrent_link_cancel
 
 PG_CONFIG ?= pg_config

@@ -20,7 +20,7 @@ cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'"
 secret="whsec_demo_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 payload=$(cat test/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json)
 # Sign it as Stripe would, with the official SDK.
-header=$(PAYLOAD="$payload" SECRET="$secret" NODE_PATH=test/node/node_modules node -e '
+header=$(PAYLOAD="$payload" SECRET="$secret" NODE_PATH=test/integration/node/node_modules node -e '
   const stripe = require("stripe")("sk_test_unused");
   process.stdout.write(stripe.webhooks.generateTestHeaderString({payload: process.env.PAYLOAD, secret: process.env.SECRET}));')
 

@@ -24,7 +24,7 @@ DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recomme
     ${packages[@]} >/dev/null
 
 echo "== installing the official stripe SDK (npm) for the cross-checks"
-npm ci --prefix test/node --no-audit --no-fund --loglevel=error >/dev/null
+npm ci --prefix test/integration/node --no-audit --no-fund --loglevel=error >/dev/null
 echo "== installing the Express example's packages (npm)"
 npm ci --prefix examples/node --no-audit --no-fund --loglevel=error >/dev/null
 

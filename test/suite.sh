@@ -22,8 +22,8 @@ passed=0
 failed=0
 failures=()
 
-# pg_regress (sql/, expected/) and pg_isolation_regress (specs/): one count
-# per test, read from their own report lines.
+# pg_regress (test/sql, test/expected) and pg_isolation_regress (test/specs):
+# one count per test, read from their own report lines.
 echo "== pg_regress and isolation tests"
 installcheck "$PG_BINDIR" "$work/installcheck.log"
 passed=$((passed + CHECK_OK))
@@ -42,30 +42,30 @@ integration() {
         echo "   -> FAILED"; failed=$((failed + 1)); failures+=("$name")
     fi
 }
-integration signature_crosscheck bash test/signature_crosscheck.sh
-integration secrets_not_logged bash test/secrets_not_logged.sh "$work/main/server.log"
-integration standby_entitlements bash test/standby_entitlements.sh
-integration concurrency_stress bash test/concurrency_stress.sh
-integration search_path_hijack bash test/search_path_hijack.sh
-integration dump_restore bash test/dump_restore.sh
-integration api_calls bash test/api_calls.sh
-integration usage_outbox bash test/usage_outbox.sh
-integration subtransactions bash test/subtransactions.sh
-integration worker bash test/worker.sh
-integration concurrent_appliers bash test/concurrent_appliers.sh
-integration backfill bash test/backfill.sh
-integration fake_stripe node --test test/fake_stripe/selftest.js
-integration notify bash test/notify.sh
-integration without_preload bash test/without_preload.sh
-integration pgbouncer bash test/pgbouncer.sh
-integration packaging bash test/packaging.sh
-integration sql_reference bash test/sql_reference.sh
-integration quickstart bash test/quickstart.sh
-integration upgrade bash test/upgrade.sh
-integration example_express bash test/example_express.sh
-integration example_fastapi bash test/example_fastapi.sh
+integration signature_crosscheck bash test/integration/signature_crosscheck.sh
+integration secrets_not_logged bash test/integration/secrets_not_logged.sh "$work/main/server.log"
+integration standby_entitlements bash test/integration/standby_entitlements.sh
+integration concurrency_stress bash test/integration/concurrency_stress.sh
+integration search_path_hijack bash test/integration/search_path_hijack.sh
+integration dump_restore bash test/integration/dump_restore.sh
+integration api_calls bash test/integration/api_calls.sh
+integration usage_outbox bash test/integration/usage_outbox.sh
+integration subtransactions bash test/integration/subtransactions.sh
+integration worker bash test/integration/worker.sh
+integration concurrent_appliers bash test/integration/concurrent_appliers.sh
+integration backfill bash test/integration/backfill.sh
+integration fake_stripe node --test test/integration/fake_stripe/selftest.js
+integration notify bash test/integration/notify.sh
+integration without_preload bash test/integration/without_preload.sh
+integration pgbouncer bash test/integration/pgbouncer.sh
+integration packaging bash test/integration/packaging.sh
+integration sql_reference bash test/integration/sql_reference.sh
+integration quickstart bash test/integration/quickstart.sh
+integration upgrade bash test/integration/upgrade.sh
+integration example_express bash test/integration/example_express.sh
+integration example_fastapi bash test/integration/example_fastapi.sh
 # (the package is built for Debian's PostgreSQL, debian/pgversions)
-[ "$PG_BINDIR" = /usr/lib/postgresql/15/bin ] && integration debian_package bash test/debian_package.sh
+[ "$PG_BINDIR" = /usr/lib/postgresql/15/bin ] && integration debian_package bash test/integration/debian_package.sh
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"

@@ -155,8 +155,8 @@ $$;
 -- Recomputes one user's features; writes only what changed.  The same
 -- derivation as _refresh_users_features, for one user: on the hot path of
 -- every event it costs half as much as the general one (whose plan for an
--- array of users carries more steps).  test/backfill.sh checks that the
--- two agree.
+-- array of users carries more steps).  test/integration/backfill.sh checks
+-- that the two agree.
 CREATE FUNCTION stripe_billing._refresh_user_features(target text, customer_id text DEFAULT NULL,
                                                       ev_type text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql

@@ -1,11 +1,11 @@
-# What the example apps' tests share (test/example_express.sh,
-# test/example_fastapi.sh): the backend an app runs against, the driver,
+# What the example apps' tests share (test/integration/example_express.sh,
+# test/integration/example_fastapi.sh): the backend an app runs against, the driver,
 # and the check of the app's log.
 #
 #   . test/lib/example_app.sh
 #   example_backend               # fake Stripe, cluster, database app; sets work, PGHOST, FAKE_URL
 #   APP_PID=...                   # the app, started by the caller on $work/app.log
-#   example_drive URL             # test/examples/drive_app.js; returns its status
+#   example_drive URL             # test/integration/examples/drive_app.js; returns its status
 #   example_logged                # the app logged the refusals' SQLSTATEs
 . test/lib/cluster.sh
 . test/lib/fake_stripe.sh
@@ -47,7 +47,7 @@ SQL
 }
 
 example_drive() {
-    NODE_PATH=test/node/node_modules node test/examples/drive_app.js "$1" "$secret" "$FAKE_URL"
+    NODE_PATH=test/integration/node/node_modules node test/integration/examples/drive_app.js "$1" "$secret" "$FAKE_URL"
 }
 
 # The refused Checkout's and the tampered webhook's SQLSTATEs, with the

@@ -1,4 +1,4 @@
-# The loopback fake Stripe API (test/fake_stripe) for tests, demos and
+# The loopback fake Stripe API (test/integration/fake_stripe) for tests, demos and
 # benchmarks.
 #
 #   . test/lib/fake_stripe.sh
@@ -11,7 +11,7 @@ FAKE_URL=
 fake_start() {
     local dir=$1 key=$2
     rm -f "$dir/fake.port"
-    node test/fake_stripe/server.js --port 0 --key "$key" --port-file "$dir/fake.port" \
+    node test/integration/fake_stripe/server.js --port 0 --key "$key" --port-file "$dir/fake.port" \
         >"$dir/fake.log" 2>&1 &
     FAKE_PID=$!
     for _ in $(seq 100); do

@@ -1,5 +1,5 @@
 # Checks made of several assertions, one PASS/FAIL line each, for the
-# integration tests that count checks (test/api_calls.sh, ...).
+# integration tests that count checks (test/integration/api_calls.sh, ...).
 #
 #   . test/lib/verdicts.sh
 #   eq ACTUAL EXPECTED WHAT; bad WHY ...      # record a problem

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# NOTIFY stripe_billing: a committed change to a user's features notifies
+# listeners with the user, the customer, the event type, the derivation's
+# number and how many features the user has now (not the features: a
+# payload is bounded); a rolled-back change, or an event that changes no
+# feature, notifies nobody.  A user granted 300 features with long names
+# (a list of them would be some 30 kB, past NOTIFY's 8000 bytes) is
+# derived, the event applied, and notified in a small payload.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+db=sb_notify_$$
+createdb "$db"
+trap 'dropdb --if-exists "$db"' EXIT
+
+out=$(psql -X -q -d "$db" -v ON_ERROR_STOP=1 2>&1 <<'SQL'
+CREATE EXTENSION stripe_billing;
+SELECT stripe_billing.stripe_grant_feature('lookup_key', 'pro', 'reports') \g /dev/null
+CREATE FUNCTION sub_event(evt text, created bigint, status text) RETURNS jsonb LANGUAGE sql AS $$
+  SELECT jsonb_build_object('id', evt, 'object', 'event', 'type', 'customer.subscription.updated',
+           'created', created, 'livemode', false,
+           'data', jsonb_build_object('object', jsonb_build_object(
+              'id', 'sub_n', 'object', 'subscription', 'customer', 'cus_n', 'status', status,
+              'metadata', jsonb_build_object('user_ref', 'user_n'),
+              'items', jsonb_build_object('data', jsonb_build_array(jsonb_build_object(
+                 'id', 'si_n', 'quantity', 1, 'current_period_start', 1700000000, 'current_period_end', 4102444800,
+                 'price', jsonb_build_object('id', 'price_pro', 'lookup_key', 'pro', 'product', 'prod_pro')))))))
+$$;
+LISTEN stripe_billing;
+\echo == rolled back
+BEGIN;
+SELECT stripe_billing.stripe_apply_event(sub_event('evt_n0', 1700000000, 'active')) \g /dev/null
+ROLLBACK;
+\echo == committed: access granted
+SELECT stripe_billing.stripe_apply_event(sub_event('evt_n1', 1700000000, 'active')) \g /dev/null
+\echo == no change to the features
+SELECT stripe_billing.stripe_apply_event(sub_event('evt_n2', 1700000100, 'active')) \g /dev/null
+\echo == committed: access revoked
+SELECT stripe_billing.stripe_apply_event(sub_event('evt_n3', 1700000200, 'canceled')) \g /dev/null
+\echo == many features
+SELECT stripe_billing.stripe_grant_feature('lookup_key', 'pro', 'feature_' || g || '_' || repeat('x', 80))
+  FROM generate_series(1, 300) g \g /dev/null
+-- (a second subscription: the first one's cancellation sticks)
+SELECT 'outcome=' || stripe_billing.stripe_apply_event(jsonb_set(jsonb_set(
+         sub_event('evt_n4', 1700000300, 'active'), '{data,object,id}', '"sub_n2"'),
+         '{data,object,items,data,0,id}', '"si_n2"'));
+SELECT 'features=' || count(*) FROM stripe_billing.stripe_user_features('user_n');
+\echo == end
+SQL
+)
+echo "$out"
+section() { sed -n "/== $1/,/== /p" <<<"$out"; }
+fail=0
+section "rolled back" | grep -q "Asynchronous notification" && { echo "FAIL: a rolled-back change notified"; fail=1; }
+section "committed: access granted" | grep -q '"user_ref" : "user_n", "customer" : "cus_n", "event_type" : "customer.subscription.updated", "derivation" : [0-9]*, "features" : 1}' ||
+    { echo "FAIL: no notification with user, customer, event type, derivation and feature count on grant"; fail=1; }
+section "no change" | grep -q "Asynchronous notification" && { echo "FAIL: an event that changed no feature notified"; fail=1; }
+section "committed: access revoked" | grep -q '"user_ref" : "user_n".*"features" : 0}' ||
+    { echo "FAIL: no notification with no features on revocation"; fail=1; }
+many=$(section "many features")
+grep -q 'outcome=applied' <<<"$many" && grep -q 'features=301' <<<"$many" ||
+    { echo "FAIL: a user with 301 features was not derived: $(grep -E 'outcome=|features=|ERROR' <<<"$many" | head -3)"; fail=1; }
+payload=$(grep -o '"user_ref" : "user_n".*"features" : 301}' <<<"$many")
+[ -n "$payload" ] && [ "${#payload}" -lt 300 ] ||
+    { echo "FAIL: no small notification for the user with 301 features: ${payload:0:200}"; fail=1; }
+[ $fail -eq 0 ] && echo "PASS: a user with 301 features (a list of them: $((301 * 105)) bytes) derived, notified in ${#payload} bytes"
+[ $fail -eq 0 ] && echo "PASS: notifications on committed changes only, with user, customer, event type, derivation and feature count"
+exit $fail
