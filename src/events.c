@@ -119,13 +119,6 @@ malformed(const char *field, const char *problem, const char *event_id)
 			 event_id ? errdetail("Event id: %s.", event_id) : 0));
 }
 
-/* Returns the value of key in an object container, or NULL if absent. */
-static JsonbValue *
-get_key(JsonbContainer *object, const char *key, JsonbValue *buf)
-{
-	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
-}
-
 /*
  * A required non-empty string field of at most EVENT_KEY_MAX bytes; field is
  * the dotted name for errors.
@@ -135,7 +128,7 @@ required_string(JsonbContainer *object, const char *key, const char *field,
 				const char *event_id)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v == NULL || v->type == jbvNull)
 		malformed(field, "is missing", event_id);
@@ -155,7 +148,7 @@ required_object(JsonbContainer *object, const char *key, const char *field,
 				const char *event_id)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v == NULL || v->type == jbvNull)
 		malformed(field, "is missing", event_id);
@@ -170,7 +163,7 @@ required_unix_time(JsonbContainer *object, const char *key, const char *field,
 				   const char *event_id)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 	char	   *digits;
 	int64		seconds;
 	char	   *end;
@@ -194,9 +187,9 @@ static JsonbContainer *
 event_object(Jsonb *event)
 {
 	JsonbValue	buf;
-	JsonbValue *data = get_key(&event->root, "data", &buf);
+	JsonbValue *data = sb_jsonb_key(&event->root, "data", &buf);
 
-	return get_key(data->val.binary.data, "object", &buf)->val.binary.data;
+	return sb_jsonb_key(data->val.binary.data, "object", &buf)->val.binary.data;
 }
 
 /* Sets header->kind from data.object.object (NULL when absent). */
@@ -204,7 +197,7 @@ static void
 parse_event_kind(Jsonb *event, EventHeader *header)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(event_object(event), "object", &buf);
+	JsonbValue *v = sb_jsonb_key(event_object(event), "object", &buf);
 
 	header->kind = (v && v->type == jbvString) ?
 		pnstrdup(v->val.string.val, v->val.string.len) : NULL;
@@ -228,7 +221,7 @@ parse_event(Jsonb *event, EventHeader *header)
 	header->id = required_string(root, "id", "id", NULL);
 
 	/* a bare API object passed by mistake is refused, not misread */
-	v = get_key(root, "object", &buf);
+	v = sb_jsonb_key(root, "object", &buf);
 	if (v != NULL && !(v->type == jbvString && v->val.string.len == 5 &&
 					   memcmp(v->val.string.val, "event", 5) == 0))
 		malformed("object", "must be \"event\"", header->id);
@@ -236,7 +229,7 @@ parse_event(Jsonb *event, EventHeader *header)
 	header->type = required_string(root, "type", "type", header->id);
 	header->created = required_unix_time(root, "created", "created", header->id);
 
-	v = get_key(root, "livemode", &buf);
+	v = sb_jsonb_key(root, "livemode", &buf);
 	if (v == NULL || v->type == jbvNull)
 		malformed("livemode", "is missing", header->id);
 	if (v->type != jbvBool)
@@ -244,7 +237,7 @@ parse_event(Jsonb *event, EventHeader *header)
 				  header->id);
 	header->livemode = v->val.boolean;
 
-	v = get_key(root, "api_version", &buf);
+	v = sb_jsonb_key(root, "api_version", &buf);
 	header->api_version = NULL;
 	if (v != NULL && v->type != jbvNull)
 	{
@@ -459,10 +452,10 @@ static Jsonb *
 event_object_jsonb(Jsonb *event)
 {
 	JsonbValue	buf;
-	JsonbValue *data = get_key(&event->root, "data", &buf);
+	JsonbValue *data = sb_jsonb_key(&event->root, "data", &buf);
 	JsonbValue	object_buf;
 
-	return JsonbValueToJsonb(get_key(data->val.binary.data, "object", &object_buf));
+	return JsonbValueToJsonb(sb_jsonb_key(data->val.binary.data, "object", &object_buf));
 }
 
 /*
@@ -1797,13 +1790,13 @@ snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source
 	JsonbValue *v;
 
 	memset(header, 0, sizeof(*header));
-	v = get_key(object, "object", &buf);
+	v = sb_jsonb_key(object, "object", &buf);
 	if (v == NULL || v->type != jbvString)
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_INVALID_OBJECT),
 				 errmsg("invalid Stripe object: field \"object\" is missing or not a string")));
 	header->kind = pnstrdup(v->val.string.val, v->val.string.len);
-	v = get_key(object, "id", &buf);
+	v = sb_jsonb_key(object, "id", &buf);
 	header->id = psprintf("%s:%s", source,
 						  v && v->type == jbvString ?
 						  pnstrdup(v->val.string.val, Min(v->val.string.len, EVENT_KEY_MAX)) :
@@ -1916,7 +1909,7 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 					(errcode(ERRCODE_SB_INVALID_OBJECT),
 					 errmsg("invalid Stripe object: element %d of the list is not an object", i)));
 		/* an object completed apart (a subscription's items) stands for the listed one */
-		if (replacements && (id = get_key(v->val.binary.data, "id", &buf)) != NULL &&
+		if (replacements && (id = sb_jsonb_key(v->val.binary.data, "id", &buf)) != NULL &&
 			id->type == jbvString)
 			replacement = getKeyJsonValueFromContainer(&replacements->root, id->val.string.val,
 													   id->val.string.len, NULL);

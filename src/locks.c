@@ -148,12 +148,6 @@ sb_lockset_add_user(SbLockSet *set, const char *user_ref, int len)
 	set->users = lappend(set->users, cstring_to_text_with_len(user_ref, len));
 }
 
-static JsonbValue *
-get_key(JsonbContainer *object, const char *key, JsonbValue *buf)
-{
-	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
-}
-
 /*
  * An id field: a string, or an expanded object's "id" (as
  * stripe_billing._id reads it).  False when absent or of another type.
@@ -163,10 +157,10 @@ id_field(JsonbContainer *object, const char *key, const char **id, int *len)
 {
 	JsonbValue	buf;
 	JsonbValue	idbuf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v && v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data))
-		v = get_key(v->val.binary.data, "id", &idbuf);
+		v = sb_jsonb_key(v->val.binary.data, "id", &idbuf);
 	if (v == NULL || v->type != jbvString)
 		return false;
 	*id = v->val.string.val;
@@ -179,7 +173,7 @@ static bool
 text_field(JsonbContainer *object, const char *key, const char **text, int *len)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v == NULL)
 		return false;
@@ -209,7 +203,7 @@ add_metadata_user(SbLockSet *set, JsonbContainer *object)
 {
 	static const char *const keys[] = {"user_ref", "user_id", "userId"};
 	JsonbValue	buf;
-	JsonbValue *metadata = get_key(object, "metadata", &buf);
+	JsonbValue *metadata = sb_jsonb_key(object, "metadata", &buf);
 
 	if (metadata == NULL || metadata->type != jbvBinary ||
 		!JsonContainerIsObject(metadata->val.binary.data))
@@ -298,11 +292,11 @@ sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind)
 		if (has_id)
 			sb_lockset_add_key(set, "payment", id, len);
 		if (strcmp(kind, "charge") == 0 &&
-			(v = get_key(object, "refunds", &buf)) != NULL && v->type == jbvBinary &&
+			(v = sb_jsonb_key(object, "refunds", &buf)) != NULL && v->type == jbvBinary &&
 			JsonContainerIsObject(v->val.binary.data))
 		{
 			JsonbValue	databuf;
-			JsonbValue *data = get_key(v->val.binary.data, "data", &databuf);
+			JsonbValue *data = sb_jsonb_key(v->val.binary.data, "data", &databuf);
 
 			if (data && data->type == jbvBinary && JsonContainerIsArray(data->val.binary.data))
 			{
@@ -319,7 +313,7 @@ sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind)
 			}
 		}
 		if (strcmp(kind, "invoice_payment") == 0 &&
-			(v = get_key(object, "payment", &buf)) != NULL && v->type == jbvBinary &&
+			(v = sb_jsonb_key(object, "payment", &buf)) != NULL && v->type == jbvBinary &&
 			JsonContainerIsObject(v->val.binary.data))
 		{
 			if (id_field(v->val.binary.data, "payment_intent", &id, &len))
@@ -571,7 +565,7 @@ stripe_lock_objects(PG_FUNCTION_ARGS)
 
 		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 			continue;
-		kind = get_key(v->val.binary.data, "object", &buf);
+		kind = sb_jsonb_key(v->val.binary.data, "object", &buf);
 		if (kind && kind->type == jbvString)
 			sb_lockset_add_object(set, v->val.binary.data,
 								  pnstrdup(kind->val.string.val, kind->val.string.len));
