@@ -1017,6 +1017,15 @@ DROP FUNCTION stripe_billing._refetch_marked(integer);
 -- gone: stripe_billing._sync_duties()
 DROP FUNCTION stripe_billing._sync_duties();
 
+-- new: stripe_billing._object_kinds()
+CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
+                                             OUT ignored_event_types text[], OUT apply_function text,
+                                             OUT fields text[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_object_kinds'
+LANGUAGE C STRICT STABLE
+SET search_path = pg_catalog, pg_temp;
+
 -- Internal functions are for the extension's own calls only, but the gate
 -- of the committing procedures' steps (see _procedure_step).
 DO $$

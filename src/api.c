@@ -34,6 +34,7 @@
 #include "utils/wait_event.h"
 
 #include "stripe_billing.h"
+#include "kinds.h"
 
 PG_FUNCTION_INFO_V1(stripe_api);
 PG_FUNCTION_INFO_V1(stripe_events_page);
@@ -450,7 +451,7 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 	{
 		char	   *kind = sb_object_string(body, "object");
 
-		if (kind && sb_object_kind_is_known(kind))
+		if (kind && sb_object_kind(kind) != NULL)
 			sb_apply_api_object(body, response_time(r), r->request_id);
 	}
 	return body;

@@ -184,10 +184,6 @@ extern void sb_check_signature(const char *payload, size_t payload_len,
 extern int	sb_split_secret_list(const char *list, char ***secrets,
 								 size_t **secret_lens);
 
-/* shapes.c */
-extern bool sb_object_kind_is_known(const char *kind);
-extern void sb_check_object_shape(JsonbContainer *object, const char *kind);
-
 /* entitlements.c */
 extern TimestampTz sb_now(void);
 
