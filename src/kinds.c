@@ -99,6 +99,7 @@ static const SbField plan_fields[] = {
 	{"interval", J_STR, false},
 	{"interval_count", J_INT4, false},
 	{"usage_type", J_STR, false},
+	{"lookup_key", J_STR | J_KEY, false},
 	{"nickname", J_STR, false},
 	{"metadata", J_OBJ, false},
 	{"created", J_TIME, false},
@@ -155,6 +156,7 @@ static const SbField invoice_fields[] = {
 static const SbField invoice_payment_fields[] = {
 	{"id", J_STR | J_KEY, true},
 	{"invoice", J_ID, true},
+	{"customer", J_ID, false},
 	{"amount_paid", J_INT, false},
 	{"currency", J_STR, false},
 	{"status", J_STR, false},
@@ -181,6 +183,7 @@ static const SbField payment_intent_fields[] = {
 
 #define REFUND_FIELDS(prefix) \
 	{prefix "id", J_STR | J_KEY, true}, \
+	{prefix "customer", J_ID, false}, \
 	{prefix "charge", J_ID, false}, \
 	{prefix "payment_intent", J_ID, false}, \
 	{prefix "amount", J_INT, false}, \
