@@ -136,6 +136,12 @@ error_sqlstate(int status, const char *type)
  * Raises the error of a failed response (HTTP error, a body that is not
  * JSON, or no response at all).  What Stripe (or whatever answered) wrote
  * is formatted first and scrubbed of secrets, then raised as it is.
+ *
+ * The DETAIL of a Stripe error has a stable form, which callers parse to
+ * classify the error by Stripe's type and code rather than by its message
+ * (stripe_billing._api_error, docs/reference.md): "<method> <path>: HTTP
+ * <status>, type <type>, code <code>, param <param>, request <id>.", with
+ * "(none)" for what Stripe did not send.
  */
 static void
 report_api_failure(const char *method, const char *path, SbHttpResponse *r, Jsonb *body)
