@@ -1695,13 +1695,14 @@ sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
 		elog(ERROR, "SPI_connect failed");
 	lock_objects(&object->root, header.kind);
 	outcome = map_object_guarded(object, &header, &error);
-	SPI_finish();
 
+	/* (before SPI_finish, which frees the error's memory) */
 	if (strcmp(outcome, "failed") == 0)
 		ereport(WARNING,
 				(errmsg("the %s returned by Stripe was not applied locally: %s", header.kind, error),
 				 errdetail("Request %s.  Its event will apply it when it arrives.",
 						   request_id ? request_id : "(none)")));
+	SPI_finish();
 }
 
 /* A batch of snapshots to map, as run_guarded work. */
