@@ -252,6 +252,45 @@ AS $$
   SELECT id FROM stripe_billing.installation ORDER BY created_at, id LIMIT 1
 $$;
 
+-- new: stripe_billing._api_error(text)
+CREATE FUNCTION stripe_billing._api_error(detail text, OUT http_status integer, OUT type text,
+                                          OUT code text, OUT param text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT m[1]::integer, nullif(m[2], '(none)'), nullif(m[3], '(none)'), nullif(m[4], '(none)')
+    FROM (SELECT regexp_match(detail, '^\S+ \S+: HTTP (\d{3}), type (\S+), code (\S+), param (\S+), request \S+\.$') AS m) s
+$$;
+
+-- changed: stripe_billing._send_usage_v1(bigint, jsonb)
+CREATE OR REPLACE FUNCTION stripe_billing._send_usage_v1(row_id bigint, event jsonb) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  outcome text := 'sent';
+  error text;
+  error_detail text;
+BEGIN
+  BEGIN
+    PERFORM stripe_billing.stripe_api('POST', '/v1/billing/meter_events',
+        jsonb_build_object('event_name', event->>'event_name', 'identifier', event->>'identifier',
+                           'timestamp', extract(epoch FROM (event->>'timestamp')::timestamptz)::bigint,
+                           'payload', event->'payload'),
+        event->>'identifier');
+  EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
+    error := SQLERRM;
+    outcome := CASE WHEN SQLSTATE = 'SBA01'
+                         AND (stripe_billing._api_error(error_detail)).code = 'resource_already_exists' THEN 'sent'
+                    WHEN SQLSTATE IN ('SBA01', 'SBA02') THEN 'failed'
+                    ELSE 'retry' END;
+  END;
+  PERFORM stripe_billing._usage_mark(ARRAY[row_id], outcome, error);
+  RETURN outcome;
+END
+$$;
+
 -- changed: stripe_billing._poll_unparsed_page(text)
 CREATE OR REPLACE FUNCTION stripe_billing._poll_unparsed_page(event_cursor text) RETURNS jsonb
 LANGUAGE plpgsql
@@ -410,7 +449,8 @@ BEGIN
   EXCEPTION
   WHEN SQLSTATE 'SBA01' THEN
     GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
-    IF error_detail NOT LIKE '%code resource_missing, param ending_before%' THEN
+    IF NOT coalesce((SELECT e.code = 'resource_missing' AND e.param = 'ending_before'
+                       FROM stripe_billing._api_error(error_detail) e), false) THEN
       RAISE;
     END IF;
     PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
@@ -552,6 +592,7 @@ DECLARE
   list jsonb;
   items jsonb;
   summary jsonb;
+  error_detail text;
 BEGIN
   SELECT tab, id, path, customer INTO r FROM (
            SELECT 'customers' AS tab, id, '/v1/customers/' || id AS path, id AS customer
@@ -607,7 +648,8 @@ BEGIN
       PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
     EXCEPTION WHEN SQLSTATE 'SBA01' THEN
       -- gone at Stripe (or not readable with this key): nothing to heal
-      IF SQLERRM NOT ILIKE '%no such%' THEN
+      GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
+      IF (stripe_billing._api_error(error_detail)).code IS DISTINCT FROM 'resource_missing' THEN
         RAISE;
       END IF;
     END;
@@ -1016,6 +1058,15 @@ DROP FUNCTION stripe_billing._refetch_marked(integer);
 
 -- gone: stripe_billing._sync_duties()
 DROP FUNCTION stripe_billing._sync_duties();
+
+-- new: stripe_billing._object_kinds()
+CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
+                                             OUT ignored_event_types text[], OUT apply_function text,
+                                             OUT fields text[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_object_kinds'
+LANGUAGE C STRICT STABLE
+SET search_path = pg_catalog, pg_temp;
 
 -- Internal functions are for the extension's own calls only, but the gate
 -- of the committing procedures' steps (see _procedure_step).

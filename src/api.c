@@ -34,6 +34,7 @@
 #include "utils/wait_event.h"
 
 #include "stripe_billing.h"
+#include "kinds.h"
 
 PG_FUNCTION_INFO_V1(stripe_api);
 PG_FUNCTION_INFO_V1(stripe_events_page);
@@ -135,9 +136,15 @@ error_sqlstate(int status, const char *type)
  * Raises the error of a failed response (HTTP error, a body that is not
  * JSON, or no response at all).  What Stripe (or whatever answered) wrote
  * is formatted first and scrubbed of secrets, then raised as it is.
+ *
+ * The DETAIL of a Stripe error has a stable form, which callers parse to
+ * classify the error by Stripe's type and code rather than by its message
+ * (stripe_billing._api_error, docs/reference.md): "<method> <path>: HTTP
+ * <status>, type <type>, code <code>, param <param>, request <id>.", with
+ * "(none)" for what Stripe did not send.
  */
 static void
-report_failure(const char *method, const char *path, SbHttpResponse *r, Jsonb *body)
+report_api_failure(const char *method, const char *path, SbHttpResponse *r, Jsonb *body)
 {
 	Jsonb	   *error = error_object(body);
 	char	   *type = sb_object_string(error, "type");
@@ -263,7 +270,7 @@ is_unreserved(char c)
  * characters are checked first, so the later messages can quote the path.
  */
 static void
-check_path(const char *path)
+check_request_path(const char *path)
 {
 	const char *p;
 
@@ -389,7 +396,7 @@ call_with_retries(const char *method, const char *path, const char *form,
 		if (r->status / 100 == 2 && body != NULL)
 			break;
 		if (attempt >= max_retries || !should_retry(r, body))
-			report_failure(method, path, r, body);
+			report_api_failure(method, path, r, body);
 		wait_to_retry(r, attempt++);
 	}
 	*response = r;
@@ -433,7 +440,7 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("method must be GET, POST or DELETE, not \"%s\"", method)));
-	check_path(path);
+	check_request_path(path);
 	if (idempotency_key && idempotency_key[0] != '\0')
 		check_idempotency_key(idempotency_key);
 	else if (mutating)
@@ -450,7 +457,7 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 	{
 		char	   *kind = sb_object_string(body, "object");
 
-		if (kind && sb_object_kind_is_known(kind))
+		if (kind && sb_object_kind(kind) != NULL)
 			sb_apply_api_object(body, response_time(r), r->request_id);
 	}
 	return body;
@@ -472,7 +479,7 @@ sb_stripe_get(const char *path, const char *query, pg_time_t *response_time_out)
 	SbHttpResponse *r;
 	Jsonb	   *body;
 
-	check_path(path);
+	check_request_path(path);
 	/* the answer to a request started in the background, if it is this one and it succeeded */
 	r = sb_http_take_prefetched(path, query);
 	body = (r && r->status / 100 == 2) ? sb_parse_body(r) : NULL;
@@ -592,7 +599,7 @@ events_text(const char *query)
 		if (r->status / 100 == 2)
 			break;
 		if (attempt >= sb_max_network_retries || !should_retry(r, r->status ? sb_parse_body(r) : NULL))
-			report_failure("GET", "/v1/events", r, r->status ? sb_parse_body(r) : NULL);
+			report_api_failure("GET", "/v1/events", r, r->status ? sb_parse_body(r) : NULL);
 		wait_to_retry(r, attempt++);
 	}
 	if (memchr(r->body, '\0', r->body_len) != NULL ||

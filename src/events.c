@@ -49,6 +49,7 @@
 #include "utils/timestamp.h"
 
 #include "stripe_billing.h"
+#include "kinds.h"
 
 PG_FUNCTION_INFO_V1(stripe_apply_event);
 PG_FUNCTION_INFO_V1(stripe_apply_events);
@@ -79,36 +80,6 @@ typedef struct EventHeader
 	bool		snapshot;		/* no event: a listed object or an API answer */
 } EventHeader;
 
-/*
- * Event types mapped onto billing tables, and the object kinds each carries.
- * A type that matches but carries another kind (charge.dispute.* carries a
- * dispute) is recorded as ignored.  First match wins.
- */
-typedef struct EventFamily
-{
-	const char *type;			/* an exact type, or a prefix ending in '.' */
-	const char *kinds[2];
-} EventFamily;
-
-static const EventFamily mapped_families[] = {
-	{"checkout.session.", {"checkout.session"}},
-	{"customer.subscription.", {"subscription"}},
-	{"customer.created", {"customer"}},
-	{"customer.updated", {"customer"}},
-	{"customer.deleted", {"customer"}},
-	{"invoice.upcoming", {NULL}},	/* a preview without an id: nothing to keep */
-	{"invoice.", {"invoice"}},
-	{"invoice_payment.paid", {"invoice_payment"}},
-	{"payment_intent.", {"payment_intent"}},
-	{"charge.", {"charge", "refund"}},
-	{"refund.", {"refund"}},
-	{"product.", {"product"}},
-	{"price.", {"price"}},
-	{"plan.", {"plan"}},
-	{"entitlements.active_entitlement_summary.updated",
-	{"entitlements.active_entitlement_summary"}},
-};
-
 /* Raises the error for a missing or mistyped event field. */
 static void
 malformed(const char *field, const char *problem, const char *event_id)
@@ -117,13 +88,6 @@ malformed(const char *field, const char *problem, const char *event_id)
 			(errcode(ERRCODE_SB_MALFORMED_EVENT),
 			 errmsg("malformed Stripe event: field \"%s\" %s", field, problem),
 			 event_id ? errdetail("Event id: %s.", event_id) : 0));
-}
-
-/* Returns the value of key in an object container, or NULL if absent. */
-static JsonbValue *
-get_key(JsonbContainer *object, const char *key, JsonbValue *buf)
-{
-	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
 }
 
 /*
@@ -135,7 +99,7 @@ required_string(JsonbContainer *object, const char *key, const char *field,
 				const char *event_id)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v == NULL || v->type == jbvNull)
 		malformed(field, "is missing", event_id);
@@ -155,7 +119,7 @@ required_object(JsonbContainer *object, const char *key, const char *field,
 				const char *event_id)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v == NULL || v->type == jbvNull)
 		malformed(field, "is missing", event_id);
@@ -170,7 +134,7 @@ required_unix_time(JsonbContainer *object, const char *key, const char *field,
 				   const char *event_id)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 	char	   *digits;
 	int64		seconds;
 	char	   *end;
@@ -194,9 +158,9 @@ static JsonbContainer *
 event_object(Jsonb *event)
 {
 	JsonbValue	buf;
-	JsonbValue *data = get_key(&event->root, "data", &buf);
+	JsonbValue *data = sb_jsonb_key(&event->root, "data", &buf);
 
-	return get_key(data->val.binary.data, "object", &buf)->val.binary.data;
+	return sb_jsonb_key(data->val.binary.data, "object", &buf)->val.binary.data;
 }
 
 /* Sets header->kind from data.object.object (NULL when absent). */
@@ -204,7 +168,7 @@ static void
 parse_event_kind(Jsonb *event, EventHeader *header)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(event_object(event), "object", &buf);
+	JsonbValue *v = sb_jsonb_key(event_object(event), "object", &buf);
 
 	header->kind = (v && v->type == jbvString) ?
 		pnstrdup(v->val.string.val, v->val.string.len) : NULL;
@@ -228,7 +192,7 @@ parse_event(Jsonb *event, EventHeader *header)
 	header->id = required_string(root, "id", "id", NULL);
 
 	/* a bare API object passed by mistake is refused, not misread */
-	v = get_key(root, "object", &buf);
+	v = sb_jsonb_key(root, "object", &buf);
 	if (v != NULL && !(v->type == jbvString && v->val.string.len == 5 &&
 					   memcmp(v->val.string.val, "event", 5) == 0))
 		malformed("object", "must be \"event\"", header->id);
@@ -236,7 +200,7 @@ parse_event(Jsonb *event, EventHeader *header)
 	header->type = required_string(root, "type", "type", header->id);
 	header->created = required_unix_time(root, "created", "created", header->id);
 
-	v = get_key(root, "livemode", &buf);
+	v = sb_jsonb_key(root, "livemode", &buf);
 	if (v == NULL || v->type == jbvNull)
 		malformed("livemode", "is missing", header->id);
 	if (v->type != jbvBool)
@@ -244,7 +208,7 @@ parse_event(Jsonb *event, EventHeader *header)
 				  header->id);
 	header->livemode = v->val.boolean;
 
-	v = get_key(root, "api_version", &buf);
+	v = sb_jsonb_key(root, "api_version", &buf);
 	header->api_version = NULL;
 	if (v != NULL && v->type != jbvNull)
 	{
@@ -259,31 +223,11 @@ parse_event(Jsonb *event, EventHeader *header)
 	parse_event_kind(event, header);
 }
 
-/*
- * Is this event mapped onto billing tables?  An object without a kind is
- * mapped (and will fail, naming data.object.object) when its type is.
- */
+/* Is this event mapped onto billing tables (kinds.c)? */
 static bool
 event_is_mapped(const EventHeader *header)
 {
-	for (int i = 0; i < lengthof(mapped_families); i++)
-	{
-		const EventFamily *family = &mapped_families[i];
-		size_t		len = strlen(family->type);
-		bool		match = family->type[len - 1] == '.' ?
-			strncmp(header->type, family->type, len) == 0 :
-			strcmp(header->type, family->type) == 0;
-
-		if (!match)
-			continue;
-		if (header->kind == NULL)
-			return family->kinds[0] != NULL;
-		for (int k = 0; k < lengthof(family->kinds) && family->kinds[k]; k++)
-			if (strcmp(header->kind, family->kinds[k]) == 0)
-				return true;
-		return false;
-	}
-	return false;
+	return sb_event_type_is_mapped(header->type, header->kind);
 }
 
 /*
@@ -322,36 +266,21 @@ canonical_outcome(const char *outcome)
 }
 
 /*
- * The SQL function that maps each kind of object, in schema stripe_billing:
- * f(o jsonb, ev_type text, ev_id text, ev_created timestamptz), or without
- * ev_type.  Called through fmgr, not a SELECT: no executor of our own around
- * the mapping's own statements.  The function is looked up, as a member of
- * the extension (extension.c), on first use and again after any pg_proc
- * change (the extension may be recreated).
+ * The SQL function that maps each kind of object (kinds.c), in schema
+ * stripe_billing: f(o jsonb, ev_type text, ev_id text, ev_created
+ * timestamptz), or without ev_type.  Called through fmgr, not a SELECT: no
+ * executor of our own around the mapping's own statements.  The function is
+ * looked up, as a member of the extension (extension.c), on first use and
+ * again after any pg_proc change (the extension may be recreated).
  */
 typedef struct ObjectMapper
 {
-	const char *kind;
-	const char *function;
-	bool		takes_type;		/* has the ev_type argument */
 	bool		valid;			/* flinfo is looked up and current */
 	FmgrInfo	flinfo;
 } ObjectMapper;
 
-static ObjectMapper mappers[] = {
-	{"customer", "_apply_customer", true},
-	{"product", "_apply_product", true},
-	{"price", "_apply_price", true},
-	{"plan", "_apply_price", true},
-	{"subscription", "_apply_subscription", true},
-	{"invoice", "_apply_invoice", true},
-	{"payment_intent", "_apply_payment", false},
-	{"charge", "_apply_payment", false},
-	{"refund", "_apply_payment", false},
-	{"invoice_payment", "_apply_payment", false},
-	{"checkout.session", "_apply_checkout_session", true},
-	{"entitlements.active_entitlement_summary", "_apply_entitlement_summary", true},
-};
+/* One for each of sb_object_kinds, in that order. */
+static ObjectMapper mappers[SB_NUM_OBJECT_KINDS];
 
 /* A pg_proc change: look the mapping functions up again on next use. */
 static void
@@ -363,16 +292,10 @@ invalidate_mappers(Datum arg, int cacheid, uint32 hashvalue)
 
 /* The mapper of a kind, its function looked up. */
 static ObjectMapper *
-get_mapper(const char *kind)
+get_mapper(const SbObjectKind *kind)
 {
 	static bool callback_registered = false;
-	ObjectMapper *mapper = NULL;
-
-	for (int i = 0; i < lengthof(mappers) && mapper == NULL; i++)
-		if (strcmp(mappers[i].kind, kind) == 0)
-			mapper = &mappers[i];
-	if (mapper == NULL)
-		elog(ERROR, "no mapping for Stripe object kind \"%s\"", kind);
+	ObjectMapper *mapper = &mappers[kind - sb_object_kinds];
 
 	if (!callback_registered)
 	{
@@ -383,9 +306,9 @@ get_mapper(const char *kind)
 	{
 		Oid			with_type[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
 		Oid			without_type[3] = {JSONBOID, TEXTOID, TIMESTAMPTZOID};
-		Oid			fn = mapper->takes_type ?
-			sb_extension_function(mapper->function, 4, with_type, false) :
-			sb_extension_function(mapper->function, 3, without_type, false);
+		Oid			fn = kind->apply_takes_type ?
+			sb_extension_function(kind->apply_function, 4, with_type, false) :
+			sb_extension_function(kind->apply_function, 3, without_type, false);
 
 		fmgr_info_cxt(fn, &mapper->flinfo, TopMemoryContext);
 		mapper->valid = true;
@@ -426,6 +349,7 @@ check_object_livemode(JsonbContainer *object, const EventHeader *header)
 static const char *
 map_object(Jsonb *object, const EventHeader *header)
 {
+	const SbObjectKind *kind;
 	ObjectMapper *mapper;
 	LOCAL_FCINFO(fcinfo, 4);
 	int			nargs = 0;
@@ -438,11 +362,14 @@ map_object(Jsonb *object, const EventHeader *header)
 	/* (an event's own livemode was checked before it was recorded) */
 	if (header->snapshot)
 		check_object_livemode(&object->root, header);
-	sb_check_object_shape(&object->root, header->kind);
-	mapper = get_mapper(header->kind);
+	kind = sb_object_kind(header->kind);
+	if (kind == NULL)
+		elog(ERROR, "no mapping for Stripe object kind \"%s\"", header->kind);
+	sb_check_object_shape(&object->root, kind);
+	mapper = get_mapper(kind);
 
 	fcinfo->args[nargs++].value = JsonbPGetDatum(object);
-	if (mapper->takes_type)
+	if (kind->apply_takes_type)
 		fcinfo->args[nargs++].value = CStringGetTextDatum(header->type);
 	fcinfo->args[nargs++].value = CStringGetTextDatum(header->id);
 	fcinfo->args[nargs++].value = TimestampTzGetDatum(header->created);
@@ -459,10 +386,10 @@ static Jsonb *
 event_object_jsonb(Jsonb *event)
 {
 	JsonbValue	buf;
-	JsonbValue *data = get_key(&event->root, "data", &buf);
+	JsonbValue *data = sb_jsonb_key(&event->root, "data", &buf);
 	JsonbValue	object_buf;
 
-	return JsonbValueToJsonb(get_key(data->val.binary.data, "object", &object_buf));
+	return JsonbValueToJsonb(sb_jsonb_key(data->val.binary.data, "object", &object_buf));
 }
 
 /*
@@ -1797,13 +1724,13 @@ snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source
 	JsonbValue *v;
 
 	memset(header, 0, sizeof(*header));
-	v = get_key(object, "object", &buf);
+	v = sb_jsonb_key(object, "object", &buf);
 	if (v == NULL || v->type != jbvString)
 		ereport(ERROR,
 				(errcode(ERRCODE_SB_INVALID_OBJECT),
 				 errmsg("invalid Stripe object: field \"object\" is missing or not a string")));
 	header->kind = pnstrdup(v->val.string.val, v->val.string.len);
-	v = get_key(object, "id", &buf);
+	v = sb_jsonb_key(object, "id", &buf);
 	header->id = psprintf("%s:%s", source,
 						  v && v->type == jbvString ?
 						  pnstrdup(v->val.string.val, Min(v->val.string.len, EVENT_KEY_MAX)) :
@@ -1916,7 +1843,7 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 					(errcode(ERRCODE_SB_INVALID_OBJECT),
 					 errmsg("invalid Stripe object: element %d of the list is not an object", i)));
 		/* an object completed apart (a subscription's items) stands for the listed one */
-		if (replacements && (id = get_key(v->val.binary.data, "id", &buf)) != NULL &&
+		if (replacements && (id = sb_jsonb_key(v->val.binary.data, "id", &buf)) != NULL &&
 			id->type == jbvString)
 			replacement = getKeyJsonValueFromContainer(&replacements->root, id->val.string.val,
 													   id->val.string.len, NULL);

@@ -59,6 +59,7 @@
 #include "utils/numeric.h"
 
 #include "stripe_billing.h"
+#include "kinds.h"
 
 PG_FUNCTION_INFO_V1(stripe_lock_keys);
 PG_FUNCTION_INFO_V1(stripe_lock_objects);
@@ -148,12 +149,6 @@ sb_lockset_add_user(SbLockSet *set, const char *user_ref, int len)
 	set->users = lappend(set->users, cstring_to_text_with_len(user_ref, len));
 }
 
-static JsonbValue *
-get_key(JsonbContainer *object, const char *key, JsonbValue *buf)
-{
-	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
-}
-
 /*
  * An id field: a string, or an expanded object's "id" (as
  * stripe_billing._id reads it).  False when absent or of another type.
@@ -163,10 +158,10 @@ id_field(JsonbContainer *object, const char *key, const char **id, int *len)
 {
 	JsonbValue	buf;
 	JsonbValue	idbuf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v && v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data))
-		v = get_key(v->val.binary.data, "id", &idbuf);
+		v = sb_jsonb_key(v->val.binary.data, "id", &idbuf);
 	if (v == NULL || v->type != jbvString)
 		return false;
 	*id = v->val.string.val;
@@ -179,7 +174,7 @@ static bool
 text_field(JsonbContainer *object, const char *key, const char **text, int *len)
 {
 	JsonbValue	buf;
-	JsonbValue *v = get_key(object, key, &buf);
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
 
 	if (v == NULL)
 		return false;
@@ -203,131 +198,118 @@ text_field(JsonbContainer *object, const char *key, const char **text, int *len)
 	}
 }
 
-/* The user metadata names (stripe_billing._user_ref: user_ref, user_id, userId). */
-static void
-add_metadata_user(SbLockSet *set, JsonbContainer *object)
+/* Where the keys of an object go, as its paths are walked. */
+typedef struct KeyWalk
 {
-	static const char *const keys[] = {"user_ref", "user_id", "userId"};
+	SbLockSet  *set;
+	const char *row_kind;		/* the kind of the rows whose ids are walked */
+	bool		user_found;		/* a user_refs path named one */
+} KeyWalk;
+
+typedef void (*KeyWalkFn) (KeyWalk *walk, JsonbContainer *parent, const char *key);
+
+/*
+ * Calls fn for the value at a dotted path of object (see SbField), each one
+ * found: "name[]" walks every element of an array.  Intermediate values of
+ * another type (or absent) lead nowhere: the shape check, which runs once
+ * the locks are taken, reports them.
+ */
+static void
+walk_path(KeyWalk *walk, JsonbContainer *object, const char *path, KeyWalkFn fn)
+{
+	const char *dot = strchr(path, '.');
+	char	   *seg;
+	size_t		len;
+	bool		each;
 	JsonbValue	buf;
-	JsonbValue *metadata = get_key(object, "metadata", &buf);
+	JsonbValue *v;
 
-	if (metadata == NULL || metadata->type != jbvBinary ||
-		!JsonContainerIsObject(metadata->val.binary.data))
-		return;
-	for (int i = 0; i < lengthof(keys); i++)
+	if (dot == NULL)
 	{
-		const char *user;
-		int			len;
+		fn(walk, object, path);
+		return;
+	}
+	len = dot - path;
+	each = len > 2 && strncmp(dot - 2, "[]", 2) == 0;
+	seg = pnstrdup(path, each ? len - 2 : len);
+	v = sb_jsonb_key(object, seg, &buf);
+	pfree(seg);
+	if (v == NULL || v->type != jbvBinary)
+		return;
+	if (!each)
+	{
+		if (JsonContainerIsObject(v->val.binary.data))
+			walk_path(walk, v->val.binary.data, dot + 1, fn);
+		return;
+	}
+	if (!JsonContainerIsArray(v->val.binary.data))
+		return;
+	for (uint32 i = 0; i < JsonContainerSize(v->val.binary.data); i++)
+	{
+		JsonbValue *elem = getIthJsonbValueFromContainer(v->val.binary.data, i);
 
-		if (text_field(metadata->val.binary.data, keys[i], &user, &len) && len > 0)
-		{
-			sb_lockset_add_user(set, user, len);
-			return;
-		}
+		if (elem->type == jbvBinary && JsonContainerIsObject(elem->val.binary.data))
+			walk_path(walk, elem->val.binary.data, dot + 1, fn);
+	}
+}
+
+/* A row's key, from its id field. */
+static void
+add_row_key(KeyWalk *walk, JsonbContainer *parent, const char *key)
+{
+	const char *id;
+	int			len;
+
+	if (id_field(parent, key, &id, &len))
+		sb_lockset_add_key(walk->set, walk->row_kind, id, len);
+}
+
+/* A customer's key, from its id field. */
+static void
+add_customer_key(KeyWalk *walk, JsonbContainer *parent, const char *key)
+{
+	const char *id;
+	int			len;
+
+	if (id_field(parent, key, &id, &len))
+		sb_lockset_add_customer(walk->set, id, len);
+}
+
+/* The first user named: a non-empty scalar, as _user_ref and ->> read it. */
+static void
+add_user_key(KeyWalk *walk, JsonbContainer *parent, const char *key)
+{
+	const char *user;
+	int			len;
+
+	if (!walk->user_found && text_field(parent, key, &user, &len) && len > 0)
+	{
+		sb_lockset_add_user(walk->set, user, len);
+		walk->user_found = true;
 	}
 }
 
 /*
- * The keys a Stripe object's mapping needs (see the _apply_* functions):
- * its row's, its customer's where it may link the customer or change what
- * the customer's users are entitled to, and the users it names.
+ * The keys a Stripe object's mapping needs, as its kind declares them
+ * (kinds.c): the rows it may write, its customer's where it may link the
+ * customer or change what the customer's users are entitled to, and the
+ * user it names.
  */
 void
-sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind)
+sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind_name)
 {
-	const char *id = NULL;
-	int			len = 0;
-	const char *customer = NULL;
-	int			customer_len = 0;
-	bool		has_id = id_field(object, "id", &id, &len);
-	bool		has_customer = id_field(object, "customer", &customer, &customer_len);
+	const SbObjectKind *kind;
+	KeyWalk		walk = {set, NULL, false};
 
-	if (kind == NULL)
+	if (kind_name == NULL || (kind = sb_object_kind(kind_name)) == NULL)
 		return;
-	if (strcmp(kind, "customer") == 0)
-	{
-		if (has_id)
-			sb_lockset_add_customer(set, id, len);
-		add_metadata_user(set, object);
-	}
-	else if (strcmp(kind, "subscription") == 0)
-	{
-		if (has_id)
-			sb_lockset_add_key(set, "subscription", id, len);
-		if (has_customer)
-			sb_lockset_add_customer(set, customer, customer_len);
-		add_metadata_user(set, object);
-	}
-	else if (strcmp(kind, "checkout.session") == 0)
-	{
-		const char *user;
-		int			user_len;
-
-		if (has_id)
-			sb_lockset_add_key(set, "checkout.session", id, len);
-		if (has_customer)
-			sb_lockset_add_customer(set, customer, customer_len);
-		if (text_field(object, "client_reference_id", &user, &user_len) && user_len > 0)
-			sb_lockset_add_user(set, user, user_len);
-		else
-			add_metadata_user(set, object);
-	}
-	else if (strcmp(kind, "entitlements.active_entitlement_summary") == 0)
-	{
-		if (has_customer)
-			sb_lockset_add_customer(set, customer, customer_len);
-	}
-	else if (strcmp(kind, "product") == 0 || strcmp(kind, "invoice") == 0)
-	{
-		if (has_id)
-			sb_lockset_add_key(set, kind, id, len);
-	}
-	else if (strcmp(kind, "price") == 0 || strcmp(kind, "plan") == 0)
-	{
-		/* (a plan is written as a price) */
-		if (has_id)
-			sb_lockset_add_key(set, "price", id, len);
-	}
-	else if (strcmp(kind, "payment_intent") == 0 || strcmp(kind, "refund") == 0 ||
-			 strcmp(kind, "charge") == 0 || strcmp(kind, "invoice_payment") == 0)
-	{
-		JsonbValue	buf;
-		JsonbValue *v;
-
-		/* one table of payments: every row the mapping may write */
-		if (has_id)
-			sb_lockset_add_key(set, "payment", id, len);
-		if (strcmp(kind, "charge") == 0 &&
-			(v = get_key(object, "refunds", &buf)) != NULL && v->type == jbvBinary &&
-			JsonContainerIsObject(v->val.binary.data))
-		{
-			JsonbValue	databuf;
-			JsonbValue *data = get_key(v->val.binary.data, "data", &databuf);
-
-			if (data && data->type == jbvBinary && JsonContainerIsArray(data->val.binary.data))
-			{
-				int			n = JsonContainerSize(data->val.binary.data);
-
-				for (int i = 0; i < n; i++)
-				{
-					JsonbValue *r = getIthJsonbValueFromContainer(data->val.binary.data, i);
-
-					if (r->type == jbvBinary && JsonContainerIsObject(r->val.binary.data) &&
-						id_field(r->val.binary.data, "id", &id, &len))
-						sb_lockset_add_key(set, "payment", id, len);
-				}
-			}
-		}
-		if (strcmp(kind, "invoice_payment") == 0 &&
-			(v = get_key(object, "payment", &buf)) != NULL && v->type == jbvBinary &&
-			JsonContainerIsObject(v->val.binary.data))
-		{
-			if (id_field(v->val.binary.data, "payment_intent", &id, &len))
-				sb_lockset_add_key(set, "payment", id, len);
-			if (id_field(v->val.binary.data, "charge", &id, &len))
-				sb_lockset_add_key(set, "payment", id, len);
-		}
-	}
+	walk.row_kind = kind->row_kind;
+	for (int i = 0; i < lengthof(kind->row_ids) && kind->row_ids[i]; i++)
+		walk_path(&walk, object, kind->row_ids[i], add_row_key);
+	if (kind->customer)
+		walk_path(&walk, object, kind->customer, add_customer_key);
+	for (int i = 0; i < lengthof(kind->user_refs) && kind->user_refs[i]; i++)
+		walk_path(&walk, object, kind->user_refs[i], add_user_key);
 }
 
 static int
@@ -571,7 +553,7 @@ stripe_lock_objects(PG_FUNCTION_ARGS)
 
 		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 			continue;
-		kind = get_key(v->val.binary.data, "object", &buf);
+		kind = sb_jsonb_key(v->val.binary.data, "object", &buf);
 		if (kind && kind->type == jbvString)
 			sb_lockset_add_object(set, v->val.binary.data,
 								  pnstrdup(kind->val.string.val, kind->val.string.len));

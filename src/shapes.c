@@ -1,17 +1,19 @@
 /*-------------------------------------------------------------------------
  *
  * shapes.c
- *	  The JSON shapes of the Stripe objects that events are mapped from.
+ *	  Checking a Stripe object against the fields of its kind before it is
+ *	  mapped.
  *
  * The SQL mapping reads fields with ->> and casts; a field of the wrong JSON
  * type would either fail with a message that does not name it or, worse, be
- * stored as text.  So before mapping, every field the mapping reads is
- * checked here against its expected JSON type, and the first mismatch
- * raises an error naming the field by its full path
- * ("data.object.items.data[1].quantity").  Values the mapping's casts and
- * indexes would refuse are checked too: Unix times within timestamptz's
- * range (stripe_billing._ts), amounts within bigint, counts within integer,
- * ids and keys short enough for an index, an item listed once.
+ * stored as text.  So before mapping, every field the mapping reads (its
+ * kind's fields, declared in kinds.c) is checked here against its expected
+ * JSON type, and the first mismatch raises an error naming the field by its
+ * full path ("data.object.items.data[1].quantity").  Values the mapping's
+ * casts and indexes would refuse are checked too: Unix times within
+ * timestamptz's range (stripe_billing._ts), amounts within bigint, counts
+ * within integer, ids and keys short enough for an index, an item listed
+ * once.
  *
  *-------------------------------------------------------------------------
  */
@@ -24,21 +26,7 @@
 #include "utils/numeric.h"
 
 #include "stripe_billing.h"
-
-/* Accepted JSON types of a field (a mask); JSON null is always accepted. */
-#define J_STR	0x01
-#define J_INT	0x02			/* an integer within bigint */
-#define J_BOOL	0x04
-#define J_OBJ	0x08
-#define J_ARR	0x10
-#define J_ID	0x20			/* a string id, or an expanded object with one;
-								 * at most KEY_MAX bytes */
-#define J_INT4	0x40			/* an integer within integer */
-#define J_TIME	0x80			/* Unix seconds within timestamptz */
-/* Checks on top of the type */
-#define J_KEY	0x100			/* a string of at most KEY_MAX bytes */
-#define J_REF	0x200			/* a string of at most REF_MAX bytes */
-#define J_UNIQUE 0x400			/* a string unique among the array's elements */
+#include "kinds.h"
 
 #define J_NUMBER (J_INT | J_INT4 | J_TIME)
 
@@ -54,251 +42,6 @@
 /* The range of Unix seconds a timestamptz holds (to_timestamp's checks). */
 #define UNIX_SECONDS_MIN ((int64) SECS_PER_DAY * (DATETIME_MIN_JULIAN - UNIX_EPOCH_JDATE))
 #define UNIX_SECONDS_END ((int64) SECS_PER_DAY * (TIMESTAMP_END_JULIAN - UNIX_EPOCH_JDATE))
-
-typedef struct FieldSpec
-{
-	const char *path;			/* dotted; "name[]" walks every array element */
-	int			types;
-	bool		required;		/* must be present and not null */
-} FieldSpec;
-
-typedef struct ObjectShape
-{
-	const char *kind;			/* the object's "object" field */
-	const FieldSpec *fields;
-} ObjectShape;
-
-/* The fields _user_ref() reads from metadata. */
-#define USER_REF_FIELDS \
-	{"metadata.user_ref", J_STR | J_REF, false}, \
-	{"metadata.user_id", J_STR | J_REF, false}, \
-	{"metadata.userId", J_STR | J_REF, false}
-
-/* The list of a subscription's items, as embedded in the subscription. */
-#define ITEM_FIELDS(prefix) \
-	{prefix "id", J_STR | J_KEY | J_UNIQUE, true}, \
-	{prefix "quantity", J_INT, false}, \
-	{prefix "current_period_start", J_TIME, false}, \
-	{prefix "current_period_end", J_TIME, false}, \
-	{prefix "price", J_OBJ, false}, \
-	{prefix "price.id", J_STR | J_KEY, true}, \
-	{prefix "price.product", J_ID, false}, \
-	{prefix "price.lookup_key", J_STR | J_KEY, false}, \
-	{prefix "plan", J_OBJ, false}, \
-	{prefix "plan.id", J_STR | J_KEY, true}, \
-	{prefix "plan.product", J_ID, false}
-
-static const FieldSpec customer_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"email", J_STR, false},
-	{"name", J_STR, false},
-	{"deleted", J_BOOL, false},
-	{"metadata", J_OBJ, false},
-	USER_REF_FIELDS,
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-static const FieldSpec product_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"name", J_STR, false},
-	{"description", J_STR, false},
-	{"active", J_BOOL, false},
-	{"deleted", J_BOOL, false},
-	{"metadata", J_OBJ, false},
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-static const FieldSpec price_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"product", J_ID, false},
-	{"active", J_BOOL, false},
-	{"deleted", J_BOOL, false},
-	{"currency", J_STR, false},
-	{"unit_amount", J_INT, false},
-	{"type", J_STR, false},
-	{"recurring", J_OBJ, false},
-	{"recurring.interval", J_STR, false},
-	{"recurring.interval_count", J_INT4, false},
-	{"recurring.usage_type", J_STR, false},
-	{"lookup_key", J_STR | J_KEY, false},
-	{"nickname", J_STR, false},
-	{"metadata", J_OBJ, false},
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-static const FieldSpec plan_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"product", J_ID, false},
-	{"active", J_BOOL, false},
-	{"deleted", J_BOOL, false},
-	{"currency", J_STR, false},
-	{"amount", J_INT, false},
-	{"interval", J_STR, false},
-	{"interval_count", J_INT4, false},
-	{"usage_type", J_STR, false},
-	{"nickname", J_STR, false},
-	{"metadata", J_OBJ, false},
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-static const FieldSpec subscription_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"customer", J_ID, true},
-	{"status", J_STR, true},
-	{"cancel_at_period_end", J_BOOL, false},
-	{"cancel_at", J_TIME, false},
-	{"canceled_at", J_TIME, false},
-	{"ended_at", J_TIME, false},
-	{"current_period_start", J_TIME, false},
-	{"current_period_end", J_TIME, false},
-	{"trial_start", J_TIME, false},
-	{"trial_end", J_TIME, false},
-	{"pause_collection", J_OBJ, false},
-	{"latest_invoice", J_ID, false},
-	{"metadata", J_OBJ, false},
-	USER_REF_FIELDS,
-	{"created", J_TIME, false},
-	{"items", J_OBJ, true},
-	{"items.data", J_ARR, true},
-	{"items.has_more", J_BOOL, false},
-	ITEM_FIELDS("items.data[]."),
-	{NULL}
-};
-
-static const FieldSpec invoice_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"customer", J_ID, false},
-	{"subscription", J_ID, false},
-	{"parent", J_OBJ, false},
-	{"parent.subscription_details", J_OBJ, false},
-	{"parent.subscription_details.subscription", J_ID, false},
-	{"status", J_STR, false},
-	{"amount_due", J_INT, false},
-	{"amount_paid", J_INT, false},
-	{"amount_remaining", J_INT, false},
-	{"currency", J_STR, false},
-	{"attempt_count", J_INT4, false},
-	{"next_payment_attempt", J_TIME, false},
-	{"hosted_invoice_url", J_STR, false},
-	{"invoice_pdf", J_STR, false},
-	{"period_start", J_TIME, false},
-	{"period_end", J_TIME, false},
-	{"billing_reason", J_STR, false},
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-static const FieldSpec invoice_payment_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"invoice", J_ID, true},
-	{"amount_paid", J_INT, false},
-	{"currency", J_STR, false},
-	{"status", J_STR, false},
-	{"payment", J_OBJ, false},
-	{"payment.payment_intent", J_ID, false},
-	{"payment.charge", J_ID, false},
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-static const FieldSpec payment_intent_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"customer", J_ID, false},
-	{"invoice", J_ID, false},
-	{"amount", J_INT, false},
-	{"currency", J_STR, false},
-	{"status", J_STR, false},
-	{"last_payment_error", J_OBJ, false},
-	{"last_payment_error.code", J_STR, false},
-	{"last_payment_error.message", J_STR, false},
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-#define REFUND_FIELDS(prefix) \
-	{prefix "id", J_STR | J_KEY, true}, \
-	{prefix "charge", J_ID, false}, \
-	{prefix "payment_intent", J_ID, false}, \
-	{prefix "amount", J_INT, false}, \
-	{prefix "currency", J_STR, false}, \
-	{prefix "status", J_STR, false}, \
-	{prefix "failure_reason", J_STR, false}, \
-	{prefix "created", J_TIME, false}
-
-static const FieldSpec charge_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"customer", J_ID, false},
-	{"invoice", J_ID, false},
-	{"payment_intent", J_ID, false},
-	{"amount", J_INT, false},
-	{"amount_refunded", J_INT, false},
-	{"currency", J_STR, false},
-	{"status", J_STR, false},
-	{"failure_code", J_STR, false},
-	{"failure_message", J_STR, false},
-	{"created", J_TIME, false},
-	{"refunds", J_OBJ, false},
-	{"refunds.data", J_ARR, false},
-	REFUND_FIELDS("refunds.data[]."),
-	{NULL}
-};
-
-static const FieldSpec refund_fields[] = {
-	REFUND_FIELDS(""),
-	{NULL}
-};
-
-static const FieldSpec checkout_session_fields[] = {
-	{"id", J_STR | J_KEY, true},
-	{"client_reference_id", J_STR | J_REF, false},
-	{"customer", J_ID, false},
-	{"customer_email", J_STR, false},
-	{"customer_details", J_OBJ, false},
-	{"customer_details.email", J_STR, false},
-	{"mode", J_STR, false},
-	{"status", J_STR, false},
-	{"payment_status", J_STR, false},
-	{"subscription", J_ID, false},
-	{"payment_intent", J_ID, false},
-	{"amount_total", J_INT, false},
-	{"currency", J_STR, false},
-	{"url", J_STR, false},
-	{"expires_at", J_TIME, false},
-	{"metadata", J_OBJ, false},
-	USER_REF_FIELDS,
-	{"created", J_TIME, false},
-	{NULL}
-};
-
-static const FieldSpec entitlement_summary_fields[] = {
-	{"customer", J_STR | J_KEY, true},
-	{"entitlements", J_OBJ, true},
-	{"entitlements.data", J_ARR, true},
-	{"entitlements.has_more", J_BOOL, false},
-	{"entitlements.data[].id", J_STR, false},
-	{"entitlements.data[].feature", J_ID, true},
-	{"entitlements.data[].lookup_key", J_STR | J_KEY, true},
-	{NULL}
-};
-
-static const ObjectShape shapes[] = {
-	{"customer", customer_fields},
-	{"product", product_fields},
-	{"price", price_fields},
-	{"plan", plan_fields},
-	{"subscription", subscription_fields},
-	{"invoice", invoice_fields},
-	{"invoice_payment", invoice_payment_fields},
-	{"payment_intent", payment_intent_fields},
-	{"charge", charge_fields},
-	{"refund", refund_fields},
-	{"checkout.session", checkout_session_fields},
-	{"entitlements.active_entitlement_summary", entitlement_summary_fields},
-};
 
 /* Describes a type mask for messages. */
 static const char *
@@ -503,8 +246,8 @@ check_unique(SeenValue *seen, int nseen, const char *leaf, StringInfo where)
  * objects are fine: their own specs say whether they are required.
  */
 static void
-check_path(JsonbContainer *c, char **segs, int nsegs, int i,
-		   const FieldSpec *spec, StringInfo where)
+check_field_path(JsonbContainer *c, char **segs, int nsegs, int i,
+		   const SbField *spec, StringInfo where)
 {
 	char	   *seg = segs[i];
 	size_t		len = strlen(seg);
@@ -533,7 +276,7 @@ check_path(JsonbContainer *c, char **segs, int nsegs, int i,
 	{
 		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 			wrong_field(where, psprintf("must be an object, not %s", JsonbTypeName(v)));
-		check_path(v->val.binary.data, segs, nsegs, i + 1, spec, where);
+		check_field_path(v->val.binary.data, segs, nsegs, i + 1, spec, where);
 		return;
 	}
 
@@ -557,7 +300,7 @@ check_path(JsonbContainer *c, char **segs, int nsegs, int i,
 		{
 			if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
 				wrong_field(where, psprintf("must be an object, not %s", JsonbTypeName(elem)));
-			check_path(elem->val.binary.data, segs, nsegs, i + 1, spec, where);
+			check_field_path(elem->val.binary.data, segs, nsegs, i + 1, spec, where);
 			if (seen)
 			{
 				JsonbValue	key_buf;
@@ -584,34 +327,17 @@ check_path(JsonbContainer *c, char **segs, int nsegs, int i,
 	}
 }
 
-/* Is kind an object kind events are mapped from? */
-bool
-sb_object_kind_is_known(const char *kind)
-{
-	for (int i = 0; i < lengthof(shapes); i++)
-		if (strcmp(shapes[i].kind, kind) == 0)
-			return true;
-	return false;
-}
-
 /*
  * Checks every field the mapping of this kind of object reads; raises
  * SBE03 naming the first bad field.
  */
 void
-sb_check_object_shape(JsonbContainer *object, const char *kind)
+sb_check_object_shape(JsonbContainer *object, const SbObjectKind *kind)
 {
-	const ObjectShape *shape = NULL;
 	StringInfoData where;
 
-	for (int i = 0; i < lengthof(shapes) && shape == NULL; i++)
-		if (strcmp(shapes[i].kind, kind) == 0)
-			shape = &shapes[i];
-	if (shape == NULL)
-		elog(ERROR, "no shape for Stripe object kind \"%s\"", kind);
-
 	initStringInfo(&where);
-	for (const FieldSpec *spec = shape->fields; spec->path; spec++)
+	for (const SbField *spec = kind->fields; spec->path; spec++)
 	{
 		char	   *copy = pstrdup(spec->path);
 		char	   *segs[8];
@@ -624,7 +350,7 @@ sb_check_object_shape(JsonbContainer *object, const char *kind)
 
 		resetStringInfo(&where);
 		appendStringInfoString(&where, "data.object");
-		check_path(object, segs, nsegs, 0, spec, &where);
+		check_field_path(object, segs, nsegs, 0, spec, &where);
 		pfree(copy);
 	}
 	pfree(where.data);

@@ -303,7 +303,7 @@ verify_header(const char *payload, size_t payload_len,
 
 /* Raises the error that says why a signature was refused. */
 static void
-report_failure(SignatureStatus status, const SignatureReport *report,
+report_signature_failure(SignatureStatus status, const SignatureReport *report,
 			   int tolerance, pg_time_t now)
 {
 	switch (status)
@@ -370,7 +370,7 @@ sb_check_signature(const char *payload, size_t payload_len,
 
 	status = verify_header(payload, payload_len, header, header_len,
 						   secrets, secret_lens, nsecrets, tolerance, now, &report);
-	report_failure(status, &report, tolerance, now);
+	report_signature_failure(status, &report, tolerance, now);
 }
 
 /*

@@ -80,7 +80,7 @@
 #define ERRCODE_SB_API_IDEMPOTENCY		MAKE_SQLSTATE('S','B','A','0','6')
 #define ERRCODE_SB_NETWORK				MAKE_SQLSTATE('S','B','A','0','7')
 
-/* Settings (stripe_billing.c) */
+/* guc.c: the settings */
 extern char *sb_webhook_secret;
 extern char *sb_api_key;
 extern bool sb_livemode;
@@ -108,7 +108,18 @@ extern char *sb_meter_events_base;
 extern int	sb_usage_api;
 extern int	sb_usage_concurrency;
 
+extern void sb_define_settings(void);
+
+/* secrets.c */
 extern void sb_scrub_secrets(char *s);
+extern void sb_install_secret_scrubber(void);
+
+/* The value of key in a jsonb object container, or NULL when absent. */
+static inline JsonbValue *
+sb_jsonb_key(JsonbContainer *object, const char *key, JsonbValue *buf)
+{
+	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
+}
 
 /* extension.c */
 extern Oid	sb_extension_oid(void);
@@ -172,10 +183,6 @@ extern void sb_check_signature(const char *payload, size_t payload_len,
 							   int nsecrets, int tolerance, pg_time_t now);
 extern int	sb_split_secret_list(const char *list, char ***secrets,
 								 size_t **secret_lens);
-
-/* shapes.c */
-extern bool sb_object_kind_is_known(const char *kind);
-extern void sb_check_object_shape(JsonbContainer *object, const char *kind);
 
 /* entitlements.c */
 extern TimestampTz sb_now(void);

@@ -466,3 +466,15 @@ BEGIN
   RETURN 'applied';
 END
 $$;
+
+-- The kinds of Stripe object mapped, as kinds.c declares them: the event
+-- types that carry each, the function above that applies it, and the
+-- fields its shape is checked for (every field that function reads; the
+-- regression test object_kinds holds them to it).
+CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
+                                             OUT ignored_event_types text[], OUT apply_function text,
+                                             OUT fields text[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_object_kinds'
+LANGUAGE C STRICT STABLE
+SET search_path = pg_catalog, pg_temp;

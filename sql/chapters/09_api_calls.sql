@@ -18,6 +18,21 @@ LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) FROM PUBLIC;
 
+-- Stripe's error behind an SBA01..SBA06 error, read from its DETAIL, whose
+-- form is stable (see api.c): "<method> <path>: HTTP <status>, type <type>,
+-- code <code>, param <param>, request <request id>.", "(none)" standing for
+-- what Stripe did not send.  Stripe's errors are classified by their code
+-- and type, never by their message, which Stripe may reword.  All NULL for
+-- another text.
+CREATE FUNCTION stripe_billing._api_error(detail text, OUT http_status integer, OUT type text,
+                                          OUT code text, OUT param text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT m[1]::integer, nullif(m[2], '(none)'), nullif(m[3], '(none)'), nullif(m[4], '(none)')
+    FROM (SELECT regexp_match(detail, '^\S+ \S+: HTTP (\d{3}), type (\S+), code (\S+), param (\S+), request \S+\.$') AS m) s
+$$;
+
 -- The user's Stripe customer (the most recently created live one), or NULL.
 -- (PL/pgSQL, not SQL: its plan is cached across transactions.)
 -- Whether any subscription of the user ever had a trial, whatever its

@@ -103,8 +103,9 @@ $$;
 
 -- Sends one usage row by POST /v1/billing/meter_events, whose answer is
 -- about this row alone (validated at once), and marks it.  Returns the
--- outcome.  Stripe refusing the row (400, 404) fails it; "already exists"
--- means an earlier send got through; anything else (409, 429, 5xx, no
+-- outcome.  Stripe refusing the row (400, 404) fails it; an identifier
+-- Stripe already recorded (resource_already_exists) means an earlier send
+-- got through; anything else (409, 429, 5xx, no
 -- answer, the key refused) is not the row's fault: it waits and is tried
 -- again.
 CREATE FUNCTION stripe_billing._send_usage_v1(row_id bigint, event jsonb) RETURNS text
@@ -114,6 +115,7 @@ AS $$
 DECLARE
   outcome text := 'sent';
   error text;
+  error_detail text;
 BEGIN
   BEGIN
     PERFORM stripe_billing.stripe_api('POST', '/v1/billing/meter_events',
@@ -122,8 +124,10 @@ BEGIN
                            'payload', event->'payload'),
         event->>'identifier');
   EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
     error := SQLERRM;
-    outcome := CASE WHEN SQLSTATE = 'SBA01' AND SQLERRM ILIKE '%already exists%' THEN 'sent'
+    outcome := CASE WHEN SQLSTATE = 'SBA01'
+                         AND (stripe_billing._api_error(error_detail)).code = 'resource_already_exists' THEN 'sent'
                     WHEN SQLSTATE IN ('SBA01', 'SBA02') THEN 'failed'
                     ELSE 'retry' END;
   END;

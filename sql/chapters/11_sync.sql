@@ -269,7 +269,8 @@ BEGIN
   EXCEPTION
   WHEN SQLSTATE 'SBA01' THEN
     GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
-    IF error_detail NOT LIKE '%code resource_missing, param ending_before%' THEN
+    IF NOT coalesce((SELECT e.code = 'resource_missing' AND e.param = 'ending_before'
+                       FROM stripe_billing._api_error(error_detail) e), false) THEN
       RAISE;
     END IF;
     PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
@@ -425,6 +426,7 @@ DECLARE
   list jsonb;
   items jsonb;
   summary jsonb;
+  error_detail text;
 BEGIN
   SELECT tab, id, path, customer INTO r FROM (
            SELECT 'customers' AS tab, id, '/v1/customers/' || id AS path, id AS customer
@@ -480,7 +482,8 @@ BEGIN
       PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
     EXCEPTION WHEN SQLSTATE 'SBA01' THEN
       -- gone at Stripe (or not readable with this key): nothing to heal
-      IF SQLERRM NOT ILIKE '%no such%' THEN
+      GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
+      IF (stripe_billing._api_error(error_detail)).code IS DISTINCT FROM 'resource_missing' THEN
         RAISE;
       END IF;
     END;

@@ -1,0 +1,474 @@
+/*-------------------------------------------------------------------------
+ *
+ * kinds.c
+ *	  The kinds of Stripe object that events are mapped from, each declared
+ *	  once: the events that carry it, the SQL function that applies it, the
+ *	  fields that function reads, and the keys applying it locks.
+ *
+ * The ledger (events.c) maps an event when its type and its object's kind
+ * match a row here, the shape check (shapes.c) validates the row's fields
+ * before the apply function runs, and locks.c takes the row's keys first.
+ * Every field an _apply_* function reads must be listed in its kind's
+ * fields: the regression test object_kinds reads the functions' source
+ * through stripe_billing._object_kinds() and fails on one that is not.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/tuplestore.h"
+
+#include "stripe_billing.h"
+#include "kinds.h"
+
+PG_FUNCTION_INFO_V1(stripe_object_kinds);
+
+/* The fields _user_ref() reads from metadata. */
+#define USER_REF_FIELDS \
+	{"metadata.user_ref", J_STR | J_REF, false}, \
+	{"metadata.user_id", J_STR | J_REF, false}, \
+	{"metadata.userId", J_STR | J_REF, false}
+
+/* The list of a subscription's items, as embedded in the subscription. */
+#define ITEM_FIELDS(prefix) \
+	{prefix "id", J_STR | J_KEY | J_UNIQUE, true}, \
+	{prefix "quantity", J_INT, false}, \
+	{prefix "current_period_start", J_TIME, false}, \
+	{prefix "current_period_end", J_TIME, false}, \
+	{prefix "price", J_OBJ, false}, \
+	{prefix "price.id", J_STR | J_KEY, true}, \
+	{prefix "price.product", J_ID, false}, \
+	{prefix "price.lookup_key", J_STR | J_KEY, false}, \
+	{prefix "plan", J_OBJ, false}, \
+	{prefix "plan.id", J_STR | J_KEY, true}, \
+	{prefix "plan.product", J_ID, false}
+
+static const SbField customer_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"email", J_STR, false},
+	{"name", J_STR, false},
+	{"deleted", J_BOOL, false},
+	{"metadata", J_OBJ, false},
+	USER_REF_FIELDS,
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField product_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"name", J_STR, false},
+	{"description", J_STR, false},
+	{"active", J_BOOL, false},
+	{"deleted", J_BOOL, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField price_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"product", J_ID, false},
+	{"active", J_BOOL, false},
+	{"deleted", J_BOOL, false},
+	{"currency", J_STR, false},
+	{"unit_amount", J_INT, false},
+	{"type", J_STR, false},
+	{"recurring", J_OBJ, false},
+	{"recurring.interval", J_STR, false},
+	{"recurring.interval_count", J_INT4, false},
+	{"recurring.usage_type", J_STR, false},
+	{"lookup_key", J_STR | J_KEY, false},
+	{"nickname", J_STR, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField plan_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"product", J_ID, false},
+	{"active", J_BOOL, false},
+	{"deleted", J_BOOL, false},
+	{"currency", J_STR, false},
+	{"amount", J_INT, false},
+	{"interval", J_STR, false},
+	{"interval_count", J_INT4, false},
+	{"usage_type", J_STR, false},
+	{"lookup_key", J_STR | J_KEY, false},
+	{"nickname", J_STR, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField subscription_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"customer", J_ID, true},
+	{"status", J_STR, true},
+	{"cancel_at_period_end", J_BOOL, false},
+	{"cancel_at", J_TIME, false},
+	{"canceled_at", J_TIME, false},
+	{"ended_at", J_TIME, false},
+	{"current_period_start", J_TIME, false},
+	{"current_period_end", J_TIME, false},
+	{"trial_start", J_TIME, false},
+	{"trial_end", J_TIME, false},
+	{"pause_collection", J_OBJ, false},
+	{"latest_invoice", J_ID, false},
+	{"metadata", J_OBJ, false},
+	USER_REF_FIELDS,
+	{"created", J_TIME, false},
+	{"items", J_OBJ, true},
+	{"items.data", J_ARR, true},
+	{"items.has_more", J_BOOL, false},
+	ITEM_FIELDS("items.data[]."),
+	{NULL}
+};
+
+static const SbField invoice_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"customer", J_ID, false},
+	{"subscription", J_ID, false},
+	{"parent", J_OBJ, false},
+	{"parent.subscription_details", J_OBJ, false},
+	{"parent.subscription_details.subscription", J_ID, false},
+	{"status", J_STR, false},
+	{"amount_due", J_INT, false},
+	{"amount_paid", J_INT, false},
+	{"amount_remaining", J_INT, false},
+	{"currency", J_STR, false},
+	{"attempt_count", J_INT4, false},
+	{"next_payment_attempt", J_TIME, false},
+	{"hosted_invoice_url", J_STR, false},
+	{"invoice_pdf", J_STR, false},
+	{"period_start", J_TIME, false},
+	{"period_end", J_TIME, false},
+	{"billing_reason", J_STR, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField invoice_payment_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"invoice", J_ID, true},
+	{"customer", J_ID, false},
+	{"amount_paid", J_INT, false},
+	{"currency", J_STR, false},
+	{"status", J_STR, false},
+	{"payment", J_OBJ, false},
+	{"payment.payment_intent", J_ID, false},
+	{"payment.charge", J_ID, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField payment_intent_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"customer", J_ID, false},
+	{"invoice", J_ID, false},
+	{"amount", J_INT, false},
+	{"currency", J_STR, false},
+	{"status", J_STR, false},
+	{"last_payment_error", J_OBJ, false},
+	{"last_payment_error.code", J_STR, false},
+	{"last_payment_error.message", J_STR, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+#define REFUND_FIELDS(prefix) \
+	{prefix "id", J_STR | J_KEY, true}, \
+	{prefix "customer", J_ID, false}, \
+	{prefix "charge", J_ID, false}, \
+	{prefix "payment_intent", J_ID, false}, \
+	{prefix "amount", J_INT, false}, \
+	{prefix "currency", J_STR, false}, \
+	{prefix "status", J_STR, false}, \
+	{prefix "failure_reason", J_STR, false}, \
+	{prefix "created", J_TIME, false}
+
+static const SbField charge_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"customer", J_ID, false},
+	{"invoice", J_ID, false},
+	{"payment_intent", J_ID, false},
+	{"amount", J_INT, false},
+	{"amount_refunded", J_INT, false},
+	{"currency", J_STR, false},
+	{"status", J_STR, false},
+	{"failure_code", J_STR, false},
+	{"failure_message", J_STR, false},
+	{"created", J_TIME, false},
+	{"refunds", J_OBJ, false},
+	{"refunds.data", J_ARR, false},
+	REFUND_FIELDS("refunds.data[]."),
+	{NULL}
+};
+
+static const SbField refund_fields[] = {
+	REFUND_FIELDS(""),
+	{NULL}
+};
+
+static const SbField checkout_session_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"client_reference_id", J_STR | J_REF, false},
+	{"customer", J_ID, false},
+	{"customer_email", J_STR, false},
+	{"customer_details", J_OBJ, false},
+	{"customer_details.email", J_STR, false},
+	{"mode", J_STR, false},
+	{"status", J_STR, false},
+	{"payment_status", J_STR, false},
+	{"subscription", J_ID, false},
+	{"payment_intent", J_ID, false},
+	{"amount_total", J_INT, false},
+	{"currency", J_STR, false},
+	{"url", J_STR, false},
+	{"expires_at", J_TIME, false},
+	{"metadata", J_OBJ, false},
+	USER_REF_FIELDS,
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField entitlement_summary_fields[] = {
+	{"customer", J_STR | J_KEY, true},
+	{"entitlements", J_OBJ, true},
+	{"entitlements.data", J_ARR, true},
+	{"entitlements.has_more", J_BOOL, false},
+	{"entitlements.data[].id", J_STR, false},
+	{"entitlements.data[].feature", J_ID, true},
+	{"entitlements.data[].lookup_key", J_STR | J_KEY, true},
+	{NULL}
+};
+
+/* The metadata keys that name the application's user (_user_ref()). */
+#define USER_REF_PATHS "metadata.user_ref", "metadata.user_id", "metadata.userId"
+
+const SbObjectKind sb_object_kinds[] = {
+	{
+		.name = "customer",
+		.event_types = {"customer.created", "customer.updated", "customer.deleted"},
+		.apply_function = "_apply_customer",
+		.apply_takes_type = true,
+		.fields = customer_fields,
+		.customer = "id",
+		.user_refs = {USER_REF_PATHS},
+	},
+	{
+		.name = "product",
+		.event_types = {"product."},
+		.apply_function = "_apply_product",
+		.apply_takes_type = true,
+		.fields = product_fields,
+		.row_kind = "product",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "price",
+		.event_types = {"price."},
+		.apply_function = "_apply_price",
+		.apply_takes_type = true,
+		.fields = price_fields,
+		.row_kind = "price",
+		.row_ids = {"id"},
+	},
+	{
+		/* (the older form of a price, written as one) */
+		.name = "plan",
+		.event_types = {"plan."},
+		.apply_function = "_apply_price",
+		.apply_takes_type = true,
+		.fields = plan_fields,
+		.row_kind = "price",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "subscription",
+		.event_types = {"customer.subscription."},
+		.apply_function = "_apply_subscription",
+		.apply_takes_type = true,
+		.fields = subscription_fields,
+		.row_kind = "subscription",
+		.row_ids = {"id"},
+		.customer = "customer",
+		.user_refs = {USER_REF_PATHS},
+	},
+	{
+		.name = "invoice",
+		.event_types = {"invoice."},
+		/* a preview without an id: nothing to keep */
+		.ignored_types = {"invoice.upcoming"},
+		.apply_function = "_apply_invoice",
+		.apply_takes_type = true,
+		.fields = invoice_fields,
+		.row_kind = "invoice",
+		.row_ids = {"id"},
+	},
+	/* payments: one table, so one kind of row for their keys */
+	{
+		.name = "payment_intent",
+		.event_types = {"payment_intent."},
+		.apply_function = "_apply_payment",
+		.fields = payment_intent_fields,
+		.row_kind = "payment",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "charge",
+		.event_types = {"charge."},
+		.apply_function = "_apply_payment",
+		.fields = charge_fields,
+		.row_kind = "payment",
+		/* (the refunds it lists are applied with it) */
+		.row_ids = {"id", "refunds.data[].id"},
+	},
+	{
+		/* (charge.refund.updated carries a refund; charge.dispute.* a dispute) */
+		.name = "refund",
+		.event_types = {"refund.", "charge."},
+		.apply_function = "_apply_payment",
+		.fields = refund_fields,
+		.row_kind = "payment",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "invoice_payment",
+		.event_types = {"invoice_payment.paid"},
+		.apply_function = "_apply_payment",
+		.fields = invoice_payment_fields,
+		.row_kind = "payment",
+		/* (it tells its payment which invoice it paid) */
+		.row_ids = {"id", "payment.payment_intent", "payment.charge"},
+	},
+	{
+		.name = "checkout.session",
+		.event_types = {"checkout.session."},
+		.apply_function = "_apply_checkout_session",
+		.apply_takes_type = true,
+		.fields = checkout_session_fields,
+		.row_kind = "checkout.session",
+		.row_ids = {"id"},
+		.customer = "customer",
+		.user_refs = {"client_reference_id", USER_REF_PATHS},
+	},
+	{
+		/* replaces the customer's set of entitlements */
+		.name = "entitlements.active_entitlement_summary",
+		.event_types = {"entitlements.active_entitlement_summary.updated"},
+		.apply_function = "_apply_entitlement_summary",
+		.apply_takes_type = true,
+		.fields = entitlement_summary_fields,
+		.customer = "customer",
+	},
+};
+
+StaticAssertDecl(lengthof(sb_object_kinds) == SB_NUM_OBJECT_KINDS,
+				 "SB_NUM_OBJECT_KINDS must count sb_object_kinds");
+
+/* The kind of this name, or NULL when objects of it are not mapped. */
+const SbObjectKind *
+sb_object_kind(const char *name)
+{
+	for (int i = 0; i < SB_NUM_OBJECT_KINDS; i++)
+		if (strcmp(sb_object_kinds[i].name, name) == 0)
+			return &sb_object_kinds[i];
+	return NULL;
+}
+
+/* Does an event type match a pattern (an exact type, or a prefix ending in '.')? */
+static bool
+event_type_matches(const char *type, const char *pattern)
+{
+	size_t		len = strlen(pattern);
+
+	if (pattern[len - 1] == '.')
+		return strncmp(type, pattern, len) == 0;
+	return strcmp(type, pattern) == 0;
+}
+
+/* Do events of this type carry objects of this kind to keep? */
+static bool
+kind_maps_event_type(const SbObjectKind *kind, const char *type)
+{
+	bool		matched = false;
+
+	for (int i = 0; i < lengthof(kind->event_types) && kind->event_types[i] && !matched; i++)
+		matched = event_type_matches(type, kind->event_types[i]);
+	for (int i = 0; i < lengthof(kind->ignored_types) && kind->ignored_types[i] && matched; i++)
+		matched = strcmp(type, kind->ignored_types[i]) != 0;
+	return matched;
+}
+
+/*
+ * Is an event of this type whose object is of this kind mapped onto the
+ * billing tables?  An object without a kind (NULL) is mapped, and will fail
+ * naming data.object.object, when some kind's events have this type.
+ */
+bool
+sb_event_type_is_mapped(const char *type, const char *kind)
+{
+	if (kind != NULL)
+	{
+		const SbObjectKind *k = sb_object_kind(kind);
+
+		return k != NULL && kind_maps_event_type(k, type);
+	}
+	for (int i = 0; i < SB_NUM_OBJECT_KINDS; i++)
+		if (kind_maps_event_type(&sb_object_kinds[i], type))
+			return true;
+	return false;
+}
+
+/* A text[] of the non-NULL strings among the first n of strings. */
+static Datum
+text_array(const char *const *strings, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	int			nelems = 0;
+
+	for (int i = 0; i < n && strings[i]; i++)
+		elems[nelems++] = CStringGetTextDatum(strings[i]);
+	return PointerGetDatum(construct_array_builtin(elems, nelems, TEXTOID));
+}
+
+/*
+ * stripe_billing._object_kinds() -> setof (kind, event_types,
+ * ignored_event_types, apply_function, fields)
+ *
+ * The table above, for tests (object_kinds) and for inspection.
+ */
+Datum
+stripe_object_kinds(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < SB_NUM_OBJECT_KINDS; i++)
+	{
+		const SbObjectKind *kind = &sb_object_kinds[i];
+		const char **paths;
+		int			npaths = 0;
+		Datum		values[5];
+		bool		nulls[5] = {false};
+
+		while (kind->fields[npaths].path)
+			npaths++;
+		paths = palloc(sizeof(char *) * Max(npaths, 1));
+		for (int j = 0; j < npaths; j++)
+			paths[j] = kind->fields[j].path;
+		values[0] = CStringGetTextDatum(kind->name);
+		values[1] = text_array(kind->event_types, lengthof(kind->event_types));
+		values[2] = text_array(kind->ignored_types, lengthof(kind->ignored_types));
+		values[3] = CStringGetTextDatum(kind->apply_function);
+		values[4] = text_array(paths, npaths);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
