@@ -12,6 +12,15 @@ AS 'MODULE_PATHNAME', 'stripe_lock_objects'
 LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
+-- new: stripe_billing._object_kinds()
+CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
+                                             OUT ignored_event_types text[], OUT apply_function text,
+                                             OUT fields text[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'stripe_object_kinds'
+LANGUAGE C STRICT STABLE
+SET search_path = pg_catalog, pg_temp;
+
 -- changed: stripe_billing.stripe_link_customer(text, text)
 CREATE OR REPLACE FUNCTION stripe_billing.stripe_link_customer(user_ref text, customer_id text)
 RETURNS void
@@ -244,14 +253,6 @@ BEGIN
 END
 $$;
 
--- changed: stripe_billing.stripe_installation_id()
-CREATE OR REPLACE FUNCTION stripe_billing.stripe_installation_id() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-  SELECT id FROM stripe_billing.installation ORDER BY created_at, id LIMIT 1
-$$;
-
 -- new: stripe_billing._api_error(text)
 CREATE FUNCTION stripe_billing._api_error(detail text, OUT http_status integer, OUT type text,
                                           OUT code text, OUT param text)
@@ -260,6 +261,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT m[1]::integer, nullif(m[2], '(none)'), nullif(m[3], '(none)'), nullif(m[4], '(none)')
     FROM (SELECT regexp_match(detail, '^\S+ \S+: HTTP (\d{3}), type (\S+), code (\S+), param (\S+), request \S+\.$') AS m) s
+$$;
+
+-- changed: stripe_billing.stripe_installation_id()
+CREATE OR REPLACE FUNCTION stripe_billing.stripe_installation_id() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT id FROM stripe_billing.installation ORDER BY created_at, id LIMIT 1
 $$;
 
 -- changed: stripe_billing._send_usage_v1(bigint, jsonb)
@@ -1058,15 +1067,6 @@ DROP FUNCTION stripe_billing._refetch_marked(integer);
 
 -- gone: stripe_billing._sync_duties()
 DROP FUNCTION stripe_billing._sync_duties();
-
--- new: stripe_billing._object_kinds()
-CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
-                                             OUT ignored_event_types text[], OUT apply_function text,
-                                             OUT fields text[])
-RETURNS SETOF record
-AS 'MODULE_PATHNAME', 'stripe_object_kinds'
-LANGUAGE C STRICT STABLE
-SET search_path = pg_catalog, pg_temp;
 
 -- Internal functions are for the extension's own calls only, but the gate
 -- of the committing procedures' steps (see _procedure_step).
