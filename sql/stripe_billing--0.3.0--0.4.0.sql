@@ -1,5 +1,5 @@
--- stripe_billing 0.3.0 -> 0.3.1: the fixes of the review of 0.3.0.
-\echo Use "ALTER EXTENSION stripe_billing UPDATE TO '0.3.1'" to load this file. \quit
+-- stripe_billing 0.3.0 -> 0.4.0.
+\echo Use "ALTER EXTENSION stripe_billing UPDATE TO '0.4.0'" to load this file. \quit
 -- new: stripe_billing._lock_keys(text[], text[], text[])
 CREATE FUNCTION stripe_billing._lock_keys(objects text[], customers text[], users text[]) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_lock_keys'
