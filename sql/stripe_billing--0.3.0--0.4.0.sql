@@ -1,16 +1,524 @@
 -- stripe_billing 0.3.0 -> 0.4.0.
 \echo Use "ALTER EXTENSION stripe_billing UPDATE TO '0.4.0'" to load this file. \quit
+-- Grants made on the functions this update recreates (their signatures
+-- changed: an account argument) are carried over to the new ones, at the end.
+SELECT pg_catalog.set_config('stripe_billing_upgrade.' || p.proname, coalesce(p.proacl::text, ''), false)
+  FROM pg_catalog.pg_proc p
+ WHERE p.pronamespace = 'stripe_billing'::regnamespace
+   AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature');
+
+-- Stripe Connect: every ledger and billing row names its account (NULL: the
+-- platform's own, as every existing row stays); products and prices are
+-- keyed by (id, account); grants are per account.
+ALTER TABLE stripe_billing.events ADD COLUMN account text;
+ALTER TABLE stripe_billing.customers ADD COLUMN account text;
+ALTER TABLE stripe_billing.products ADD COLUMN account text;
+ALTER TABLE stripe_billing.prices ADD COLUMN account text;
+ALTER TABLE stripe_billing.subscriptions ADD COLUMN account text;
+ALTER TABLE stripe_billing.subscription_items ADD COLUMN account text;
+ALTER TABLE stripe_billing.invoices ADD COLUMN account text;
+ALTER TABLE stripe_billing.payments ADD COLUMN account text;
+ALTER TABLE stripe_billing.checkout_sessions ADD COLUMN account text;
+ALTER TABLE stripe_billing.entitlement_summaries ADD COLUMN account text;
+ALTER TABLE stripe_billing.products DROP CONSTRAINT products_pkey,
+    ADD CONSTRAINT products_id_account_key UNIQUE NULLS NOT DISTINCT (id, account);
+ALTER TABLE stripe_billing.products ALTER COLUMN id SET NOT NULL;
+ALTER TABLE stripe_billing.prices DROP CONSTRAINT prices_pkey,
+    ADD CONSTRAINT prices_id_account_key UNIQUE NULLS NOT DISTINCT (id, account);
+ALTER TABLE stripe_billing.prices ALTER COLUMN id SET NOT NULL;
+ALTER TABLE stripe_billing.feature_grants
+    ADD COLUMN account text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$'),
+    DROP CONSTRAINT feature_grants_pkey,
+    ADD CONSTRAINT feature_grants_key UNIQUE NULLS NOT DISTINCT (source_type, source, feature, account);
+CREATE INDEX events_account_received_idx ON stripe_billing.events (account, received_at)
+    WHERE account IS NOT NULL;
+
+CREATE TABLE stripe_billing.accounts (
+    id                 text PRIMARY KEY CHECK (id ~ '^acct_[A-Za-z0-9]{1,250}$'),
+    business_name      text,
+    country            text,
+    default_currency   text,
+    charges_enabled    boolean,
+    payouts_enabled    boolean,
+    details_submitted  boolean,
+    requirements_due   text[],
+    type               text,
+    controller         jsonb,
+    created            timestamptz,
+    authorized_at      timestamptz,
+    deauthorized_at    timestamptz,
+    raw                jsonb,
+    first_seen_at      timestamptz NOT NULL DEFAULT now(),
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.accounts', '');
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_settings
+              WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+    ALTER TABLE stripe_billing.accounts ALTER COLUMN raw SET COMPRESSION lz4;
+  END IF;
+END
+$$;
+
 -- new: stripe_billing._lock_keys(text[], text[], text[])
 CREATE FUNCTION stripe_billing._lock_keys(objects text[], customers text[], users text[]) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_lock_keys'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- new: stripe_billing._lock_objects(jsonb)
-CREATE FUNCTION stripe_billing._lock_objects(objects jsonb) RETURNS void
+-- new: stripe_billing._lock_objects(jsonb, text)
+CREATE FUNCTION stripe_billing._lock_objects(objects jsonb, account text DEFAULT NULL) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_lock_objects'
-LANGUAGE C STRICT VOLATILE
+LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
+
+-- new: stripe_billing._link_customer(text, text, boolean, text, text)
+CREATE FUNCTION stripe_billing._link_customer(customer_id text, new_user_ref text, fill_only boolean,
+                                              ev_type text DEFAULT 'customer.link', ev_account text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  old_user_ref text;
+BEGIN
+  SELECT c.user_ref INTO old_user_ref FROM stripe_billing.customers c WHERE c.id = customer_id FOR UPDATE;
+  IF FOUND AND (old_user_ref IS NOT DISTINCT FROM new_user_ref OR (fill_only AND old_user_ref IS NOT NULL)) THEN
+    RETURN;
+  END IF;
+  INSERT INTO stripe_billing.customers AS t (id, user_ref, account)
+  VALUES (customer_id, new_user_ref, ev_account)
+  ON CONFLICT (id) DO UPDATE SET user_ref = EXCLUDED.user_ref, updated_at = now();
+  PERFORM stripe_billing._refresh_user_features(old_user_ref, customer_id, ev_type);
+  PERFORM stripe_billing._refresh_user_features(new_user_ref, customer_id, ev_type);
+END
+$$;
+
+-- new: stripe_billing._apply_customer(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_customer(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                               ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'customer.deleted' OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    -- a deleted customer's payload may be bare: keep what we knew
+    o := coalesce((SELECT raw FROM stripe_billing.customers WHERE id = o->>'id'), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.customers AS t
+         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created, account)
+  VALUES (o->>'id', stripe_billing._user_ref(o->'metadata'), o->>'email', o->>'name', deleting,
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         user_ref = coalesce(t.user_ref, EXCLUDED.user_ref), account = EXCLUDED.account,
+         email = EXCLUDED.email, name = EXCLUDED.name, deleted = EXCLUDED.deleted,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  PERFORM stripe_billing._refresh_customer_features(o->>'id', ev_type);
+  RETURN 'applied';
+END
+$$;
+
+-- new: stripe_billing._apply_product(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_product(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'product.deleted' OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    o := coalesce((SELECT raw FROM stripe_billing.products
+                    WHERE id = o->>'id' AND account IS NOT DISTINCT FROM ev_account), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.products AS t
+         (id, name, description, active, deleted, metadata, created, raw, last_event_id, last_event_created, account)
+  VALUES (o->>'id', o->>'name', o->>'description', (o->>'active')::boolean, deleting,
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id, account) DO UPDATE SET
+         name = EXCLUDED.name, description = EXCLUDED.description, active = EXCLUDED.active,
+         deleted = EXCLUDED.deleted, metadata = EXCLUDED.metadata,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._apply_price(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_price(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                            ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  is_plan boolean := o->>'object' = 'plan';
+  deleting boolean := ev_type IN ('price.deleted', 'plan.deleted') OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    o := coalesce((SELECT raw FROM stripe_billing.prices
+                    WHERE id = o->>'id' AND account IS NOT DISTINCT FROM ev_account), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.prices AS t
+         (id, product, active, currency, unit_amount, type, recurring_interval, recurring_interval_count,
+          usage_type, lookup_key, nickname, deleted, metadata, created, raw, last_event_id, last_event_created,
+          account)
+  VALUES (o->>'id', stripe_billing._id(o->'product'), (o->>'active')::boolean, o->>'currency',
+          CASE WHEN is_plan THEN (o->>'amount')::bigint ELSE (o->>'unit_amount')::bigint END,
+          CASE WHEN is_plan THEN 'recurring' ELSE o->>'type' END,
+          CASE WHEN is_plan THEN o->>'interval' ELSE o->'recurring'->>'interval' END,
+          CASE WHEN is_plan THEN (o->>'interval_count')::integer ELSE (o->'recurring'->>'interval_count')::integer END,
+          CASE WHEN is_plan THEN o->>'usage_type' ELSE o->'recurring'->>'usage_type' END,
+          o->>'lookup_key', o->>'nickname', deleting, coalesce(o->'metadata', '{}'),
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id, account) DO UPDATE SET
+         product = EXCLUDED.product, active = EXCLUDED.active, currency = EXCLUDED.currency,
+         unit_amount = EXCLUDED.unit_amount, type = EXCLUDED.type,
+         recurring_interval = EXCLUDED.recurring_interval,
+         recurring_interval_count = EXCLUDED.recurring_interval_count,
+         usage_type = EXCLUDED.usage_type, lookup_key = EXCLUDED.lookup_key, nickname = EXCLUDED.nickname,
+         deleted = EXCLUDED.deleted, metadata = EXCLUDED.metadata,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._apply_subscription(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                   ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  sid text := o->>'id';
+  items jsonb := o->'items'->'data';
+  complete_list boolean := NOT coalesce((o->'items'->>'has_more')::boolean, false);
+  period_start timestamptz := stripe_billing._ts(o->'current_period_start');
+  period_end timestamptz := stripe_billing._ts(o->'current_period_end');
+  customer_id text := stripe_billing._id(o->'customer');
+BEGIN
+  IF period_start IS NULL OR period_end IS NULL THEN
+    SELECT coalesce(period_start, min(stripe_billing._ts(i->'current_period_start'))),
+           coalesce(period_end, max(stripe_billing._ts(i->'current_period_end')))
+      INTO period_start, period_end
+      FROM jsonb_array_elements(items) i;
+  END IF;
+
+  INSERT INTO stripe_billing.subscriptions AS t
+         (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
+          current_period_start, current_period_end, trial_start, trial_end, pause_collection,
+          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account)
+  VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
+          stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
+          period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
+          CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
+          stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, status = EXCLUDED.status, account = EXCLUDED.account,
+         cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
+         canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
+         current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+         trial_start = EXCLUDED.trial_start, trial_end = EXCLUDED.trial_end,
+         pause_collection = EXCLUDED.pause_collection, latest_invoice = EXCLUDED.latest_invoice,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status IN ('canceled', 'incomplete_expired'),
+                                      EXCLUDED.status IN ('canceled', 'incomplete_expired'));
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+
+  -- the items follow the subscription snapshot that was just written
+  INSERT INTO stripe_billing.subscription_items AS t
+         (id, subscription, price, product, price_lookup_key, quantity,
+          current_period_start, current_period_end, deleted, last_event_id, last_event_created, account)
+  SELECT i->>'id', sid,
+         coalesce(i->'price'->>'id', i->'plan'->>'id'),
+         coalesce(stripe_billing._id(i->'price'->'product'), stripe_billing._id(i->'plan'->'product')),
+         i->'price'->>'lookup_key', (i->>'quantity')::bigint,
+         coalesce(stripe_billing._ts(i->'current_period_start'), period_start),
+         coalesce(stripe_billing._ts(i->'current_period_end'), period_end),
+         false, ev_id, ev_created, ev_account
+    FROM jsonb_array_elements(items) i
+  ON CONFLICT (id) DO UPDATE SET
+         subscription = EXCLUDED.subscription, price = EXCLUDED.price, product = EXCLUDED.product,
+         account = EXCLUDED.account,
+         price_lookup_key = EXCLUDED.price_lookup_key, quantity = EXCLUDED.quantity,
+         current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
+         deleted = false,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
+
+  -- items no longer listed were removed (unless the list was cut short)
+  IF complete_list THEN
+    UPDATE stripe_billing.subscription_items
+       SET deleted = true, last_event_id = ev_id, last_event_created = ev_created, updated_at = now()
+     WHERE subscription = sid AND NOT deleted
+       AND id NOT IN (SELECT i->>'id' FROM jsonb_array_elements(items) i);
+  END IF;
+
+  IF stripe_billing._user_ref(o->'metadata') IS NOT NULL THEN
+    PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true, ev_type,
+                                          ev_account);
+  END IF;
+  PERFORM stripe_billing._refresh_customer_features(customer_id, ev_type);
+  RETURN 'applied';
+END
+$$;
+
+-- new: stripe_billing._apply_invoice(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_invoice(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  -- (a null status is allowed: not deleted)
+  deleting boolean := ev_type = 'invoice.deleted' OR coalesce(o->>'status' = 'deleted', false);
+BEGIN
+  IF deleting THEN
+    o := coalesce((SELECT raw FROM stripe_billing.invoices WHERE id = o->>'id'), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.invoices AS t
+         (id, customer, subscription, status, amount_due, amount_paid, amount_remaining, currency,
+          attempt_count, next_payment_attempt, hosted_invoice_url, invoice_pdf, period_start, period_end,
+          billing_reason, deleted, created, raw, last_event_id, last_event_created, account)
+  VALUES (o->>'id', stripe_billing._id(o->'customer'),
+          coalesce(stripe_billing._id(o->'subscription'),
+                   stripe_billing._id(o->'parent'->'subscription_details'->'subscription')),
+          o->>'status', (o->>'amount_due')::bigint, (o->>'amount_paid')::bigint,
+          (o->>'amount_remaining')::bigint, o->>'currency', (o->>'attempt_count')::integer,
+          stripe_billing._ts(o->'next_payment_attempt'), o->>'hosted_invoice_url', o->>'invoice_pdf',
+          stripe_billing._ts(o->'period_start'), stripe_billing._ts(o->'period_end'), o->>'billing_reason',
+          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, subscription = EXCLUDED.subscription, status = EXCLUDED.status,
+         account = EXCLUDED.account,
+         amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
+         amount_remaining = EXCLUDED.amount_remaining, currency = EXCLUDED.currency,
+         attempt_count = EXCLUDED.attempt_count, next_payment_attempt = EXCLUDED.next_payment_attempt,
+         hosted_invoice_url = EXCLUDED.hosted_invoice_url, invoice_pdf = EXCLUDED.invoice_pdf,
+         period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+         billing_reason = EXCLUDED.billing_reason, deleted = EXCLUDED.deleted,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.deleted OR coalesce(t.status IN ('paid', 'void'), false),
+                                      EXCLUDED.deleted OR coalesce(EXCLUDED.status IN ('paid', 'void'), false));
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- changed: stripe_billing._upsert_payment(stripe_billing.payments, text[])
+CREATE OR REPLACE FUNCTION stripe_billing._upsert_payment(p stripe_billing.payments, terminal_statuses text[])
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO stripe_billing.payments AS t
+         (id, kind, customer, invoice, payment_intent, charge, amount, amount_refunded, currency, status,
+          failure_code, failure_message, created, raw, last_event_id, last_event_created, account)
+  VALUES (p.id, p.kind, p.customer, p.invoice, p.payment_intent, p.charge, p.amount, p.amount_refunded,
+          p.currency, p.status, p.failure_code, p.failure_message, p.created, p.raw,
+          p.last_event_id, p.last_event_created, p.account)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, account = EXCLUDED.account,
+         invoice = coalesce(EXCLUDED.invoice, t.invoice),   -- may come from an invoice payment
+         payment_intent = EXCLUDED.payment_intent, charge = EXCLUDED.charge,
+         amount = EXCLUDED.amount, amount_refunded = EXCLUDED.amount_refunded,
+         currency = EXCLUDED.currency, status = EXCLUDED.status,
+         failure_code = EXCLUDED.failure_code, failure_message = EXCLUDED.failure_message,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status = ANY (terminal_statuses),
+                                      EXCLUDED.status = ANY (terminal_statuses));
+  RETURN FOUND;
+END
+$$;
+
+-- new: stripe_billing._apply_payment(jsonb, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_payment(o jsonb, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  p stripe_billing.payments;
+  written boolean;
+BEGIN
+  p.id := o->>'id';
+  p.kind := o->>'object';
+  p.customer := stripe_billing._id(o->'customer');
+  p.currency := o->>'currency';
+  p.status := o->>'status';
+  p.created := stripe_billing._ts(o->'created');
+  p.raw := o;
+  p.last_event_id := ev_id;
+  p.last_event_created := ev_created;
+  p.account := ev_account;
+
+  CASE p.kind
+  WHEN 'payment_intent' THEN
+    p.payment_intent := p.id;
+    p.amount := (o->>'amount')::bigint;
+    p.failure_code := o->'last_payment_error'->>'code';
+    p.failure_message := o->'last_payment_error'->>'message';
+    -- since 2025-03-31.basil only an invoice payment says which invoice
+    p.invoice := coalesce(stripe_billing._id(o->'invoice'),
+                          (SELECT ip.invoice FROM stripe_billing.payments ip
+                            WHERE ip.kind = 'invoice_payment' AND ip.payment_intent = p.id LIMIT 1));
+    written := stripe_billing._upsert_payment(p, '{succeeded,canceled}');
+  WHEN 'charge' THEN
+    p.charge := p.id;
+    p.payment_intent := stripe_billing._id(o->'payment_intent');
+    p.amount := (o->>'amount')::bigint;
+    p.amount_refunded := (o->>'amount_refunded')::bigint;
+    p.failure_code := o->>'failure_code';
+    p.failure_message := o->>'failure_message';
+    p.invoice := coalesce(stripe_billing._id(o->'invoice'),
+                          (SELECT ip.invoice FROM stripe_billing.payments ip
+                            WHERE ip.kind = 'invoice_payment'
+                              AND (ip.charge = p.id OR ip.payment_intent = p.payment_intent) LIMIT 1));
+    written := stripe_billing._upsert_payment(p, '{succeeded,failed}');
+    IF written THEN
+      -- refunds listed in the charge snapshot
+      PERFORM stripe_billing._apply_payment(r || jsonb_build_object('object', 'refund'), ev_id, ev_created,
+                                            ev_account)
+         FROM jsonb_array_elements(coalesce(o->'refunds'->'data', '[]')) r;
+    END IF;
+  WHEN 'refund' THEN
+    p.charge := stripe_billing._id(o->'charge');
+    p.payment_intent := stripe_billing._id(o->'payment_intent');
+    p.amount := (o->>'amount')::bigint;
+    p.failure_code := o->>'failure_reason';
+    written := stripe_billing._upsert_payment(p, '{succeeded,failed,canceled}');
+  WHEN 'invoice_payment' THEN
+    p.invoice := stripe_billing._id(o->'invoice');
+    p.payment_intent := stripe_billing._id(o->'payment'->'payment_intent');
+    p.charge := stripe_billing._id(o->'payment'->'charge');
+    p.amount := (o->>'amount_paid')::bigint;
+    written := stripe_billing._upsert_payment(p, '{paid,canceled}');
+    -- tell the payment it paid this invoice
+    UPDATE stripe_billing.payments SET invoice = p.invoice, updated_at = now()
+     WHERE id IN (p.payment_intent, p.charge) AND invoice IS NULL;
+  END CASE;
+  RETURN CASE WHEN written THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._apply_checkout_session(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_checkout_session(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                       ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  user_ref text := coalesce(nullif(o->>'client_reference_id', ''), stripe_billing._user_ref(o->'metadata'));
+  customer_id text := stripe_billing._id(o->'customer');
+BEGIN
+  INSERT INTO stripe_billing.checkout_sessions AS t
+         (id, user_ref, customer, customer_email, mode, status, payment_status, subscription, payment_intent,
+          amount_total, currency, url, expires_at, metadata, created, raw, last_event_id, last_event_created,
+          account)
+  VALUES (o->>'id', user_ref, customer_id,
+          coalesce(o->>'customer_email', o->'customer_details'->>'email'), o->>'mode', o->>'status',
+          o->>'payment_status', stripe_billing._id(o->'subscription'), stripe_billing._id(o->'payment_intent'),
+          (o->>'amount_total')::bigint, o->>'currency', o->>'url', stripe_billing._ts(o->'expires_at'),
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         user_ref = coalesce(EXCLUDED.user_ref, t.user_ref), customer = EXCLUDED.customer,
+         account = EXCLUDED.account,
+         customer_email = EXCLUDED.customer_email, mode = EXCLUDED.mode, status = EXCLUDED.status,
+         payment_status = EXCLUDED.payment_status, subscription = EXCLUDED.subscription,
+         payment_intent = EXCLUDED.payment_intent, amount_total = EXCLUDED.amount_total,
+         currency = EXCLUDED.currency, url = EXCLUDED.url, expires_at = EXCLUDED.expires_at,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status IN ('complete', 'expired'),
+                                      EXCLUDED.status IN ('complete', 'expired'));
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  -- a completed Checkout is where the application's user meets the customer
+  IF o->>'status' = 'complete' AND customer_id IS NOT NULL AND user_ref IS NOT NULL THEN
+    PERFORM stripe_billing._link_customer(customer_id, user_ref, false, ev_type, ev_account);
+  END IF;
+  RETURN 'applied';
+END
+$$;
+
+-- new: stripe_billing._apply_entitlement_summary(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_entitlement_summary(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                          ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  customer_id text := o->>'customer';
+  cut_short boolean := coalesce((o->'entitlements'->>'has_more')::boolean, false);
+BEGIN
+  INSERT INTO stripe_billing.entitlement_summaries AS t
+         (customer, raw, last_event_id, last_event_created, refetch, account)
+  VALUES (customer_id, o, ev_id, ev_created, cut_short, ev_account)
+  ON CONFLICT (customer) DO UPDATE SET
+         raw = EXCLUDED.raw, account = EXCLUDED.account, last_event_id = EXCLUDED.last_event_id,
+         last_event_created = EXCLUDED.last_event_created,
+         refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  DELETE FROM stripe_billing.active_entitlements WHERE customer = customer_id;
+  INSERT INTO stripe_billing.active_entitlements (customer, feature_id, lookup_key, entitlement_id)
+  SELECT customer_id, stripe_billing._id(e->'feature'), e->>'lookup_key', e->>'id'
+    FROM jsonb_array_elements(o->'entitlements'->'data') e
+  ON CONFLICT (customer, feature_id) DO NOTHING;
+  PERFORM stripe_billing._refresh_customer_features(customer_id, ev_type);
+  RETURN 'applied';
+END
+$$;
 
 -- new: stripe_billing._object_kinds()
 CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
@@ -115,9 +623,10 @@ BEGIN
       JOIN stripe_billing.subscriptions s ON s.customer = c.id
       JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
       JOIN stripe_billing.feature_grants g
-        ON (g.source_type = 'price' AND g.source = i.price)
-        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
-        OR (g.source_type = 'product' AND g.source = i.product)
+        ON ((g.source_type = 'price' AND g.source = i.price)
+            OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
+            OR (g.source_type = 'product' AND g.source = i.product))
+       AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
        AND s.status IN ('active', 'trialing', 'past_due')
     UNION ALL
@@ -184,9 +693,10 @@ BEGIN
       JOIN stripe_billing.subscriptions s ON s.customer = c.id
       JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
       JOIN stripe_billing.feature_grants g
-        ON (g.source_type = 'price' AND g.source = i.price)
-        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
-        OR (g.source_type = 'product' AND g.source = i.product)
+        ON ((g.source_type = 'price' AND g.source = i.price)
+            OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
+            OR (g.source_type = 'product' AND g.source = i.product))
+       AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = target AND NOT c.deleted
        AND s.status IN ('active', 'trialing', 'past_due')
     UNION ALL
@@ -252,6 +762,58 @@ BEGIN
   RETURN n;
 END
 $$;
+
+-- new: stripe_billing.stripe_grant_feature(text, text, text, text)
+CREATE FUNCTION stripe_billing.stripe_grant_feature(source_type text, source text, feature text,
+                                                   account text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
+  IF source_type IS NULL OR source_type NOT IN ('price', 'lookup_key', 'product') THEN
+    RAISE EXCEPTION 'source_type must be ''price'', ''lookup_key'' or ''product'', not %',
+                    coalesce(quote_literal(source_type), 'NULL')
+          USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF coalesce(source, '') = '' THEN
+    RAISE EXCEPTION 'source must not be empty' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF coalesce(feature, '') = '' THEN
+    RAISE EXCEPTION 'feature must not be empty' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM stripe_billing._check_account('account', account);
+  INSERT INTO stripe_billing.feature_grants VALUES (source_type, source, feature, account) ON CONFLICT DO NOTHING;
+  IF FOUND THEN
+    PERFORM stripe_billing.stripe_refresh_entitlements();
+  END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_grant_feature(text, text, text, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_revoke_feature(text, text, text, text)
+CREATE FUNCTION stripe_billing.stripe_revoke_feature(source_type text, source text, feature text,
+                                                    account text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
+  PERFORM stripe_billing._check_account('account', account);
+  DELETE FROM stripe_billing.feature_grants g
+   WHERE g.source_type = stripe_revoke_feature.source_type AND g.source = stripe_revoke_feature.source
+     AND g.feature = stripe_revoke_feature.feature
+     AND g.account IS NOT DISTINCT FROM stripe_revoke_feature.account;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM stripe_billing.stripe_refresh_entitlements();
+  RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_revoke_feature(text, text, text, text) FROM PUBLIC;
 
 -- new: stripe_billing._api_error(text)
 CREATE FUNCTION stripe_billing._api_error(detail text, OUT http_status integer, OUT type text,
@@ -836,6 +1398,15 @@ BEGIN
 END
 $$;
 
+-- new: stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean, text)
+CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text,
+                                                replacements jsonb DEFAULT NULL, derive boolean DEFAULT true,
+                                                account text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
 -- changed: stripe_billing._backfill_page(text, text, timestamptz)
 CREATE OR REPLACE FUNCTION stripe_billing._backfill_page(kind text, list_cursor text, since timestamptz,
                                               OUT objects integer, OUT requests integer,
@@ -1056,8 +1627,116 @@ BEGIN
 END
 $$;
 
+-- new: stripe_billing._check_account(text, text)
+CREATE FUNCTION stripe_billing._check_account(argument text, account text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF account IS NOT NULL AND account !~ '^acct_[A-Za-z0-9]{1,250}$' THEN
+    PERFORM stripe_billing._bad_argument(argument,
+      format('must be a connected account''s id (acct_ and letters or digits), not %s',
+             quote_literal(left(account, 100))));
+  END IF;
+END
+$$;
+
+-- new: stripe_billing._apply_account(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_account(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO stripe_billing.accounts AS t
+         (id, business_name, country, default_currency, charges_enabled, payouts_enabled, details_submitted,
+          requirements_due, type, controller, created, raw, last_event_id, last_event_created)
+  VALUES (o->>'id', o->'business_profile'->>'name', o->>'country', o->>'default_currency',
+          (o->>'charges_enabled')::boolean, (o->>'payouts_enabled')::boolean,
+          (o->>'details_submitted')::boolean,
+          ARRAY(SELECT jsonb_array_elements_text(coalesce(o->'requirements'->'currently_due', '[]'))),
+          coalesce(o->>'type', o->'controller'->>'type'), o->'controller', stripe_billing._ts(o->'created'),
+          o, ev_id, ev_created)
+  ON CONFLICT (id) DO UPDATE SET
+         business_name = EXCLUDED.business_name, country = EXCLUDED.country,
+         default_currency = EXCLUDED.default_currency, charges_enabled = EXCLUDED.charges_enabled,
+         payouts_enabled = EXCLUDED.payouts_enabled, details_submitted = EXCLUDED.details_submitted,
+         requirements_due = EXCLUDED.requirements_due, type = EXCLUDED.type, controller = EXCLUDED.controller,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._apply_account_application(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_account_application(o jsonb, ev_type text, ev_id text,
+                                                          ev_created timestamptz, ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF ev_account IS NULL THEN
+    RAISE EXCEPTION 'invalid Stripe object: an % event must name its account', ev_type
+          USING ERRCODE = 'SBE03';
+  END IF;
+  IF ev_type = 'account.application.deauthorized' THEN
+    UPDATE stripe_billing.accounts
+       SET deauthorized_at = ev_created, updated_at = now()
+     WHERE id = ev_account AND (authorized_at IS NULL OR authorized_at < ev_created)
+       AND (deauthorized_at IS NULL OR deauthorized_at < ev_created);
+  ELSIF ev_type = 'account.application.authorized' THEN
+    UPDATE stripe_billing.accounts
+       SET authorized_at = ev_created,
+           deauthorized_at = CASE WHEN deauthorized_at <= ev_created THEN NULL ELSE deauthorized_at END,
+           updated_at = now()
+     WHERE id = ev_account AND (authorized_at IS NULL OR authorized_at < ev_created);
+  ELSE
+    RETURN 'ignored';
+  END IF;
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- gone: stripe_billing._link_customer(text, text, boolean, text)
+DROP FUNCTION stripe_billing._link_customer(text, text, boolean, text);
+
+-- gone: stripe_billing._apply_customer(jsonb, text, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_customer(jsonb, text, text, timestamptz);
+
+-- gone: stripe_billing._apply_product(jsonb, text, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_product(jsonb, text, text, timestamptz);
+
+-- gone: stripe_billing._apply_price(jsonb, text, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_price(jsonb, text, text, timestamptz);
+
+-- gone: stripe_billing._apply_subscription(jsonb, text, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_subscription(jsonb, text, text, timestamptz);
+
+-- gone: stripe_billing._apply_invoice(jsonb, text, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_invoice(jsonb, text, text, timestamptz);
+
+-- gone: stripe_billing._apply_payment(jsonb, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_payment(jsonb, text, timestamptz);
+
+-- gone: stripe_billing._apply_checkout_session(jsonb, text, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_checkout_session(jsonb, text, text, timestamptz);
+
+-- gone: stripe_billing._apply_entitlement_summary(jsonb, text, text, timestamptz)
+DROP FUNCTION stripe_billing._apply_entitlement_summary(jsonb, text, text, timestamptz);
+
 -- gone: stripe_billing._reapply_event(text)
 DROP FUNCTION stripe_billing._reapply_event(text);
+
+-- gone: stripe_billing.stripe_grant_feature(text, text, text)
+DROP FUNCTION stripe_billing.stripe_grant_feature(text, text, text);
+
+-- gone: stripe_billing.stripe_revoke_feature(text, text, text)
+DROP FUNCTION stripe_billing.stripe_revoke_feature(text, text, text);
 
 -- gone: stripe_billing._apply_polled(jsonb)
 DROP FUNCTION stripe_billing._apply_polled(jsonb);
@@ -1067,6 +1746,32 @@ DROP FUNCTION stripe_billing._refetch_marked(integer);
 
 -- gone: stripe_billing._sync_duties()
 DROP FUNCTION stripe_billing._sync_duties();
+
+-- gone: stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean)
+DROP FUNCTION stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean);
+
+-- The grants carried over (see the top); PUBLIC's stay revoked.
+DO $$
+DECLARE
+  f record;
+  grantee name;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure AS signature, p.proname, p.proowner FROM pg_catalog.pg_proc p
+            WHERE p.pronamespace = 'stripe_billing'::regnamespace
+              AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature')
+  LOOP
+    FOR grantee IN
+      SELECT r.rolname
+        FROM pg_catalog.aclexplode(NULLIF(pg_catalog.current_setting('stripe_billing_upgrade.' || f.proname, true),
+                                                     '')::pg_catalog.aclitem[]) a
+        JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+       WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> f.proowner
+    LOOP
+      EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', f.signature, grantee);
+    END LOOP;
+  END LOOP;
+END
+$$;
 
 -- Internal functions are for the extension's own calls only, but the gate
 -- of the committing procedures' steps (see _procedure_step).

@@ -458,7 +458,7 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 		char	   *kind = sb_object_string(body, "object");
 
 		if (kind && sb_object_kind(kind) != NULL)
-			sb_apply_api_object(body, response_time(r), r->request_id);
+			sb_apply_api_object(body, response_time(r), r->request_id, NULL);
 	}
 	return body;
 }

@@ -190,6 +190,7 @@ Datum
 stripe_apply_snapshots(PG_FUNCTION_ARGS)
 {
 	char	   *source;
+	char	   *account = NULL;
 
 	/* (not STRICT, for replacements: NULL objects, time or source map nothing) */
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
@@ -200,7 +201,16 @@ stripe_apply_snapshots(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("source must be lower-case letters and underscores, not \"%s\"", source)));
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
+	{
+		account = text_to_cstring(PG_GETARG_TEXT_PP(5));
+		if (!sb_is_account_id(account))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("account must be a connected account's id, not \"%.100s\"", account)));
+	}
 	PG_RETURN_JSONB_P(sb_apply_snapshots(PG_GETARG_JSONB_P(0), PG_GETARG_TIMESTAMPTZ(1), source,
 										 PG_NARGS() <= 3 || PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3),
-										 PG_NARGS() <= 4 || PG_ARGISNULL(4) || PG_GETARG_BOOL(4)));
+										 PG_NARGS() <= 4 || PG_ARGISNULL(4) || PG_GETARG_BOOL(4),
+										 account));
 }

@@ -121,6 +121,23 @@ sb_jsonb_key(JsonbContainer *object, const char *key, JsonbValue *buf)
 	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
 }
 
+/*
+ * Is this a connected account's id (Stripe Connect): "acct_" and 1 to 250
+ * letters or digits?  It goes into the Stripe-Account header and into keys.
+ */
+static inline bool
+sb_is_account_id(const char *s)
+{
+	int			n = 0;
+
+	if (strncmp(s, "acct_", 5) != 0)
+		return false;
+	for (s += 5; *s; s++, n++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')))
+			return false;
+	return n >= 1 && n <= 250;
+}
+
 /* extension.c */
 extern Oid	sb_extension_oid(void);
 extern Oid	sb_extension_owner(Oid extension);
@@ -133,7 +150,8 @@ extern SbLockSet *sb_lockset_create(void);
 extern void sb_lockset_add_key(SbLockSet *set, const char *kind, const char *id, int len);
 extern void sb_lockset_add_customer(SbLockSet *set, const char *id, int len);
 extern void sb_lockset_add_user(SbLockSet *set, const char *user_ref, int len);
-extern void sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind);
+extern void sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind,
+								  const char *account);
 extern void sb_lockset_acquire(SbLockSet *set);
 
 /* worker.c */
@@ -189,8 +207,9 @@ extern TimestampTz sb_now(void);
 
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);
-extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id);
+extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id,
+								const char *account);
 extern Jsonb *sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
-								 Jsonb *replacements, bool derive);
+								 Jsonb *replacements, bool derive, const char *account);
 
 #endif							/* STRIPE_BILLING_H */

@@ -20,10 +20,12 @@ AS 'MODULE_PATHNAME', 'stripe_list_prefetch'
 LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Applies listed objects as snapshots taken at snapshot (see listing.c);
--- derive false: the caller derives their customers' users' features.
+-- Applies listed objects (of the account: NULL, the platform's) as
+-- snapshots taken at snapshot (see listing.c); derive false: the caller
+-- derives their customers' users' features.
 CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text,
-                                                replacements jsonb DEFAULT NULL, derive boolean DEFAULT true)
+                                                replacements jsonb DEFAULT NULL, derive boolean DEFAULT true,
+                                                account text DEFAULT NULL)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
 LANGUAGE C VOLATILE
