@@ -102,6 +102,8 @@ extern int	sb_max_requests_per_second;
 extern bool sb_backfill_on_start;
 extern int	sb_backfill_invoices_since;	/* s */
 extern int	sb_reconcile_interval;	/* s */
+extern int	sb_connect_idle_interval;	/* s */
+extern int	sb_connect_active_window;	/* s */
 extern char *sb_meter_events_base;
 #define SB_USAGE_API_V2 2
 #define SB_USAGE_API_V1 1

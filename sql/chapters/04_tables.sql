@@ -289,6 +289,6 @@ $$;
 
 CREATE INDEX events_failed_idx ON stripe_billing.events (created, id) WHERE outcome = 'failed';
 -- (connected accounts' events only: the platform's pay nothing for it)
-CREATE INDEX events_account_received_idx ON stripe_billing.events (account, received_at)
+CREATE INDEX events_account_received_idx ON stripe_billing.events (received_at, account)
     WHERE account IS NOT NULL;
 CREATE INDEX events_ignored_idx ON stripe_billing.events (type, created, id) WHERE outcome = 'ignored';
