@@ -121,6 +121,8 @@ const DEFAULTS = {
   },
   'billing.meter_event': {},
   'entitlements.active_entitlement': {},
+  account: { email: null, metadata: {} },
+  application: {},
 };
 
 function loadTemplates() {
@@ -434,6 +436,70 @@ function buildInvoiceItem({ customer, subscription, charge }) {
   };
 }
 
+// The Connect application of the fake's platform: what account.application.*
+// events carry, and the `application` of objects the platform makes on a
+// connected account.
+const PLATFORM_APPLICATION = { id: 'ca_FakePlatform00000000000000000000', object: 'application', name: 'Fake Stripe platform' };
+
+function buildApplication() {
+  return fromTemplate('application', structuredClone(PLATFORM_APPLICATION));
+}
+
+// Who controls an account, by its type: a standard account controls itself,
+// the platform controls express and custom ones.
+const CONTROLLERS = {
+  standard: { type: 'account' },
+  express: {
+    fees: { payer: 'application' }, is_controller: true, losses: { payments: 'application' },
+    requirement_collection: 'stripe', stripe_dashboard: { type: 'express' }, type: 'application',
+  },
+  custom: {
+    fees: { payer: 'application' }, is_controller: true, losses: { payments: 'application' },
+    requirement_collection: 'application', stripe_dashboard: { type: 'none' }, type: 'application',
+  },
+};
+const ACCOUNT_TYPES = Object.keys(CONTROLLERS);
+
+// A Connect account (or the platform's own). `name` is the shorthand for
+// business_profile.name (and the dashboard's display name); `currently_due`
+// for requirements.currently_due. Other fields replace the template's
+// (business_profile, requirements and settings are merged one level deep).
+function buildAccount({
+  id, name = null, type = 'standard', charges_enabled: charges = true, payouts_enabled: payouts = true,
+  details_submitted: submitted = true, currently_due: due = [], created = nowSeconds(), country = 'US',
+  default_currency: currency = 'usd', business_profile: profile = {}, requirements = {}, settings = {}, ...fields
+}) {
+  const account = fromTemplate('account', {});
+  const capability = charges ? 'active' : 'inactive';
+  Object.assign(account, {
+    business_profile: { ...account.business_profile, name, ...profile },
+    capabilities: { card_payments: capability, transfers: payouts ? 'active' : 'inactive' },
+    charges_enabled: charges,
+    controller: structuredClone(CONTROLLERS[type] || CONTROLLERS.standard),
+    country,
+    created,
+    default_currency: currency,
+    details_submitted: submitted,
+    external_accounts: { ...account.external_accounts, url: `/v1/accounts/${id}/external_accounts` },
+    id,
+    payouts_enabled: payouts,
+    requirements: {
+      ...account.requirements,
+      currently_due: due,
+      eventually_due: due,
+      disabled_reason: due.length && !charges ? 'requirements.past_due' : null,
+      ...requirements,
+    },
+    settings: {
+      ...account.settings,
+      dashboard: { ...account.settings.dashboard, display_name: name },
+      ...settings,
+    },
+    type,
+  }, fields);
+  return account;
+}
+
 function buildCheckoutSession(fields) {
   return fromTemplate('checkout.session', { created: nowSeconds(), ...fields });
 }
@@ -576,6 +642,10 @@ function buildEvent({ type, object, previousAttributes, request, created = nowSe
 
 module.exports = {
   API_VERSION,
+  PLATFORM_APPLICATION,
+  ACCOUNT_TYPES,
+  buildAccount,
+  buildApplication,
   fromTemplate,
   hasTemplate,
   buildCustomer,
