@@ -25,11 +25,43 @@ const { newId, nowSeconds } = require('./util');
 
 // ---- recording and counters ----
 
-// ?path= is a prefix (like fault rules), ?method= exact.
-function listRequests({ store, query }) {
+// The milliseconds of ?name= (unix ms), or null.
+function msParam(query, name) {
+  const value = query.get(name);
+  if (value === null) return null;
+  if (!/^\d+$/.test(value)) throw new BadRequest(`${name} must be a unix time in milliseconds`);
+  return Number(value);
+}
+
+// The recorded requests ?path= (a prefix, like fault rules), ?method=,
+// ?account= (a Stripe-Account value as sent, or "platform" for none) and
+// ?since= / ?until= (received_at, unix ms, inclusive) select.
+function selectRequests(store, query) {
   const prefix = query.get('path') || '';
   const method = query.get('method');
-  return store.requests.filter((r) => r.path.startsWith(prefix) && (!method || r.method === method.toUpperCase()));
+  const account = query.get('account');
+  const since = msParam(query, 'since');
+  const until = msParam(query, 'until');
+  return store.requests.filter((r) => r.path.startsWith(prefix)
+    && (!method || r.method === method.toUpperCase())
+    && (account === null || (r.stripe_account === null ? 'platform' : r.stripe_account) === account)
+    && (since === null || r.received_at >= since)
+    && (until === null || r.received_at <= until));
+}
+
+function listRequests({ store, query }) {
+  return selectRequests(store, query);
+}
+
+// How many recorded requests the same filters select, and per account.
+function countRequests({ store, query }) {
+  const byAccount = {};
+  const selected = selectRequests(store, query);
+  for (const r of selected) {
+    const key = r.stripe_account === null ? 'platform' : r.stripe_account;
+    byAccount[key] = (byAccount[key] || 0) + 1;
+  }
+  return { count: selected.length, by_account: byAccount };
 }
 
 function clearRequests({ store }) {
@@ -40,6 +72,19 @@ function clearRequests({ store }) {
 
 function stats({ store }) {
   return { connections_opened: store.connectionsOpened, requests: store.requestCount, rate_limited: store.rateLimited };
+}
+
+// Requests per account and route since start or reset (DELETE
+// /_fake/requests does not clear them); ?account= for one.
+function accountStats({ store, query }) {
+  const wanted = query.get('account');
+  const accounts = {};
+  for (const [key, counts] of store.requestCounts) {
+    if (wanted !== null && key !== wanted) continue;
+    accounts[key] = { requests: counts.requests, routes: Object.fromEntries(counts.routes) };
+  }
+  if (wanted !== null && !accounts[wanted]) accounts[wanted] = { requests: 0, routes: {} };
+  return { accounts };
 }
 
 function reset({ store, faults, limiter, latency }) {
@@ -302,8 +347,10 @@ function advance({ store, path, body }) {
 
 const router = new Router()
   .add('GET', '/_fake/requests', listRequests)
+  .add('GET', '/_fake/requests/count', countRequests)
   .add('DELETE', '/_fake/requests', clearRequests)
   .add('GET', '/_fake/stats', stats)
+  .add('GET', '/_fake/stats/accounts', accountStats)
   .add('POST', '/_fake/reset', reset)
   .add('GET', '/_fake/latency', getLatency)
   .add('POST', '/_fake/latency', setLatency)

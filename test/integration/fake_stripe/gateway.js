@@ -69,6 +69,22 @@ function accountHeader(req, url) {
   return req.headers['stripe-context'];
 }
 
+// Requests per account ("platform" for those without Stripe-Account, else
+// the header as given) and per route ("GET /v1/events",
+// "GET /v1/customers/:id"; the path itself when no route matches), since
+// start or reset: GET /_fake/stats/accounts.
+function countRequest(store, record, method, pattern) {
+  const key = record.stripe_account === null ? 'platform' : record.stripe_account;
+  let counts = store.requestCounts.get(key);
+  if (!counts) {
+    counts = { requests: 0, routes: new Map() };
+    store.requestCounts.set(key, counts);
+  }
+  counts.requests += 1;
+  const route = `${method} ${pattern}`;
+  counts.routes.set(route, (counts.routes.get(route) || 0) + 1);
+}
+
 function recordRequest(store, req, url, rawBody, requestId, body) {
   const headers = { ...req.headers };
   // The key (or a meter event session token) never lands in the recording,
@@ -78,6 +94,7 @@ function recordRequest(store, req, url, rawBody, requestId, body) {
   const account = accountHeader(req, url);
   const record = {
     seq: store.requestCount,
+    received_at: Date.now(),
     method: req.method,
     path: url.pathname,
     query: parseForm(url.searchParams),
@@ -305,10 +322,12 @@ function createGateway({ store, faults, limiter, latency, apiKey, baseUrl }) {
     const requestId = newId('req_');
     const body = jsonBody(req, rawBody);
     const record = recordRequest(store, req, url, rawBody, requestId, body);
+    const matched = stripeRouter.match(req.method, url.pathname);
+    countRequest(store, record, req.method, matched ? matched.pattern : url.pathname);
     const headers = { 'Request-Id': requestId, 'Stripe-Version': record.stripe_version };
     const later = answerLater(latency.delayFor(url.pathname), req.socket);
 
-    const fault = faults.take(req.method, url.pathname);
+    const fault = faults.take(req.method, url.pathname, record.stripe_account);
     if (fault && !PROCESSED_KINDS.includes(fault.kind)) {
       record.status = fault.kind;
       return later(() => sendFault(fault, req, res, headers));

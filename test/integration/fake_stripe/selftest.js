@@ -2553,6 +2553,83 @@ test('connect: account.updated; generators and given events target one account o
   assert.equal((await ctl('GET', `/_fake/events?account=${third}`)).length, 10 + 22, 'other accounts keep theirs');
 });
 
+test('connect: the recording names each request\'s Stripe-Account; counters per account and route', async () => {
+  await reset();
+  const { ids } = await seedAccounts({ count: 1000 });
+  const [a, b] = ids;
+  await ctl('DELETE', '/_fake/requests');
+  const t0 = Date.now();
+  await stripe('GET', '/v1/events');
+  await stripe('GET', '/v1/events', undefined, as(a));
+  await stripe('GET', '/v1/events?limit=5', undefined, as(a));
+  await stripe('POST', '/v1/customers', { email: 'x@example.com' }, as(b));
+  await stripe('GET', '/v1/events', undefined, as('acct_nope'));
+  const records = await ctl('GET', '/_fake/requests');
+  assert.deepEqual(records.map((r) => [r.method, r.path, r.stripe_account, r.status]), [
+    ['GET', '/v1/events', null, 200], ['GET', '/v1/events', a, 200], ['GET', '/v1/events', a, 200],
+    ['POST', '/v1/customers', b, 200], ['GET', '/v1/events', 'acct_nope', 403]]);
+  assert.equal(records[1].headers['stripe-account'], a);
+  assert.ok(records.every((r) => r.received_at >= t0 && r.received_at <= Date.now()));
+  assert.deepEqual((await ctl('GET', `/_fake/requests?account=${a}`)).map((r) => r.seq), [records[1].seq, records[2].seq]);
+  assert.deepEqual((await ctl('GET', '/_fake/requests?account=platform')).map((r) => r.seq), [records[0].seq]);
+  assert.deepEqual(await ctl('GET', '/_fake/requests/count?path=/v1/events&method=GET'),
+    { count: 4, by_account: { platform: 1, [a]: 2, acct_nope: 1 } });
+  // a time window: received_at in [since, until] (milliseconds, so neighbours may share one)
+  const [since, until] = [records[2].received_at, records[4].received_at];
+  const inWindow = records.filter((r) => r.path === '/v1/events' && r.received_at >= since && r.received_at <= until);
+  const expected = {};
+  for (const r of inWindow) expected[r.stripe_account || 'platform'] = (expected[r.stripe_account || 'platform'] || 0) + 1;
+  assert.deepEqual(await ctl('GET', `/_fake/requests/count?path=/v1/events&since=${since}&until=${until}`),
+    { count: inWindow.length, by_account: expected });
+  assert.ok(inWindow.length >= 2);
+  assert.equal((await call('GET', '/_fake/requests?since=yesterday', { auth: null })).status, 400);
+
+  // counters survive DELETE /_fake/requests; routes are the patterns
+  await stripe('GET', `/v1/accounts/${b}`);
+  await ctl('DELETE', '/_fake/requests');
+  assert.deepEqual(await ctl('GET', `/_fake/stats/accounts?account=${a}`),
+    { accounts: { [a]: { requests: 2, routes: { 'GET /v1/events': 2 } } } });
+  const stats = (await ctl('GET', '/_fake/stats/accounts')).accounts;
+  assert.deepEqual(stats.platform.routes, { 'GET /v1/events': 1, 'GET /v1/accounts/:id': 1 });
+  assert.deepEqual(stats[b], { requests: 1, routes: { 'POST /v1/customers': 1 } });
+  assert.deepEqual(stats.acct_nope, { requests: 1, routes: { 'GET /v1/events': 1 } });
+  assert.deepEqual(await ctl('GET', '/_fake/stats/accounts?account=acct_quiet'), { accounts: { acct_quiet: { requests: 0, routes: {} } } });
+
+  // a fault rule can pick an account
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '503', account: b, count: 5 }] });
+  assert.equal((await stripe('GET', '/v1/events', undefined, as(a))).status, 200);
+  assert.equal((await stripe('GET', '/v1/events', undefined, as(b))).status, 503);
+  assert.equal((await stripe('GET', '/v1/events')).status, 200);
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', account: 'platform' }] });
+  assert.equal((await stripe('GET', '/v1/events', undefined, as(a))).status, 200);
+  assert.equal((await stripe('GET', '/v1/events')).status, 500);
+  await ctl('DELETE', '/_fake/faults');
+
+  // a worker's polling round over 1,000 accounts, counted per account
+  await reset();
+  const seeded = (await seedAccounts({ count: 1000 })).ids;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  try {
+    const started = Date.now();
+    for (let i = 0; i < seeded.length; i += 50) {
+      await Promise.all(seeded.slice(i, i + 50).map(async (account) => {
+        const res = await stripe('GET', '/v1/events?limit=100', undefined, as(account, { agent }));
+        assert.equal(res.status, 200);
+      }));
+    }
+    const counted = await ctl('GET', `/_fake/requests/count?path=/v1/events&method=GET&since=${started}`);
+    assert.equal(counted.count, 1000);
+    assert.ok(Object.values(counted.by_account).every((n) => n === 1));
+    const perAccount = (await ctl('GET', '/_fake/stats/accounts')).accounts;
+    assert.equal(Object.keys(perAccount).length, 1000);
+    assert.ok(seeded.every((account) => perAccount[account].routes['GET /v1/events'] === 1));
+  } finally {
+    agent.destroy();
+  }
+  await reset();
+  assert.deepEqual(await ctl('GET', '/_fake/stats/accounts'), { accounts: {} }, 'reset clears the counters');
+});
+
 test('SIGTERM stops the server promptly even with a hung request', async () => {
   await ctl('POST', '/_fake/faults', { rules: [{ kind: 'hang' }] });
   const hung = exchange('/v1/prices/price_basic');

@@ -204,6 +204,7 @@ class Store {
     this.meterSessions = new Map(); // v2 authentication_token -> {id, expiresAt (ms), account}
     this.requests = [];
     this.requestCount = 0;
+    this.requestCounts = new Map(); // "platform" or the Stripe-Account value -> {requests, routes: Map}
     this.connectionsOpened = 0;
     this.rateLimited = 0; // /v1 and /v2 requests answered 429 by the rate limit
   }
