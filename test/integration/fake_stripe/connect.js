@@ -11,10 +11,17 @@
 //    the request acts on.
 //  - The control API seeds accounts (POST /_fake/accounts) and plays their
 //    part: account.updated, account.application.deauthorized / authorized.
+//  - Checkout's Connect parameters (checkoutConnect): direct charges (on a
+//    connected account, with an application fee) and destination charges
+//    (on the platform, with transfer_data and on_behalf_of).
 
-const { StripeError, BadRequest, maskKey, noSuch } = require('./errors');
+const {
+  StripeError, BadRequest, maskKey, noSuch, missingParam, invalidParam, intParam,
+} = require('./errors');
 const { parseListParams, pageNewestFirst, checkCursors, createdMatcher, allOf, listBody } = require('./list');
-const { ACCOUNT_TYPES, buildAccount, buildApplication, buildEvent } = require('./templates');
+const {
+  ACCOUNT_TYPES, PLATFORM_APPLICATION, buildAccount, buildApplication, buildEvent,
+} = require('./templates');
 const { nowSeconds, previousAttributes, seededId, seededRandom } = require('./util');
 
 // What Stripe's account ids look like; anything else names no account.
@@ -234,6 +241,98 @@ function authorizeAccount(state) {
   return emitApplicationEvent(state, 'account.application.authorized');
 }
 
+// ---- Checkout's Connect parameters ----
+
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+// A connected account of the platform's (authorized) named in a parameter.
+// `what` names it in the error: "destination" for transfer_data, "account"
+// for on_behalf_of.
+function connectedAccountParam(server, id, param, what) {
+  if (typeof id !== 'string') throw invalidParam(param, 'Invalid string');
+  const state = server.connected.get(id);
+  if (!state || !state.authorized) {
+    throw new StripeError(400, { code: 'resource_missing', param, message: `No such ${what}: '${id}'` });
+  }
+  return id;
+}
+
+// A percentage as Stripe takes application_fee_percent and
+// transfer_data[amount_percent]: a non-negative decimal from 0 to 100 with
+// at most two decimal places. Returned as a number, as objects show it.
+function percentParam(value, param) {
+  const text = String(value);
+  if (!/^\d+(\.\d{1,2})?$/.test(text) || Number(text) > 100) {
+    throw invalidParam(param, `Invalid decimal: ${text}; must be a number from 0 to 100 with at most two decimal places`);
+  }
+  return Number(text);
+}
+
+function transferData(server, data, param, amountKey) {
+  if (data === undefined) return null;
+  if (!isPlainObject(data)) throw invalidParam(param, 'Invalid object');
+  if (data.destination === undefined) throw missingParam(`${param}[destination]`);
+  const destination = connectedAccountParam(server, data.destination, `${param}[destination]`, 'destination');
+  const amount = data[amountKey] === undefined ? null
+    : amountKey === 'amount' ? intParam(data.amount, `${param}[amount]`, { min: 0 })
+      : percentParam(data[amountKey], `${param}[${amountKey}]`);
+  return { [amountKey]: amount, destination };
+}
+
+// What a Checkout session's payment_intent_data / subscription_data ask of
+// Connect, checked (the parameter tables already refused unknown names):
+//   payment mode: application_fee_amount (a direct charge, on a connected
+//     account, or a destination charge, with transfer_data[destination]),
+//     transfer_data[destination|amount], on_behalf_of;
+//   subscription mode: application_fee_percent (on a connected account
+//     only), transfer_data[destination|amount_percent], on_behalf_of.
+// Returns {application, applicationFeeAmount, applicationFeePercent,
+// transferData, onBehalfOf} for completeCheckout to put on the payment
+// intent and charge, or the subscription and its invoices.
+function checkoutConnect({ server, account }, mode, paymentIntentData, subscriptionData) {
+  const data = mode === 'payment' ? paymentIntentData : mode === 'subscription' ? subscriptionData : {};
+  const prefix = mode === 'payment' ? 'payment_intent_data' : 'subscription_data';
+  const amountKey = mode === 'payment' ? 'amount' : 'amount_percent';
+  const transfer = transferData(server, data.transfer_data, `${prefix}[transfer_data]`, amountKey);
+  const onBehalfOf = data.on_behalf_of === undefined ? null
+    : connectedAccountParam(server, data.on_behalf_of, `${prefix}[on_behalf_of]`, 'account');
+  let applicationFeeAmount = null;
+  let applicationFeePercent = null;
+  if (data.application_fee_amount !== undefined) {
+    const param = `${prefix}[application_fee_amount]`;
+    applicationFeeAmount = intParam(data.application_fee_amount, param, { min: 0 });
+    // Stripe's words for a PaymentIntent that is neither.
+    if (!account && !transfer) {
+      throw new StripeError(400, {
+        code: 'parameter_missing',
+        param,
+        message: 'Can only apply an application_fee_amount when the PaymentIntent is attempting a direct payment '
+          + '(using an OAuth key or Stripe-Account header) or destination payment (using `transfer_data[destination]`).',
+      });
+    }
+  }
+  if (data.application_fee_percent !== undefined) {
+    const param = `${prefix}[application_fee_percent]`;
+    applicationFeePercent = percentParam(data.application_fee_percent, param);
+    if (!account) {
+      throw new StripeError(400, {
+        param,
+        message: 'To use an application fee percent, the request must be made on behalf of another account, '
+          + 'using the `Stripe-Account` header or an OAuth key.',
+      });
+    }
+  }
+  return {
+    application: account ? PLATFORM_APPLICATION.id : null,
+    applicationFeeAmount,
+    applicationFeePercent,
+    transferData: transfer,
+    onBehalfOf,
+  };
+}
+
 // For the control API's "account" selector: the platform (absent, null or
 // "platform") or a connected account (authorized or not).
 function selectState(store, account) {
@@ -274,5 +373,6 @@ module.exports = {
   authorizeAccount,
   selectState,
   selectStates,
+  checkoutConnect,
   noSuchAccount: (id, param) => noSuch('account', id, param, 400),
 };

@@ -2553,6 +2553,96 @@ test('connect: account.updated; generators and given events target one account o
   assert.equal((await ctl('GET', `/_fake/events?account=${third}`)).length, 10 + 22, 'other accounts keep theirs');
 });
 
+test('connect: Checkout direct charges (application fees) and destination charges (transfer_data, on_behalf_of)', async () => {
+  await reset();
+  await seedAccounts({ accounts: [{ id: 'acct_shop' }, { id: 'acct_seller' }, { id: 'acct_gone' }] });
+  await ctl('POST', '/_fake/accounts/acct_gone/deauthorize');
+  const payment = { mode: 'payment', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1', customer_email: 'p@example.com' };
+  const subscription = { mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1', customer_email: 's@example.com' };
+  const checkout = async (form, opts) => {
+    const res = await stripe('POST', '/v1/checkout/sessions', form, opts);
+    assert.equal(res.status, 200, res.text);
+    return (await ctl('POST', `/_fake/checkout/sessions/${res.body.id}/complete`, {})).session;
+  };
+  const objectIn = (id, account) => ctl('GET', `/_fake/objects/${id}${account ? `?account=${account}` : ''}`);
+  const chargeOf = async (intent, account) => objectIn(intent.latest_charge, account);
+
+  // direct payment on a connected account, with an application fee
+  const direct = await checkout({ ...payment, 'payment_intent_data[application_fee_amount]': '300' }, as('acct_shop'));
+  const intent = await objectIn(direct.payment_intent, 'acct_shop');
+  assert.deepEqual([intent.application, intent.application_fee_amount, intent.on_behalf_of, intent.transfer_data],
+    ['ca_FakePlatform00000000000000000000', 300, null, null]);
+  const charge = await chargeOf(intent, 'acct_shop');
+  assert.deepEqual([charge.application_fee_amount, charge.application, charge.transfer_data, charge.transfer_group],
+    [300, 'ca_FakePlatform00000000000000000000', null, null]);
+  assert.match(charge.application_fee, /^fee_\w+$/);
+  const capped = await checkout({ ...payment, 'payment_intent_data[application_fee_amount]': '999999' }, as('acct_shop'));
+  assert.equal((await chargeOf(await objectIn(capped.payment_intent), 'acct_shop')).application_fee_amount, 2500, 'capped at the amount');
+
+  // direct subscription with an application fee percent; its invoices follow it
+  const directSub = await checkout({ ...subscription, 'subscription_data[application_fee_percent]': '12.5' }, as('acct_shop'));
+  const sub = (await stripe('GET', `/v1/subscriptions/${directSub.subscription}`, undefined, as('acct_shop'))).body;
+  assert.deepEqual([sub.application_fee_percent, sub.application, sub.transfer_data, sub.on_behalf_of],
+    [12.5, 'ca_FakePlatform00000000000000000000', null, null]);
+  const invoice = (await stripe('GET', `/v1/invoices/${sub.latest_invoice}`, undefined, as('acct_shop'))).body;
+  assert.equal(invoice.application, 'ca_FakePlatform00000000000000000000');
+
+  // destination charges, made on the platform
+  const destination = await checkout({ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_seller',
+    'payment_intent_data[transfer_data][amount]': '2000', 'payment_intent_data[on_behalf_of]': 'acct_seller',
+    'payment_intent_data[application_fee_amount]': '100' });
+  const destIntent = await objectIn(destination.payment_intent);
+  assert.deepEqual([destIntent.transfer_data, destIntent.on_behalf_of, destIntent.application_fee_amount, destIntent.application],
+    [{ amount: 2000, destination: 'acct_seller' }, 'acct_seller', 100, null]);
+  const destCharge = await chargeOf(destIntent);
+  assert.deepEqual([destCharge.transfer_data, destCharge.on_behalf_of, destCharge.transfer_group],
+    [{ amount: 2000, destination: 'acct_seller' }, 'acct_seller', `group_${destIntent.id}`]);
+  const plain = await objectIn((await checkout({ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_seller' })).payment_intent);
+  assert.deepEqual(plain.transfer_data, { destination: 'acct_seller' });
+  const destSub = await checkout({ ...subscription, 'subscription_data[transfer_data][destination]': 'acct_seller',
+    'subscription_data[transfer_data][amount_percent]': '90', 'subscription_data[on_behalf_of]': 'acct_seller' });
+  const platformSub = (await stripe('GET', `/v1/subscriptions/${destSub.subscription}`)).body;
+  assert.deepEqual([platformSub.transfer_data, platformSub.on_behalf_of, platformSub.application_fee_percent, platformSub.application],
+    [{ amount_percent: 90, destination: 'acct_seller' }, 'acct_seller', null, null]);
+  assert.equal((await stripe('GET', `/v1/invoices/${platformSub.latest_invoice}`)).body.on_behalf_of, 'acct_seller');
+  const renewal = await ctl('POST', `/_fake/subscriptions/${platformSub.id}/advance`, { status: 'active', new_period: true });
+  const renewed = (await stripe('GET', `/v1/invoices/${renewal.subscription.latest_invoice}`)).body;
+  assert.deepEqual([renewed.id === platformSub.latest_invoice, renewed.on_behalf_of], [false, 'acct_seller']);
+  const noneSub = (await stripe('GET', `/v1/subscriptions/${(await subscribe()).subscription.id}`)).body;
+  assert.deepEqual([noneSub.transfer_data, noneSub.on_behalf_of, noneSub.application_fee_percent], [null, null, null]);
+
+  // refused, with nothing created
+  const before = (await storedEvents()).length;
+  const refused = [
+    [{ ...payment, 'payment_intent_data[application_fee_amount]': '100' }, {}, 400,
+      { code: 'parameter_missing', param: 'payment_intent_data[application_fee_amount]',
+        message: 'Can only apply an application_fee_amount when the PaymentIntent is attempting a direct payment (using an OAuth key or Stripe-Account header) or destination payment (using `transfer_data[destination]`).' }],
+    [{ ...subscription, 'subscription_data[application_fee_percent]': '10' }, {}, 400, { param: 'subscription_data[application_fee_percent]' }],
+    [{ ...subscription, 'subscription_data[application_fee_percent]': '10.555' }, as('acct_shop'), 400,
+      { code: 'parameter_invalid', param: 'subscription_data[application_fee_percent]' }],
+    [{ ...subscription, 'subscription_data[application_fee_percent]': '101' }, as('acct_shop'), 400, { code: 'parameter_invalid' }],
+    [{ ...payment, 'payment_intent_data[application_fee_amount]': '-1' }, as('acct_shop'), 400, { code: 'parameter_invalid' }],
+    [{ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_nope' }, {}, 400,
+      { code: 'resource_missing', param: 'payment_intent_data[transfer_data][destination]', message: "No such destination: 'acct_nope'" }],
+    [{ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_gone' }, {}, 400, { code: 'resource_missing' }],
+    [{ ...payment, 'payment_intent_data[transfer_data][amount]': '10' }, {}, 400,
+      { code: 'parameter_missing', param: 'payment_intent_data[transfer_data][destination]' }],
+    [{ ...payment, 'payment_intent_data[transfer_data][amount_percent]': '10' }, {}, 400,
+      { code: 'parameter_unknown', param: 'payment_intent_data[transfer_data][amount_percent]' }],
+    [{ ...subscription, 'subscription_data[transfer_data][amount]': '10' }, {}, 400,
+      { code: 'parameter_unknown', param: 'subscription_data[transfer_data][amount]' }],
+    [{ ...subscription, 'subscription_data[transfer_data][destination]': 'acct_seller', 'subscription_data[transfer_data][amount_percent]': 'x' }, {}, 400,
+      { code: 'parameter_invalid', param: 'subscription_data[transfer_data][amount_percent]' }],
+    [{ ...subscription, 'subscription_data[on_behalf_of]': 'acct_nope' }, {}, 400,
+      { code: 'resource_missing', param: 'subscription_data[on_behalf_of]', message: "No such account: 'acct_nope'" }],
+    [{ ...subscription, 'payment_intent_data[application_fee_amount]': '1' }, as('acct_shop'), 400, { param: 'payment_intent_data' }],
+  ];
+  for (const [form, opts, status, fields] of refused) {
+    assertStripeError(await stripe('POST', '/v1/checkout/sessions', form, opts), status, { type: 'invalid_request_error', ...fields });
+  }
+  assert.equal((await storedEvents()).length, before);
+});
+
 test('connect: the recording names each request\'s Stripe-Account; counters per account and route', async () => {
   await reset();
   const { ids } = await seedAccounts({ count: 1000 });

@@ -21,7 +21,7 @@ const {
   eventLog, mergeMetadata, cancelSubscription, updateSubscription, previewInvoice, deleteCustomer,
 } = require('./billing');
 const { createMeterEvent, createMeterEventSession, streamMeterEvents } = require('./meter_events');
-const { listAccounts, getAccount, getOwnAccount } = require('./connect');
+const { listAccounts, getAccount, getOwnAccount, checkoutConnect } = require('./connect');
 const P = require('./params');
 const { newId, nowSeconds, previousAttributes } = require('./util');
 
@@ -169,7 +169,7 @@ function modeData(params, name, mode, wantedMode) {
   return data;
 }
 
-function createCheckoutSession({ store, params, baseUrl }) {
+function createCheckoutSession({ store, server, account, params, baseUrl }) {
   if (params.mode === undefined) throw missingParam('mode');
   const mode = enumParam(params.mode, 'mode', CHECKOUT_MODES);
   if (params.customer !== undefined && params.customer_email !== undefined) {
@@ -184,7 +184,9 @@ function createCheckoutSession({ store, params, baseUrl }) {
   const paymentIntentData = modeData(params, 'payment_intent_data', mode, 'payment');
   const trialDays = subscriptionData.trial_period_days === undefined ? 0
     : intParam(subscriptionData.trial_period_days, 'subscription_data[trial_period_days]', { min: 1, max: 730 });
+  const connect = checkoutConnect({ server, account }, mode, paymentIntentData, subscriptionData);
   const details = {
+    connect,
     // Subscription items are the recurring lines; one-time lines are only charged.
     lines: lines.filter((line) => mode !== 'subscription' || line.price.recurring),
     trialDays,

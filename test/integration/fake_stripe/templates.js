@@ -340,6 +340,8 @@ function buildInvoice({
     amount_due: due,
     amount_paid: paid ? due : 0,
     amount_remaining: paid ? 0 : due,
+    application: subscription.application || null,
+    on_behalf_of: subscription.on_behalf_of || null,
     attempt_count: 1,
     attempted: true,
     billing_reason: billingReason,
@@ -516,11 +518,23 @@ function buildPortalSession({ customer, returnUrl, baseUrl }) {
   });
 }
 
-// `failed` builds the intent as a declined card leaves it.
-function buildPaymentIntent({ amount, currency, customer, metadata, failed }) {
+// What a Checkout session asked of Connect (connect.js checkoutConnect), as
+// a payment intent, charge or subscription shows it.
+function transferDataView(transfer, amountKey) {
+  if (!transfer) return null;
+  return transfer[amountKey] === null && amountKey === 'amount' ? { destination: transfer.destination } : { ...transfer };
+}
+
+// `failed` builds the intent as a declined card leaves it; `connect` is
+// what the session asked of Connect (fee, transfer_data, on_behalf_of).
+function buildPaymentIntent({ amount, currency, customer, metadata, failed, connect = null }) {
   const id = newId('pi_');
   return fromTemplate('payment_intent', {
     amount,
+    application: connect ? connect.application : null,
+    application_fee_amount: connect ? connect.applicationFeeAmount : null,
+    on_behalf_of: connect ? connect.onBehalfOf : null,
+    transfer_data: connect ? transferDataView(connect.transferData, 'amount') : null,
     amount_received: failed ? 0 : amount,
     canceled_at: null,
     client_secret: `${id}_secret_${randomAlnum(25)}`,
@@ -537,8 +551,13 @@ function buildPaymentIntent({ amount, currency, customer, metadata, failed }) {
   });
 }
 
+// A charge of a payment intent: its Connect fields follow the intent's; a
+// successful one with an application fee names the fee (`fee_...`, capped
+// at the amount), a destination charge its transfer group.
 function buildCharge({ paymentIntent, email, failed }) {
   const id = newId('ch_');
+  const fee = paymentIntent.application_fee_amount === null ? null : Math.min(paymentIntent.application_fee_amount, paymentIntent.amount);
+  const transfer = paymentIntent.transfer_data;
   const template = TEMPLATES.charge;
   const outcome = failed
     ? { ...template.outcome, network_status: 'declined_by_network', reason: 'generic_decline', seller_message: 'The bank did not return any further details with this decline.', type: 'issuer_declined' }
@@ -546,6 +565,12 @@ function buildCharge({ paymentIntent, email, failed }) {
   return fromTemplate('charge', {
     amount: paymentIntent.amount,
     amount_captured: failed ? 0 : paymentIntent.amount,
+    application: paymentIntent.application,
+    application_fee: !failed && fee ? newId('fee_') : null,
+    application_fee_amount: fee,
+    on_behalf_of: paymentIntent.on_behalf_of,
+    transfer_data: transfer ? { amount: transfer.amount === undefined ? null : transfer.amount, destination: transfer.destination } : null,
+    transfer_group: transfer && !failed ? `group_${paymentIntent.id}` : null,
     balance_transaction: failed ? null : newId('txn_'),
     billing_details: { address: NULL_ADDRESS, email, name: null, phone: null, tax_id: null },
     captured: !failed,
@@ -668,4 +693,5 @@ module.exports = {
   buildSetupIntent,
   buildMeterEvent,
   buildEvent,
+  transferDataView,
 };
