@@ -221,20 +221,25 @@ function listConnected({ store }) {
   }));
 }
 
+// Each answers {account (the Account), authorized, event}.
 function updateConnected({ store, path, body }) {
   const { fields, ...rest } = body;
   if (Object.keys(rest).length) throw new BadRequest('give the changes as {"fields": {...}}');
-  return updateAccount(connectedState(store, path.id), fields);
+  const state = connectedState(store, path.id);
+  const { event } = updateAccount(state, fields);
+  return { account: state.account, authorized: state.authorized, event };
 }
 
 function deauthorize({ store, path }) {
   const state = connectedState(store, path.id);
-  return { account: state.id, event: deauthorizeAccount(state) };
+  const event = deauthorizeAccount(state);
+  return { account: state.account, authorized: state.authorized, event };
 }
 
 function authorize({ store, path }) {
   const state = connectedState(store, path.id);
-  return { account: state.id, event: authorizeAccount(state) };
+  const event = authorizeAccount(state);
+  return { account: state.account, authorized: state.authorized, event };
 }
 
 // ---- events ----

@@ -2457,7 +2457,7 @@ test('connect: malformed, unknown and deauthorized accounts answer 403 account_i
   const customer = (await stripe('POST', '/v1/customers', { email: 'a@example.com' }, as('acct_a'))).body;
   const token = (await call('POST', '/v2/billing/meter_event_session', as('acct_a'))).body.authentication_token;
   const deauth = await ctl('POST', '/_fake/accounts/acct_a/deauthorize');
-  assert.equal(deauth.account, 'acct_a');
+  assert.deepEqual([deauth.account.id, deauth.authorized], ['acct_a', false]);
   assert.deepEqual([deauth.event.type, deauth.event.account, deauth.event.data.object],
     ['account.application.deauthorized', 'acct_a', { id: 'ca_FakePlatform00000000000000000000', name: 'Fake Stripe platform', object: 'application' }]);
   assertAccountInvalid(await stripe('GET', `/v1/customers/${customer.id}`, undefined, as('acct_a')), 'acct_a');
@@ -2475,7 +2475,7 @@ test('connect: malformed, unknown and deauthorized accounts answer 403 account_i
   assert.equal((await call('POST', '/_fake/accounts/acct_nope/deauthorize', { auth: null })).status, 404);
   // authorizing again restores access to the account's data
   const auth = await ctl('POST', '/_fake/accounts/acct_a/authorize');
-  assert.deepEqual([auth.event.type, auth.event.account], ['account.application.authorized', 'acct_a']);
+  assert.deepEqual([auth.event.type, auth.event.account, auth.account.id, auth.authorized], ['account.application.authorized', 'acct_a', 'acct_a', true]);
   assert.equal((await stripe('GET', `/v1/customers/${customer.id}`, undefined, as('acct_a'))).status, 200);
   assert.deepEqual((await stripe('GET', '/v1/events', undefined, as('acct_a'))).body.data.map((e) => [e.type, e.account]), [
     ['account.application.authorized', 'acct_a'], ['account.application.deauthorized', 'acct_a'], ['customer.created', 'acct_a']]);
@@ -2490,6 +2490,7 @@ test('connect: account.updated; generators and given events target one account o
   const { ids } = await seedAccounts({ count: 4, seed: 2 });
   const [first, second, third, fourth] = ids;
   const update = await ctl('POST', `/_fake/accounts/${first}/update`, { fields: { name: 'Renamed', charges_enabled: false } });
+  assert.deepEqual([update.account.id, update.account.business_profile.name, update.authorized], [first, 'Renamed', true]);
   assert.deepEqual([update.event.type, update.event.account, update.event.data.object.business_profile.name, update.event.data.object.charges_enabled],
     ['account.updated', first, 'Renamed', false]);
   assert.deepEqual(update.event.data.previous_attributes, {
