@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi
+# (apt-get waits for another apt or dpkg to finish: test/lib/apt.sh)
+APT_SUDO=$sudo
+. test/lib/apt.sh
 
 packages=(
     make gcc
@@ -19,9 +22,8 @@ command -v node >/dev/null && command -v npm >/dev/null &&
     packages=("${packages[@]/nodejs}") && packages=("${packages[@]/npm}")
 
 echo "== installing Debian packages"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    ${packages[@]} >/dev/null
+apt_update
+apt_get install -y -qq --no-install-recommends ${packages[@]} >/dev/null
 
 echo "== installing the official stripe SDK (npm) for the cross-checks"
 npm ci --prefix test/integration/node --no-audit --no-fund --loglevel=error >/dev/null

@@ -24,6 +24,8 @@ esac
 cache=${SB_PG_CACHE:-/var/cache/stripe_billing}
 prefix=$cache/pg-$version-$flavor
 log() { echo "pg-build: $*" >&2; }
+# (apt-get waits for another apt or dpkg to finish)
+. "$(dirname "$0")/lib/apt.sh"
 
 if [ -f "$prefix/.built" ]; then
     log "PostgreSQL $(cat "$prefix/.built") ($flavor) is cached in $prefix"
@@ -32,8 +34,8 @@ if [ -f "$prefix/.built" ]; then
 fi
 
 log "installing the build dependencies"
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+apt_update
+apt_get install -y -qq --no-install-recommends \
     gcc make perl bison flex pkg-config liblz4-dev libssl-dev zlib1g-dev xz-utils bzip2 \
     ca-certificates >/dev/null
 
@@ -52,8 +54,8 @@ if [ ! -f "$src/.fetched" ]; then
     apt_own=(-o "Dir::Etc::sourcelist=$src/apt/sources.list" -o Dir::Etc::sourceparts=-
              -o "Dir::State::Lists=$src/apt/lists")
     log "fetching the source package postgresql-$version from $uri (sid)"
-    apt-get "${apt_own[@]}" update -qq
-    (cd "$src/download" && apt-get "${apt_own[@]}" source --download-only -qq "postgresql-$version")
+    apt_update "${apt_own[@]}"
+    (cd "$src/download" && apt_get "${apt_own[@]}" source --download-only -qq "postgresql-$version")
     tarball=$(ls "$src"/download/postgresql-"$version"_*.orig.tar.* | head -1)
     tar -xf "$tarball" -C "$src"
     mv "$src"/postgresql-"$version".* "$src/tree" 2>/dev/null || mv "$src"/postgresql-"$version"*/ "$src/tree"

@@ -38,6 +38,11 @@ failures=()
 export SB_CRASH_REPORT
 SB_CRASH_REPORT=$(mktemp /tmp/stripe_billing_crashes.XXXXXX)
 chmod 666 "$SB_CRASH_REPORT"
+log=
+# its own files go however it ends (each part removes its own)
+trap 'rm -f "$SB_CRASH_REPORT" ${log:+"$log"}' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Adds a part's "N passed, N failed" (its last such line) to the totals.
 count() {
@@ -89,10 +94,10 @@ for part in "${parts[@]}"; do
         failed=$((failed + 1)); failures+=("$part: a server crashed or failed an assertion")
     fi
     rm -f "$log"
+    log=
     times+=("$part: $(elapsed "$t")")
 done
 make -s clean >/dev/null    # (the objects were built for the last version)
-rm -f "$SB_CRASH_REPORT"
 
 echo
 echo "times: $(printf '%s; ' "${times[@]}")total $(elapsed "$started")"

@@ -4,17 +4,21 @@
 # does both):
 #     PG_BINDIR=/usr/lib/postgresql/15/bin bash test/suite.sh
 # Starts a throwaway cluster (run by an unprivileged user) and runs every
-# test: pg_regress, isolation, and the integration tests under test/.  Ends
-# with "N passed, N failed".
+# test: pg_regress, isolation, and the integration tests under test/.  Then
+# checks that nothing of its own is left: no server, fake Stripe, PgBouncer
+# or app its tests started, no work directory of theirs in /tmp (each
+# leftover, one line, counts as a failure).  Ends with "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 . test/lib/cluster.sh
 . test/lib/build.sh
-work=$(mktemp -d /tmp/stripe_billing_test.XXXXXX)
-chmod 755 "$work"
-trap 'cluster_stop "$work/main"' EXIT
+work_begin test
+work_logs main/server.log    # (a failing test shows its own logs)
+# the work directories of this run, its own first (test/lib/work.sh)
+export SB_WORK_LIST=$work/work_dirs
+echo "$work" >"$SB_WORK_LIST"
 echo "== starting a throwaway cluster in $work/main"
 cluster_start "$work/main" "shared_preload_libraries = 'stripe_billing'" || exit 1
 
@@ -66,6 +70,24 @@ integration example_express bash test/integration/example_express.sh
 integration example_fastapi bash test/integration/example_fastapi.sh
 # (the package is built for Debian's PostgreSQL, debian/pgversions)
 [ "$PG_BINDIR" = /usr/lib/postgresql/15/bin ] && integration debian_package bash test/integration/debian_package.sh
+
+# Nothing of the run is left: the suite's cluster stopped, then no process
+# any test started (a postmaster, the fake, PgBouncer, an app, a client) and
+# no work directory of theirs, matched by the directories this run made
+# (another clone's suite may be running beside it).
+echo "== leftovers"
+cluster_stop "$work/main" || { failed=$((failed + 1)); failures+=("the suite's cluster did not stop"); }
+left=$(work_leftovers "$SB_WORK_LIST")
+if [ -z "$left" ]; then
+    echo "   none: $(($(wc -l <"$SB_WORK_LIST") - 1)) work directories removed, no server or process of theirs running"
+    echo "   -> ok"; passed=$((passed + 1))
+else
+    while IFS= read -r line; do
+        echo "   FAIL  left over: $line"; failed=$((failed + 1))
+    done <<<"$left"
+    failures+=("leftovers")
+    work_leftovers "$SB_WORK_LIST" --clear
+fi
 
 echo
 [ ${#failures[@]} -gt 0 ] && echo "failed: ${failures[*]}"

@@ -7,7 +7,8 @@
 # backends are its forks: all are watched), with PostgreSQL's own
 # suppressions (src/tools/valgrind.supp).  Passes when both suites pass and
 # Memcheck reports no error at all; the errors in the extension's frames
-# are counted apart.  Run as root:
+# are counted apart.  Then, as test/suite.sh does, checks that no server of
+# its own is left (a leftover counts as a failure).  Run as root:
 #     bash test/valgrind.sh
 # (test/run.sh runs it; alone it builds what it needs, about 6 minutes the
 # first time.)
@@ -15,8 +16,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+. test/lib/apt.sh
 command -v valgrind >/dev/null || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+    apt_update && apt_get install -y -qq --no-install-recommends valgrind >/dev/null
 } || { echo "installing valgrind failed"; exit 1; }
 bindir=$(bash test/pg-build.sh 18 valgrind | tail -1) || { echo "building PostgreSQL 18 for Valgrind failed"; exit 1; }
 supp=$(dirname "$bindir")/valgrind.supp
@@ -26,8 +28,11 @@ build_for "$bindir" || { echo "building the extension failed"; exit 1; }
 
 PG_BINDIR=$bindir
 . test/lib/cluster.sh
-work=$(mktemp -d /tmp/stripe_billing_valgrind.XXXXXX)
-chmod 755 "$work"
+work_begin valgrind
+# (a failure shows these; Memcheck's errors are shown below)
+work_logs main/server.log installcheck.log
+export SB_WORK_LIST=$work/work_dirs
+echo "$work" >"$SB_WORK_LIST"
 mkdir "$work/vg"
 chown "$SB_TEST_USER" "$work/vg" 2>/dev/null
 cat >"$work/postgres" <<WRAPPER
@@ -37,7 +42,6 @@ exec valgrind --trace-children=yes --leak-check=no --error-exitcode=99 \\
     --log-file=$work/vg/%p.log $bindir/postgres "\$@"
 WRAPPER
 chmod 755 "$work/postgres"
-trap 'cluster_stop "$work/main"' EXIT
 
 # errors in Memcheck's logs: the sum of their ERROR SUMMARY lines
 summed_errors() {
@@ -50,6 +54,7 @@ gcc -O0 -o "$work/canary" "$work/canary.c" && valgrind --log-file="$work/canary.
     { echo "Memcheck did not count the canary's read after free: the verdict would prove nothing"; exit 1; }
 
 t0=$(date +%s)
+export SB_STOP_TIMEOUT=300    # (a shutdown under Memcheck is slow too)
 echo "== starting a cluster under Valgrind in $work/main"
 SB_POSTGRES_WRAPPER=$work/postgres SB_START_TIMEOUT=300 \
     cluster_start "$work/main" "shared_preload_libraries = 'stripe_billing'" "max_connections = 20" || exit 1
@@ -63,8 +68,7 @@ echo "== pg_regress ($regress) and isolation tests, every backend under Memcheck
 installcheck "$bindir" "$work/installcheck.log" REGRESS="$regress"
 ok=$CHECK_OK
 bad=$CHECK_BAD
-cluster_stop "$work/main"
-trap - EXIT
+cluster_stop "$work/main" || { echo "the cluster under Valgrind did not stop"; bad=$((bad + 1)); }
 
 # Memcheck's verdict: every process's log ends with its ERROR SUMMARY
 logs=$(ls "$work"/vg/*.log | wc -l)
@@ -79,12 +83,20 @@ if [ "$errors" -gt 0 ]; then
 fi
 vg_ok=$([ "$errors" -eq 0 ] && [ "$logs" -gt 0 ] && echo 1 || echo 0)
 make -s clean >/dev/null
-if [ "$bad" -eq 0 ] && [ "$vg_ok" -eq 1 ]; then
-    rm -rf "$work"
-    echo "$((ok + 1)) passed, 0 failed"
+
+# nothing of its own left: no process of its cluster (matched by its work
+# directory, as test/suite.sh does)
+left=$(work_leftovers "$SB_WORK_LIST")
+clean=1
+if [ -n "$left" ]; then
+    clean=0
+    sed 's/^/FAIL  left over: /' <<<"$left"
+    work_leftovers "$SB_WORK_LIST" --clear
+fi
+if [ "$bad" -eq 0 ] && [ "$vg_ok" -eq 1 ] && [ "$clean" -eq 1 ]; then
+    echo "$((ok + 2)) passed, 0 failed"
     exit 0
 fi
-echo "(logs kept in $work)"
-echo "failed:$([ "$bad" -eq 0 ] || echo " installcheck")$([ "$vg_ok" -eq 1 ] || echo " memcheck")"
-echo "$((ok + vg_ok)) passed, $((bad + 1 - vg_ok)) failed"
+echo "failed:$([ "$bad" -eq 0 ] || echo " installcheck")$([ "$vg_ok" -eq 1 ] || echo " memcheck")$([ "$clean" -eq 1 ] || echo " leftovers")"
+echo "$((ok + vg_ok + clean)) passed, $((bad + 2 - vg_ok - clean)) failed"
 exit 1

@@ -33,16 +33,8 @@ cd "$(dirname "$0")/../.."
 
 KEY=sk_test_backfill_$RANDOM$RANDOM
 export NODE_PATH=$PWD/test/integration/node/node_modules
-work=$(mktemp -d /tmp/stripe_billing_backfill.XXXXXX)
-chmod 755 "$work"
+work_begin backfill
 since=$(($(date +%s) - 90 * 86400))
-
-cleanup() {
-    fake_stop
-    cluster_stop "$work/pg"
-    if [ "$passed" -gt 0 ] && [ "$failed" -eq 0 ]; then rm -rf "$work"; else echo "logs and data kept in $work"; fi
-}
-trap cleanup EXIT
 
 # sql DB QUERY: one query, unaligned output, errors to stderr.
 sql() { psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
@@ -85,6 +77,12 @@ first_pages() {
         | map(select(.path != "/v1/entitlements/active_entitlements" or .query.customer == $first))
         | group_by(.path) | map("\(.[0].path | sub("^/v1/"; "") | sub("/active_entitlements"; "")) \(length)") | .[]'
 }
+
+# ready_count: how many times the server said it was ready (crash restarts count)
+ready_count() { grep -c 'database system is ready to accept connections' "$work/pg/server.log"; }
+# restarted_since N: the server restarted after a crash (ready more than N
+# times) and accepts connections again
+restarted_since() { [ "$(ready_count)" -gt "$1" ] && accepting; }
 
 # kill9 DB PID: freezes the backend, notes which kind's first page may be
 # in flight (the first unfinished kind, with no page committed yet), kills it
@@ -163,15 +161,17 @@ seed 1 || { echo "seeding the fake failed"; exit 1; }
 # ---- 1 and 2: the procedure, killed three times; events meanwhile ------------
 
 check_backfill() {
-    local problems=() kills=0 at out extra call_pid pid restarts firsts digest batch single
+    local problems=() kills=0 at out extra call_pid pid restarts firsts digest batch single changed_at ready
     in_flight_first=""
     begin
     # polling starts first (the cursor is the newest event), as in the README
     sql sb_procedure "CALL stripe_billing.stripe_sync_now()" >/dev/null || problems+=(" stripe_sync_now failed")
     # a change made before the backfill lists subscriptions: its event is older than the listing
+    # (events are dated in seconds: the listing starts in a later second, on the same clock)
+    changed_at=$(date +%s)
     curl -sS -u "$KEY:" -d cancel_at_period_end=true \
         "$FAKE_URL/v1/subscriptions/$(curl -sS -u "$KEY:" "$FAKE_URL/v1/subscriptions?limit=1&status=active" | jq -r '.data[0].id')" >/dev/null
-    sleep 1.1
+    wait_until 10 eval '[ "$(date +%s)" -gt "$((changed_at + 1))" ]'
     for threshold in 1200 3600 6400; do
         psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_backfill()" >"$work/call.log" 2>&1 &
         call_pid=$!
@@ -183,12 +183,15 @@ check_backfill() {
         fi
         at=$(backfilled_objects sb_procedure)
         pid=$(backend_of "CALL stripe_billing.stripe_backfill")
+        ready=$(ready_count)
         if [ -n "$pid" ] && ! backfill_done sb_procedure; then
             kill9 sb_procedure "$pid" && kills=$((kills + 1))
             echo "      killed the backfill's backend at $at objects"
+            wait "$call_pid"
+            # (the postmaster restarts the server after the kill: not the old one answering)
+            wait_until 60 restarted_since "$ready" || problems+=(" the cluster did not come back")
         fi
         wait "$call_pid"
-        wait_until 60 accepting || problems+=(" the cluster did not come back")
     done
     [ "$kills" = 3 ] || problems+=(" $kills kills mid-way, not 3")
     psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_backfill()" >"$work/call.log" 2>&1 ||
@@ -248,7 +251,8 @@ check_rate() {
     [ "$(sql sb_procedure "SELECT state FROM stripe_billing.backfill_state WHERE kind = 'customers'")" = done ] ||
         problems+=(" customers not done after the 429s")
 
-    sleep 1.1   # (the fake's window empties)
+    # a new limit starts with an empty window
+    fake POST /_fake/rate_limit '{"per_second": 5}' >/dev/null
     fake DELETE /_fake/requests >/dev/null
     PGOPTIONS="-c stripe_billing.max_requests_per_second=4" \
         psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_backfill(ARRAY['customers'])" >/dev/null 2>"$work/rate.log" ||
@@ -308,7 +312,7 @@ check_reconcile() {
 worker_pid() { sql postgres "SELECT pid FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'" 2>/dev/null; }
 
 check_worker() {
-    local problems=() kills=0 pid out seed_event restarts firsts
+    local problems=() kills=0 pid out seed_event restarts firsts ready
     in_flight_first=""
     begin
     seed 2 || problems+=(" seeding failed")
@@ -324,11 +328,13 @@ check_worker() {
             change_at_stripe 2 worker
         fi
         pid=$(worker_pid)
+        ready=$(ready_count)
         if [ -n "$pid" ] && ! backfill_done sb_worker; then
             echo "      killed the worker at $(backfilled_objects sb_worker) objects, phase $(sql sb_worker "SELECT phase FROM stripe_billing.sync_status")"
             kill9 sb_worker "$pid" && kills=$((kills + 1))
-            sleep 0.5
-            wait_until 60 accepting || problems+=(" the cluster did not come back")
+            # (the postmaster restarts the server, and a new worker: not the old one answering)
+            wait_until 60 restarted_since "$ready" || problems+=(" the cluster did not come back")
+            wait_until 60 eval '[ -n "$(worker_pid)" ]' || problems+=(" no worker after the restart")
         fi
     done
     [ "$kills" = 3 ] || problems+=(" $kills kills mid-way, not 3")
@@ -389,7 +395,6 @@ check_too_late() {
     sql postgres "ALTER SYSTEM SET stripe_billing.reconcile_interval = '5s'" && sql postgres "SELECT pg_reload_conf()" >/dev/null
     sub=$(sql sb_worker "SELECT id FROM stripe_billing.subscriptions WHERE status = 'active' AND NOT cancel_at_period_end ORDER BY id DESC LIMIT 1")
     old=$(fake GET /_fake/events | jq -r '.[0].id')
-    sleep 3   # older than poll_lookback (2 s)
     # Stripe changed it long ago; its event is listed only now, behind the cursor, out of the lookback
     fake POST /_fake/objects "{\"merge\": true, \"object\": {\"id\": \"$sub\", \"object\": \"subscription\", \"cancel_at_period_end\": true}}" >/dev/null
     fake POST /_fake/events "{\"before\": \"$old\", \"events\": [{\"type\": \"customer.subscription.updated\", \"created\": $(($(date +%s) - 3600)),

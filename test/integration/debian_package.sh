@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # The Debian package: debian/ built with pg_buildext (dh --with pgxs_loop)
-# by dpkg-buildpackage in a copy of the tree, the .deb installed with dpkg,
-# then the regression and isolation tests run (make installcheck) against a
-# cluster using the packaged files; the package removed afterwards and the
-# suite's own build installed again.  For Debian's PostgreSQL 15 (the
-# version of debian/pgversions).
+# by dpkg-buildpackage in a copy of the tree, the .deb installed (apt-get,
+# which waits for another apt or dpkg to finish), then the regression and
+# isolation tests run (make installcheck) against a cluster using the
+# packaged files; the package removed afterwards and the suite's own build
+# installed again.  For Debian's PostgreSQL 15 (the version of
+# debian/pgversions).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$(pwd)
 . test/lib/cluster.sh
 . test/lib/build.sh
+. test/lib/apt.sh
 PG_BINDIR=/usr/lib/postgresql/15/bin
-work=$(mktemp -d /tmp/stripe_billing_deb.XXXXXX)
-chmod 755 "$work"
+work_begin deb
 package=postgresql-15-stripe-billing
+# (at exit, after the cluster stops: at_exit runs the last registered first)
 restore() {
-    cluster_stop "$work/pg"
-    dpkg -s "$package" >/dev/null 2>&1 && dpkg -r "$package" >/dev/null 2>&1
+    if dpkg -s "$package" >/dev/null 2>&1; then
+        apt_get remove -y -qq "$package" >"$work/remove.log" 2>&1 || { echo "removing $package failed:"; tail -5 "$work/remove.log"; return 1; }
+    fi
     make -s PG_CONFIG="$PG_BINDIR/pg_config" install >/dev/null   # (the suite's build, as it was)
 }
-trap restore EXIT
+at_exit restore
 fail=0
 version=$(sed -n "s/^default_version = '\(.*\)'/\1/p" stripe_billing.control)
 
@@ -32,10 +35,11 @@ else
     echo "FAIL  dpkg-buildpackage:"; tail -15 "$work/build.log" | sed 's/^/      /'; exit 1
 fi
 deb=$work/src/${package}_${version}_$(dpkg --print-architecture).deb
-if dpkg -i "$deb" >"$work/dpkg.log" 2>&1 && [ "$(dpkg-query -W -f '${Version} ${Status}' "$package")" = "$version install ok installed" ]; then
-    echo "PASS  dpkg -i installed $package $version"
+if apt_get install -y -qq --no-install-recommends "$deb" >"$work/dpkg.log" 2>&1 &&
+   [ "$(dpkg-query -W -f '${Version} ${Status}' "$package")" = "$version install ok installed" ]; then
+    echo "PASS  the .deb installed $package $version"
 else
-    echo "FAIL  dpkg -i:"; tail -5 "$work/dpkg.log" | sed 's/^/      /'; exit 1
+    echo "FAIL  installing the .deb:"; tail -5 "$work/dpkg.log" | sed 's/^/      /'; exit 1
 fi
 files=$(dpkg -L "$package")
 for f in "$PG_BINDIR/../lib/stripe_billing.so" /usr/share/postgresql/15/extension/stripe_billing.control \

@@ -8,9 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 . test/lib/cluster.sh
-work=$(mktemp -d /tmp/stripe_billing_dump.XXXXXX)
-chmod 755 "$work"
-trap 'cluster_stop "$work/pg"' EXIT
+work_begin dump
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" ||
     { echo "FAIL: the cluster did not start"; exit 1; }
 createdb src || exit 1

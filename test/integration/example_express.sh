@@ -11,11 +11,9 @@ cd "$(dirname "$0")/../.." || exit 1
 [ -d examples/node/node_modules/express ] || { echo "FAIL: examples/node has no node_modules (run scripts/install-deps.sh)"; exit 1; }
 example_backend || exit 1
 
-PORT=0 PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=app PGDATABASE=app node examples/node/app.js >"$work/app.log" 2>&1 &
-APP_PID=$!
-for _ in $(seq 100); do grep -q '^listening ' "$work/app.log" && break; sleep 0.05; done
+example_app env PORT=0 PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=app PGDATABASE=app node examples/node/app.js
+example_listening '^listening ' || { echo "FAIL: the app did not start"; cat "$work/app.log"; exit 1; }
 port=$(sed -n 's/^listening //p' "$work/app.log")
-[ -n "$port" ] || { echo "FAIL: the app did not start"; cat "$work/app.log"; exit 1; }
 
 example_drive "http://127.0.0.1:$port"
 rc=$?

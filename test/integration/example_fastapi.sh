@@ -14,11 +14,9 @@ example_backend || exit 1
 
 # a free port (uvicorn does not report the one it picks for 0)
 port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=app PGDATABASE=app \
-    /usr/bin/python3 -m uvicorn app:app --app-dir examples/python --host 127.0.0.1 --port "$port" >"$work/app.log" 2>&1 &
-APP_PID=$!
-for _ in $(seq 100); do grep -q 'Application startup complete' "$work/app.log" && break; sleep 0.1; done
-grep -q 'Application startup complete' "$work/app.log" || { echo "FAIL: the app did not start"; cat "$work/app.log"; exit 1; }
+example_app env PGHOST="$PGHOST" PGPORT="$PGPORT" PGUSER=app PGDATABASE=app \
+    /usr/bin/python3 -m uvicorn app:app --app-dir examples/python --host 127.0.0.1 --port "$port"
+example_listening 'Application startup complete' || { echo "FAIL: the app did not start"; cat "$work/app.log"; exit 1; }
 
 example_drive "http://127.0.0.1:$port"
 rc=$?

@@ -14,16 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 . test/lib/cluster.sh
 PY=/usr/bin/python3     # Debian's, which has python3-psycopg
-work=$(mktemp -d /tmp/stripe_billing_pgbouncer.XXXXXX)
-chmod 755 "$work"
+work_begin pgbouncer
 bdir=$work/pgbouncer
-cleanup() {
-    # (pgbouncer itself, not the runuser that started it)
-    [ -s "$bdir/pgbouncer.pid" ] && kill "$(cat "$bdir/pgbouncer.pid")" 2>/dev/null
-    pkill -f "pgbouncer $bdir/pgbouncer.ini" 2>/dev/null
-    cluster_stop "$work/pg"
-}
-trap cleanup EXIT
 fail=0
 
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.database = 'postgres'" \
@@ -67,8 +59,13 @@ pidfile = $bdir/pgbouncer.pid
 EOF
 echo '"app_user" ""' >"$bdir/userlist.txt"
 [ "$(id -u)" -eq 0 ] && chown -R "$SB_TEST_USER" "$bdir"
+# (stopped at exit by its pid file: pgbouncer itself, not the runuser that
+# started it, which does not pass SIGTERM on)
+stop_pgbouncer() { [ -s "$bdir/pgbouncer.pid" ] && stop_pid "$(cat "$bdir/pgbouncer.pid")"; return 0; }
+at_exit stop_pgbouncer
 as_owner /usr/sbin/pgbouncer "$bdir/pgbouncer.ini" >"$bdir/pgbouncer.out" 2>&1 &
-for _ in $(seq 50); do [ -S "$bdir/.s.PGSQL.$port" ] && break; sleep 0.1; done
+pgb_job=$!
+wait_until 60 eval '[ -S "$bdir/.s.PGSQL.$port" ] || ! kill -0 $pgb_job 2>/dev/null'
 [ -S "$bdir/.s.PGSQL.$port" ] || { echo "FAIL: pgbouncer did not start"; cat "$bdir/pgbouncer.out" "$bdir/pgbouncer.log"; exit 1; }
 
 # ---- the requests ----

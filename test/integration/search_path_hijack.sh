@@ -16,9 +16,7 @@ cd "$(dirname "$0")/../.." || exit 1
 . test/lib/fake_stripe.sh
 . test/lib/checks.sh
 KEY="sk_test_hijack$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-work=$(mktemp -d /tmp/stripe_billing_hijack.XXXXXX)
-chmod 755 "$work"
-trap 'fake_stop; cluster_stop "$work/pg"' EXIT
+work_begin hijack
 fail=0
 pass() { echo "PASS $*"; }
 flunk() { echo "FAIL $*"; fail=1; }
@@ -179,9 +177,8 @@ canary() {   # (as the planting role itself: its ALTER ROLE fails)
 }
 superuser_now() { su -c "SELECT rolsuper FROM pg_roles WHERE rolname = 'sb_app_owner'"; }
 ledger() { su -c "SELECT count(*) FROM stripe_billing.events"; }
-wait_ledger() {   # COUNT: waits up to 30 s for the ledger to hold COUNT events
-    for _ in $(seq 150); do [ "$(ledger)" -ge "$1" ] && return 0; sleep 0.2; done; return 1
-}
+has_ledger() { [ "$(ledger)" -ge "$1" ]; }
+wait_ledger() { POLL=0.2 wait_until 120 has_ledger "$1"; }   # COUNT: the ledger holds COUNT events
 worker_user() { su -c "SELECT usename FROM pg_stat_activity WHERE backend_type = 'stripe_billing sync'"; }
 
 if canary; then pass "0 canary: an unqualified call in this database runs the planted function"
@@ -189,7 +186,8 @@ else flunk "0 canary: the traps are not live, this test would prove nothing"; fi
 
 # 1. the worker, as the bootstrap superuser, polls 200 events (after it
 # took the fake's newest event as its first cursor)
-for _ in $(seq 100); do [ -n "$(su -c "SELECT cursor FROM stripe_billing.sync_status")" ] && break; sleep 0.2; done
+has_cursor() { [ -n "$(su -c "SELECT cursor FROM stripe_billing.sync_status")" ]; }
+POLL=0.2 wait_until 60 has_cursor || flunk "1 the worker took no first cursor within 60 s"
 generate 200 2
 if wait_ledger 200; then
     t=$(traps); s=$(superuser_now)
@@ -237,7 +235,8 @@ fi
 # 2. a superuser session (search_path public first) calls the extension,
 # once the worker's own backfill is over (deriving every user's features
 # while the worker derives some of them can deadlock: not what this tests)
-for _ in $(seq 150); do [ "$(su -c "SELECT phase FROM stripe_billing.sync_status")" = streaming ] && break; sleep 0.2; done
+streaming() { [ "$(su -c "SELECT phase FROM stripe_billing.sync_status")" = streaming ]; }
+POLL=0.2 wait_until 120 streaming || flunk "2 the worker's backfill did not end within 120 s"
 su -c "DELETE FROM public.trap_log" >/dev/null
 out=$(FAKE_URL=$FAKE_URL victim 2>&1 <<'SQL'
 CALL stripe_billing.stripe_sync_now();
@@ -290,6 +289,8 @@ SQL
 echo "stripe_billing.worker_role = 'sb_worker'" | as_owner tee -a "$work/pg/data/postgresql.conf" >/dev/null
 # (a reload: the worker restarts as the new role)
 as_owner "$PG_BINDIR/pg_ctl" -D "$work/pg/data" reload >/dev/null || flunk "3 reload"
+# the events come after the restart: applied by the new worker, not the old
+POLL=0.2 wait_until 60 eval '[ "$(worker_user)" = sb_worker ]' || flunk "3 no worker ran as sb_worker within 60 s of the reload"
 su -c "DELETE FROM public.trap_log" >/dev/null
 before=$(ledger)
 generate 100 3

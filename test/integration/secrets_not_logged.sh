@@ -12,8 +12,9 @@ key="sk_test_LOGCHECK$(rand)"
 plain="plainsecret$(rand)"      # a configured secret with no Stripe prefix
 quoted="quotedsecret$(rand)"    # set through the quoted setting name
 start=$(($(stat -c %s "$log") + 1))
-client=$(mktemp)
-trap 'rm -f "$client"' EXIT
+. test/lib/cluster.sh
+work_begin secrets
+client=$work/client.txt
 
 psql -X -q -v ON_ERROR_STOP=0 >"$client" 2>&1 <<SQL
 CREATE EXTENSION IF NOT EXISTS stripe_billing;
@@ -29,8 +30,10 @@ SET stripe_billing.api_key TO '$key';
 SELECT set_config('stripe_billing.api_key', '$key', false) IS NOT NULL AS set;
 ALTER SYSTEM SET stripe_billing.webhook_secret = '$wh';
 ALTER SYSTEM SET stripe_billing.api_key = '$key';
+SELECT pg_conf_load_time() AS reload_before \gset
 SELECT pg_reload_conf();
-SELECT pg_sleep(0.5);
+\setenv RELOAD_BEFORE :reload_before
+\! bash -c '. test/lib/cluster.sh; cluster_reloaded_since "\$RELOAD_BEFORE" || echo "RELOAD NOT SEEN within 60 s"'
 -- a monitoring role's new session: the secrets are its reset values now
 \\! psql -X -U regress_sb_monitor -c "SELECT * FROM pg_settings" -c "SHOW ALL" -c "SHOW stripe_billing.api_key" -c "SELECT current_setting('stripe_billing.webhook_secret')"
 -- the names quoted, as SQL allows
@@ -57,14 +60,19 @@ SET stripe_billing.webhook_secret = '$plain';
 RESET ROLE;
 ALTER SYSTEM RESET stripe_billing.webhook_secret;
 ALTER SYSTEM RESET stripe_billing.api_key;
+SELECT pg_conf_load_time() AS reload_before \gset
 SELECT pg_reload_conf();
+\setenv RELOAD_BEFORE :reload_before
+\! bash -c '. test/lib/cluster.sh; cluster_reloaded_since "\$RELOAD_BEFORE" || echo "RELOAD NOT SEEN within 60 s"'
 DROP ROLE regress_sb_logcheck;
 DROP ROLE regress_sb_monitor;
 SQL
-sleep 0.5
+# (each backend logs a statement before it answers; the postmaster logs a
+# reload before new sessions start with it, which the session waited for)
 logged=$(tail -c +"$start" "$log")
 
 fail=0
+grep -q "RELOAD NOT SEEN" "$client" && { echo "a configuration reload was not seen within 60 s: the checks after it prove nothing"; fail=1; }
 for s in "${wh#whsec_}" "${key#sk_test_}" "$plain" "$quoted"; do
     if grep -qF "$s" <<<"$logged"; then
         echo "LEAK in server log: $(grep -F "$s" <<<"$logged" | head -3)"; fail=1

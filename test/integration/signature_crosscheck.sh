@@ -4,8 +4,9 @@
 # itself; stripe_verify_signature must agree on every one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cases=$(mktemp)
-trap 'rm -f "$cases"' EXIT
+. test/lib/work.sh
+work_begin signatures
+cases=$work/cases.json
 NODE_PATH=test/integration/node/node_modules node test/integration/signature_crosscheck.js 100 >"$cases"
 
 psql -X -v ON_ERROR_STOP=1 -q <<SQL

@@ -26,21 +26,17 @@ cd "$(dirname "$0")/../.." || exit 1
 . test/lib/verdicts.sh
 
 key="sk_test_subx$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-work=$(mktemp -d /tmp/stripe_billing_subx.XXXXXX)
-chmod 755 "$work"
-# (the work directory, a GB of data, is kept only after a failure)
-cleanup() {
-    fake_stop
-    cluster_stop "$work/pg"
-    if [ "$checks" -gt 0 ] && [ "$failed" -eq 0 ]; then rm -rf "$work"; else echo "logs and data kept in $work"; fi
-}
-trap cleanup EXIT
+# (its work directory, a GB of data, goes when it exits: test/lib/work.sh)
+work_begin subx
 fake_start "$work" "$key" || exit 1
 # (the worker serves database postgres, so the test's own databases are
 # touched by the test alone)
+# (and no autovacuum: its ANALYZE of the tables just filled takes
+# transaction ids too, which a slow run, on a loaded machine, gives the time
+# to land between the two ids a check reads)
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.database = 'postgres'" \
     "stripe_billing.api_key = '$key'" "stripe_billing.api_base = '$FAKE_URL'" \
-    "stripe_billing.backfill_on_start = off" "stripe_billing.poll_lookback = '2s'" || exit 1
+    "stripe_billing.backfill_on_start = off" "stripe_billing.poll_lookback = '2s'" "autovacuum = off" || exit 1
 sql() { psql -X -At -q -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
 version=$(sql postgres "SHOW server_version_num")
 n=20000
@@ -194,7 +190,11 @@ sql sync "SELECT stripe_billing.stripe_sync_start_from(to_timestamp($start - 1):
 out=$(psql -X -At -q -d sync -c "BEGIN" -c "CALL stripe_billing.stripe_sync_now()" 2>&1)
 grep -q 'invalid transaction termination' <<<"$out" || bad "inside a transaction block: $out"
 eq "$(sql sync "SELECT count(*) FROM stripe_billing.events")" 0 "events applied by the refused call"
-commits0=$(sql sync "SELECT xact_commit FROM pg_stat_database WHERE datname = 'sync'")
+# (a backend reports to pg_stat_database with a delay, at the latest as it
+# exits: once no session of database sync is left, each has reported)
+sync_sessions() { sql postgres "SELECT count(*) FROM pg_stat_activity WHERE datname = 'sync'"; }
+wait_until 30 eval '[ "$(sync_sessions)" = 0 ]' || bad "sessions of database sync still there 30 s after the last one ended"
+commits0=$(sql postgres "SELECT xact_commit FROM pg_stat_database WHERE datname = 'sync'")
 x0=$(sql sync "SELECT pg_current_xact_id()")
 total=0
 for _ in $(seq 20); do
@@ -203,11 +203,11 @@ for _ in $(seq 20); do
     [ "$got" -gt 0 ] || break
 done
 x1=$(sql sync "SELECT pg_current_xact_id()")
-sleep 1    # (pg_stat_database is reported with a delay)
-commits=$(( $(sql sync "SELECT xact_commit FROM pg_stat_database WHERE datname = 'sync'") - commits0 ))
+pages=$((n / 100))
+wait_until 30 eval '[ "$(sync_sessions)" = 0 ]' || bad "sessions of database sync still there 30 s after the last one ended"
+commits=$(( $(sql postgres "SELECT xact_commit FROM pg_stat_database WHERE datname = 'sync'") - commits0 ))
 eq "$total" "$n" "events received by CALL stripe_sync_now()"
 eq "$(sql sync "SELECT outcome || ' ' || count(*) FROM stripe_billing.events GROUP BY outcome")" "applied $n" "the ledger after stripe_sync_now"
-pages=$((n / 100))
 [ "$commits" -ge "$pages" ] || bad "only $commits transactions committed for $pages pages"
 xids=$((x1 - x0 - 1))
 # each page: its transaction's id and one run's; a few more for the cycle's ends

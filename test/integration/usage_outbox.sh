@@ -17,9 +17,7 @@ cd "$(dirname "$0")/../.." || exit 1
 . test/lib/fake_stripe.sh
 
 key="sk_test_usage$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-work=$(mktemp -d /tmp/stripe_billing_usage.XXXXXX)
-chmod 755 "$work"
-trap 'fake_stop; cluster_stop "$work/pg"' EXIT
+work_begin usage
 fake_start "$work" "$key" || exit 1
 cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.database = 'postgres'" \
     "stripe_billing.api_key = '$key'" "stripe_billing.api_base = '$FAKE_URL'" \
@@ -88,13 +86,23 @@ report 2 u_nobody >/dev/null
 report 1 u_meter "now() - interval '36 days'" >/dev/null
 IFS='|' read -r first last <<<"$(report 250)"
 m=$(mark)
-eq "$(sql "SELECT stripe_billing.stripe_send_usage(250)")" 250 "rows sent by the first call (max_rows 250)"
+# (the rows without a customer wait a second: the send and the looks at the
+# rows run in one session, statements apart; clients apart, on a loaded
+# machine, the second could be over and the rows no longer waiting)
+out=$(psql -X -At -q -v ON_ERROR_STOP=1 2>&1 <<'SQL'
+SELECT stripe_billing.stripe_send_usage(250);
+SELECT pending || ' ' || waiting || ' ' || sent || ' ' || failed FROM stripe_billing.usage_status;
+SELECT count(*) FROM stripe_billing.usage_outbox WHERE failed_at IS NOT NULL AND last_error LIKE '%older than the 35 days%';
+SELECT count(*) FROM stripe_billing.usage_outbox
+ WHERE user_ref = 'u_nobody' AND next_attempt_at > now() AND last_error LIKE '%no Stripe customer yet%';
+SQL
+)
+IFS=$'\n' read -r -d '' sent1 st old nobody <<<"$out"
+eq "$sent1" 250 "rows sent by the first call (max_rows 250)"
 eq "$(since "$m" /v2/billing/meter_event_stream | jq -r '[.[] | (.json.events | length)] | join(",")')" "100,100,50" "events per stream request"
-eq "$(status)" "2 2 250 1" "usage_status (pending waiting sent failed)"
-[ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE failed_at IS NOT NULL AND last_error LIKE '%older than the 35 days%'")" = 1 ] ||
-    bad "the 36-day-old row is not failed with the reason"
-[ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE user_ref = 'u_nobody' AND next_attempt_at > now() AND last_error LIKE '%no Stripe customer yet%'")" = 2 ] ||
-    bad "the rows without a customer do not wait with the reason"
+eq "$st" "2 2 250 1" "usage_status (pending waiting sent failed)"
+[ "$old" = 1 ] || bad "the 36-day-old row is not failed with the reason"
+[ "$nobody" = 2 ] || bad "the rows without a customer do not wait with the reason"
 verdict "rows Stripe cannot take first (no customer yet: they wait; 36 days old: failed), then 250 sendable ones: every sendable row is sent in the first call, in batches of 100"
 
 # a batch Stripe refuses (an event 10 minutes ahead) goes again row by row
@@ -111,16 +119,27 @@ eq "$(sql "SELECT failed_at IS NOT NULL, last_error LIKE 'Stripe API: %' FROM st
 eq "$(status)" "0 0 7 1" "usage_status"
 verdict "a batch Stripe refuses (400) is sent again row by row through v1: the 7 good rows are sent, the one at fault fails with Stripe's message ($(sql "SELECT last_error FROM stripe_billing.usage_outbox WHERE id = $ahead"))"
 
-# transient failures wait, then go
+# transient failures wait, then go.  The backoff is a second: the send, the
+# look at the rows left and the second send run in one session, statements
+# apart, not processes apart (on a loaded machine, starting three clients
+# could take longer than the backoff)
 sql "DELETE FROM stripe_billing.usage_outbox" >/dev/null
 report 150 >/dev/null
 fake POST /_fake/faults '{"rules": [{"kind": "503", "path": "/v2/billing/meter_event_stream", "count": 1}]}' >/dev/null
-eq "$(sql "SELECT stripe_billing.stripe_send_usage()")" 50 "rows sent (one of two batches answered 503)"
+out=$(psql -X -At -q -v ON_ERROR_STOP=1 2>&1 <<'SQL'
+SELECT stripe_billing.stripe_send_usage();
+SELECT count(*) || ':' || min(attempts) || ':' || bool_and(next_attempt_at > now()) || ':' || bool_and(last_error LIKE 'meter event stream: %')
+  FROM stripe_billing.usage_outbox WHERE sent_at IS NULL;
+SELECT stripe_billing.stripe_send_usage();
+SQL
+)
 fake DELETE /_fake/faults >/dev/null
-eq "$(sql "SELECT count(*) || ':' || min(attempts) || ':' || bool_and(next_attempt_at > now()) || ':' || bool_and(last_error LIKE 'meter event stream: %')
-           FROM stripe_billing.usage_outbox WHERE sent_at IS NULL")" "100:1:true:true" "rows left (count:attempts:waiting:error)"
-eq "$(sql "SELECT stripe_billing.stripe_send_usage()")" 0 "rows sent at once again (they wait)"
-sleep 1.2
+IFS=$'\n' read -r -d '' sent1 left sent2 <<<"$out"
+eq "$sent1" 50 "rows sent (one of two batches answered 503)"
+eq "$left" "100:1:true:true" "rows left (count:attempts:waiting:error)"
+eq "$sent2" 0 "rows sent at once again (they wait)"
+due() { [ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE sent_at IS NULL AND next_attempt_at <= now()")" = 100 ]; }
+wait_until 30 due || bad "the rows were not due again 30 s after their 1 s backoff"
 eq "$(sql "SELECT stripe_billing.stripe_send_usage()")" 100 "rows sent after the backoff"
 verdict "a batch answered 503 waits (attempts 1, next_attempt_at, the error) and is sent once its backoff is over"
 
@@ -137,10 +156,11 @@ fake POST /_fake/faults '{"rules": [
 IFS='|' read -r first last <<<"$(report 10000)"
 t0=$(date +%s%N)
 calls=0
-while [ "$(sql "SELECT pending FROM stripe_billing.usage_status")" != 0 ] && [ $calls -lt 100 ]; do
+deadline=$(($(now_ms) + 300000))
+while [ "$(sql "SELECT pending FROM stripe_billing.usage_status")" != 0 ] && [ "$(now_ms)" -lt "$deadline" ]; do
     sql "SELECT stripe_billing.stripe_send_usage(10000)" >/dev/null
     calls=$((calls + 1))
-    # (the rows of a failed batch wait a second before their next try)
+    # (the rows of a failed batch wait a second or more before their next try)
     [ "$(sql "SELECT count(*) FROM stripe_billing.usage_outbox WHERE sent_at IS NULL AND next_attempt_at <= now()")" = 0 ] &&
         [ "$(sql "SELECT pending FROM stripe_billing.usage_status")" != 0 ] && sleep 0.3
 done

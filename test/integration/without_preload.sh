@@ -8,9 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . test/lib/cluster.sh
-work=$(mktemp -d /tmp/stripe_billing_nopreload.XXXXXX)
-chmod 755 "$work"
-trap 'cluster_stop "$work/pg"; [ "$fail" = 0 ] && rm -rf "$work"' EXIT
+work_begin nopreload
 fail=0
 cluster_start "$work/pg" || exit 1
 created=$(psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION stripe_billing" 2>&1) || { echo "$created"; exit 1; }

@@ -2,7 +2,8 @@
 #
 #   . test/lib/checks.sh
 #   begin; ...; conclude NAME SUMMARY [PROBLEM...]   # PASS/FAIL line; counts
-#   wait_until SECONDS COMMAND...                    # polls every $POLL s
+#   wait_until SECONDS COMMAND...                    # polls every $POLL s (test/lib/wait.sh)
+. test/lib/wait.sh
 passed=0
 failed=0
 phase_began=0   # $SECONDS when the running check began
@@ -24,16 +25,3 @@ conclude() {
 }
 
 note() { echo "      $*"; }
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# wait_until SECONDS COMMAND...: runs COMMAND every $POLL s (default 0.1)
-# until it succeeds; fails after SECONDS.
-wait_until() {
-    local deadline=$(($(now_ms) + $1 * 1000))
-    shift
-    until "$@"; do
-        [ "$(now_ms)" -ge "$deadline" ] && return 1
-        sleep "${POLL:-0.1}"
-    done
-}

@@ -4,17 +4,25 @@
 #
 #   . test/lib/example_app.sh
 #   example_backend               # fake Stripe, cluster, database app; sets work, PGHOST, FAKE_URL
-#   APP_PID=...                   # the app, started by the caller on $work/app.log
+#   example_app COMMAND...        # starts the app on $work/app.log (stopped at exit)
+#   example_listening PATTERN     # waits for PATTERN in its log (60 s), or its end
 #   example_drive URL             # test/integration/examples/drive_app.js; returns its status
 #   example_logged                # the app logged the refusals' SQLSTATEs
 . test/lib/cluster.sh
 . test/lib/fake_stripe.sh
 APP_PID=
 
-example_cleanup() {
-    [ -n "$APP_PID" ] && kill "$APP_PID" 2>/dev/null
-    fake_stop
-    cluster_stop "$work/pg"
+example_app() {
+    "$@" >"$work/app.log" 2>&1 &
+    APP_PID=$!
+    at_exit stop_pid "$APP_PID"
+}
+
+# (an app starts in a second or two; on a loaded machine, some more)
+example_listening() {
+    local pattern=$1
+    wait_until 60 eval 'grep -qE "$pattern" "$work/app.log" || ! kill -0 "$APP_PID" 2>/dev/null'
+    grep -qE "$pattern" "$work/app.log"
 }
 
 # A fake Stripe and a cluster (webhook secret, API key) with database app:
@@ -23,9 +31,7 @@ example_cleanup() {
 example_backend() {
     key="sk_test_example$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     secret="whsec_example$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-    work=$(mktemp -d /tmp/stripe_billing_example.XXXXXX)
-    chmod 755 "$work"
-    trap example_cleanup EXIT
+    work_begin example
     fake_start "$work" "$key" || return 1
     cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "stripe_billing.database = 'postgres'" \
         "stripe_billing.api_key = '$key'" "stripe_billing.api_base = '$FAKE_URL'" \

@@ -1729,7 +1729,9 @@ test('latency: answers wait ms on a timer, requests run in parallel, path prefix
   const parallel = await Promise.all(Array.from({ length: 8 }, () => stripe('GET', '/v1/prices/price_basic')));
   const elapsed = performance.now() - started;
   assert.ok(parallel.every((r) => r.status === 200));
-  assert.ok(elapsed >= 48 && elapsed < 200, `8 parallel requests with 50 ms latency took ${elapsed.toFixed(0)} ms`);
+  // (one after the other they would take 400 ms at least; on a loaded
+  // machine the margin below that is what is left for the requests)
+  assert.ok(elapsed >= 48 && elapsed < 400, `8 parallel requests with 50 ms latency took ${elapsed.toFixed(0)} ms`);
 
   // faulted answers wait too
   await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', path: '/v1/customers' }] });
@@ -1738,20 +1740,21 @@ test('latency: answers wait ms on a timer, requests run in parallel, path prefix
   assert.ok(performance.now() - started >= 48);
   await ctl('DELETE', '/_fake/faults');
 
-  // the control API and the hosted pages are never delayed
-  await ctl('POST', '/_fake/latency', { ms: 500 });
+  // the control API and the hosted pages are never delayed (latencies far
+  // above what a request takes, even on a loaded machine)
+  await ctl('POST', '/_fake/latency', { ms: 3000 });
   started = performance.now();
   await ctl('GET', '/_fake/stats');
   await call('GET', '/pay/cs_nope', { auth: null });
-  assert.ok(performance.now() - started < 400, 'no latency outside /v1 and /v2');
+  assert.ok(performance.now() - started < 2500, 'no latency outside /v1 and /v2');
 
-  assert.deepEqual(await ctl('POST', '/_fake/latency', { ms: 300, path: '/v2/' }), { ms: 300, path: '/v2/' });
+  assert.deepEqual(await ctl('POST', '/_fake/latency', { ms: 1000, path: '/v2/' }), { ms: 1000, path: '/v2/' });
   started = performance.now();
   await stripe('GET', '/v1/prices/price_basic');
-  assert.ok(performance.now() - started < 150, '/v1 is outside the prefix');
+  assert.ok(performance.now() - started < 800, '/v1 is outside the prefix');
   started = performance.now();
   await meterSession();
-  assert.ok(performance.now() - started >= 295, '/v2 waits');
+  assert.ok(performance.now() - started >= 995, '/v2 waits');
 
   // a client that gives up has still had its request done
   const gaveUp = await attempt('POST', '/v2/billing/meter_event_session', { timeout: 50 });
@@ -2730,7 +2733,8 @@ test('SIGTERM stops the server promptly even with a hung request', async () => {
   child.kill('SIGTERM');
   const { code } = await exited;
   assert.equal(code, 0);
-  assert.ok(Date.now() - started < 2000, 'exit within 2 s');
+  // (a hung request would keep it up for good: 10 s leaves room for a loaded machine)
+  assert.ok(Date.now() - started < 10000, 'exit within 10 s');
   const outcome = await hung;
   assert.ok(outcome.error, 'the hung client sees the connection close');
 });
