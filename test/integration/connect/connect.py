@@ -3,10 +3,11 @@
 Stripe's platform and connected accounts, delivers their events as signed
 webhooks, and compares the database with the fake.
 
-    connect.py fetch    --fake URL --key KEY --out FILE
+    connect.py fetch    --fake URL --key KEY --out FILE [--accounts A,B] [--newest N]
         every event of the platform and of each connected account (GET
         /v1/events with Stripe-Account, as a Connect endpoint would get
-        them), one JSON object per line
+        them), one JSON object per line appended to FILE; or those of the
+        given accounts, or their newest N
     connect.py deliver  --db DB --events FILE --secret WHSEC --connect-secret WHSEC
                         [--sessions 8] [--duplicates 0.25] [--seed 1] [--resume-worker]
         the events shuffled (seeded), a share of them twice, through
@@ -69,9 +70,12 @@ def accounts_of(fake):
 
 def cmd_fetch(args):
     n = collections.Counter()
-    with open(args.out, "w") as out:
-        for account in [None] + accounts_of(args.fake):
-            for e in reversed(list_all(args.fake, args.key, "/v1/events", account)):
+    targets = args.accounts.split(",") if args.accounts else [None] + accounts_of(args.fake)
+    with open(args.out, "a") as out:
+        for account in targets:
+            events = (get(args.fake, args.key, "/v1/events", {"limit": args.newest}, account)["data"]
+                      if args.newest else list_all(args.fake, args.key, "/v1/events", account))
+            for e in reversed(events):
                 # (a connected account's events name it, as its deliveries do)
                 if account and e.get("account") != account:
                     sys.exit(f"event {e['id']} listed for {account} names account {e.get('account')!r}")
@@ -222,6 +226,18 @@ def expected_features(fake, key, accounts, basic_account):
     return out
 
 
+def basic_elsewhere(fake, key, accounts, basic_account):
+    """Users with a live subscription to prod_basic on an account other than basic_account."""
+    out = set()
+    for account in [None] + [a for a in accounts if a != basic_account]:
+        users = {c["id"]: c["metadata"].get("user_ref") for c in list_all(fake, key, "/v1/customers", account)}
+        for s in list_all(fake, key, "/v1/subscriptions", account, status="all"):
+            if s["status"] in ("active", "trialing") and users.get(s["customer"]) and any(
+                    i["price"]["product"] == "prod_basic" for i in s["items"]["data"]):
+                out.add(users[s["customer"]])
+    return out
+
+
 def cmd_features(args):
     conn = psycopg.connect(dbname=args.db, autocommit=True)
     accounts = accounts_of(args.fake)
@@ -233,10 +249,15 @@ def cmd_features(args):
     disagree = [u for u in expected if any(
         not rows(conn, "SELECT stripe_billing.stripe_has_entitlement(%s, %s)", u, f)[0][0] for f in expected[u])]
     wrong = sorted(u for u in expected.keys() | here.keys() if expected[u] != here[u])
+    # users with prod_basic on other accounts only: the grant on basic_account must not reach them
+    elsewhere = basic_elsewhere(args.fake, args.key, accounts, args.basic_account) - {
+        u for u, f in expected.items() if f"basic@{args.basic_account}" in f}
     print(json.dumps({"users": len(expected.keys() | here.keys()),
                       "features": sum(len(v) for v in expected.values()),
                       "accounts_with_features": len({f.split("@")[1] for v in expected.values() for f in v}),
                       "basic_users": sum(1 for v in expected.values() if f"basic@{args.basic_account}" in v),
+                      "basic_elsewhere": len(elsewhere),
+                      "basic_elsewhere_granted": sum(1 for u in elsewhere if f"basic@{args.basic_account}" in here[u]),
                       "wrong": len(wrong), "check_disagrees": len(disagree),
                       "examples": [{"user": u, "expected": sorted(expected[u]), "here": sorted(here[u])}
                                    for u in wrong[:3]]}))
@@ -249,6 +270,8 @@ def main():
     f.add_argument("--fake", required=True)
     f.add_argument("--key", required=True)
     f.add_argument("--out", required=True)
+    f.add_argument("--accounts", help="these connected accounts only (comma-separated)")
+    f.add_argument("--newest", type=int, help="each account's newest N events only")
     d = sub.add_parser("deliver")
     d.add_argument("--db", required=True)
     d.add_argument("--events", required=True)
