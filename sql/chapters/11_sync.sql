@@ -217,7 +217,8 @@ BEGIN
   SELECT * INTO st FROM stripe_billing.sync_state s WHERE s.account IS NOT DISTINCT FROM for_account FOR UPDATE;
   IF NOT FOUND THEN
     -- (a connected account's first poll: its row, from now)
-    INSERT INTO stripe_billing.sync_state (account) VALUES (for_account) ON CONFLICT (account) DO NOTHING;
+    INSERT INTO stripe_billing.sync_state (account, start_from)
+    VALUES (for_account, stripe_billing._account_start_from(for_account)) ON CONFLICT (account) DO NOTHING;
     SELECT * INTO st FROM stripe_billing.sync_state s WHERE s.account IS NOT DISTINCT FROM for_account FOR UPDATE;
   END IF;
   UPDATE stripe_billing.sync_state s SET last_poll_at = now() WHERE s.account IS NOT DISTINCT FROM for_account;
@@ -350,6 +351,22 @@ AS $$
   SELECT coalesce(jsonb_agg(l.e ORDER BY l.n), '[]')
     FROM listed l, edge
    WHERE CASE WHEN newest THEN l.n = edge.n ELSE l.n >= edge.n END
+$$;
+
+-- Where a connected account's polling starts: at the first event that
+-- made it known (a webhook's, so that the events between that one and the
+-- first poll are polled too; within Stripe's 30 days), else from now (an
+-- account known from /v1/accounts is backfilled instead).
+CREATE FUNCTION stripe_billing._account_start_from(account text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(greatest(min(e.created) - interval '1 second', now() - interval '30 days' + interval '1 hour')::text,
+                  'now')
+    FROM stripe_billing.accounts a
+    JOIN stripe_billing.events e ON e.account = a.id
+         AND e.received_at >= a.first_seen_at AND e.received_at < a.first_seen_at + interval '1 minute'
+   WHERE a.id = _account_start_from.account
 $$;
 
 -- A connected account's page of events, each naming the account (as its
@@ -598,7 +615,10 @@ BEGIN
           OR (a.id IN (SELECT r.account FROM recent r)
               AND coalesce(s.last_poll_at, '-infinity') <= now() - poll
               AND s.consecutive_failures = 0))
-   ORDER BY s.next_poll_at NULLS FIRST, a.id
+   -- (active accounts first, so that idle ones never hold them back; then
+   -- the longest waiting, an account never polled first)
+   ORDER BY a.id IN (SELECT r.account FROM recent r) DESC,
+            s.next_poll_at NULLS FIRST, a.id
    LIMIT 1;
   IF acct IS NULL THEN
     RETURN false;
