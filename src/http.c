@@ -651,8 +651,7 @@ find_prefetch(const char *path, const char *query, const char *account)
 		if (prefetch[i].request != NULL &&
 			strncmp(prefetch[i].request, path, len) == 0 && prefetch[i].request[len] == '?' &&
 			strcmp(prefetch[i].request + len + 1, query) == 0 &&
-			(account == NULL ? prefetch[i].account == NULL :
-			 prefetch[i].account != NULL && strcmp(prefetch[i].account, account) == 0))
+			sb_same_account(prefetch[i].account, account))
 			return &prefetch[i];
 	return NULL;
 }
@@ -820,10 +819,11 @@ sb_http_take_prefetched(const char *path, const char *query, const char *account
 /*
  * POSTs several JSON bodies to base || path, at most parallel at once on
  * connections a multi handle of its own keeps between calls, authenticated
- * with secret, as account's (Stripe-Account; NULL: the platform's).  Returns one response per body, in order: a transport
- * failure or a body over stripe_billing.max_response_size comes back as
- * status 0 with network_error set, for the caller to retry.  An interrupt
- * stops every transfer and raises.
+ * with secret, as account's (Stripe-Account; NULL: the platform's).
+ * Returns one response per body, in order: a transport failure or a body
+ * over stripe_billing.max_response_size comes back as status 0 with
+ * network_error set, for the caller to retry.  An interrupt stops every
+ * transfer and raises.
  */
 SbHttpResponse **
 sb_http_post_all(const char *base, const char *path, char **bodies, int n,

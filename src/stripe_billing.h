@@ -139,6 +139,13 @@ sb_is_account_id(const char *s)
 	return n >= 1 && n <= 250;
 }
 
+/* Are a and b the same account (NULL: the platform's own)? */
+static inline bool
+sb_same_account(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
 /* extension.c */
 extern Oid	sb_extension_oid(void);
 extern Oid	sb_extension_owner(Oid extension);

@@ -70,8 +70,7 @@ forget_session(const char *account)
 	{
 		MeterSession *session = *link;
 
-		if (account == NULL ? session->account == NULL :
-			session->account != NULL && strcmp(session->account, account) == 0)
+		if (sb_same_account(session->account, account))
 		{
 			*link = session->next;
 			free_session(session);
@@ -102,8 +101,7 @@ usable_session(const char *account)
 			free_session(session);
 			continue;
 		}
-		if (account == NULL ? session->account == NULL :
-			session->account != NULL && strcmp(session->account, account) == 0)
+		if (sb_same_account(session->account, account))
 			found = session;
 		link = &session->next;
 	}
