@@ -1,11 +1,15 @@
 -- stripe_billing 0.3.0 -> 0.4.0.
 \echo Use "ALTER EXTENSION stripe_billing UPDATE TO '0.4.0'" to load this file. \quit
 -- Grants made on the functions this update recreates (their signatures
--- changed: an account argument) are carried over to the new ones, at the end.
+-- changed: an account argument; Checkout's Connect arguments) are carried
+-- over to the new ones, at the end.
 SELECT pg_catalog.set_config('stripe_billing_upgrade.' || p.proname, coalesce(p.proacl::text, ''), false)
   FROM pg_catalog.pg_proc p
  WHERE p.pronamespace = 'stripe_billing'::regnamespace
-   AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature');
+   AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature',
+                     'stripe_api', 'stripe_create_checkout', 'stripe_create_portal_session',
+                     'stripe_cancel_subscription', 'stripe_resume_subscription',
+                     'stripe_preview_price_change', 'stripe_change_price', 'stripe_report_usage');
 
 -- Stripe Connect: every ledger and billing row names its account (NULL: the
 -- platform's own, as every existing row stays); products and prices are
@@ -32,6 +36,8 @@ ALTER TABLE stripe_billing.feature_grants
     ADD CONSTRAINT feature_grants_key UNIQUE NULLS NOT DISTINCT (source_type, source, feature, account);
 CREATE INDEX events_account_received_idx ON stripe_billing.events (account, received_at)
     WHERE account IS NOT NULL;
+-- usage is an account's too (sent with its Stripe-Account header)
+ALTER TABLE stripe_billing.usage_outbox ADD COLUMN account text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$');
 
 CREATE TABLE stripe_billing.accounts (
     id                 text PRIMARY KEY CHECK (id ~ '^acct_[A-Za-z0-9]{1,250}$'),
@@ -815,6 +821,15 @@ END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_revoke_feature(text, text, text, text) FROM PUBLIC;
 
+-- new: stripe_billing.stripe_api(text, text, jsonb, text, text)
+CREATE FUNCTION stripe_billing.stripe_api(method text, path text, params jsonb DEFAULT '{}',
+                                          idempotency_key text DEFAULT NULL, account text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_api'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text, text) FROM PUBLIC;
+
 -- new: stripe_billing._api_error(text)
 CREATE FUNCTION stripe_billing._api_error(detail text, OUT http_status integer, OUT type text,
                                           OUT code text, OUT param text)
@@ -825,6 +840,219 @@ AS $$
     FROM (SELECT regexp_match(detail, '^\S+ \S+: HTTP (\d{3}), type (\S+), code (\S+), param (\S+), request \S+\.$') AS m) s
 $$;
 
+-- new: stripe_billing._had_trial(text, text)
+CREATE FUNCTION stripe_billing._had_trial(target text, account text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN EXISTS (SELECT FROM stripe_billing.customers c
+                   JOIN stripe_billing.subscriptions s ON s.customer = c.id
+                  WHERE c.user_ref = target AND c.account IS NOT DISTINCT FROM _had_trial.account
+                    AND (s.trial_start IS NOT NULL OR s.trial_end IS NOT NULL));
+END
+$$;
+
+-- new: stripe_billing._customer_of(text, text)
+CREATE FUNCTION stripe_billing._customer_of(target text, account text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN (SELECT c.id FROM stripe_billing.customers c
+           WHERE c.user_ref = target AND c.account IS NOT DISTINCT FROM _customer_of.account AND NOT c.deleted
+           ORDER BY c.created DESC NULLS LAST, c.id LIMIT 1);
+END
+$$;
+
+-- new: stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text)
+CREATE FUNCTION stripe_billing.stripe_create_checkout(
+    user_ref text, price text, success_url text, cancel_url text,
+    quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
+    allow_promotion_codes boolean DEFAULT false, customer_email text DEFAULT NULL,
+    metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL, allow_repeat_trial boolean DEFAULT false,
+    application_fee_percent numeric DEFAULT NULL, application_fee_amount bigint DEFAULT NULL,
+    transfer_destination text DEFAULT NULL, on_behalf_of text DEFAULT NULL, account text DEFAULT NULL,
+    OUT session_id text, OUT url text, OUT expires_at timestamptz, OUT trial_granted boolean)
+AS 'MODULE_PATHNAME', 'stripe_create_checkout'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
+                                                            boolean, text, jsonb, text, boolean,
+                                                            numeric, bigint, text, text, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_create_portal_session(text, text, text, text)
+CREATE FUNCTION stripe_billing.stripe_create_portal_session(user_ref text, return_url text DEFAULT NULL,
+                                                            idempotency_key text DEFAULT NULL,
+                                                            account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  customer_id text;
+BEGIN
+  PERFORM stripe_billing._check_account('account', account);
+  customer_id := stripe_billing._customer_of(user_ref, account);
+  IF customer_id IS NULL THEN
+    RAISE EXCEPTION 'user % has no Stripe customer%', coalesce(quote_literal(user_ref), 'NULL'),
+                    CASE WHEN account IS NOT NULL THEN ' on account ' || account ELSE '' END
+          USING ERRCODE = 'no_data_found',
+                HINT = 'A completed Checkout session, customer metadata or stripe_link_customer() links one.';
+  END IF;
+  RETURN stripe_billing.stripe_api('POST', '/v1/billing_portal/sessions',
+                                   jsonb_strip_nulls(jsonb_build_object('customer', customer_id,
+                                                                        'return_url', return_url)),
+                                   idempotency_key, account)->>'url';
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_create_portal_session(text, text, text, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_cancel_subscription(text, boolean, text, text)
+CREATE FUNCTION stripe_billing.stripe_cancel_subscription(subscription_id text, at_period_end boolean DEFAULT true,
+                                                          idempotency_key text DEFAULT NULL,
+                                                          account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._check_account('account', account);
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
+  IF coalesce(at_period_end, true) THEN
+    RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+                                     '{"cancel_at_period_end": true}', idempotency_key, account);
+  END IF;
+  RETURN stripe_billing.stripe_api('DELETE', '/v1/subscriptions/' || subscription_id, '{}', idempotency_key,
+                                   account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_cancel_subscription(text, boolean, text, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_resume_subscription(text, text, text)
+CREATE FUNCTION stripe_billing.stripe_resume_subscription(subscription_id text, idempotency_key text DEFAULT NULL,
+                                                          account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._check_account('account', account);
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+                                   '{"cancel_at_period_end": false}', idempotency_key, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_resume_subscription(text, text, text) FROM PUBLIC;
+
+-- new: stripe_billing._price_change_item(text, text, text, integer, text, text)
+CREATE FUNCTION stripe_billing._price_change_item(subscription_id text, new_price text,
+                                                  proration_behavior text, quantity integer,
+                                                  caller text, account text) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item_ids text[];
+  known_on text;
+BEGIN
+  PERFORM stripe_billing._check_account('account', account);
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
+  IF coalesce(new_price, '') = '' THEN PERFORM stripe_billing._bad_argument('new_price', 'must not be empty'); END IF;
+  IF proration_behavior IS NULL OR proration_behavior NOT IN ('create_prorations', 'always_invoice', 'none') THEN
+    PERFORM stripe_billing._bad_argument('proration_behavior',
+        'must be ''create_prorations'', ''always_invoice'' or ''none''');
+  END IF;
+  IF quantity IS NOT NULL AND quantity < 1 THEN PERFORM stripe_billing._bad_argument('quantity', 'must be at least 1'); END IF;
+  -- (a subscription known here as another account's: the call names the wrong account)
+  SELECT s.account INTO known_on FROM stripe_billing.subscriptions s
+   WHERE s.id = subscription_id AND s.account IS DISTINCT FROM _price_change_item.account;
+  IF FOUND THEN
+    PERFORM stripe_billing._bad_argument('account',
+        format('must be the account of subscription %s, %s, not %s', subscription_id,
+               coalesce(known_on, 'NULL (the platform''s)'), coalesce(account, 'NULL (the platform''s)')));
+  END IF;
+  SELECT array_agg(i.id ORDER BY i.id) INTO item_ids
+    FROM stripe_billing.subscription_items i
+   WHERE i.subscription = subscription_id AND i.account IS NOT DISTINCT FROM _price_change_item.account
+     AND NOT i.deleted;
+  IF coalesce(array_length(item_ids, 1), 0) <> 1 THEN
+    RAISE EXCEPTION 'subscription % has % live items here; % changes single-item subscriptions',
+                    subscription_id, coalesce(array_length(item_ids, 1), 0), caller
+          USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'Use stripe_api(''POST'', ''/v1/subscriptions/<id>'', ...) with items[] for others.';
+  END IF;
+  RETURN item_ids[1];
+END
+$$;
+
+-- new: stripe_billing.stripe_preview_price_change(text, text, integer, text, text)
+CREATE FUNCTION stripe_billing.stripe_preview_price_change(subscription_id text, new_price text,
+                                                           quantity integer DEFAULT NULL,
+                                                           proration_behavior text DEFAULT 'create_prorations',
+                                                           account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
+                                                    'stripe_preview_price_change', account);
+  at timestamptz := date_trunc('second', clock_timestamp());
+  preview jsonb;
+BEGIN
+  preview := stripe_billing.stripe_api('POST', '/v1/invoices/create_preview', jsonb_strip_nulls(jsonb_build_object(
+      'customer', (SELECT s.customer FROM stripe_billing.subscriptions s
+                    WHERE s.id = subscription_id AND s.account IS NOT DISTINCT FROM stripe_preview_price_change.account),
+      'subscription', subscription_id,
+      'subscription_details', jsonb_build_object(
+          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                       'id', item_id, 'price', new_price, 'quantity', quantity))),
+          'proration_behavior', proration_behavior,
+          'proration_date', extract(epoch FROM at)::bigint))),
+      NULL, account);
+  RETURN jsonb_build_object(
+      'amount_due', preview->'amount_due', 'total', preview->'total', 'currency', preview->'currency',
+      'proration_date', to_jsonb(at),
+      'lines', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'description', e.l->'description', 'amount', e.l->'amount', 'quantity', e.l->'quantity',
+                    'price', coalesce(e.l->'pricing'->'price_details'->'price', e.l->'price'->'id'),
+                    'proration', coalesce(e.l->'parent'->'subscription_item_details'->'proration', e.l->'proration'),
+                    'period_start', to_jsonb(to_timestamp((e.l->'period'->>'start')::bigint)),
+                    'period_end', to_jsonb(to_timestamp((e.l->'period'->>'end')::bigint)))
+                  ORDER BY e.n), '[]')
+                  FROM jsonb_array_elements(preview->'lines'->'data') WITH ORDINALITY AS e(l, n)));
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_preview_price_change(text, text, integer, text, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text)
+CREATE FUNCTION stripe_billing.stripe_change_price(subscription_id text, new_price text,
+                                                   proration_behavior text DEFAULT 'create_prorations',
+                                                   quantity integer DEFAULT NULL,
+                                                   idempotency_key text DEFAULT NULL,
+                                                   proration_date timestamptz DEFAULT NULL,
+                                                   account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
+                                                    'stripe_change_price', account);
+BEGIN
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+      jsonb_strip_nulls(jsonb_build_object(
+          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                       'id', item_id, 'price', new_price, 'quantity', quantity))),
+          'proration_behavior', proration_behavior,
+          'proration_date', extract(epoch FROM proration_date)::bigint)),
+      idempotency_key, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text)
+    FROM PUBLIC;
+
 -- changed: stripe_billing.stripe_installation_id()
 CREATE OR REPLACE FUNCTION stripe_billing.stripe_installation_id() RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -833,8 +1061,32 @@ AS $$
   SELECT id FROM stripe_billing.installation ORDER BY created_at, id LIMIT 1
 $$;
 
--- changed: stripe_billing._send_usage_v1(bigint, jsonb)
-CREATE OR REPLACE FUNCTION stripe_billing._send_usage_v1(row_id bigint, event jsonb) RETURNS text
+-- new: stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text)
+CREATE FUNCTION stripe_billing.stripe_report_usage(user_ref text, event_name text, value bigint,
+                                                   occurred_at timestamptz DEFAULT now(),
+                                                   account text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  row_id bigint;
+BEGIN
+  PERFORM stripe_billing._check_account('account', account);
+  IF coalesce(user_ref, '') = '' THEN PERFORM stripe_billing._bad_argument('user_ref', 'must not be empty'); END IF;
+  IF coalesce(event_name, '') = '' THEN PERFORM stripe_billing._bad_argument('event_name', 'must not be empty'); END IF;
+  IF value IS NULL THEN PERFORM stripe_billing._bad_argument('value', 'must not be NULL'); END IF;
+  IF occurred_at IS NULL THEN PERFORM stripe_billing._bad_argument('occurred_at', 'must not be NULL'); END IF;
+  INSERT INTO stripe_billing.usage_outbox (user_ref, event_name, value, occurred_at, account)
+  VALUES (user_ref, event_name, value, occurred_at, account)
+  RETURNING id INTO row_id;
+  RETURN row_id;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text) FROM PUBLIC;
+
+-- new: stripe_billing._send_usage_v1(bigint, jsonb, text)
+CREATE FUNCTION stripe_billing._send_usage_v1(row_id bigint, event jsonb, account text) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -848,7 +1100,7 @@ BEGIN
         jsonb_build_object('event_name', event->>'event_name', 'identifier', event->>'identifier',
                            'timestamp', extract(epoch FROM (event->>'timestamp')::timestamptz)::bigint,
                            'payload', event->'payload'),
-        event->>'identifier');
+        event->>'identifier', account);
   EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
     error := SQLERRM;
@@ -861,6 +1113,153 @@ BEGIN
   RETURN outcome;
 END
 $$;
+
+-- new: stripe_billing._meter_stream_send(text[], text)
+CREATE FUNCTION stripe_billing._meter_stream_send(bodies text[], account text DEFAULT NULL) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_meter_stream_send'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- new: stripe_billing._send_usage_stream(bigint[], jsonb[], text)
+CREATE FUNCTION stripe_billing._send_usage_stream(ids bigint[], events jsonb[], account text) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  bodies text[];
+  results jsonb;
+  r jsonb;
+  batch bigint[];
+  status integer;
+  per_batch constant integer := 100;
+  sent integer := 0;
+BEGIN
+  SELECT array_agg(jsonb_build_object('events', to_jsonb(events[g * per_batch + 1 : (g + 1) * per_batch]))::text
+                   ORDER BY g)
+    INTO bodies
+    FROM generate_series(0, (cardinality(ids) - 1) / per_batch) g;
+  BEGIN
+    results := stripe_billing._meter_stream_send(bodies, account);
+  EXCEPTION WHEN OTHERS THEN
+    -- (no key, a refused base URL: nothing was sent; every row waits)
+    PERFORM stripe_billing._usage_mark(ids, 'retry', SQLERRM);
+    RETURN 0;
+  END;
+  FOR k IN 0 .. cardinality(bodies) - 1 LOOP
+    r := results->k;
+    status := (r->>'status')::integer;
+    batch := ids[k * per_batch + 1 : (k + 1) * per_batch];
+    IF status / 100 = 2 THEN
+      PERFORM stripe_billing._usage_mark(batch, 'sent', NULL);
+      sent := sent + cardinality(batch);
+    ELSIF status / 100 = 4 AND status NOT IN (401, 403, 409, 429) THEN
+      -- refused as a whole: each row on its own, to fail only those at fault
+      FOR i IN k * per_batch + 1 .. k * per_batch + cardinality(batch) LOOP
+        IF stripe_billing._send_usage_v1(ids[i], events[i], account) = 'sent' THEN
+          sent := sent + 1;
+        END IF;
+      END LOOP;
+    ELSE
+      PERFORM stripe_billing._usage_mark(batch, 'retry',
+          format('meter event stream: %s%s', r->>'message', ' (' || (r->>'code') || ')'));
+    END IF;
+  END LOOP;
+  RETURN sent;
+END
+$$;
+
+-- changed: stripe_billing.stripe_send_usage(integer)
+CREATE OR REPLACE FUNCTION stripe_billing.stripe_send_usage(max_rows integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  prefix text;
+  ids bigint[];
+  events jsonb[];
+  accounts text[];
+  g record;
+  sent integer := 0;
+BEGIN
+  IF max_rows IS NULL OR max_rows < 1 THEN
+    PERFORM stripe_billing._bad_argument('max_rows', 'must be at least 1');
+  END IF;
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines stripe_billing.usage_api)
+  prefix := 'sb_' || stripe_billing.stripe_installation_id() || '_';
+
+  WITH stuck AS (
+    SELECT o.id, o.user_ref, o.account, o.occurred_at, o.occurred_at < now() - interval '35 days' AS too_old
+      FROM stripe_billing.usage_outbox o
+     WHERE o.sent_at IS NULL AND o.failed_at IS NULL
+       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+       AND (o.occurred_at < now() - interval '35 days'
+            OR NOT EXISTS (SELECT FROM stripe_billing.customers c
+                            WHERE c.user_ref = o.user_ref AND c.account IS NOT DISTINCT FROM o.account
+                              AND NOT c.deleted))
+     ORDER BY o.id LIMIT max_rows
+       FOR UPDATE OF o SKIP LOCKED
+  )
+  UPDATE stripe_billing.usage_outbox o
+     SET attempts = o.attempts + 1,
+         failed_at = CASE WHEN s.too_old THEN now() END,
+         next_attempt_at = CASE WHEN NOT s.too_old THEN now() + stripe_billing._usage_backoff(o.attempts + 1) END,
+         last_error = CASE WHEN s.too_old
+                           THEN format('occurred_at %s is older than the 35 days Stripe takes meter events for',
+                                       s.occurred_at)
+                           ELSE format('user %s has no Stripe customer yet%s', s.user_ref,
+                                       ' on account ' || s.account) END
+    FROM stuck s
+   WHERE o.id = s.id;
+
+  SELECT array_agg(d.id ORDER BY d.id), array_agg(d.event ORDER BY d.id), array_agg(d.account ORDER BY d.id)
+    INTO ids, events, accounts
+    FROM (SELECT o.id, o.account, jsonb_build_object(
+                 'event_name', o.event_name, 'identifier', prefix || o.id,
+                 'timestamp', to_char(o.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                 'payload', jsonb_build_object('stripe_customer_id',
+                                               stripe_billing._customer_of(o.user_ref, o.account),
+                                               'value', o.value::text)) AS event
+            FROM stripe_billing.usage_outbox o
+           WHERE o.sent_at IS NULL AND o.failed_at IS NULL
+             AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+             AND o.occurred_at >= now() - interval '35 days'
+             AND EXISTS (SELECT FROM stripe_billing.customers c
+                          WHERE c.user_ref = o.user_ref AND c.account IS NOT DISTINCT FROM o.account
+                            AND NOT c.deleted)
+           ORDER BY o.id LIMIT max_rows
+             FOR UPDATE OF o SKIP LOCKED) d;
+  IF ids IS NULL THEN
+    RETURN 0;
+  END IF;
+
+  IF current_setting('stripe_billing.usage_api') = 'v1' THEN
+    FOR i IN 1 .. cardinality(ids) LOOP
+      IF stripe_billing._send_usage_v1(ids[i], events[i], accounts[i]) = 'sent' THEN
+        sent := sent + 1;
+      END IF;
+    END LOOP;
+    RETURN sent;
+  END IF;
+
+  -- one account at a time, each with its header and session
+  FOR g IN SELECT u.account, array_agg(u.id ORDER BY u.n) AS ids, array_agg(u.event ORDER BY u.n) AS events
+             FROM unnest(ids, events, accounts) WITH ORDINALITY u(id, event, account, n)
+            GROUP BY u.account
+            ORDER BY min(u.n)
+  LOOP
+    sent := sent + stripe_billing._send_usage_stream(g.ids, g.events, g.account);
+  END LOOP;
+  RETURN sent;
+END
+$$;
+
+-- new: stripe_billing._events_page(text, boolean, text)
+CREATE FUNCTION stripe_billing._events_page(event_cursor text, prefetch_next boolean,
+                                            account text DEFAULT NULL) RETURNS jsonb
+AS 'MODULE_PATHNAME', 'stripe_events_page'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
 
 -- changed: stripe_billing._poll_unparsed_page(text)
 CREATE OR REPLACE FUNCTION stripe_billing._poll_unparsed_page(event_cursor text) RETURNS jsonb
@@ -935,10 +1334,16 @@ AS $$
    WHERE e->>'object' IS DISTINCT FROM 'unparsed_event'
 $$;
 
--- new: stripe_billing._events_text(jsonb)
-CREATE FUNCTION stripe_billing._events_text(params jsonb) RETURNS text
+-- new: stripe_billing._events_text(jsonb, text)
+CREATE FUNCTION stripe_billing._events_text(params jsonb, account text DEFAULT NULL) RETURNS text
 AS 'MODULE_PATHNAME', 'stripe_events_text'
-LANGUAGE C STRICT VOLATILE
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- new: stripe_billing._events_page_text(text, text)
+CREATE FUNCTION stripe_billing._events_page_text(event_cursor text, account text DEFAULT NULL) RETURNS text
+AS 'MODULE_PATHNAME', 'stripe_events_page_text'
+LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
 -- changed: stripe_billing._poll_page(boolean)
@@ -1398,6 +1803,20 @@ BEGIN
 END
 $$;
 
+-- new: stripe_billing._list_page(text, jsonb, jsonb, text)
+CREATE FUNCTION stripe_billing._list_page(path text, params jsonb, next_params jsonb DEFAULT NULL,
+                                          account text DEFAULT NULL,
+                                          OUT page jsonb, OUT snapshot timestamptz)
+AS 'MODULE_PATHNAME', 'stripe_list_page'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
+-- new: stripe_billing._list_prefetch(text, jsonb, text)
+CREATE FUNCTION stripe_billing._list_prefetch(path text, params jsonb, account text DEFAULT NULL) RETURNS void
+AS 'MODULE_PATHNAME', 'stripe_list_prefetch'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+
 -- new: stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean, text)
 CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text,
                                                 replacements jsonb DEFAULT NULL, derive boolean DEFAULT true,
@@ -1635,8 +2054,8 @@ AS $$
 BEGIN
   IF account IS NOT NULL AND account !~ '^acct_[A-Za-z0-9]{1,250}$' THEN
     PERFORM stripe_billing._bad_argument(argument,
-      format('must be a connected account''s id (acct_ and letters or digits), not %s',
-             quote_literal(left(account, 100))));
+      format('must be a connected account''s id (acct_ and letters or digits), not ''%s''',
+             replace(left(regexp_replace(account, '[^\x20-\x7e]', '?', 'g'), 100), '''', '''''')));
   END IF;
 END
 $$;
@@ -1738,14 +2157,65 @@ DROP FUNCTION stripe_billing.stripe_grant_feature(text, text, text);
 -- gone: stripe_billing.stripe_revoke_feature(text, text, text)
 DROP FUNCTION stripe_billing.stripe_revoke_feature(text, text, text);
 
+-- gone: stripe_billing.stripe_api(text, text, jsonb, text)
+DROP FUNCTION stripe_billing.stripe_api(text, text, jsonb, text);
+
+-- gone: stripe_billing._had_trial(text)
+DROP FUNCTION stripe_billing._had_trial(text);
+
+-- gone: stripe_billing._customer_of(text)
+DROP FUNCTION stripe_billing._customer_of(text);
+
+-- gone: stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean)
+DROP FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean);
+
+-- gone: stripe_billing.stripe_create_portal_session(text, text, text)
+DROP FUNCTION stripe_billing.stripe_create_portal_session(text, text, text);
+
+-- gone: stripe_billing.stripe_cancel_subscription(text, boolean, text)
+DROP FUNCTION stripe_billing.stripe_cancel_subscription(text, boolean, text);
+
+-- gone: stripe_billing.stripe_resume_subscription(text, text)
+DROP FUNCTION stripe_billing.stripe_resume_subscription(text, text);
+
+-- gone: stripe_billing._price_change_item(text, text, text, integer, text)
+DROP FUNCTION stripe_billing._price_change_item(text, text, text, integer, text);
+
+-- gone: stripe_billing.stripe_preview_price_change(text, text, integer, text)
+DROP FUNCTION stripe_billing.stripe_preview_price_change(text, text, integer, text);
+
+-- gone: stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz)
+DROP FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz);
+
+-- gone: stripe_billing.stripe_report_usage(text, text, bigint, timestamptz)
+DROP FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz);
+
+-- gone: stripe_billing._send_usage_v1(bigint, jsonb)
+DROP FUNCTION stripe_billing._send_usage_v1(bigint, jsonb);
+
+-- gone: stripe_billing._meter_stream_send(text[])
+DROP FUNCTION stripe_billing._meter_stream_send(text[]);
+
+-- gone: stripe_billing._events_page(text, boolean)
+DROP FUNCTION stripe_billing._events_page(text, boolean);
+
 -- gone: stripe_billing._apply_polled(jsonb)
 DROP FUNCTION stripe_billing._apply_polled(jsonb);
+
+-- gone: stripe_billing._events_page_text(text)
+DROP FUNCTION stripe_billing._events_page_text(text);
 
 -- gone: stripe_billing._refetch_marked(integer)
 DROP FUNCTION stripe_billing._refetch_marked(integer);
 
 -- gone: stripe_billing._sync_duties()
 DROP FUNCTION stripe_billing._sync_duties();
+
+-- gone: stripe_billing._list_page(text, jsonb, jsonb)
+DROP FUNCTION stripe_billing._list_page(text, jsonb, jsonb);
+
+-- gone: stripe_billing._list_prefetch(text, jsonb)
+DROP FUNCTION stripe_billing._list_prefetch(text, jsonb);
 
 -- gone: stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean)
 DROP FUNCTION stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean);
@@ -1758,7 +2228,10 @@ DECLARE
 BEGIN
   FOR f IN SELECT p.oid::regprocedure AS signature, p.proname, p.proowner FROM pg_catalog.pg_proc p
             WHERE p.pronamespace = 'stripe_billing'::regnamespace
-              AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature')
+              AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature',
+                                'stripe_api', 'stripe_create_checkout', 'stripe_create_portal_session',
+                                'stripe_cancel_subscription', 'stripe_resume_subscription',
+                                'stripe_preview_price_change', 'stripe_change_price', 'stripe_report_usage')
   LOOP
     FOR grantee IN
       SELECT r.rolname

@@ -66,15 +66,19 @@ throttle(void)
 	last_list_request = GetCurrentTimestamp();
 }
 
-/* Starts GET path?params in the background, unless the rate says wait. */
+/*
+ * Starts account's GET path?params in the background (account NULL: the
+ * platform's), unless the rate says wait.
+ */
 static void
-prefetch_under_rate(const char *path, Jsonb *params)
+prefetch_under_rate(const char *path, Jsonb *params, const char *account)
 {
 	if (throttle_wait() > 0)
 		return;
 	last_list_request = GetCurrentTimestamp();
-	sb_http_prefetch(path, sb_form_encode(params));
+	sb_http_prefetch(path, sb_form_encode(params), account);
 }
+
 
 /*
  * The parameters of the page after page, asked for with params: params
@@ -125,19 +129,22 @@ next_page_params(Jsonb *params, Jsonb *page)
 
 /*
  * stripe_billing._list_page(path text, params jsonb, next_params jsonb,
+ *                           account text,
  *                           OUT page jsonb, OUT snapshot timestamptz)
  *
- * One GET of a list endpoint, throttled; the page is not applied.  The
- * request after it starts in the background before returning, so it
- * travels while the caller applies this page: next_params for the same
- * path, or when NULL the next page (starting_after), when Stripe says more
- * wait.  JSON null: none.  (Not when that would have to wait for the rate:
- * the next call then asks the usual way.)
+ * One GET of a list endpoint, as account's (NULL: the platform's own),
+ * throttled; the page is not applied.  The request after it starts in the
+ * background before returning, so it travels while the caller applies this
+ * page: next_params for the same path and account, or when NULL the next
+ * page (starting_after), when Stripe says more wait.  JSON null: none.
+ * (Not when that would have to wait for the rate: the next call then asks
+ * the usual way.)  (Before 0.4.0's ALTER EXTENSION UPDATE, without account.)
  */
 Datum
 stripe_list_page(PG_FUNCTION_ARGS)
 {
-	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *account = sb_account_arg(fcinfo, 3);
+	char	   *path = sb_text_arg(fcinfo, 0, "path");
 	Jsonb	   *params = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	Jsonb	   *next = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
 	char	   *query = sb_form_encode(params);
@@ -150,16 +157,16 @@ stripe_list_page(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	if (!sb_http_prefetched_is(path, query))
+	if (!sb_http_prefetched_is(path, query, account))
 		throttle();				/* (a request started in the background was counted) */
-	page = sb_stripe_get(path, query, &at);
+	page = sb_stripe_get(path, query, account, &at);
 
 	if (next == NULL)
 		next = next_page_params(params, page);
 	else if (!JB_ROOT_IS_OBJECT(next))
 		next = NULL;
 	if (next != NULL)
-		prefetch_under_rate(path, next);
+		prefetch_under_rate(path, next, account);
 
 	values[0] = JsonbPGetDatum(page);
 	values[1] = TimestampTzGetDatum(time_t_to_timestamptz(at));
@@ -167,15 +174,23 @@ stripe_list_page(PG_FUNCTION_ARGS)
 }
 
 /*
- * stripe_billing._list_prefetch(path text, params jsonb) -> void
+ * stripe_billing._list_prefetch(path text, params jsonb, account text) -> void
  *
- * Starts the request a later _list_page will make, so it travels while the
- * caller works (see _list_page).
+ * Starts the request a later _list_page will make (of the same account), so
+ * it travels while the caller works (see _list_page).  (Before 0.4.0's
+ * ALTER EXTENSION UPDATE, STRICT and without account.)
  */
 Datum
 stripe_list_prefetch(PG_FUNCTION_ARGS)
 {
-	prefetch_under_rate(text_to_cstring(PG_GETARG_TEXT_PP(0)), PG_GETARG_JSONB_P(1));
+	char	   *account = sb_account_arg(fcinfo, 2);
+	char	   *path = sb_text_arg(fcinfo, 0, "path");
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("params must not be NULL")));
+	prefetch_under_rate(path, PG_GETARG_JSONB_P(1), account);
 	PG_RETURN_VOID();
 }
 
@@ -190,7 +205,7 @@ Datum
 stripe_apply_snapshots(PG_FUNCTION_ARGS)
 {
 	char	   *source;
-	char	   *account = NULL;
+	char	   *account = sb_account_arg(fcinfo, 5);
 
 	/* (not STRICT, for replacements: NULL objects, time or source map nothing) */
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
@@ -201,14 +216,6 @@ stripe_apply_snapshots(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("source must be lower-case letters and underscores, not \"%s\"", source)));
-	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
-	{
-		account = text_to_cstring(PG_GETARG_TEXT_PP(5));
-		if (!sb_is_account_id(account))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("account must be a connected account's id, not \"%.100s\"", account)));
-	}
 	PG_RETURN_JSONB_P(sb_apply_snapshots(PG_GETARG_JSONB_P(0), PG_GETARG_TIMESTAMPTZ(1), source,
 										 PG_NARGS() <= 3 || PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3),
 										 PG_NARGS() <= 4 || PG_ARGISNULL(4) || PG_GETARG_BOOL(4),

@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "pgtime.h"
 #include "utils/jsonb.h"
@@ -140,6 +141,13 @@ sb_is_account_id(const char *s)
 	return n >= 1 && n <= 250;
 }
 
+/* Are a and b the same account (NULL: the platform's own)? */
+static inline bool
+sb_same_account(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
 /* extension.c */
 extern Oid	sb_extension_oid(void);
 extern Oid	sb_extension_owner(Oid extension);
@@ -177,23 +185,29 @@ extern void sb_check_api_base(const char *base);
 extern void sb_check_settings(void);
 extern void sb_check_meter_events_base(const char *base);
 extern SbHttpResponse *sb_http_request(const char *method, const char *path,
-									   const char *form, const char *idempotency_key);
-extern void sb_http_prefetch(const char *path, const char *query);
-extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *query);
-extern bool sb_http_prefetched_is(const char *path, const char *query);
+									   const char *form, const char *idempotency_key,
+									   const char *account);
+extern void sb_http_prefetch(const char *path, const char *query, const char *account);
+extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *query,
+											   const char *account);
+extern bool sb_http_prefetched_is(const char *path, const char *query, const char *account);
 extern char *sb_form_encode(Jsonb *params);
 extern void sb_form_append(StringInfo form, const char *name, const char *value);
 extern SbHttpResponse **sb_http_post_all(const char *base, const char *path, char **bodies, int n,
-										 const char *secret, int parallel);
+										 const char *secret, int parallel, const char *account);
 
 /* api.c */
+extern void sb_check_account(const char *argument, const char *account);
+extern char *sb_account_arg(FunctionCallInfo fcinfo, int argno);
+extern char *sb_text_arg(FunctionCallInfo fcinfo, int argno, const char *name);
 extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params,
-							 const char *idempotency_key);
+							 const char *idempotency_key, const char *account);
 extern char *sb_object_string(Jsonb *object, const char *key);
 extern Jsonb *sb_parse_body(SbHttpResponse *r);
 extern Jsonb *sb_stripe_call_form(const char *method, const char *path, const char *form,
-								  const char *idempotency_key);
-extern Jsonb *sb_stripe_get(const char *path, const char *query, pg_time_t *response_time);
+								  const char *idempotency_key, const char *account);
+extern Jsonb *sb_stripe_get(const char *path, const char *query, const char *account,
+							pg_time_t *response_time);
 extern char *sb_list_page_edge_id(Jsonb *page, bool first);
 
 /* signatures.c */

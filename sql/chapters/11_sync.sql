@@ -48,10 +48,11 @@ CREATE TRIGGER sync_state_restore BEFORE INSERT ON stripe_billing.sync_state
 -- the cursor, all in the caller's transaction (so a crash loses or repeats
 -- nothing).  Returns the number of events in the page and whether Stripe
 -- has more.
--- The page of events just newer than the cursor; with prefetch_next, the
--- next page's request starts in the background (see api.c).
-CREATE FUNCTION stripe_billing._events_page(event_cursor text, prefetch_next boolean, account text DEFAULT NULL)
-RETURNS jsonb
+-- The page of events just newer than the cursor, of the account (NULL:
+-- the platform's); with prefetch_next, the next page's request starts in
+-- the background (see api.c).
+CREATE FUNCTION stripe_billing._events_page(event_cursor text, prefetch_next boolean,
+                                            account text DEFAULT NULL) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_events_page'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
@@ -178,7 +179,8 @@ AS $$
    WHERE e->>'object' IS DISTINCT FROM 'unparsed_event'
 $$;
 
--- GET /v1/events with these parameters (of the account), as text (see api.c).
+-- GET /v1/events with these parameters, of the account (NULL: the
+-- platform's), as text (see api.c).
 CREATE FUNCTION stripe_billing._events_text(params jsonb, account text DEFAULT NULL) RETURNS text
 AS 'MODULE_PATHNAME', 'stripe_events_text'
 LANGUAGE C VOLATILE
@@ -196,7 +198,8 @@ AS 'MODULE_PATHNAME', 'stripe_record_unparsed_event'
 LANGUAGE C STRICT VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- The page of events just newer than the cursor (of the account), as text.
+-- The page of events just newer than the cursor, of the account (NULL: the
+-- platform's), as text.
 CREATE FUNCTION stripe_billing._events_page_text(event_cursor text, account text DEFAULT NULL) RETURNS text
 AS 'MODULE_PATHNAME', 'stripe_events_page_text'
 LANGUAGE C VOLATILE

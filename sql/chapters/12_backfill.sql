@@ -4,20 +4,23 @@
 -- before the install) and reconciliation (drift between Stripe and here)
 --------------------------------------------------------------------------
 
--- One GET of a list endpoint, spaced under max_requests_per_second; the
--- page is returned, not applied, with its time (Stripe's Date header).  The
--- next request (next_params; NULL: the next page; JSON null: none) starts
--- in the background meanwhile (see listing.c).
+-- One GET of a list endpoint, of the account (NULL: the platform's),
+-- spaced under max_requests_per_second; the page is returned, not applied,
+-- with its time (Stripe's Date header).  The next request (next_params;
+-- NULL: the next page; JSON null: none) starts in the background meanwhile
+-- (see listing.c).
 CREATE FUNCTION stripe_billing._list_page(path text, params jsonb, next_params jsonb DEFAULT NULL,
+                                          account text DEFAULT NULL,
                                           OUT page jsonb, OUT snapshot timestamptz)
 AS 'MODULE_PATHNAME', 'stripe_list_page'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Starts a request a later _list_page makes, in the background.
-CREATE FUNCTION stripe_billing._list_prefetch(path text, params jsonb) RETURNS void
+-- Starts a request a later _list_page makes (of the same account), in the
+-- background.
+CREATE FUNCTION stripe_billing._list_prefetch(path text, params jsonb, account text DEFAULT NULL) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_list_prefetch'
-LANGUAGE C STRICT VOLATILE
+LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
 -- Applies listed objects (of the account: NULL, the platform's) as

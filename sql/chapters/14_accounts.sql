@@ -10,7 +10,9 @@
 
 -- Raises invalid_parameter_value, naming the argument, unless account is
 -- NULL (the platform's own) or a connected account's id: it goes into the
--- Stripe-Account header.
+-- Stripe-Account header.  The value is quoted cut at 100 characters, each
+-- one that is not printable ASCII shown as '?' (it may be the very CR or LF
+-- refused), as the C functions quote it (sb_check_account).
 CREATE FUNCTION stripe_billing._check_account(argument text, account text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -18,8 +20,8 @@ AS $$
 BEGIN
   IF account IS NOT NULL AND account !~ '^acct_[A-Za-z0-9]{1,250}$' THEN
     PERFORM stripe_billing._bad_argument(argument,
-      format('must be a connected account''s id (acct_ and letters or digits), not %s',
-             quote_literal(left(account, 100))));
+      format('must be a connected account''s id (acct_ and letters or digits), not ''%s''',
+             replace(left(regexp_replace(account, '[^\x20-\x7e]', '?', 'g'), 100), '''', '''''')));
   END IF;
 END
 $$;
