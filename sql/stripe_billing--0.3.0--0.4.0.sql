@@ -9,7 +9,8 @@ SELECT pg_catalog.set_config('stripe_billing_upgrade.' || p.proname, coalesce(p.
    AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature',
                      'stripe_api', 'stripe_create_checkout', 'stripe_create_portal_session',
                      'stripe_cancel_subscription', 'stripe_resume_subscription',
-                     'stripe_preview_price_change', 'stripe_change_price', 'stripe_report_usage');
+                     'stripe_preview_price_change', 'stripe_change_price', 'stripe_report_usage',
+                     'stripe_backfill', 'stripe_reconcile', 'stripe_sync_start_from');
 
 -- Stripe Connect: every ledger and billing row names its account (NULL: the
 -- platform's own, as every existing row stays); products and prices are
@@ -34,7 +35,7 @@ ALTER TABLE stripe_billing.feature_grants
     ADD COLUMN account text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$'),
     DROP CONSTRAINT feature_grants_pkey,
     ADD CONSTRAINT feature_grants_key UNIQUE NULLS NOT DISTINCT (source_type, source, feature, account);
-CREATE INDEX events_account_received_idx ON stripe_billing.events (account, received_at)
+CREATE INDEX events_account_received_idx ON stripe_billing.events (received_at, account)
     WHERE account IS NOT NULL;
 -- usage is an account's too (sent with its Stripe-Account header)
 ALTER TABLE stripe_billing.usage_outbox ADD COLUMN account text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$');
@@ -70,6 +71,52 @@ BEGIN
 END
 $$;
 
+
+-- The worker polls each connected account apart: a sync_state row per
+-- account (the platform's keeps account NULL), a backfill and a
+-- reconciliation per account.
+ALTER TABLE stripe_billing.sync_state DROP COLUMN singleton,
+    ADD COLUMN account text, ADD COLUMN next_poll_at timestamptz,
+    ADD CONSTRAINT sync_state_account_key UNIQUE NULLS NOT DISTINCT (account);
+ALTER TABLE stripe_billing.backfill_state DROP CONSTRAINT backfill_state_pkey,
+    ADD COLUMN account text,
+    ADD CONSTRAINT backfill_state_kind_account_key UNIQUE NULLS NOT DISTINCT (kind, account);
+ALTER TABLE stripe_billing.backfill_state ALTER COLUMN kind SET NOT NULL;
+ALTER TABLE stripe_billing.reconcile_runs ADD COLUMN account text;
+DROP INDEX stripe_billing.reconcile_runs_running_idx;
+CREATE UNIQUE INDEX reconcile_runs_running_idx ON stripe_billing.reconcile_runs (account) NULLS NOT DISTINCT
+    WHERE state = 'running';
+
+-- The status views show each account's rows (columns added at the end).
+CREATE OR REPLACE VIEW stripe_billing.sync_status AS
+SELECT CASE WHEN (SELECT p.paused FROM stripe_billing.sync_state p WHERE p.account IS NULL) THEN 'paused'
+            WHEN s.event_cursor IS NULL AND s.lookback_after IS NULL THEN 'starting'
+            WHEN EXISTS (SELECT FROM stripe_billing.backfill_state b
+                          WHERE b.state IN ('pending', 'running') AND b.account IS NOT DISTINCT FROM s.account)
+              THEN 'backfill'
+            WHEN EXISTS (SELECT FROM stripe_billing.reconcile_runs r
+                          WHERE r.state = 'running' AND r.account IS NOT DISTINCT FROM s.account) THEN 'reconciling'
+            ELSE 'streaming' END AS phase,
+       s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_success_at,
+       now() - s.last_event_created AS lag, s.events_applied, s.last_error, s.last_error_at,
+       s.consecutive_failures, s.cursor_reset_at, s.cursor_reset_reason,
+       (SELECT count(*) FROM stripe_billing.usage_outbox u WHERE u.sent_at IS NULL AND u.failed_at IS NULL) AS outbox_backlog,
+       (SELECT count(*) FROM stripe_billing.events e WHERE e.outcome = 'failed') AS failed_events,
+       (SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'stripe_billing sync'
+         AND datname = current_database() LIMIT 1) AS worker_pid,
+       s.account, s.next_poll_at
+  FROM stripe_billing.sync_state s
+ ORDER BY s.account NULLS FIRST;
+CREATE OR REPLACE VIEW stripe_billing.backfill_status AS
+SELECT kind, state, pages, objects, requests, started_at, finished_at, last_error, account
+  FROM stripe_billing.backfill_state
+ ORDER BY account NULLS FIRST, ordinal;
+CREATE OR REPLACE VIEW stripe_billing.reconcile_status AS
+SELECT DISTINCT ON (account)
+       id AS run, reason, state, phase, checked, drifted, fixed, requests, started_at, finished_at, last_error,
+       account
+  FROM stripe_billing.reconcile_runs
+ ORDER BY account NULLS FIRST, id DESC;
 -- new: stripe_billing._lock_keys(text[], text[], text[])
 CREATE FUNCTION stripe_billing._lock_keys(objects text[], customers text[], users text[]) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_lock_keys'
@@ -1254,6 +1301,17 @@ BEGIN
 END
 $$;
 
+-- changed: stripe_billing._sync_state_restore()
+CREATE OR REPLACE FUNCTION stripe_billing._sync_state_restore() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  DELETE FROM stripe_billing.sync_state s WHERE s.account IS NOT DISTINCT FROM NEW.account;
+  RETURN NEW;
+END
+$$;
+
 -- new: stripe_billing._events_page(text, boolean, text)
 CREATE FUNCTION stripe_billing._events_page(event_cursor text, prefetch_next boolean,
                                             account text DEFAULT NULL) RETURNS jsonb
@@ -1261,13 +1319,38 @@ AS 'MODULE_PATHNAME', 'stripe_events_page'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- changed: stripe_billing._poll_unparsed_page(text)
-CREATE OR REPLACE FUNCTION stripe_billing._poll_unparsed_page(event_cursor text) RETURNS jsonb
+-- new: stripe_billing._restart_cursor(text, text)
+CREATE FUNCTION stripe_billing._restart_cursor(reason text, for_account text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  body text := stripe_billing._events_page_text(event_cursor);
+  newest jsonb := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}',
+                                            account => for_account)->'data'->0;
+BEGIN
+  RAISE WARNING 'stripe_billing: %; polling restarts from the newest event, %, and a reconciliation starts',
+        reason, coalesce(newest->>'id', '(none yet)')
+        USING DETAIL = coalesce('Account ' || for_account || '.', 'The platform''s events.');
+  UPDATE stripe_billing.sync_state s
+     SET event_cursor = newest->>'id',
+         start_from = CASE WHEN newest IS NULL THEN now()::text ELSE 'now' END,
+         last_event_created = stripe_billing._ts(newest->'created'),
+         lookback_after = coalesce(stripe_billing._ts(newest->'created'), now()),
+         cursor_reset_at = now(), cursor_reset_reason = reason,
+         last_success_at = now(), consecutive_failures = 0
+   WHERE s.account IS NOT DISTINCT FROM for_account;
+  PERFORM stripe_billing._reconcile_begin('cursor expired', for_account);
+END
+$$;
+
+-- new: stripe_billing._poll_unparsed_page(text, text)
+CREATE FUNCTION stripe_billing._poll_unparsed_page(event_cursor text, for_account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  body text := stripe_billing._events_page_text(event_cursor, for_account);
   list record;
   newest text;
 BEGIN
@@ -1277,7 +1360,8 @@ BEGIN
     NULL;
   END;
   list := stripe_billing._unparsed_list(body);
-  PERFORM stripe_billing._apply_page(stripe_billing._parsed_events(list.data), 'poll');
+  PERFORM stripe_billing._apply_page(stripe_billing._with_account(stripe_billing._parsed_events(list.data),
+                                                                  for_account), 'poll');
   newest := stripe_billing._oldest_with_id(list.data, newest => true)->0->>'id';
   RAISE WARNING 'stripe_billing: % polled event(s) jsonb refuses kept as failed', list.kept
         USING DETAIL = format('In the page after %s.', event_cursor);
@@ -1286,7 +1370,8 @@ BEGIN
          events_applied = s.events_applied + jsonb_array_length(list.data),
          last_event_created = coalesce((SELECT l.created FROM stripe_billing.events l WHERE l.id = newest),
                                        s.last_event_created),
-         last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+         last_success_at = now(), consecutive_failures = 0, last_error = NULL
+   WHERE s.account IS NOT DISTINCT FROM for_account;
   RETURN NULL;
 END
 $$;
@@ -1346,8 +1431,8 @@ AS 'MODULE_PATHNAME', 'stripe_events_page_text'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- changed: stripe_billing._poll_page(boolean)
-CREATE OR REPLACE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false,
+-- new: stripe_billing._poll_page(boolean, text)
+CREATE FUNCTION stripe_billing._poll_page(prefetch_next boolean DEFAULT false, for_account text DEFAULT NULL,
                                           OUT events integer, OUT has_more boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1359,8 +1444,14 @@ DECLARE
   oldest jsonb;
   error_detail text;
 BEGIN
-  SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
-  UPDATE stripe_billing.sync_state SET last_poll_at = now();
+  SELECT * INTO st FROM stripe_billing.sync_state s WHERE s.account IS NOT DISTINCT FROM for_account FOR UPDATE;
+  IF NOT FOUND THEN
+    -- (a connected account's first poll: its row, from now)
+    INSERT INTO stripe_billing.sync_state (account, start_from)
+    VALUES (for_account, stripe_billing._account_start_from(for_account)) ON CONFLICT (account) DO NOTHING;
+    SELECT * INTO st FROM stripe_billing.sync_state s WHERE s.account IS NOT DISTINCT FROM for_account FOR UPDATE;
+  END IF;
+  UPDATE stripe_billing.sync_state s SET last_poll_at = now() WHERE s.account IS NOT DISTINCT FROM for_account;
   events := 0;
   has_more := false;
 
@@ -1368,24 +1459,26 @@ BEGIN
     -- first start: from now (the newest event is the cursor, not applied),
     -- or from a point in time (the oldest event since then is applied first)
     IF st.start_from = 'now' THEN
-      first_page := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}');
+      first_page := stripe_billing.stripe_api('GET', '/v1/events', '{"limit": 1}', account => for_account);
       -- no event at all yet: start from this moment instead
-      UPDATE stripe_billing.sync_state
+      UPDATE stripe_billing.sync_state s
          SET event_cursor = first_page->'data'->0->>'id',
              start_from = CASE WHEN first_page->'data'->0 IS NULL THEN now()::text ELSE 'now' END,
              lookback_after = coalesce(stripe_billing._ts(first_page->'data'->0->'created'), now()),
-             last_success_at = now(), consecutive_failures = 0;
+             last_success_at = now(), consecutive_failures = 0
+       WHERE s.account IS NOT DISTINCT FROM for_account;
       RETURN;
     END IF;
     first_page := stripe_billing.stripe_api('GET', '/v1/events',
         jsonb_build_object('limit', 100, 'created', jsonb_build_object('gte',
-            floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
+            floor(extract(epoch FROM st.start_from::timestamptz))::bigint)), account => for_account);
     oldest := first_page->'data'->(jsonb_array_length(first_page->'data') - 1);
     page := first_page->'data';
     WHILE coalesce((first_page->>'has_more')::boolean, false) LOOP
       first_page := stripe_billing.stripe_api('GET', '/v1/events',
           jsonb_build_object('limit', 100, 'starting_after', oldest->>'id', 'created',
-              jsonb_build_object('gte', floor(extract(epoch FROM st.start_from::timestamptz))::bigint)));
+              jsonb_build_object('gte', floor(extract(epoch FROM st.start_from::timestamptz))::bigint)),
+          account => for_account);
       oldest := coalesce(first_page->'data'->(jsonb_array_length(first_page->'data') - 1), oldest);
       IF jsonb_array_length(first_page->'data') > 0 THEN
         page := first_page->'data';    -- (the oldest events listed)
@@ -1393,19 +1486,21 @@ BEGIN
     END LOOP;
     IF oldest IS NULL THEN
       -- nothing since then yet: look again next time
-      UPDATE stripe_billing.sync_state SET last_success_at = now(), consecutive_failures = 0;
+      UPDATE stripe_billing.sync_state s SET last_success_at = now(), consecutive_failures = 0
+       WHERE s.account IS NOT DISTINCT FROM for_account;
       RETURN;
     END IF;
     -- the oldest event becomes the cursor, applied; an event too malformed
     -- to keep is skipped with a WARNING, as in any page (and the cursor is
     -- the oldest event that has an id)
     page := stripe_billing._oldest_with_id(page);
-    PERFORM stripe_billing._apply_page(page, 'poll');
-    UPDATE stripe_billing.sync_state SET event_cursor = page->0->>'id',
-           events_applied = events_applied + jsonb_array_length(page),
+    PERFORM stripe_billing._apply_page(stripe_billing._with_account(page, for_account), 'poll');
+    UPDATE stripe_billing.sync_state s SET event_cursor = page->0->>'id',
+           events_applied = s.events_applied + jsonb_array_length(page),
            lookback_after = st.start_from::timestamptz - interval '1 second',
-           last_event_created = coalesce(stripe_billing._ts(page->0->'created'), last_event_created),
-           last_success_at = now(), consecutive_failures = 0;
+           last_event_created = coalesce(stripe_billing._ts(page->0->'created'), s.last_event_created),
+           last_success_at = now(), consecutive_failures = 0
+     WHERE s.account IS NOT DISTINCT FROM for_account;
     events := jsonb_array_length(page);
     has_more := true;
     RETURN;
@@ -1417,11 +1512,11 @@ BEGIN
   -- silently.
   IF st.last_event_created < now() - interval '30 days' THEN
     PERFORM stripe_billing._restart_cursor(format('the cursor %s is older than Stripe''s 30 days of events',
-                                                  st.event_cursor));
+                                                  st.event_cursor), for_account);
     RETURN;
   END IF;
   BEGIN
-    page := stripe_billing._events_page(st.event_cursor, prefetch_next);
+    page := stripe_billing._events_page(st.event_cursor, prefetch_next, for_account);
   EXCEPTION
   WHEN SQLSTATE 'SBA01' THEN
     GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
@@ -1429,7 +1524,8 @@ BEGIN
                        FROM stripe_billing._api_error(error_detail) e), false) THEN
       RAISE;
     END IF;
-    PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor));
+    PERFORM stripe_billing._restart_cursor(format('Stripe no longer lists the cursor %s', st.event_cursor),
+                                           for_account);
     RETURN;
   WHEN SQLSTATE 'SBA07' THEN
     -- a body over max_response_size is as large when asked again: raised
@@ -1441,7 +1537,7 @@ BEGIN
     -- page holding an event jsonb refuses, which would stall polling for
     -- ever: that one is kept as failed and the page goes on
     RAISE LOG 'stripe_billing: %; the page is asked for again as text', error_detail;
-    page := stripe_billing._poll_unparsed_page(st.event_cursor);
+    page := stripe_billing._poll_unparsed_page(st.event_cursor, for_account);
     IF page IS NULL THEN
       RETURN;     -- (applied, cursor moved)
     END IF;
@@ -1455,14 +1551,15 @@ BEGIN
     has_more := false;
   END IF;
   -- (newest first: applied oldest first, a malformed event skipped)
-  PERFORM stripe_billing._apply_page(page, 'poll');
+  PERFORM stripe_billing._apply_page(stripe_billing._with_account(page, for_account), 'poll');
   -- the cursor: the newest event listed that has an id, applied or skipped
   page := stripe_billing._oldest_with_id(page, newest => true);
-  UPDATE stripe_billing.sync_state
-     SET event_cursor = coalesce(page->0->>'id', event_cursor),
-         events_applied = events_applied + events,
-         last_event_created = coalesce(stripe_billing._ts(page->0->'created'), last_event_created),
-         last_success_at = now(), consecutive_failures = 0, last_error = NULL;
+  UPDATE stripe_billing.sync_state s
+     SET event_cursor = coalesce(page->0->>'id', s.event_cursor),
+         events_applied = s.events_applied + events,
+         last_event_created = coalesce(stripe_billing._ts(page->0->'created'), s.last_event_created),
+         last_success_at = now(), consecutive_failures = 0, last_error = NULL
+   WHERE s.account IS NOT DISTINCT FROM for_account;
 END
 $$;
 
@@ -1483,8 +1580,33 @@ AS $$
    WHERE CASE WHEN newest THEN l.n = edge.n ELSE l.n >= edge.n END
 $$;
 
--- changed: stripe_billing._poll_lookback()
-CREATE OR REPLACE FUNCTION stripe_billing._poll_lookback() RETURNS integer
+-- new: stripe_billing._account_start_from(text)
+CREATE FUNCTION stripe_billing._account_start_from(account text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(greatest(min(e.created) - interval '1 second', now() - interval '30 days' + interval '1 hour')::text,
+                  'now')
+    FROM stripe_billing.accounts a
+    JOIN stripe_billing.events e ON e.account = a.id
+         AND e.received_at >= a.first_seen_at AND e.received_at < a.first_seen_at + interval '1 minute'
+   WHERE a.id = _account_start_from.account
+$$;
+
+-- new: stripe_billing._with_account(jsonb, text)
+CREATE FUNCTION stripe_billing._with_account(page jsonb, account text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE WHEN account IS NULL THEN page
+              ELSE (SELECT coalesce(jsonb_agg(CASE WHEN jsonb_typeof(e) = 'object' AND NOT e ? 'account'
+                                                   THEN e || jsonb_build_object('account', account) ELSE e END
+                                              ORDER BY n), '[]')
+                      FROM jsonb_array_elements(page) WITH ORDINALITY x(e, n)) END
+$$;
+
+-- new: stripe_billing._poll_lookback(text)
+CREATE FUNCTION stripe_billing._poll_lookback(for_account text DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1503,7 +1625,7 @@ DECLARE
   applied integer := 0;
 BEGIN
   -- (the state's row first, as a page takes it: see locks.c)
-  SELECT * INTO st FROM stripe_billing.sync_state FOR UPDATE;
+  SELECT * INTO st FROM stripe_billing.sync_state s WHERE s.account IS NOT DISTINCT FROM for_account FOR UPDATE;
   IF lookback <= interval '0' OR st.event_cursor IS NULL OR st.last_event_created IS NULL
      OR st.lookback_after IS NULL THEN
     RETURN 0;
@@ -1518,7 +1640,7 @@ BEGIN
                            floor(extract(epoch FROM st.lookback_after))::bigint),
             'lte', extract(epoch FROM st.last_event_created)::bigint)));
     BEGIN
-      page := stripe_billing.stripe_api('GET', '/v1/events', params);
+      page := stripe_billing.stripe_api('GET', '/v1/events', params, account => for_account);
     EXCEPTION WHEN SQLSTATE 'SBA07' THEN
       -- a body over max_response_size is as large when asked again: raised
       GET STACKED DIAGNOSTICS error_detail = MESSAGE_TEXT;
@@ -1529,7 +1651,7 @@ BEGIN
       -- one is kept as failed (so the ledger has it), the others go on
       RAISE LOG 'stripe_billing: %; the lookback''s page is asked for again as text', error_detail;
       SELECT l.has_more, l.data INTO page_has_more, page_data
-        FROM stripe_billing._unparsed_list(stripe_billing._events_text(params)) l;
+        FROM stripe_billing._unparsed_list(stripe_billing._events_text(params, for_account)) l;
       page := jsonb_build_object('has_more', page_has_more, 'data', page_data);
     END;
     FOR e IN SELECT d.value FROM jsonb_array_elements(page->'data') WITH ORDINALITY d(value, n) ORDER BY d.n LOOP
@@ -1548,10 +1670,11 @@ BEGIN
   -- (one batch, as a page: oldest first, its locks at once, an event too
   -- malformed to keep skipped with a WARNING)
   IF jsonb_array_length(late) > 0 THEN
-    applied := stripe_billing._apply_page(late, 'poll');
+    applied := stripe_billing._apply_page(stripe_billing._with_account(late, for_account), 'poll');
   END IF;
   IF applied > 0 THEN
-    UPDATE stripe_billing.sync_state SET events_applied = events_applied + applied;
+    UPDATE stripe_billing.sync_state s SET events_applied = s.events_applied + applied
+     WHERE s.account IS NOT DISTINCT FROM for_account;
     RAISE LOG 'stripe_billing: % late-listed event(s) applied', applied;
   END IF;
   RETURN applied;
@@ -1570,32 +1693,32 @@ DECLARE
   summary jsonb;
   error_detail text;
 BEGIN
-  SELECT tab, id, path, customer INTO r FROM (
-           SELECT 'customers' AS tab, id, '/v1/customers/' || id AS path, id AS customer
+  SELECT tab, object, id, path, customer, account INTO r FROM (
+           SELECT 'customers' AS tab, 'customer' AS object, id, '/v1/customers/' || id AS path, id AS customer,
+                  account
              FROM stripe_billing.customers WHERE refetch AND NOT deleted
-           UNION ALL SELECT 'subscriptions', id, '/v1/subscriptions/' || id, customer
+           UNION ALL SELECT 'subscriptions', 'subscription', id, '/v1/subscriptions/' || id, customer, account
              FROM stripe_billing.subscriptions WHERE refetch
-           UNION ALL SELECT 'invoices', id, '/v1/invoices/' || id, NULL
+           UNION ALL SELECT 'invoices', 'invoice', id, '/v1/invoices/' || id, NULL, account
              FROM stripe_billing.invoices WHERE refetch AND NOT deleted
-           UNION ALL SELECT 'products', id, '/v1/products/' || id, NULL
+           UNION ALL SELECT 'products', 'product', id, '/v1/products/' || id, NULL, account
              FROM stripe_billing.products WHERE refetch AND NOT deleted
-           UNION ALL SELECT 'prices', id, '/v1/prices/' || id, NULL
+           UNION ALL SELECT 'prices', 'price', id, '/v1/prices/' || id, NULL, account
              FROM stripe_billing.prices WHERE refetch AND NOT deleted
-           UNION ALL SELECT 'checkout_sessions', id, '/v1/checkout/sessions/' || id, customer
+           UNION ALL SELECT 'checkout_sessions', 'checkout.session', id, '/v1/checkout/sessions/' || id, customer,
+                            account
              FROM stripe_billing.checkout_sessions WHERE refetch
-           UNION ALL SELECT 'entitlement_summaries', customer, NULL, customer
+           UNION ALL SELECT 'entitlement_summaries', NULL, customer, NULL, customer, account
              FROM stripe_billing.entitlement_summaries WHERE refetch
          ) marked LIMIT 1;
   IF NOT FOUND THEN
     RETURN false;
   END IF;
-  -- the row's keys before it is written (the answer applied takes them again)
-  PERFORM stripe_billing._lock_keys(ARRAY[CASE r.tab WHEN 'subscriptions' THEN 'subscription:'
-                                                     WHEN 'invoices' THEN 'invoice:'
-                                                     WHEN 'products' THEN 'product:'
-                                                     WHEN 'prices' THEN 'price:'
-                                                     WHEN 'checkout_sessions' THEN 'checkout.session:' END || r.id],
-                                    ARRAY[r.customer], NULL);
+  -- the row's keys before it is written (the answer applied takes them
+  -- again), of its account: a product's or price's id is the account's own
+  PERFORM stripe_billing._lock_objects(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+              'object', coalesce(r.object, 'customer'), 'id', coalesce(r.id, r.customer),
+              'customer', r.customer))), r.account);
 
   IF r.tab = 'entitlement_summaries' THEN
     items := '[]';
@@ -1603,14 +1726,14 @@ BEGIN
     WHILE (list->>'has_more')::boolean LOOP
       list := stripe_billing.stripe_api('GET', '/v1/entitlements/active_entitlements',
           jsonb_strip_nulls(jsonb_build_object('customer', r.customer, 'limit', 100,
-                                               'starting_after', items->-1->>'id')));
+                                               'starting_after', items->-1->>'id')), account => r.account);
       items := items || (list->'data');
     END LOOP;
     summary := jsonb_build_object('object', 'entitlements.active_entitlement_summary', 'customer', r.customer,
                                   'entitlements', jsonb_build_object('object', 'list', 'has_more', false,
                                                                      'data', items));
     -- as of now: newer than the summary event it completes
-    PERFORM stripe_billing._apply_snapshots(jsonb_build_array(summary), now(), 'refetch');
+    PERFORM stripe_billing._apply_snapshots(jsonb_build_array(summary), now(), 'refetch', account => r.account);
     UPDATE stripe_billing.entitlement_summaries SET refetch = false WHERE customer = r.customer;
     RETURN true;
   END IF;
@@ -1621,7 +1744,7 @@ BEGIN
     RAISE WARNING 'stripe_billing: % % cannot be re-fetched: its id is not a Stripe id', r.tab, quote_literal(left(r.id, 100));
   ELSE
     BEGIN
-      PERFORM stripe_billing.stripe_api('GET', r.path);   -- applied as a snapshot
+      PERFORM stripe_billing.stripe_api('GET', r.path, account => r.account);   -- applied as a snapshot
     EXCEPTION WHEN SQLSTATE 'SBA01' THEN
       -- gone at Stripe (or not readable with this key): nothing to heal
       GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
@@ -1631,7 +1754,8 @@ BEGIN
     END;
   END IF;
   -- a snapshot of the same second as the tie cannot settle it: do not ask again
-  EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND refetch', r.tab) USING r.id;
+  EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND account IS NOT DISTINCT FROM $2 AND refetch',
+                 r.tab) USING r.id, r.account;
   RETURN true;
 END
 $$;
@@ -1646,7 +1770,7 @@ DECLARE
 BEGIN
   -- (the state's row first, as a page takes it: see locks.c)
   UPDATE stripe_billing.sync_state SET last_retry_at = now()
-   WHERE last_retry_at IS NULL OR last_retry_at < now() - interval '5 minutes';
+   WHERE account IS NULL AND (last_retry_at IS NULL OR last_retry_at < now() - interval '5 minutes');
   IF NOT FOUND THEN
     RETURN 0;
   END IF;
@@ -1664,6 +1788,75 @@ AS $$
       CASE current_setting('stripe_billing.usage_api') WHEN 'v1' THEN 100 ELSE 1000 END)
 $$;
 
+-- new: stripe_billing._poll_next_account()
+CREATE FUNCTION stripe_billing._poll_next_account() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  poll interval := current_setting('stripe_billing.poll_interval')::interval;
+  idle interval := current_setting('stripe_billing.connect_idle_interval')::interval;
+  active_window interval := current_setting('stripe_billing.connect_active_window')::interval;
+  lookback interval := current_setting('stripe_billing.poll_lookback')::interval;
+  acct text;
+  active boolean;
+  first_poll boolean;
+  p record;
+BEGIN
+  WITH recent AS (
+    SELECT DISTINCT e.account FROM stripe_billing.events e
+     WHERE e.received_at > now() - active_window AND e.account IS NOT NULL
+  )
+  SELECT a.id, a.id IN (SELECT r.account FROM recent r), s.event_cursor IS NULL AND s.lookback_after IS NULL
+    INTO acct, active, first_poll
+    FROM stripe_billing.accounts a
+    LEFT JOIN stripe_billing.sync_state s ON s.account = a.id
+   WHERE a.deauthorized_at IS NULL
+     AND (s.account IS NULL OR coalesce(s.next_poll_at, '-infinity') <= now()
+          OR (a.id IN (SELECT r.account FROM recent r)
+              AND coalesce(s.last_poll_at, '-infinity') <= now() - poll
+              AND s.consecutive_failures = 0))
+   -- (active accounts first, so that idle ones never hold them back; then
+   -- the longest waiting, an account never polled first)
+   ORDER BY a.id IN (SELECT r.account FROM recent r) DESC,
+            s.next_poll_at NULLS FIRST, a.id
+   LIMIT 1;
+  IF acct IS NULL THEN
+    RETURN false;
+  END IF;
+  BEGIN
+    -- (the backfill's rows first, as for the platform's first start; a
+    -- first poll that failed is a first poll again)
+    IF first_poll AND current_setting('stripe_billing.backfill_on_start')::boolean
+       AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state b WHERE b.account = acct) THEN
+      PERFORM stripe_billing._backfill_begin(NULL, acct);
+    END IF;
+    p := stripe_billing._poll_page(false, acct);
+    -- the lookback re-reads events listed late, which only recent events
+    -- can be: an idle account costs one request a poll
+    IF NOT p.has_more AND (SELECT s.last_event_created > now() - 2 * lookback FROM stripe_billing.sync_state s
+                            WHERE s.account = acct) THEN
+      PERFORM stripe_billing._poll_lookback(acct);
+    END IF;
+    UPDATE stripe_billing.sync_state s
+       SET next_poll_at = now() + CASE WHEN p.has_more THEN interval '0' WHEN active THEN poll ELSE idle END
+     WHERE s.account = acct;
+  EXCEPTION WHEN OTHERS THEN
+    IF left(SQLSTATE, 2) IN ('40', '53', '57', '58') THEN
+      RAISE;     -- (the moment, not the account: the step is done again)
+    END IF;
+    INSERT INTO stripe_billing.sync_state AS s (account) VALUES (acct) ON CONFLICT (account) DO NOTHING;
+    UPDATE stripe_billing.sync_state s
+       SET last_error = SQLERRM, last_error_at = now(), consecutive_failures = s.consecutive_failures + 1,
+           last_poll_at = now(),
+           next_poll_at = now() + least(poll * power(2, least(s.consecutive_failures, 10)), idle)
+     WHERE s.account = acct;
+    RAISE WARNING 'stripe_billing: polling the connected account % failed: %', acct, SQLERRM;
+  END;
+  RETURN true;
+END
+$$;
+
 -- changed: stripe_billing._worker_step(text, text)
 CREATE OR REPLACE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -1675,15 +1868,16 @@ DECLARE
 BEGIN
   CASE step
   WHEN 'ready' THEN
-    RETURN NOT (SELECT paused FROM stripe_billing.sync_state);
+    RETURN NOT (SELECT paused FROM stripe_billing.sync_state WHERE account IS NULL);
   WHEN 'no_key' THEN
     UPDATE stripe_billing.sync_state
        SET last_error = 'stripe_billing.api_key is not set', last_error_at = now()
-     WHERE last_error IS DISTINCT FROM 'stripe_billing.api_key is not set';
+     WHERE account IS NULL AND last_error IS DISTINCT FROM 'stripe_billing.api_key is not set';
     RETURN false;
   WHEN 'failed' THEN
     UPDATE stripe_billing.sync_state
-       SET last_error = error, last_error_at = now(), consecutive_failures = consecutive_failures + 1;
+       SET last_error = error, last_error_at = now(), consecutive_failures = consecutive_failures + 1
+     WHERE account IS NULL;
     RETURN false;
   WHEN 'poll' THEN
     -- first start in this database: the cursor is taken now, then the
@@ -1691,13 +1885,14 @@ BEGIN
     -- (the backfill's rows first, as stripe_backfill takes them before the
     -- locks of what it applies: see locks.c)
     IF current_setting('stripe_billing.backfill_on_start')::boolean
-       AND (SELECT event_cursor IS NULL AND lookback_after IS NULL FROM stripe_billing.sync_state)
+       AND (SELECT event_cursor IS NULL AND lookback_after IS NULL FROM stripe_billing.sync_state
+             WHERE account IS NULL)
        AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state) THEN
       PERFORM stripe_billing._backfill_begin(NULL);
     END IF;
     RETURN (stripe_billing._poll_page(true)).has_more;
   WHEN 'backfill' THEN
-    SELECT * INTO backfilled FROM stripe_billing._backfill_step(NULL, true);
+    SELECT * INTO backfilled FROM stripe_billing._backfill_step(NULL, true, any_account => true);
     IF backfilled.failed THEN
       RAISE WARNING '%', backfilled.message;
     END IF;
@@ -1705,8 +1900,10 @@ BEGIN
   WHEN 'reconcile' THEN
     IF stripe_billing._reconcile_due() THEN
       PERFORM stripe_billing._reconcile_begin('scheduled');
+    ELSIF stripe_billing._reconcile_due_account() IS NOT NULL THEN
+      PERFORM stripe_billing._reconcile_begin('scheduled', stripe_billing._reconcile_due_account());
     END IF;
-    SELECT * INTO reconciled FROM stripe_billing._reconcile_step();
+    SELECT * INTO reconciled FROM stripe_billing._reconcile_step(any_account => true);
     IF reconciled.failed THEN
       RAISE WARNING '%', reconciled.message;
     END IF;
@@ -1722,6 +1919,8 @@ BEGIN
     RETURN false;
   WHEN 'refetch' THEN
     RETURN stripe_billing._refetch_one();
+  WHEN 'poll_accounts' THEN
+    RETURN stripe_billing._poll_next_account();
   END CASE;
 END
 $$;
@@ -1754,16 +1953,18 @@ BEGIN
     RETURN jsonb_build_object('retried', stripe_billing._retry_due());
   WHEN 'sync_now.refetch' THEN
     RETURN jsonb_build_object('more', stripe_billing._refetch_one());
+  WHEN 'sync_now.accounts' THEN
+    RETURN jsonb_build_object('more', stripe_billing._poll_next_account());
   WHEN 'backfill.begin' THEN
-    PERFORM stripe_billing._backfill_begin(kinds);
+    PERFORM stripe_billing._backfill_begin(kinds, arg->>'account');
     RETURN NULL;
   WHEN 'backfill.step' THEN
-    SELECT * INTO r FROM stripe_billing._backfill_step(kinds);
+    SELECT * INTO r FROM stripe_billing._backfill_step(kinds, false, arg->>'account');
     RETURN to_jsonb(r);
   WHEN 'reconcile.begin' THEN
-    RETURN to_jsonb(stripe_billing._reconcile_begin(arg->>'reason'));
+    RETURN to_jsonb(stripe_billing._reconcile_begin(arg->>'reason', arg->>'account'));
   WHEN 'reconcile.step' THEN
-    SELECT * INTO r FROM stripe_billing._reconcile_step();
+    SELECT * INTO r FROM stripe_billing._reconcile_step(arg->>'account');
     RETURN to_jsonb(r);
   END CASE;
 END
@@ -1800,8 +2001,46 @@ BEGIN
     COMMIT;
     EXIT WHEN NOT (p OPERATOR(pg_catalog.->>) 'more')::pg_catalog.bool;
   END LOOP;
+  -- connected accounts due (Connect), a page a transaction, up to a
+  -- thousand pages
+  FOR i IN 1 .. 1000 LOOP
+    p := stripe_billing._procedure_step('sync_now.accounts');
+    COMMIT;
+    EXIT WHEN NOT (p OPERATOR(pg_catalog.->>) 'more')::pg_catalog.bool;
+  END LOOP;
 END
 $$;
+
+-- new: stripe_billing.stripe_sync_start_from(text, text)
+CREATE FUNCTION stripe_billing.stripe_sync_start_from(start_from text, account text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF start_from IS NULL OR (start_from <> 'now' AND start_from::timestamptz < now() - interval '30 days') THEN
+    PERFORM stripe_billing._bad_argument('start_from', 'must be ''now'' or a time within the last 30 days');
+  END IF;
+  PERFORM stripe_billing._check_account('account', account);
+  INSERT INTO stripe_billing.sync_state AS s (account) VALUES (stripe_sync_start_from.account)
+  ON CONFLICT (account) DO NOTHING;
+  UPDATE stripe_billing.sync_state s
+     SET start_from = CASE WHEN stripe_sync_start_from.start_from = 'now' THEN 'now'
+                           ELSE stripe_sync_start_from.start_from::timestamptz::text END,
+         event_cursor = NULL, lookback_after = NULL, next_poll_at = NULL
+   WHERE s.account IS NOT DISTINCT FROM stripe_sync_start_from.account;
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_sync_start_from(text, text) FROM PUBLIC;
+
+-- changed: stripe_billing.stripe_sync_pause()
+CREATE OR REPLACE FUNCTION stripe_billing.stripe_sync_pause() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ UPDATE stripe_billing.sync_state SET paused = true WHERE account IS NULL $$;
+
+-- changed: stripe_billing.stripe_sync_resume()
+CREATE OR REPLACE FUNCTION stripe_billing.stripe_sync_resume() RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ UPDATE stripe_billing.sync_state SET paused = false WHERE account IS NULL $$;
 
 -- new: stripe_billing._list_page(text, jsonb, jsonb, text)
 CREATE FUNCTION stripe_billing._list_page(path text, params jsonb, next_params jsonb DEFAULT NULL,
@@ -1826,8 +2065,102 @@ AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- changed: stripe_billing._backfill_page(text, text, timestamptz)
-CREATE OR REPLACE FUNCTION stripe_billing._backfill_page(kind text, list_cursor text, since timestamptz,
+-- new: stripe_billing._complete_items(jsonb, text)
+CREATE FUNCTION stripe_billing._complete_items(subscriptions jsonb, for_account text DEFAULT NULL,
+                                               OUT complete jsonb, OUT requests integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  cut jsonb[];         -- the subscriptions whose item list was cut short
+  sub jsonb;
+  items jsonb;
+  l record;
+  ahead constant integer := 2;   -- first item pages kept in flight (besides the next page)
+BEGIN
+  complete := '{}';
+  requests := 0;
+  SELECT coalesce(array_agg(e), '{}') INTO cut FROM jsonb_array_elements(subscriptions) e
+   WHERE coalesce((e->'items'->>'has_more')::boolean, false);
+  FOR i IN 1 .. least(cardinality(cut), ahead) LOOP
+    PERFORM stripe_billing._list_prefetch('/v1/subscription_items',
+                                          jsonb_build_object('subscription', cut[i]->>'id', 'limit', 100),
+                                          account => for_account);
+  END LOOP;
+  FOR i IN 1 .. cardinality(cut) LOOP
+    sub := cut[i];
+    items := '[]';
+    LOOP
+      -- the first item page of a subscription further on travels meanwhile
+      SELECT * INTO l FROM stripe_billing._list_page('/v1/subscription_items',
+          jsonb_strip_nulls(jsonb_build_object('subscription', sub->>'id', 'limit', 100,
+                                               'starting_after', items->-1->>'id')),
+          CASE WHEN items = '[]' AND i + ahead <= cardinality(cut)
+               THEN jsonb_build_object('subscription', cut[i + ahead]->>'id', 'limit', 100)
+               ELSE 'null' END, account => for_account);
+      requests := requests + 1;
+      items := items || coalesce(l.page->'data', '[]');
+      EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
+    END LOOP;
+    complete := complete || jsonb_build_object(sub->>'id', jsonb_set(sub, '{items}',
+        (sub->'items') || jsonb_build_object('data', items, 'has_more', false)));
+  END LOOP;
+END
+$$;
+
+-- changed: stripe_billing._backfill_kinds()
+CREATE OR REPLACE FUNCTION stripe_billing._backfill_kinds() RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts'] $$;
+
+-- new: stripe_billing._backfill_begin(text[], text)
+CREATE FUNCTION stripe_billing._backfill_begin(kinds text[], for_account text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  known text[] := CASE WHEN for_account IS NULL THEN stripe_billing._backfill_kinds()
+                       ELSE array_remove(stripe_billing._backfill_kinds(), 'accounts') END;
+  bad text;
+  again boolean;
+BEGIN
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings read below)
+  PERFORM stripe_billing._check_account('account', for_account);
+  IF kinds IS NOT NULL THEN
+    IF cardinality(kinds) = 0 THEN
+      PERFORM stripe_billing._bad_argument('kinds', 'must not be empty (NULL means every kind)');
+    END IF;
+    SELECT k INTO bad FROM unnest(kinds) k WHERE k IS NULL OR NOT k = ANY (known) LIMIT 1;
+    IF FOUND THEN
+      PERFORM stripe_billing._bad_argument('kinds', format('%s is not a kind of object to backfill (%s)',
+                                                           coalesce(quote_literal(bad), 'NULL'),
+                                                           array_to_string(known, ', ')));
+    END IF;
+  END IF;
+  again := NOT EXISTS (SELECT FROM stripe_billing.backfill_state s
+                        WHERE s.kind = ANY (coalesce(kinds, known)) AND s.state <> 'done'
+                          AND s.account IS NOT DISTINCT FROM for_account);
+  INSERT INTO stripe_billing.backfill_state AS b (kind, ordinal, since, account)
+  SELECT k, array_position(stripe_billing._backfill_kinds(), k),
+         CASE WHEN k = 'invoices'
+              THEN now() - current_setting('stripe_billing.backfill_invoices_since')::interval END,
+         for_account
+    FROM unnest(coalesce(kinds, known)) k
+  ON CONFLICT (kind, account) DO UPDATE
+     SET state = 'pending', list_cursor = NULL, pages = 0, objects = 0, requests = 0, since = EXCLUDED.since,
+         started_at = NULL, finished_at = NULL, last_error = NULL, last_error_at = NULL
+   WHERE again AND b.state = 'done';
+  UPDATE stripe_billing.backfill_state s
+     SET state = 'pending'
+   WHERE s.state = 'failed' AND s.kind = ANY (coalesce(kinds, known))
+     AND s.account IS NOT DISTINCT FROM for_account;
+END
+$$;
+
+-- new: stripe_billing._backfill_page(text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._backfill_page(kind text, list_cursor text, since timestamptz,
+                                              for_account text DEFAULT NULL,
                                               OUT objects integer, OUT requests integer,
                                               OUT next_cursor text, OUT has_more boolean)
 LANGUAGE plpgsql
@@ -1858,12 +2191,14 @@ BEGIN
     SELECT array_agg(customer ORDER BY customer) INTO customers
       FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
              WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
+               AND s.account IS NOT DISTINCT FROM for_account
                AND s.customer > coalesce(list_cursor, '')
              ORDER BY 1 LIMIT 20 + ahead) c;
     has_more := coalesce(cardinality(customers), 0) > 20;
     FOR i IN 1 .. least(coalesce(cardinality(customers), 0), ahead) LOOP
       PERFORM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
-                                            jsonb_build_object('customer', customers[i], 'limit', 100));
+                                            jsonb_build_object('customer', customers[i], 'limit', 100),
+                                            account => for_account);
     END LOOP;
     summaries := '[]';
     FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 20) LOOP
@@ -1874,7 +2209,8 @@ BEGIN
             jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
                                                  'starting_after', items->-1->>'id')),
             CASE WHEN items = '[]' AND i + ahead <= cardinality(customers)
-                 THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END);
+                 THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END,
+            account => for_account);
         requests := requests + 1;
         taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
         items := items || coalesce(l.page->'data', '[]');
@@ -1890,7 +2226,8 @@ BEGIN
     -- applied at once, as of the oldest answer (each summary is no newer):
     -- one unit, its locks taken together (see locks.c)
     IF objects > 0 THEN
-      PERFORM stripe_billing._apply_snapshots(summaries, snapshot, 'backfill', derive => false);
+      PERFORM stripe_billing._apply_snapshots(summaries, snapshot, 'backfill', derive => false,
+                                              account => for_account);
       PERFORM stripe_billing._refresh_customers_features(customers[1:20],
                                                          'entitlements.active_entitlement_summary.backfill');
     END IF;
@@ -1899,7 +2236,7 @@ BEGIN
 
   path := CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
                     WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
-                    WHEN 'invoices' THEN '/v1/invoices' END;
+                    WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts' END;
   params := jsonb_strip_nulls(jsonb_build_object(
       'limit', 100, 'starting_after', list_cursor,
       -- (products and prices: active and inactive alike when not asked for one)
@@ -1909,26 +2246,107 @@ BEGIN
   -- the next page travels while this one is applied (for subscriptions,
   -- and while their cut-short item lists are read)
   SELECT * INTO l FROM stripe_billing._list_page(path, params,
-                                                 CASE WHEN kind = 'subscriptions' THEN 'null'::jsonb END);
+                                                 CASE WHEN kind = 'subscriptions' THEN 'null'::jsonb END,
+                                                 account => for_account);
   requests := 1;
   data := coalesce(l.page->'data', '[]');
   has_more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
   SELECT NULL::jsonb AS complete, 0 AS requests INTO c;
   IF kind = 'subscriptions' THEN
     IF has_more THEN
-      PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'));
+      PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'),
+                                            account => for_account);
     END IF;
-    SELECT * INTO c FROM stripe_billing._complete_items(data);
+    SELECT * INTO c FROM stripe_billing._complete_items(data, for_account);
     requests := requests + c.requests;
   END IF;
-  PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete);
+  PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete, account => for_account);
   objects := jsonb_array_length(data);
   next_cursor := coalesce(data->-1->>'id', list_cursor);
 END
 $$;
 
--- changed: stripe_billing.stripe_backfill(text[])
-CREATE OR REPLACE PROCEDURE stripe_billing.stripe_backfill(kinds text[] DEFAULT NULL)
+-- changed: stripe_billing._backfill_analyze(text)
+CREATE OR REPLACE FUNCTION stripe_billing._backfill_analyze(kind text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  CASE kind
+  WHEN 'products' THEN ANALYZE stripe_billing.products;
+  WHEN 'prices' THEN ANALYZE stripe_billing.prices;
+  WHEN 'customers' THEN ANALYZE stripe_billing.customers, stripe_billing.user_derivations;
+  WHEN 'subscriptions' THEN
+    ANALYZE stripe_billing.subscriptions, stripe_billing.subscription_items, stripe_billing.user_features,
+            stripe_billing.user_derivations;
+  WHEN 'invoices' THEN ANALYZE stripe_billing.invoices;
+  WHEN 'entitlements' THEN
+    ANALYZE stripe_billing.entitlement_summaries, stripe_billing.active_entitlements, stripe_billing.user_features;
+  WHEN 'accounts' THEN ANALYZE stripe_billing.accounts;
+  END CASE;
+END
+$$;
+
+-- new: stripe_billing._backfill_step(text[], boolean, text, boolean)
+CREATE FUNCTION stripe_billing._backfill_step(kinds text[], retry_failed boolean DEFAULT false,
+                                              for_account text DEFAULT NULL, any_account boolean DEFAULT false,
+                                              OUT kind text, OUT message text, OUT failed boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  b stripe_billing.backfill_state;
+  p record;
+  pages bigint;
+BEGIN
+  failed := false;
+  SELECT * INTO b FROM stripe_billing.backfill_state s
+   WHERE (s.state IN ('pending', 'running')
+          OR (retry_failed AND s.state = 'failed' AND s.last_error_at < now() - interval '1 minute'))
+     AND (kinds IS NULL OR s.kind = ANY (kinds))
+     AND (any_account OR s.account IS NOT DISTINCT FROM for_account)
+   ORDER BY s.account NULLS FIRST, s.ordinal LIMIT 1
+   FOR UPDATE SKIP LOCKED;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  kind := b.kind;
+  BEGIN
+    p := stripe_billing._backfill_page(b.kind, b.list_cursor, b.since, b.account);
+    UPDATE stripe_billing.backfill_state s
+       SET state = CASE WHEN p.has_more THEN 'running' ELSE 'done' END,
+           list_cursor = p.next_cursor, pages = s.pages + 1, objects = s.objects + p.objects,
+           requests = s.requests + p.requests, started_at = coalesce(s.started_at, now()),
+           finished_at = CASE WHEN NOT p.has_more THEN now() END, last_error = NULL, last_error_at = NULL
+     WHERE s.kind = b.kind AND s.account IS NOT DISTINCT FROM b.account
+    RETURNING format('stripe_billing backfill%s: %s, page %s: %s objects (%s in all)%s',
+                     ' of ' || s.account, s.kind, s.pages, p.objects,
+                     s.objects, CASE WHEN p.has_more THEN '' ELSE ', done' END), s.pages
+      INTO message, pages;
+    -- tables filled from empty: statistics at 1, 4, 16 ... pages, so that
+    -- the plans of the mapping and the derivations follow their growth
+    -- (a plan made for an empty table would scan it whole for every row)
+    IF pages IN (1, 4, 16, 64, 256, 1024, 4096) THEN
+      PERFORM stripe_billing._backfill_analyze(b.kind);
+    END IF;
+  EXCEPTION WHEN OTHERS THEN
+    -- errors of the moment, not the data (a deadlock, a serialization
+    -- failure, a shutdown) are raised: the page rolls back and is done
+    -- again, the kind resuming from its cursor (a cancel is not caught at all)
+    IF left(SQLSTATE, 2) IN ('40', '53', '57', '58') THEN
+      RAISE;
+    END IF;
+    UPDATE stripe_billing.backfill_state s
+       SET state = 'failed', started_at = coalesce(s.started_at, now()), last_error = SQLERRM, last_error_at = now()
+     WHERE s.kind = b.kind AND s.account IS NOT DISTINCT FROM b.account;
+    message := format('stripe_billing backfill%s: %s failed: %s', ' of ' || b.account, b.kind, SQLERRM);
+    failed := true;
+  END;
+END
+$$;
+
+-- new: stripe_billing.stripe_backfill(text[], text)
+CREATE PROCEDURE stripe_billing.stripe_backfill(kinds text[] DEFAULT NULL, account text DEFAULT NULL)
 LANGUAGE plpgsql
 -- (no SET clause: a procedure with one may not commit; every type, call
 -- and operator below is qualified, and each step runs through
@@ -1938,10 +2356,12 @@ DECLARE
   step pg_catalog.jsonb;
   failures pg_catalog.text[] := '{}';
 BEGIN
-  PERFORM stripe_billing._procedure_step('backfill.begin', pg_catalog.jsonb_build_object('kinds', kinds));
+  PERFORM stripe_billing._procedure_step('backfill.begin',
+                                         pg_catalog.jsonb_build_object('kinds', kinds, 'account', account));
   COMMIT;
   LOOP
-    step := stripe_billing._procedure_step('backfill.step', pg_catalog.jsonb_build_object('kinds', kinds));
+    step := stripe_billing._procedure_step('backfill.step',
+                                           pg_catalog.jsonb_build_object('kinds', kinds, 'account', account));
     EXIT WHEN step OPERATOR(pg_catalog.->>) 'kind' IS NULL;
     RAISE NOTICE '%', step OPERATOR(pg_catalog.->>) 'message';
     IF (step OPERATOR(pg_catalog.->>) 'failed')::pg_catalog.bool THEN
@@ -1952,14 +2372,33 @@ BEGIN
   IF pg_catalog.cardinality(failures) OPERATOR(pg_catalog.>) 0 THEN
     RAISE EXCEPTION 'stripe_billing backfill: % kind(s) failed', pg_catalog.cardinality(failures)
           USING DETAIL = pg_catalog.array_to_string(failures, E'\n'),
-                HINT = 'See stripe_billing.backfill_status; CALL stripe_billing.stripe_backfill() again resumes them.';
+                HINT = 'See stripe_billing.backfill_status; the same CALL again resumes them.';
   END IF;
 END
 $$;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_backfill(text[], text) FROM PUBLIC;
 
--- changed: stripe_billing._reconcile_compare(bigint, text, jsonb, timestamptz, jsonb)
-CREATE OR REPLACE FUNCTION stripe_billing._reconcile_compare(run_id bigint, object_type text, data jsonb,
+-- new: stripe_billing._reconcile_begin(text, text)
+CREATE FUNCTION stripe_billing._reconcile_begin(reason text, for_account text DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  run_id bigint;
+BEGIN
+  PERFORM stripe_billing._check_account('account', for_account);
+  INSERT INTO stripe_billing.reconcile_runs (reason, account) VALUES (reason, for_account)
+  ON CONFLICT (account) WHERE state = 'running' DO NOTHING
+  RETURNING id INTO run_id;
+  RETURN coalesce(run_id, (SELECT r.id FROM stripe_billing.reconcile_runs r
+                            WHERE r.state = 'running' AND r.account IS NOT DISTINCT FROM for_account));
+END
+$$;
+
+-- new: stripe_billing._reconcile_compare(bigint, text, jsonb, timestamptz, jsonb, text)
+CREATE FUNCTION stripe_billing._reconcile_compare(run_id bigint, object_type text, data jsonb,
                                                   snapshot timestamptz, complete jsonb DEFAULT '{}',
+                                                  for_account text DEFAULT NULL,
                                                   OUT checked integer, OUT drifted integer, OUT fixed integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1991,7 +2430,7 @@ BEGIN
   -- applying them takes: see locks.c)
   PERFORM stripe_billing._lock_objects(
       (SELECT jsonb_agg(coalesce(complete->(o->>'id'), o)) FROM jsonb_array_elements(data) o
-        WHERE o->>'id' = ANY (ids)));
+        WHERE o->>'id' = ANY (ids)), for_account);
   IF object_type = 'subscription' THEN
     UPDATE stripe_billing.subscriptions SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
@@ -2003,12 +2442,12 @@ BEGIN
   END IF;
   outcomes := stripe_billing._apply_snapshots(
       (SELECT jsonb_agg(o) FROM jsonb_array_elements(data) o WHERE o->>'id' = ANY (ids)),
-      snapshot, 'reconcile', complete)->'outcomes';
+      snapshot, 'reconcile', complete, account => for_account)->'outcomes';
 
   -- a customer whose metadata names a user and has no link gets it; one
   -- linked to another user keeps that link (an explicit link wins)
   IF object_type = 'customer' THEN
-    PERFORM stripe_billing._link_customer(g.object_id, g.stripe_value, true, 'customer.reconcile')
+    PERFORM stripe_billing._link_customer(g.object_id, g.stripe_value, true, 'customer.reconcile', for_account)
        FROM stripe_billing.reconcile_log g
       WHERE g.id > first_log AND g.field = 'user_ref' AND g.local_value IS NULL;
   END IF;
@@ -2021,8 +2460,72 @@ BEGIN
 END
 $$;
 
--- changed: stripe_billing.stripe_reconcile()
-CREATE OR REPLACE PROCEDURE stripe_billing.stripe_reconcile()
+-- new: stripe_billing._reconcile_step(text, boolean)
+CREATE FUNCTION stripe_billing._reconcile_step(for_account text DEFAULT NULL, any_account boolean DEFAULT false,
+                                               OUT run bigint, OUT message text, OUT failed boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  r stripe_billing.reconcile_runs;
+  l record;
+  c record;
+  data jsonb;
+  complete jsonb;
+  n integer := 1;
+  more boolean;
+BEGIN
+  failed := false;
+  SELECT * INTO r FROM stripe_billing.reconcile_runs g
+   WHERE g.state = 'running' AND (any_account OR g.account IS NOT DISTINCT FROM for_account)
+   ORDER BY g.id LIMIT 1
+     FOR UPDATE SKIP LOCKED;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  run := r.id;
+  BEGIN
+    SELECT * INTO l FROM stripe_billing._list_page(
+        CASE r.phase WHEN 'subscriptions' THEN '/v1/subscriptions' ELSE '/v1/customers' END,
+        jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
+                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)),
+        account => r.account);
+    data := coalesce(l.page->'data', '[]');
+    complete := '{}';
+    IF r.phase = 'subscriptions' THEN
+      SELECT * INTO c FROM stripe_billing._complete_items(data, r.account);
+      complete := c.complete;
+      n := n + c.requests;
+    END IF;
+    c := stripe_billing._reconcile_compare(r.id, CASE r.phase WHEN 'subscriptions' THEN 'subscription'
+                                                               ELSE 'customer' END, data, l.snapshot, complete,
+                                           r.account);
+    more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
+    UPDATE stripe_billing.reconcile_runs g
+       SET checked = g.checked + c.checked, drifted = g.drifted + c.drifted, fixed = g.fixed + c.fixed,
+           requests = g.requests + n,
+           list_cursor = CASE WHEN more THEN data->-1->>'id' END,
+           phase = CASE WHEN NOT more AND g.phase = 'subscriptions' THEN 'customers' ELSE g.phase END,
+           state = CASE WHEN NOT more AND g.phase = 'customers' THEN 'done' ELSE 'running' END,
+           finished_at = CASE WHEN NOT more AND g.phase = 'customers' THEN now() END
+     WHERE g.id = r.id;
+    message := format('stripe_billing reconcile%s: %s %s checked, %s differed, %s fixed',
+                      ' of ' || r.account, c.checked, r.phase, c.drifted, c.fixed);
+  EXCEPTION WHEN OTHERS THEN
+    IF left(SQLSTATE, 2) IN ('40', '53', '57', '58') THEN
+      RAISE;     -- (of the moment: the page is done again)
+    END IF;
+    UPDATE stripe_billing.reconcile_runs
+       SET state = 'failed', last_error = SQLERRM, finished_at = now()
+     WHERE id = r.id;
+    message := format('stripe_billing reconcile%s: failed: %s', ' of ' || r.account, SQLERRM);
+    failed := true;
+  END;
+END
+$$;
+
+-- new: stripe_billing.stripe_reconcile(text)
+CREATE PROCEDURE stripe_billing.stripe_reconcile(account text DEFAULT NULL)
 LANGUAGE plpgsql
 -- (no SET clause, so that it may commit: every type, call and operator
 -- below is qualified, and each step runs through _procedure_step, see
@@ -2031,19 +2534,55 @@ AS $$
 DECLARE
   step pg_catalog.jsonb;
 BEGIN
-  PERFORM stripe_billing._procedure_step('reconcile.begin', '{"reason": "manual"}');
+  PERFORM stripe_billing._procedure_step('reconcile.begin',
+                                         pg_catalog.jsonb_build_object('reason', 'manual', 'account', account));
   COMMIT;
   LOOP
-    step := stripe_billing._procedure_step('reconcile.step');
+    step := stripe_billing._procedure_step('reconcile.step', pg_catalog.jsonb_build_object('account', account));
     EXIT WHEN step OPERATOR(pg_catalog.->>) 'run' IS NULL;
     RAISE NOTICE '%', step OPERATOR(pg_catalog.->>) 'message';
     COMMIT;
     IF (step OPERATOR(pg_catalog.->>) 'failed')::pg_catalog.bool THEN
       RAISE EXCEPTION '%', step OPERATOR(pg_catalog.->>) 'message'
-            USING HINT = 'See stripe_billing.reconcile_status; CALL stripe_billing.stripe_reconcile() starts again.';
+            USING HINT = 'See stripe_billing.reconcile_status; the same CALL starts again.';
     END IF;
   END LOOP;
 END
+$$;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_reconcile(text) FROM PUBLIC;
+
+-- changed: stripe_billing._reconcile_due()
+CREATE OR REPLACE FUNCTION stripe_billing._reconcile_due() RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
+     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running'))
+     AND now() - greatest((SELECT max(started_at) FROM stripe_billing.reconcile_runs WHERE account IS NULL),
+                          (SELECT max(finished_at) FROM stripe_billing.backfill_state WHERE account IS NULL),
+                          (SELECT lookback_after FROM stripe_billing.sync_state WHERE account IS NULL))
+         >= current_setting('stripe_billing.reconcile_interval')::interval
+$$;
+
+-- new: stripe_billing._reconcile_due_account()
+CREATE FUNCTION stripe_billing._reconcile_due_account() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT a.id
+    FROM stripe_billing.accounts a
+    JOIN stripe_billing.sync_state s ON s.account = a.id
+   WHERE current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
+     AND a.deauthorized_at IS NULL AND s.lookback_after IS NOT NULL
+     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state b
+                      WHERE b.account = a.id AND b.state IN ('pending', 'running'))
+     AND NOT EXISTS (SELECT FROM stripe_billing.reconcile_runs r WHERE r.account = a.id AND r.state = 'running')
+     AND now() - greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r WHERE r.account = a.id),
+                          (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b WHERE b.account = a.id),
+                          s.lookback_after)
+         >= current_setting('stripe_billing.reconcile_interval')::interval
+   ORDER BY a.id
+   LIMIT 1
 $$;
 
 -- new: stripe_billing._check_account(text, text)
@@ -2202,14 +2741,29 @@ DROP FUNCTION stripe_billing._events_page(text, boolean);
 -- gone: stripe_billing._apply_polled(jsonb)
 DROP FUNCTION stripe_billing._apply_polled(jsonb);
 
+-- gone: stripe_billing._restart_cursor(text)
+DROP FUNCTION stripe_billing._restart_cursor(text);
+
+-- gone: stripe_billing._poll_unparsed_page(text)
+DROP FUNCTION stripe_billing._poll_unparsed_page(text);
+
 -- gone: stripe_billing._events_page_text(text)
 DROP FUNCTION stripe_billing._events_page_text(text);
+
+-- gone: stripe_billing._poll_page(boolean)
+DROP FUNCTION stripe_billing._poll_page(boolean);
+
+-- gone: stripe_billing._poll_lookback()
+DROP FUNCTION stripe_billing._poll_lookback();
 
 -- gone: stripe_billing._refetch_marked(integer)
 DROP FUNCTION stripe_billing._refetch_marked(integer);
 
 -- gone: stripe_billing._sync_duties()
 DROP FUNCTION stripe_billing._sync_duties();
+
+-- gone: stripe_billing.stripe_sync_start_from(text)
+DROP FUNCTION stripe_billing.stripe_sync_start_from(text);
 
 -- gone: stripe_billing._list_page(text, jsonb, jsonb)
 DROP FUNCTION stripe_billing._list_page(text, jsonb, jsonb);
@@ -2219,6 +2773,33 @@ DROP FUNCTION stripe_billing._list_prefetch(text, jsonb);
 
 -- gone: stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean)
 DROP FUNCTION stripe_billing._apply_snapshots(jsonb, timestamptz, text, jsonb, boolean);
+
+-- gone: stripe_billing._complete_items(jsonb)
+DROP FUNCTION stripe_billing._complete_items(jsonb);
+
+-- gone: stripe_billing._backfill_begin(text[])
+DROP FUNCTION stripe_billing._backfill_begin(text[]);
+
+-- gone: stripe_billing._backfill_page(text, text, timestamptz)
+DROP FUNCTION stripe_billing._backfill_page(text, text, timestamptz);
+
+-- gone: stripe_billing._backfill_step(text[], boolean)
+DROP FUNCTION stripe_billing._backfill_step(text[], boolean);
+
+-- gone: stripe_billing.stripe_backfill(text[])
+DROP PROCEDURE stripe_billing.stripe_backfill(text[]);
+
+-- gone: stripe_billing._reconcile_begin(text)
+DROP FUNCTION stripe_billing._reconcile_begin(text);
+
+-- gone: stripe_billing._reconcile_compare(bigint, text, jsonb, timestamptz, jsonb)
+DROP FUNCTION stripe_billing._reconcile_compare(bigint, text, jsonb, timestamptz, jsonb);
+
+-- gone: stripe_billing._reconcile_step()
+DROP FUNCTION stripe_billing._reconcile_step();
+
+-- gone: stripe_billing.stripe_reconcile()
+DROP PROCEDURE stripe_billing.stripe_reconcile();
 
 -- The grants carried over (see the top); PUBLIC's stay revoked.
 DO $$
@@ -2231,7 +2812,8 @@ BEGIN
               AND p.proname IN ('stripe_grant_feature', 'stripe_revoke_feature',
                                 'stripe_api', 'stripe_create_checkout', 'stripe_create_portal_session',
                                 'stripe_cancel_subscription', 'stripe_resume_subscription',
-                                'stripe_preview_price_change', 'stripe_change_price', 'stripe_report_usage')
+                                'stripe_preview_price_change', 'stripe_change_price', 'stripe_report_usage',
+                                'stripe_backfill', 'stripe_reconcile', 'stripe_sync_start_from')
   LOOP
     FOR grantee IN
       SELECT r.rolname
@@ -2240,7 +2822,7 @@ BEGIN
         JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
        WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> f.proowner
     LOOP
-      EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %I', f.signature, grantee);
+      EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %I', f.signature, grantee);
     END LOOP;
   END LOOP;
 END

@@ -278,8 +278,8 @@ sb_define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("stripe_billing.max_requests_per_second",
-							"Most list requests per second a session sends for backfill and reconciliation.",
-							"Per session (the worker is one); Stripe's 429 answers are honoured besides.",
+							"Most requests per second the worker sends, and a session's backfill and reconciliation lists.",
+							"Per session; the worker's catch-up on the platform's own backlog is not slowed, and Stripe's 429 answers are honoured besides.",
 							&sb_max_requests_per_second,
 							20, 1, 10000,
 							PGC_SUSET,

@@ -479,6 +479,8 @@ sb_http_request(const char *method, const char *path, const char *form,
 	char	   *url;
 
 	sb_check_settings();
+	if (sb_rate_every_request)
+		sb_rate_wait();			/* (the worker's budget: rate.c) */
 	url = request_url(sb_api_base, path, has_body ? NULL : form);
 	init_transfer(transfer);
 	errbuf[0] = '\0';
@@ -747,6 +749,7 @@ sb_http_prefetch(const char *path, const char *query, const char *account)
 		MemoryContextReset(slot->context);
 		return;
 	}
+	sb_rate_count();			/* (sent now: counted, not delayed; rate.c) */
 	send_prefetch(slot);
 }
 

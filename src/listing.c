@@ -8,9 +8,8 @@
  * Date header): applied at that time through the same mapping and ordering
  * rules as events, a newer event still wins and an older one is stale.
  * List requests of a session are spaced to stay under
- * stripe_billing.max_requests_per_second (Stripe's own limit is shared by
- * everything using the key); Stripe's 429 answers are retried after
- * Retry-After besides, as for every call.
+ * stripe_billing.max_requests_per_second (rate.c); Stripe's 429 answers are
+ * retried after Retry-After besides, as for every call.
  *
  *-------------------------------------------------------------------------
  */
@@ -20,51 +19,15 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
-#include "utils/wait_event.h"
 
 #include "stripe_billing.h"
 
 PG_FUNCTION_INFO_V1(stripe_list_page);
 PG_FUNCTION_INFO_V1(stripe_list_prefetch);
 PG_FUNCTION_INFO_V1(stripe_apply_snapshots);
-
-/* When this session's last list request was sent. */
-static TimestampTz last_list_request = 0;
-
-/* How long until a list request is due under max_requests_per_second (us). */
-static long
-throttle_wait(void)
-{
-	TimestampTz due = last_list_request + USECS_PER_SEC / sb_max_requests_per_second;
-
-	return Max((long) (due - GetCurrentTimestamp()), 0L);
-}
-
-/* Waits until a list request is due, and counts it as sent. */
-static void
-throttle(void)
-{
-	long		left;
-
-	while ((left = throttle_wait()) > 0)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (left < 1000)
-			pg_usleep(left);	/* (the latch waits whole milliseconds) */
-		else
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 left / 1000, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-	}
-	CHECK_FOR_INTERRUPTS();
-	last_list_request = GetCurrentTimestamp();
-}
 
 /*
  * Starts account's GET path?params in the background (account NULL: the
@@ -73,10 +36,9 @@ throttle(void)
 static void
 prefetch_under_rate(const char *path, Jsonb *params, const char *account)
 {
-	if (throttle_wait() > 0)
+	if (!sb_rate_due())
 		return;
-	last_list_request = GetCurrentTimestamp();
-	sb_http_prefetch(path, sb_form_encode(params), account);
+	sb_http_prefetch(path, sb_form_encode(params), account);	/* (counted) */
 }
 
 
@@ -157,8 +119,9 @@ stripe_list_page(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	if (!sb_http_prefetched_is(path, query, account))
-		throttle();				/* (a request started in the background was counted) */
+	/* (a request started in the background was counted; the worker's wait in sb_http_request) */
+	if (!sb_http_prefetched_is(path, query, account) && !sb_rate_every_request)
+		sb_rate_wait();
 	page = sb_stripe_get(path, query, account, &at);
 
 	if (next == NULL)

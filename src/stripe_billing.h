@@ -184,6 +184,13 @@ typedef struct SbHttpResponse
 extern void sb_check_api_base(const char *base);
 extern void sb_check_settings(void);
 extern void sb_check_meter_events_base(const char *base);
+
+/* rate.c */
+extern bool sb_rate_every_request;
+extern bool sb_rate_due(void);
+extern void sb_rate_count(void);
+extern void sb_rate_wait(void);
+
 extern SbHttpResponse *sb_http_request(const char *method, const char *path,
 									   const char *form, const char *idempotency_key,
 									   const char *account);

@@ -289,6 +289,8 @@ stripe_billing_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	/* every request of the worker within max_requests_per_second (rate.c) */
+	sb_rate_every_request = true;
 
 	database = MemoryContextStrdup(TopMemoryContext, sb_database);
 	role = MemoryContextStrdup(TopMemoryContext, sb_worker_role);

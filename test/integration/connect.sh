@@ -106,6 +106,12 @@ behind() {
 }
 wait_until 120 eval '[ "$(ledger)" -ge "$n" ]' || pr+=(" the ledger holds $(ledger) events of $n")
 POLL=1 wait_until 120 eval '[ "$(behind)" = 0 ]' || pr+=(" $(behind) of $((ACCOUNTS + 1)) cursors are not at their account's newest event")
+# (ties of one second marked rows for the worker to re-fetch: it does)
+marked() {
+    sql "SELECT (SELECT count(*) FROM stripe_billing.customers WHERE refetch) + (SELECT count(*) FROM stripe_billing.subscriptions WHERE refetch)
+              + (SELECT count(*) FROM stripe_billing.invoices WHERE refetch) + (SELECT count(*) FROM stripe_billing.accounts WHERE refetch)"
+}
+POLL=0.5 wait_until 60 eval '[ "$(marked)" = 0 ]' || pr+=(" $(marked) rows still marked for a re-fetch")
 IFS='|' read -r by_hook by_poll by_poll_connected polled_accounts < <(sql "
     SELECT count(*) FILTER (WHERE source = 'webhook'), count(*) FILTER (WHERE source = 'poll'),
            count(*) FILTER (WHERE source = 'poll' AND account IS NOT NULL),
@@ -113,7 +119,7 @@ IFS='|' read -r by_hook by_poll by_poll_connected polled_accounts < <(sql "
       FROM stripe_billing.events")
 [ "$by_poll_connected" -gt 0 ] || pr+=(" the worker applied no connected account's event first")
 [ "$polled_accounts" = "$ACCOUNTS" ] || pr+=(" $polled_accounts connected accounts polled, not $ACCOUNTS")
-conclude "worker" "$polled_accounts accounts polled, every cursor at its account's newest event; first by webhook $by_hook, by poll $by_poll ($by_poll_connected of connected accounts)" "${pr[@]}"
+conclude "worker" "$polled_accounts accounts polled, every cursor at its account's newest event, every tie re-fetched; first by webhook $by_hook, by poll $by_poll ($by_poll_connected of connected accounts)" "${pr[@]}"
 
 begin
 errors=$(tail -c +"$((log_at + 1))" "$work/pg/server.log" | grep -E ' (ERROR|FATAL|PANIC): ' |
