@@ -21,6 +21,9 @@
 #              that account's feature only; a grant by product id on one
 #              account does not reach users of the same product id on
 #              another; stripe_has_entitlement agrees
+#   newcomer   an account authorized later (account.application.authorized
+#              by webhook), whose objects were made without events: the
+#              worker backfills it on its own (backfill_on_start)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 . test/lib/cluster.sh
@@ -172,6 +175,28 @@ pr=()
 [ "$(jq .accounts_with_features <<<"$g")" = $((ACCOUNTS + 1)) ] || pr+=(" features of $(jq .accounts_with_features <<<"$g") accounts, not $((ACCOUNTS + 1)) (vacuous)")
 [ "$(jq .basic_elsewhere <<<"$g")" -gt 0 ] || pr+=(" no user has prod_basic elsewhere only (vacuous)")
 conclude "grants" "$(jq .users <<<"$g") users, $(jq .features <<<"$g") features of $(jq .accounts_with_features <<<"$g") accounts as granted; basic@$basic for its $(jq .basic_users <<<"$g") users only, not the $(jq .basic_elsewhere <<<"$g") with prod_basic on other accounts only" "${pr[@]}"
+
+# ---- newcomer: an account authorized now, its objects made before (no
+# events), is backfilled by the worker on its own
+begin
+pr=()
+psql -X -q -d "$DB" -c "ALTER SYSTEM SET stripe_billing.backfill_on_start = on" -c "SELECT pg_reload_conf()" >/dev/null
+newcomer=$(fake POST /_fake/accounts '{"count": 1, "seed": 77, "catalogue": false, "authorized_event": true}' | jq -r '.ids[0]')
+fake POST /_fake/account "{\"account\": \"$newcomer\", \"customers\": 40, \"products\": 4, \"prices\": 8, \"seed\": 3}" >/dev/null ||
+    pr+=(" the fake refused to seed $newcomer")
+: >"$work/newcomer.jsonl"
+client fetch --fake "$FAKE_URL" --key "$KEY" --out "$work/newcomer.jsonl" --accounts "$newcomer" >/dev/null &&
+    client deliver --db "$DB" --events "$work/newcomer.jsonl" --secret "$WHSEC" --connect-secret "$WHSEC_CONNECT" \
+        --sessions 1 --duplicates 0 >"$work/newcomer.json" || pr+=(" its authorization was not delivered")
+backfilled() { sql "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM stripe_billing.backfill_state WHERE account = '$newcomer'"; }
+POLL=0.5 wait_until 120 eval '[ "$(backfilled)" = 6/6 ]' || pr+=(" its backfill: $(backfilled) kinds done")
+POLL=0.5 wait_until 60 eval '[ "$(marked)" = 0 ]'
+c=$(client compare --db "$DB" --fake "$FAKE_URL" --key "$KEY") || c='{"problems": ["compare failed"]}'
+mapfile -t -O "${#pr[@]}" pr < <(jq -r '.problems[] | " " + .' <<<"$c" | head -8)
+n_new=$(sql "SELECT count(*) FROM stripe_billing.customers WHERE account = '$newcomer'")
+[ "$n_new" = 40 ] || pr+=(" $n_new of its 40 customers here")
+[ -n "$(sql "SELECT authorized_at FROM stripe_billing.accounts WHERE id = '$newcomer'")" ] || pr+=(" accounts.authorized_at is not set")
+conclude "newcomer" "$newcomer, authorized by webhook with 40 customers made before: backfilled by the worker ($(backfilled) kinds), its rows equal the fake's, every account's still do" "${pr[@]}"
 
 echo "connect: $passed passed, $failed failed in $(($(date +%s) - began)) s"
 [ "$failed" -eq 0 ]
