@@ -1585,8 +1585,9 @@ CREATE FUNCTION stripe_billing._account_start_from(account text) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT coalesce(greatest(min(e.created) - interval '1 second', now() - interval '30 days' + interval '1 hour')::text,
-                  'now')
+  SELECT CASE WHEN min(e.created) IS NULL THEN 'now'
+              ELSE greatest(min(e.created) - interval '1 second', now() - interval '30 days' + interval '1 hour')::text
+         END
     FROM stripe_billing.accounts a
     JOIN stripe_billing.events e ON e.account = a.id
          AND e.received_at >= a.first_seen_at AND e.received_at < a.first_seen_at + interval '1 minute'
@@ -1710,6 +1711,9 @@ BEGIN
              FROM stripe_billing.checkout_sessions WHERE refetch
            UNION ALL SELECT 'entitlement_summaries', NULL, customer, NULL, customer, account
              FROM stripe_billing.entitlement_summaries WHERE refetch
+           -- (a connected account is read by the platform)
+           UNION ALL SELECT 'accounts', 'account', id, '/v1/accounts/' || id, NULL, NULL
+             FROM stripe_billing.accounts WHERE refetch
          ) marked LIMIT 1;
   IF NOT FOUND THEN
     RETURN false;
@@ -1746,16 +1750,19 @@ BEGIN
     BEGIN
       PERFORM stripe_billing.stripe_api('GET', r.path, account => r.account);   -- applied as a snapshot
     EXCEPTION WHEN SQLSTATE 'SBA01' THEN
-      -- gone at Stripe (or not readable with this key): nothing to heal
+      -- gone at Stripe (or not readable with this key, or an account that
+      -- took the platform's access back): nothing to heal
       GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
-      IF (stripe_billing._api_error(error_detail)).code IS DISTINCT FROM 'resource_missing' THEN
+      IF (stripe_billing._api_error(error_detail)).code IS DISTINCT FROM 'resource_missing'
+         AND (stripe_billing._api_error(error_detail)).code IS DISTINCT FROM 'account_invalid' THEN
         RAISE;
       END IF;
     END;
   END IF;
   -- a snapshot of the same second as the tie cannot settle it: do not ask again
-  EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND account IS NOT DISTINCT FROM $2 AND refetch',
-                 r.tab) USING r.id, r.account;
+  EXECUTE format('UPDATE stripe_billing.%I SET refetch = false WHERE id = $1 AND %s AND refetch', r.tab,
+                 CASE WHEN r.tab = 'accounts' THEN 'true' ELSE 'account IS NOT DISTINCT FROM $2' END)
+    USING r.id, r.account;
   RETURN true;
 END
 $$;
@@ -1838,8 +1845,11 @@ BEGIN
                             WHERE s.account = acct) THEN
       PERFORM stripe_billing._poll_lookback(acct);
     END IF;
+    -- (after its first poll, an idle account's next one is drawn within the
+    -- idle interval: accounts learnt together are not polled together)
     UPDATE stripe_billing.sync_state s
-       SET next_poll_at = now() + CASE WHEN p.has_more THEN interval '0' WHEN active THEN poll ELSE idle END
+       SET next_poll_at = now() + CASE WHEN p.has_more THEN interval '0' WHEN active THEN poll
+                                       WHEN first_poll THEN idle * random() ELSE idle END
      WHERE s.account = acct;
   EXCEPTION WHEN OTHERS THEN
     IF left(SQLSTATE, 2) IN ('40', '53', '57', '58') THEN

@@ -166,13 +166,24 @@ SQL
         (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
         (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
         (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
+    # (Connect: every existing row is the platform's, account NULL)
+    accounted=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.customers WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.subscriptions WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.subscription_items WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.prices WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.feature_grants WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.usage_outbox WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.sync_state WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.accounts)")
     works=$(q sb_upgrade "SELECT stripe_billing.stripe_has_entitlement('user_2', 'reports') || ' ' ||
         (SELECT pending FROM stripe_billing.usage_status) || ' ' ||
         (stripe_billing.stripe_installation_id() ~ '^[0-9a-f]{16}$')")
-    if [ "$before" = "$after" ] && [ "$before" = "3 events, 3 features, 5 usage rows, 3 subscriptions" ] && [ "$works" = "true 5 true" ]; then
-        echo "PASS  from $old: the data is intact ($after) and works on (an entitlement check, usage_status, an installation id)"
+    if [ "$before" = "$after" ] && [ "$before" = "3 events, 3 features, 5 usage rows, 3 subscriptions" ] && [ "$works" = "true 5 true" ] &&
+        [ "$accounted" = 0 ]; then
+        echo "PASS  from $old: the data is intact ($after, each the platform's: account NULL) and works on (an entitlement check, usage_status, an installation id)"
     else
-        echo "FAIL  from $old: before: $before; after: $after; checks: $works"; fail=1
+        echo "FAIL  from $old: before: $before; after: $after; checks: $works; rows of an account: $accounted"; fail=1
     fi
     granted=$(q sb_upgrade "SELECT has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_create_checkout($checkout_new)', 'EXECUTE')
         || ' ' || has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_api(text, text, jsonb, text, text)', 'EXECUTE')
@@ -193,7 +204,7 @@ SQL
                                                                   application_fee_percent => 10, account => 'acct_1')")
     ran=$ran,$(as_app "SELECT stripe_billing.stripe_api('GET', '/v1/customers', account => 'acct_1')")
     ran=$ran,$(as_app "SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', 1, account => 'acct_1')")
-    if [ "$ran" = "SBC02,P0001 stripe_billing backfill: 6 kind(s) failed,P0001 stripe_billing reconcile: failed: no Stripe API key is configured,SBC02,SBC02,SBC02,ok" ]; then
+    if [ "$ran" = "SBC02,P0001 stripe_billing backfill: 7 kind(s) failed,P0001 stripe_billing reconcile: failed: no Stripe API key is configured,SBC02,SBC02,SBC02,ok" ]; then
         echo "PASS  from $old: the grantee runs stripe_sync_now, stripe_backfill, stripe_reconcile, stripe_create_checkout (also on a connected account) and stripe_api (each stops at the missing API key, past every privilege check), and stripe_report_usage on a connected account"
     else
         echo "FAIL  from $old: the grantee's calls: $ran"; fail=1
@@ -203,8 +214,8 @@ SQL
                   REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text)
                       FROM sb_upgrade_app;
                   REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM sb_upgrade_app;
-                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_backfill(text[]) FROM sb_upgrade_app;
-                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_reconcile() FROM sb_upgrade_app"
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_backfill(text[], text) FROM sb_upgrade_app;
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_reconcile(text) FROM sb_upgrade_app"
     catalog sb_upgrade >"/tmp/sb_catalog_upgrade.$$"
     catalog sb_fresh >"/tmp/sb_catalog_fresh.$$"
     lines=$(wc -l <"/tmp/sb_catalog_fresh.$$")
