@@ -17,6 +17,9 @@
 #   products   the product prod_basic (an id the accounts chose alike) of
 #              the platform and of two accounts, backfilled by hand with
 #              stripe_backfill(kinds, account => ...): three rows
+#   reconcile  stripe_reconcile(account => ...) repairs an account's drift;
+#              the worker reconciles the platform and every account on
+#              schedule (reconcile_interval), repairing another's
 #   grants     grants by lookup key per account give each account's users
 #              that account's feature only; a grant by product id on one
 #              account does not reach users of the same product id on
@@ -197,6 +200,33 @@ n_new=$(sql "SELECT count(*) FROM stripe_billing.customers WHERE account = '$new
 [ "$n_new" = 40 ] || pr+=(" $n_new of its 40 customers here")
 [ -n "$(sql "SELECT authorized_at FROM stripe_billing.accounts WHERE id = '$newcomer'")" ] || pr+=(" accounts.authorized_at is not set")
 conclude "newcomer" "$newcomer, authorized by webhook with 40 customers made before: backfilled by the worker ($(backfilled) kinds), its rows equal the fake's, every account's still do" "${pr[@]}"
+
+# ---- reconcile: per account, by hand and scheduled by the worker
+begin
+pr=()
+drift() {   # drift ACCOUNT: a customer gone here, a subscription's cancel_at_period_end flipped
+    sql "DELETE FROM stripe_billing.customers WHERE id = (SELECT min(id) FROM stripe_billing.customers WHERE account = '$1');
+         UPDATE stripe_billing.subscriptions SET cancel_at_period_end = NOT cancel_at_period_end
+          WHERE id = (SELECT min(id) FROM stripe_billing.subscriptions WHERE account = '$1')"
+}
+third=${accounts[2]} fourth=${accounts[3]}
+drift "$third"
+psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "CALL stripe_billing.stripe_reconcile(account => '$third')" >"$work/reconcile.log" 2>&1 ||
+    pr+=(" stripe_reconcile(account => ...) failed: $(tail -1 "$work/reconcile.log")")
+by_hand=$(sql "SELECT state || ' ' || drifted || ' ' || fixed FROM stripe_billing.reconcile_status WHERE account = '$third'")
+[ "$by_hand" = "done 2 2" ] || pr+=(" $third by hand: $by_hand (state, drifted, fixed), not done 2 2")
+drift "$fourth"
+psql -X -q -d "$DB" -c "ALTER SYSTEM SET stripe_billing.reconcile_interval = '5s'" -c "SELECT pg_reload_conf()" >/dev/null
+scheduled() { sql "SELECT count(*) FROM stripe_billing.reconcile_status WHERE state = 'done' AND reason = 'scheduled'"; }
+POLL=0.5 wait_until 120 eval '[ "$(scheduled)" -ge $((ACCOUNTS + 2)) ]' || pr+=(" $(scheduled) accounts reconciled by the worker, not $((ACCOUNTS + 2)) (the platform, $ACCOUNTS and the newcomer)")
+psql -X -q -d "$DB" -c "ALTER SYSTEM SET stripe_billing.reconcile_interval = 0" -c "SELECT pg_reload_conf()" >/dev/null
+sleep 1     # (a run under way ends)
+POLL=0.5 wait_until 60 eval '[ "$(sql "SELECT count(*) FROM stripe_billing.reconcile_runs WHERE state = '"'running'"'")" = 0 ]'
+c=$(client compare --db "$DB" --fake "$FAKE_URL" --key "$KEY") || c='{"problems": ["compare failed"]}'
+mapfile -t -O "${#pr[@]}" pr < <(jq -r '.problems[] | " " + .' <<<"$c" | head -8)
+fixed=$(sql "SELECT sum(fixed) FROM stripe_billing.reconcile_runs WHERE account = '$fourth' AND reason = 'scheduled'")
+[ "$fixed" = 2 ] || pr+=(" the worker's runs fixed $fixed of $fourth's 2 differences")
+conclude "reconcile" "$third reconciled by hand (state, drifted, fixed: $by_hand); the worker reconciled the platform and all $((ACCOUNTS + 1)) connected accounts on schedule, fixing $fixed of $fourth's 2 differences; every account's rows equal the fake's" "${pr[@]}"
 
 echo "connect: $passed passed, $failed failed in $(($(date +%s) - began)) s"
 [ "$failed" -eq 0 ]
