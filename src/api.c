@@ -13,8 +13,13 @@
  * harmless.  Stripe's errors become ereports with a mapped SQLSTATE,
  * Stripe's message, and type/code/param in the detail, secrets scrubbed
  * (an upstream may echo the Authorization header, and PL/pgSQL callers
- * store SQLERRM).  Paths and idempotency keys are checked before any
- * request: they go into the request line and headers as they are.
+ * store SQLERRM).  Paths, idempotency keys and accounts are checked before
+ * any request: they go into the request line and headers as they are.
+ *
+ * Every call is made as one account's: the platform's own (account NULL),
+ * or a connected account's (Stripe Connect), which goes in the
+ * Stripe-Account header, and whose id the objects returned are applied
+ * with.
  *
  *-------------------------------------------------------------------------
  */
@@ -365,12 +370,71 @@ check_idempotency_key(const char *key)
 				 errmsg("idempotency_key must be at most 255 characters, not %zu", len)));
 }
 
+/*
+ * Raises invalid_parameter_value naming the argument unless account is a
+ * connected account's id ("acct_" and letters or digits, see
+ * sb_is_account_id): it goes into the Stripe-Account header as it is.  The
+ * value is quoted as stripe_billing._check_account quotes it: cut at 100
+ * characters, each one that is not printable ASCII shown as '?' (it may be
+ * the very CR or LF refused).
+ */
+void
+sb_check_account(const char *argument, const char *account)
+{
+	StringInfoData shown;
+	const char *p = account;
+
+	if (sb_is_account_id(account))
+		return;
+	initStringInfo(&shown);
+	appendStringInfoChar(&shown, '\'');
+	for (int chars = 0; *p && chars < 100; chars++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c >= 0x20 && c < 0x7f)
+		{
+			if (c == '\'')
+				appendStringInfoChar(&shown, '\'');
+			appendStringInfoChar(&shown, *p++);
+		}
+		else
+		{
+			appendStringInfoChar(&shown, '?');
+			p += strnlen(p, pg_mblen(p));
+		}
+	}
+	appendStringInfoChar(&shown, '\'');
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must be a connected account's id (acct_ and letters or digits), not %s",
+					argument, shown.data)));
+}
+
+/*
+ * The account argument argno of a SQL function: NULL when the function's
+ * SQL declaration has no such argument (an older version's, before ALTER
+ * EXTENSION UPDATE) or it is NULL (the platform's own account); else
+ * checked (sb_check_account) before any request.
+ */
+char *
+sb_account_arg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *account;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	account = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	sb_check_account("account", account);
+	return account;
+}
+
 /* Calls the Stripe API with jsonb parameters (see sb_stripe_call_form). */
 Jsonb *
 sb_stripe_call(const char *method, const char *path, Jsonb *params,
-			   const char *idempotency_key)
+			   const char *idempotency_key, const char *account)
 {
-	return sb_stripe_call_form(method, path, sb_form_encode(params), idempotency_key);
+	return sb_stripe_call_form(method, path, sb_form_encode(params), idempotency_key, account);
 }
 
 /*
@@ -382,7 +446,8 @@ sb_stripe_call(const char *method, const char *path, Jsonb *params,
  */
 static Jsonb *
 call_with_retries(const char *method, const char *path, const char *form,
-				  const char *idempotency_key, int max_retries, SbHttpResponse **response)
+				  const char *idempotency_key, const char *account, int max_retries,
+				  SbHttpResponse **response)
 {
 	SbHttpResponse *r;
 	Jsonb	   *body;
@@ -390,7 +455,7 @@ call_with_retries(const char *method, const char *path, const char *form,
 
 	for (;;)
 	{
-		r = sb_http_request(method, path, form, idempotency_key);
+		r = sb_http_request(method, path, form, idempotency_key, account);
 		/* (parsed once, whatever the status: an error body may be anything) */
 		body = r->status != 0 ? sb_parse_body(r) : NULL;
 		if (r->status / 100 == 2 && body != NULL)
@@ -422,14 +487,15 @@ is_preview(const char *path)
 }
 
 /*
- * Calls the Stripe API with an encoded form and returns the response object;
- * raises Stripe's or the network's error (see call_with_retries).  An empty
- * idempotency_key, like NULL, means a fresh one.  A returned object of a
- * mapped kind is applied to the local tables (unless it is a preview).
+ * Calls the Stripe API with an encoded form, as account's (NULL: the
+ * platform's own), and returns the response object; raises Stripe's or the
+ * network's error (see call_with_retries).  An empty idempotency_key, like
+ * NULL, means a fresh one.  A returned object of a mapped kind is applied
+ * to the local tables, as account's (unless it is a preview).
  */
 Jsonb *
 sb_stripe_call_form(const char *method, const char *path, const char *form,
-					const char *idempotency_key)
+					const char *idempotency_key, const char *account)
 {
 	bool		mutating = strcmp(method, "GET") != 0;
 	SbHttpResponse *r;
@@ -445,8 +511,10 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 		check_idempotency_key(idempotency_key);
 	else if (mutating)
 		idempotency_key = new_idempotency_key();
+	if (account)
+		sb_check_account("account", account);
 
-	body = call_with_retries(method, path, form, mutating ? idempotency_key : NULL,
+	body = call_with_retries(method, path, form, mutating ? idempotency_key : NULL, account,
 							 sb_max_network_retries, &r);
 
 	/*
@@ -458,14 +526,14 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 		char	   *kind = sb_object_string(body, "object");
 
 		if (kind && sb_object_kind(kind) != NULL)
-			sb_apply_api_object(body, response_time(r), r->request_id);
+			sb_apply_api_object(body, response_time(r), r->request_id, account);
 	}
 	return body;
 }
 
 /*
- * GET with an encoded query, for lists: returns the response object (not
- * applied) and the response's time (Stripe's Date header) in
+ * GET with an encoded query, for lists, as account's (NULL: the platform's
+ * own): returns the response object (not applied) and the response's time (Stripe's Date header) in
  * *response_time_out, the moment the list is a snapshot of.  Answered by the
  * request started in the background (sb_http_prefetch) when that was this
  * very request and it succeeded; otherwise asked the usual way.  A long listing
@@ -474,28 +542,36 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
  * failing the backfill.
  */
 Jsonb *
-sb_stripe_get(const char *path, const char *query, pg_time_t *response_time_out)
+sb_stripe_get(const char *path, const char *query, const char *account,
+			  pg_time_t *response_time_out)
 {
 	SbHttpResponse *r;
 	Jsonb	   *body;
 
 	check_request_path(path);
+	if (account)
+		sb_check_account("account", account);
 	/* the answer to a request started in the background, if it is this one and it succeeded */
-	r = sb_http_take_prefetched(path, query);
+	r = sb_http_take_prefetched(path, query, account);
 	body = (r && r->status / 100 == 2) ? sb_parse_body(r) : NULL;
 	if (body == NULL)
-		body = call_with_retries("GET", path, query, NULL, Max(sb_max_network_retries, LIST_RETRIES), &r);
+		body = call_with_retries("GET", path, query, NULL, account,
+								 Max(sb_max_network_retries, LIST_RETRIES), &r);
 	*response_time_out = response_time(r);
 	return body;
 }
 
 /*
- * stripe_api(method text, path text, params jsonb, idempotency_key text)
- *   -> jsonb
+ * stripe_api(method text, path text, params jsonb, idempotency_key text,
+ *            account text) -> jsonb
+ *
+ * (Before 0.4.0's ALTER EXTENSION UPDATE, without account.)
  */
 Datum
 stripe_api(PG_FUNCTION_ARGS)
 {
+	char	   *account = sb_account_arg(fcinfo, 4);
+
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("method must not be NULL")));
 	if (PG_ARGISNULL(1))
@@ -504,7 +580,8 @@ stripe_api(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(sb_stripe_call(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 									 text_to_cstring(PG_GETARG_TEXT_PP(1)),
 									 PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
-									 PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3))));
+									 PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3)),
+									 account));
 }
 
 /*
@@ -536,25 +613,40 @@ sb_list_page_edge_id(Jsonb *page, bool first)
 	return sb_object_string(JsonbValueToJsonb(edge), "id");
 }
 
+/* A text argument that must not be NULL (of a function that is not STRICT). */
+char *
+sb_text_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
 /*
- * stripe_billing._events_page(cursor text, prefetch_next boolean) -> jsonb
+ * stripe_billing._events_page(event_cursor text, prefetch_next boolean,
+ *                             account text) -> jsonb
  *
- * GET /v1/events?limit=100&ending_before=cursor: the page of events just
- * newer than the cursor (newest first).  Answered by the request the
- * previous call started in the background when that was this very request
- * and it succeeded; otherwise (or on any failure) asked the usual way, with
- * its retries and errors.  With prefetch_next, and more pages waiting, the
+ * GET /v1/events?limit=100&ending_before=cursor, as account's (NULL: the
+ * platform's own): the page of events just newer than the cursor (newest
+ * first).  Answered by the request the previous call started in the
+ * background when that was this very request (of this account) and it
+ * succeeded; otherwise (or on any failure) asked the usual way, with its
+ * retries and errors.  With prefetch_next, and more pages waiting, the
  * request for the next page starts in the background before returning, so
  * it travels while the caller applies this page.  (If the caller's
  * transaction rolls back, its cursor does not move and the next call asks
  * for the same page again: it takes the prefetched one only while that is
- * recent, see sb_http_prefetch.)
+ * recent, see sb_http_prefetch.)  (Before 0.4.0's ALTER EXTENSION UPDATE,
+ * STRICT and without account.)
  */
 Datum
 stripe_events_page(PG_FUNCTION_ARGS)
 {
-	char	   *cursor = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	bool		prefetch_next = PG_GETARG_BOOL(1);
+	char	   *account = sb_account_arg(fcinfo, 2);
+	char	   *cursor = sb_text_arg(fcinfo, 0, "event_cursor");
+	bool		prefetch_next = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
 	StringInfoData query;
 	SbHttpResponse *r;
 	Jsonb	   *page;
@@ -565,37 +657,37 @@ stripe_events_page(PG_FUNCTION_ARGS)
 	sb_form_append(&query, "ending_before", cursor);
 
 	/* (anything but a JSON 2xx is asked again the usual way, which says why) */
-	r = sb_http_take_prefetched("/v1/events", query.data);
+	r = sb_http_take_prefetched("/v1/events", query.data, account);
 	page = (r && r->status / 100 == 2) ? sb_parse_body(r) : NULL;
 	if (page == NULL)
-		page = sb_stripe_call_form("GET", "/v1/events", query.data, NULL);
+		page = sb_stripe_call_form("GET", "/v1/events", query.data, NULL, account);
 
 	if (prefetch_next && (next = sb_list_page_edge_id(page, true)) != NULL)
 	{
 		resetStringInfo(&query);
 		sb_form_append(&query, "limit", "100");
 		sb_form_append(&query, "ending_before", next);
-		sb_http_prefetch("/v1/events", query.data);
+		sb_http_prefetch("/v1/events", query.data, account);
 	}
 	PG_RETURN_JSONB_P(page);
 }
 
 /*
- * GET /v1/events?<query>, as the text Stripe sent, for a page jsonb refuses
- * as a whole (one event holding a \u0000, say): the caller splits it with
- * _split_list_page, which keeps such text as it is, and keeps the event
- * jsonb refuses as failed.  A body that is not text in the database
- * encoding raises SBA07, as before.
+ * GET /v1/events?<query>, as account's (NULL: the platform's own), as the
+ * text Stripe sent, for a page jsonb refuses as a whole (one event holding
+ * a \u0000, say): the caller splits it with _split_list_page, which keeps
+ * such text as it is, and keeps the event jsonb refuses as failed.  A body
+ * that is not text in the database encoding raises SBA07, as before.
  */
 static text *
-events_text(const char *query)
+events_text(const char *query, const char *account)
 {
 	SbHttpResponse *r;
 	int			attempt = 0;
 
 	for (;;)
 	{
-		r = sb_http_request("GET", "/v1/events", query, NULL);
+		r = sb_http_request("GET", "/v1/events", query, NULL, account);
 		if (r->status / 100 == 2)
 			break;
 		if (attempt >= sb_max_network_retries || !should_retry(r, r->status ? sb_parse_body(r) : NULL))
@@ -613,29 +705,37 @@ events_text(const char *query)
 }
 
 /*
- * stripe_billing._events_page_text(cursor text) -> text
+ * stripe_billing._events_page_text(event_cursor text, account text) -> text
  *
  * The same page as _events_page, as the text Stripe sent (see events_text).
+ * (Before 0.4.0's ALTER EXTENSION UPDATE, STRICT and without account.)
  */
 Datum
 stripe_events_page_text(PG_FUNCTION_ARGS)
 {
+	char	   *account = sb_account_arg(fcinfo, 1);
 	StringInfoData query;
 
 	initStringInfo(&query);
 	sb_form_append(&query, "limit", "100");
-	sb_form_append(&query, "ending_before", text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	PG_RETURN_TEXT_P(events_text(query.data));
+	sb_form_append(&query, "ending_before", sb_text_arg(fcinfo, 0, "event_cursor"));
+	PG_RETURN_TEXT_P(events_text(query.data, account));
 }
 
 /*
- * stripe_billing._events_text(params jsonb) -> text
+ * stripe_billing._events_text(params jsonb, account text) -> text
  *
- * GET /v1/events with these parameters (the lookback's), as the text Stripe
- * sent (see events_text).
+ * GET /v1/events with these parameters (the lookback's), as account's, as
+ * the text Stripe sent (see events_text).
  */
 Datum
 stripe_events_text(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TEXT_P(events_text(sb_form_encode(PG_GETARG_JSONB_P(0))));
+	char	   *account = sb_account_arg(fcinfo, 1);
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("params must not be NULL")));
+	PG_RETURN_TEXT_P(events_text(sb_form_encode(PG_GETARG_JSONB_P(0)), account));
 }

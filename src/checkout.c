@@ -9,6 +9,16 @@
  * out), and sb_stripe_call_form sends it and applies the returned session
  * to checkout_sessions through the same mapping as its events.
  *
+ * Stripe Connect's two charge types users ask for: a direct charge is a
+ * session of the connected account (account, sent as Stripe-Account; the
+ * customer is the account's), the platform's share an application fee
+ * (application_fee_percent of a subscription's invoices,
+ * application_fee_amount of a payment); a destination charge is the
+ * platform's session whose funds go to a connected account
+ * (transfer_destination), optionally settled by it (on_behalf_of).  The
+ * combinations Stripe refuses are refused here, naming the argument, before
+ * any request.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -20,6 +30,7 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -41,8 +52,16 @@ enum
 	ARG_CUSTOMER_EMAIL,
 	ARG_METADATA,
 	ARG_IDEMPOTENCY_KEY,
-	ARG_ALLOW_REPEAT_TRIAL
+	ARG_ALLOW_REPEAT_TRIAL,		/* (0.2.0 on) */
+	ARG_APPLICATION_FEE_PERCENT,	/* (0.4.0 on) */
+	ARG_APPLICATION_FEE_AMOUNT,
+	ARG_TRANSFER_DESTINATION,
+	ARG_ON_BEHALF_OF,
+	ARG_ACCOUNT
 };
+
+/* Was argument argno given (declared by this version's SQL, and not NULL)? */
+#define ARG_GIVEN(argno) (PG_NARGS() > (argno) && !PG_ARGISNULL(argno))
 
 /* Stripe's limits on metadata and client_reference_id (characters). */
 #define METADATA_MAX_KEYS 50
@@ -80,32 +99,43 @@ optional_text(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
- * The user's known customer (stripe_billing._customer_of), or NULL; and
- * whether any subscription of theirs ever had a trial, whatever its status.
+ * The user's known customer of the account (stripe_billing._customer_of;
+ * account NULL: the platform's), or NULL; and whether any subscription of
+ * theirs on that account ever had a trial, whatever its status.  Asked in
+ * the words of the SQL the database has: 0.1.0 has no _had_trial (no trial
+ * is known there), 0.2.0 and 0.3.0 take no account, and 0.4.0 gives the
+ * platform's as the default account.
  */
 static char *
-user_facts(const char *user_ref, bool *had_trial)
+user_facts(const char *user_ref, const char *account, bool with_had_trial, bool *had_trial)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[3] = {NULL, NULL, NULL};
+	static const char *const queries[3] = {
+		"SELECT stripe_billing._customer_of($1), false",
+		"SELECT stripe_billing._customer_of($1), stripe_billing._had_trial($1)",
+		"SELECT stripe_billing._customer_of($1, $2), stripe_billing._had_trial($1, $2)"
+	};
+	int			which = account ? 2 : with_had_trial ? 1 : 0;
 	MemoryContext caller = CurrentMemoryContext;
-	Datum		arg = CStringGetTextDatum(user_ref);
+	Datum		args[2];
 	char	   *customer = NULL;
 
 	*had_trial = false;
+	args[0] = CStringGetTextDatum(user_ref);
+	args[1] = account ? CStringGetTextDatum(account) : (Datum) 0;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (plan == NULL)
+	if (plans[which] == NULL)
 	{
-		Oid			type = TEXTOID;
-		SPIPlanPtr	p = SPI_prepare("SELECT stripe_billing._customer_of($1), stripe_billing._had_trial($1)",
-									1, &type);
+		Oid			types[2] = {TEXTOID, TEXTOID};
+		SPIPlanPtr	p = SPI_prepare(queries[which], account ? 2 : 1, types);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(p);
-		plan = p;
+		plans[which] = p;
 	}
-	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plans[which], args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading stripe_billing.customers failed");
 	if (SPI_processed == 1)
 	{
@@ -192,6 +222,91 @@ append_metadata(StringInfo form, Jsonb *metadata)
 	}
 }
 
+/*
+ * Checks the Connect arguments against each other and the mode, naming
+ * the argument Stripe would refuse, and appends their fields: an
+ * application fee (direct charges on account, or destination charges),
+ * transfer_data[destination] and on_behalf_of (destination charges, on the
+ * platform).  Of the subscription's (subscription_data) or the payment's
+ * (payment_intent_data), by mode.  Before any request.
+ */
+static void
+append_connect(StringInfo form, FunctionCallInfo fcinfo, bool subscription, const char *account)
+{
+	const char *data = subscription ? "subscription_data" : "payment_intent_data";
+	char	   *destination = ARG_GIVEN(ARG_TRANSFER_DESTINATION) ?
+		text_to_cstring(PG_GETARG_TEXT_PP(ARG_TRANSFER_DESTINATION)) : NULL;
+	char	   *on_behalf_of = ARG_GIVEN(ARG_ON_BEHALF_OF) ?
+		text_to_cstring(PG_GETARG_TEXT_PP(ARG_ON_BEHALF_OF)) : NULL;
+	const char *fee_argument = NULL;
+
+	/* what goes into the form is a connected account's id, or nothing */
+	if (destination)
+		sb_check_account("transfer_destination", destination);
+	if (on_behalf_of)
+		sb_check_account("on_behalf_of", on_behalf_of);
+
+	/* a destination charge is the platform's: its funds go to a connected account */
+	if (account && destination)
+		bad_argument("transfer_destination",
+					 psprintf("is for destination charges, made on the platform: not with account (a direct charge on %s)",
+							  account));
+	if (account && on_behalf_of)
+		bad_argument("on_behalf_of",
+					 psprintf("is for charges made on the platform: not with account (a direct charge on %s, its own settlement merchant)",
+							  account));
+	if (destination && on_behalf_of && strcmp(destination, on_behalf_of) != 0)
+		bad_argument("on_behalf_of",
+					 psprintf("must be the account of transfer_destination (%s), not %s",
+							  destination, on_behalf_of));
+
+	/* an application fee: a percentage of a subscription's invoices, an amount of a payment */
+	if (ARG_GIVEN(ARG_APPLICATION_FEE_PERCENT))
+	{
+		Numeric		percent = PG_GETARG_NUMERIC(ARG_APPLICATION_FEE_PERCENT);
+		Datum		value = NumericGetDatum(percent);
+
+		fee_argument = "application_fee_percent";
+		if (!subscription)
+			bad_argument(fee_argument,
+						 "is for mode 'subscription' (a share of each invoice); in mode 'payment' use application_fee_amount");
+		if (numeric_is_nan(percent) ||
+			DatumGetBool(DirectFunctionCall2(numeric_lt, value, NumericGetDatum(int64_to_numeric(0)))) ||
+			DatumGetBool(DirectFunctionCall2(numeric_gt, value, NumericGetDatum(int64_to_numeric(100)))) ||
+			!DatumGetBool(DirectFunctionCall2(numeric_eq, value,
+											  DirectFunctionCall2(numeric_round, value, Int32GetDatum(2)))))
+			bad_argument(fee_argument,
+						 psprintf("must be from 0 to 100 with at most two decimal places, not %s",
+								  DatumGetCString(DirectFunctionCall1(numeric_out, value))));
+		sb_form_append(form, psprintf("%s[application_fee_percent]", data),
+					   DatumGetCString(DirectFunctionCall1(numeric_out, value)));
+	}
+	if (ARG_GIVEN(ARG_APPLICATION_FEE_AMOUNT))
+	{
+		int64		amount = PG_GETARG_INT64(ARG_APPLICATION_FEE_AMOUNT);
+
+		fee_argument = "application_fee_amount";
+		if (subscription)
+			bad_argument(fee_argument,
+						 "is for mode 'payment'; in mode 'subscription' use application_fee_percent");
+		if (amount < 0)
+			bad_argument(fee_argument,
+						 psprintf("must be at least 0 (in the currency's smallest unit), not " INT64_FORMAT,
+								  amount));
+		sb_form_append(form, psprintf("%s[application_fee_amount]", data),
+					   psprintf(INT64_FORMAT, amount));
+	}
+	/* the platform collects a fee from a connected account's charge only */
+	if (fee_argument && account == NULL && destination == NULL)
+		bad_argument(fee_argument,
+					 "needs account (a direct charge on a connected account) or transfer_destination (a destination charge)");
+
+	if (destination)
+		sb_form_append(form, psprintf("%s[transfer_data][destination]", data), destination);
+	if (on_behalf_of)
+		sb_form_append(form, psprintf("%s[on_behalf_of]", data), on_behalf_of);
+}
+
 /* A string field of the returned session as text, or NULL. */
 static Datum
 session_text(Jsonb *session, const char *key, bool *isnull)
@@ -220,8 +335,16 @@ session_time(Jsonb *session, const char *key, bool *isnull)
 /*
  * stripe_create_checkout(user_ref, price, success_url, cancel_url, quantity,
  *     mode, trial_days, allow_promotion_codes, customer_email, metadata,
- *     idempotency_key, allow_repeat_trial)
+ *     idempotency_key, allow_repeat_trial, application_fee_percent,
+ *     application_fee_amount, transfer_destination, on_behalf_of, account)
  *     -> (session_id, url, expires_at, trial_granted)
+ *
+ * (0.1.0 declared it up to idempotency_key, 0.2.0 and 0.3.0 up to
+ * allow_repeat_trial: until ALTER EXTENSION UPDATE, the arguments they lack
+ * are taken as NULL.)
+ *
+ * The session is account's (Stripe-Account; NULL: the platform's), and so
+ * is the customer used and the trial looked for.
  *
  * Uses the user's known customer, else customer_email; puts user_ref in
  * client_reference_id and in the session's and the subscription's (or
@@ -235,6 +358,7 @@ session_time(Jsonb *session, const char *key, bool *isnull)
 Datum
 stripe_create_checkout(PG_FUNCTION_ARGS)
 {
+	char	   *account = sb_account_arg(fcinfo, ARG_ACCOUNT);
 	char	   *user_ref = required_text(fcinfo, ARG_USER_REF, "user_ref");
 	char	   *price = required_text(fcinfo, ARG_PRICE, "price");
 	char	   *success_url = required_text(fcinfo, ARG_SUCCESS_URL, "success_url");
@@ -242,8 +366,8 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 	char	   *mode = PG_ARGISNULL(ARG_MODE) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(ARG_MODE));
 	char	   *customer_email = optional_text(fcinfo, ARG_CUSTOMER_EMAIL);
 	char	   *idempotency_key = optional_text(fcinfo, ARG_IDEMPOTENCY_KEY);
-	bool		allow_repeat_trial = PG_NARGS() > ARG_ALLOW_REPEAT_TRIAL &&
-		!PG_ARGISNULL(ARG_ALLOW_REPEAT_TRIAL) && PG_GETARG_BOOL(ARG_ALLOW_REPEAT_TRIAL);
+	bool		allow_repeat_trial = ARG_GIVEN(ARG_ALLOW_REPEAT_TRIAL) &&
+		PG_GETARG_BOOL(ARG_ALLOW_REPEAT_TRIAL);
 	bool		subscription;
 	bool		had_trial;
 	bool		trial_granted = false;
@@ -280,8 +404,9 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(ARG_METADATA))
 		append_metadata(&form, PG_GETARG_JSONB_P(ARG_METADATA));
 	sb_form_append(&form, "metadata[user_ref]", user_ref);
+	append_connect(&form, fcinfo, subscription, account);
 
-	customer = user_facts(user_ref, &had_trial);
+	customer = user_facts(user_ref, account, PG_NARGS() > ARG_ALLOW_REPEAT_TRIAL, &had_trial);
 	if (customer)
 		sb_form_append(&form, "customer", customer);
 	else if (customer_email)
@@ -303,7 +428,7 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 			sb_form_append(&form, "customer_creation", "always");
 	}
 
-	session = sb_stripe_call_form("POST", "/v1/checkout/sessions", form.data, idempotency_key);
+	session = sb_stripe_call_form("POST", "/v1/checkout/sessions", form.data, idempotency_key, account);
 
 	if (!JB_ROOT_IS_OBJECT(session))
 		ereport(ERROR,

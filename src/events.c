@@ -78,6 +78,8 @@ typedef struct EventHeader
 	TimestampTz created;
 	char	   *kind;			/* data.object.object; NULL if absent */
 	bool		snapshot;		/* no event: a listed object or an API answer */
+	char	   *account;		/* the connected account (Connect); NULL: the
+								 * platform's own */
 } EventHeader;
 
 /* Raises the error for a missing or mistyped event field. */
@@ -208,6 +210,19 @@ parse_event(Jsonb *event, EventHeader *header)
 				  header->id);
 	header->livemode = v->val.boolean;
 
+	/* a connected account's event (Connect) names its account */
+	v = sb_jsonb_key(root, "account", &buf);
+	header->account = NULL;
+	if (v != NULL && v->type != jbvNull)
+	{
+		if (v->type != jbvString)
+			malformed("account", psprintf("must be a string, not %s", JsonbTypeName(v)), header->id);
+		header->account = pnstrdup(v->val.string.val, v->val.string.len);
+		if (!sb_is_account_id(header->account))
+			malformed("account", "must be a connected account's id (acct_ and letters or digits)",
+					  header->id);
+	}
+
 	v = sb_jsonb_key(root, "api_version", &buf);
 	header->api_version = NULL;
 	if (v != NULL && v->type != jbvNull)
@@ -276,6 +291,7 @@ canonical_outcome(const char *outcome)
 typedef struct ObjectMapper
 {
 	bool		valid;			/* flinfo is looked up and current */
+	bool		takes_account;	/* has the ev_account argument (0.4.0 on) */
 	FmgrInfo	flinfo;
 } ObjectMapper;
 
@@ -304,12 +320,16 @@ get_mapper(const SbObjectKind *kind)
 	}
 	if (!mapper->valid)
 	{
-		Oid			with_type[4] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-		Oid			without_type[3] = {JSONBOID, TEXTOID, TIMESTAMPTZOID};
-		Oid			fn = kind->apply_takes_type ?
-			sb_extension_function(kind->apply_function, 4, with_type, false) :
-			sb_extension_function(kind->apply_function, 3, without_type, false);
+		Oid			with_type[5] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
+		Oid			without_type[4] = {JSONBOID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
+		Oid		   *argtypes = kind->apply_takes_type ? with_type : without_type;
+		int			nargs = kind->apply_takes_type ? 5 : 4;
+		Oid			fn = sb_extension_function(kind->apply_function, nargs, argtypes, true);
 
+		/* (the SQL of 0.3.0 and before, until ALTER EXTENSION UPDATE) */
+		mapper->takes_account = OidIsValid(fn);
+		if (!OidIsValid(fn))
+			fn = sb_extension_function(kind->apply_function, nargs - 1, argtypes, false);
 		fmgr_info_cxt(fn, &mapper->flinfo, TopMemoryContext);
 		mapper->valid = true;
 	}
@@ -345,13 +365,38 @@ check_object_livemode(JsonbContainer *object, const EventHeader *header)
 			 errhint("stripe_billing.livemode selects the mode; stripe_billing.api_key is a key of the other mode.")));
 }
 
+/*
+ * A connected account an event or a call names gets its row in
+ * stripe_billing.accounts the first time (its fields come with its own
+ * events, or the backfill).
+ */
+static void
+note_account(const char *account)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		value = CStringGetTextDatum(account);
+
+	if (plan == NULL)
+	{
+		Oid			type = TEXTOID;
+
+		plan = SPI_prepare("INSERT INTO stripe_billing.accounts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+						   1, &type);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	if (SPI_execute_plan(plan, &value, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the connected account %s", account);
+}
+
 /* Runs the SQL mapping of one object: "applied", "stale" or "ignored". */
 static const char *
 map_object(Jsonb *object, const EventHeader *header)
 {
 	const SbObjectKind *kind;
 	ObjectMapper *mapper;
-	LOCAL_FCINFO(fcinfo, 4);
+	LOCAL_FCINFO(fcinfo, 5);
 	int			nargs = 0;
 	Datum		result;
 
@@ -375,6 +420,18 @@ map_object(Jsonb *object, const EventHeader *header)
 	fcinfo->args[nargs++].value = TimestampTzGetDatum(header->created);
 	for (int i = 0; i < nargs; i++)
 		fcinfo->args[i].isnull = false;
+	if (mapper->takes_account)
+	{
+		fcinfo->args[nargs].value = header->account ? CStringGetTextDatum(header->account) : (Datum) 0;
+		fcinfo->args[nargs++].isnull = header->account == NULL;
+		if (header->account)
+			note_account(header->account);
+	}
+	else if (header->account)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("a connected account's %s cannot be applied before ALTER EXTENSION stripe_billing UPDATE",
+						header->kind)));
 	InitFunctionCallInfoData(*fcinfo, &mapper->flinfo, nargs, InvalidOid, NULL, NULL);
 
 	result = FunctionCallInvoke(fcinfo);
@@ -507,25 +564,34 @@ static bool
 ledger_insert(const EventHeader *header, const char *source, const char *outcome,
 			  const char *error, Jsonb *event, bytea *body)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum		values[10];
-	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	/* (a connected account's event is recorded with its account; the other
+	 * plan is the one 0.3.0's ledger, without the column, takes too) */
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			with_account = header->account != NULL;
+	Datum		values[11];
+	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
 
-	if (plan == NULL)
+	if (plans[with_account] == NULL)
 	{
-		Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID,
-		TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, BYTEAOID};
+		Oid			types[11] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID,
+		TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, BYTEAOID, TEXTOID};
 
-		plan = SPI_prepare("INSERT INTO stripe_billing.events"
-						   " (id, type, api_version, livemode, created, source, outcome, error,"
-						   "  payload, body)"
-						   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-						   " ON CONFLICT (id) DO NOTHING",
-						   10, types);
-		if (plan == NULL)
+		plans[with_account] = SPI_prepare(with_account ?
+										  "INSERT INTO stripe_billing.events"
+										  " (id, type, api_version, livemode, created, source, outcome, error,"
+										  "  payload, body, account)"
+										  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+										  " ON CONFLICT (id) DO NOTHING" :
+										  "INSERT INTO stripe_billing.events"
+										  " (id, type, api_version, livemode, created, source, outcome, error,"
+										  "  payload, body)"
+										  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+										  " ON CONFLICT (id) DO NOTHING",
+										  with_account ? 11 : 10, types);
+		if (plans[with_account] == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
+		SPI_keepplan(plans[with_account]);
 	}
 
 	values[0] = CStringGetTextDatum(header->id);
@@ -550,8 +616,10 @@ ledger_insert(const EventHeader *header, const char *source, const char *outcome
 		values[9] = PointerGetDatum(body);
 	else
 		nulls[9] = 'n';
+	if (with_account)
+		values[10] = CStringGetTextDatum(header->account);
 
-	rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	rc = SPI_execute_plan(plans[with_account], values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "inserting into stripe_billing.events failed: %s",
 			 SPI_result_code_string(rc));
@@ -574,11 +642,11 @@ check_livemode(const EventHeader *header)
 
 /* Takes the locks that mapping one object needs, in the global order (locks.c). */
 static void
-lock_objects(JsonbContainer *object, const char *kind)
+lock_objects(JsonbContainer *object, const char *kind, const char *account)
 {
 	SbLockSet  *set = sb_lockset_create();
 
-	sb_lockset_add_object(set, object, kind);
+	sb_lockset_add_object(set, object, kind, account);
 	sb_lockset_acquire(set);
 }
 
@@ -616,7 +684,7 @@ sb_apply_event(Jsonb *event, const char *source)
 	{
 		char	   *error;
 
-		lock_objects(event_object(event), header.kind);
+		lock_objects(event_object(event), header.kind, header.account);
 		outcome = map_object_guarded(event_object_jsonb(event), &header, &error);
 		if (strcmp(outcome, "applied") != 0)
 			ledger_set_outcome(header.id, outcome, error);
@@ -674,7 +742,7 @@ reapply_events(Datum *ids, bool *nulls, int n, EventHeader *headers,
 		parse_event(events[i], &headers[i]);
 		mapped[i] = event_is_mapped(&headers[i]);
 		if (mapped[i])
-			sb_lockset_add_object(set, event_object(events[i]), headers[i].kind);
+			sb_lockset_add_object(set, event_object(events[i]), headers[i].kind, headers[i].account);
 	}
 	SPI_freeplan(plan);
 	sb_lockset_acquire(set);
@@ -979,7 +1047,8 @@ record_batch(EventBatch *b)
 		else
 		{
 			b->to_map[i] = true;
-			sb_lockset_add_object(set, event_object(b->events[i]), b->headers[i].kind);
+			sb_lockset_add_object(set, event_object(b->events[i]), b->headers[i].kind,
+								  b->headers[i].account);
 		}
 	}
 	sb_lockset_acquire(set);
@@ -1240,6 +1309,7 @@ typedef struct BodyHeader
 	BodyToken	created;
 	BodyToken	livemode;
 	BodyToken	api_version;
+	BodyToken	account;
 	BodyToken	data;
 	JsonTokenType data_object;	/* the first token of data.object, or INVALID */
 } BodyHeader;
@@ -1249,9 +1319,9 @@ static BodyToken *
 header_field(BodyHeader *bh, const char *name)
 {
 	static const char *const names[] = {"id", "object", "type", "created", "livemode",
-	"api_version", "data"};
+	"api_version", "account", "data"};
 	BodyToken  *fields[] = {&bh->id, &bh->object, &bh->type, &bh->created, &bh->livemode,
-	&bh->api_version, &bh->data};
+	&bh->api_version, &bh->account, &bh->data};
 
 	for (int i = 0; i < lengthof(names); i++)
 		if (strcmp(name, names[i]) == 0)
@@ -1572,6 +1642,7 @@ record_unparsed_body(bytea *raw, char *scan_text, const char *reason, const char
 	push_header_field(&state, "created", &bh.created, scan_text, body, &bh);
 	push_header_field(&state, "livemode", &bh.livemode, scan_text, body, &bh);
 	push_header_field(&state, "api_version", &bh.api_version, scan_text, body, &bh);
+	push_header_field(&state, "account", &bh.account, scan_text, body, &bh);
 	push_header_field(&state, "data", &bh.data, scan_text, body, &bh);
 	root = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 
@@ -1675,7 +1746,8 @@ stripe_handle_webhook_bytea(PG_FUNCTION_ARGS)
  * Stripe, so a mapping failure only warns: the object's own event will come.
  */
 void
-sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
+sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id,
+					const char *account)
 {
 	EventHeader header;
 	JsonbValue	buf;
@@ -1690,10 +1762,11 @@ sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id)
 	header.kind = pnstrdup(kind->val.string.val, kind->val.string.len);
 	header.type = psprintf("%s.api_response", header.kind);
 	header.snapshot = true;
+	header.account = account ? pstrdup(account) : NULL;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	lock_objects(&object->root, header.kind);
+	lock_objects(&object->root, header.kind, header.account);
 	outcome = map_object_guarded(object, &header, &error);
 	/* (before SPI_finish, which frees the error's memory) */
 	if (strcmp(outcome, "failed") == 0)
@@ -1718,7 +1791,7 @@ typedef struct SnapshotBatch
 /* The header of one listed object, as a snapshot taken at snapshot. */
 static void
 snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source,
-				EventHeader *header)
+				const char *account, EventHeader *header)
 {
 	JsonbValue	buf;
 	JsonbValue *v;
@@ -1739,6 +1812,7 @@ snapshot_header(JsonbContainer *object, TimestampTz snapshot, const char *source
 	header->created = snapshot;
 	header->livemode = sb_livemode;
 	header->snapshot = true;
+	header->account = account ? pstrdup(account) : NULL;
 }
 
 static void
@@ -1806,7 +1880,7 @@ stripe_derivation_deferred(PG_FUNCTION_ARGS)
  */
 Jsonb *
 sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
-				   Jsonb *replacements, bool derive)
+				   Jsonb *replacements, bool derive, const char *account)
 {
 	SnapshotBatch b;
 	int			n;
@@ -1855,7 +1929,7 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 		if (replacement)
 			v = replacement;
 		b.objects[i] = JsonbValueToJsonb(v);
-		snapshot_header(&b.objects[i]->root, snapshot, source, &b.headers[i]);
+		snapshot_header(&b.objects[i]->root, snapshot, source, account, &b.headers[i]);
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -1863,7 +1937,7 @@ sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 	/* every object's locks at once, before any row is written (locks.c) */
 	set = sb_lockset_create();
 	for (int i = 0; i < n; i++)
-		sb_lockset_add_object(set, &b.objects[i]->root, b.headers[i].kind);
+		sb_lockset_add_object(set, &b.objects[i]->root, b.headers[i].kind, b.headers[i].account);
 	sb_lockset_acquire(set);
 	b.first = 0;
 	b.last = n;

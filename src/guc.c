@@ -41,6 +41,8 @@ int			sb_max_requests_per_second = 20;
 bool		sb_backfill_on_start = true;
 int			sb_backfill_invoices_since = 90 * 86400;
 int			sb_reconcile_interval = 86400;
+int			sb_connect_idle_interval = 3600;
+int			sb_connect_active_window = 600;
 char	   *sb_meter_events_base = NULL;
 int			sb_usage_api = SB_USAGE_API_V2;
 int			sb_usage_concurrency = 4;
@@ -276,8 +278,8 @@ sb_define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("stripe_billing.max_requests_per_second",
-							"Most list requests per second a session sends for backfill and reconciliation.",
-							"Per session (the worker is one); Stripe's 429 answers are honoured besides.",
+							"Most requests per second the worker sends, and a session's backfill and reconciliation lists.",
+							"Per session; the worker's catch-up on the platform's own backlog is not slowed, and Stripe's 429 answers are honoured besides.",
 							&sb_max_requests_per_second,
 							20, 1, 10000,
 							PGC_SUSET,
@@ -307,6 +309,24 @@ sb_define_settings(void)
 							NULL,
 							&sb_reconcile_interval,
 							86400, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.connect_idle_interval",
+							"Time between the worker's polls of a connected account without recent events.",
+							"Each poll is one request (two while the account's events are recent).",
+							&sb_connect_idle_interval,
+							3600, 1, 7 * 86400,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("stripe_billing.connect_active_window",
+							"How recent a connected account's last event must be for it to be polled every cycle.",
+							"An event received by webhook or polling counts.",
+							&sb_connect_active_window,
+							600, 0, 7 * 86400,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);

@@ -311,18 +311,25 @@ request_url(const char *base, const char *path, const char *query)
 /*
  * The request headers, as a curl list (malloc'd: the caller frees it with
  * curl_slist_free_all), authenticated with secret (the API key, or a meter
- * event session's token), with content_type when there is a body.  Built
- * without any chance of an ereport between the appends, so the list cannot
- * leak; our copy of the secret's line is wiped.
+ * event session's token), with content_type when there is a body, and
+ * Stripe-Account when the request is a connected account's (account NULL:
+ * the platform's own).  The account goes into a header line as it is: it is
+ * checked here again, whatever the caller checked, before anything is
+ * built.  Built without any chance of an ereport between the appends, so
+ * the list cannot leak; our copy of the secret's line is wiped.
  */
 static struct curl_slist *
-build_headers(const char *secret, const char *idempotency_key, const char *content_type)
+build_headers(const char *secret, const char *idempotency_key, const char *content_type,
+			  const char *account)
 {
-	char	   *auth = psprintf("Authorization: Bearer %s", secret);
-	const char *lines[6];
+	char	   *auth;
+	const char *lines[7];
 	int			n = 0;
 	struct curl_slist *headers = NULL;
 
+	if (account)
+		sb_check_account("account", account);
+	auth = psprintf("Authorization: Bearer %s", secret);
 	lines[n++] = auth;
 	lines[n++] = psprintf("Stripe-Version: %s", sb_api_version);
 	lines[n++] = "User-Agent: stripe_billing/0.1 (PostgreSQL extension)";
@@ -331,6 +338,8 @@ build_headers(const char *secret, const char *idempotency_key, const char *conte
 		lines[n++] = psprintf("Idempotency-Key: %s", idempotency_key);
 	if (content_type)
 		lines[n++] = psprintf("Content-Type: %s", content_type);
+	if (account)
+		lines[n++] = psprintf("Stripe-Account: %s", account);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -449,7 +458,8 @@ report_stopped_transfer(const char *method, const char *path, Transfer *t)
 }
 
 /*
- * Performs one request to stripe_billing.api_base || path.  form: the
+ * Performs one request to stripe_billing.api_base || path, as account's
+ * (Stripe-Account; NULL: the platform's own).  form: the
  * encoded body (POST) or query string (GET/DELETE), may be empty.  Returns
  * the status, body and headers; a transport failure (refused, timed out,
  * truncated) comes back as status 0 with network_error set, for the caller
@@ -457,7 +467,7 @@ report_stopped_transfer(const char *method, const char *path, Transfer *t)
  */
 SbHttpResponse *
 sb_http_request(const char *method, const char *path, const char *form,
-				const char *idempotency_key)
+				const char *idempotency_key, const char *account)
 {
 	SbHttpResponse *response = NULL;
 	bool		has_body = strcmp(method, "POST") == 0;
@@ -469,13 +479,15 @@ sb_http_request(const char *method, const char *path, const char *form,
 	char	   *url;
 
 	sb_check_settings();
+	if (sb_rate_every_request)
+		sb_rate_wait();			/* (the worker's budget: rate.c) */
 	url = request_url(sb_api_base, path, has_body ? NULL : form);
 	init_transfer(transfer);
 	errbuf[0] = '\0';
 
 	curl = get_handle();
 	headers = build_headers(sb_api_key, idempotency_key,
-							 has_body ? "application/x-www-form-urlencoded" : NULL);
+							has_body ? "application/x-www-form-urlencoded" : NULL, account);
 	set_options(curl, method, url, form, headers, transfer, errbuf);
 	PG_TRY();
 	{
@@ -506,7 +518,8 @@ sb_http_request(const char *method, const char *path, const char *form,
  * own, all on one multi handle (which keeps their connections alive), each
  * response collected in a memory context of its own until it is taken.  A
  * request not taken within PREFETCH_MAX_AGE is dropped: an answer that old
- * is no longer the present.
+ * is no longer the present.  A request is known by its account, path and
+ * query: an answer made for one account never serves another's request.
  */
 #define PREFETCH_SLOTS 4
 #define PREFETCH_MAX_AGE_US (10 * USECS_PER_SEC)
@@ -516,6 +529,7 @@ typedef struct PrefetchSlot
 	CURL	   *handle;
 	MemoryContext context;
 	char	   *request;		/* "path?query" in flight or done, or NULL */
+	char	   *account;		/* whose (Stripe-Account), NULL: the platform's */
 	TimestampTz started;		/* when it was sent */
 	bool		done;			/* finished: result is its outcome */
 	CURLcode	result;
@@ -539,6 +553,7 @@ drop_prefetch(PrefetchSlot *slot)
 	slot->headers = NULL;
 	free_transfer_body(&slot->transfer);
 	slot->request = NULL;
+	slot->account = NULL;
 	MemoryContextReset(slot->context);
 }
 
@@ -628,16 +643,17 @@ send_prefetch(PrefetchSlot *slot)
 	}
 }
 
-/* The slot holding GET path?query, or NULL. */
+/* The slot holding account's GET path?query, or NULL. */
 static PrefetchSlot *
-find_prefetch(const char *path, const char *query)
+find_prefetch(const char *path, const char *query, const char *account)
 {
 	size_t		len = strlen(path);
 
 	for (int i = 0; i < PREFETCH_SLOTS; i++)
 		if (prefetch[i].request != NULL &&
 			strncmp(prefetch[i].request, path, len) == 0 && prefetch[i].request[len] == '?' &&
-			strcmp(prefetch[i].request + len + 1, query) == 0)
+			strcmp(prefetch[i].request + len + 1, query) == 0 &&
+			sb_same_account(prefetch[i].account, account))
 			return &prefetch[i];
 	return NULL;
 }
@@ -654,17 +670,20 @@ drop_old_prefetches(void)
 }
 
 /*
- * Starts GET path?query in the background, unless it is already: in a free
- * slot, or in place of the oldest request.  Does nothing when the settings
- * would refuse it: the request made the usual way will say why.
+ * Starts account's GET path?query in the background (account NULL: the
+ * platform's), unless it is already: in a free slot, or in place of the
+ * oldest request.  Does nothing when the settings would refuse it: the
+ * request made the usual way will say why.
  */
 void
-sb_http_prefetch(const char *path, const char *query)
+sb_http_prefetch(const char *path, const char *query, const char *account)
 {
 	MemoryContext oldcontext;
 	PrefetchSlot *slot = NULL;
 	char	   *url;
 
+	if (account)
+		sb_check_account("account", account);
 	if (sb_api_key == NULL || sb_api_key[0] == '\0')
 		return;
 	sb_check_api_base(sb_api_base);
@@ -677,7 +696,7 @@ sb_http_prefetch(const char *path, const char *query)
 					 errmsg("could not create a libcurl handle")));
 	}
 	drop_old_prefetches();
-	if (find_prefetch(path, query) != NULL)
+	if (find_prefetch(path, query, account) != NULL)
 		return;
 
 	for (int i = 0; i < PREFETCH_SLOTS; i++)
@@ -712,8 +731,9 @@ sb_http_prefetch(const char *path, const char *query)
 	url = request_url(sb_api_base, path, query);
 	init_transfer(&slot->transfer);
 	slot->errbuf[0] = '\0';
-	slot->headers = build_headers(sb_api_key, NULL, NULL);
+	slot->headers = build_headers(sb_api_key, NULL, NULL, account);
 	slot->request = psprintf("%s?%s", path, query);
+	slot->account = account ? pstrdup(account) : NULL;
 	slot->started = GetCurrentTimestamp();
 	slot->done = false;
 	MemoryContextSwitchTo(oldcontext);
@@ -722,40 +742,42 @@ sb_http_prefetch(const char *path, const char *query)
 	if (curl_multi_add_handle(prefetch_multi, slot->handle) != CURLM_OK)
 	{
 		slot->request = NULL;	/* not added: only the list to free */
+		slot->account = NULL;
 		curl_easy_setopt(slot->handle, CURLOPT_HTTPHEADER, NULL);
 		curl_slist_free_all(slot->headers);
 		slot->headers = NULL;
 		MemoryContextReset(slot->context);
 		return;
 	}
+	sb_rate_count();			/* (sent now: counted, not delayed; rate.c) */
 	send_prefetch(slot);
 }
 
-/* Is GET path?query a request started in the background (and recent)? */
+/* Is account's GET path?query a request started in the background (and recent)? */
 bool
-sb_http_prefetched_is(const char *path, const char *query)
+sb_http_prefetched_is(const char *path, const char *query, const char *account)
 {
 	drop_old_prefetches();
-	return find_prefetch(path, query) != NULL;
+	return find_prefetch(path, query, account) != NULL;
 }
 
 /*
- * The response to GET path?query if that is a request started in the
- * background (waiting for it to finish), in the caller's memory context;
+ * The response to account's GET path?query if that is a request started in
+ * the background (waiting for it to finish), in the caller's memory context;
  * NULL if it is not.  A body stopped over stripe_billing.max_response_size
  * (or for want of memory) raises SBA07 (or out of memory), as the request
  * made the usual way would.  When it is such a request, it is gone
  * after (its body freed); others are left in flight, to be taken later.
  */
 SbHttpResponse *
-sb_http_take_prefetched(const char *path, const char *query)
+sb_http_take_prefetched(const char *path, const char *query, const char *account)
 {
 	SbHttpResponse *response = NULL;
 	PrefetchSlot *slot;
 
 	/* (another request leaves them be: a backfill lists subscription items between its pages) */
 	drop_old_prefetches();
-	if ((slot = find_prefetch(path, query)) == NULL)
+	if ((slot = find_prefetch(path, query, account)) == NULL)
 		return NULL;
 
 	pump_prefetches(slot);
@@ -800,14 +822,15 @@ sb_http_take_prefetched(const char *path, const char *query)
 /*
  * POSTs several JSON bodies to base || path, at most parallel at once on
  * connections a multi handle of its own keeps between calls, authenticated
- * with secret.  Returns one response per body, in order: a transport
- * failure or a body over stripe_billing.max_response_size comes back as
- * status 0 with network_error set, for the caller to retry.  An interrupt
- * stops every transfer and raises.
+ * with secret, as account's (Stripe-Account; NULL: the platform's).
+ * Returns one response per body, in order: a transport failure or a body
+ * over stripe_billing.max_response_size comes back as status 0 with
+ * network_error set, for the caller to retry.  An interrupt stops every
+ * transfer and raises.
  */
 SbHttpResponse **
 sb_http_post_all(const char *base, const char *path, char **bodies, int n,
-				 const char *secret, int parallel)
+				 const char *secret, int parallel, const char *account)
 {
 	static CURLM *multi = NULL;
 	SbHttpResponse **responses = palloc0(sizeof(SbHttpResponse *) * Max(n, 1));
@@ -827,7 +850,7 @@ sb_http_post_all(const char *base, const char *path, char **bodies, int n,
 		errbufs[i] = palloc(CURL_ERROR_SIZE);
 	}
 	(void) get_handle();		/* (curl_global_init) */
-	headers = build_headers(secret, NULL, "application/json");
+	headers = build_headers(secret, NULL, "application/json", account);
 
 	PG_TRY();
 	{

@@ -251,6 +251,30 @@ static const SbField entitlement_summary_fields[] = {
 /* The metadata keys that name the application's user (_user_ref()). */
 #define USER_REF_PATHS "metadata.user_ref", "metadata.user_id", "metadata.userId"
 
+static const SbField account_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"business_profile", J_OBJ, false},
+	{"business_profile.name", J_STR, false},
+	{"country", J_STR, false},
+	{"default_currency", J_STR, false},
+	{"charges_enabled", J_BOOL, false},
+	{"payouts_enabled", J_BOOL, false},
+	{"details_submitted", J_BOOL, false},
+	{"requirements", J_OBJ, false},
+	{"requirements.currently_due", J_ARR, false},
+	{"type", J_STR, false},
+	{"controller", J_OBJ, false},
+	{"controller.type", J_STR, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+/* (nothing of the application is kept: the event's account is what counts) */
+static const SbField application_fields[] = {
+	{"id", J_STR | J_KEY, false},
+	{NULL}
+};
+
 const SbObjectKind sb_object_kinds[] = {
 	{
 		.name = "customer",
@@ -366,6 +390,24 @@ const SbObjectKind sb_object_kinds[] = {
 		.apply_takes_type = true,
 		.fields = entitlement_summary_fields,
 		.customer = "customer",
+	},
+	{
+		/* a connected account (Connect), from account.updated or a listing */
+		.name = "account",
+		.event_types = {"account.updated"},
+		.apply_function = "_apply_account",
+		.apply_takes_type = true,
+		.fields = account_fields,
+		.row_kind = "account",
+		.row_ids = {"id"},
+	},
+	{
+		/* the platform's application, authorized or not by the event's account */
+		.name = "application",
+		.event_types = {"account.application."},
+		.apply_function = "_apply_account_application",
+		.apply_takes_type = true,
+		.fields = application_fields,
 	},
 };
 

@@ -58,7 +58,7 @@ typedef struct SbObjectKind
 	const char *user_refs[5];	/* a user it names: the first non-empty one */
 } SbObjectKind;
 
-#define SB_NUM_OBJECT_KINDS 12
+#define SB_NUM_OBJECT_KINDS 14
 extern const SbObjectKind sb_object_kinds[];
 
 extern const SbObjectKind *sb_object_kind(const char *name);

@@ -8,9 +8,8 @@
  * Date header): applied at that time through the same mapping and ordering
  * rules as events, a newer event still wins and an older one is stale.
  * List requests of a session are spaced to stay under
- * stripe_billing.max_requests_per_second (Stripe's own limit is shared by
- * everything using the key); Stripe's 429 answers are retried after
- * Retry-After besides, as for every call.
+ * stripe_billing.max_requests_per_second (rate.c); Stripe's 429 answers are
+ * retried after Retry-After besides, as for every call.
  *
  *-------------------------------------------------------------------------
  */
@@ -20,11 +19,9 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
-#include "utils/wait_event.h"
 
 #include "stripe_billing.h"
 
@@ -32,49 +29,18 @@ PG_FUNCTION_INFO_V1(stripe_list_page);
 PG_FUNCTION_INFO_V1(stripe_list_prefetch);
 PG_FUNCTION_INFO_V1(stripe_apply_snapshots);
 
-/* When this session's last list request was sent. */
-static TimestampTz last_list_request = 0;
-
-/* How long until a list request is due under max_requests_per_second (us). */
-static long
-throttle_wait(void)
-{
-	TimestampTz due = last_list_request + USECS_PER_SEC / sb_max_requests_per_second;
-
-	return Max((long) (due - GetCurrentTimestamp()), 0L);
-}
-
-/* Waits until a list request is due, and counts it as sent. */
+/*
+ * Starts account's GET path?params in the background (account NULL: the
+ * platform's), unless the rate says wait.
+ */
 static void
-throttle(void)
+prefetch_under_rate(const char *path, Jsonb *params, const char *account)
 {
-	long		left;
-
-	while ((left = throttle_wait()) > 0)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (left < 1000)
-			pg_usleep(left);	/* (the latch waits whole milliseconds) */
-		else
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 left / 1000, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-	}
-	CHECK_FOR_INTERRUPTS();
-	last_list_request = GetCurrentTimestamp();
-}
-
-/* Starts GET path?params in the background, unless the rate says wait. */
-static void
-prefetch_under_rate(const char *path, Jsonb *params)
-{
-	if (throttle_wait() > 0)
+	if (!sb_rate_due())
 		return;
-	last_list_request = GetCurrentTimestamp();
-	sb_http_prefetch(path, sb_form_encode(params));
+	sb_http_prefetch(path, sb_form_encode(params), account);	/* (counted) */
 }
+
 
 /*
  * The parameters of the page after page, asked for with params: params
@@ -125,19 +91,22 @@ next_page_params(Jsonb *params, Jsonb *page)
 
 /*
  * stripe_billing._list_page(path text, params jsonb, next_params jsonb,
+ *                           account text,
  *                           OUT page jsonb, OUT snapshot timestamptz)
  *
- * One GET of a list endpoint, throttled; the page is not applied.  The
- * request after it starts in the background before returning, so it
- * travels while the caller applies this page: next_params for the same
- * path, or when NULL the next page (starting_after), when Stripe says more
- * wait.  JSON null: none.  (Not when that would have to wait for the rate:
- * the next call then asks the usual way.)
+ * One GET of a list endpoint, as account's (NULL: the platform's own),
+ * throttled; the page is not applied.  The request after it starts in the
+ * background before returning, so it travels while the caller applies this
+ * page: next_params for the same path and account, or when NULL the next
+ * page (starting_after), when Stripe says more wait.  JSON null: none.
+ * (Not when that would have to wait for the rate: the next call then asks
+ * the usual way.)  (Before 0.4.0's ALTER EXTENSION UPDATE, without account.)
  */
 Datum
 stripe_list_page(PG_FUNCTION_ARGS)
 {
-	char	   *path = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *account = sb_account_arg(fcinfo, 3);
+	char	   *path = sb_text_arg(fcinfo, 0, "path");
 	Jsonb	   *params = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	Jsonb	   *next = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
 	char	   *query = sb_form_encode(params);
@@ -150,16 +119,17 @@ stripe_list_page(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	if (!sb_http_prefetched_is(path, query))
-		throttle();				/* (a request started in the background was counted) */
-	page = sb_stripe_get(path, query, &at);
+	/* (a request started in the background was counted; the worker's wait in sb_http_request) */
+	if (!sb_http_prefetched_is(path, query, account) && !sb_rate_every_request)
+		sb_rate_wait();
+	page = sb_stripe_get(path, query, account, &at);
 
 	if (next == NULL)
 		next = next_page_params(params, page);
 	else if (!JB_ROOT_IS_OBJECT(next))
 		next = NULL;
 	if (next != NULL)
-		prefetch_under_rate(path, next);
+		prefetch_under_rate(path, next, account);
 
 	values[0] = JsonbPGetDatum(page);
 	values[1] = TimestampTzGetDatum(time_t_to_timestamptz(at));
@@ -167,15 +137,23 @@ stripe_list_page(PG_FUNCTION_ARGS)
 }
 
 /*
- * stripe_billing._list_prefetch(path text, params jsonb) -> void
+ * stripe_billing._list_prefetch(path text, params jsonb, account text) -> void
  *
- * Starts the request a later _list_page will make, so it travels while the
- * caller works (see _list_page).
+ * Starts the request a later _list_page will make (of the same account), so
+ * it travels while the caller works (see _list_page).  (Before 0.4.0's
+ * ALTER EXTENSION UPDATE, STRICT and without account.)
  */
 Datum
 stripe_list_prefetch(PG_FUNCTION_ARGS)
 {
-	prefetch_under_rate(text_to_cstring(PG_GETARG_TEXT_PP(0)), PG_GETARG_JSONB_P(1));
+	char	   *account = sb_account_arg(fcinfo, 2);
+	char	   *path = sb_text_arg(fcinfo, 0, "path");
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("params must not be NULL")));
+	prefetch_under_rate(path, PG_GETARG_JSONB_P(1), account);
 	PG_RETURN_VOID();
 }
 
@@ -190,6 +168,7 @@ Datum
 stripe_apply_snapshots(PG_FUNCTION_ARGS)
 {
 	char	   *source;
+	char	   *account = sb_account_arg(fcinfo, 5);
 
 	/* (not STRICT, for replacements: NULL objects, time or source map nothing) */
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
@@ -202,5 +181,6 @@ stripe_apply_snapshots(PG_FUNCTION_ARGS)
 				 errmsg("source must be lower-case letters and underscores, not \"%s\"", source)));
 	PG_RETURN_JSONB_P(sb_apply_snapshots(PG_GETARG_JSONB_P(0), PG_GETARG_TIMESTAMPTZ(1), source,
 										 PG_NARGS() <= 3 || PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3),
-										 PG_NARGS() <= 4 || PG_ARGISNULL(4) || PG_GETARG_BOOL(4)));
+										 PG_NARGS() <= 4 || PG_ARGISNULL(4) || PG_GETARG_BOOL(4),
+										 account));
 }

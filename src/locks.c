@@ -202,7 +202,8 @@ text_field(JsonbContainer *object, const char *key, const char **text, int *len)
 typedef struct KeyWalk
 {
 	SbLockSet  *set;
-	const char *row_kind;		/* the kind of the rows whose ids are walked */
+	const char *row_kind;		/* the kind of the rows whose ids are walked,
+								 * and for ids an account chooses, the account */
 	bool		user_found;		/* a user_refs path named one */
 } KeyWalk;
 
@@ -296,7 +297,8 @@ add_user_key(KeyWalk *walk, JsonbContainer *parent, const char *key)
  * user it names.
  */
 void
-sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind_name)
+sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind_name,
+					  const char *account)
 {
 	const SbObjectKind *kind;
 	KeyWalk		walk = {set, NULL, false};
@@ -304,6 +306,15 @@ sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind_n
 	if (kind_name == NULL || (kind = sb_object_kind(kind_name)) == NULL)
 		return;
 	walk.row_kind = kind->row_kind;
+	if (account)
+	{
+		/* the account's row (noted on first sight) */
+		sb_lockset_add_key(set, "account", account, strlen(account));
+		/* a product's or a price's id is the account's choice: unique in it only */
+		if (kind->row_kind && (strcmp(kind->row_kind, "product") == 0 ||
+							   strcmp(kind->row_kind, "price") == 0))
+			walk.row_kind = psprintf("%s@%s", kind->row_kind, account);
+	}
 	for (int i = 0; i < lengthof(kind->row_ids) && kind->row_ids[i]; i++)
 		walk_path(&walk, object, kind->row_ids[i], add_row_key);
 	if (kind->customer)
@@ -528,18 +539,28 @@ stripe_lock_keys(PG_FUNCTION_ARGS)
 }
 
 /*
- * stripe_billing._lock_objects(objects jsonb)
+ * stripe_billing._lock_objects(objects jsonb, account text)
  *
- * The keys a list of Stripe objects needs, as applying them would take:
+ * The keys a list of Stripe objects (of the account) needs, as applying
+ * them would take:
  * for SQL that writes their rows before applying them (reconciliation).
  */
 Datum
 stripe_lock_objects(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *objects = PG_GETARG_JSONB_P(0);
+	Jsonb	   *objects;
+	char	   *account = PG_NARGS() > 1 && !PG_ARGISNULL(1) ?
+		text_to_cstring(PG_GETARG_TEXT_PP(1)) : NULL;
 	SbLockSet  *set = sb_lockset_create();
 	int			n;
 
+	if (PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	objects = PG_GETARG_JSONB_P(0);
+	if (account && !sb_is_account_id(account))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account must be a connected account's id, not \"%.100s\"", account)));
 	if (!JB_ROOT_IS_ARRAY(objects) || JB_ROOT_IS_SCALAR(objects))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -556,7 +577,7 @@ stripe_lock_objects(PG_FUNCTION_ARGS)
 		kind = sb_jsonb_key(v->val.binary.data, "object", &buf);
 		if (kind && kind->type == jbvString)
 			sb_lockset_add_object(set, v->val.binary.data,
-								  pnstrdup(kind->val.string.val, kind->val.string.len));
+								  pnstrdup(kind->val.string.val, kind->val.string.len), account);
 	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -37,13 +37,13 @@ typedef struct ProcedureGate
 	const char *prefix;
 	const char *procedure;
 	int			nargs;
-	Oid			argtype;
+	Oid			argtypes[2];
 } ProcedureGate;
 
 static const ProcedureGate gates[] = {
-	{"sync_now.", "stripe_sync_now", 1, INT4OID},
-	{"backfill.", "stripe_backfill", 1, TEXTARRAYOID},
-	{"reconcile.", "stripe_reconcile", 0, InvalidOid},
+	{"sync_now.", "stripe_sync_now", 1, {INT4OID}},
+	{"backfill.", "stripe_backfill", 2, {TEXTARRAYOID, TEXTOID}},
+	{"reconcile.", "stripe_reconcile", 1, {TEXTOID}},
 };
 
 /*
@@ -77,7 +77,7 @@ stripe_procedure_step(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("\"%s\" is not a step of a stripe_billing procedure", step)));
 
-	procedure = sb_extension_function(gate->procedure, gate->nargs, &gate->argtype, false);
+	procedure = sb_extension_function(gate->procedure, gate->nargs, gate->argtypes, false);
 	if (sb_proc_aclcheck(procedure, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "pgtime.h"
 #include "utils/jsonb.h"
@@ -102,6 +103,8 @@ extern int	sb_max_requests_per_second;
 extern bool sb_backfill_on_start;
 extern int	sb_backfill_invoices_since;	/* s */
 extern int	sb_reconcile_interval;	/* s */
+extern int	sb_connect_idle_interval;	/* s */
+extern int	sb_connect_active_window;	/* s */
 extern char *sb_meter_events_base;
 #define SB_USAGE_API_V2 2
 #define SB_USAGE_API_V1 1
@@ -121,6 +124,30 @@ sb_jsonb_key(JsonbContainer *object, const char *key, JsonbValue *buf)
 	return getKeyJsonValueFromContainer(object, key, strlen(key), buf);
 }
 
+/*
+ * Is this a connected account's id (Stripe Connect): "acct_" and 1 to 250
+ * letters or digits?  It goes into the Stripe-Account header and into keys.
+ */
+static inline bool
+sb_is_account_id(const char *s)
+{
+	int			n = 0;
+
+	if (strncmp(s, "acct_", 5) != 0)
+		return false;
+	for (s += 5; *s; s++, n++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')))
+			return false;
+	return n >= 1 && n <= 250;
+}
+
+/* Are a and b the same account (NULL: the platform's own)? */
+static inline bool
+sb_same_account(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
 /* extension.c */
 extern Oid	sb_extension_oid(void);
 extern Oid	sb_extension_owner(Oid extension);
@@ -133,7 +160,8 @@ extern SbLockSet *sb_lockset_create(void);
 extern void sb_lockset_add_key(SbLockSet *set, const char *kind, const char *id, int len);
 extern void sb_lockset_add_customer(SbLockSet *set, const char *id, int len);
 extern void sb_lockset_add_user(SbLockSet *set, const char *user_ref, int len);
-extern void sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind);
+extern void sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind,
+								  const char *account);
 extern void sb_lockset_acquire(SbLockSet *set);
 
 /* worker.c */
@@ -156,24 +184,37 @@ typedef struct SbHttpResponse
 extern void sb_check_api_base(const char *base);
 extern void sb_check_settings(void);
 extern void sb_check_meter_events_base(const char *base);
+
+/* rate.c */
+extern bool sb_rate_every_request;
+extern bool sb_rate_due(void);
+extern void sb_rate_count(void);
+extern void sb_rate_wait(void);
+
 extern SbHttpResponse *sb_http_request(const char *method, const char *path,
-									   const char *form, const char *idempotency_key);
-extern void sb_http_prefetch(const char *path, const char *query);
-extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *query);
-extern bool sb_http_prefetched_is(const char *path, const char *query);
+									   const char *form, const char *idempotency_key,
+									   const char *account);
+extern void sb_http_prefetch(const char *path, const char *query, const char *account);
+extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *query,
+											   const char *account);
+extern bool sb_http_prefetched_is(const char *path, const char *query, const char *account);
 extern char *sb_form_encode(Jsonb *params);
 extern void sb_form_append(StringInfo form, const char *name, const char *value);
 extern SbHttpResponse **sb_http_post_all(const char *base, const char *path, char **bodies, int n,
-										 const char *secret, int parallel);
+										 const char *secret, int parallel, const char *account);
 
 /* api.c */
+extern void sb_check_account(const char *argument, const char *account);
+extern char *sb_account_arg(FunctionCallInfo fcinfo, int argno);
+extern char *sb_text_arg(FunctionCallInfo fcinfo, int argno, const char *name);
 extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params,
-							 const char *idempotency_key);
+							 const char *idempotency_key, const char *account);
 extern char *sb_object_string(Jsonb *object, const char *key);
 extern Jsonb *sb_parse_body(SbHttpResponse *r);
 extern Jsonb *sb_stripe_call_form(const char *method, const char *path, const char *form,
-								  const char *idempotency_key);
-extern Jsonb *sb_stripe_get(const char *path, const char *query, pg_time_t *response_time);
+								  const char *idempotency_key, const char *account);
+extern Jsonb *sb_stripe_get(const char *path, const char *query, const char *account,
+							pg_time_t *response_time);
 extern char *sb_list_page_edge_id(Jsonb *page, bool first);
 
 /* signatures.c */
@@ -189,8 +230,9 @@ extern TimestampTz sb_now(void);
 
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);
-extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id);
+extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id,
+								const char *account);
 extern Jsonb *sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
-								 Jsonb *replacements, bool derive);
+								 Jsonb *replacements, bool derive, const char *account);
 
 #endif							/* STRIPE_BILLING_H */

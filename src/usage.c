@@ -5,10 +5,12 @@
  *	  session's token, then batches of events posted to the meter event
  *	  stream, several requests at once.
  *
- * The SQL side (stripe_send_usage) picks and locks the rows, builds the
- * batches and marks each row by its batch's answer; this file only makes
- * the requests.  The session token is a secret valid for 15 minutes: it is
- * kept in this backend's memory only (never in a table, a message or a
+ * The SQL side (stripe_send_usage) picks and locks the rows, groups them by
+ * account, builds the batches and marks each row by its batch's answer;
+ * this file only makes the requests.  A session is an account's: the
+ * platform's own, or a connected account's (made and used with its
+ * Stripe-Account header).  Its token is a secret valid for 15 minutes: it
+ * is kept in this backend's memory only (never in a table, a message or a
  * log), made again a minute before it expires, or at once when Stripe
  * answers that it has, and the refused batches are then sent once more.
  *
@@ -34,33 +36,96 @@ PG_FUNCTION_INFO_V1(stripe_meter_stream_send);
 /* A session is made again this long before Stripe says it expires (us). */
 #define SESSION_MARGIN (60 * USECS_PER_SEC)
 
-/* The meter event session's token (TopMemoryContext), and its end. */
-static char *session_token = NULL;
-static TimestampTz session_expires = 0;
-
-/* Forgets the session token, wiping our copy. */
-static void
-forget_session(void)
+/*
+ * One account's meter event session (in TopMemoryContext): its token and
+ * its end.  The sessions of the accounts whose usage this backend sent are
+ * kept in a list, each until it expires.
+ */
+typedef struct MeterSession
 {
-	if (session_token)
-	{
-		explicit_bzero(session_token, strlen(session_token));
-		pfree(session_token);
-	}
-	session_token = NULL;
-	session_expires = 0;
+	char	   *account;		/* NULL: the platform's own */
+	char	   *token;
+	TimestampTz expires;
+	struct MeterSession *next;
+} MeterSession;
+
+static MeterSession *sessions = NULL;
+
+/* Forgets a session (unlinked by the caller), wiping our copy of its token. */
+static void
+free_session(MeterSession *session)
+{
+	explicit_bzero(session->token, strlen(session->token));
+	pfree(session->token);
+	if (session->account)
+		pfree(session->account);
+	pfree(session);
 }
 
-/* Masks the session token wherever it appears in s (an echoing upstream). */
+/* Forgets account's session, if there is one. */
+static void
+forget_session(const char *account)
+{
+	for (MeterSession **link = &sessions; *link; link = &(*link)->next)
+	{
+		MeterSession *session = *link;
+
+		if (sb_same_account(session->account, account))
+		{
+			*link = session->next;
+			free_session(session);
+			return;
+		}
+	}
+}
+
+/*
+ * Account's session when it is good for a while yet (not within
+ * SESSION_MARGIN of its end), else NULL; the sessions past their margin,
+ * any account's, are forgotten on the way.
+ */
+static MeterSession *
+usable_session(const char *account)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	MeterSession *found = NULL;
+	MeterSession **link = &sessions;
+
+	while (*link)
+	{
+		MeterSession *session = *link;
+
+		if (now >= session->expires - SESSION_MARGIN)
+		{
+			*link = session->next;
+			free_session(session);
+			continue;
+		}
+		if (sb_same_account(session->account, account))
+			found = session;
+		link = &session->next;
+	}
+	return found;
+}
+
+/*
+ * Masks every session token this backend keeps wherever it appears in s
+ * (an echoing upstream), and the other secrets.
+ */
 static void
 scrub_token(char *s)
 {
-	char	   *hit;
-
-	if (s == NULL || session_token == NULL || session_token[0] == '\0')
+	if (s == NULL)
 		return;
-	while ((hit = strstr(s, session_token)) != NULL)
-		memset(hit, '*', strlen(session_token));
+	for (MeterSession *session = sessions; session; session = session->next)
+	{
+		char	   *hit;
+
+		if (session->token[0] == '\0')
+			continue;
+		while ((hit = strstr(s, session->token)) != NULL)
+			memset(hit, '*', strlen(session->token));
+	}
 	sb_scrub_secrets(s);
 }
 
@@ -116,24 +181,27 @@ response_error(SbHttpResponse *r, char **code, char **message)
 }
 
 /*
- * Makes a meter event session (POST /v2/billing/meter_event_session with
- * the API key).  Returns NULL when it did, else the failed response.
+ * Makes account's meter event session (POST /v2/billing/meter_event_session
+ * with the API key, and Stripe-Account unless account is NULL), kept in
+ * *made.  Returns NULL when it did, else the failed response.
  */
 static SbHttpResponse *
-new_session(void)
+new_session(const char *account, MeterSession **made)
 {
 	char	   *body = "{}";
 	SbHttpResponse *r;
-	Jsonb	   *session;
+	Jsonb	   *answer;
 	char	   *token;
+	MeterSession *session;
 
-	forget_session();
+	forget_session(account);
+	*made = NULL;
 	sb_check_settings();
-	r = sb_http_post_all(sb_api_base, SESSION_PATH, &body, 1, sb_api_key, 1)[0];
+	r = sb_http_post_all(sb_api_base, SESSION_PATH, &body, 1, sb_api_key, 1, account)[0];
 	if (r->status / 100 != 2)
 		return r;
-	session = sb_parse_body(r);
-	token = sb_object_string(session, "authentication_token");
+	answer = sb_parse_body(r);
+	token = sb_object_string(answer, "authentication_token");
 
 	/* it goes into a header line: nothing that could end or split one */
 	if (token == NULL || token[0] == '\0' ||
@@ -143,9 +211,14 @@ new_session(void)
 		r->network_error = "the meter event session has no usable authentication_token";
 		return r;
 	}
-	session_token = MemoryContextStrdup(TopMemoryContext, token);
-	session_expires = session_end(sb_object_string(session, "expires_at"));
+	session = MemoryContextAllocZero(TopMemoryContext, sizeof(MeterSession));
+	session->token = MemoryContextStrdup(TopMemoryContext, token);
+	session->account = account ? MemoryContextStrdup(TopMemoryContext, account) : NULL;
+	session->expires = session_end(sb_object_string(answer, "expires_at"));
+	session->next = sessions;
+	sessions = session;
 	explicit_bzero(token, strlen(token));
+	*made = session;
 	return NULL;
 }
 
@@ -202,19 +275,23 @@ push_result(JsonbParseState **state, SbHttpResponse *r)
 }
 
 /*
- * stripe_billing._meter_stream_send(bodies text[]) -> jsonb
+ * stripe_billing._meter_stream_send(bodies text[], account text) -> jsonb
  *
  * POSTs each body (a JSON {"events": [...]}) to the meter event stream at
  * stripe_billing.meter_events_base, stripe_billing.usage_concurrency at
- * once, with a meter event session made as needed.  Returns a JSON array,
+ * once, as account's (Stripe-Account; NULL: the platform's), with a meter
+ * event session of that account made as needed.  Returns a JSON array,
  * one {"status", "code", "message"} per body in order: status 0 when no
  * answer came (then message says why), or when no session could be made
- * (every body then carries that failure).
+ * (every body then carries that failure).  (Before 0.4.0's ALTER EXTENSION
+ * UPDATE, STRICT and without account.)
  */
 Datum
 stripe_meter_stream_send(PG_FUNCTION_ARGS)
 {
-	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(0);
+	char	   *account = sb_account_arg(fcinfo, 1);
+	ArrayType  *array;
+	MeterSession *session;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
@@ -223,6 +300,11 @@ stripe_meter_stream_send(PG_FUNCTION_ARGS)
 	SbHttpResponse *failed = NULL;
 	JsonbParseState *state = NULL;
 
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("bodies must not be NULL")));
+	array = PG_GETARG_ARRAYTYPE_P(0);
 	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	bodies = palloc(sizeof(char *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
@@ -238,21 +320,21 @@ stripe_meter_stream_send(PG_FUNCTION_ARGS)
 	if (n > 0)
 	{
 		sb_check_meter_events_base(sb_meter_events_base);
-		if (session_token == NULL || GetCurrentTimestamp() >= session_expires - SESSION_MARGIN)
-			failed = new_session();
+		if ((session = usable_session(account)) == NULL)
+			failed = new_session(account, &session);
 		if (failed == NULL)
 		{
 			int		   *again = palloc(sizeof(int) * n);
 			int			n_again = 0;
 
 			responses = sb_http_post_all(sb_meter_events_base, STREAM_PATH, bodies, n,
-										 session_token, sb_usage_concurrency);
+										 session->token, sb_usage_concurrency, account);
 
 			/* the session ended before Stripe thought: a new one, those once more */
 			for (int i = 0; i < n; i++)
 				if (session_expired(responses[i]))
 					again[n_again++] = i;
-			if (n_again > 0 && (failed = new_session()) == NULL)
+			if (n_again > 0 && (failed = new_session(account, &session)) == NULL)
 			{
 				char	  **retry = palloc(sizeof(char *) * n_again);
 				SbHttpResponse **answers;
@@ -260,7 +342,7 @@ stripe_meter_stream_send(PG_FUNCTION_ARGS)
 				for (int k = 0; k < n_again; k++)
 					retry[k] = bodies[again[k]];
 				answers = sb_http_post_all(sb_meter_events_base, STREAM_PATH, retry, n_again,
-										   session_token, sb_usage_concurrency);
+										   session->token, sb_usage_concurrency, account);
 				for (int k = 0; k < n_again; k++)
 					responses[again[k]] = answers[k];
 			}

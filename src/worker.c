@@ -13,7 +13,8 @@
  * instant neither loses nor double-applies an event.  On its first start it
  * also backfills the account's objects (a few pages a cycle, so events keep
  * flowing), and every stripe_billing.reconcile_interval it reconciles them.
- * Then it re-reads the lookback window, flushes the usage outbox, retries
+ * Then it re-reads the lookback window, polls the connected accounts due
+ * (Connect: see account_polls_per_cycle), flushes the usage outbox, retries
  * failed events and re-fetches rows marked by ties, each step a transaction
  * of its own (see locks.c: a transaction applies one unit).
  * Between cycles it sleeps on its latch: SIGTERM ends it promptly, SIGHUP
@@ -67,6 +68,21 @@ PGDLLEXPORT void stripe_billing_worker_main(Datum arg);
 
 /* Pages of a backfill or reconciliation a cycle (an entitlements page is 20 requests). */
 #define LISTING_PAGES_PER_CYCLE 5
+
+/*
+ * Connected accounts polled a cycle: half a poll interval's worth of
+ * requests under max_requests_per_second (their requests are spaced by
+ * it), so that a cycle lasts at most about one and a half poll intervals
+ * and the platform's events keep their pace; the accounts left wait for
+ * the next cycle, the longest waiting first.
+ */
+static int
+account_polls_per_cycle(void)
+{
+	double		budget = (double) sb_max_requests_per_second * sb_poll_interval / 2000.0;
+
+	return (int) Max(1.0, Min(budget, 100000.0));
+}
 
 /* What a step of a cycle found. */
 typedef enum StepResult
@@ -181,6 +197,10 @@ run_step(const char *what, const char *step, int *sqlerrcode)
 			!OidIsValid(sb_extension_function("_refetch_one", 0, NULL, true)))
 			step = strcmp(step, "usage") == 0 ? "duties" :
 				(strcmp(step, "retry") == 0 || strcmp(step, "refetch") == 0) ? NULL : step;
+		/* before 0.4.0's SQL, no connected account is polled */
+		if (result == STEP_DONE && step != NULL && strcmp(step, "poll_accounts") == 0 &&
+			!OidIsValid(sb_extension_function("_poll_next_account", 0, NULL, true)))
+			step = NULL;
 		/* a step's answer says whether more is waiting */
 		if (result == STEP_DONE && step != NULL)
 			result = worker_step(fn, step, NULL) ? STEP_MORE : STEP_DONE;
@@ -269,6 +289,8 @@ stripe_billing_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	/* every request of the worker within max_requests_per_second (rate.c) */
+	sb_rate_every_request = true;
 
 	database = MemoryContextStrdup(TopMemoryContext, sb_database);
 	role = MemoryContextStrdup(TopMemoryContext, sb_worker_role);
@@ -327,6 +349,27 @@ stripe_billing_worker_main(Datum arg)
 			run_step("stripe_billing: re-reading /v1/events for late-listed events",
 					 "lookback", &sqlerrcode) == STEP_FAILED)
 			result = STEP_FAILED;
+
+		/* connected accounts due (Connect), one a transaction, an account's failure its own */
+		if (result == STEP_DONE || result == STEP_MORE)
+		{
+			int			budget = account_polls_per_cycle();
+
+			for (int i = 0; i < budget; i++)
+			{
+				StepResult	polled = run_step("stripe_billing: polling a connected account's events",
+											  "poll_accounts", &sqlerrcode);
+
+				CHECK_FOR_INTERRUPTS();
+				if (polled == STEP_FAILED)
+					result = STEP_FAILED;
+				if (polled != STEP_MORE)
+					break;
+				/* the budget spent with accounts still due: no sleep */
+				if (i == budget - 1)
+					result = STEP_MORE;
+			}
+		}
 
 		/* the duties, each in a transaction of its own (see locks.c) */
 		if (result == STEP_DONE || result == STEP_MORE)

@@ -19,7 +19,8 @@ CREATE TABLE stripe_billing.events (
     body        bytea,
     -- the event as jsonb or, for a verified webhook body that jsonb refused,
     -- its raw bytes (then the outcome is failed): one of the two, never both
-    CONSTRAINT events_payload_or_body CHECK ((payload IS NULL) <> (body IS NULL))
+    CONSTRAINT events_payload_or_body CHECK ((payload IS NULL) <> (body IS NULL)),
+    account     text             -- a connected account's event (its account); NULL: the platform's
 );
 COMMENT ON TABLE stripe_billing.events IS
     'Ledger of every Stripe event received: one row per event id';

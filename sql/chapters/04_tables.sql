@@ -13,6 +13,11 @@
 --     or canceled payment) is never revived by a non-terminal snapshot;
 --   * deletes are tombstones (deleted = true), so late updates cannot
 --     resurrect a row.
+-- Each row names its Stripe account: NULL for the platform's own, the
+-- connected account's id (acct_...) for one of Stripe Connect's (from the
+-- event's account, or the call's).  Ids Stripe makes are unique across
+-- accounts; a product's or a plan's may be chosen by its account, so those
+-- are keyed by (id, account).
 -- Only the extension writes these tables; grant SELECT to app roles.
 --------------------------------------------------------------------------
 
@@ -28,14 +33,15 @@ CREATE TABLE stripe_billing.customers (
     last_event_id      text,
     last_event_created timestamptz,
     refetch            boolean NOT NULL DEFAULT false,
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
 );
 CREATE INDEX customers_user_ref_idx ON stripe_billing.customers (user_ref);
 COMMENT ON COLUMN stripe_billing.customers.user_ref IS
     'the application''s user: from a completed Checkout session''s client_reference_id, metadata user_ref/user_id/userId, or stripe_link_customer()';
 
 CREATE TABLE stripe_billing.products (
-    id                 text PRIMARY KEY,
+    id                 text NOT NULL,
     name               text,
     description        text,
     active             boolean,
@@ -46,12 +52,16 @@ CREATE TABLE stripe_billing.products (
     last_event_id      text,
     last_event_created timestamptz,
     refetch            boolean NOT NULL DEFAULT false,
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text,            -- the connected account (acct_...); NULL: the platform's own
+    -- an id the account chose (a product "basic", a plan "pro_monthly") is
+    -- unique within its account only
+    CONSTRAINT products_id_account_key UNIQUE NULLS NOT DISTINCT (id, account)
 );
 
 -- Prices, and legacy plans (a plan is a recurring price).
 CREATE TABLE stripe_billing.prices (
-    id                 text PRIMARY KEY,
+    id                 text NOT NULL,
     product            text,
     active             boolean,
     currency           text,
@@ -69,7 +79,11 @@ CREATE TABLE stripe_billing.prices (
     last_event_id      text,
     last_event_created timestamptz,
     refetch            boolean NOT NULL DEFAULT false,
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text,            -- the connected account (acct_...); NULL: the platform's own
+    -- an id the account chose (a product "basic", a plan "pro_monthly") is
+    -- unique within its account only
+    CONSTRAINT prices_id_account_key UNIQUE NULLS NOT DISTINCT (id, account)
 );
 CREATE INDEX prices_lookup_key_idx ON stripe_billing.prices (lookup_key);
 
@@ -93,7 +107,8 @@ CREATE TABLE stripe_billing.subscriptions (
     last_event_id        text,
     last_event_created   timestamptz,
     refetch              boolean NOT NULL DEFAULT false,
-    updated_at           timestamptz NOT NULL DEFAULT now()
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
 );
 CREATE INDEX subscriptions_customer_idx ON stripe_billing.subscriptions (customer);
 
@@ -109,7 +124,8 @@ CREATE TABLE stripe_billing.subscription_items (
     deleted              boolean NOT NULL DEFAULT false,
     last_event_id        text,
     last_event_created   timestamptz,
-    updated_at           timestamptz NOT NULL DEFAULT now()
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
 );
 -- (no raw: each item's JSON is in its subscription's raw, items.data)
 CREATE INDEX subscription_items_subscription_idx ON stripe_billing.subscription_items (subscription);
@@ -136,7 +152,8 @@ CREATE TABLE stripe_billing.invoices (
     last_event_id        text,
     last_event_created   timestamptz,
     refetch              boolean NOT NULL DEFAULT false,
-    updated_at           timestamptz NOT NULL DEFAULT now()
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
 );
 CREATE INDEX invoices_customer_idx ON stripe_billing.invoices (customer);
 CREATE INDEX invoices_subscription_idx ON stripe_billing.invoices (subscription);
@@ -161,7 +178,8 @@ CREATE TABLE stripe_billing.payments (
     last_event_id      text,
     last_event_created timestamptz,
     refetch            boolean NOT NULL DEFAULT false,
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
 );
 CREATE INDEX payments_customer_idx ON stripe_billing.payments (customer);
 CREATE INDEX payments_invoice_idx ON stripe_billing.payments (invoice);
@@ -187,7 +205,8 @@ CREATE TABLE stripe_billing.checkout_sessions (
     last_event_id      text,
     last_event_created timestamptz,
     refetch            boolean NOT NULL DEFAULT false,
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
 );
 CREATE INDEX checkout_sessions_user_ref_idx ON stripe_billing.checkout_sessions (user_ref);
 
@@ -199,7 +218,8 @@ CREATE TABLE stripe_billing.entitlement_summaries (
     last_event_id      text,
     last_event_created timestamptz,
     refetch            boolean NOT NULL DEFAULT false,
-    updated_at         timestamptz NOT NULL DEFAULT now()
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
 );
 -- ... and its entitlements, replaced as a set.
 CREATE TABLE stripe_billing.active_entitlements (
@@ -211,6 +231,32 @@ CREATE TABLE stripe_billing.active_entitlements (
 );
 CREATE INDEX active_entitlements_lookup_key_idx ON stripe_billing.active_entitlements (lookup_key);
 
+-- Stripe Connect's connected accounts: from account.updated events, the
+-- application's authorization and deauthorization, the backfill
+-- (/v1/accounts), and the first event or call that names an unknown one.
+CREATE TABLE stripe_billing.accounts (
+    id                 text PRIMARY KEY CHECK (id ~ '^acct_[A-Za-z0-9]{1,250}$'),
+    business_name      text,
+    country            text,
+    default_currency   text,
+    charges_enabled    boolean,
+    payouts_enabled    boolean,
+    details_submitted  boolean,
+    requirements_due   text[],          -- requirements.currently_due
+    type               text,            -- standard | express | custom (type, or the controller's)
+    controller         jsonb,
+    created            timestamptz,
+    authorized_at      timestamptz,     -- the latest account.application.authorized
+    deauthorized_at    timestamptz,     -- the platform lost access (a later deauthorization): kept, not polled
+    raw                jsonb,
+    first_seen_at      timestamptz NOT NULL DEFAULT now(),
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.customers', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.products', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.prices', '');
@@ -233,7 +279,8 @@ BEGIN
     ALTER TABLE stripe_billing.events ALTER COLUMN payload SET COMPRESSION lz4;
     ALTER TABLE stripe_billing.events ALTER COLUMN body SET COMPRESSION lz4;
     FOREACH t IN ARRAY ARRAY['customers', 'products', 'prices', 'subscriptions',
-                             'invoices', 'payments', 'checkout_sessions', 'entitlement_summaries'] LOOP
+                             'invoices', 'payments', 'checkout_sessions', 'entitlement_summaries',
+                             'accounts'] LOOP
       EXECUTE format('ALTER TABLE stripe_billing.%I ALTER COLUMN raw SET COMPRESSION lz4', t);
     END LOOP;
   END IF;
@@ -241,4 +288,7 @@ END
 $$;
 
 CREATE INDEX events_failed_idx ON stripe_billing.events (created, id) WHERE outcome = 'failed';
+-- (connected accounts' events only: the platform's pay nothing for it)
+CREATE INDEX events_account_received_idx ON stripe_billing.events (received_at, account)
+    WHERE account IS NOT NULL;
 CREATE INDEX events_ignored_idx ON stripe_billing.events (type, created, id) WHERE outcome = 'ignored';

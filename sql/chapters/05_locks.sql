@@ -12,9 +12,9 @@ AS 'MODULE_PATHNAME', 'stripe_lock_keys'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Takes the keys that applying these Stripe objects takes (for SQL that
--- writes their rows before applying them).
-CREATE FUNCTION stripe_billing._lock_objects(objects jsonb) RETURNS void
+-- Takes the keys that applying these Stripe objects (of the account: NULL,
+-- the platform's) takes, for SQL that writes their rows before applying them.
+CREATE FUNCTION stripe_billing._lock_objects(objects jsonb, account text DEFAULT NULL) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_lock_objects'
-LANGUAGE C STRICT VOLATILE
+LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;

@@ -47,7 +47,7 @@ $$;
 -- link (metadata); otherwise replace it (Checkout, explicit links).  The
 -- users on both sides of a change get their features recomputed.
 CREATE FUNCTION stripe_billing._link_customer(customer_id text, new_user_ref text, fill_only boolean,
-                                              ev_type text DEFAULT 'customer.link')
+                                              ev_type text DEFAULT 'customer.link', ev_account text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -59,15 +59,16 @@ BEGIN
   IF FOUND AND (old_user_ref IS NOT DISTINCT FROM new_user_ref OR (fill_only AND old_user_ref IS NOT NULL)) THEN
     RETURN;
   END IF;
-  INSERT INTO stripe_billing.customers AS t (id, user_ref)
-  VALUES (customer_id, new_user_ref)
+  INSERT INTO stripe_billing.customers AS t (id, user_ref, account)
+  VALUES (customer_id, new_user_ref, ev_account)
   ON CONFLICT (id) DO UPDATE SET user_ref = EXCLUDED.user_ref, updated_at = now();
   PERFORM stripe_billing._refresh_user_features(old_user_ref, customer_id, ev_type);
   PERFORM stripe_billing._refresh_user_features(new_user_ref, customer_id, ev_type);
 END
 $$;
 
-CREATE FUNCTION stripe_billing._apply_customer(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_customer(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                               ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -80,11 +81,11 @@ BEGIN
     o := coalesce((SELECT raw FROM stripe_billing.customers WHERE id = o->>'id'), '{}') || o;
   END IF;
   INSERT INTO stripe_billing.customers AS t
-         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created)
+         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created, account)
   VALUES (o->>'id', stripe_billing._user_ref(o->'metadata'), o->>'email', o->>'name', deleting,
-          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
   ON CONFLICT (id) DO UPDATE SET
-         user_ref = coalesce(t.user_ref, EXCLUDED.user_ref),
+         user_ref = coalesce(t.user_ref, EXCLUDED.user_ref), account = EXCLUDED.account,
          email = EXCLUDED.email, name = EXCLUDED.name, deleted = EXCLUDED.deleted,
          metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
          last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
@@ -99,7 +100,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION stripe_billing._apply_product(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_product(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -108,13 +110,14 @@ DECLARE
   deleting boolean := ev_type = 'product.deleted' OR coalesce((o->>'deleted')::boolean, false);
 BEGIN
   IF deleting THEN
-    o := coalesce((SELECT raw FROM stripe_billing.products WHERE id = o->>'id'), '{}') || o;
+    o := coalesce((SELECT raw FROM stripe_billing.products
+                    WHERE id = o->>'id' AND account IS NOT DISTINCT FROM ev_account), '{}') || o;
   END IF;
   INSERT INTO stripe_billing.products AS t
-         (id, name, description, active, deleted, metadata, created, raw, last_event_id, last_event_created)
+         (id, name, description, active, deleted, metadata, created, raw, last_event_id, last_event_created, account)
   VALUES (o->>'id', o->>'name', o->>'description', (o->>'active')::boolean, deleting,
-          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created)
-  ON CONFLICT (id) DO UPDATE SET
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id, account) DO UPDATE SET
          name = EXCLUDED.name, description = EXCLUDED.description, active = EXCLUDED.active,
          deleted = EXCLUDED.deleted, metadata = EXCLUDED.metadata,
          created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
@@ -127,7 +130,8 @@ END
 $$;
 
 -- Prices and plans: a plan is written as a recurring price.
-CREATE FUNCTION stripe_billing._apply_price(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_price(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                            ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -137,11 +141,13 @@ DECLARE
   deleting boolean := ev_type IN ('price.deleted', 'plan.deleted') OR coalesce((o->>'deleted')::boolean, false);
 BEGIN
   IF deleting THEN
-    o := coalesce((SELECT raw FROM stripe_billing.prices WHERE id = o->>'id'), '{}') || o;
+    o := coalesce((SELECT raw FROM stripe_billing.prices
+                    WHERE id = o->>'id' AND account IS NOT DISTINCT FROM ev_account), '{}') || o;
   END IF;
   INSERT INTO stripe_billing.prices AS t
          (id, product, active, currency, unit_amount, type, recurring_interval, recurring_interval_count,
-          usage_type, lookup_key, nickname, deleted, metadata, created, raw, last_event_id, last_event_created)
+          usage_type, lookup_key, nickname, deleted, metadata, created, raw, last_event_id, last_event_created,
+          account)
   VALUES (o->>'id', stripe_billing._id(o->'product'), (o->>'active')::boolean, o->>'currency',
           CASE WHEN is_plan THEN (o->>'amount')::bigint ELSE (o->>'unit_amount')::bigint END,
           CASE WHEN is_plan THEN 'recurring' ELSE o->>'type' END,
@@ -149,8 +155,8 @@ BEGIN
           CASE WHEN is_plan THEN (o->>'interval_count')::integer ELSE (o->'recurring'->>'interval_count')::integer END,
           CASE WHEN is_plan THEN o->>'usage_type' ELSE o->'recurring'->>'usage_type' END,
           o->>'lookup_key', o->>'nickname', deleting, coalesce(o->'metadata', '{}'),
-          stripe_billing._ts(o->'created'), o, ev_id, ev_created)
-  ON CONFLICT (id) DO UPDATE SET
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id, account) DO UPDATE SET
          product = EXCLUDED.product, active = EXCLUDED.active, currency = EXCLUDED.currency,
          unit_amount = EXCLUDED.unit_amount, type = EXCLUDED.type,
          recurring_interval = EXCLUDED.recurring_interval,
@@ -168,7 +174,8 @@ $$;
 
 -- A subscription and its items.  Period bounds come from the subscription
 -- (before 2025-03-31.basil) or from its items (after).
-CREATE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_subscription(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                   ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -191,15 +198,15 @@ BEGIN
   INSERT INTO stripe_billing.subscriptions AS t
          (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
           current_period_start, current_period_end, trial_start, trial_end, pause_collection,
-          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch)
+          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account)
   VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
           stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
           period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
           CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
           stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
-          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list)
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account)
   ON CONFLICT (id) DO UPDATE SET
-         customer = EXCLUDED.customer, status = EXCLUDED.status,
+         customer = EXCLUDED.customer, status = EXCLUDED.status, account = EXCLUDED.account,
          cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
          canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
          current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
@@ -219,17 +226,18 @@ BEGIN
   -- the items follow the subscription snapshot that was just written
   INSERT INTO stripe_billing.subscription_items AS t
          (id, subscription, price, product, price_lookup_key, quantity,
-          current_period_start, current_period_end, deleted, last_event_id, last_event_created)
+          current_period_start, current_period_end, deleted, last_event_id, last_event_created, account)
   SELECT i->>'id', sid,
          coalesce(i->'price'->>'id', i->'plan'->>'id'),
          coalesce(stripe_billing._id(i->'price'->'product'), stripe_billing._id(i->'plan'->'product')),
          i->'price'->>'lookup_key', (i->>'quantity')::bigint,
          coalesce(stripe_billing._ts(i->'current_period_start'), period_start),
          coalesce(stripe_billing._ts(i->'current_period_end'), period_end),
-         false, ev_id, ev_created
+         false, ev_id, ev_created, ev_account
     FROM jsonb_array_elements(items) i
   ON CONFLICT (id) DO UPDATE SET
          subscription = EXCLUDED.subscription, price = EXCLUDED.price, product = EXCLUDED.product,
+         account = EXCLUDED.account,
          price_lookup_key = EXCLUDED.price_lookup_key, quantity = EXCLUDED.quantity,
          current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
          deleted = false,
@@ -246,14 +254,16 @@ BEGIN
   END IF;
 
   IF stripe_billing._user_ref(o->'metadata') IS NOT NULL THEN
-    PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true, ev_type);
+    PERFORM stripe_billing._link_customer(customer_id, stripe_billing._user_ref(o->'metadata'), true, ev_type,
+                                          ev_account);
   END IF;
   PERFORM stripe_billing._refresh_customer_features(customer_id, ev_type);
   RETURN 'applied';
 END
 $$;
 
-CREATE FUNCTION stripe_billing._apply_invoice(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_invoice(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -268,7 +278,7 @@ BEGIN
   INSERT INTO stripe_billing.invoices AS t
          (id, customer, subscription, status, amount_due, amount_paid, amount_remaining, currency,
           attempt_count, next_payment_attempt, hosted_invoice_url, invoice_pdf, period_start, period_end,
-          billing_reason, deleted, created, raw, last_event_id, last_event_created)
+          billing_reason, deleted, created, raw, last_event_id, last_event_created, account)
   VALUES (o->>'id', stripe_billing._id(o->'customer'),
           coalesce(stripe_billing._id(o->'subscription'),
                    stripe_billing._id(o->'parent'->'subscription_details'->'subscription')),
@@ -276,9 +286,10 @@ BEGIN
           (o->>'amount_remaining')::bigint, o->>'currency', (o->>'attempt_count')::integer,
           stripe_billing._ts(o->'next_payment_attempt'), o->>'hosted_invoice_url', o->>'invoice_pdf',
           stripe_billing._ts(o->'period_start'), stripe_billing._ts(o->'period_end'), o->>'billing_reason',
-          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
   ON CONFLICT (id) DO UPDATE SET
          customer = EXCLUDED.customer, subscription = EXCLUDED.subscription, status = EXCLUDED.status,
+         account = EXCLUDED.account,
          amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
          amount_remaining = EXCLUDED.amount_remaining, currency = EXCLUDED.currency,
          attempt_count = EXCLUDED.attempt_count, next_payment_attempt = EXCLUDED.next_payment_attempt,
@@ -306,12 +317,12 @@ AS $$
 BEGIN
   INSERT INTO stripe_billing.payments AS t
          (id, kind, customer, invoice, payment_intent, charge, amount, amount_refunded, currency, status,
-          failure_code, failure_message, created, raw, last_event_id, last_event_created)
+          failure_code, failure_message, created, raw, last_event_id, last_event_created, account)
   VALUES (p.id, p.kind, p.customer, p.invoice, p.payment_intent, p.charge, p.amount, p.amount_refunded,
           p.currency, p.status, p.failure_code, p.failure_message, p.created, p.raw,
-          p.last_event_id, p.last_event_created)
+          p.last_event_id, p.last_event_created, p.account)
   ON CONFLICT (id) DO UPDATE SET
-         customer = EXCLUDED.customer,
+         customer = EXCLUDED.customer, account = EXCLUDED.account,
          invoice = coalesce(EXCLUDED.invoice, t.invoice),   -- may come from an invoice payment
          payment_intent = EXCLUDED.payment_intent, charge = EXCLUDED.charge,
          amount = EXCLUDED.amount, amount_refunded = EXCLUDED.amount_refunded,
@@ -328,7 +339,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION stripe_billing._apply_payment(o jsonb, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_payment(o jsonb, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -346,6 +358,7 @@ BEGIN
   p.raw := o;
   p.last_event_id := ev_id;
   p.last_event_created := ev_created;
+  p.account := ev_account;
 
   CASE p.kind
   WHEN 'payment_intent' THEN
@@ -372,7 +385,8 @@ BEGIN
     written := stripe_billing._upsert_payment(p, '{succeeded,failed}');
     IF written THEN
       -- refunds listed in the charge snapshot
-      PERFORM stripe_billing._apply_payment(r || jsonb_build_object('object', 'refund'), ev_id, ev_created)
+      PERFORM stripe_billing._apply_payment(r || jsonb_build_object('object', 'refund'), ev_id, ev_created,
+                                            ev_account)
          FROM jsonb_array_elements(coalesce(o->'refunds'->'data', '[]')) r;
     END IF;
   WHEN 'refund' THEN
@@ -395,7 +409,8 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION stripe_billing._apply_checkout_session(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_checkout_session(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                       ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -406,14 +421,16 @@ DECLARE
 BEGIN
   INSERT INTO stripe_billing.checkout_sessions AS t
          (id, user_ref, customer, customer_email, mode, status, payment_status, subscription, payment_intent,
-          amount_total, currency, url, expires_at, metadata, created, raw, last_event_id, last_event_created)
+          amount_total, currency, url, expires_at, metadata, created, raw, last_event_id, last_event_created,
+          account)
   VALUES (o->>'id', user_ref, customer_id,
           coalesce(o->>'customer_email', o->'customer_details'->>'email'), o->>'mode', o->>'status',
           o->>'payment_status', stripe_billing._id(o->'subscription'), stripe_billing._id(o->'payment_intent'),
           (o->>'amount_total')::bigint, o->>'currency', o->>'url', stripe_billing._ts(o->'expires_at'),
-          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created)
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
   ON CONFLICT (id) DO UPDATE SET
          user_ref = coalesce(EXCLUDED.user_ref, t.user_ref), customer = EXCLUDED.customer,
+         account = EXCLUDED.account,
          customer_email = EXCLUDED.customer_email, mode = EXCLUDED.mode, status = EXCLUDED.status,
          payment_status = EXCLUDED.payment_status, subscription = EXCLUDED.subscription,
          payment_intent = EXCLUDED.payment_intent, amount_total = EXCLUDED.amount_total,
@@ -430,14 +447,15 @@ BEGIN
   END IF;
   -- a completed Checkout is where the application's user meets the customer
   IF o->>'status' = 'complete' AND customer_id IS NOT NULL AND user_ref IS NOT NULL THEN
-    PERFORM stripe_billing._link_customer(customer_id, user_ref, false, ev_type);
+    PERFORM stripe_billing._link_customer(customer_id, user_ref, false, ev_type, ev_account);
   END IF;
   RETURN 'applied';
 END
 $$;
 
 -- A customer's active entitlement summary replaces its set.
-CREATE FUNCTION stripe_billing._apply_entitlement_summary(o jsonb, ev_type text, ev_id text, ev_created timestamptz)
+CREATE FUNCTION stripe_billing._apply_entitlement_summary(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                          ev_account text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -446,10 +464,11 @@ DECLARE
   customer_id text := o->>'customer';
   cut_short boolean := coalesce((o->'entitlements'->>'has_more')::boolean, false);
 BEGIN
-  INSERT INTO stripe_billing.entitlement_summaries AS t (customer, raw, last_event_id, last_event_created, refetch)
-  VALUES (customer_id, o, ev_id, ev_created, cut_short)
+  INSERT INTO stripe_billing.entitlement_summaries AS t
+         (customer, raw, last_event_id, last_event_created, refetch, account)
+  VALUES (customer_id, o, ev_id, ev_created, cut_short, ev_account)
   ON CONFLICT (customer) DO UPDATE SET
-         raw = EXCLUDED.raw, last_event_id = EXCLUDED.last_event_id,
+         raw = EXCLUDED.raw, account = EXCLUDED.account, last_event_id = EXCLUDED.last_event_id,
          last_event_created = EXCLUDED.last_event_created,
          refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
          updated_at = now()

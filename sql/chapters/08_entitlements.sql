@@ -10,12 +10,14 @@
 -- per-backend cache that a change to user_features invalidates.
 --------------------------------------------------------------------------
 
--- Which subscription items grant which features (managed by the app).
+-- Which subscription items grant which features (managed by the app): the
+-- items of the account's subscriptions only (NULL: the platform's own).
 CREATE TABLE stripe_billing.feature_grants (
     source_type text NOT NULL CHECK (source_type IN ('price', 'lookup_key', 'product')),
     source      text NOT NULL CHECK (source <> ''),
     feature     text NOT NULL CHECK (feature <> ''),
-    PRIMARY KEY (source_type, source, feature)
+    account     text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$'),
+    CONSTRAINT feature_grants_key UNIQUE NULLS NOT DISTINCT (source_type, source, feature, account)
 );
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.feature_grants', '');
 
@@ -109,9 +111,10 @@ BEGIN
       JOIN stripe_billing.subscriptions s ON s.customer = c.id
       JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
       JOIN stripe_billing.feature_grants g
-        ON (g.source_type = 'price' AND g.source = i.price)
-        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
-        OR (g.source_type = 'product' AND g.source = i.product)
+        ON ((g.source_type = 'price' AND g.source = i.price)
+            OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
+            OR (g.source_type = 'product' AND g.source = i.product))
+       AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
        AND s.status IN ('active', 'trialing', 'past_due')
     UNION ALL
@@ -182,9 +185,10 @@ BEGIN
       JOIN stripe_billing.subscriptions s ON s.customer = c.id
       JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
       JOIN stripe_billing.feature_grants g
-        ON (g.source_type = 'price' AND g.source = i.price)
-        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
-        OR (g.source_type = 'product' AND g.source = i.product)
+        ON ((g.source_type = 'price' AND g.source = i.price)
+            OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
+            OR (g.source_type = 'product' AND g.source = i.product))
+       AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = target AND NOT c.deleted
        AND s.status IN ('active', 'trialing', 'past_due')
     UNION ALL
@@ -290,8 +294,10 @@ $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_refresh_entitlements() FROM PUBLIC;
 
 -- Grants a feature to subscription items with this price id, price lookup
--- key or product id ('price', 'lookup_key', 'product').
-CREATE FUNCTION stripe_billing.stripe_grant_feature(source_type text, source text, feature text)
+-- key or product id ('price', 'lookup_key', 'product'), of the account's
+-- subscriptions (NULL: the platform's own).
+CREATE FUNCTION stripe_billing.stripe_grant_feature(source_type text, source text, feature text,
+                                                   account text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -309,25 +315,29 @@ BEGIN
   IF coalesce(feature, '') = '' THEN
     RAISE EXCEPTION 'feature must not be empty' USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  INSERT INTO stripe_billing.feature_grants VALUES (source_type, source, feature) ON CONFLICT DO NOTHING;
+  PERFORM stripe_billing._check_account('account', account);
+  INSERT INTO stripe_billing.feature_grants VALUES (source_type, source, feature, account) ON CONFLICT DO NOTHING;
   IF FOUND THEN
     PERFORM stripe_billing.stripe_refresh_entitlements();
   END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_grant_feature(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_grant_feature(text, text, text, text) FROM PUBLIC;
 
 -- Takes a grant back; true if there was one.
-CREATE FUNCTION stripe_billing.stripe_revoke_feature(source_type text, source text, feature text)
+CREATE FUNCTION stripe_billing.stripe_revoke_feature(source_type text, source text, feature text,
+                                                    account text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
+  PERFORM stripe_billing._check_account('account', account);
   DELETE FROM stripe_billing.feature_grants g
    WHERE g.source_type = stripe_revoke_feature.source_type AND g.source = stripe_revoke_feature.source
-     AND g.feature = stripe_revoke_feature.feature;
+     AND g.feature = stripe_revoke_feature.feature
+     AND g.account IS NOT DISTINCT FROM stripe_revoke_feature.account;
   IF NOT FOUND THEN
     RETURN false;
   END IF;
@@ -335,7 +345,7 @@ BEGIN
   RETURN true;
 END
 $$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_revoke_feature(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_revoke_feature(text, text, text, text) FROM PUBLIC;
 
 -- Does the user have the feature now?  Served from a per-backend cache of
 -- user_features; false for NULL or empty arguments, never an error.

@@ -26,7 +26,9 @@ $$;
 -- A row is pending until sent; after a failed attempt it waits until
 -- next_attempt_at (backoff); a row Stripe refuses for good is failed, and
 -- only stripe_retry_failed_usage makes it pending again.  Neither kind
--- blocks the rows behind it.
+-- blocks the rows behind it.  A row is an account's usage (NULL: the
+-- platform's own; a connected account's id: sent with its Stripe-Account
+-- header, for the user's customer on that account).
 CREATE TABLE stripe_billing.usage_outbox (
     id              bigserial PRIMARY KEY,
     user_ref        text NOT NULL,
@@ -38,7 +40,8 @@ CREATE TABLE stripe_billing.usage_outbox (
     attempts        integer NOT NULL DEFAULT 0,
     last_error      text,
     failed_at       timestamptz,            -- refused for good (last_error says why)
-    next_attempt_at timestamptz             -- after a failed attempt: not before then
+    next_attempt_at timestamptz,            -- after a failed attempt: not before then
+    account         text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$')  -- NULL: the platform's own
 );
 CREATE INDEX usage_outbox_pending_idx ON stripe_billing.usage_outbox (id)
     WHERE sent_at IS NULL AND failed_at IS NULL;
@@ -55,9 +58,11 @@ SELECT count(*) FILTER (WHERE sent_at IS NULL AND failed_at IS NULL) AS pending,
        max(sent_at) AS last_sent_at
   FROM stripe_billing.usage_outbox;
 
--- Records usage for the user; returns the outbox row id.  No HTTP.
+-- Records usage for the user (of their customer on the account: NULL, the
+-- platform's own); returns the outbox row id.  No HTTP.
 CREATE FUNCTION stripe_billing.stripe_report_usage(user_ref text, event_name text, value bigint,
-                                                   occurred_at timestamptz DEFAULT now())
+                                                   occurred_at timestamptz DEFAULT now(),
+                                                   account text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -65,17 +70,18 @@ AS $$
 DECLARE
   row_id bigint;
 BEGIN
+  PERFORM stripe_billing._check_account('account', account);
   IF coalesce(user_ref, '') = '' THEN PERFORM stripe_billing._bad_argument('user_ref', 'must not be empty'); END IF;
   IF coalesce(event_name, '') = '' THEN PERFORM stripe_billing._bad_argument('event_name', 'must not be empty'); END IF;
   IF value IS NULL THEN PERFORM stripe_billing._bad_argument('value', 'must not be NULL'); END IF;
   IF occurred_at IS NULL THEN PERFORM stripe_billing._bad_argument('occurred_at', 'must not be NULL'); END IF;
-  INSERT INTO stripe_billing.usage_outbox (user_ref, event_name, value, occurred_at)
-  VALUES (user_ref, event_name, value, occurred_at)
+  INSERT INTO stripe_billing.usage_outbox (user_ref, event_name, value, occurred_at, account)
+  VALUES (user_ref, event_name, value, occurred_at, account)
   RETURNING id INTO row_id;
   RETURN row_id;
 END
 $$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text) FROM PUBLIC;
 
 -- How long a usage row waits after its n-th failed attempt: 1 s, doubling,
 -- at most an hour.
@@ -101,14 +107,15 @@ AS $$
    WHERE id = ANY (ids)
 $$;
 
--- Sends one usage row by POST /v1/billing/meter_events, whose answer is
+-- Sends one usage row of the account (NULL: the platform's) by POST
+-- /v1/billing/meter_events, whose answer is
 -- about this row alone (validated at once), and marks it.  Returns the
 -- outcome.  Stripe refusing the row (400, 404) fails it; an identifier
 -- Stripe already recorded (resource_already_exists) means an earlier send
 -- got through; anything else (409, 429, 5xx, no
 -- answer, the key refused) is not the row's fault: it waits and is tried
 -- again.
-CREATE FUNCTION stripe_billing._send_usage_v1(row_id bigint, event jsonb) RETURNS text
+CREATE FUNCTION stripe_billing._send_usage_v1(row_id bigint, event jsonb, account text) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -122,7 +129,7 @@ BEGIN
         jsonb_build_object('event_name', event->>'event_name', 'identifier', event->>'identifier',
                            'timestamp', extract(epoch FROM (event->>'timestamp')::timestamptz)::bigint,
                            'payload', event->'payload'),
-        event->>'identifier');
+        event->>'identifier', account);
   EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS error_detail = PG_EXCEPTION_DETAIL;
     error := SQLERRM;
@@ -136,30 +143,23 @@ BEGIN
 END
 $$;
 
--- Posts batches of meter events to the meter event stream (see usage.c).
-CREATE FUNCTION stripe_billing._meter_stream_send(bodies text[]) RETURNS jsonb
+-- Posts batches of meter events to the meter event stream, as the
+-- account's (NULL: the platform's), with its own meter event session (see
+-- usage.c).
+CREATE FUNCTION stripe_billing._meter_stream_send(bodies text[], account text DEFAULT NULL) RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_meter_stream_send'
-LANGUAGE C STRICT VOLATILE
+LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Sends up to max_rows due usage rows, oldest first, as meter events whose
--- identifier is sb_<installation>_<row id>, so that a row sent but not
--- marked (a crash in between) is not counted twice; returns how many were
--- sent.  Rows Stripe cannot take are put out of the way first: a user
--- without a customer yet waits (backoff); usage older than Stripe's 35 days
--- fails.  With stripe_billing.usage_api = 'v2' (the default) the rows go in
--- batches of 100 to the meter event stream, stripe_billing.usage_concurrency
--- requests at once; a batch Stripe refuses is sent again row by row through
--- v1, so that only the rows at fault fail.  With 'v1', one request per row.
-CREATE FUNCTION stripe_billing.stripe_send_usage(max_rows integer DEFAULT 1000)
-RETURNS integer
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+-- Sends one account's due rows (ids, with their meter events, oldest
+-- first) to the meter event stream, in batches of 100; a batch Stripe
+-- refuses is sent again row by row through v1, so that only the rows at
+-- fault fail.  Marks the rows; returns how many were sent.
+CREATE FUNCTION stripe_billing._send_usage_stream(ids bigint[], events jsonb[], account text) RETURNS integer
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  prefix text;
-  ids bigint[];
-  events jsonb[];
   bodies text[];
   results jsonb;
   r jsonb;
@@ -168,66 +168,12 @@ DECLARE
   per_batch constant integer := 100;
   sent integer := 0;
 BEGIN
-  IF max_rows IS NULL OR max_rows < 1 THEN
-    PERFORM stripe_billing._bad_argument('max_rows', 'must be at least 1');
-  END IF;
-  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines stripe_billing.usage_api)
-  prefix := 'sb_' || stripe_billing.stripe_installation_id() || '_';
-
-  WITH stuck AS (
-    SELECT o.id, o.user_ref, o.occurred_at, o.occurred_at < now() - interval '35 days' AS too_old
-      FROM stripe_billing.usage_outbox o
-     WHERE o.sent_at IS NULL AND o.failed_at IS NULL
-       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-       AND (o.occurred_at < now() - interval '35 days'
-            OR NOT EXISTS (SELECT FROM stripe_billing.customers c
-                            WHERE c.user_ref = o.user_ref AND NOT c.deleted))
-     ORDER BY o.id LIMIT max_rows
-       FOR UPDATE OF o SKIP LOCKED
-  )
-  UPDATE stripe_billing.usage_outbox o
-     SET attempts = o.attempts + 1,
-         failed_at = CASE WHEN s.too_old THEN now() END,
-         next_attempt_at = CASE WHEN NOT s.too_old THEN now() + stripe_billing._usage_backoff(o.attempts + 1) END,
-         last_error = CASE WHEN s.too_old
-                           THEN format('occurred_at %s is older than the 35 days Stripe takes meter events for',
-                                       s.occurred_at)
-                           ELSE format('user %s has no Stripe customer yet', s.user_ref) END
-    FROM stuck s
-   WHERE o.id = s.id;
-
-  SELECT array_agg(d.id ORDER BY d.id), array_agg(d.event ORDER BY d.id) INTO ids, events
-    FROM (SELECT o.id, jsonb_build_object(
-                 'event_name', o.event_name, 'identifier', prefix || o.id,
-                 'timestamp', to_char(o.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                 'payload', jsonb_build_object('stripe_customer_id', stripe_billing._customer_of(o.user_ref),
-                                               'value', o.value::text)) AS event
-            FROM stripe_billing.usage_outbox o
-           WHERE o.sent_at IS NULL AND o.failed_at IS NULL
-             AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-             AND o.occurred_at >= now() - interval '35 days'
-             AND EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = o.user_ref AND NOT c.deleted)
-           ORDER BY o.id LIMIT max_rows
-             FOR UPDATE OF o SKIP LOCKED) d;
-  IF ids IS NULL THEN
-    RETURN 0;
-  END IF;
-
-  IF current_setting('stripe_billing.usage_api') = 'v1' THEN
-    FOR i IN 1 .. cardinality(ids) LOOP
-      IF stripe_billing._send_usage_v1(ids[i], events[i]) = 'sent' THEN
-        sent := sent + 1;
-      END IF;
-    END LOOP;
-    RETURN sent;
-  END IF;
-
   SELECT array_agg(jsonb_build_object('events', to_jsonb(events[g * per_batch + 1 : (g + 1) * per_batch]))::text
                    ORDER BY g)
     INTO bodies
     FROM generate_series(0, (cardinality(ids) - 1) / per_batch) g;
   BEGIN
-    results := stripe_billing._meter_stream_send(bodies);
+    results := stripe_billing._meter_stream_send(bodies, account);
   EXCEPTION WHEN OTHERS THEN
     -- (no key, a refused base URL: nothing was sent; every row waits)
     PERFORM stripe_billing._usage_mark(ids, 'retry', SQLERRM);
@@ -243,7 +189,7 @@ BEGIN
     ELSIF status / 100 = 4 AND status NOT IN (401, 403, 409, 429) THEN
       -- refused as a whole: each row on its own, to fail only those at fault
       FOR i IN k * per_batch + 1 .. k * per_batch + cardinality(batch) LOOP
-        IF stripe_billing._send_usage_v1(ids[i], events[i]) = 'sent' THEN
+        IF stripe_billing._send_usage_v1(ids[i], events[i], account) = 'sent' THEN
           sent := sent + 1;
         END IF;
       END LOOP;
@@ -251,6 +197,104 @@ BEGIN
       PERFORM stripe_billing._usage_mark(batch, 'retry',
           format('meter event stream: %s%s', r->>'message', ' (' || (r->>'code') || ')'));
     END IF;
+  END LOOP;
+  RETURN sent;
+END
+$$;
+
+-- Sends up to max_rows due usage rows, oldest first, as meter events whose
+-- identifier is sb_<installation>_<row id>, so that a row sent but not
+-- marked (a crash in between) is not counted twice; returns how many were
+-- sent.  Rows Stripe cannot take are put out of the way first: a user
+-- without a customer yet waits (backoff); usage older than Stripe's 35 days
+-- fails.  With stripe_billing.usage_api = 'v2' (the default) the rows go in
+-- batches of 100 to the meter event stream, stripe_billing.usage_concurrency
+-- requests at once; a batch Stripe refuses is sent again row by row through
+-- v1, so that only the rows at fault fail.  With 'v1', one request per row.
+-- Each row goes with its account's Stripe-Account header (NULL: the
+-- platform's, none), for the user's customer on that account: the rows are
+-- sent account by account (the account of the oldest row first), each with
+-- the account's own meter event session.
+CREATE FUNCTION stripe_billing.stripe_send_usage(max_rows integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  prefix text;
+  ids bigint[];
+  events jsonb[];
+  accounts text[];
+  g record;
+  sent integer := 0;
+BEGIN
+  IF max_rows IS NULL OR max_rows < 1 THEN
+    PERFORM stripe_billing._bad_argument('max_rows', 'must be at least 1');
+  END IF;
+  PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines stripe_billing.usage_api)
+  prefix := 'sb_' || stripe_billing.stripe_installation_id() || '_';
+
+  WITH stuck AS (
+    SELECT o.id, o.user_ref, o.account, o.occurred_at, o.occurred_at < now() - interval '35 days' AS too_old
+      FROM stripe_billing.usage_outbox o
+     WHERE o.sent_at IS NULL AND o.failed_at IS NULL
+       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+       AND (o.occurred_at < now() - interval '35 days'
+            OR NOT EXISTS (SELECT FROM stripe_billing.customers c
+                            WHERE c.user_ref = o.user_ref AND c.account IS NOT DISTINCT FROM o.account
+                              AND NOT c.deleted))
+     ORDER BY o.id LIMIT max_rows
+       FOR UPDATE OF o SKIP LOCKED
+  )
+  UPDATE stripe_billing.usage_outbox o
+     SET attempts = o.attempts + 1,
+         failed_at = CASE WHEN s.too_old THEN now() END,
+         next_attempt_at = CASE WHEN NOT s.too_old THEN now() + stripe_billing._usage_backoff(o.attempts + 1) END,
+         last_error = CASE WHEN s.too_old
+                           THEN format('occurred_at %s is older than the 35 days Stripe takes meter events for',
+                                       s.occurred_at)
+                           ELSE format('user %s has no Stripe customer yet%s', s.user_ref,
+                                       ' on account ' || s.account) END
+    FROM stuck s
+   WHERE o.id = s.id;
+
+  SELECT array_agg(d.id ORDER BY d.id), array_agg(d.event ORDER BY d.id), array_agg(d.account ORDER BY d.id)
+    INTO ids, events, accounts
+    FROM (SELECT o.id, o.account, jsonb_build_object(
+                 'event_name', o.event_name, 'identifier', prefix || o.id,
+                 'timestamp', to_char(o.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                 'payload', jsonb_build_object('stripe_customer_id',
+                                               stripe_billing._customer_of(o.user_ref, o.account),
+                                               'value', o.value::text)) AS event
+            FROM stripe_billing.usage_outbox o
+           WHERE o.sent_at IS NULL AND o.failed_at IS NULL
+             AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+             AND o.occurred_at >= now() - interval '35 days'
+             AND EXISTS (SELECT FROM stripe_billing.customers c
+                          WHERE c.user_ref = o.user_ref AND c.account IS NOT DISTINCT FROM o.account
+                            AND NOT c.deleted)
+           ORDER BY o.id LIMIT max_rows
+             FOR UPDATE OF o SKIP LOCKED) d;
+  IF ids IS NULL THEN
+    RETURN 0;
+  END IF;
+
+  IF current_setting('stripe_billing.usage_api') = 'v1' THEN
+    FOR i IN 1 .. cardinality(ids) LOOP
+      IF stripe_billing._send_usage_v1(ids[i], events[i], accounts[i]) = 'sent' THEN
+        sent := sent + 1;
+      END IF;
+    END LOOP;
+    RETURN sent;
+  END IF;
+
+  -- one account at a time, each with its header and session
+  FOR g IN SELECT u.account, array_agg(u.id ORDER BY u.n) AS ids, array_agg(u.event ORDER BY u.n) AS events
+             FROM unnest(ids, events, accounts) WITH ORDINALITY u(id, event, account, n)
+            GROUP BY u.account
+            ORDER BY min(u.n)
+  LOOP
+    sent := sent + stripe_billing._send_usage_stream(g.ids, g.events, g.account);
   END LOOP;
   RETURN sent;
 END

@@ -4,26 +4,31 @@
 -- before the install) and reconciliation (drift between Stripe and here)
 --------------------------------------------------------------------------
 
--- One GET of a list endpoint, spaced under max_requests_per_second; the
--- page is returned, not applied, with its time (Stripe's Date header).  The
--- next request (next_params; NULL: the next page; JSON null: none) starts
--- in the background meanwhile (see listing.c).
+-- One GET of a list endpoint, of the account (NULL: the platform's),
+-- spaced under max_requests_per_second; the page is returned, not applied,
+-- with its time (Stripe's Date header).  The next request (next_params;
+-- NULL: the next page; JSON null: none) starts in the background meanwhile
+-- (see listing.c).
 CREATE FUNCTION stripe_billing._list_page(path text, params jsonb, next_params jsonb DEFAULT NULL,
+                                          account text DEFAULT NULL,
                                           OUT page jsonb, OUT snapshot timestamptz)
 AS 'MODULE_PATHNAME', 'stripe_list_page'
 LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Starts a request a later _list_page makes, in the background.
-CREATE FUNCTION stripe_billing._list_prefetch(path text, params jsonb) RETURNS void
+-- Starts a request a later _list_page makes (of the same account), in the
+-- background.
+CREATE FUNCTION stripe_billing._list_prefetch(path text, params jsonb, account text DEFAULT NULL) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_list_prefetch'
-LANGUAGE C STRICT VOLATILE
+LANGUAGE C VOLATILE
 SET search_path = pg_catalog, pg_temp;
 
--- Applies listed objects as snapshots taken at snapshot (see listing.c);
--- derive false: the caller derives their customers' users' features.
+-- Applies listed objects (of the account: NULL, the platform's) as
+-- snapshots taken at snapshot (see listing.c); derive false: the caller
+-- derives their customers' users' features.
 CREATE FUNCTION stripe_billing._apply_snapshots(objects jsonb, snapshot timestamptz, source text,
-                                                replacements jsonb DEFAULT NULL, derive boolean DEFAULT true)
+                                                replacements jsonb DEFAULT NULL, derive boolean DEFAULT true,
+                                                account text DEFAULT NULL)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'stripe_apply_snapshots'
 LANGUAGE C VOLATILE
@@ -33,7 +38,8 @@ SET search_path = pg_catalog, pg_temp;
 -- cut-short list is read from /v1/subscription_items, so the snapshot holds
 -- every item.  Returns the completed subscriptions by id (to stand for the
 -- listed ones: the page itself is not rebuilt) and how many requests it took.
-CREATE FUNCTION stripe_billing._complete_items(subscriptions jsonb, OUT complete jsonb, OUT requests integer)
+CREATE FUNCTION stripe_billing._complete_items(subscriptions jsonb, for_account text DEFAULT NULL,
+                                               OUT complete jsonb, OUT requests integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -50,7 +56,8 @@ BEGIN
    WHERE coalesce((e->'items'->>'has_more')::boolean, false);
   FOR i IN 1 .. least(cardinality(cut), ahead) LOOP
     PERFORM stripe_billing._list_prefetch('/v1/subscription_items',
-                                          jsonb_build_object('subscription', cut[i]->>'id', 'limit', 100));
+                                          jsonb_build_object('subscription', cut[i]->>'id', 'limit', 100),
+                                          account => for_account);
   END LOOP;
   FOR i IN 1 .. cardinality(cut) LOOP
     sub := cut[i];
@@ -62,7 +69,7 @@ BEGIN
                                                'starting_after', items->-1->>'id')),
           CASE WHEN items = '[]' AND i + ahead <= cardinality(cut)
                THEN jsonb_build_object('subscription', cut[i + ahead]->>'id', 'limit', 100)
-               ELSE 'null' END);
+               ELSE 'null' END, account => for_account);
       requests := requests + 1;
       items := items || coalesce(l.page->'data', '[]');
       EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
@@ -75,7 +82,7 @@ $$;
 
 -- The backfill's progress, one row per kind (kept by pg_dump).
 CREATE TABLE stripe_billing.backfill_state (
-    kind          text PRIMARY KEY,
+    kind          text NOT NULL,
     ordinal       integer NOT NULL,     -- dependency order
     state         text NOT NULL DEFAULT 'pending'
                   CHECK (state IN ('pending', 'running', 'done', 'failed')),
@@ -87,35 +94,40 @@ CREATE TABLE stripe_billing.backfill_state (
     started_at    timestamptz,
     finished_at   timestamptz,
     last_error    text,
-    last_error_at timestamptz
+    last_error_at timestamptz,
+    account       text,                 -- the connected account backfilled (NULL: the platform)
+    CONSTRAINT backfill_state_kind_account_key UNIQUE NULLS NOT DISTINCT (kind, account)
 );
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.backfill_state', '');
 
 CREATE VIEW stripe_billing.backfill_status AS
-SELECT kind, state, pages, objects, requests, started_at, finished_at, last_error
+SELECT kind, state, pages, objects, requests, started_at, finished_at, last_error, account
   FROM stripe_billing.backfill_state
- ORDER BY ordinal;
+ ORDER BY account NULLS FIRST, ordinal;
 
--- The kinds a backfill lists, in dependency order.
+-- The kinds a backfill lists, in dependency order (the connected accounts,
+-- /v1/accounts, are the platform's only).
 CREATE FUNCTION stripe_billing._backfill_kinds() RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements'] $$;
+AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts'] $$;
 
 -- Starts a backfill of the given kinds (all when NULL).  While one of them
 -- is unfinished (a crash, a cancel, a failure), the backfill resumes: those
 -- go on from their cursors, those done stay done.  When all are done, they
 -- start over (a new backfill).
-CREATE FUNCTION stripe_billing._backfill_begin(kinds text[]) RETURNS void
+CREATE FUNCTION stripe_billing._backfill_begin(kinds text[], for_account text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  known text[] := stripe_billing._backfill_kinds();
+  known text[] := CASE WHEN for_account IS NULL THEN stripe_billing._backfill_kinds()
+                       ELSE array_remove(stripe_billing._backfill_kinds(), 'accounts') END;
   bad text;
   again boolean;
 BEGIN
   PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings read below)
+  PERFORM stripe_billing._check_account('account', for_account);
   IF kinds IS NOT NULL THEN
     IF cardinality(kinds) = 0 THEN
       PERFORM stripe_billing._bad_argument('kinds', 'must not be empty (NULL means every kind)');
@@ -128,25 +140,29 @@ BEGIN
     END IF;
   END IF;
   again := NOT EXISTS (SELECT FROM stripe_billing.backfill_state s
-                        WHERE s.kind = ANY (coalesce(kinds, known)) AND s.state <> 'done');
-  INSERT INTO stripe_billing.backfill_state AS b (kind, ordinal, since)
-  SELECT k, array_position(known, k),
+                        WHERE s.kind = ANY (coalesce(kinds, known)) AND s.state <> 'done'
+                          AND s.account IS NOT DISTINCT FROM for_account);
+  INSERT INTO stripe_billing.backfill_state AS b (kind, ordinal, since, account)
+  SELECT k, array_position(stripe_billing._backfill_kinds(), k),
          CASE WHEN k = 'invoices'
-              THEN now() - current_setting('stripe_billing.backfill_invoices_since')::interval END
+              THEN now() - current_setting('stripe_billing.backfill_invoices_since')::interval END,
+         for_account
     FROM unnest(coalesce(kinds, known)) k
-  ON CONFLICT (kind) DO UPDATE
+  ON CONFLICT (kind, account) DO UPDATE
      SET state = 'pending', list_cursor = NULL, pages = 0, objects = 0, requests = 0, since = EXCLUDED.since,
          started_at = NULL, finished_at = NULL, last_error = NULL, last_error_at = NULL
    WHERE again AND b.state = 'done';
-  UPDATE stripe_billing.backfill_state
+  UPDATE stripe_billing.backfill_state s
      SET state = 'pending'
-   WHERE state = 'failed' AND kind = ANY (coalesce(kinds, known));
+   WHERE s.state = 'failed' AND s.kind = ANY (coalesce(kinds, known))
+     AND s.account IS NOT DISTINCT FROM for_account;
 END
 $$;
 
 -- One page of a kind: lists it (entitlements: per customer with a live
 -- subscription) and applies it as snapshots.
 CREATE FUNCTION stripe_billing._backfill_page(kind text, list_cursor text, since timestamptz,
+                                              for_account text DEFAULT NULL,
                                               OUT objects integer, OUT requests integer,
                                               OUT next_cursor text, OUT has_more boolean)
 LANGUAGE plpgsql
@@ -177,12 +193,14 @@ BEGIN
     SELECT array_agg(customer ORDER BY customer) INTO customers
       FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
              WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
+               AND s.account IS NOT DISTINCT FROM for_account
                AND s.customer > coalesce(list_cursor, '')
              ORDER BY 1 LIMIT 20 + ahead) c;
     has_more := coalesce(cardinality(customers), 0) > 20;
     FOR i IN 1 .. least(coalesce(cardinality(customers), 0), ahead) LOOP
       PERFORM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
-                                            jsonb_build_object('customer', customers[i], 'limit', 100));
+                                            jsonb_build_object('customer', customers[i], 'limit', 100),
+                                            account => for_account);
     END LOOP;
     summaries := '[]';
     FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 20) LOOP
@@ -193,7 +211,8 @@ BEGIN
             jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
                                                  'starting_after', items->-1->>'id')),
             CASE WHEN items = '[]' AND i + ahead <= cardinality(customers)
-                 THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END);
+                 THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END,
+            account => for_account);
         requests := requests + 1;
         taken_at := coalesce(taken_at, l.snapshot);   -- (the first page's: the summary is no newer)
         items := items || coalesce(l.page->'data', '[]');
@@ -209,7 +228,8 @@ BEGIN
     -- applied at once, as of the oldest answer (each summary is no newer):
     -- one unit, its locks taken together (see locks.c)
     IF objects > 0 THEN
-      PERFORM stripe_billing._apply_snapshots(summaries, snapshot, 'backfill', derive => false);
+      PERFORM stripe_billing._apply_snapshots(summaries, snapshot, 'backfill', derive => false,
+                                              account => for_account);
       PERFORM stripe_billing._refresh_customers_features(customers[1:20],
                                                          'entitlements.active_entitlement_summary.backfill');
     END IF;
@@ -218,7 +238,7 @@ BEGIN
 
   path := CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
                     WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
-                    WHEN 'invoices' THEN '/v1/invoices' END;
+                    WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts' END;
   params := jsonb_strip_nulls(jsonb_build_object(
       'limit', 100, 'starting_after', list_cursor,
       -- (products and prices: active and inactive alike when not asked for one)
@@ -228,19 +248,21 @@ BEGIN
   -- the next page travels while this one is applied (for subscriptions,
   -- and while their cut-short item lists are read)
   SELECT * INTO l FROM stripe_billing._list_page(path, params,
-                                                 CASE WHEN kind = 'subscriptions' THEN 'null'::jsonb END);
+                                                 CASE WHEN kind = 'subscriptions' THEN 'null'::jsonb END,
+                                                 account => for_account);
   requests := 1;
   data := coalesce(l.page->'data', '[]');
   has_more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
   SELECT NULL::jsonb AS complete, 0 AS requests INTO c;
   IF kind = 'subscriptions' THEN
     IF has_more THEN
-      PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'));
+      PERFORM stripe_billing._list_prefetch(path, params || jsonb_build_object('starting_after', data->-1->>'id'),
+                                            account => for_account);
     END IF;
-    SELECT * INTO c FROM stripe_billing._complete_items(data);
+    SELECT * INTO c FROM stripe_billing._complete_items(data, for_account);
     requests := requests + c.requests;
   END IF;
-  PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete);
+  PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete, account => for_account);
   objects := jsonb_array_length(data);
   next_cursor := coalesce(data->-1->>'id', list_cursor);
 END
@@ -262,6 +284,7 @@ BEGIN
   WHEN 'invoices' THEN ANALYZE stripe_billing.invoices;
   WHEN 'entitlements' THEN
     ANALYZE stripe_billing.entitlement_summaries, stripe_billing.active_entitlements, stripe_billing.user_features;
+  WHEN 'accounts' THEN ANALYZE stripe_billing.accounts;
   END CASE;
 END
 $$;
@@ -273,6 +296,7 @@ $$;
 -- Returns the kind (NULL: nothing left), a progress line and whether it
 -- failed.
 CREATE FUNCTION stripe_billing._backfill_step(kinds text[], retry_failed boolean DEFAULT false,
+                                              for_account text DEFAULT NULL, any_account boolean DEFAULT false,
                                               OUT kind text, OUT message text, OUT failed boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -287,21 +311,23 @@ BEGIN
    WHERE (s.state IN ('pending', 'running')
           OR (retry_failed AND s.state = 'failed' AND s.last_error_at < now() - interval '1 minute'))
      AND (kinds IS NULL OR s.kind = ANY (kinds))
-   ORDER BY s.ordinal LIMIT 1
+     AND (any_account OR s.account IS NOT DISTINCT FROM for_account)
+   ORDER BY s.account NULLS FIRST, s.ordinal LIMIT 1
    FOR UPDATE SKIP LOCKED;
   IF NOT FOUND THEN
     RETURN;
   END IF;
   kind := b.kind;
   BEGIN
-    p := stripe_billing._backfill_page(b.kind, b.list_cursor, b.since);
+    p := stripe_billing._backfill_page(b.kind, b.list_cursor, b.since, b.account);
     UPDATE stripe_billing.backfill_state s
        SET state = CASE WHEN p.has_more THEN 'running' ELSE 'done' END,
            list_cursor = p.next_cursor, pages = s.pages + 1, objects = s.objects + p.objects,
            requests = s.requests + p.requests, started_at = coalesce(s.started_at, now()),
            finished_at = CASE WHEN NOT p.has_more THEN now() END, last_error = NULL, last_error_at = NULL
-     WHERE s.kind = b.kind
-    RETURNING format('stripe_billing backfill: %s, page %s: %s objects (%s in all)%s', s.kind, s.pages, p.objects,
+     WHERE s.kind = b.kind AND s.account IS NOT DISTINCT FROM b.account
+    RETURNING format('stripe_billing backfill%s: %s, page %s: %s objects (%s in all)%s',
+                     ' of ' || s.account, s.kind, s.pages, p.objects,
                      s.objects, CASE WHEN p.has_more THEN '' ELSE ', done' END), s.pages
       INTO message, pages;
     -- tables filled from empty: statistics at 1, 4, 16 ... pages, so that
@@ -319,17 +345,18 @@ BEGIN
     END IF;
     UPDATE stripe_billing.backfill_state s
        SET state = 'failed', started_at = coalesce(s.started_at, now()), last_error = SQLERRM, last_error_at = now()
-     WHERE s.kind = b.kind;
-    message := format('stripe_billing backfill: %s failed: %s', b.kind, SQLERRM);
+     WHERE s.kind = b.kind AND s.account IS NOT DISTINCT FROM b.account;
+    message := format('stripe_billing backfill%s: %s failed: %s', ' of ' || b.account, b.kind, SQLERRM);
     failed := true;
   END;
 END
 $$;
 
--- Lists the account's current objects and applies them, page by page, each
--- page committed with its kind's cursor: stopped at any moment, a second
--- call resumes where it stopped.  Not in a transaction block (it commits).
-CREATE PROCEDURE stripe_billing.stripe_backfill(kinds text[] DEFAULT NULL)
+-- Lists the Stripe account's current objects (the platform's, or a connected
+-- account's) and applies them, page by page, each page committed with its
+-- kind's cursor: stopped at any moment, a second call resumes where it
+-- stopped.  Not in a transaction block (it commits).
+CREATE PROCEDURE stripe_billing.stripe_backfill(kinds text[] DEFAULT NULL, account text DEFAULT NULL)
 LANGUAGE plpgsql
 -- (no SET clause: a procedure with one may not commit; every type, call
 -- and operator below is qualified, and each step runs through
@@ -339,10 +366,12 @@ DECLARE
   step pg_catalog.jsonb;
   failures pg_catalog.text[] := '{}';
 BEGIN
-  PERFORM stripe_billing._procedure_step('backfill.begin', pg_catalog.jsonb_build_object('kinds', kinds));
+  PERFORM stripe_billing._procedure_step('backfill.begin',
+                                         pg_catalog.jsonb_build_object('kinds', kinds, 'account', account));
   COMMIT;
   LOOP
-    step := stripe_billing._procedure_step('backfill.step', pg_catalog.jsonb_build_object('kinds', kinds));
+    step := stripe_billing._procedure_step('backfill.step',
+                                           pg_catalog.jsonb_build_object('kinds', kinds, 'account', account));
     EXIT WHEN step OPERATOR(pg_catalog.->>) 'kind' IS NULL;
     RAISE NOTICE '%', step OPERATOR(pg_catalog.->>) 'message';
     IF (step OPERATOR(pg_catalog.->>) 'failed')::pg_catalog.bool THEN
@@ -353,9 +382,9 @@ BEGIN
   IF pg_catalog.cardinality(failures) OPERATOR(pg_catalog.>) 0 THEN
     RAISE EXCEPTION 'stripe_billing backfill: % kind(s) failed', pg_catalog.cardinality(failures)
           USING DETAIL = pg_catalog.array_to_string(failures, E'\n'),
-                HINT = 'See stripe_billing.backfill_status; CALL stripe_billing.stripe_backfill() again resumes them.';
+                HINT = 'See stripe_billing.backfill_status; the same CALL again resumes them.';
   END IF;
 END
 $$;
-REVOKE ALL ON PROCEDURE stripe_billing.stripe_backfill(text[]) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_backfill(text[], text) FROM PUBLIC;
 

@@ -11,10 +11,12 @@ CREATE TABLE stripe_billing.reconcile_runs (
     requests    bigint NOT NULL DEFAULT 0,
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
-    last_error  text
+    last_error  text,
+    account     text                   -- the connected account reconciled (NULL: the platform)
 );
--- (one run at a time)
-CREATE UNIQUE INDEX reconcile_runs_running_idx ON stripe_billing.reconcile_runs ((true)) WHERE state = 'running';
+-- (one run at a time per account)
+CREATE UNIQUE INDEX reconcile_runs_running_idx ON stripe_billing.reconcile_runs (account) NULLS NOT DISTINCT
+    WHERE state = 'running';
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_runs_id_seq', '');
 
@@ -34,12 +36,13 @@ CREATE INDEX reconcile_log_run_idx ON stripe_billing.reconcile_log (run, object_
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_log', '');
 SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_log_id_seq', '');
 
--- The last run.
+-- The last run, of the platform and of each connected account reconciled.
 CREATE VIEW stripe_billing.reconcile_status AS
-SELECT id AS run, reason, state, phase, checked, drifted, fixed, requests, started_at, finished_at, last_error
+SELECT DISTINCT ON (account)
+       id AS run, reason, state, phase, checked, drifted, fixed, requests, started_at, finished_at, last_error,
+       account
   FROM stripe_billing.reconcile_runs
- ORDER BY id DESC
- LIMIT 1;
+ ORDER BY account NULLS FIRST, id DESC;
 
 -- How a listed subscription differs from the local rows: one row per field
 -- (only 'row' when it is missing here).
@@ -100,17 +103,19 @@ AS $$
 $$;
 
 -- Starts a reconciliation (or returns the one running).
-CREATE FUNCTION stripe_billing._reconcile_begin(reason text) RETURNS bigint
+CREATE FUNCTION stripe_billing._reconcile_begin(reason text, for_account text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   run_id bigint;
 BEGIN
-  INSERT INTO stripe_billing.reconcile_runs (reason) VALUES (reason)
-  ON CONFLICT ((true)) WHERE state = 'running' DO NOTHING
+  PERFORM stripe_billing._check_account('account', for_account);
+  INSERT INTO stripe_billing.reconcile_runs (reason, account) VALUES (reason, for_account)
+  ON CONFLICT (account) WHERE state = 'running' DO NOTHING
   RETURNING id INTO run_id;
-  RETURN coalesce(run_id, (SELECT id FROM stripe_billing.reconcile_runs WHERE state = 'running'));
+  RETURN coalesce(run_id, (SELECT r.id FROM stripe_billing.reconcile_runs r
+                            WHERE r.state = 'running' AND r.account IS NOT DISTINCT FROM for_account));
 END
 $$;
 
@@ -122,6 +127,7 @@ $$;
 -- fixed).  Returns (checked, drifted, fixed).
 CREATE FUNCTION stripe_billing._reconcile_compare(run_id bigint, object_type text, data jsonb,
                                                   snapshot timestamptz, complete jsonb DEFAULT '{}',
+                                                  for_account text DEFAULT NULL,
                                                   OUT checked integer, OUT drifted integer, OUT fixed integer)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -153,7 +159,7 @@ BEGIN
   -- applying them takes: see locks.c)
   PERFORM stripe_billing._lock_objects(
       (SELECT jsonb_agg(coalesce(complete->(o->>'id'), o)) FROM jsonb_array_elements(data) o
-        WHERE o->>'id' = ANY (ids)));
+        WHERE o->>'id' = ANY (ids)), for_account);
   IF object_type = 'subscription' THEN
     UPDATE stripe_billing.subscriptions SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
@@ -165,12 +171,12 @@ BEGIN
   END IF;
   outcomes := stripe_billing._apply_snapshots(
       (SELECT jsonb_agg(o) FROM jsonb_array_elements(data) o WHERE o->>'id' = ANY (ids)),
-      snapshot, 'reconcile', complete)->'outcomes';
+      snapshot, 'reconcile', complete, account => for_account)->'outcomes';
 
   -- a customer whose metadata names a user and has no link gets it; one
   -- linked to another user keeps that link (an explicit link wins)
   IF object_type = 'customer' THEN
-    PERFORM stripe_billing._link_customer(g.object_id, g.stripe_value, true, 'customer.reconcile')
+    PERFORM stripe_billing._link_customer(g.object_id, g.stripe_value, true, 'customer.reconcile', for_account)
        FROM stripe_billing.reconcile_log g
       WHERE g.id > first_log AND g.field = 'user_ref' AND g.local_value IS NULL;
   END IF;
@@ -186,7 +192,8 @@ $$;
 -- One page of the running reconciliation: subscriptions (status=all), then
 -- customers.  A failure ends the run (failed) and is returned, not raised.
 -- Returns the run (NULL: none running) and a progress line.
-CREATE FUNCTION stripe_billing._reconcile_step(OUT run bigint, OUT message text, OUT failed boolean)
+CREATE FUNCTION stripe_billing._reconcile_step(for_account text DEFAULT NULL, any_account boolean DEFAULT false,
+                                               OUT run bigint, OUT message text, OUT failed boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -200,7 +207,9 @@ DECLARE
   more boolean;
 BEGIN
   failed := false;
-  SELECT * INTO r FROM stripe_billing.reconcile_runs WHERE state = 'running' ORDER BY id LIMIT 1
+  SELECT * INTO r FROM stripe_billing.reconcile_runs g
+   WHERE g.state = 'running' AND (any_account OR g.account IS NOT DISTINCT FROM for_account)
+   ORDER BY g.id LIMIT 1
      FOR UPDATE SKIP LOCKED;
   IF NOT FOUND THEN
     RETURN;
@@ -210,16 +219,18 @@ BEGIN
     SELECT * INTO l FROM stripe_billing._list_page(
         CASE r.phase WHEN 'subscriptions' THEN '/v1/subscriptions' ELSE '/v1/customers' END,
         jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
-                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)));
+                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)),
+        account => r.account);
     data := coalesce(l.page->'data', '[]');
     complete := '{}';
     IF r.phase = 'subscriptions' THEN
-      SELECT * INTO c FROM stripe_billing._complete_items(data);
+      SELECT * INTO c FROM stripe_billing._complete_items(data, r.account);
       complete := c.complete;
       n := n + c.requests;
     END IF;
     c := stripe_billing._reconcile_compare(r.id, CASE r.phase WHEN 'subscriptions' THEN 'subscription'
-                                                               ELSE 'customer' END, data, l.snapshot, complete);
+                                                               ELSE 'customer' END, data, l.snapshot, complete,
+                                           r.account);
     more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
     UPDATE stripe_billing.reconcile_runs g
        SET checked = g.checked + c.checked, drifted = g.drifted + c.drifted, fixed = g.fixed + c.fixed,
@@ -229,8 +240,8 @@ BEGIN
            state = CASE WHEN NOT more AND g.phase = 'customers' THEN 'done' ELSE 'running' END,
            finished_at = CASE WHEN NOT more AND g.phase = 'customers' THEN now() END
      WHERE g.id = r.id;
-    message := format('stripe_billing reconcile: %s %s checked, %s differed, %s fixed',
-                      c.checked, r.phase, c.drifted, c.fixed);
+    message := format('stripe_billing reconcile%s: %s %s checked, %s differed, %s fixed',
+                      ' of ' || r.account, c.checked, r.phase, c.drifted, c.fixed);
   EXCEPTION WHEN OTHERS THEN
     IF left(SQLSTATE, 2) IN ('40', '53', '57', '58') THEN
       RAISE;     -- (of the moment: the page is done again)
@@ -238,7 +249,7 @@ BEGIN
     UPDATE stripe_billing.reconcile_runs
        SET state = 'failed', last_error = SQLERRM, finished_at = now()
      WHERE id = r.id;
-    message := format('stripe_billing reconcile: failed: %s', SQLERRM);
+    message := format('stripe_billing reconcile%s: failed: %s', ' of ' || r.account, SQLERRM);
     failed := true;
   END;
 END
@@ -247,7 +258,7 @@ $$;
 -- Compares subscriptions (every status) and customers at Stripe with the
 -- local rows, repairs what differs and logs it in reconcile_log; page by
 -- page, each committed.  Not in a transaction block (it commits).
-CREATE PROCEDURE stripe_billing.stripe_reconcile()
+CREATE PROCEDURE stripe_billing.stripe_reconcile(account text DEFAULT NULL)
 LANGUAGE plpgsql
 -- (no SET clause, so that it may commit: every type, call and operator
 -- below is qualified, and each step runs through _procedure_step, see
@@ -256,21 +267,22 @@ AS $$
 DECLARE
   step pg_catalog.jsonb;
 BEGIN
-  PERFORM stripe_billing._procedure_step('reconcile.begin', '{"reason": "manual"}');
+  PERFORM stripe_billing._procedure_step('reconcile.begin',
+                                         pg_catalog.jsonb_build_object('reason', 'manual', 'account', account));
   COMMIT;
   LOOP
-    step := stripe_billing._procedure_step('reconcile.step');
+    step := stripe_billing._procedure_step('reconcile.step', pg_catalog.jsonb_build_object('account', account));
     EXIT WHEN step OPERATOR(pg_catalog.->>) 'run' IS NULL;
     RAISE NOTICE '%', step OPERATOR(pg_catalog.->>) 'message';
     COMMIT;
     IF (step OPERATOR(pg_catalog.->>) 'failed')::pg_catalog.bool THEN
       RAISE EXCEPTION '%', step OPERATOR(pg_catalog.->>) 'message'
-            USING HINT = 'See stripe_billing.reconcile_status; CALL stripe_billing.stripe_reconcile() starts again.';
+            USING HINT = 'See stripe_billing.reconcile_status; the same CALL starts again.';
     END IF;
   END LOOP;
 END
 $$;
-REVOKE ALL ON PROCEDURE stripe_billing.stripe_reconcile() FROM PUBLIC;
+REVOKE ALL ON PROCEDURE stripe_billing.stripe_reconcile(text) FROM PUBLIC;
 
 -- Is a scheduled reconciliation due?  Every reconcile_interval since the
 -- last run, the end of a backfill or the first poll, never during a backfill.
@@ -279,10 +291,33 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
-     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running'))
-     AND now() - greatest((SELECT max(started_at) FROM stripe_billing.reconcile_runs),
-                          (SELECT max(finished_at) FROM stripe_billing.backfill_state),
-                          (SELECT lookback_after FROM stripe_billing.sync_state))
+     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running') AND account IS NULL)
+     AND now() - greatest((SELECT max(started_at) FROM stripe_billing.reconcile_runs WHERE account IS NULL),
+                          (SELECT max(finished_at) FROM stripe_billing.backfill_state WHERE account IS NULL),
+                          (SELECT lookback_after FROM stripe_billing.sync_state WHERE account IS NULL))
          >= current_setting('stripe_billing.reconcile_interval')::interval
+$$;
+
+-- The connected account whose scheduled reconciliation is due (Connect),
+-- if any: polled, authorized, not being backfilled, and reconciled (or
+-- backfilled, or first polled) longer than reconcile_interval ago.
+CREATE FUNCTION stripe_billing._reconcile_due_account() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT a.id
+    FROM stripe_billing.accounts a
+    JOIN stripe_billing.sync_state s ON s.account = a.id
+   WHERE current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
+     AND a.deauthorized_at IS NULL AND s.lookback_after IS NOT NULL
+     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state b
+                      WHERE b.account = a.id AND b.state IN ('pending', 'running'))
+     AND NOT EXISTS (SELECT FROM stripe_billing.reconcile_runs r WHERE r.account = a.id AND r.state = 'running')
+     AND now() - greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r WHERE r.account = a.id),
+                          (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b WHERE b.account = a.id),
+                          s.lookback_after)
+         >= current_setting('stripe_billing.reconcile_interval')::interval
+   ORDER BY a.id
+   LIMIT 1
 $$;
 

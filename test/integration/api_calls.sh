@@ -9,7 +9,12 @@
 # connection, a cancel), paths and idempotency keys refused before any
 # request (dot segments, header injection), an upstream echoing the key
 # (scrubbed from raised and stored errors), the api_base and api_key guards,
-# and no API key in any message or the server log.
+# Stripe Connect (every call made as a connected account sends its
+# Stripe-Account header and otherwise the same request, what it returns is
+# recorded as that account's, Checkout's direct and destination charges,
+# usage of several accounts each sent with its header, a bad account
+# refused before any request), and no API key in any message or the server
+# log.
 #
 # Starts its own fake and its own throwaway cluster, so it needs only the
 # installed extension:
@@ -1010,6 +1015,304 @@ nofaults
 state_is SBA07 "a prefetched answer over max_response_size"
 eq "$(ents "$mark")" "cus_pf_huge" "requests the fake saw"
 verdict "an answer started in the background and over max_response_size fails with SBA07 when taken, not asked again"
+
+###########################################################################
+# 10c. Stripe Connect: calls made as a connected account
+###########################################################################
+CONN="acct_1Conn$RUN"      # the connected account of direct charges
+DEST="acct_1Dest$RUN"      # the connected account of destination charges
+# same(a, b): two recorded requests alike but for Stripe-Account and
+# Idempotency-Key (method, path, query, body, every other header)
+SAME='(a, b) => { const h = (x) => JSON.stringify(Object.entries(x.headers).filter(([k]) => k !== "stripe-account" && k !== "idempotency-key").sort()); return a.method === b.method && a.path === b.path && JSON.stringify(a.query) === JSON.stringify(b.query) && a.raw_body === b.raw_body && h(a) === h(b); }'
+# pair_check: the saved records are the platform's request then the
+# account's: alike, and only the second carries Stripe-Account: $CONN
+pair_check() {
+    eq "$(jx "r.length === 2 && ($SAME)(r[0], r[1])")" true "$1: the two requests alike but for Stripe-Account and Idempotency-Key"
+    eq "$(jx 'r.map(x => x.headers["stripe-account"] || "none").join(",")')" "none,$CONN" "$1: Stripe-Account sent (platform, account)"
+}
+
+fk POST /_fake/objects "{\"object\": {\"id\": \"cus_conn\", \"object\": \"customer\", \"email\": \"conn@example.com\", \"metadata\": {\"user_ref\": \"u_conn\"}}}" >/dev/null
+
+# stripe_api: the same POST on the platform and on the account; each
+# customer made is recorded locally as its account's
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"twin@example.com\", \"metadata\": {\"user_ref\": \"u_twin\"}}', 'twin-p-$RUN') IS NOT NULL;
+SELECT stripe_billing.stripe_api('POST', '/v1/customers', '{\"email\": \"twin@example.com\", \"metadata\": {\"user_ref\": \"u_twin\"}}', 'twin-a-$RUN', '$CONN') IS NOT NULL;
+SELECT stripe_billing.stripe_api('GET', '/v1/customers/cus_conn', account => '$CONN')->>'id';
+SELECT coalesce(account, 'platform') FROM stripe_billing.customers WHERE user_ref = 'u_twin' ORDER BY account NULLS FIRST;
+SELECT account FROM stripe_billing.customers WHERE id = 'cus_conn' AND user_ref = 'u_conn';"
+noerr "stripe_api on the platform and on $CONN"
+recs "$mark" /v1/customers
+fk GET "/_fake/requests?path=/v1/customers" '' "since(r, $mark).filter(x => x.method === 'POST')" >"$work/recs.json"
+pair_check "POST /v1/customers"
+eq "$(rows | sed -n 3,6p | paste -sd ' ')" "cus_conn platform $CONN $CONN" "the answer, then the customers' accounts (u_twin's two, cus_conn)"
+verdict "stripe_api(..., account => acct_…) sends Stripe-Account and otherwise the same request; what Stripe returns is recorded as that account's"
+
+# the events pages (the worker's, per account): the same GETs, with the header
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_api('GET', '/v1/events', '{\"limit\": 1}')->'data'->0->>'id';"
+newest=$(rows)
+for call in "_events_page('$newest', false%s)" "_events_page_text('$newest'%s)" "_events_text('{\"limit\": 2}'%s)"; do
+    mark=$(reqcount)
+    # shellcheck disable=SC2059
+    sql "SELECT stripe_billing.$(printf "$call" '') IS NOT NULL; SELECT stripe_billing.$(printf "$call" ", account => '$CONN'") IS NOT NULL;"
+    noerr "${call%%(*}"
+    recs "$mark" /v1/events
+    pair_check "${call%%(*}"
+done
+verdict "the events pages (_events_page, _events_page_text, _events_text) of an account send its Stripe-Account, otherwise the same GET /v1/events"
+
+# a request started in the background for one account never answers another's
+mark=$(reqcount)
+sql "SELECT FROM stripe_billing._list_prefetch('/v1/entitlements/active_entitlements',
+                                               '{\"customer\": \"cus_pf_conn\", \"limit\": 100}', '$CONN');
+SELECT FROM pg_sleep(0.3);
+SELECT 'platform:' || jsonb_array_length(page->'data') FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
+                                   '{\"customer\": \"cus_pf_conn\", \"limit\": 100}', 'null');
+SELECT 'account:' || jsonb_array_length(page->'data') FROM stripe_billing._list_page('/v1/entitlements/active_entitlements',
+                                   '{\"customer\": \"cus_pf_conn\", \"limit\": 100}', 'null', '$CONN');"
+noerr "prefetch per account"
+eq "$(rows | paste -sd ' ')" "platform:0 account:0" "the pages"
+recs "$mark" /v1/entitlements
+eq "$(jx 'r.map(x => x.headers["stripe-account"] || "none").join(",")')" "$CONN,none" \
+   "requests the fake saw (the account's in the background, the platform's own; the account's page taken from the background)"
+verdict "a list request started in the background for $CONN is not the platform's answer to the same path and query, and answers $CONN's"
+
+# Checkout: the same session on the platform and on the account (a user
+# with no customer on either), each recorded as its account's
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_conn_new', 'price_basic', 'https://app.example/ok',
+       'https://app.example/cancel', customer_email => 'new@example.com', idempotency_key => 'cs-p-$RUN');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_conn_new', 'price_basic', 'https://app.example/ok',
+       'https://app.example/cancel', customer_email => 'new@example.com', idempotency_key => 'cs-a-$RUN', account => '$CONN');
+SELECT coalesce(account, 'platform') FROM stripe_billing.checkout_sessions WHERE user_ref = 'u_conn_new' ORDER BY account NULLS FIRST;"
+noerr "checkout on the platform and on $CONN"
+recs "$mark" /v1/
+pair_check "POST /v1/checkout/sessions"
+eq "$(rows | sed -n 3,4p | paste -sd ' ')" "platform $CONN" "the sessions' accounts"
+verdict "stripe_create_checkout(..., account => acct_…) sends Stripe-Account and otherwise the same form; the session is recorded as that account's"
+
+# direct charges: the account's customer, the platform's application fee
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_conn', 'price_basic', 'https://app.example/ok',
+       'https://app.example/cancel', application_fee_percent => 12.5, account => '$CONN');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_conn', 'price_onetime', 'https://app.example/ok',
+       'https://app.example/cancel', mode => 'payment', application_fee_amount => 250, account => '$CONN');"
+noerr "direct-charge checkouts"
+cs_direct=$(rows | sed -n 1p)
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status + " " + x.headers["stripe-account"]).join(",")')" \
+   "POST /v1/checkout/sessions 200 $CONN,POST /v1/checkout/sessions 200 $CONN" "requests sent"
+same_lines "the direct subscription's form" "mode=subscription
+line_items[0][price]=price_basic
+line_items[0][quantity]=1
+success_url=https://app.example/ok
+cancel_url=https://app.example/cancel
+client_reference_id=u_conn
+metadata[user_ref]=u_conn
+customer=cus_conn
+subscription_data[metadata][user_ref]=u_conn
+subscription_data[application_fee_percent]=12.5" "$(jx 'r.length ? pairs(r[0]) : ""')"
+same_lines "the direct payment's form" "mode=payment
+line_items[0][price]=price_onetime
+line_items[0][quantity]=1
+success_url=https://app.example/ok
+cancel_url=https://app.example/cancel
+client_reference_id=u_conn
+metadata[user_ref]=u_conn
+customer=cus_conn
+payment_intent_data[metadata][user_ref]=u_conn
+payment_intent_data[application_fee_amount]=250" "$(jx 'r.length > 1 ? pairs(r[1]) : ""')"
+verdict "direct charges on $CONN: the account's customer (cus_conn), subscription_data[application_fee_percent] or payment_intent_data[application_fee_amount], with Stripe-Account"
+
+# destination charges: on the platform, funds to $DEST, settled by it
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_dest', 'price_basic', 'https://app.example/ok',
+       'https://app.example/cancel', transfer_destination => '$DEST', on_behalf_of => '$DEST');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_dest', 'price_onetime', 'https://app.example/ok',
+       'https://app.example/cancel', mode => 'payment', application_fee_amount => 100, transfer_destination => '$DEST',
+       on_behalf_of => '$DEST');
+SELECT count(*) FROM stripe_billing.checkout_sessions WHERE user_ref = 'u_dest' AND account IS NULL;"
+noerr "destination-charge checkouts"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status + " " + (x.headers["stripe-account"] || "none")).join(",")')" \
+   "POST /v1/checkout/sessions 200 none,POST /v1/checkout/sessions 200 none" "requests sent"
+eq "$(jx 'r.length ? pairs(r[0]).filter(l => /transfer_data|on_behalf_of|application_fee/.test(l)).join(",") : ""')" \
+   "subscription_data[on_behalf_of]=$DEST,subscription_data[transfer_data][destination]=$DEST" "the subscription's Connect fields"
+eq "$(jx 'r.length > 1 ? pairs(r[1]).filter(l => /transfer_data|on_behalf_of|application_fee/.test(l)).join(",") : ""')" \
+   "payment_intent_data[application_fee_amount]=100,payment_intent_data[on_behalf_of]=$DEST,payment_intent_data[transfer_data][destination]=$DEST" "the payment's Connect fields"
+eq "$(rows | tail -1)" 2 "the platform's sessions recorded"
+verdict "destination charges: the platform's session (no Stripe-Account) with ..._data[transfer_data][destination] and ..._data[on_behalf_of] = $DEST, and an application fee"
+
+# what Stripe refuses is refused first, naming the argument
+mark=$(reqcount)
+n=0
+for case in "application_fee_percent|application_fee_percent => 10" \
+            "application_fee_amount|mode => 'payment', application_fee_amount => 10" \
+            "application_fee_amount|application_fee_amount => 10, account => '$CONN'" \
+            "application_fee_percent|mode => 'payment', application_fee_percent => 10, account => '$CONN'" \
+            "application_fee_percent|application_fee_percent => 12.345, account => '$CONN'" \
+            "transfer_destination|transfer_destination => '$DEST', account => '$CONN'" \
+            "on_behalf_of|on_behalf_of => '$DEST', account => '$CONN'" \
+            "on_behalf_of|transfer_destination => '$DEST', on_behalf_of => '$CONN'" \
+            "transfer_destination|transfer_destination => 'cus_x'" \
+            "transfer_destination|transfer_destination => E'acct_x\\r\\nX-Evil: 1'" \
+            "on_behalf_of|on_behalf_of => 'acct_../v1'"; do
+    IFS='|' read -r named args <<<"$case"
+    sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_refused', 'price_basic', 'https://app.example/ok',
+           'https://app.example/cancel', $args);"
+    state_is 22023 "checkout with $args"
+    [[ "$MSG" == "$named "* ]] || bad "checkout with $args: the message should start with '$named': '$MSG'"
+    grep -q $'\r' <<<"$OUT" && bad "checkout with $args: the error holds a raw CR"
+    grep -q '^X-Evil' <<<"$OUT" && bad "checkout with $args: the error holds a raw LF"
+    n=$((n + 1))
+done
+eq "$(reqcount)" "$mark" "requests made"
+verdict "checkout refuses $n Connect combinations Stripe refuses (a fee without a connected account, in the other mode, over two decimals; a destination or on_behalf_of with account; on_behalf_of not the destination; ids not acct_…), with 22023 naming the argument, before any request"
+
+# portal and subscription changes on the account: its customer and
+# subscription, looked up within it
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_create_portal_session('u_conn', 'https://app.example/account', account => '$CONN');"
+noerr "portal on $CONN"
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status + " " + x.headers["stripe-account"]).join(",")')" \
+   "POST /v1/billing_portal/sessions 200 $CONN" "requests sent"
+same_lines "the portal form" "customer=cus_conn
+return_url=https://app.example/account" "$(jx 'r.length ? pairs(r[0]) : ""')"
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_create_portal_session('u_conn', 'https://app.example/account');"
+state_is P0002 "the platform's portal for u_conn (a customer on $CONN only)"
+eq "$(reqcount)" "$mark" "requests made"
+verdict "stripe_create_portal_session(..., account => acct_…) uses the user's customer on that account, with Stripe-Account; on the platform the user has none (P0002, no request)"
+
+sub_conn=$(fk POST "/_fake/checkout/sessions/$cs_direct/complete" '{}' 'r.session.subscription' 2>&1)
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_api('GET', '/v1/subscriptions/$sub_conn', account => '$CONN')->>'status';
+SELECT s.account || ' ' || i.account || ' ' || i.price FROM stripe_billing.subscriptions s
+  JOIN stripe_billing.subscription_items i ON i.subscription = s.id WHERE s.id = '$sub_conn';
+SELECT i.id FROM stripe_billing.subscription_items i WHERE i.subscription = '$sub_conn';"
+noerr "the account's subscription"
+eq "$(rows | sed -n 2p)" "$CONN $CONN price_basic" "the local subscription and item (account, item account, price)"
+item_conn=$(rows | sed -n 3p)
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_cancel_subscription('$sub_conn', account => '$CONN')->>'cancel_at_period_end';
+SELECT cancel_at_period_end, account FROM stripe_billing.subscriptions WHERE id = '$sub_conn';
+SELECT stripe_billing.stripe_resume_subscription('$sub_conn', account => '$CONN')->>'cancel_at_period_end';
+SELECT stripe_billing.stripe_preview_price_change('$sub_conn', 'price_pro', account => '$CONN')->>'currency';
+SELECT stripe_billing.stripe_change_price('$sub_conn', 'price_pro', 'none', account => '$CONN') IS NOT NULL;
+SELECT price || ' ' || account FROM stripe_billing.subscription_items WHERE subscription = '$sub_conn' AND NOT deleted;
+SELECT stripe_billing.stripe_cancel_subscription('$sub_conn', false, account => '$CONN')->>'status';
+SELECT status || ' ' || account FROM stripe_billing.subscriptions WHERE id = '$sub_conn';"
+noerr "subscription changes on $CONN"
+eq "$(rows | paste -sd ' ')" "true t|$CONN false usd t price_pro $CONN canceled canceled $CONN" \
+   "answers and local rows (cancel, row, resume, preview, change, item, cancel now, row)"
+recs "$mark" /v1/
+eq "$(SUB=$sub_conn jx 'r.map(x => x.method + " " + x.path.replace(env.SUB, "SUB") + " " + x.status + " " + x.headers["stripe-account"]).join(",")' | sed "s/ $CONN/ CONN/g")" \
+   "POST /v1/subscriptions/SUB 200 CONN,POST /v1/subscriptions/SUB 200 CONN,POST /v1/invoices/create_preview 200 CONN,POST /v1/subscriptions/SUB 200 CONN,DELETE /v1/subscriptions/SUB 200 CONN" \
+   "requests sent"
+eq "$(jx 'r.length > 2 ? pairs(r[2]).filter(l => !/proration_date/.test(l)).join(",") : ""')" \
+   "customer=cus_conn,subscription=$sub_conn,subscription_details[items][0][id]=$item_conn,subscription_details[items][0][price]=price_pro,subscription_details[proration_behavior]=create_prorations" \
+   "the preview's form (the account's customer)"
+same_lines "the change's form" "items[0][id]=$item_conn
+items[0][price]=price_pro
+proration_behavior=none" "$(jx 'r.length > 3 ? pairs(r[3]) : ""')"
+verdict "cancel, resume, preview and change price on $CONN send its Stripe-Account, the subscription's item and customer looked up within it; the local rows stay $CONN's"
+mark=$(reqcount)
+sql "SELECT stripe_billing.stripe_change_price('$sub_conn', 'price_basic');"
+state_is 22023 "a price change of $CONN's subscription on the platform"
+[[ "$MSG" == "account must be the account of subscription $sub_conn, $CONN, not NULL"* ]] || bad "the message should name account: '$MSG'"
+eq "$(reqcount)" "$mark" "requests made"
+verdict "a price change of $CONN's subscription without its account is refused with 22023 naming account, before any request"
+
+# bad accounts, header injection included: refused by every function that
+# calls Stripe with 22023 naming account, before any request
+mark=$(reqcount)
+outbox=$(sql "SELECT count(*) FROM stripe_billing.usage_outbox;"; rows)
+n=0
+for acct in "'cus_1'" "'acct_'" "E'acct_x\\r\\nX-Evil: 1'" "'acct_../v1'"; do
+    for call in "stripe_api('GET', '/v1/customers/cus_x', account => %s)" \
+                "stripe_api('POST', '/v1/customers', '{}', account => %s)" \
+                "stripe_create_checkout('u1', 'price_basic', 'https://app.example/ok', 'https://app.example/cancel', account => %s)" \
+                "stripe_create_portal_session('u_conn', account => %s)" \
+                "stripe_cancel_subscription('$sub_conn', account => %s)" \
+                "stripe_resume_subscription('$sub_conn', account => %s)" \
+                "stripe_preview_price_change('$sub_conn', 'price_basic', account => %s)" \
+                "stripe_change_price('$sub_conn', 'price_basic', account => %s)" \
+                "stripe_report_usage('u_conn', 'api_calls', 1, account => %s)" \
+                "_list_page('/v1/customers', '{}', account => %s)" \
+                "_list_prefetch('/v1/customers', '{}', account => %s)" \
+                "_events_page('$newest', true, account => %s)"; do
+        # shellcheck disable=SC2059
+        sql "SELECT stripe_billing.$(printf "$call" "$acct");"
+        state_is 22023 "$(printf "$call" "$acct")"
+        [[ "$MSG" == "account must be a connected account's id (acct_ and letters or digits), not '"* ]] ||
+            bad "$(printf "$call" "$acct"): the message should name account: '$MSG'"
+        grep -q $'\r' <<<"$OUT" && bad "$(printf "$call" "$acct"): the error holds a raw CR"
+        grep -q '^X-Evil' <<<"$OUT" && bad "$(printf "$call" "$acct"): the error holds a raw LF"
+        n=$((n + 1))
+    done
+done
+eq "$(reqcount)" "$mark" "requests reaching the fake"
+sql "SELECT count(*) FROM stripe_billing.usage_outbox;"
+eq "$(rows)" "$outbox" "usage rows"
+verdict "$n calls with a bad account ('cus_1', 'acct_', CR LF header injection, 'acct_../v1') are refused with 22023 naming account, before any request or row"
+
+# usage of three accounts (the platform's, $CONN's, $DEST's): each row goes
+# with its account's header, for the user's customer on that account
+for c in cus_uplat:platform cus_uconn:$CONN cus_udest:$DEST; do
+    fk POST /_fake/objects "{\"object\": {\"id\": \"${c%%:*}\", \"object\": \"customer\", \"metadata\": {\"user_ref\": \"u_two\"}}}" >/dev/null
+done
+sql "SELECT stripe_billing.stripe_api('GET', '/v1/customers/cus_uplat') IS NOT NULL;
+SELECT stripe_billing.stripe_api('GET', '/v1/customers/cus_uconn', account => '$CONN') IS NOT NULL;
+SELECT stripe_billing.stripe_api('GET', '/v1/customers/cus_udest', account => '$DEST') IS NOT NULL;"
+noerr "the customers of u_two"
+# usage_check API: reports five rows (two of $CONN's), sends them with
+# usage_api = API, and compares each request with its rows
+usage_check() {
+    local mark
+    sql "SELECT stripe_billing.stripe_report_usage('u_two', 'api_calls', 11);
+SELECT stripe_billing.stripe_report_usage('u_two', 'api_calls', 12, account => '$CONN');
+SELECT stripe_billing.stripe_report_usage('u_two', 'api_calls', 13, account => '$DEST');
+SELECT stripe_billing.stripe_report_usage('u_two', 'api_calls', 14, account => '$CONN');
+SELECT stripe_billing.stripe_report_usage('u_two', 'api_calls', 15);"
+    noerr "stripe_report_usage on three accounts"
+    local ids
+    ids=$(rows | paste -sd ,)
+    # what each row must be sent as: identifier, account, customer, value
+    sql "SELECT 'sb_' || stripe_billing.stripe_installation_id() || '_' || o.id || ' ' || coalesce(o.account, 'none')
+            || ' ' || c.id || ' ' || o.value
+       FROM stripe_billing.usage_outbox o JOIN stripe_billing.customers c
+         ON c.user_ref = o.user_ref AND c.account IS NOT DISTINCT FROM o.account
+      WHERE o.id IN ($ids);"
+    local expected
+    expected=$(rows)
+    mark=$(reqcount)
+    sql "SET stripe_billing.usage_api = '$1';
+SET stripe_billing.meter_events_base = '$BASE';
+SELECT stripe_billing.stripe_send_usage();
+SELECT count(*) FROM stripe_billing.usage_outbox WHERE id IN ($ids) AND sent_at IS NOT NULL;"
+    noerr "stripe_send_usage ($1)"
+    eq "$(rows | paste -sd ' ')" "5 5" "rows sent, rows marked sent ($1)"
+    fk GET /_fake/requests '' "since(r, $mark)" >"$work/recs.json"
+    if [ "$1" = v1 ]; then
+        same_lines "the meter events sent, with their Stripe-Account ($1)" "$expected" \
+            "$(jx 'r.filter(x => x.path === "/v1/billing/meter_events").map(x => { const f = new URLSearchParams(x.raw_body); return [f.get("identifier"), x.headers["stripe-account"] || "none", f.get("payload[stripe_customer_id]"), f.get("payload[value]")].join(" "); })')"
+        eq "$(jx 'r.map(x => x.path).join(",")')" "$(printf '/v1/billing/meter_events,%.0s' 1 2 3 4 5 | sed 's/,$//')" "requests ($1)"
+    else
+        same_lines "the meter events sent, with their Stripe-Account ($1)" "$expected" \
+            "$(jx 'r.filter(x => x.path === "/v2/billing/meter_event_stream").flatMap(x => x.json.events.map(e => [e.identifier, x.headers["stripe-account"] || "none", e.payload.stripe_customer_id, e.payload.value].join(" ")))')"
+        # one session per account, each before its stream request, both with its header
+        eq "$(jx 'r.map(x => x.path.replace("/v2/billing/", "") + " " + (x.headers["stripe-account"] || "none")).join(",")' |
+              sed "s/$CONN/CONN/g; s/$DEST/DEST/g")" \
+           "meter_event_session none,meter_event_stream none,meter_event_session CONN,meter_event_stream CONN,meter_event_session DEST,meter_event_stream DEST" \
+           "requests ($1: the account of the oldest row first)"
+    fi
+}
+usage_check v1
+verdict "usage_api = 'v1': usage rows of three accounts are each sent with their account's Stripe-Account (none for the platform's) and the user's customer on that account"
+usage_check v2
+verdict "usage_api = 'v2': usage rows of three accounts go one account at a time, each with a meter event session of its own and its Stripe-Account on the session and the stream, for the user's customer on that account"
 
 ###########################################################################
 # 11. No key

@@ -22,13 +22,13 @@ else
     echo "FAIL  step 3: $out"; fail=1
 fi
 rights=$(psql -X -At -d "$db" -c "SELECT string_agg(f || ':' || has_function_privilege('app_backend', f, 'EXECUTE'), ' ' ORDER BY f)
-    FROM unnest(ARRAY['stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean)',
-                      'stripe_billing.stripe_create_portal_session(text, text, text)',
-                      'stripe_billing.stripe_report_usage(text, text, bigint, timestamptz)',
+    FROM unnest(ARRAY['stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text)',
+                      'stripe_billing.stripe_create_portal_session(text, text, text, text)',
+                      'stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text)',
                       'stripe_billing.stripe_handle_webhook(bytea, text)',
                       'stripe_billing.stripe_has_entitlement(text, text)',
                       'stripe_billing.stripe_send_usage(integer)']) f" 2>&1)
-if [[ "$rights" == *"stripe_create_checkout"*":true"*"stripe_create_portal_session(text, text, text):true"*"stripe_handle_webhook(bytea, text):true"*"stripe_has_entitlement(text, text):true"*"stripe_report_usage(text, text, bigint, timestamptz):true"*"stripe_send_usage(integer):false"* ]]; then
+if [[ "$rights" == *"stripe_create_checkout"*":true"*"stripe_create_portal_session(text, text, text, text):true"*"stripe_handle_webhook(bytea, text):true"*"stripe_has_entitlement(text, text):true"*"stripe_report_usage(text, text, bigint, timestamptz, text):true"*"stripe_send_usage(integer):false"* ]]; then
     echo "PASS  app_backend may create sessions, report usage, handle webhooks and check access, and not send usage itself"
 else
     echo "FAIL  app_backend's rights: $rights"; fail=1

@@ -9,7 +9,9 @@
 # constraints, triggers, views, grants, comments, the dumped configuration
 # tables) equals a fresh install's, the data is intact and works on, and
 # the app's grants on recreated functions are carried over, and the grantee
-# runs each granted routine.  Runs against
+# runs each granted routine.  Before the update, the library (this
+# version's) serves the old version's SQL: its C functions, declared with
+# fewer arguments, are called as declared.  Runs against
 # the suite's cluster (PGHOST), in databases of its own.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -108,12 +110,45 @@ SELECT stripe_billing.stripe_apply_event(pg_temp.subscription_created(u, 'price_
   FROM unnest(ARRAY['user_1', 'user_2', 'user_3']) u;
 SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', g) FROM generate_series(1, 5) g;
 GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout($checkout_args) TO sb_upgrade_app;
+GRANT EXECUTE ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text) TO sb_upgrade_app;
+GRANT EXECUTE ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz) TO sb_upgrade_app;
 GRANT EXECUTE ON ROUTINE stripe_billing.stripe_sync_now TO sb_upgrade_app;
 GRANT EXECUTE ON PROCEDURE stripe_billing.stripe_backfill(text[]) TO sb_upgrade_app;
 GRANT EXECUTE ON PROCEDURE stripe_billing.stripe_reconcile() TO sb_upgrade_app;
 SQL
     [ "$(q sb_upgrade "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = "$old" ] ||
         { echo "FAIL  the database is not at $old"; exit 1; }
+    # the old version's C functions, as it declares them, served by this
+    # version's library (no API key: each gets as far as the request; "-":
+    # not in that version)
+    old_calls=$(psql -X -At -q -v ON_ERROR_STOP=1 -d sb_upgrade <<'SQL'
+CREATE FUNCTION pg_temp.try(statement text) RETURNS text LANGUAGE plpgsql AS $f$
+BEGIN
+  EXECUTE statement;
+  RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLSTATE;
+END $f$;
+SELECT string_agg(f || '=' || CASE WHEN to_regproc('stripe_billing.' || f) IS NULL THEN '-' ELSE pg_temp.try(s) END,
+                  ' ' ORDER BY n)
+  FROM (VALUES (1, 'stripe_api', 'SELECT stripe_billing.stripe_api(''GET'', ''/v1/customers'')'),
+               (2, 'stripe_create_checkout', 'SELECT stripe_billing.stripe_create_checkout(''user_1'', ''price_up'',
+                     ''https://example.com/s'', ''https://example.com/c'', trial_days => 7)'),
+               (3, '_events_page', 'SELECT stripe_billing._events_page(''evt_1'', true)'),
+               (4, '_events_page_text', 'SELECT stripe_billing._events_page_text(''evt_1'')'),
+               (5, '_list_page', 'SELECT stripe_billing._list_page(''/v1/customers'', ''{}'')'),
+               (6, '_list_prefetch', 'SELECT stripe_billing._list_prefetch(''/v1/customers'', ''{}'')'),
+               (7, '_meter_stream_send', 'SELECT stripe_billing._meter_stream_send(''{"{}"}'')')) c(n, f, s)
+SQL
+)
+    expected="stripe_api=SBC02 stripe_create_checkout=SBC02 _events_page=SBC02 _events_page_text=SBC02 _list_page=SBC02 _list_prefetch=ok"
+    if [ "$old" = 0.1.0 ]; then expected="$expected _meter_stream_send=-"; else expected="$expected _meter_stream_send=SBC02"; fi
+    if [ "$old_calls" = "$expected" ]; then
+        echo "PASS  at $old, before the update: its C functions, declared with fewer arguments, work with this library ($old_calls)"
+    else
+        echo "FAIL  at $old, before the update, its C functions: got '$old_calls', expected '$expected'"; fail=1
+    fi
+
     before=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
         (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
         (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
@@ -131,36 +166,56 @@ SQL
         (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
         (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||
         (SELECT count(*) FROM stripe_billing.subscriptions) || ' subscriptions'")
+    # (Connect: every existing row is the platform's, account NULL)
+    accounted=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.customers WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.subscriptions WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.subscription_items WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.prices WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.feature_grants WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.usage_outbox WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.sync_state WHERE account IS NOT NULL)
+        + (SELECT count(*) FROM stripe_billing.accounts)")
     works=$(q sb_upgrade "SELECT stripe_billing.stripe_has_entitlement('user_2', 'reports') || ' ' ||
         (SELECT pending FROM stripe_billing.usage_status) || ' ' ||
         (stripe_billing.stripe_installation_id() ~ '^[0-9a-f]{16}$')")
-    if [ "$before" = "$after" ] && [ "$before" = "3 events, 3 features, 5 usage rows, 3 subscriptions" ] && [ "$works" = "true 5 true" ]; then
-        echo "PASS  from $old: the data is intact ($after) and works on (an entitlement check, usage_status, an installation id)"
+    if [ "$before" = "$after" ] && [ "$before" = "3 events, 3 features, 5 usage rows, 3 subscriptions" ] && [ "$works" = "true 5 true" ] &&
+        [ "$accounted" = 0 ]; then
+        echo "PASS  from $old: the data is intact ($after, each the platform's: account NULL) and works on (an entitlement check, usage_status, an installation id)"
     else
-        echo "FAIL  from $old: before: $before; after: $after; checks: $works"; fail=1
+        echo "FAIL  from $old: before: $before; after: $after; checks: $works; rows of an account: $accounted"; fail=1
     fi
-    granted=$(q sb_upgrade "SELECT has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean)', 'EXECUTE')
-        || ' ' || has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_sync_now(integer)', 'EXECUTE')")
-    if [ "$granted" = "true true" ]; then
-        echo "PASS  from $old: the app's grants on stripe_create_checkout and stripe_sync_now (recreated: a new signature, a procedure) are carried over"
+    granted=$(q sb_upgrade "SELECT has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_create_checkout($checkout_new)', 'EXECUTE')
+        || ' ' || has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_api(text, text, jsonb, text, text)', 'EXECUTE')
+        || ' ' || has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text)', 'EXECUTE')
+        || ' ' || has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_sync_now(integer)', 'EXECUTE')
+        || ' ' || has_function_privilege('sb_upgrade_app', 'stripe_billing.stripe_create_portal_session(text, text, text, text)', 'EXECUTE')")
+    if [ "$granted" = "true true true true false" ]; then
+        echo "PASS  from $old: the app's grants on stripe_create_checkout, stripe_api, stripe_report_usage and stripe_sync_now (recreated: new signatures, a procedure) are carried over, and none is added (stripe_create_portal_session)"
     else
-        echo "FAIL  from $old: the app's grants on stripe_create_checkout and stripe_sync_now: $granted"; fail=1
+        echo "FAIL  from $old: the app's grants on stripe_create_checkout, stripe_api, stripe_report_usage, stripe_sync_now, stripe_create_portal_session: $granted"; fail=1
     fi
     # the grantee can still run each granted routine (no API key is set
     # here: each gets as far as the request, past every privilege check)
     ran=$(as_app "CALL stripe_billing.stripe_sync_now()"),$(as_app "CALL stripe_billing.stripe_backfill()")
     ran=$ran,$(as_app "CALL stripe_billing.stripe_reconcile()")
     ran=$ran,$(as_app "SELECT stripe_billing.stripe_create_checkout('user_1', 'price_up', 'https://example.com/s', 'https://example.com/c')")
-    if [ "$ran" = "SBC02,P0001 stripe_billing backfill: 6 kind(s) failed,P0001 stripe_billing reconcile: failed: no Stripe API key is configured,SBC02" ]; then
-        echo "PASS  from $old: the grantee runs stripe_sync_now, stripe_backfill, stripe_reconcile and stripe_create_checkout (each stops at the missing API key, past every privilege check)"
+    ran=$ran,$(as_app "SELECT stripe_billing.stripe_create_checkout('user_1', 'price_up', 'https://example.com/s', 'https://example.com/c',
+                                                                  application_fee_percent => 10, account => 'acct_1')")
+    ran=$ran,$(as_app "SELECT stripe_billing.stripe_api('GET', '/v1/customers', account => 'acct_1')")
+    ran=$ran,$(as_app "SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', 1, account => 'acct_1')")
+    if [ "$ran" = "SBC02,P0001 stripe_billing backfill: 7 kind(s) failed,P0001 stripe_billing reconcile: failed: no Stripe API key is configured,SBC02,SBC02,SBC02,ok" ]; then
+        echo "PASS  from $old: the grantee runs stripe_sync_now, stripe_backfill, stripe_reconcile, stripe_create_checkout (also on a connected account) and stripe_api (each stops at the missing API key, past every privilege check), and stripe_report_usage on a connected account"
     else
         echo "FAIL  from $old: the grantee's calls: $ran"; fail=1
     fi
-    q sb_upgrade "REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
-                                                                                  boolean, text, jsonb, text, boolean) FROM sb_upgrade_app;
+    q sb_upgrade "REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout($checkout_new) FROM sb_upgrade_app;
+                  REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_api(text, text, jsonb, text, text) FROM sb_upgrade_app;
+                  REVOKE EXECUTE ON FUNCTION stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text)
+                      FROM sb_upgrade_app;
                   REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_sync_now(integer) FROM sb_upgrade_app;
-                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_backfill(text[]) FROM sb_upgrade_app;
-                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_reconcile() FROM sb_upgrade_app"
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_backfill(text[], text) FROM sb_upgrade_app;
+                  REVOKE EXECUTE ON PROCEDURE stripe_billing.stripe_reconcile(text) FROM sb_upgrade_app"
     catalog sb_upgrade >"/tmp/sb_catalog_upgrade.$$"
     catalog sb_fresh >"/tmp/sb_catalog_fresh.$$"
     lines=$(wc -l <"/tmp/sb_catalog_fresh.$$")
@@ -174,6 +229,8 @@ SQL
     rm -f "/tmp/sb_catalog_upgrade.$$" "/tmp/sb_catalog_fresh.$$"
 }
 
+# stripe_create_checkout's arguments at the new version
+checkout_new="text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text"
 from 0.1.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text"
 from 0.2.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean"
 from 0.3.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean"

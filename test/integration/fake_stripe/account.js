@@ -57,7 +57,8 @@ class AccountGenerator {
     this.random = seededRandom(this.o.seed);
     // Ids from a stream of their own, so they do not shift when a count changes the choices.
     const idRandom = seededRandom((this.o.seed ^ 0x5bd1e995) >>> 0);
-    this.id = (prefix, length) => seededId(prefix, idRandom, length);
+    // A connected account's tag starts every id, so ids stay unique across accounts.
+    this.id = (prefix, length) => seededId(prefix, idRandom, length, store.tag);
     this.clock = this.o.created;
     this.now = nowSeconds();
     this.counts = {

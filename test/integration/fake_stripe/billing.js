@@ -6,7 +6,7 @@
 const { StripeError, noSuch, invalidParam, missingParam, boolParam, intParam, enumParam } = require('./errors');
 const {
   buildCustomer, buildSubscription, buildSubscriptionItem, buildInvoice, buildPreviewInvoice, buildInvoiceItem,
-  itemCharges, itemList, planFromPrice, buildPaymentIntent, buildCharge, buildSetupIntent,
+  itemCharges, itemList, planFromPrice, buildPaymentIntent, buildCharge, buildSetupIntent, transferDataView,
 } = require('./templates');
 const {
   currentPeriod, prorationDate, prorate, nextPeriodCharges, pendingInvoiceItems, invoiceItemCharges,
@@ -416,8 +416,21 @@ function startSubscription(customer, details, trialDays, metadata) {
   });
 }
 
+// What the session asked of Connect, on the subscription (its invoices
+// follow it: buildInvoice).
+function connectSubscription(subscription, connect) {
+  if (!connect) return subscription;
+  return Object.assign(subscription, {
+    application: connect.application,
+    application_fee_percent: connect.applicationFeePercent,
+    on_behalf_of: connect.onBehalfOf,
+    transfer_data: transferDataView(connect.transferData, 'amount_percent'),
+  });
+}
+
 function completeSubscriptionMode(store, session, customer, details, trialDays, log) {
-  const subscription = store.put(startSubscription(customer, details, trialDays, details.subscriptionMetadata));
+  const subscription = store.put(connectSubscription(
+    startSubscription(customer, details, trialDays, details.subscriptionMetadata), details.connect));
   log.emit('customer.subscription.created', subscription);
   const invoice = issueInvoice(store, subscription, { billingReason: 'subscription_create', paid: true, emit: log.emit });
   session.subscription = subscription.id;
@@ -435,6 +448,7 @@ function chargeSession(store, session, customer, details, failed, log) {
     customer: customer ? customer.id : null,
     metadata: details.paymentIntentMetadata,
     failed,
+    connect: details.connect,
   }));
   const charge = store.put(buildCharge({ paymentIntent: intent, email: customer ? customer.email : session.customer_email, failed }));
   intent.latest_charge = charge.id;

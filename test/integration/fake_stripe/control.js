@@ -1,9 +1,14 @@
 'use strict';
 // The test-only control API under /_fake (no auth, JSON in and out): read
 // the recording, reset, inject faults, set a rate limit or latency, seed
-// objects, events or a whole account, expire events or meter event
-// sessions, and play the customer's or Stripe's part (complete a checkout,
-// renew a subscription).
+// Connect accounts, objects, events or a whole account's data, expire
+// events or meter event sessions, and play the customer's, the connected
+// account's or Stripe's part (complete a checkout, renew a subscription,
+// update or deauthorize an account).
+//
+// Calls on an account's data take an "account" (in the JSON body, or
+// ?account= on GETs): absent or "platform" is the platform, else a
+// connected account's id (deauthorized ones too).
 
 const { Router } = require('./router');
 const { StripeError, BadRequest } = require('./errors');
@@ -11,17 +16,52 @@ const { sendJson } = require('./http_io');
 const { advanceSubscription, completeCheckout } = require('./billing');
 const { generateEvents } = require('./generate');
 const { generateAccount } = require('./account');
+const {
+  seedAccounts, connectedState, updateAccount, deauthorizeAccount, authorizeAccount, selectState, selectStates,
+} = require('./connect');
 const { expireMeterSessions } = require('./meter_events');
 const { API_VERSION, buildPrice, buildProduct, fromTemplate, hasTemplate } = require('./templates');
 const { newId, nowSeconds } = require('./util');
 
 // ---- recording and counters ----
 
-// ?path= is a prefix (like fault rules), ?method= exact.
-function listRequests({ store, query }) {
+// The milliseconds of ?name= (unix ms), or null.
+function msParam(query, name) {
+  const value = query.get(name);
+  if (value === null) return null;
+  if (!/^\d+$/.test(value)) throw new BadRequest(`${name} must be a unix time in milliseconds`);
+  return Number(value);
+}
+
+// The recorded requests ?path= (a prefix, like fault rules), ?method=,
+// ?account= (a Stripe-Account value as sent, or "platform" for none) and
+// ?since= / ?until= (received_at, unix ms, inclusive) select.
+function selectRequests(store, query) {
   const prefix = query.get('path') || '';
   const method = query.get('method');
-  return store.requests.filter((r) => r.path.startsWith(prefix) && (!method || r.method === method.toUpperCase()));
+  const account = query.get('account');
+  const since = msParam(query, 'since');
+  const until = msParam(query, 'until');
+  return store.requests.filter((r) => r.path.startsWith(prefix)
+    && (!method || r.method === method.toUpperCase())
+    && (account === null || (r.stripe_account === null ? 'platform' : r.stripe_account) === account)
+    && (since === null || r.received_at >= since)
+    && (until === null || r.received_at <= until));
+}
+
+function listRequests({ store, query }) {
+  return selectRequests(store, query);
+}
+
+// How many recorded requests the same filters select, and per account.
+function countRequests({ store, query }) {
+  const byAccount = {};
+  const selected = selectRequests(store, query);
+  for (const r of selected) {
+    const key = r.stripe_account === null ? 'platform' : r.stripe_account;
+    byAccount[key] = (byAccount[key] || 0) + 1;
+  }
+  return { count: selected.length, by_account: byAccount };
 }
 
 function clearRequests({ store }) {
@@ -32,6 +72,19 @@ function clearRequests({ store }) {
 
 function stats({ store }) {
   return { connections_opened: store.connectionsOpened, requests: store.requestCount, rate_limited: store.rateLimited };
+}
+
+// Requests per account and route since start or reset (DELETE
+// /_fake/requests does not clear them); ?account= for one.
+function accountStats({ store, query }) {
+  const wanted = query.get('account');
+  const accounts = {};
+  for (const [key, counts] of store.requestCounts) {
+    if (wanted !== null && key !== wanted) continue;
+    accounts[key] = { requests: counts.requests, routes: Object.fromEntries(counts.routes) };
+  }
+  if (wanted !== null && !accounts[wanted]) accounts[wanted] = { requests: 0, routes: {} };
+  return { accounts };
 }
 
 function reset({ store, faults, limiter, latency }) {
@@ -121,7 +174,8 @@ function checkPatch(store, raw, index) {
 
 // With "merge": true the objects are patched in place (the same object, so
 // its list position and anything holding it see the change); no event.
-function seedObjects({ store, body }) {
+function seedObjects({ store: server, body }) {
+  const store = selectState(server, body.account);
   const given = body.objects !== undefined ? body.objects : [body.object];
   if (!Array.isArray(given)) throw new BadRequest('"objects" must be an array');
   if (body.merge !== undefined && typeof body.merge !== 'boolean') throw new BadRequest('"merge" must be a boolean');
@@ -135,15 +189,57 @@ function seedObjects({ store, body }) {
 }
 
 function seedAccount({ store, body }) {
-  return generateAccount(store, body);
+  const { account, ...options } = body;
+  return generateAccount(selectState(store, account), options);
 }
 
 // Invoice previews are never stored as invoices (no list shows them), but
-// the control API shows them too.
-function getObject({ store, path }) {
-  const object = store.objects.get(path.id) || store.previews.get(path.id);
-  if (!object) throw new StripeError(404, { code: 'resource_missing', param: 'id', message: `No such object: '${path.id}'` });
-  return object;
+// the control API shows them too; accounts too. Without ?account= the
+// platform's object, else the first connected account's that has the id.
+function getObject({ store, path, query }) {
+  const account = store.state(path.id);
+  if (account) return account.account;
+  const states = query.get('account') === null ? store.states() : [selectState(store, query.get('account'))];
+  for (const state of states) {
+    const object = state.objects.get(path.id) || state.previews.get(path.id);
+    if (object) return object;
+  }
+  throw new StripeError(404, { code: 'resource_missing', param: 'id', message: `No such object: '${path.id}'` });
+}
+
+// ---- Connect accounts ----
+
+function createAccounts({ store, body }) {
+  return seedAccounts(store, body);
+}
+
+// Every connected account, oldest first, with whether the platform can
+// reach it (the whole Account: GET /_fake/objects/acct_...).
+function listConnected({ store }) {
+  return store.accountList.map(({ id, authorized, account }) => ({
+    id, authorized, name: account.business_profile.name, type: account.type, created: account.created,
+  }));
+}
+
+// Each answers {account (the Account), authorized, event}.
+function updateConnected({ store, path, body }) {
+  const { fields, ...rest } = body;
+  if (Object.keys(rest).length) throw new BadRequest('give the changes as {"fields": {...}}');
+  const state = connectedState(store, path.id);
+  const { event } = updateAccount(state, fields);
+  return { account: state.account, authorized: state.authorized, event };
+}
+
+function deauthorize({ store, path }) {
+  const state = connectedState(store, path.id);
+  const event = deauthorizeAccount(state);
+  return { account: state.account, authorized: state.authorized, event };
+}
+
+function authorize({ store, path }) {
+  const state = connectedState(store, path.id);
+  const event = authorizeAccount(state);
+  return { account: state.account, authorized: state.authorized, event };
 }
 
 // ---- events ----
@@ -179,14 +275,27 @@ function appendGivenEvents(store, given, before) {
   return { appended: events.length, first_id: events[0].id, last_id: events[events.length - 1].id };
 }
 
+// "account": one account; "accounts" (generators only): N (the first N
+// connected accounts) or a list of ids, each getting the whole batch. Both
+// may also sit inside "generate".
 function appendEvents({ store, body }) {
-  if (body.generate !== undefined) return generateEvents(store, body.generate);
-  return appendGivenEvents(store, body.events, body.before);
+  if (body.generate !== undefined) {
+    if (!body.generate || typeof body.generate !== 'object') throw new BadRequest('"generate" must be an object');
+    const { account: innerAccount, accounts: innerAccounts, ...options } = body.generate;
+    const account = innerAccount !== undefined ? innerAccount : body.account;
+    const accounts = innerAccounts !== undefined ? innerAccounts : body.accounts;
+    if (account !== undefined && accounts !== undefined) throw new BadRequest('give "account" or "accounts", not both');
+    const target = accounts !== undefined ? selectStates(store, accounts) : selectState(store, account);
+    return generateEvents(target, options);
+  }
+  if (body.accounts !== undefined) throw new BadRequest('"accounts" is for generators; give events one "account"');
+  return appendGivenEvents(selectState(store, body.account), body.events, body.before);
 }
 
 // Stripe keeps events 30 days: drop the oldest ones, through an event id
 // (in list order) or created before a unix time.
-function expireEvents({ store, body }) {
+function expireEvents({ store: server, body }) {
+  const store = selectState(server, body.account);
   const { through, older_than: olderThan } = body;
   if ((through === undefined) === (olderThan === undefined)) throw new BadRequest('give one of "through" or "older_than"');
   if (through !== undefined) {
@@ -198,16 +307,16 @@ function expireEvents({ store, body }) {
   return { expired: store.expireEvents((event) => event.created < olderThan) };
 }
 
-function listStoredEvents({ store }) {
-  return store.events.map(({ id, created, type }) => ({ id, created, type }));
+function listStoredEvents({ store, query }) {
+  return selectState(store, query.get('account')).events.map(({ id, created, type }) => ({ id, created, type }));
 }
 
-function listMeterEvents({ store }) {
-  return store.meterEvents;
+function listMeterEvents({ store, query }) {
+  return selectState(store, query.get('account')).meterEvents;
 }
 
-function meterEventStats({ store }) {
-  return { ...store.meterStats };
+function meterEventStats({ store, query }) {
+  return { ...selectState(store, query.get('account')).meterStats };
 }
 
 function expireSessions({ store }) {
@@ -216,20 +325,37 @@ function expireSessions({ store }) {
 
 // ---- life cycle steps ----
 
+// The object `id` of `type` in body.account's state, or without one in the
+// first account (the platform's first) that has it.
+function locate(store, body, id, type) {
+  if (body.account !== undefined) {
+    const state = selectState(store, body.account);
+    return { state, object: state.find(id, type) };
+  }
+  const found = store.locate(id, type);
+  if (!found) return { state: store.platform, object: store.platform.find(id, type) };
+  return found;
+}
+
 function completeSession({ store, path, body }) {
-  return completeCheckout(store, store.find(path.id, 'checkout.session'), body);
+  const { account, ...options } = body;
+  const { state, object } = locate(store, body, path.id, 'checkout.session');
+  return completeCheckout(state, object, options);
 }
 
 function advance({ store, path, body }) {
-  const subscription = store.find(path.id, 'subscription');
-  const events = advanceSubscription(store, subscription, body);
+  const { account, ...options } = body;
+  const { state, object: subscription } = locate(store, body, path.id, 'subscription');
+  const events = advanceSubscription(state, subscription, options);
   return { subscription, events };
 }
 
 const router = new Router()
   .add('GET', '/_fake/requests', listRequests)
+  .add('GET', '/_fake/requests/count', countRequests)
   .add('DELETE', '/_fake/requests', clearRequests)
   .add('GET', '/_fake/stats', stats)
+  .add('GET', '/_fake/stats/accounts', accountStats)
   .add('POST', '/_fake/reset', reset)
   .add('GET', '/_fake/latency', getLatency)
   .add('POST', '/_fake/latency', setLatency)
@@ -243,6 +369,11 @@ const router = new Router()
   .add('POST', '/_fake/objects', seedObjects)
   .add('GET', '/_fake/objects/:id', getObject)
   .add('POST', '/_fake/account', seedAccount)
+  .add('POST', '/_fake/accounts', createAccounts)
+  .add('GET', '/_fake/accounts', listConnected)
+  .add('POST', '/_fake/accounts/:id/update', updateConnected)
+  .add('POST', '/_fake/accounts/:id/deauthorize', deauthorize)
+  .add('POST', '/_fake/accounts/:id/authorize', authorize)
   .add('POST', '/_fake/events', appendEvents)
   .add('POST', '/_fake/events/expire', expireEvents)
   .add('GET', '/_fake/events', listStoredEvents)

@@ -28,6 +28,9 @@ function parseRule(raw, index) {
     kind,
     path: raw.path === undefined ? '' : String(raw.path),
     method: raw.method === undefined ? null : String(raw.method).toUpperCase(),
+    // A Stripe-Account value (the request's header as given), or "platform"
+    // for requests without one; null: any.
+    account: raw.account === undefined || raw.account === null ? null : String(raw.account),
     retry_after: raw.retry_after === undefined ? null : raw.retry_after,
     should_retry: raw.should_retry === undefined ? null : Boolean(raw.should_retry),
   };
@@ -73,9 +76,11 @@ class FaultInjector {
   // The rule that applies to this request, if any, consuming one use of it.
   // A rate rule draws from its PRNG for every request it matches, so a given
   // seed faults the same positions of the matching request sequence.
-  take(method, path) {
+  take(method, path, account = null) {
+    const accountKey = account === null ? 'platform' : account;
     for (const rule of this.rules) {
       if (!path.startsWith(rule.path) || (rule.method && rule.method !== method)) continue;
+      if (rule.account !== null && rule.account !== accountKey) continue;
       if (rule.rate !== undefined) {
         if (rule.random() < rule.rate) return rule;
       } else if (rule.remaining > 0) {

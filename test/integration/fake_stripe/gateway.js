@@ -1,15 +1,18 @@
 'use strict';
 // The Stripe-side pipeline for /v1 and /v2 requests: record the request,
 // inject a fault if a rule matches, authenticate (the API key, or a meter
-// event session token where the route says so), apply the rate limit,
-// honour Idempotency-Key, then run the endpoint handler from stripe_api.js;
-// the answer leaves after the configured latency.
+// event session token where the route says so), pick the account the
+// request acts on (Stripe-Account; connect.js), apply the rate limit,
+// honour Idempotency-Key (per account), then run the endpoint handler from
+// stripe_api.js on that account's state; the answer leaves after the
+// configured latency.
 
 const { StripeError, invalidApiKey, unrecognizedUrl, rateLimitError } = require('./errors');
 const { PROCESSED_KINDS } = require('./faults');
 const { parseForm } = require('./form');
 const { jsonText, sendText, sendJson } = require('./http_io');
 const { meterSessionAuthError } = require('./meter_events');
+const { requestState } = require('./connect');
 const { stripeRouter } = require('./stripe_api');
 const { API_VERSION } = require('./templates');
 const { newId, stableStringify } = require('./util');
@@ -58,14 +61,40 @@ function jsonBody(req, rawBody) {
   }
 }
 
+// The account a request names: Stripe-Account, or on /v2 also
+// Stripe-Context (the v2 APIs' header); undefined when it names none.
+function accountHeader(req, url) {
+  const account = req.headers['stripe-account'];
+  if (account !== undefined || !url.pathname.startsWith('/v2/')) return account;
+  return req.headers['stripe-context'];
+}
+
+// Requests per account ("platform" for those without Stripe-Account, else
+// the header as given) and per route ("GET /v1/events",
+// "GET /v1/customers/:id"; the path itself when no route matches), since
+// start or reset: GET /_fake/stats/accounts.
+function countRequest(store, record, method, pattern) {
+  const key = record.stripe_account === null ? 'platform' : record.stripe_account;
+  let counts = store.requestCounts.get(key);
+  if (!counts) {
+    counts = { requests: 0, routes: new Map() };
+    store.requestCounts.set(key, counts);
+  }
+  counts.requests += 1;
+  const route = `${method} ${pattern}`;
+  counts.routes.set(route, (counts.routes.get(route) || 0) + 1);
+}
+
 function recordRequest(store, req, url, rawBody, requestId, body) {
   const headers = { ...req.headers };
   // The key (or a meter event session token) never lands in the recording,
   // valid or not.
   if (headers.authorization !== undefined) headers.authorization = 'Bearer <redacted>';
   store.requestCount += 1;
+  const account = accountHeader(req, url);
   const record = {
     seq: store.requestCount,
+    received_at: Date.now(),
     method: req.method,
     path: url.pathname,
     query: parseForm(url.searchParams),
@@ -76,6 +105,7 @@ function recordRequest(store, req, url, rawBody, requestId, body) {
     connection_id: req.socket.fakeConnectionId,
     idempotency_key: headers['idempotency-key'] === undefined ? null : headers['idempotency-key'],
     stripe_version: headers['stripe-version'] || API_VERSION,
+    stripe_account: account === undefined ? null : account,
     request_id: requestId,
     status: null,
   };
@@ -213,12 +243,31 @@ function resetConnection(socket) {
   if (!socket.destroyed) socket.resetAndDestroy();
 }
 
-// Authentication, rate limit, routing, idempotency and the handler, for a
-// request no answering fault took; `respond(status, text, headers)` answers.
+// The account state a request acts on: the one its Stripe-Account names
+// (connect.js), or for the meter event stream the one its session was made
+// for. Throws 403 account_invalid for an account the key cannot act for.
+function accountState(route, req, store, record) {
+  const presented = presentedKey(req.headers.authorization);
+  if (route && route.options.auth === 'meter_session') {
+    const { account } = store.meterSessions.get(presented);
+    return requestState(store, account === store.platform.id ? undefined : account, presented);
+  }
+  return requestState(store, record.stripe_account === null ? undefined : record.stripe_account, presented);
+}
+
+// Authentication, account, rate limit, routing, idempotency and the
+// handler, for a request no answering fault took; `respond(status, text,
+// headers)` answers.
 function serve({ store, limiter, apiKey, baseUrl }, req, url, record, body, respond) {
   const route = stripeRouter.match(req.method, url.pathname);
   const refused = authError(route, req, store, apiKey);
   if (refused) return respond(401, jsonText(refused.toJSON()), { 'WWW-Authenticate': 'Bearer realm="Stripe"' });
+  let state;
+  try {
+    state = accountState(route, req, store, record);
+  } catch (err) {
+    return respond(err.status, jsonText(err.toJSON()));
+  }
   // Stripe limits an account's requests, so only authenticated ones count.
   if (!limiter.admit()) {
     store.rateLimited += 1;
@@ -236,7 +285,7 @@ function serve({ store, limiter, apiKey, baseUrl }, req, url, record, body, resp
   const key = req.method === 'GET' ? null : record.idempotency_key;
   const fingerprint = stableStringify({ query: record.query, form: record.form, json: record.json });
   if (key !== null) {
-    const saved = store.idempotency.get(key);
+    const saved = state.idempotency.get(key);
     if (saved && (saved.method !== req.method || saved.path !== url.pathname || saved.fingerprint !== fingerprint)) {
       return respond(400, jsonText(idempotencyMismatch(key).toJSON()));
     }
@@ -245,8 +294,13 @@ function serve({ store, limiter, apiKey, baseUrl }, req, url, record, body, resp
     }
   }
 
+  // Handlers see the account's state as `store`; `server` is the whole fake
+  // (the connected accounts, the meter event session tokens).
   const ctx = {
-    store,
+    store: state,
+    server: store,
+    account: state.connected ? state.id : null,
+    presentedKey: presentedKey(req.headers.authorization),
     params,
     path: route.params,
     request: { id: record.request_id, idempotency_key: key },
@@ -257,7 +311,7 @@ function serve({ store, limiter, apiKey, baseUrl }, req, url, record, body, resp
   // Like Stripe, only results of requests that executed are saved; ours
   // validate before changing anything, so that means successful ones.
   if (key !== null && status < 400) {
-    store.idempotency.set(key, { method: req.method, path: url.pathname, fingerprint, status, text, requestId: record.request_id });
+    state.idempotency.set(key, { method: req.method, path: url.pathname, fingerprint, status, text, requestId: record.request_id });
   }
   return respond(status, text, key !== null ? { 'Idempotency-Key': key } : {});
 }
@@ -268,10 +322,12 @@ function createGateway({ store, faults, limiter, latency, apiKey, baseUrl }) {
     const requestId = newId('req_');
     const body = jsonBody(req, rawBody);
     const record = recordRequest(store, req, url, rawBody, requestId, body);
+    const matched = stripeRouter.match(req.method, url.pathname);
+    countRequest(store, record, req.method, matched ? matched.pattern : url.pathname);
     const headers = { 'Request-Id': requestId, 'Stripe-Version': record.stripe_version };
     const later = answerLater(latency.delayFor(url.pathname), req.socket);
 
-    const fault = faults.take(req.method, url.pathname);
+    const fault = faults.take(req.method, url.pathname, record.stripe_account);
     if (fault && !PROCESSED_KINDS.includes(fault.kind)) {
       record.status = fault.kind;
       return later(() => sendFault(fault, req, res, headers));

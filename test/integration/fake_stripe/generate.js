@@ -2,13 +2,23 @@
 // Synthetic but realistic event streams for load and pagination tests
 // (POST /_fake/events {"generate": {...}}). A pool of customers goes through
 // customer.created -> customer.subscription.created -> a random mix of
-// customer.updated, customer.subscription.updated and invoice.paid. The
+// customer.updated, customer.subscription.updated and invoice.paid (and, in
+// a connected account given "account_updates", account.updated). The
 // objects are stored too, so a consumer can fetch what the events name.
+// Events go to one account's state; generateEvents() also spreads them over
+// several ("accounts"), each account getting the whole `count` (or `users`).
 
 const { BadRequest } = require('./errors');
+const { updateAccount } = require('./connect');
 const { buildCustomer, buildSubscription, buildInvoice, planFromPrice } = require('./templates');
 const { addInterval, nowSeconds, seededRandom, previousAttributes } = require('./util');
-const { generateLifecycles } = require('./lifecycle');
+const { LifecycleGenerator } = require('./lifecycle');
+
+function share(value, name) {
+  if (value === undefined) return 0;
+  if (typeof value !== 'number' || !(value >= 0 && value <= 1)) throw new BadRequest(`generate.${name} must be from 0 to 1`);
+  return value;
+}
 
 function positiveInt(value, name, fallback) {
   if (value === undefined) return fallback;
@@ -28,6 +38,14 @@ class EventGenerator {
       : positiveInt(options.start_created, 'start_created');
     this.random = seededRandom(options.seed === undefined ? 1 : options.seed);
     this.pool = new Array(this.customers); // slot -> {customer, subscription}
+    this.accountUpdates = share(options.account_updates, 'account_updates');
+    if (this.accountUpdates > 0 && !store.connected) {
+      throw new BadRequest('generate.account_updates needs a connected account ("account")');
+    }
+    this.accountUpdateCount = 0;
+    for (const price of ['price_basic', 'price_pro']) {
+      if (!store.get(price, 'price')) throw new BadRequest(`generate needs the price ${price} in the account`);
+    }
   }
 
   run() {
@@ -45,6 +63,8 @@ class EventGenerator {
   }
 
   step(slot) {
+    // Drawn only when asked for, so other streams stay as they were.
+    if (this.accountUpdates > 0 && this.random() < this.accountUpdates) return this.updateAccount();
     const entry = this.pool[slot];
     if (!entry) return this.createCustomer(slot);
     if (!entry.subscription) return this.subscribe(entry);
@@ -52,6 +72,22 @@ class EventGenerator {
     if (roll < 0.3) return this.updateCustomer(entry);
     if (roll < 0.65) return this.updateSubscription(entry);
     return this.payInvoice(entry);
+  }
+
+  // account.updated, in turn: a new business name, charges_enabled,
+  // payouts_enabled, requirements.currently_due toggled.
+  updateAccount() {
+    const { account } = this.store;
+    const k = this.accountUpdateCount;
+    this.accountUpdateCount += 1;
+    const base = String(account.business_profile.name || this.store.id).replace(/ \(\d+\)$/, '');
+    const fields = [
+      { name: `${base} (${k + 1})` },
+      { charges_enabled: !account.charges_enabled },
+      { payouts_enabled: !account.payouts_enabled },
+      { currently_due: account.requirements.currently_due.length ? [] : ['external_account'] },
+    ][k % 4];
+    updateAccount(this.store, fields, { created: this.created });
   }
 
   createCustomer(slot) {
@@ -115,13 +151,26 @@ class EventGenerator {
 }
 
 // {"mode": "lifecycle", ...}: users' subscription lifecycles (lifecycle.js);
-// otherwise the random mix above.
-function generateEvents(store, options) {
+// otherwise the random mix above; in one account's state.
+// The options are checked when the generator is made, before it runs.
+function generatorFor(state, options) {
   if (options && options.mode !== undefined) {
     if (options.mode !== 'lifecycle') throw new BadRequest('generate.mode must be "lifecycle" (or absent)');
-    return generateLifecycles(store, options);
+    return new LifecycleGenerator(state, options);
   }
-  return new EventGenerator(store, options || {}).run();
+  return new EventGenerator(state, options || {});
+}
+
+// In one account, or in each of several `states` (the whole count or users
+// each, the seed counted up per account so their streams differ); every
+// account's generator is checked before any runs.
+function generateEvents(states, options) {
+  if (!Array.isArray(states)) return generatorFor(states, options).run();
+  const seed = options && options.seed !== undefined ? options.seed : 1;
+  if (!Number.isInteger(seed)) throw new BadRequest('generate.seed must be an integer');
+  const generators = states.map((state, i) => generatorFor(state, { ...options, seed: seed + i }));
+  const results = generators.map((generator, i) => ({ account: states[i].id, ...generator.run() }));
+  return { appended: results.reduce((sum, r) => sum + r.appended, 0), accounts: results };
 }
 
 module.exports = { generateEvents };

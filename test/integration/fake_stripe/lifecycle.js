@@ -68,8 +68,9 @@ class LifecycleGenerator {
     this.random = seededRandom(options.seed === undefined ? 1 : options.seed);
   }
 
+  // A connected account's tag starts every id, so ids stay unique across accounts.
   id(prefix) {
-    return seededId(prefix, this.random);
+    return seededId(prefix, this.random, undefined, this.store.tag);
   }
 
   emit(type, object, created, previous) {
@@ -226,4 +227,4 @@ function generateLifecycles(store, options) {
   return new LifecycleGenerator(store, options || {}).run();
 }
 
-module.exports = { generateLifecycles };
+module.exports = { generateLifecycles, LifecycleGenerator };

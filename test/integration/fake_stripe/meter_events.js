@@ -82,7 +82,9 @@ function isoTime(ms) {
   return new Date(ms).toISOString();
 }
 
-function createMeterEventSession({ store }) {
+// The token is bound to the account the session was made for (the
+// request's Stripe-Account or Stripe-Context): the stream's events land there.
+function createMeterEventSession({ store, server }) {
   const createdMs = Date.now();
   const session = {
     id: newId('mes_'),
@@ -92,7 +94,9 @@ function createMeterEventSession({ store }) {
     expires_at: isoTime(createdMs + SESSION_TTL_MS),
     livemode: false,
   };
-  store.meterSessions.set(session.authentication_token, { id: session.id, expiresAt: createdMs + SESSION_TTL_MS });
+  server.meterSessions.set(session.authentication_token, {
+    id: session.id, expiresAt: createdMs + SESSION_TTL_MS, account: store.id,
+  });
   return session;
 }
 

@@ -5,7 +5,7 @@
 // redirects to success_url; /portal/<portal session id> links back.
 
 const { Router } = require('./router');
-const { StripeError } = require('./errors');
+const { StripeError, noSuch } = require('./errors');
 const { sendHtml, sendText } = require('./http_io');
 const { completeCheckout } = require('./billing');
 
@@ -23,8 +23,16 @@ function amountText(session) {
   return `${(session.amount_total / 100).toFixed(2)} ${String(session.currency).toUpperCase()}`;
 }
 
+// The session (of any account: session ids are unique across accounts) and
+// its account's state.
+function findSession(store, id) {
+  const found = store.locate(id, 'checkout.session');
+  if (!found) throw noSuch('checkout.session', id);
+  return found;
+}
+
 function showCheckout({ store, path }) {
-  const session = store.find(path.id, 'checkout.session');
+  const { object: session } = findSession(store, path.id);
   const action = session.status === 'open'
     ? `<form method="post"><button type="submit">Pay ${escapeHtml(amountText(session))}</button></form>`
     : `<p>This session is ${escapeHtml(session.status)}.</p>`;
@@ -34,13 +42,16 @@ function showCheckout({ store, path }) {
 
 // Completes the session; returns the url to redirect to, if any.
 function payCheckout({ store, path }) {
-  const { session } = completeCheckout(store, store.find(path.id, 'checkout.session'));
+  const { state, object } = findSession(store, path.id);
+  const { session } = completeCheckout(state, object);
   if (session.success_url) return { redirect: session.success_url.replace('{CHECKOUT_SESSION_ID}', session.id) };
   return page('Payment complete', '<h1>Payment complete</h1>');
 }
 
 function showPortal({ store, path }) {
-  const session = store.find(path.id, 'billing_portal.session');
+  const found = store.locate(path.id, 'billing_portal.session');
+  if (!found) throw noSuch('billing_portal.session', path.id);
+  const session = found.object;
   const back = session.return_url ? `<p><a href="${escapeHtml(session.return_url)}">Return</a></p>` : '';
   return page('Fake Stripe billing portal', `<h1>Fake Stripe billing portal</h1>` +
     `<p>Customer <code>${escapeHtml(session.customer)}</code>.</p>${back}`);

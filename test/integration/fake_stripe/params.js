@@ -112,6 +112,12 @@ const CUSTOMER_UPDATE = {
 const CUSTOMER_DELETE = {};
 
 // docs/checkout/checkout_sessions/create_a_checkout_session.md
+// Connect (modeled in connect.js checkoutConnect): direct charges take
+// payment_intent_data[application_fee_amount] or
+// subscription_data[application_fee_percent] on a connected account
+// (Stripe-Account); destination charges payment_intent_data[transfer_data]
+// [destination|amount] or subscription_data[transfer_data]
+// [destination|amount_percent], and on_behalf_of in both.
 const CHECKOUT_SESSION_CREATE = {
   adaptive_pricing: ANY,
   after_expiration: ANY,
@@ -160,7 +166,7 @@ const CHECKOUT_SESSION_CREATE = {
     shipping: ANY,
     statement_descriptor: ANY,
     statement_descriptor_suffix: ANY,
-    transfer_data: ANY,
+    transfer_data: object({ amount: ANY, destination: ANY }),
     transfer_group: ANY,
   }),
   payment_method_collection: oneOf('always', 'if_required'),
@@ -187,7 +193,7 @@ const CHECKOUT_SESSION_CREATE = {
     metadata: METADATA,
     on_behalf_of: ANY,
     proration_behavior: oneOf('create_prorations', 'none'),
-    transfer_data: ANY,
+    transfer_data: object({ amount_percent: ANY, destination: ANY }),
     trial_end: ANY,
     trial_period_days: ANY,
     trial_settings: ANY,

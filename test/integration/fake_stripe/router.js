@@ -13,12 +13,12 @@ class Router {
       names.push(name);
       return '([^/]+)';
     });
-    this.routes.push({ method, regex: new RegExp(`^${source}$`), names, handler, options });
+    this.routes.push({ method, pattern, regex: new RegExp(`^${source}$`), names, handler, options });
     return this;
   }
 
-  // {handler, params, options} for the first matching route, or null (also for a
-  // malformed %-escape, which no route can match).
+  // {handler, params, options, pattern} for the first matching route, or null
+  // (also for a malformed %-escape, which no route can match).
   match(method, path) {
     for (const route of this.routes) {
       if (route.method !== method) continue;
@@ -30,7 +30,7 @@ class Router {
       } catch {
         return null;
       }
-      return { handler: route.handler, params, options: route.options };
+      return { handler: route.handler, params, options: route.options, pattern: route.pattern };
     }
     return null;
   }

@@ -1049,14 +1049,14 @@ test('events: a batch given "before" an event is listed late, behind it', async 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Every object of a list, page by page with starting_after.
-async function listAll(urlPath, { limit = 100, agent } = {}) {
+async function listAll(urlPath, { limit = 100, agent, headers } = {}) {
   const sep = urlPath.includes('?') ? '&' : '?';
   const objects = [];
   let pages = 0;
   let cursor = null;
   for (;;) {
     const after = cursor ? `&starting_after=${cursor}` : '';
-    const res = await stripe('GET', `${urlPath}${sep}limit=${limit}${after}`, undefined, { agent });
+    const res = await stripe('GET', `${urlPath}${sep}limit=${limit}${after}`, undefined, { agent, headers });
     assert.equal(res.status, 200, res.text);
     pages += 1;
     objects.push(...res.body.data);
@@ -2207,6 +2207,521 @@ test('strict parameters: every request the extension and the repo tests send is 
   assert.equal(usage.status, 200, usage.text);
   assert.equal((await stripe('DELETE', url, '')).status, 200);
   assert.equal((await stripe('DELETE', '/v1/customers/cus_x')).status, 200);
+});
+
+// ---- Stripe Connect ----
+
+const PLATFORM_ID = 'acct_1FakePlatform001';
+// Options that send a request as (on behalf of) a connected account.
+const as = (account, opts = {}) => ({ ...opts, headers: { ...(opts.headers || {}), 'Stripe-Account': account } });
+
+async function seedAccounts(body) {
+  const res = await call('POST', '/_fake/accounts', { json: body, auth: null });
+  assert.equal(res.status, 200, res.text);
+  return res.body;
+}
+
+// The key shows masked, as Stripe masks it (KEY is short: all stars).
+function assertAccountInvalid(res, account) {
+  assertStripeError(res, 403, { type: 'invalid_request_error', code: 'account_invalid' });
+  assert.equal(res.body.error.message, `The provided key '${'*'.repeat(KEY.length)}' does not have access to account '${account}' `
+    + '(or that account does not exist). Application access may have been revoked.');
+  assert.equal(res.body.error.doc_url, 'https://stripe.com/docs/error-codes/account-invalid');
+}
+
+test('connect: 1,000 accounts in one control call, listed by GET /v1/accounts page by page, retrieved', async () => {
+  await reset();
+  const started = performance.now();
+  const seeded = await seedAccounts({ count: 1000, created: 1_700_000_000 });
+  const elapsed = performance.now() - started;
+  assert.ok(elapsed < 3000, `1,000 accounts took ${elapsed} ms`);
+  assert.equal(seeded.created, 1000);
+  assert.equal(new Set(seeded.ids).size, 1000);
+  for (const id of seeded.ids) assert.match(id, /^acct_1[A-Za-z0-9]{15}$/);
+
+  const listed = await listAll('/v1/accounts');
+  assert.equal(listed.url, '/v1/accounts');
+  assert.equal(listed.pages, 10);
+  assert.deepEqual(listed.ids, [...seeded.ids].reverse(), 'newest first');
+  const [newest] = listed.objects;
+  assert.equal(newest.object, 'account');
+  assert.deepEqual([newest.business_profile.name, newest.email, newest.created], ['Account 1000', 'owner1000@example.com', 1_700_000_999]);
+  assert.deepEqual([newest.type, newest.controller, newest.country, newest.default_currency],
+    ['standard', { type: 'account' }, 'US', 'usd']);
+  assert.deepEqual([newest.charges_enabled, newest.payouts_enabled, newest.details_submitted, newest.requirements.currently_due],
+    [true, true, true, []]);
+  const range = await stripe('GET', '/v1/accounts?created[gte]=1700000990&limit=100');
+  assert.equal(range.body.data.length, 10);
+  assertStripeError(await stripe('GET', '/v1/accounts?starting_after=acct_nope'), 404,
+    { code: 'resource_missing', param: 'starting_after', message: "No such account: 'acct_nope'" });
+
+  // explicit accounts, with fields; one retrieves itself, not another
+  const explicit = await seedAccounts({ accounts: [
+    { id: 'acct_alpha', name: 'Alpha GmbH', country: 'DE', default_currency: 'eur' },
+    { id: 'acct_beta', type: 'express', charges_enabled: false, details_submitted: false, currently_due: ['external_account'] },
+  ] });
+  assert.deepEqual(explicit, { created: 2, ids: ['acct_alpha', 'acct_beta'] });
+  const alpha = (await stripe('GET', '/v1/accounts/acct_alpha')).body;
+  assert.deepEqual([alpha.id, alpha.business_profile.name, alpha.settings.dashboard.display_name, alpha.country, alpha.default_currency],
+    ['acct_alpha', 'Alpha GmbH', 'Alpha GmbH', 'DE', 'eur']);
+  assert.equal(alpha.external_accounts.url, '/v1/accounts/acct_alpha/external_accounts');
+  const beta = (await stripe('GET', '/v1/accounts/acct_beta')).body;
+  assert.deepEqual([beta.type, beta.controller.type, beta.controller.is_controller, beta.charges_enabled, beta.details_submitted],
+    ['express', 'application', true, false, false]);
+  assert.deepEqual([beta.requirements.currently_due, beta.requirements.disabled_reason, beta.capabilities.card_payments],
+    [['external_account'], 'requirements.past_due', 'inactive']);
+  assert.equal((await stripe('GET', '/v1/accounts/acct_beta', undefined, as('acct_beta'))).body.id, 'acct_beta');
+  assertAccountInvalid(await stripe('GET', '/v1/accounts/acct_alpha', undefined, as('acct_beta')), 'acct_alpha');
+  assertAccountInvalid(await stripe('GET', '/v1/accounts/acct_nope'), 'acct_nope');
+  // GET /v1/account is the account a request acts on; a connected account lists no accounts
+  assert.equal((await stripe('GET', '/v1/account')).body.id, PLATFORM_ID);
+  assert.equal((await stripe('GET', '/v1/accounts/' + PLATFORM_ID)).body.id, PLATFORM_ID);
+  assert.equal((await stripe('GET', '/v1/account', undefined, as('acct_alpha'))).body.id, 'acct_alpha');
+  const none = await stripe('GET', '/v1/accounts', undefined, as('acct_alpha'));
+  assert.deepEqual([none.status, none.body.data, none.body.has_more], [200, [], false]);
+  // the control API shows every account, with whether the platform reaches it
+  const all = await ctl('GET', '/_fake/accounts');
+  assert.equal(all.length, 1002);
+  assert.deepEqual(all.at(-1), { id: 'acct_beta', authorized: true, name: 'Account 1002', type: 'express', created: beta.created });
+  assert.deepEqual(await ctl('GET', '/_fake/objects/acct_beta'), beta);
+
+  // the same calls on a fresh fake make the same accounts
+  await reset();
+  assert.deepEqual((await seedAccounts({ count: 1000, created: 1_700_000_000 })).ids, seeded.ids);
+  assert.notDeepEqual((await seedAccounts({ count: 3 })).ids, seeded.ids.slice(0, 3), 'later accounts draw new ids');
+
+  for (const bad of [{}, { count: -1 }, { count: 1.5 }, { accounts: 'x' }, { accounts: [{ id: 'cus_1' }] },
+    { accounts: [{ type: 'weird' }] }, { accounts: [{ charges_enabled: 'yes' }] }, { accounts: [{ id: 'acct_x' }, { id: 'acct_x' }] },
+    { accounts: [{ id: seeded.ids[0] }] }, { count: 1, catalogue: 'no' }, { accounts: [{ currently_due: 'x' }] }]) {
+    const res = await call('POST', '/_fake/accounts', { json: bad, auth: null });
+    assert.equal(res.status, 400, JSON.stringify(bad));
+  }
+  assert.equal((await ctl('GET', '/_fake/accounts')).length, 1003, 'a refused batch adds no account');
+  await reset();
+  assert.deepEqual((await stripe('GET', '/v1/accounts')).body.data, [], 'reset drops the connected accounts');
+});
+
+test('connect: Stripe-Account routes every call to that account\'s objects, events, idempotency keys and meter events', async () => {
+  await reset();
+  await seedAccounts({ accounts: [{ id: 'acct_a' }, { id: 'acct_b' }] });
+  const customer = await stripe('POST', '/v1/customers', { email: 'a@example.com' }, as('acct_a'));
+  assert.equal(customer.status, 200, customer.text);
+  const id = customer.body.id;
+  assert.equal((await stripe('GET', `/v1/customers/${id}`, undefined, as('acct_a'))).status, 200);
+  assertStripeError(await stripe('GET', `/v1/customers/${id}`, undefined, as('acct_b')), 404, { code: 'resource_missing' });
+  assertStripeError(await stripe('GET', `/v1/customers/${id}`), 404, { code: 'resource_missing' });
+  assert.deepEqual((await listAll('/v1/customers', { headers: { 'Stripe-Account': 'acct_a' } })).ids, [id]);
+  assert.deepEqual((await listAll('/v1/customers', { headers: { 'Stripe-Account': 'acct_b' } })).ids, []);
+  assert.deepEqual((await listAll('/v1/customers')).ids, []);
+
+  // the account's events carry `account` (right after `object`) and are listed only with its header
+  const events = (await stripe('GET', '/v1/events', undefined, as('acct_a'))).body.data;
+  assert.deepEqual(events.map((e) => [e.type, e.account, e.data.object.id]), [['customer.created', 'acct_a', id]]);
+  assert.deepEqual(Object.keys(events[0]).slice(0, 3), ['id', 'object', 'account']);
+  assert.deepEqual((await stripe('GET', '/v1/events')).body.data, [], 'the platform\'s list has none of them');
+  assert.deepEqual((await stripe('GET', '/v1/events', undefined, as('acct_b'))).body.data, []);
+  assert.equal((await stripe('GET', `/v1/events/${events[0].id}`, undefined, as('acct_a'))).body.account, 'acct_a');
+  assertStripeError(await stripe('GET', `/v1/events/${events[0].id}`), 404, { code: 'resource_missing' });
+  assertStripeError(await stripe('GET', `/v1/events?starting_after=${events[0].id}`), 404, { param: 'starting_after' });
+  // the platform's own events have no `account`
+  await stripe('POST', '/v1/customers', { email: 'p@example.com' });
+  const [platformEvent] = (await stripe('GET', '/v1/events')).body.data;
+  assert.ok(!('account' in platformEvent));
+  assert.deepEqual((await ctl('GET', '/_fake/events?account=acct_a')).map((e) => e.id), [events[0].id]);
+
+  // idempotency keys are per account
+  const key = { headers: { 'Idempotency-Key': 'same-key' } };
+  const inA = await stripe('POST', '/v1/customers', { email: 'k@example.com' }, as('acct_a', key));
+  const inB = await stripe('POST', '/v1/customers', { email: 'k@example.com' }, as('acct_b', key));
+  const inPlatform = await stripe('POST', '/v1/customers', { email: 'k@example.com' }, key);
+  assert.equal(new Set([inA.body.id, inB.body.id, inPlatform.body.id]).size, 3, 'one key, three accounts, three customers');
+  assert.ok(!inB.headers['idempotent-replayed'] && !inPlatform.headers['idempotent-replayed']);
+  const replay = await stripe('POST', '/v1/customers', { email: 'k@example.com' }, as('acct_a', key));
+  assert.deepEqual([replay.headers['idempotent-replayed'], replay.body.id], ['true', inA.body.id]);
+
+  // Checkout in an account: the hosted page and the control API find its session
+  const session = await stripe('POST', '/v1/checkout/sessions', {
+    mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1', customer_email: 's@example.com',
+  }, as('acct_b'));
+  assert.equal(session.status, 200, session.text);
+  assertStripeError(await stripe('GET', `/v1/checkout/sessions/${session.body.id}`), 404, { code: 'resource_missing' });
+  assert.equal((await call('GET', `/pay/${session.body.id}`, { auth: null })).status, 200);
+  const done = await ctl('POST', `/_fake/checkout/sessions/${session.body.id}/complete`, {});
+  assert.equal(done.session.status, 'complete');
+  const subscriptionId = done.session.subscription;
+  const bEvents = (await listAll('/v1/events', { headers: { 'Stripe-Account': 'acct_b' } })).objects;
+  assert.deepEqual(new Set(bEvents.map((e) => e.account)), new Set(['acct_b']));
+  assert.equal(bEvents[0].type, 'checkout.session.completed');
+  assert.ok(!(await storedEvents()).some((e) => e.type === 'checkout.session.completed'), 'nothing on the platform');
+  // subscription calls: found only in their account
+  assertStripeError(await stripe('POST', `/v1/subscriptions/${subscriptionId}`, { 'metadata[x]': '1' }), 404, { code: 'resource_missing' });
+  const updated = await stripe('POST', `/v1/subscriptions/${subscriptionId}`, { 'metadata[x]': '1' }, as('acct_b'));
+  assert.equal(updated.body.metadata.x, '1');
+  const advanced = await ctl('POST', `/_fake/subscriptions/${subscriptionId}/advance`, { status: 'past_due' });
+  assert.equal(advanced.subscription.status, 'past_due');
+  const invoices = (await stripe('GET', `/v1/invoices?subscription=${subscriptionId}`, undefined, as('acct_b'))).body.data;
+  assert.equal(invoices.length, 2);
+
+  // meter events: per account, identifiers too (v1 with Stripe-Account, v2 with a session made for the account)
+  const meter = { event_name: 'api_calls', identifier: 'm-1', 'payload[stripe_customer_id]': id, 'payload[value]': '3' };
+  assert.equal((await stripe('POST', '/v1/billing/meter_events', meter, as('acct_a'))).status, 200);
+  assert.equal((await stripe('POST', '/v1/billing/meter_events', meter, as('acct_b'))).status, 200, 'same identifier, other account');
+  assertStripeError(await stripe('POST', '/v1/billing/meter_events', meter, as('acct_a')), 400, { code: 'resource_already_exists' });
+  const token = (await call('POST', '/v2/billing/meter_event_session', { headers: { 'Stripe-Context': 'acct_b' } })).body.authentication_token;
+  assert.equal((await streamEvents(token, [{ event_name: 'api_calls', identifier: 'm-2', payload: { stripe_customer_id: id, value: '4' } }])).status, 200);
+  assert.deepEqual((await ctl('GET', '/_fake/meter_events?account=acct_a')).map((e) => e.identifier), ['m-1']);
+  assert.deepEqual((await ctl('GET', '/_fake/meter_events?account=acct_b')).map((e) => [e.api, e.identifier]), [['v1', 'm-1'], ['v2', 'm-2']]);
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events'), []);
+  assert.deepEqual(await ctl('GET', '/_fake/meter_events/stats?account=acct_b'), { received: 2, stored: 2, duplicates: 0 });
+});
+
+test('connect: ids an account chooses may repeat in other accounts; generated ids stay unique', async () => {
+  await reset();
+  await seedAccounts({ accounts: [{ id: 'acct_a' }, { id: 'acct_b' }] });
+  await seedAccounts({ accounts: [{ id: 'acct_empty' }], catalogue: false });
+  // every account starts with the default catalogue (price_basic, prod_basic, ...), the same ids as the platform's
+  for (const account of ['acct_a', 'acct_b']) {
+    assert.equal((await stripe('GET', '/v1/prices/price_basic', undefined, as(account))).body.unit_amount, 1000);
+  }
+  assertStripeError(await stripe('GET', '/v1/prices/price_basic', undefined, as('acct_empty')), 404, { code: 'resource_missing' });
+  // each account's own product `basic` and price (a plan's id) `basic_monthly`: same ids, other objects
+  for (const [account, amount] of [['acct_a', 700], ['acct_b', 900]]) {
+    await ctl('POST', '/_fake/objects', { account, objects: [
+      { id: 'basic', object: 'product', name: `Basic of ${account}` },
+      { id: 'basic_monthly', object: 'price', product: 'basic', unit_amount: amount, recurring: { interval: 'month' } },
+    ] });
+  }
+  const get = async (urlPath, account) => (await stripe('GET', urlPath, undefined, account ? as(account) : {}));
+  assert.deepEqual([(await get('/v1/prices/basic_monthly', 'acct_a')).body.unit_amount, (await get('/v1/prices/basic_monthly', 'acct_b')).body.unit_amount], [700, 900]);
+  assert.deepEqual([(await get('/v1/products/basic', 'acct_a')).body.name, (await get('/v1/products/basic', 'acct_b')).body.name],
+    ['Basic of acct_a', 'Basic of acct_b']);
+  assertStripeError(await get('/v1/products/basic'), 404, { code: 'resource_missing' });
+  assert.equal((await ctl('GET', '/_fake/objects/basic_monthly?account=acct_b')).unit_amount, 900);
+  assert.equal((await ctl('GET', '/_fake/objects/basic_monthly')).unit_amount, 700, 'without ?account= the first account that has it');
+  // a checkout with the colliding price bills each account's own amount
+  const pay = async (account) => (await stripe('POST', '/v1/checkout/sessions', {
+    mode: 'subscription', 'line_items[0][price]': 'basic_monthly', 'line_items[0][quantity]': '1',
+  }, as(account))).body.amount_total;
+  assert.deepEqual([await pay('acct_a'), await pay('acct_b')], [700, 900]);
+
+  // generators: the same seed in several accounts still draws distinct ids; the platform's stay as they were
+  const options = { customers: 4, subscriptions: 4, products: 2, prices: 3, seed: 9, created: 1_700_000_000 };
+  await ctl('POST', '/_fake/account', options);
+  const platformIds = (await listAll('/v1/customers')).ids;
+  await ctl('POST', '/_fake/account', { ...options, account: 'acct_a' });
+  await ctl('POST', '/_fake/account', { ...options, account: 'acct_b' });
+  const idsIn = async (urlPath, account) => (await listAll(urlPath, { headers: { 'Stripe-Account': account } })).ids;
+  const ids = [...platformIds];
+  for (const account of ['acct_a', 'acct_b']) {
+    for (const urlPath of ['/v1/customers', '/v1/subscriptions?status=all', '/v1/invoices', '/v1/products', '/v1/prices']) {
+      ids.push(...(await idsIn(urlPath, account)).filter((x) => !/^basic|^(price|prod)_(basic|pro|onetime)$/.test(x)));
+    }
+  }
+  ids.push(...(await listAll('/v1/subscriptions?status=all')).ids, ...(await listAll('/v1/invoices')).ids);
+  assert.equal(new Set(ids).size, ids.length, 'no generated id twice');
+  assert.equal(ids.length, 4 + 2 * (4 + 4 + 4 + 2 + 3) + 4 + 4);
+  await reset();
+  await ctl('POST', '/_fake/account', options);
+  assert.deepEqual((await listAll('/v1/customers')).ids, platformIds, 'the platform\'s seeded ids do not change with Connect');
+
+  await seedAccounts({ accounts: [{ id: 'acct_a' }, { id: 'acct_b' }] });
+  const lifecycle = { mode: 'lifecycle', users: 2, seed: 4, start_created: 1_800_000_000 };
+  await ctl('POST', '/_fake/events', { generate: lifecycle, account: 'acct_a' });
+  await ctl('POST', '/_fake/events', { generate: lifecycle, account: 'acct_b' });
+  const a = await ctl('GET', '/_fake/events?account=acct_a');
+  const b = await ctl('GET', '/_fake/events?account=acct_b');
+  assert.deepEqual([a.length, b.length], [22, 22]);
+  assert.equal(new Set([...a, ...b].map((e) => e.id)).size, 44, 'event ids unique across accounts');
+  const customersA = await idsIn('/v1/customers', 'acct_a');
+  const customersB = await idsIn('/v1/customers', 'acct_b');
+  assert.equal(new Set([...customersA, ...customersB]).size, 4);
+});
+
+test('connect: malformed, unknown and deauthorized accounts answer 403 account_invalid, without side effects', async () => {
+  await reset();
+  await seedAccounts({ accounts: [{ id: 'acct_a' }, { id: 'acct_b' }] });
+  await ctl('DELETE', '/_fake/requests');
+  for (const account of ['garbage', 'acct_unknown', 'acct_a ,acct_b', 'cus_123', '']) {
+    assertAccountInvalid(await stripe('POST', '/v1/customers', { email: 'x@example.com' }, as(account)), account);
+    assertAccountInvalid(await stripe('GET', '/v1/events', undefined, as(account)), account);
+  }
+  assertAccountInvalid(await stripe('GET', '/v1/nonexistent', undefined, as('acct_nope')), 'acct_nope');
+  // the key is checked first: a bad key with a bad account is still 401
+  assertStripeError(await stripe('GET', '/v1/customers', undefined, as('acct_nope', { auth: 'sk_test_wrong' })), 401, { code: 'api_key_invalid' });
+  assert.deepEqual(await storedEvents(), []);
+  for (const account of ['acct_a', 'acct_b']) assert.deepEqual(await ctl('GET', `/_fake/events?account=${account}`), []);
+  const statuses = (await ctl('GET', '/_fake/requests')).map((r) => r.status);
+  assert.deepEqual(new Set(statuses), new Set([403, 401]));
+  // the platform's own id acts as the platform
+  assert.equal((await stripe('GET', '/v1/prices/price_basic', undefined, as(PLATFORM_ID))).status, 200);
+  assert.equal((await stripe('GET', '/v1/account', undefined, as(PLATFORM_ID))).body.id, PLATFORM_ID);
+
+  // deauthorizing: account.application.deauthorized on the account, then 403 everywhere
+  const customer = (await stripe('POST', '/v1/customers', { email: 'a@example.com' }, as('acct_a'))).body;
+  const token = (await call('POST', '/v2/billing/meter_event_session', as('acct_a'))).body.authentication_token;
+  const deauth = await ctl('POST', '/_fake/accounts/acct_a/deauthorize');
+  assert.deepEqual([deauth.account.id, deauth.authorized], ['acct_a', false]);
+  assert.deepEqual([deauth.event.type, deauth.event.account, deauth.event.data.object],
+    ['account.application.deauthorized', 'acct_a', { id: 'ca_FakePlatform00000000000000000000', name: 'Fake Stripe platform', object: 'application' }]);
+  assertAccountInvalid(await stripe('GET', `/v1/customers/${customer.id}`, undefined, as('acct_a')), 'acct_a');
+  assertAccountInvalid(await stripe('GET', '/v1/events', undefined, as('acct_a')), 'acct_a');
+  assertAccountInvalid(await stripe('GET', '/v1/accounts/acct_a'), 'acct_a');
+  // the stream quotes its (masked) session token where other calls quote the key
+  const streamed = await streamEvents(token, [{ event_name: 'e', payload: { stripe_customer_id: customer.id, value: '1' } }]);
+  assertStripeError(streamed, 403, { type: 'invalid_request_error', code: 'account_invalid' });
+  assert.ok(!streamed.text.includes(token));
+  assert.deepEqual((await listAll('/v1/accounts')).ids, ['acct_b']);
+  assert.equal((await stripe('GET', '/v1/customers', undefined, as('acct_b'))).status, 200, 'other accounts go on');
+  assert.deepEqual((await ctl('GET', '/_fake/events?account=acct_a')).map((e) => e.type), ['customer.created', 'account.application.deauthorized']);
+  assert.deepEqual((await ctl('GET', '/_fake/accounts')).map((a) => [a.id, a.authorized]), [['acct_a', false], ['acct_b', true]]);
+  assert.equal((await call('POST', '/_fake/accounts/acct_a/deauthorize', { auth: null })).status, 400);
+  assert.equal((await call('POST', '/_fake/accounts/acct_nope/deauthorize', { auth: null })).status, 404);
+  // authorizing again restores access to the account's data
+  const auth = await ctl('POST', '/_fake/accounts/acct_a/authorize');
+  assert.deepEqual([auth.event.type, auth.event.account, auth.account.id, auth.authorized], ['account.application.authorized', 'acct_a', 'acct_a', true]);
+  assert.equal((await stripe('GET', `/v1/customers/${customer.id}`, undefined, as('acct_a'))).status, 200);
+  assert.deepEqual((await stripe('GET', '/v1/events', undefined, as('acct_a'))).body.data.map((e) => [e.type, e.account]), [
+    ['account.application.authorized', 'acct_a'], ['account.application.deauthorized', 'acct_a'], ['customer.created', 'acct_a']]);
+  assert.equal((await call('POST', '/_fake/accounts/acct_a/authorize', { auth: null })).status, 400);
+  // a new connection can announce itself
+  await seedAccounts({ accounts: [{ id: 'acct_new' }], authorized_event: true });
+  assert.deepEqual((await stripe('GET', '/v1/events', undefined, as('acct_new'))).body.data.map((e) => e.type), ['account.application.authorized']);
+});
+
+test('connect: account.updated; generators and given events target one account or spread over several', async () => {
+  await reset();
+  const { ids } = await seedAccounts({ count: 4, seed: 2 });
+  const [first, second, third, fourth] = ids;
+  const update = await ctl('POST', `/_fake/accounts/${first}/update`, { fields: { name: 'Renamed', charges_enabled: false } });
+  assert.deepEqual([update.account.id, update.account.business_profile.name, update.authorized], [first, 'Renamed', true]);
+  assert.deepEqual([update.event.type, update.event.account, update.event.data.object.business_profile.name, update.event.data.object.charges_enabled],
+    ['account.updated', first, 'Renamed', false]);
+  assert.deepEqual(update.event.data.previous_attributes, {
+    business_profile: { name: 'Account 1' }, capabilities: { card_payments: 'active' }, charges_enabled: true,
+    settings: { dashboard: { display_name: 'Account 1' } },
+  });
+  const account = (await stripe('GET', `/v1/accounts/${first}`)).body;
+  assert.deepEqual([account.business_profile.name, account.charges_enabled], ['Renamed', false]);
+  assert.equal((await ctl('POST', `/_fake/accounts/${first}/update`, { fields: { name: 'Renamed' } })).event, null, 'no change, no event');
+  const due = await ctl('POST', `/_fake/accounts/${first}/update`, { fields: { currently_due: ['external_account'], type: 'custom' } });
+  assert.deepEqual(due.event.data.previous_attributes.requirements, { currently_due: [], eventually_due: [] });
+  assert.equal(due.account.controller.requirement_collection, 'application');
+  for (const bad of [{ fields: { id: 'acct_other' } }, { fields: { charges_enabled: 'no' } }, { name: 'x' }, { fields: { metadata: 'x' } }]) {
+    assert.equal((await call('POST', `/_fake/accounts/${first}/update`, { json: bad, auth: null })).status, 400, JSON.stringify(bad));
+  }
+
+  // the random mix in one account, with account.updated among them
+  const one = await ctl('POST', '/_fake/events', { generate: { count: 40, customers: 4, seed: 3, account_updates: 0.25 }, account: second });
+  assert.equal(one.appended, 40);
+  const secondEvents = (await listAll('/v1/events', { headers: { 'Stripe-Account': second } })).objects;
+  assert.equal(secondEvents.length, 40);
+  assert.ok(secondEvents.every((e) => e.account === second));
+  const accountUpdates = secondEvents.filter((e) => e.type === 'account.updated');
+  assert.ok(accountUpdates.length > 0 && accountUpdates.length < 20, `${accountUpdates.length} account.updated`);
+  assert.deepEqual(accountUpdates.at(-1).data.previous_attributes.business_profile, { name: 'Account 2' }, 'the first one renames');
+  assert.deepEqual(await storedEvents(), [], 'nothing on the platform');
+  assert.equal((await call('POST', '/_fake/events', { json: { generate: { count: 5, account_updates: 0.5 } }, auth: null })).status, 400,
+    'the platform gets no account.updated');
+
+  // spread: the first N accounts (or listed ones) each get the whole batch
+  const spread = await ctl('POST', '/_fake/events', { generate: { count: 10, seed: 5 }, accounts: 3 });
+  assert.equal(spread.appended, 30);
+  assert.deepEqual(spread.accounts.map((r) => [r.account, r.appended]), [[first, 10], [second, 10], [third, 10]]);
+  assert.equal((await ctl('GET', `/_fake/events?account=${fourth}`)).length, 0);
+  const third10 = (await listAll('/v1/events', { headers: { 'Stripe-Account': third } })).objects;
+  assert.deepEqual([third10.length, third10.at(-1).id, third10[0].id], [10, spread.accounts[2].first_id, spread.accounts[2].last_id]);
+  const lifecycles = await ctl('POST', '/_fake/events', {
+    generate: { mode: 'lifecycle', users: 2, seed: 1, accounts: [third, fourth], start_created: 1_800_000_000 },
+  });
+  assert.deepEqual(lifecycles.accounts.map((r) => [r.account, r.appended, r.users]), [[third, 22, ['user_1', 'user_2']], [fourth, 22, ['user_1', 'user_2']]]);
+  const completed = (await listAll('/v1/events?type=checkout.session.completed', { headers: { 'Stripe-Account': fourth } })).objects;
+  assert.deepEqual(completed.map((e) => [e.account, e.data.object.client_reference_id]).sort(), [[fourth, 'user_1'], [fourth, 'user_2']]);
+  for (const bad of [{ generate: { count: 1 }, accounts: 0 }, { generate: { count: 1 }, accounts: 5 }, { generate: { count: 1 }, accounts: ['acct_nope'] },
+    { generate: { count: 1 }, account: 'acct_nope' }, { generate: { count: 1 }, account: first, accounts: 2 },
+    { generate: { count: 1, account: first, accounts: 2 } }, { events: [{ type: 'x', data: {} }], accounts: 2 }]) {
+    assert.equal((await call('POST', '/_fake/events', { json: bad, auth: null })).status, 400, JSON.stringify(bad));
+  }
+
+  // events as given: to an account (`account` filled in), late with `before`, expired
+  const given = await ctl('POST', '/_fake/events', { account: fourth, events: [
+    { type: 'account.updated', data: { object: account, previous_attributes: { charges_enabled: true } } },
+    { id: 'evt_given_other', type: 'account.updated', account: 'acct_other', data: { object: account } },
+  ] });
+  const latest = (await stripe('GET', '/v1/events?limit=2', undefined, as(fourth))).body.data;
+  assert.deepEqual(latest.map((e) => [e.id, e.account]), [['evt_given_other', 'acct_other'], [given.first_id, fourth]]);
+  const late = await ctl('POST', '/_fake/events', { account: fourth, before: given.first_id, events: [{ type: 'customer.updated', data: { object: {} } }] });
+  const stored = await ctl('GET', `/_fake/events?account=${fourth}`);
+  assert.deepEqual(stored.slice(-3).map((e) => e.id), [late.first_id, given.first_id, 'evt_given_other']);
+  assert.deepEqual(await ctl('POST', '/_fake/events/expire', { account: fourth, through: late.first_id }), { expired: stored.length - 2 });
+  assert.equal((await ctl('GET', `/_fake/events?account=${fourth}`)).length, 2);
+  assert.equal((await ctl('GET', `/_fake/events?account=${third}`)).length, 10 + 22, 'other accounts keep theirs');
+});
+
+test('connect: Checkout direct charges (application fees) and destination charges (transfer_data, on_behalf_of)', async () => {
+  await reset();
+  await seedAccounts({ accounts: [{ id: 'acct_shop' }, { id: 'acct_seller' }, { id: 'acct_gone' }] });
+  await ctl('POST', '/_fake/accounts/acct_gone/deauthorize');
+  const payment = { mode: 'payment', 'line_items[0][price]': 'price_onetime', 'line_items[0][quantity]': '1', customer_email: 'p@example.com' };
+  const subscription = { mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1', customer_email: 's@example.com' };
+  const checkout = async (form, opts) => {
+    const res = await stripe('POST', '/v1/checkout/sessions', form, opts);
+    assert.equal(res.status, 200, res.text);
+    return (await ctl('POST', `/_fake/checkout/sessions/${res.body.id}/complete`, {})).session;
+  };
+  const objectIn = (id, account) => ctl('GET', `/_fake/objects/${id}${account ? `?account=${account}` : ''}`);
+  const chargeOf = async (intent, account) => objectIn(intent.latest_charge, account);
+
+  // direct payment on a connected account, with an application fee
+  const direct = await checkout({ ...payment, 'payment_intent_data[application_fee_amount]': '300' }, as('acct_shop'));
+  const intent = await objectIn(direct.payment_intent, 'acct_shop');
+  assert.deepEqual([intent.application, intent.application_fee_amount, intent.on_behalf_of, intent.transfer_data],
+    ['ca_FakePlatform00000000000000000000', 300, null, null]);
+  const charge = await chargeOf(intent, 'acct_shop');
+  assert.deepEqual([charge.application_fee_amount, charge.application, charge.transfer_data, charge.transfer_group],
+    [300, 'ca_FakePlatform00000000000000000000', null, null]);
+  assert.match(charge.application_fee, /^fee_\w+$/);
+  const capped = await checkout({ ...payment, 'payment_intent_data[application_fee_amount]': '999999' }, as('acct_shop'));
+  assert.equal((await chargeOf(await objectIn(capped.payment_intent), 'acct_shop')).application_fee_amount, 2500, 'capped at the amount');
+
+  // direct subscription with an application fee percent; its invoices follow it
+  const directSub = await checkout({ ...subscription, 'subscription_data[application_fee_percent]': '12.5' }, as('acct_shop'));
+  const sub = (await stripe('GET', `/v1/subscriptions/${directSub.subscription}`, undefined, as('acct_shop'))).body;
+  assert.deepEqual([sub.application_fee_percent, sub.application, sub.transfer_data, sub.on_behalf_of],
+    [12.5, 'ca_FakePlatform00000000000000000000', null, null]);
+  const invoice = (await stripe('GET', `/v1/invoices/${sub.latest_invoice}`, undefined, as('acct_shop'))).body;
+  assert.equal(invoice.application, 'ca_FakePlatform00000000000000000000');
+
+  // destination charges, made on the platform
+  const destination = await checkout({ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_seller',
+    'payment_intent_data[transfer_data][amount]': '2000', 'payment_intent_data[on_behalf_of]': 'acct_seller',
+    'payment_intent_data[application_fee_amount]': '100' });
+  const destIntent = await objectIn(destination.payment_intent);
+  assert.deepEqual([destIntent.transfer_data, destIntent.on_behalf_of, destIntent.application_fee_amount, destIntent.application],
+    [{ amount: 2000, destination: 'acct_seller' }, 'acct_seller', 100, null]);
+  const destCharge = await chargeOf(destIntent);
+  assert.deepEqual([destCharge.transfer_data, destCharge.on_behalf_of, destCharge.transfer_group],
+    [{ amount: 2000, destination: 'acct_seller' }, 'acct_seller', `group_${destIntent.id}`]);
+  const plain = await objectIn((await checkout({ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_seller' })).payment_intent);
+  assert.deepEqual(plain.transfer_data, { destination: 'acct_seller' });
+  const destSub = await checkout({ ...subscription, 'subscription_data[transfer_data][destination]': 'acct_seller',
+    'subscription_data[transfer_data][amount_percent]': '90', 'subscription_data[on_behalf_of]': 'acct_seller' });
+  const platformSub = (await stripe('GET', `/v1/subscriptions/${destSub.subscription}`)).body;
+  assert.deepEqual([platformSub.transfer_data, platformSub.on_behalf_of, platformSub.application_fee_percent, platformSub.application],
+    [{ amount_percent: 90, destination: 'acct_seller' }, 'acct_seller', null, null]);
+  assert.equal((await stripe('GET', `/v1/invoices/${platformSub.latest_invoice}`)).body.on_behalf_of, 'acct_seller');
+  const renewal = await ctl('POST', `/_fake/subscriptions/${platformSub.id}/advance`, { status: 'active', new_period: true });
+  const renewed = (await stripe('GET', `/v1/invoices/${renewal.subscription.latest_invoice}`)).body;
+  assert.deepEqual([renewed.id === platformSub.latest_invoice, renewed.on_behalf_of], [false, 'acct_seller']);
+  const noneSub = (await stripe('GET', `/v1/subscriptions/${(await subscribe()).subscription.id}`)).body;
+  assert.deepEqual([noneSub.transfer_data, noneSub.on_behalf_of, noneSub.application_fee_percent], [null, null, null]);
+
+  // refused, with nothing created
+  const before = (await storedEvents()).length;
+  const refused = [
+    [{ ...payment, 'payment_intent_data[application_fee_amount]': '100' }, {}, 400,
+      { code: 'parameter_missing', param: 'payment_intent_data[application_fee_amount]',
+        message: 'Can only apply an application_fee_amount when the PaymentIntent is attempting a direct payment (using an OAuth key or Stripe-Account header) or destination payment (using `transfer_data[destination]`).' }],
+    [{ ...subscription, 'subscription_data[application_fee_percent]': '10' }, {}, 400, { param: 'subscription_data[application_fee_percent]' }],
+    [{ ...subscription, 'subscription_data[application_fee_percent]': '10.555' }, as('acct_shop'), 400,
+      { code: 'parameter_invalid', param: 'subscription_data[application_fee_percent]' }],
+    [{ ...subscription, 'subscription_data[application_fee_percent]': '101' }, as('acct_shop'), 400, { code: 'parameter_invalid' }],
+    [{ ...payment, 'payment_intent_data[application_fee_amount]': '-1' }, as('acct_shop'), 400, { code: 'parameter_invalid' }],
+    [{ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_nope' }, {}, 400,
+      { code: 'resource_missing', param: 'payment_intent_data[transfer_data][destination]', message: "No such destination: 'acct_nope'" }],
+    [{ ...payment, 'payment_intent_data[transfer_data][destination]': 'acct_gone' }, {}, 400, { code: 'resource_missing' }],
+    [{ ...payment, 'payment_intent_data[transfer_data][amount]': '10' }, {}, 400,
+      { code: 'parameter_missing', param: 'payment_intent_data[transfer_data][destination]' }],
+    [{ ...payment, 'payment_intent_data[transfer_data][amount_percent]': '10' }, {}, 400,
+      { code: 'parameter_unknown', param: 'payment_intent_data[transfer_data][amount_percent]' }],
+    [{ ...subscription, 'subscription_data[transfer_data][amount]': '10' }, {}, 400,
+      { code: 'parameter_unknown', param: 'subscription_data[transfer_data][amount]' }],
+    [{ ...subscription, 'subscription_data[transfer_data][destination]': 'acct_seller', 'subscription_data[transfer_data][amount_percent]': 'x' }, {}, 400,
+      { code: 'parameter_invalid', param: 'subscription_data[transfer_data][amount_percent]' }],
+    [{ ...subscription, 'subscription_data[on_behalf_of]': 'acct_nope' }, {}, 400,
+      { code: 'resource_missing', param: 'subscription_data[on_behalf_of]', message: "No such account: 'acct_nope'" }],
+    [{ ...subscription, 'payment_intent_data[application_fee_amount]': '1' }, as('acct_shop'), 400, { param: 'payment_intent_data' }],
+  ];
+  for (const [form, opts, status, fields] of refused) {
+    assertStripeError(await stripe('POST', '/v1/checkout/sessions', form, opts), status, { type: 'invalid_request_error', ...fields });
+  }
+  assert.equal((await storedEvents()).length, before);
+});
+
+test('connect: the recording names each request\'s Stripe-Account; counters per account and route', async () => {
+  await reset();
+  const { ids } = await seedAccounts({ count: 1000 });
+  const [a, b] = ids;
+  await ctl('DELETE', '/_fake/requests');
+  const t0 = Date.now();
+  await stripe('GET', '/v1/events');
+  await stripe('GET', '/v1/events', undefined, as(a));
+  await stripe('GET', '/v1/events?limit=5', undefined, as(a));
+  await stripe('POST', '/v1/customers', { email: 'x@example.com' }, as(b));
+  await stripe('GET', '/v1/events', undefined, as('acct_nope'));
+  const records = await ctl('GET', '/_fake/requests');
+  assert.deepEqual(records.map((r) => [r.method, r.path, r.stripe_account, r.status]), [
+    ['GET', '/v1/events', null, 200], ['GET', '/v1/events', a, 200], ['GET', '/v1/events', a, 200],
+    ['POST', '/v1/customers', b, 200], ['GET', '/v1/events', 'acct_nope', 403]]);
+  assert.equal(records[1].headers['stripe-account'], a);
+  assert.ok(records.every((r) => r.received_at >= t0 && r.received_at <= Date.now()));
+  assert.deepEqual((await ctl('GET', `/_fake/requests?account=${a}`)).map((r) => r.seq), [records[1].seq, records[2].seq]);
+  assert.deepEqual((await ctl('GET', '/_fake/requests?account=platform')).map((r) => r.seq), [records[0].seq]);
+  assert.deepEqual(await ctl('GET', '/_fake/requests/count?path=/v1/events&method=GET'),
+    { count: 4, by_account: { platform: 1, [a]: 2, acct_nope: 1 } });
+  // a time window: received_at in [since, until] (milliseconds, so neighbours may share one)
+  const [since, until] = [records[2].received_at, records[4].received_at];
+  const inWindow = records.filter((r) => r.path === '/v1/events' && r.received_at >= since && r.received_at <= until);
+  const expected = {};
+  for (const r of inWindow) expected[r.stripe_account || 'platform'] = (expected[r.stripe_account || 'platform'] || 0) + 1;
+  assert.deepEqual(await ctl('GET', `/_fake/requests/count?path=/v1/events&since=${since}&until=${until}`),
+    { count: inWindow.length, by_account: expected });
+  assert.ok(inWindow.length >= 2);
+  assert.equal((await call('GET', '/_fake/requests?since=yesterday', { auth: null })).status, 400);
+
+  // counters survive DELETE /_fake/requests; routes are the patterns
+  await stripe('GET', `/v1/accounts/${b}`);
+  await ctl('DELETE', '/_fake/requests');
+  assert.deepEqual(await ctl('GET', `/_fake/stats/accounts?account=${a}`),
+    { accounts: { [a]: { requests: 2, routes: { 'GET /v1/events': 2 } } } });
+  const stats = (await ctl('GET', '/_fake/stats/accounts')).accounts;
+  assert.deepEqual(stats.platform.routes, { 'GET /v1/events': 1, 'GET /v1/accounts/:id': 1 });
+  assert.deepEqual(stats[b], { requests: 1, routes: { 'POST /v1/customers': 1 } });
+  assert.deepEqual(stats.acct_nope, { requests: 1, routes: { 'GET /v1/events': 1 } });
+  assert.deepEqual(await ctl('GET', '/_fake/stats/accounts?account=acct_quiet'), { accounts: { acct_quiet: { requests: 0, routes: {} } } });
+
+  // a fault rule can pick an account
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '503', account: b, count: 5 }] });
+  assert.equal((await stripe('GET', '/v1/events', undefined, as(a))).status, 200);
+  assert.equal((await stripe('GET', '/v1/events', undefined, as(b))).status, 503);
+  assert.equal((await stripe('GET', '/v1/events')).status, 200);
+  await ctl('POST', '/_fake/faults', { rules: [{ kind: '500', account: 'platform' }] });
+  assert.equal((await stripe('GET', '/v1/events', undefined, as(a))).status, 200);
+  assert.equal((await stripe('GET', '/v1/events')).status, 500);
+  await ctl('DELETE', '/_fake/faults');
+
+  // a worker's polling round over 1,000 accounts, counted per account
+  await reset();
+  const seeded = (await seedAccounts({ count: 1000 })).ids;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  try {
+    const started = Date.now();
+    for (let i = 0; i < seeded.length; i += 50) {
+      await Promise.all(seeded.slice(i, i + 50).map(async (account) => {
+        const res = await stripe('GET', '/v1/events?limit=100', undefined, as(account, { agent }));
+        assert.equal(res.status, 200);
+      }));
+    }
+    const counted = await ctl('GET', `/_fake/requests/count?path=/v1/events&method=GET&since=${started}`);
+    assert.equal(counted.count, 1000);
+    assert.ok(Object.values(counted.by_account).every((n) => n === 1));
+    const perAccount = (await ctl('GET', '/_fake/stats/accounts')).accounts;
+    assert.equal(Object.keys(perAccount).length, 1000);
+    assert.ok(seeded.every((account) => perAccount[account].routes['GET /v1/events'] === 1));
+  } finally {
+    agent.destroy();
+  }
+  await reset();
+  assert.deepEqual(await ctl('GET', '/_fake/stats/accounts'), { accounts: {} }, 'reset clears the counters');
 });
 
 test('SIGTERM stops the server promptly even with a hung request', async () => {

@@ -1,10 +1,17 @@
 'use strict';
-// In-memory state of the fake: Stripe objects by id (and per type in
-// insertion order, for the list endpoints), the event log, the idempotency
-// cache, meter events and meter event sessions, and the request recording.
+// In-memory state of the fake. Each Stripe account (the platform, and any
+// number of Connect accounts) has an AccountState: its objects by id (and per
+// type in insertion order, for the list endpoints), its event log, its
+// idempotency cache, its meter events and invoice previews. The Store holds
+// the platform's state, the connected accounts (connect.js), and what is
+// global: meter event session tokens, the request recording and counters.
 
 const { BadRequest, noSuch } = require('./errors');
-const { buildEvent, buildPrice, buildProduct } = require('./templates');
+const { buildAccount, buildEvent, buildPrice, buildProduct } = require('./templates');
+const { nowSeconds } = require('./util');
+
+// The platform's own account id (GET /v1/account without Stripe-Account).
+const PLATFORM_ACCOUNT_ID = 'acct_1FakePlatform001';
 
 // Default catalogue every fresh or reset fake starts with.
 const DEFAULT_CATALOGUE = [
@@ -13,12 +20,17 @@ const DEFAULT_CATALOGUE = [
   { product: 'prod_onetime', name: 'One-time', price: 'price_onetime', lookup_key: null, unit_amount: 2500, recurring: false },
 ];
 
-class Store {
-  constructor() {
-    this.reset();
-  }
-
-  reset() {
+// One account's objects, events, idempotency keys and meter events.
+// `id` is the account's id; `connected` is true for a Connect account (its
+// events carry a top-level `account`), false for the platform. `tag` is a
+// short string unique among the fake's accounts that seeded generators put
+// into the ids they draw, so the same seed in two accounts never gives two
+// objects one id ('' for the platform, whose seeded ids stay as they were).
+class AccountState {
+  constructor({ id, connected = false, tag = '', catalogue = true } = {}) {
+    this.id = id;
+    this.connected = connected;
+    this.tag = tag;
     this.objects = new Map();
     this.byType = new Map(); // type -> {items: objects oldest -> newest, positions: id -> index}
     this.events = []; // oldest -> newest; the array index is the event's sequence
@@ -27,14 +39,9 @@ class Store {
     this.meterEvents = []; // stored meter events of both APIs, each with `api` "v1" or "v2"
     this.meterIdentifiers = new Map(); // identifier -> unix time first seen
     this.meterStats = { received: 0, stored: 0, duplicates: 0 };
-    this.meterSessions = new Map(); // v2 authentication_token -> {id, expiresAt (ms)}
     this.previews = new Map(); // invoice previews by id: shown by the control API only, never listed
     this.checkoutDetails = new Map(); // session id -> request data Stripe keeps off the session object
-    this.requests = [];
-    this.requestCount = 0;
-    this.connectionsOpened = 0;
-    this.rateLimited = 0; // /v1 and /v2 requests answered 429 by the rate limit
-    this.seedCatalogue();
+    if (catalogue) this.seedCatalogue();
   }
 
   seedCatalogue() {
@@ -114,9 +121,19 @@ class Store {
     return this.typeIndex(type).positions.get(id);
   }
 
+  // A connected account's events name it in a top-level `account`, right
+  // after `object` as Stripe writes it (an event given with its own
+  // `account` keeps it). The platform's events have none.
+  withAccount(event) {
+    if (!this.connected || Object.hasOwn(event, 'account')) return event;
+    const { id, object, ...rest } = event;
+    return { id, object, account: this.id, ...rest };
+  }
+
   // Appends a complete event; ids must stay unique because they are list cursors.
-  appendEvent(event) {
-    if (this.eventPositions.has(event.id)) throw new BadRequest(`duplicate event id ${event.id}`);
+  appendEvent(given) {
+    if (this.eventPositions.has(given.id)) throw new BadRequest(`duplicate event id ${given.id}`);
+    const event = this.withAccount(given);
     this.eventPositions.set(event.id, this.events.length);
     this.events.push(event);
     return event;
@@ -131,7 +148,7 @@ class Store {
     for (const event of events) {
       if (this.eventPositions.has(event.id)) throw new BadRequest(`duplicate event id ${event.id}`);
     }
-    this.events.splice(at, 0, ...events);
+    this.events.splice(at, 0, ...events.map((event) => this.withAccount(event)));
     this.reindexEvents();
   }
 
@@ -159,4 +176,76 @@ class Store {
   }
 }
 
-module.exports = { Store };
+// Short base-62 strings, unique per serial number: the tags of connected
+// accounts (4 characters: 14 million accounts).
+const TAG_DIGITS = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+function serialTag(serial, width = 4) {
+  let tag = '';
+  for (let n = serial; tag.length < width; n = Math.floor(n / 62)) tag = TAG_DIGITS[n % 62] + tag;
+  return tag;
+}
+
+// The whole fake: the platform's state, the connected accounts' states (in
+// the order they were connected, which is GET /v1/accounts' order), and what
+// belongs to no account.
+class Store {
+  constructor() {
+    this.reset();
+  }
+
+  reset() {
+    this.platform = new AccountState({ id: PLATFORM_ACCOUNT_ID });
+    this.platform.account = buildAccount({
+      id: PLATFORM_ACCOUNT_ID, name: 'Fake Stripe platform', email: 'platform@example.com', created: nowSeconds(),
+    });
+    this.connected = new Map(); // account id -> AccountState, oldest first
+    this.accountList = []; // the connected AccountStates, oldest first (deauthorized ones too)
+    this.accountPositions = new Map(); // account id -> index in accountList
+    this.meterSessions = new Map(); // v2 authentication_token -> {id, expiresAt (ms), account}
+    this.requests = [];
+    this.requestCount = 0;
+    this.requestCounts = new Map(); // "platform" or the Stripe-Account value -> {requests, routes: Map}
+    this.connectionsOpened = 0;
+    this.rateLimited = 0; // /v1 and /v2 requests answered 429 by the rate limit
+  }
+
+  // Adds a connected account (an Account object, complete); its state starts
+  // empty or with the default catalogue.
+  addAccount(account, { catalogue = true } = {}) {
+    if (this.state(account.id)) throw new BadRequest(`account ${account.id} exists already`);
+    const state = new AccountState({
+      id: account.id, connected: true, tag: serialTag(this.accountList.length + 1), catalogue,
+    });
+    state.account = account;
+    state.authorized = true;
+    this.connected.set(account.id, state);
+    this.accountPositions.set(account.id, this.accountList.length);
+    this.accountList.push(state);
+    return state;
+  }
+
+  // The state of the platform or of a connected account (authorized or
+  // not), by account id.
+  state(id) {
+    if (id === this.platform.id) return this.platform;
+    return this.connected.get(id);
+  }
+
+  // Every account's state, the platform's first.
+  states() {
+    return [this.platform, ...this.accountList];
+  }
+
+  // {state, object} for the first account (the platform's first) that holds
+  // an object `id` (of `type`, if given), or undefined. Generated ids are
+  // unique across accounts; ids an account chose may repeat in others.
+  locate(id, type) {
+    for (const state of this.states()) {
+      const object = type ? state.get(id, type) : state.objects.get(id);
+      if (object) return { state, object };
+    }
+    return undefined;
+  }
+}
+
+module.exports = { AccountState, Store, PLATFORM_ACCOUNT_ID };

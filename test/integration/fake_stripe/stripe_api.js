@@ -1,7 +1,10 @@
 'use strict';
 // Handlers for the emulated Stripe endpoints under /v1 and /v2. Each
-// handler gets ctx = {store, params, path, request, baseUrl} and returns the
-// response body (status 200) or throws a StripeError. POST and DELETE
+// handler gets ctx = {store, server, account, presentedKey, params, path,
+// request, baseUrl} and returns the response body (status 200) or throws a
+// StripeError. `store` is the state of the account the request acts on (the
+// platform's, or a connected account's by Stripe-Account), `server` the
+// whole fake, `account` the connected account's id or null. POST and DELETE
 // handlers are wrapped in strict() with their parameter table (params.js).
 
 const { Router } = require('./router');
@@ -18,6 +21,7 @@ const {
   eventLog, mergeMetadata, cancelSubscription, updateSubscription, previewInvoice, deleteCustomer,
 } = require('./billing');
 const { createMeterEvent, createMeterEventSession, streamMeterEvents } = require('./meter_events');
+const { listAccounts, getAccount, getOwnAccount, checkoutConnect } = require('./connect');
 const P = require('./params');
 const { newId, nowSeconds, previousAttributes } = require('./util');
 
@@ -165,7 +169,7 @@ function modeData(params, name, mode, wantedMode) {
   return data;
 }
 
-function createCheckoutSession({ store, params, baseUrl }) {
+function createCheckoutSession({ store, server, account, params, baseUrl }) {
   if (params.mode === undefined) throw missingParam('mode');
   const mode = enumParam(params.mode, 'mode', CHECKOUT_MODES);
   if (params.customer !== undefined && params.customer_email !== undefined) {
@@ -180,7 +184,9 @@ function createCheckoutSession({ store, params, baseUrl }) {
   const paymentIntentData = modeData(params, 'payment_intent_data', mode, 'payment');
   const trialDays = subscriptionData.trial_period_days === undefined ? 0
     : intParam(subscriptionData.trial_period_days, 'subscription_data[trial_period_days]', { min: 1, max: 730 });
+  const connect = checkoutConnect({ server, account }, mode, paymentIntentData, subscriptionData);
   const details = {
+    connect,
     // Subscription items are the recurring lines; one-time lines are only charged.
     lines: lines.filter((line) => mode !== 'subscription' || line.price.recurring),
     trialDays,
@@ -421,6 +427,9 @@ const router = new Router()
   .add('GET', '/v1/invoices/:id', getInvoice)
   .add('POST', '/v1/billing/meter_events', P.strict(P.METER_EVENT_CREATE, createMeterEvent))
   .add('GET', '/v1/entitlements/active_entitlements', listActiveEntitlements)
+  .add('GET', '/v1/accounts', listAccounts)
+  .add('GET', '/v1/accounts/:id', getAccount)
+  .add('GET', '/v1/account', getOwnAccount)
   .add('GET', '/v1/events', listEvents)
   .add('GET', '/v1/events/:id', getEvent)
   .add('POST', '/v2/billing/meter_event_session', P.strict(P.METER_EVENT_SESSION_CREATE, createMeterEventSession, 'json'),

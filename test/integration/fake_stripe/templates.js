@@ -121,6 +121,8 @@ const DEFAULTS = {
   },
   'billing.meter_event': {},
   'entitlements.active_entitlement': {},
+  account: { email: null, metadata: {} },
+  application: {},
 };
 
 function loadTemplates() {
@@ -338,6 +340,8 @@ function buildInvoice({
     amount_due: due,
     amount_paid: paid ? due : 0,
     amount_remaining: paid ? 0 : due,
+    application: subscription.application || null,
+    on_behalf_of: subscription.on_behalf_of || null,
     attempt_count: 1,
     attempted: true,
     billing_reason: billingReason,
@@ -434,6 +438,70 @@ function buildInvoiceItem({ customer, subscription, charge }) {
   };
 }
 
+// The Connect application of the fake's platform: what account.application.*
+// events carry, and the `application` of objects the platform makes on a
+// connected account.
+const PLATFORM_APPLICATION = { id: 'ca_FakePlatform00000000000000000000', object: 'application', name: 'Fake Stripe platform' };
+
+function buildApplication() {
+  return fromTemplate('application', structuredClone(PLATFORM_APPLICATION));
+}
+
+// Who controls an account, by its type: a standard account controls itself,
+// the platform controls express and custom ones.
+const CONTROLLERS = {
+  standard: { type: 'account' },
+  express: {
+    fees: { payer: 'application' }, is_controller: true, losses: { payments: 'application' },
+    requirement_collection: 'stripe', stripe_dashboard: { type: 'express' }, type: 'application',
+  },
+  custom: {
+    fees: { payer: 'application' }, is_controller: true, losses: { payments: 'application' },
+    requirement_collection: 'application', stripe_dashboard: { type: 'none' }, type: 'application',
+  },
+};
+const ACCOUNT_TYPES = Object.keys(CONTROLLERS);
+
+// A Connect account (or the platform's own). `name` is the shorthand for
+// business_profile.name (and the dashboard's display name); `currently_due`
+// for requirements.currently_due. Other fields replace the template's
+// (business_profile, requirements and settings are merged one level deep).
+function buildAccount({
+  id, name = null, type = 'standard', charges_enabled: charges = true, payouts_enabled: payouts = true,
+  details_submitted: submitted = true, currently_due: due = [], created = nowSeconds(), country = 'US',
+  default_currency: currency = 'usd', business_profile: profile = {}, requirements = {}, settings = {}, ...fields
+}) {
+  const account = fromTemplate('account', {});
+  const capability = charges ? 'active' : 'inactive';
+  Object.assign(account, {
+    business_profile: { ...account.business_profile, name, ...profile },
+    capabilities: { card_payments: capability, transfers: payouts ? 'active' : 'inactive' },
+    charges_enabled: charges,
+    controller: structuredClone(CONTROLLERS[type] || CONTROLLERS.standard),
+    country,
+    created,
+    default_currency: currency,
+    details_submitted: submitted,
+    external_accounts: { ...account.external_accounts, url: `/v1/accounts/${id}/external_accounts` },
+    id,
+    payouts_enabled: payouts,
+    requirements: {
+      ...account.requirements,
+      currently_due: due,
+      eventually_due: due,
+      disabled_reason: due.length && !charges ? 'requirements.past_due' : null,
+      ...requirements,
+    },
+    settings: {
+      ...account.settings,
+      dashboard: { ...account.settings.dashboard, display_name: name },
+      ...settings,
+    },
+    type,
+  }, fields);
+  return account;
+}
+
 function buildCheckoutSession(fields) {
   return fromTemplate('checkout.session', { created: nowSeconds(), ...fields });
 }
@@ -450,11 +518,23 @@ function buildPortalSession({ customer, returnUrl, baseUrl }) {
   });
 }
 
-// `failed` builds the intent as a declined card leaves it.
-function buildPaymentIntent({ amount, currency, customer, metadata, failed }) {
+// What a Checkout session asked of Connect (connect.js checkoutConnect), as
+// a payment intent, charge or subscription shows it.
+function transferDataView(transfer, amountKey) {
+  if (!transfer) return null;
+  return transfer[amountKey] === null && amountKey === 'amount' ? { destination: transfer.destination } : { ...transfer };
+}
+
+// `failed` builds the intent as a declined card leaves it; `connect` is
+// what the session asked of Connect (fee, transfer_data, on_behalf_of).
+function buildPaymentIntent({ amount, currency, customer, metadata, failed, connect = null }) {
   const id = newId('pi_');
   return fromTemplate('payment_intent', {
     amount,
+    application: connect ? connect.application : null,
+    application_fee_amount: connect ? connect.applicationFeeAmount : null,
+    on_behalf_of: connect ? connect.onBehalfOf : null,
+    transfer_data: connect ? transferDataView(connect.transferData, 'amount') : null,
     amount_received: failed ? 0 : amount,
     canceled_at: null,
     client_secret: `${id}_secret_${randomAlnum(25)}`,
@@ -471,8 +551,13 @@ function buildPaymentIntent({ amount, currency, customer, metadata, failed }) {
   });
 }
 
+// A charge of a payment intent: its Connect fields follow the intent's; a
+// successful one with an application fee names the fee (`fee_...`, capped
+// at the amount), a destination charge its transfer group.
 function buildCharge({ paymentIntent, email, failed }) {
   const id = newId('ch_');
+  const fee = paymentIntent.application_fee_amount === null ? null : Math.min(paymentIntent.application_fee_amount, paymentIntent.amount);
+  const transfer = paymentIntent.transfer_data;
   const template = TEMPLATES.charge;
   const outcome = failed
     ? { ...template.outcome, network_status: 'declined_by_network', reason: 'generic_decline', seller_message: 'The bank did not return any further details with this decline.', type: 'issuer_declined' }
@@ -480,6 +565,12 @@ function buildCharge({ paymentIntent, email, failed }) {
   return fromTemplate('charge', {
     amount: paymentIntent.amount,
     amount_captured: failed ? 0 : paymentIntent.amount,
+    application: paymentIntent.application,
+    application_fee: !failed && fee ? newId('fee_') : null,
+    application_fee_amount: fee,
+    on_behalf_of: paymentIntent.on_behalf_of,
+    transfer_data: transfer ? { amount: transfer.amount === undefined ? null : transfer.amount, destination: transfer.destination } : null,
+    transfer_group: transfer && !failed ? `group_${paymentIntent.id}` : null,
     balance_transaction: failed ? null : newId('txn_'),
     billing_details: { address: NULL_ADDRESS, email, name: null, phone: null, tax_id: null },
     captured: !failed,
@@ -576,6 +667,10 @@ function buildEvent({ type, object, previousAttributes, request, created = nowSe
 
 module.exports = {
   API_VERSION,
+  PLATFORM_APPLICATION,
+  ACCOUNT_TYPES,
+  buildAccount,
+  buildApplication,
   fromTemplate,
   hasTemplate,
   buildCustomer,
@@ -598,4 +693,5 @@ module.exports = {
   buildSetupIntent,
   buildMeterEvent,
   buildEvent,
+  transferDataView,
 };

@@ -26,10 +26,11 @@ function newId(prefix) {
 }
 
 // Like newId, with the tail drawn from `random` (a seededRandom), so a seed
-// reproduces the same ids.
-function seededId(prefix, random, length = idTailLength(prefix)) {
-  let tail = '';
-  for (let i = 0; i < length; i++) tail += ALNUM[Math.floor(random() * ALNUM.length)];
+// reproduces the same ids. A `tag` (an account's, state.js) starts the tail,
+// so two accounts given the same seed still draw different ids.
+function seededId(prefix, random, length = idTailLength(prefix), tag = '') {
+  let tail = tag;
+  while (tail.length < length) tail += ALNUM[Math.floor(random() * ALNUM.length)];
   return prefix + tail;
 }
 

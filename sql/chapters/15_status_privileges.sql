@@ -1,12 +1,15 @@
--- The worker's state at a glance; phase: starting, backfill (objects are
--- being listed; events are pulled meanwhile), reconciling, streaming or
--- paused.
+-- The worker's state at a glance, a row for the platform's events (first)
+-- and one for each connected account polled; phase: starting, backfill
+-- (objects are being listed; events are pulled meanwhile), reconciling,
+-- streaming or paused (the whole worker).
 CREATE VIEW stripe_billing.sync_status AS
-SELECT CASE WHEN s.paused THEN 'paused'
+SELECT CASE WHEN (SELECT p.paused FROM stripe_billing.sync_state p WHERE p.account IS NULL) THEN 'paused'
             WHEN s.event_cursor IS NULL AND s.lookback_after IS NULL THEN 'starting'
-            WHEN EXISTS (SELECT FROM stripe_billing.backfill_state b WHERE b.state IN ('pending', 'running'))
+            WHEN EXISTS (SELECT FROM stripe_billing.backfill_state b
+                          WHERE b.state IN ('pending', 'running') AND b.account IS NOT DISTINCT FROM s.account)
               THEN 'backfill'
-            WHEN EXISTS (SELECT FROM stripe_billing.reconcile_runs r WHERE r.state = 'running') THEN 'reconciling'
+            WHEN EXISTS (SELECT FROM stripe_billing.reconcile_runs r
+                          WHERE r.state = 'running' AND r.account IS NOT DISTINCT FROM s.account) THEN 'reconciling'
             ELSE 'streaming' END AS phase,
        s.event_cursor AS cursor, s.start_from, s.paused, s.last_poll_at, s.last_success_at,
        now() - s.last_event_created AS lag, s.events_applied, s.last_error, s.last_error_at,
@@ -14,8 +17,10 @@ SELECT CASE WHEN s.paused THEN 'paused'
        (SELECT count(*) FROM stripe_billing.usage_outbox u WHERE u.sent_at IS NULL AND u.failed_at IS NULL) AS outbox_backlog,
        (SELECT count(*) FROM stripe_billing.events e WHERE e.outcome = 'failed') AS failed_events,
        (SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'stripe_billing sync'
-         AND datname = current_database() LIMIT 1) AS worker_pid
-  FROM stripe_billing.sync_state s;
+         AND datname = current_database() LIMIT 1) AS worker_pid,
+       s.account, s.next_poll_at
+  FROM stripe_billing.sync_state s
+ ORDER BY s.account NULLS FIRST;
 
 -- Internal functions are for the extension's own calls only.
 DO $$
