@@ -2567,7 +2567,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
-     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running'))
+     AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running') AND account IS NULL)
      AND now() - greatest((SELECT max(started_at) FROM stripe_billing.reconcile_runs WHERE account IS NULL),
                           (SELECT max(finished_at) FROM stripe_billing.backfill_state WHERE account IS NULL),
                           (SELECT lookback_after FROM stripe_billing.sync_state WHERE account IS NULL))
