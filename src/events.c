@@ -495,26 +495,60 @@ typedef struct ObjectMapper
 /* One for each of sb_object_kinds, in that order. */
 static ObjectMapper mappers[SB_NUM_OBJECT_KINDS];
 
+/*
+ * Whether the extension's SQL fetches thin events (0.4.0 on): 1, 0, or -1
+ * when not looked up yet.
+ */
+static int	thin_sql = -1;
+
 /* A pg_proc change: look the mapping functions up again on next use. */
 static void
 invalidate_mappers(Datum arg, int cacheid, uint32 hashvalue)
 {
 	for (int i = 0; i < lengthof(mappers); i++)
 		mappers[i].valid = false;
+	thin_sql = -1;
 }
 
-/* The mapper of a kind, its function looked up. */
-static ObjectMapper *
-get_mapper(const SbObjectKind *kind)
+/* Registers invalidate_mappers once. */
+static void
+register_mapper_callback(void)
 {
 	static bool callback_registered = false;
-	ObjectMapper *mapper = &mappers[kind - sb_object_kinds];
 
 	if (!callback_registered)
 	{
 		CacheRegisterSyscacheCallback(PROCOID, invalidate_mappers, (Datum) 0);
 		callback_registered = true;
 	}
+}
+
+/*
+ * A thin event to fetch cannot be recorded under an older version's SQL
+ * (0.3.0's ledger has no "pending", and nothing would fetch it), until
+ * ALTER EXTENSION UPDATE: refused as a failure of the moment, so that the
+ * route answers 500 and Stripe delivers it again.
+ */
+static void
+check_thin_sql(const EventHeader *header)
+{
+	register_mapper_callback();
+	if (thin_sql < 0)
+		thin_sql = OidIsValid(sb_extension_function("_thin_fetch_one", 0, NULL, true)) ? 1 : 0;
+	if (!thin_sql)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("thin event %s cannot be recorded before ALTER EXTENSION stripe_billing UPDATE",
+						header->id)));
+}
+
+/* The mapper of a kind, its function looked up. */
+static ObjectMapper *
+get_mapper(const SbObjectKind *kind)
+{
+	ObjectMapper *mapper = &mappers[kind - sb_object_kinds];
+
+	register_mapper_callback();
 	if (!mapper->valid)
 	{
 		Oid			with_type[5] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
@@ -868,6 +902,8 @@ sb_apply_event(Jsonb *event, const char *source)
 	parse_event(event, &header);
 	check_livemode(&header);
 	mapped = event_is_mapped(&header);
+	if (header.thin && strcmp(header.thin_outcome, "pending") == 0)
+		check_thin_sql(&header);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1177,6 +1213,8 @@ parse_batch_work(void *arg)
 		parse_event(b->events[b->at], &b->headers[b->at]);
 		check_livemode(&b->headers[b->at]);
 		b->mapped[b->at] = event_is_mapped(&b->headers[b->at]);
+		if (b->headers[b->at].thin && strcmp(b->headers[b->at].thin_outcome, "pending") == 0)
+			check_thin_sql(&b->headers[b->at]);
 	}
 }
 
