@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cross-check with an independent client: the official stripe SDK (npm) signs
 # fresh random payloads with random secrets and times, and judges each case
-# itself; stripe_verify_signature must agree on every one.
+# itself; stripe_verify_signature must agree on every one.  Then the same
+# for thin notifications (below): parseEventNotification against
+# stripe_handle_webhook.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . test/lib/work.sh
