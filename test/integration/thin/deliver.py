@@ -3,12 +3,13 @@
 as an event destination does: each body with its Stripe-Signature header
 through stripe_handle_webhook, one transaction each.
 
-    deliver.py --db DB [--duplicates 0.3] [--seed 1] [--sessions 1]
-               [--apply-events] < notifications.json
+    deliver.py --db DB [--duplicates 0.3] [--seed 1] [--sessions 1] [--rate N]
+               [--no-shuffle] [--apply-events] < notifications.json
 
 reads {"notifications": [{id, type, body, signature}, ...]} (the fake's
 POST /_fake/thin_events/notifications) on stdin, shuffles them (seeded),
-delivers a share of them twice, through SESSIONS sessions, and prints
+delivers a share of them twice, through SESSIONS sessions (at most N a
+second in all with --rate), and prints
 {"delivered": n, "outcomes": {outcome: n}, "raised": n, "errors": [...],
 "ms": [per call]} on stdout.  With --apply-events the input is
 {"events": [...]} (snapshot events, applied in their order with
@@ -34,6 +35,8 @@ def main():
     parser.add_argument("--duplicates", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sessions", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--no-shuffle", action="store_true")
     parser.add_argument("--apply-events", action="store_true")
     args = parser.parse_args()
     given = json.load(sys.stdin)
@@ -49,7 +52,10 @@ def main():
     rng = random.Random(args.seed)
     notes = list(given["notifications"])
     notes += [n for n in notes if rng.random() < args.duplicates]
-    rng.shuffle(notes)
+    if not args.no_shuffle:
+        rng.shuffle(notes)
+    started = time.perf_counter()
+    sent = [0]
     outcomes = collections.Counter()
     errors = []
     ms = []
@@ -61,8 +67,12 @@ def main():
             while True:
                 with lock:
                     note = next(work, None)
+                    due = started + sent[0] / args.rate if args.rate > 0 else 0
+                    sent[0] += 1
                 if note is None:
                     return
+                if due > time.perf_counter():
+                    time.sleep(due - time.perf_counter())
                 began = time.perf_counter()
                 try:
                     outcome = conn.execute(HANDLE, (note["body"].encode(), note["signature"])).fetchone()[0]
