@@ -163,12 +163,17 @@ BEGIN
 END
 $$;
 
--- An RFC 3339 time of a v2 object, or NULL when it is not one.
+-- A time of a v2 object: RFC 3339 (as API v2 writes times), or Unix
+-- seconds (as some SDKs type the meter reports' windows); NULL when it is
+-- neither.
 CREATE FUNCTION stripe_billing._thin_time(value text) RETURNS timestamptz
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  IF value ~ '^\d{1,11}$' THEN
+    RETURN to_timestamp(value::bigint);
+  END IF;
   IF value !~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$' THEN
     RETURN NULL;
   END IF;

@@ -42,6 +42,17 @@ SELECT id, type, created, source, outcome, account, error, payload->'related_obj
   FROM events;
 SELECT count(*) AS subscription_rows FROM subscriptions;
 
+-- the notifications the official SDK's own tests sign and parse
+-- (test/fixtures/thin/stripe-node): recorded as it reads them
+\set sdk_notes `for f in test/fixtures/thin/stripe-node/*.json; do printf '%s\t%s\n' "$(basename "$f" .json)" "$(base64 -w0 "$f")"; done`
+SELECT f[1] AS fixture,
+       stripe_handle_webhook(convert_from(decode(f[2], 'base64'), 'UTF8'),
+                             pg_temp.stripe_header(decode(f[2], 'base64'), 'whsec_thin_destination')) AS outcome
+  FROM regexp_split_to_table(:'sdk_notes', '\n') line, string_to_array(line, E'\t') f
+ WHERE line <> '' ORDER BY 1;
+SELECT id, type, created, outcome, account, payload->>'context' AS context, payload->'related_object'->>'url' AS related_url
+  FROM events WHERE id IN ('evt_123', 'evt_456', 'evt_unknown') ORDER BY id;
+
 -- what each type is recorded as: pending when the worker will fetch it
 -- (types of the kinds mapped, meter error reports, Accounts v2), applied
 -- for a destination's ping, ignored otherwise (kept, replayable); the
@@ -172,6 +183,10 @@ SELECT a AS answer, v.*
                ('{"status": 403, "body": {"error": {"code": "account_invalid"}}}'),
                ('{"status": 500, "should_retry": "false"}'), ('{"status": 400, "should_retry": "true"}')) x(a),
        _thin_verdict(a) v;
+
+-- times of v2 objects: RFC 3339, or Unix seconds as some SDKs type a meter report's window
+SELECT _thin_time('2026-01-01T12:00:00.5Z') AS rfc3339, _thin_time('1767268800') AS unix_seconds,
+       _thin_time('yesterday') AS neither, _thin_time('2026-02-30T00:00:00Z') AS no_such_day;
 
 -- a fetched object is a snapshot as of the fetch: applied on the thin
 -- event's row under the ordering rules, as the event's account's
