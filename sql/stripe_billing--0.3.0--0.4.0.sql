@@ -2850,6 +2850,9 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+  IF value ~ '^\d{1,11}$' THEN
+    RETURN to_timestamp(value::bigint);
+  END IF;
   IF value !~ '^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$' THEN
     RETURN NULL;
   END IF;
