@@ -13,7 +13,9 @@
 #     the default max_requests_per_second (20: two requests an event, 50 ms
 #     apart) and under one that does not hold them back, against their
 #     floor: the same two GETs made back to back on one keep-alive
-#     connection.
+#     connection.  The worker has nothing else to do (poll_interval 1h: its
+#     cycles of /v1/events, which would delay a fetch by their length, are
+#     left out), so the figure is the thin path's own.
 #     bash bench/thin.sh [transactions per client per run, default 2500]
 #                        [notifications a second, default 8] [lifecycles, default 20]
 set -euo pipefail
@@ -35,7 +37,7 @@ cluster_start "$work/pg" "shared_preload_libraries = 'stripe_billing'" "fsync = 
     "max_connections = 50" "shared_buffers = 512MB" "stripe_billing.database = 'bench_fetch'" \
     "stripe_billing.api_base = '$FAKE_URL'" "stripe_billing.api_key = '$KEY'" \
     "stripe_billing.webhook_secret = '$WHSEC'" "stripe_billing.webhook_tolerance = '1h'" \
-    "stripe_billing.backfill_on_start = off"
+    "stripe_billing.backfill_on_start = off" "stripe_billing.poll_interval = '1h'"
 fixture=test/fixtures/events/supabase-stripe-sync-engine/customer.subscription.updated.json
 PGBENCH=$PG_BINDIR/pgbench
 
