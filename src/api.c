@@ -274,8 +274,8 @@ is_unreserved(char c)
  * "/v1/subscriptions/../customers/x" reached another endpoint.  The
  * characters are checked first, so the later messages can quote the path.
  */
-static void
-check_request_path(const char *path)
+void
+sb_check_request_path(const char *path)
 {
 	const char *p;
 
@@ -412,6 +412,70 @@ sb_check_account(const char *argument, const char *account)
 }
 
 /*
+ * Is this a Stripe-Context value (a thin event's context): 1 to 255 bytes
+ * of segments of letters, digits and '_', separated by single '/'
+ * ("acct_1Abc", "acct_1Abc/acct_1Def")?  It goes into the Stripe-Context
+ * header as it is.
+ */
+bool
+sb_is_context(const char *s)
+{
+	size_t		len = strlen(s);
+	bool		segment_start = true;
+
+	if (len == 0 || len > 255)
+		return false;
+	for (; *s; s++)
+	{
+		if (*s == '/')
+		{
+			if (segment_start)
+				return false;	/* an empty segment */
+			segment_start = true;
+			continue;
+		}
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+			  *s == '_'))
+			return false;
+		segment_start = false;
+	}
+	return !segment_start;
+}
+
+/*
+ * The connected account a context names (its last segment, when that is
+ * an account id), palloc'd; NULL when it names none.
+ */
+char *
+sb_context_account(const char *context)
+{
+	const char *last = strrchr(context, '/');
+
+	last = last ? last + 1 : context;
+	return sb_is_account_id(last) ? pstrdup(last) : NULL;
+}
+
+/*
+ * Raises invalid_parameter_value naming the argument unless context is a
+ * Stripe-Context value (sb_is_context).  Quoted as sb_check_account quotes.
+ */
+void
+sb_check_context(const char *argument, const char *context)
+{
+	StringInfoData shown;
+
+	if (sb_is_context(context))
+		return;
+	initStringInfo(&shown);
+	for (const char *p = context; *p && shown.len < 100; p++)
+		appendStringInfoChar(&shown, (*p >= 0x20 && *p < 0x7f) ? *p : '?');
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must be a Stripe context (letters, digits and \"_\", segments separated by \"/\"), not \"%s\"",
+					argument, shown.data)));
+}
+
+/*
  * The account argument argno of a SQL function: NULL when the function's
  * SQL declaration has no such argument (an older version's, before ALTER
  * EXTENSION UPDATE) or it is NULL (the platform's own account); else
@@ -469,8 +533,8 @@ call_with_retries(const char *method, const char *path, const char *form,
 }
 
 /* The time of a response: its Date header, else now. */
-static pg_time_t
-response_time(SbHttpResponse *r)
+pg_time_t
+sb_response_time(SbHttpResponse *r)
 {
 	time_t		t = r->date ? curl_getdate(r->date, NULL) : -1;
 
@@ -506,7 +570,7 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("method must be GET, POST or DELETE, not \"%s\"", method)));
-	check_request_path(path);
+	sb_check_request_path(path);
 	if (idempotency_key && idempotency_key[0] != '\0')
 		check_idempotency_key(idempotency_key);
 	else if (mutating)
@@ -526,7 +590,7 @@ sb_stripe_call_form(const char *method, const char *path, const char *form,
 		char	   *kind = sb_object_string(body, "object");
 
 		if (kind && sb_object_kind(kind) != NULL)
-			sb_apply_api_object(body, response_time(r), r->request_id, account);
+			sb_apply_api_object(body, sb_response_time(r), r->request_id, account);
 	}
 	return body;
 }
@@ -548,7 +612,7 @@ sb_stripe_get(const char *path, const char *query, const char *account,
 	SbHttpResponse *r;
 	Jsonb	   *body;
 
-	check_request_path(path);
+	sb_check_request_path(path);
 	if (account)
 		sb_check_account("account", account);
 	/* the answer to a request started in the background, if it is this one and it succeeded */
@@ -557,7 +621,7 @@ sb_stripe_get(const char *path, const char *query, const char *account,
 	if (body == NULL)
 		body = call_with_retries("GET", path, query, NULL, account,
 								 Max(sb_max_network_retries, LIST_RETRIES), &r);
-	*response_time_out = response_time(r);
+	*response_time_out = sb_response_time(r);
 	return body;
 }
 

@@ -40,6 +40,7 @@
 #include "parser/parse_func.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -61,6 +62,7 @@ PG_FUNCTION_INFO_V1(stripe_reapply_events);
 PG_FUNCTION_INFO_V1(stripe_record_unparsed_event);
 PG_FUNCTION_INFO_V1(stripe_split_list_page);
 PG_FUNCTION_INFO_V1(stripe_derivation_deferred);
+PG_FUNCTION_INFO_V1(stripe_apply_thin_object);
 
 /*
  * Event ids and types are at most this long (bytes): they are indexed, and
@@ -80,6 +82,9 @@ typedef struct EventHeader
 	bool		snapshot;		/* no event: a listed object or an API answer */
 	char	   *account;		/* the connected account (Connect); NULL: the
 								 * platform's own */
+	bool		thin;			/* a thin event (object "v2.core.event"): kind
+								 * is its related object's type */
+	const char *thin_outcome;	/* of a thin event: recorded with it */
 } EventHeader;
 
 /* Raises the error for a missing or mistyped event field. */
@@ -176,6 +181,176 @@ parse_event_kind(Jsonb *event, EventHeader *header)
 		pnstrdup(v->val.string.val, v->val.string.len) : NULL;
 }
 
+/* n decimal digits at s, into *value; false unless all are digits. */
+static bool
+read_digits(const char *s, int n, int *value)
+{
+	*value = 0;
+	for (int i = 0; i < n; i++)
+	{
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		*value = *value * 10 + (s[i] - '0');
+	}
+	return true;
+}
+
+/*
+ * Reads an RFC 3339 date-time, as API v2 writes times
+ * ("2024-09-26T17:46:22.134Z", or with an offset "+02:00"), into *result;
+ * false when s is not one (or names no valid day or time, or is out of
+ * timestamptz's range).  Fractions beyond microseconds are cut.
+ */
+bool
+sb_parse_rfc3339(const char *s, int len, TimestampTz *result)
+{
+	struct pg_tm tm;
+	fsec_t		fsec = 0;
+	int			tz = 0;
+	int			at = 19;
+	Timestamp	t;
+
+	memset(&tm, 0, sizeof(tm));
+	if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') ||
+		s[13] != ':' || s[16] != ':' ||
+		!read_digits(s, 4, &tm.tm_year) || !read_digits(s + 5, 2, &tm.tm_mon) ||
+		!read_digits(s + 8, 2, &tm.tm_mday) || !read_digits(s + 11, 2, &tm.tm_hour) ||
+		!read_digits(s + 14, 2, &tm.tm_min) || !read_digits(s + 17, 2, &tm.tm_sec))
+		return false;
+	if (s[at] == '.')
+	{
+		int			digits = 0;
+
+		for (at++; at < len && s[at] >= '0' && s[at] <= '9'; at++, digits++)
+			if (digits < 6)
+				fsec = fsec * 10 + (s[at] - '0');
+		if (digits == 0)
+			return false;
+		for (; digits < 6; digits++)
+			fsec *= 10;
+	}
+	if (at == len - 1 && (s[at] == 'Z' || s[at] == 'z'))
+		tz = 0;
+	else if (at == len - 6 && (s[at] == '+' || s[at] == '-') && s[at + 3] == ':')
+	{
+		int			hours;
+		int			minutes;
+
+		if (!read_digits(s + at + 1, 2, &hours) || !read_digits(s + at + 4, 2, &minutes) ||
+			hours > 23 || minutes > 59)
+			return false;
+		/* (PostgreSQL counts zones in seconds west of Greenwich) */
+		tz = (s[at] == '+' ? -1 : 1) * (hours * SECS_PER_HOUR + minutes * SECS_PER_MINUTE);
+	}
+	else
+		return false;
+	if (tm.tm_year < 1 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
+		tm.tm_mday > day_tab[isleap(tm.tm_year)][tm.tm_mon - 1] ||
+		tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 59)
+		return false;
+	if (tm2timestamp(&tm, fsec, &tz, &t) != 0 || !IS_VALID_TIMESTAMP(t))
+		return false;
+	*result = t;
+	return true;
+}
+
+/* A required RFC 3339 date-time string field, as a timestamptz. */
+static TimestampTz
+required_rfc3339(JsonbContainer *object, const char *key, const char *field,
+				 const char *event_id)
+{
+	JsonbValue	buf;
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
+	TimestampTz result;
+
+	if (v == NULL || v->type == jbvNull)
+		malformed(field, "is missing", event_id);
+	if (v->type != jbvString)
+		malformed(field, psprintf("must be an RFC 3339 date-time string, not %s", JsonbTypeName(v)),
+				  event_id);
+	if (!sb_parse_rfc3339(v->val.string.val, v->val.string.len, &result))
+		malformed(field, psprintf("must be an RFC 3339 date-time, not \"%s\"",
+								  pnstrdup(v->val.string.val, Min(v->val.string.len, 64))),
+				  event_id);
+	return result;
+}
+
+/* An optional string field of an object (NULL when absent or null). */
+static char *
+optional_string(JsonbContainer *object, const char *key, const char *field, const char *event_id)
+{
+	JsonbValue	buf;
+	JsonbValue *v = sb_jsonb_key(object, key, &buf);
+
+	if (v == NULL || v->type == jbvNull)
+		return NULL;
+	if (v->type != jbvString)
+		malformed(field, psprintf("must be a string, not %s", JsonbTypeName(v)), event_id);
+	if (v->val.string.len == 0)
+		malformed(field, "must not be empty", event_id);
+	if (v->val.string.len > 2048)
+		malformed(field, psprintf("must be at most 2048 bytes, not %d", v->val.string.len), event_id);
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/*
+ * Checks a thin event's shape (a notification of an event destination, or
+ * an event listed by GET /v2/core/events) and extracts the ledger's
+ * columns: id, type, created (RFC 3339), livemode, context (the connected
+ * account it names is the row's account) and the related object's type,
+ * which with the type decides the outcome it is recorded with (pending,
+ * ignored, or applied for a destination's ping: see sb_thin_action).
+ * Nothing is fetched here.
+ */
+static void
+parse_thin_event(Jsonb *event, EventHeader *header)
+{
+	JsonbContainer *root = &event->root;
+	JsonbValue	buf;
+	JsonbValue *v;
+	char	   *context;
+
+	header->thin = true;
+	header->type = required_string(root, "type", "type", header->id);
+	header->created = required_rfc3339(root, "created", "created", header->id);
+
+	v = sb_jsonb_key(root, "livemode", &buf);
+	if (v == NULL || v->type == jbvNull)
+		malformed("livemode", "is missing", header->id);
+	if (v->type != jbvBool)
+		malformed("livemode", psprintf("must be a boolean, not %s", JsonbTypeName(v)), header->id);
+	header->livemode = v->val.boolean;
+
+	/* the context (Connect: the connected account), sent as Stripe-Context */
+	context = optional_string(root, "context", "context", header->id);
+	header->account = NULL;
+	if (context)
+	{
+		if (!sb_is_context(context))
+			malformed("context", "must be a Stripe context (letters, digits and \"_\", segments separated by \"/\", at most 255 bytes)",
+					  header->id);
+		header->account = sb_context_account(context);
+	}
+
+	/* the related object: checked for its types here, its url when fetched */
+	header->kind = NULL;
+	v = sb_jsonb_key(root, "related_object", &buf);
+	if (v != NULL && v->type != jbvNull)
+	{
+		JsonbContainer *related;
+
+		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+			malformed("related_object", psprintf("must be an object, not %s", JsonbTypeName(v)),
+					  header->id);
+		related = v->val.binary.data;
+		(void) optional_string(related, "id", "related_object.id", header->id);
+		(void) optional_string(related, "url", "related_object.url", header->id);
+		header->kind = optional_string(related, "type", "related_object.type", header->id);
+	}
+	header->api_version = NULL;
+	header->thin_outcome = sb_thin_receive_outcome(header->type, header->kind);
+}
+
 /* Checks an event's shape and extracts the ledger's columns. */
 static void
 parse_event(Jsonb *event, EventHeader *header)
@@ -191,13 +366,22 @@ parse_event(Jsonb *event, EventHeader *header)
 				 errmsg("malformed Stripe event: the event must be a JSON object")));
 
 	header->snapshot = false;
+	header->thin = false;
+	header->thin_outcome = NULL;
 	header->id = required_string(root, "id", "id", NULL);
 
-	/* a bare API object passed by mistake is refused, not misread */
+	/* a thin event (event destinations): no object state, fetched later */
 	v = sb_jsonb_key(root, "object", &buf);
+	if (v != NULL && v->type == jbvString && v->val.string.len == 13 &&
+		memcmp(v->val.string.val, "v2.core.event", 13) == 0)
+	{
+		parse_thin_event(event, header);
+		return;
+	}
+	/* a bare API object passed by mistake is refused, not misread */
 	if (v != NULL && !(v->type == jbvString && v->val.string.len == 5 &&
 					   memcmp(v->val.string.val, "event", 5) == 0))
-		malformed("object", "must be \"event\"", header->id);
+		malformed("object", "must be \"event\" (or \"v2.core.event\", a thin event)", header->id);
 
 	header->type = required_string(root, "type", "type", header->id);
 	header->created = required_unix_time(root, "created", "created", header->id);
@@ -238,11 +422,24 @@ parse_event(Jsonb *event, EventHeader *header)
 	parse_event_kind(event, header);
 }
 
-/* Is this event mapped onto billing tables (kinds.c)? */
+/* Is this event mapped onto billing tables (kinds.c)?  (A thin one never is here.) */
 static bool
 event_is_mapped(const EventHeader *header)
 {
-	return sb_event_type_is_mapped(header->type, header->kind);
+	return !header->thin && sb_event_type_is_mapped(header->type, header->kind);
+}
+
+/*
+ * The outcome an event is recorded with: a thin event's (pending, ignored,
+ * applied), else applied for a mapped one (set otherwise once mapped) and
+ * ignored for the rest.
+ */
+static const char *
+recorded_outcome(const EventHeader *header, bool mapped)
+{
+	if (header->thin)
+		return header->thin_outcome;
+	return mapped ? "applied" : "ignored";
 }
 
 /*
@@ -298,26 +495,60 @@ typedef struct ObjectMapper
 /* One for each of sb_object_kinds, in that order. */
 static ObjectMapper mappers[SB_NUM_OBJECT_KINDS];
 
+/*
+ * Whether the extension's SQL fetches thin events (0.4.0 on): 1, 0, or -1
+ * when not looked up yet.
+ */
+static int	thin_sql = -1;
+
 /* A pg_proc change: look the mapping functions up again on next use. */
 static void
 invalidate_mappers(Datum arg, int cacheid, uint32 hashvalue)
 {
 	for (int i = 0; i < lengthof(mappers); i++)
 		mappers[i].valid = false;
+	thin_sql = -1;
 }
 
-/* The mapper of a kind, its function looked up. */
-static ObjectMapper *
-get_mapper(const SbObjectKind *kind)
+/* Registers invalidate_mappers once. */
+static void
+register_mapper_callback(void)
 {
 	static bool callback_registered = false;
-	ObjectMapper *mapper = &mappers[kind - sb_object_kinds];
 
 	if (!callback_registered)
 	{
 		CacheRegisterSyscacheCallback(PROCOID, invalidate_mappers, (Datum) 0);
 		callback_registered = true;
 	}
+}
+
+/*
+ * A thin event to fetch cannot be recorded under an older version's SQL
+ * (0.3.0's ledger has no "pending", and nothing would fetch it), until
+ * ALTER EXTENSION UPDATE: refused as a failure of the moment, so that the
+ * route answers 500 and Stripe delivers it again.
+ */
+static void
+check_thin_sql(const EventHeader *header)
+{
+	register_mapper_callback();
+	if (thin_sql < 0)
+		thin_sql = OidIsValid(sb_extension_function("_thin_fetch_one", 0, NULL, true)) ? 1 : 0;
+	if (!thin_sql)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("thin event %s cannot be recorded before ALTER EXTENSION stripe_billing UPDATE",
+						header->id)));
+}
+
+/* The mapper of a kind, its function looked up. */
+static ObjectMapper *
+get_mapper(const SbObjectKind *kind)
+{
+	ObjectMapper *mapper = &mappers[kind - sb_object_kinds];
+
+	register_mapper_callback();
 	if (!mapper->valid)
 	{
 		Oid			with_type[5] = {JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
@@ -671,15 +902,22 @@ sb_apply_event(Jsonb *event, const char *source)
 	parse_event(event, &header);
 	check_livemode(&header);
 	mapped = event_is_mapped(&header);
+	if (header.thin && strcmp(header.thin_outcome, "pending") == 0)
+		check_thin_sql(&header);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
 	/* record first, as applied: the common case then costs one insert */
-	if (!ledger_insert(&header, source, mapped ? "applied" : "ignored", NULL, event, NULL))
+	if (!ledger_insert(&header, source, recorded_outcome(&header, mapped), NULL, event, NULL))
 		outcome = "duplicate";
 	else if (!mapped)
-		outcome = "ignored";
+	{
+		/* (a thin event is only recorded: the worker fetches it, thin.c) */
+		outcome = recorded_outcome(&header, mapped);
+		if (header.thin && strcmp(outcome, "pending") == 0)
+			sb_thin_note_pending();
+	}
 	else
 	{
 		char	   *error;
@@ -751,8 +989,16 @@ reapply_events(Datum *ids, bool *nulls, int n, EventHeader *headers,
 	{
 		CHECK_FOR_INTERRUPTS();
 		errors[i] = NULL;
-		outcomes[i] = mapped[i] ?
-			map_object_guarded(event_object_jsonb(events[i]), &headers[i], &errors[i]) : "ignored";
+		/* a thin event is fetched again (pending), unless its type is not mapped */
+		if (headers[i].thin)
+		{
+			outcomes[i] = headers[i].thin_outcome;
+			if (strcmp(outcomes[i], "pending") == 0)
+				sb_thin_note_pending();
+		}
+		else
+			outcomes[i] = mapped[i] ?
+				map_object_guarded(event_object_jsonb(events[i]), &headers[i], &errors[i]) : "ignored";
 		ledger_set_outcome(headers[i].id, outcomes[i], errors[i]);
 	}
 }
@@ -967,6 +1213,8 @@ parse_batch_work(void *arg)
 		parse_event(b->events[b->at], &b->headers[b->at]);
 		check_livemode(&b->headers[b->at]);
 		b->mapped[b->at] = event_is_mapped(&b->headers[b->at]);
+		if (b->headers[b->at].thin && strcmp(b->headers[b->at].thin_outcome, "pending") == 0)
+			check_thin_sql(&b->headers[b->at]);
 	}
 }
 
@@ -1039,11 +1287,15 @@ record_batch(EventBatch *b)
 		int			i = order[k];
 
 		CHECK_FOR_INTERRUPTS();
-		if (!ledger_insert(&b->headers[i], b->source, b->mapped[i] ? "applied" : "ignored",
+		if (!ledger_insert(&b->headers[i], b->source, recorded_outcome(&b->headers[i], b->mapped[i]),
 						   NULL, b->events[i], NULL))
 			b->outcomes[i] = "duplicate";
 		else if (!b->mapped[i])
-			b->outcomes[i] = "ignored";
+		{
+			b->outcomes[i] = recorded_outcome(&b->headers[i], false);
+			if (b->headers[i].thin && strcmp(b->outcomes[i], "pending") == 0)
+				sb_thin_note_pending();
+		}
 		else
 		{
 			b->to_map[i] = true;
@@ -1775,6 +2027,74 @@ sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id,
 				 errdetail("Request %s.  Its event will apply it when it arrives.",
 						   request_id ? request_id : "(none)")));
 	SPI_finish();
+}
+
+/*
+ * stripe_billing._apply_thin_object(event_id text, object jsonb,
+ *     snapshot timestamptz, ev_type text, account text) -> outcome
+ *
+ * Applies the object a thin event's fetch brought (its related object, as
+ * of the fetch: Stripe's Date header, or the object of the snapshot event
+ * it names, as of that event) as a snapshot taken at snapshot, through the
+ * same mapping and ordering rules as events, as the account's (NULL: the
+ * platform's); ev_type is the snapshot type the mapping reads (the thin
+ * type without "v1.").  Records the outcome (and error) on the thin
+ * event's ledger row, which the caller has locked (level 0 of locks.c):
+ * the object's keys are taken here, after it.
+ */
+Datum
+stripe_apply_thin_object(PG_FUNCTION_ARGS)
+{
+	char	   *event_id = sb_text_arg(fcinfo, 0, "event_id");
+	Jsonb	   *object;
+	char	   *account = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	EventHeader header;
+	JsonbValue	buf;
+	JsonbValue *kind;
+	const char *outcome;
+	char	   *error = NULL;
+
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("object, snapshot and ev_type must not be NULL")));
+	object = PG_GETARG_JSONB_P(1);
+	if (account)
+		sb_check_account("account", account);
+	if (!JB_ROOT_IS_OBJECT(object) || JB_ROOT_IS_SCALAR(object))
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_INVALID_OBJECT),
+				 errmsg("invalid Stripe object: the related object of thin event %s is not a JSON object",
+						event_id)));
+	kind = sb_jsonb_key(&object->root, "object", &buf);
+
+	memset(&header, 0, sizeof(header));
+	header.id = event_id;
+	header.type = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	header.created = PG_GETARG_TIMESTAMPTZ(2);
+	header.livemode = sb_livemode;
+	header.snapshot = true;
+	header.account = account;
+	header.kind = kind && kind->type == jbvString ?
+		pnstrdup(kind->val.string.val, kind->val.string.len) : NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (header.kind == NULL || sb_object_kind(header.kind) == NULL)
+	{
+		outcome = "failed";
+		error = psprintf("the object fetched for thin event %s is %s%s%s, which is not mapped",
+						 event_id, header.kind ? "a " : "", header.kind ? header.kind : "of no kind",
+						 header.kind ? "" : " (no \"object\" field)");
+	}
+	else
+	{
+		lock_objects(&object->root, header.kind, header.account);
+		outcome = map_object_guarded(object, &header, &error);
+	}
+	ledger_set_outcome(event_id, outcome, error);
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(outcome));
 }
 
 /* A batch of snapshots to map, as run_guarded work. */

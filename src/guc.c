@@ -44,6 +44,7 @@ int			sb_reconcile_interval = 86400;
 int			sb_connect_idle_interval = 3600;
 int			sb_connect_active_window = 600;
 char	   *sb_meter_events_base = NULL;
+bool		sb_thin_events = false;
 int			sb_usage_api = SB_USAGE_API_V2;
 int			sb_usage_concurrency = 4;
 int			sb_max_response_size = 64 * 1024;	/* kB */
@@ -285,6 +286,15 @@ sb_define_settings(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("stripe_billing.thin_events",
+							 "Whether the worker also lists GET /v2/core/events, for thin events whose notification was missed.",
+							 "Turn it on when the account sends thin events to event destinations; they are fetched and applied whatever this says.",
+							 &sb_thin_events,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("stripe_billing.backfill_on_start",
 							 "Whether the worker backfills the account's objects on its first start in a database.",

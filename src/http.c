@@ -311,24 +311,28 @@ request_url(const char *base, const char *path, const char *query)
 /*
  * The request headers, as a curl list (malloc'd: the caller frees it with
  * curl_slist_free_all), authenticated with secret (the API key, or a meter
- * event session's token), with content_type when there is a body, and
+ * event session's token), with content_type when there is a body,
  * Stripe-Account when the request is a connected account's (account NULL:
- * the platform's own).  The account goes into a header line as it is: it is
- * checked here again, whatever the caller checked, before anything is
- * built.  Built without any chance of an ereport between the appends, so
- * the list cannot leak; our copy of the secret's line is wiped.
+ * the platform's own), and Stripe-Context when it is made in a thin event's
+ * context (context NULL: none).  The account and the context go into header
+ * lines as they are: they are checked here again, whatever the caller
+ * checked, before anything is built.  Built without any chance of an
+ * ereport between the appends, so the list cannot leak; our copy of the
+ * secret's line is wiped.
  */
 static struct curl_slist *
 build_headers(const char *secret, const char *idempotency_key, const char *content_type,
-			  const char *account)
+			  const char *account, const char *context)
 {
 	char	   *auth;
-	const char *lines[7];
+	const char *lines[8];
 	int			n = 0;
 	struct curl_slist *headers = NULL;
 
 	if (account)
 		sb_check_account("account", account);
+	if (context)
+		sb_check_context("context", context);
 	auth = psprintf("Authorization: Bearer %s", secret);
 	lines[n++] = auth;
 	lines[n++] = psprintf("Stripe-Version: %s", sb_api_version);
@@ -340,6 +344,8 @@ build_headers(const char *secret, const char *idempotency_key, const char *conte
 		lines[n++] = psprintf("Content-Type: %s", content_type);
 	if (account)
 		lines[n++] = psprintf("Stripe-Account: %s", account);
+	if (context)
+		lines[n++] = psprintf("Stripe-Context: %s", context);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -469,6 +475,17 @@ SbHttpResponse *
 sb_http_request(const char *method, const char *path, const char *form,
 				const char *idempotency_key, const char *account)
 {
+	return sb_http_request_in_context(method, path, form, idempotency_key, account, NULL);
+}
+
+/*
+ * sb_http_request, with Stripe-Context: context (a thin event's, which
+ * names the connected account its event and objects belong to; NULL: none).
+ */
+SbHttpResponse *
+sb_http_request_in_context(const char *method, const char *path, const char *form,
+						   const char *idempotency_key, const char *account, const char *context)
+{
 	SbHttpResponse *response = NULL;
 	bool		has_body = strcmp(method, "POST") == 0;
 	Transfer   *transfer = palloc(sizeof(Transfer));	/* (not a local: see PG_FINALLY) */
@@ -487,7 +504,7 @@ sb_http_request(const char *method, const char *path, const char *form,
 
 	curl = get_handle();
 	headers = build_headers(sb_api_key, idempotency_key,
-							has_body ? "application/x-www-form-urlencoded" : NULL, account);
+							has_body ? "application/x-www-form-urlencoded" : NULL, account, context);
 	set_options(curl, method, url, form, headers, transfer, errbuf);
 	PG_TRY();
 	{
@@ -731,7 +748,7 @@ sb_http_prefetch(const char *path, const char *query, const char *account)
 	url = request_url(sb_api_base, path, query);
 	init_transfer(&slot->transfer);
 	slot->errbuf[0] = '\0';
-	slot->headers = build_headers(sb_api_key, NULL, NULL, account);
+	slot->headers = build_headers(sb_api_key, NULL, NULL, account, NULL);
 	slot->request = psprintf("%s?%s", path, query);
 	slot->account = account ? pstrdup(account) : NULL;
 	slot->started = GetCurrentTimestamp();
@@ -850,7 +867,7 @@ sb_http_post_all(const char *base, const char *path, char **bodies, int n,
 		errbufs[i] = palloc(CURL_ERROR_SIZE);
 	}
 	(void) get_handle();		/* (curl_global_init) */
-	headers = build_headers(secret, NULL, "application/json", account);
+	headers = build_headers(secret, NULL, "application/json", account, NULL);
 
 	PG_TRY();
 	{

@@ -16,6 +16,7 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -27,6 +28,7 @@
 #include "kinds.h"
 
 PG_FUNCTION_INFO_V1(stripe_object_kinds);
+PG_FUNCTION_INFO_V1(stripe_thin_mapping);
 
 /* The fields _user_ref() reads from metadata. */
 #define USER_REF_FIELDS \
@@ -269,6 +271,38 @@ static const SbField account_fields[] = {
 	{NULL}
 };
 
+/*
+ * A connected account as an Accounts v2 object (v2.core.account.* thin
+ * events): what stripe_billing.accounts keeps of it.
+ */
+static const SbField v2_account_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"display_name", J_STR, false},
+	{"identity", J_OBJ, false},
+	{"identity.country", J_STR, false},
+	{"identity.business_details", J_OBJ, false},
+	{"identity.business_details.registered_name", J_STR, false},
+	{"defaults", J_OBJ, false},
+	{"defaults.currency", J_STR, false},
+	{"defaults.responsibilities", J_OBJ, false},
+	{"configuration", J_OBJ, false},
+	{"configuration.merchant", J_OBJ, false},
+	{"configuration.merchant.capabilities", J_OBJ, false},
+	{"configuration.merchant.capabilities.card_payments", J_OBJ, false},
+	{"configuration.merchant.capabilities.card_payments.status", J_STR, false},
+	{"configuration.merchant.capabilities.stripe_balance", J_OBJ, false},
+	{"configuration.merchant.capabilities.stripe_balance.payouts", J_OBJ, false},
+	{"configuration.merchant.capabilities.stripe_balance.payouts.status", J_STR, false},
+	{"requirements", J_OBJ, false},
+	{"requirements.entries", J_ARR, false},
+	{"requirements.entries[].description", J_STR, false},
+	{"requirements.entries[].minimum_deadline", J_OBJ, false},
+	{"requirements.entries[].minimum_deadline.status", J_STR, false},
+	{"dashboard", J_STR, false},
+	{"created", J_STR, false},
+	{NULL}
+};
+
 /* (nothing of the application is kept: the event's account is what counts) */
 static const SbField application_fields[] = {
 	{"id", J_STR | J_KEY, false},
@@ -402,6 +436,19 @@ const SbObjectKind sb_object_kinds[] = {
 		.row_ids = {"id"},
 	},
 	{
+		/*
+		 * a connected account as Accounts v2 shows it: the related object of
+		 * the v2.core.account.* thin events (thin.c), never a snapshot event's
+		 */
+		.name = "v2.core.account",
+		.event_types = {"v2.core.account."},
+		.apply_function = "_apply_v2_account",
+		.apply_takes_type = true,
+		.fields = v2_account_fields,
+		.row_kind = "account",
+		.row_ids = {"id"},
+	},
+	{
 		/* the platform's application, authorized or not by the event's account */
 		.name = "application",
 		.event_types = {"account.application."},
@@ -466,6 +513,107 @@ sb_event_type_is_mapped(const char *type, const char *kind)
 		if (kind_maps_event_type(&sb_object_kinds[i], type))
 			return true;
 	return false;
+}
+
+/*
+ * What a thin event of this type asks for (its related object of type
+ * related_type, NULL when it names none): see SbThinAction.  *kind is set
+ * to the kind of object applied (sb_object_kinds) for the actions that
+ * apply one, else NULL; the snapshot type the mapping is given is the
+ * thin type without its "v1." (for v2.core.account, the type itself).
+ */
+SbThinAction
+sb_thin_action(const char *type, const char *related_type, const char **kind)
+{
+	*kind = NULL;
+	if (strcmp(type, "v2.core.event_destination.ping") == 0)
+		return SB_THIN_PING;
+	if (strcmp(type, "v1.billing.meter.error_report_triggered") == 0 ||
+		strcmp(type, "v1.billing.meter.no_meter_found") == 0)
+		return SB_THIN_METER_ERRORS;
+	/* Accounts v2 (Connect): v2.core.account.updated, v2.core.account[identity].updated, ... */
+	if ((strncmp(type, "v2.core.account.", 16) == 0 || strncmp(type, "v2.core.account[", 16) == 0) &&
+		(related_type == NULL || strcmp(related_type, "v2.core.account") == 0))
+	{
+		*kind = "v2.core.account";
+		return SB_THIN_OBJECT;
+	}
+	if (strncmp(type, "v1.", 3) == 0)
+	{
+		const char *snapshot_type = type + 3;
+
+		if (related_type != NULL)
+		{
+			if (!sb_event_type_is_mapped(snapshot_type, related_type))
+				return SB_THIN_IGNORED;
+			*kind = sb_object_kind(related_type)->name;
+		}
+		else
+		{
+			/* no related object: the kind its snapshot events carry */
+			for (int i = 0; i < SB_NUM_OBJECT_KINDS && *kind == NULL; i++)
+				if (kind_maps_event_type(&sb_object_kinds[i], snapshot_type))
+					*kind = sb_object_kinds[i].name;
+			if (*kind == NULL)
+				return SB_THIN_IGNORED;
+			if (strcmp(*kind, "application") != 0)
+				return SB_THIN_SNAPSHOT_EVENT;
+		}
+		/* the application's events name their account, not an object to fetch */
+		return strcmp(*kind, "application") == 0 ? SB_THIN_APPLICATION : SB_THIN_OBJECT;
+	}
+	return SB_THIN_IGNORED;
+}
+
+/* The outcome a thin event of this type is recorded with on receipt. */
+const char *
+sb_thin_receive_outcome(const char *type, const char *related_type)
+{
+	const char *kind;
+
+	switch (sb_thin_action(type, related_type, &kind))
+	{
+		case SB_THIN_IGNORED:
+			return "ignored";
+		case SB_THIN_PING:
+			return "applied";
+		default:
+			return "pending";
+	}
+}
+
+/*
+ * stripe_billing._thin_mapping(type text, related_type text,
+ *                              OUT action text, OUT kind text)
+ *
+ * sb_thin_action, for the worker's fetches (stripe_billing._thin_fetch_one):
+ * action is ignored, ping, object, snapshot_event, application or
+ * meter_errors.
+ */
+Datum
+stripe_thin_mapping(PG_FUNCTION_ARGS)
+{
+	static const char *const names[] = {"ignored", "ping", "object", "snapshot_event",
+	"application", "meter_errors"};
+	const char *kind;
+	SbThinAction action;
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("type must not be NULL")));
+	action = sb_thin_action(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+							PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)), &kind);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	StaticAssertStmt(lengthof(names) == SB_THIN_METER_ERRORS + 1, "one name per SbThinAction");
+	values[0] = CStringGetTextDatum(names[action]);
+	values[1] = kind ? CStringGetTextDatum(kind) : (Datum) 0;
+	nulls[1] = kind == NULL;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
 /* A text[] of the non-NULL strings among the first n of strings. */

@@ -58,11 +58,35 @@ typedef struct SbObjectKind
 	const char *user_refs[5];	/* a user it names: the first non-empty one */
 } SbObjectKind;
 
-#define SB_NUM_OBJECT_KINDS 14
+#define SB_NUM_OBJECT_KINDS 15
 extern const SbObjectKind sb_object_kinds[];
 
 extern const SbObjectKind *sb_object_kind(const char *name);
 extern bool sb_event_type_is_mapped(const char *type, const char *kind);
+
+/*
+ * What the worker does with a thin event (a v2.core.event notification),
+ * by its type and its related object's type (kinds.c, thin.c):
+ *   IGNORED         kept as ignored at once (replayable)
+ *   PING            v2.core.event_destination.ping: applied at once
+ *   OBJECT          fetch the related object, apply it as a snapshot
+ *   SNAPSHOT_EVENT  no related object: apply the object of the snapshot
+ *                   event the fetched event names (an entitlement summary)
+ *   APPLICATION     account.application.*: the event's account and time
+ *   METER_ERRORS    meter error reports: mark the usage rows concerned
+ */
+typedef enum SbThinAction
+{
+	SB_THIN_IGNORED,
+	SB_THIN_PING,
+	SB_THIN_OBJECT,
+	SB_THIN_SNAPSHOT_EVENT,
+	SB_THIN_APPLICATION,
+	SB_THIN_METER_ERRORS
+} SbThinAction;
+
+extern SbThinAction sb_thin_action(const char *type, const char *related_type, const char **kind);
+extern const char *sb_thin_receive_outcome(const char *type, const char *related_type);
 
 /* shapes.c */
 extern void sb_check_object_shape(JsonbContainer *object, const SbObjectKind *kind);

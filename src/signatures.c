@@ -14,6 +14,8 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/core_names.h>
@@ -51,12 +53,31 @@ typedef enum SignatureStatus
 	SIGNATURE_TOO_OLD
 } SignatureStatus;
 
-/* What verification learnt, for the error messages. */
+/* Longest value of a diagnostics item kept (secret=, destination=). */
+#define DIAGNOSTIC_VALUE_MAX 64
+
+/*
+ * What verification learnt, for the error messages.  Stripe's header may
+ * carry diagnostics items besides t and v1 (event destinations): secret=
+ * (the destination's signing secret, masked), destination= (its id) and
+ * payload= (the last 8 hex digits of the SHA-256 of the body it sent).  On
+ * a mismatch they tell which of the two went wrong: the body, or the
+ * secrets.  Only the first of each is kept, and only when it is printable
+ * ASCII and short; the values come from the request, so they are shown
+ * only as such.
+ */
 typedef struct SignatureReport
 {
 	int64		timestamp;
 	int			nsignatures;
 	int			nsecrets;
+	char		secret[DIAGNOSTIC_VALUE_MAX + 1];	/* masked, or "" */
+	char		destination[DIAGNOSTIC_VALUE_MAX + 1];	/* or "" */
+	char		payload[8 + 1];	/* 8 lowercase hex digits, or "" */
+	/* on a mismatch: */
+	char		body_tail[8 + 1];	/* the body's SHA-256, last 8 hex digits */
+	int			secret_likeness;	/* 1: a configured secret looks like
+									 * secret=, 0: none does, -1: unknown */
 } SignatureReport;
 
 /*
@@ -221,6 +242,88 @@ parse_timestamp(const char *s, size_t len, int64 *result)
 	return true;
 }
 
+/*
+ * Keeps a diagnostics item's value in dst (size max + 1) when it has 1 to
+ * max printable ASCII characters (no space); else leaves dst empty.
+ */
+static void
+keep_item(char *dst, size_t max, const char *value, size_t len)
+{
+	if (dst[0] != '\0' || len == 0 || len > max)
+		return;					/* (the first one only) */
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char) value[i] <= 0x20 || (unsigned char) value[i] >= 0x7f)
+			return;
+	memcpy(dst, value, len);
+	dst[len] = '\0';
+}
+
+/*
+ * Keeps payload=: exactly 8 hex digits, lowercased.
+ */
+static void
+keep_payload_item(char *dst, const char *value, size_t len)
+{
+	if (dst[0] != '\0' || len != 8)
+		return;
+	for (size_t i = 0; i < len; i++)
+		if (!isxdigit((unsigned char) value[i]))
+			return;
+	for (size_t i = 0; i < len; i++)
+		dst[i] = pg_ascii_tolower((unsigned char) value[i]);
+	dst[len] = '\0';
+}
+
+/* The last 8 hex digits of the SHA-256 of the payload, into tail (9 bytes). */
+static void
+payload_digest_tail(const char *payload, size_t payload_len, char *tail)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int md_len = 0;
+	char		hex[EVP_MAX_MD_SIZE * 2];
+
+	if (!EVP_Digest(payload, payload_len, md, &md_len, EVP_sha256(), NULL) || md_len != 32)
+		openssl_failure("compute SHA-256");
+	hex_encode((const char *) md, md_len, hex);
+	memcpy(tail, hex + 2 * md_len - 8, 8);
+	tail[8] = '\0';
+}
+
+/* Is c a character Stripe masks a secret with? */
+#define IS_MASK(c) ((c) == '*' || (c) == '.')
+
+/*
+ * Does a configured secret look like a masked one (secret=): the visible
+ * characters before the mask and after it are its first and last ones?
+ * -1 when masked shows nothing to compare (no mask: not a masked secret,
+ * and then never used), else 1 or 0.
+ */
+static int
+secret_looks_like(const char *masked, const char *const *secrets, const size_t *secret_lens,
+				  int nsecrets)
+{
+	const char *first = masked;
+	const char *last;
+	size_t		prefix;
+	size_t		suffix;
+
+	while (*first && !IS_MASK(*first))
+		first++;
+	if (*first == '\0')
+		return -1;
+	last = masked + strlen(masked) - 1;
+	while (!IS_MASK(*last))
+		last--;
+	prefix = first - masked;
+	suffix = strlen(last + 1);
+	for (int i = 0; i < nsecrets; i++)
+		if (secret_lens[i] >= prefix + suffix &&
+			memcmp(secrets[i], masked, prefix) == 0 &&
+			memcmp(secrets[i] + secret_lens[i] - suffix, last + 1, suffix) == 0)
+			return 1;
+	return 0;
+}
+
 /* Is this item key exactly k? */
 #define KEY_IS(key, key_len, k) ((key_len) == strlen(k) && memcmp((key), (k), (key_len)) == 0)
 
@@ -266,6 +369,12 @@ verify_header(const char *payload, size_t payload_len,
 		CHECK_FOR_INTERRUPTS();	/* (a header may be a gigabyte of commas) */
 		if (KEY_IS(key, key_len, "t"))
 			has_timestamp = parse_timestamp(value, value_len, &report->timestamp);
+		else if (KEY_IS(key, key_len, "secret"))
+			keep_item(report->secret, DIAGNOSTIC_VALUE_MAX, value, value_len);
+		else if (KEY_IS(key, key_len, "destination"))
+			keep_item(report->destination, DIAGNOSTIC_VALUE_MAX, value, value_len);
+		else if (KEY_IS(key, key_len, "payload"))
+			keep_payload_item(report->payload, value, value_len);
 		else if (KEY_IS(key, key_len, SIGNATURE_SCHEME) &&
 				 ++report->nsignatures > MAX_SIGNATURES)
 			ereport(ERROR,
@@ -294,11 +403,72 @@ verify_header(const char *payload, size_t payload_len,
 				matched = true;
 	}
 	if (!matched)
+	{
+		/* what Stripe's diagnostics items tell (the failure path only) */
+		report->secret_likeness = report->secret[0] ?
+			secret_looks_like(report->secret, secrets, secret_lens, nsecrets) : -1;
+		if (report->payload[0])
+			payload_digest_tail(payload, payload_len, report->body_tail);
 		return SIGNATURE_MISMATCH;
+	}
 
 	if (tolerance > 0 && now - report->timestamp > tolerance)
 		return SIGNATURE_TOO_OLD;
 	return SIGNATURE_VALID;
+}
+
+/*
+ * Raises the error of a mismatch, saying which of the two went wrong when
+ * Stripe's diagnostics items tell: the body (payload= names another one),
+ * or the secrets (the body is Stripe's, or none of them looks like the
+ * masked secret= Stripe signed with).  Only what Stripe sent is quoted,
+ * never any part of a configured secret.
+ */
+static void
+report_mismatch(const SignatureReport *report)
+{
+	const char *destination = report->destination[0] ?
+		psprintf(" (event destination %s)", report->destination) : "";
+	bool		body_is_stripes = report->payload[0] &&
+		strcmp(report->payload, report->body_tail) == 0;
+	const char *masked = report->secret;
+
+	/*
+	 * (shown from its mask on, "****abcd": a "whsec_" literal is scrubbed
+	 * from every message, secrets.c, and the rest is what tells)
+	 */
+	while (*masked && !IS_MASK(*masked))
+		masked++;
+	if (report->payload[0] && !body_is_stripes)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_SIGNATURE_MISMATCH),
+				 errmsg("no Stripe-Signature v1 signature matches the payload"),
+				 errdetail("The body differs from the one Stripe sent%s: its SHA-256 ends in %s, Stripe's in %s (payload=).",
+						   destination, report->body_tail, report->payload),
+				 errhint("Pass the raw request body, byte for byte: it was altered, re-encoded or parsed by a framework on the way.")));
+	if (report->secret_likeness == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_SIGNATURE_MISMATCH),
+				 errmsg("no Stripe-Signature v1 signature matches the payload"),
+				 errdetail("None of the %d configured secret(s) looks like the one Stripe signed with%s, %s (secret=)%s.",
+						   report->nsecrets, destination, masked,
+						   body_is_stripes ? "; the body is the one Stripe sent (payload=)" : ""),
+				 errhint("Add that destination's signing secret to the list in stripe_billing.webhook_secret (each event destination has its own).")));
+	if (body_is_stripes)
+		ereport(ERROR,
+				(errcode(ERRCODE_SB_SIGNATURE_MISMATCH),
+				 errmsg("no Stripe-Signature v1 signature matches the payload"),
+				 errdetail("The body is the one Stripe sent%s: its SHA-256 ends in %s, as payload= says; none of the %d configured secret(s) signed it%s%s.",
+						   destination, report->body_tail, report->nsecrets,
+						   report->secret_likeness == 1 ? ", though one looks like Stripe's " : "",
+						   report->secret_likeness == 1 ? masked : ""),
+				 errhint("Put the destination's own signing secret in stripe_billing.webhook_secret.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_SB_SIGNATURE_MISMATCH),
+			 errmsg("no Stripe-Signature v1 signature matches the payload"),
+			 errdetail("%d signature(s) were compared with the HMAC of %d secret(s).",
+					   report->nsignatures, report->nsecrets),
+			 errhint("Pass the raw request body, byte for byte, and the endpoint's own signing secret.")));
 }
 
 /* Raises the error that says why a signature was refused. */
@@ -328,12 +498,7 @@ report_signature_failure(SignatureStatus status, const SignatureReport *report,
 					 errdetail("Only the v1 scheme is verified; other schemes such as v0 are ignored.")));
 			break;
 		case SIGNATURE_MISMATCH:
-			ereport(ERROR,
-					(errcode(ERRCODE_SB_SIGNATURE_MISMATCH),
-					 errmsg("no Stripe-Signature v1 signature matches the payload"),
-					 errdetail("%d signature(s) were compared with the HMAC of %d secret(s).",
-							   report->nsignatures, report->nsecrets),
-					 errhint("Pass the raw request body, byte for byte, and the endpoint's own signing secret.")));
+			report_mismatch(report);
 			break;
 		case SIGNATURE_TOO_OLD:
 			ereport(ERROR,

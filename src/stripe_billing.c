@@ -48,6 +48,8 @@ _PG_init(void)
 	{
 		preloaded = true;
 		sb_register_worker();
+		/* (what wakes the worker for a thin event: thin.c) */
+		sb_thin_shmem_init();
 	}
 
 	sb_install_secret_scrubber();

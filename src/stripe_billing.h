@@ -110,6 +110,7 @@ extern char *sb_meter_events_base;
 #define SB_USAGE_API_V1 1
 extern int	sb_usage_api;
 extern int	sb_usage_concurrency;
+extern bool sb_thin_events;
 
 extern void sb_define_settings(void);
 
@@ -194,6 +195,9 @@ extern void sb_rate_wait(void);
 extern SbHttpResponse *sb_http_request(const char *method, const char *path,
 									   const char *form, const char *idempotency_key,
 									   const char *account);
+extern SbHttpResponse *sb_http_request_in_context(const char *method, const char *path,
+												  const char *form, const char *idempotency_key,
+												  const char *account, const char *context);
 extern void sb_http_prefetch(const char *path, const char *query, const char *account);
 extern SbHttpResponse *sb_http_take_prefetched(const char *path, const char *query,
 											   const char *account);
@@ -205,6 +209,11 @@ extern SbHttpResponse **sb_http_post_all(const char *base, const char *path, cha
 
 /* api.c */
 extern void sb_check_account(const char *argument, const char *account);
+extern bool sb_is_context(const char *s);
+extern char *sb_context_account(const char *context);
+extern void sb_check_context(const char *argument, const char *context);
+extern void sb_check_request_path(const char *path);
+extern pg_time_t sb_response_time(SbHttpResponse *r);
 extern char *sb_account_arg(FunctionCallInfo fcinfo, int argno);
 extern char *sb_text_arg(FunctionCallInfo fcinfo, int argno, const char *name);
 extern Jsonb *sb_stripe_call(const char *method, const char *path, Jsonb *params,
@@ -230,9 +239,16 @@ extern TimestampTz sb_now(void);
 
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);
+extern bool sb_parse_rfc3339(const char *s, int len, TimestampTz *result);
 extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id,
 								const char *account);
 extern Jsonb *sb_apply_snapshots(Jsonb *objects, TimestampTz snapshot, const char *source,
 								 Jsonb *replacements, bool derive, const char *account);
+
+/* thin.c: thin events (event destinations) */
+extern void sb_thin_note_pending(void);
+extern void sb_thin_shmem_init(void);
+extern void sb_thin_worker_attach(void);
+extern bool sb_thin_take_wake(void);
 
 #endif							/* STRIPE_BILLING_H */

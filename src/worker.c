@@ -13,10 +13,14 @@
  * instant neither loses nor double-applies an event.  On its first start it
  * also backfills the account's objects (a few pages a cycle, so events keep
  * flowing), and every stripe_billing.reconcile_interval it reconciles them.
- * Then it re-reads the lookback window, polls the connected accounts due
+ * Then it re-reads the lookback window (and, with stripe_billing.thin_events,
+ * lists GET /v2/core/events), polls the connected accounts due
  * (Connect: see account_polls_per_cycle), flushes the usage outbox, retries
  * failed events and re-fetches rows marked by ties, each step a transaction
  * of its own (see locks.c: a transaction applies one unit).
+ * Thin events (event destinations) are fetched first in each cycle, and
+ * between cycles as soon as a backend commits one: it sets the worker's
+ * latch (thin.c).
  * Between cycles it sleeps on its latch: SIGTERM ends it promptly, SIGHUP
  * reloads the settings.  Failures back off exponentially, with jitter.
  *
@@ -65,6 +69,15 @@ PGDLLEXPORT void stripe_billing_worker_main(Datum arg);
 
 /* Objects marked by ties re-fetched a cycle, one a transaction. */
 #define REFETCHES_PER_CYCLE 20
+
+/*
+ * Thin events fetched a cycle (or when woken between cycles), one a
+ * transaction: two requests each, spaced by max_requests_per_second.
+ */
+#define THIN_FETCHES_PER_CYCLE 100
+
+/* Pages of GET /v2/core/events a cycle (stripe_billing.thin_events), 10 each. */
+#define THIN_POLLS_PER_CYCLE 5
 
 /* Pages of a backfill or reconciliation a cycle (an entitlements page is 20 requests). */
 #define LISTING_PAGES_PER_CYCLE 5
@@ -201,6 +214,10 @@ run_step(const char *what, const char *step, int *sqlerrcode)
 		if (result == STEP_DONE && step != NULL && strcmp(step, "poll_accounts") == 0 &&
 			!OidIsValid(sb_extension_function("_poll_next_account", 0, NULL, true)))
 			step = NULL;
+		/* ... nor any thin event fetched */
+		if (result == STEP_DONE && step != NULL && strncmp(step, "thin", 4) == 0 &&
+			!OidIsValid(sb_extension_function("_thin_fetch_one", 0, NULL, true)))
+			step = NULL;
 		/* a step's answer says whether more is waiting */
 		if (result == STEP_DONE && step != NULL)
 			result = worker_step(fn, step, NULL) ? STEP_MORE : STEP_DONE;
@@ -278,6 +295,55 @@ run_pages(const char *what, const char *step, StepResult so_far, int *failures,
 	return (result == STEP_MORE || so_far == STEP_MORE) ? STEP_MORE : STEP_DONE;
 }
 
+/*
+ * Fetches the pending thin events that are due, one a transaction, up to
+ * THIN_FETCHES_PER_CYCLE: STEP_MORE when that many were fetched (more may
+ * be due), STEP_FAILED when a step failed.
+ */
+static StepResult
+run_thin_fetches(int *sqlerrcode)
+{
+	StepResult	result = STEP_DONE;
+
+	for (int i = 0; i < THIN_FETCHES_PER_CYCLE; i++)
+	{
+		result = run_step("stripe_billing: fetching a thin event", "thin", sqlerrcode);
+		CHECK_FOR_INTERRUPTS();
+		if (result != STEP_MORE)
+			return result;
+	}
+	return STEP_MORE;
+}
+
+/*
+ * Sleeps wait_ms on the latch, until SIGTERM or a reload; a backend that
+ * committed a pending thin event meanwhile wakes it (thin.c), and those are
+ * fetched at once, without a whole cycle (no /v1/events request).
+ */
+static void
+wait_between_cycles(long wait_ms)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
+
+	for (;;)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+		int			sqlerrcode;
+
+		if (left <= 0)
+			return;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			return;
+		if (sb_thin_take_wake())
+			while (run_thin_fetches(&sqlerrcode) == STEP_MORE)
+				;
+	}
+}
+
 /* Entry point of the worker. */
 void
 stripe_billing_worker_main(Datum arg)
@@ -295,6 +361,8 @@ stripe_billing_worker_main(Datum arg)
 	database = MemoryContextStrdup(TopMemoryContext, sb_database);
 	role = MemoryContextStrdup(TopMemoryContext, sb_worker_role);
 	BackgroundWorkerInitializeConnection(database, role[0] ? role : NULL, 0);
+	/* from now on, a committed thin event wakes us (thin.c) */
+	sb_thin_worker_attach();
 	/* over anything the database or role set: nothing planted on a path runs here */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	elog(LOG, "stripe_billing sync worker started in database \"%s\" as %s%s%s",
@@ -304,6 +372,7 @@ stripe_billing_worker_main(Datum arg)
 	for (;;)
 	{
 		StepResult	result = STEP_DONE;
+		StepResult	thin;
 		int			sqlerrcode = 0;
 		long		wait_ms;
 
@@ -319,6 +388,10 @@ stripe_billing_worker_main(Datum arg)
 				proc_exit(1);
 			}
 		}
+
+		/* thin events first: they wait on nothing but their fetch */
+		(void) sb_thin_take_wake();
+		thin = run_thin_fetches(&sqlerrcode);
 
 		/* pages of events, each in its own transaction */
 		for (int page = 0; page < PAGES_PER_CYCLE; page++)
@@ -349,6 +422,27 @@ stripe_billing_worker_main(Datum arg)
 			run_step("stripe_billing: re-reading /v1/events for late-listed events",
 					 "lookback", &sqlerrcode) == STEP_FAILED)
 			result = STEP_FAILED;
+
+		/* thin events missed by webhook: GET /v2/core/events, then fetched */
+		if (sb_thin_events && (result == STEP_DONE || result == STEP_MORE))
+		{
+			StepResult	listed = STEP_DONE;
+
+			for (int i = 0; i < THIN_POLLS_PER_CYCLE; i++)
+			{
+				listed = run_step("stripe_billing: listing /v2/core/events for thin events",
+								  "thin_poll", &sqlerrcode);
+				CHECK_FOR_INTERRUPTS();
+				if (listed != STEP_MORE)
+					break;
+			}
+			if (listed == STEP_FAILED)
+				result = STEP_FAILED;
+			else if (listed == STEP_MORE && result == STEP_DONE)
+				result = STEP_MORE;
+			if (thin != STEP_FAILED)
+				thin = run_thin_fetches(&sqlerrcode);
+		}
 
 		/* connected accounts due (Connect), one a transaction, an account's failure its own */
 		if (result == STEP_DONE || result == STEP_MORE)
@@ -390,6 +484,12 @@ stripe_billing_worker_main(Datum arg)
 			}
 		}
 
+		/* (thin fetches left waiting: no sleep; a failure of theirs backs off too) */
+		if (thin == STEP_FAILED)
+			result = STEP_FAILED;
+		else if (thin == STEP_MORE && result == STEP_DONE)
+			result = STEP_MORE;
+
 		if (result == STEP_FAILED)
 			wait_ms = backoff_ms(failures++, sqlerrcode);
 		else
@@ -399,10 +499,6 @@ stripe_billing_worker_main(Datum arg)
 		}
 
 		if (wait_ms > 0)
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 wait_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
+			wait_between_cycles(wait_ms);
 	}
 }

@@ -60,6 +60,7 @@ integration concurrent_appliers bash test/integration/concurrent_appliers.sh
 integration backfill bash test/integration/backfill.sh
 integration connect bash test/integration/connect.sh
 integration connect_polling bash test/integration/connect_polling.sh
+integration thin_events bash test/integration/thin_events.sh
 integration fake_stripe node --test test/integration/fake_stripe/selftest.js
 integration notify bash test/integration/notify.sh
 integration without_preload bash test/integration/without_preload.sh

@@ -12,8 +12,8 @@ CREATE TABLE stripe_billing.events (
     created     timestamptz NOT NULL,
     source      text NOT NULL CHECK (source <> ''),
     received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    outcome     text NOT NULL
-                CHECK (outcome IN ('applied', 'ignored', 'stale', 'failed')),
+    outcome     text NOT NULL     -- pending: a thin event the worker has yet to fetch
+                CHECK (outcome IN ('applied', 'ignored', 'stale', 'failed', 'pending')),
     error       text,
     payload     jsonb,
     body        bytea,

@@ -41,7 +41,15 @@ CREATE TABLE stripe_billing.usage_outbox (
     last_error      text,
     failed_at       timestamptz,            -- refused for good (last_error says why)
     next_attempt_at timestamptz,            -- after a failed attempt: not before then
-    account         text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$')  -- NULL: the platform's own
+    account         text CHECK (account ~ '^acct_[A-Za-z0-9]{1,250}$'),  -- NULL: the platform's own
+    -- Stripe refused it after taking it (a meter error report, a thin event):
+    -- its code and message, the event that said so, when, and how the report
+    -- named this row (identifier, customer or meter: see _thin_mark_usage)
+    stripe_error_code  text,
+    stripe_error       text,
+    stripe_error_event text,
+    stripe_error_at    timestamptz,
+    stripe_error_match text CHECK (stripe_error_match IN ('identifier', 'customer', 'meter'))
 );
 CREATE INDEX usage_outbox_pending_idx ON stripe_billing.usage_outbox (id)
     WHERE sent_at IS NULL AND failed_at IS NULL;
@@ -55,7 +63,8 @@ SELECT count(*) FILTER (WHERE sent_at IS NULL AND failed_at IS NULL) AS pending,
        count(*) FILTER (WHERE sent_at IS NOT NULL) AS sent,
        count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
        now() - min(created_at) FILTER (WHERE sent_at IS NULL AND failed_at IS NULL) AS oldest_pending_age,
-       max(sent_at) AS last_sent_at
+       max(sent_at) AS last_sent_at,
+       count(*) FILTER (WHERE stripe_error_at IS NOT NULL) AS stripe_errors
   FROM stripe_billing.usage_outbox;
 
 -- Records usage for the user (of their customer on the account: NULL, the

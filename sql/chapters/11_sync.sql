@@ -573,7 +573,13 @@ BEGIN
   IF NOT FOUND THEN
     RETURN 0;
   END IF;
-  SELECT count(*) INTO retried FROM stripe_billing.stripe_retry_failed_events(100);
+  -- (not thin events: fetching one again is for stripe_retry_failed_events
+  -- to ask; the next event of its object fetches that anyway)
+  SELECT count(*) INTO retried FROM stripe_billing._reapply_events(ARRAY(
+           SELECT ev.id FROM stripe_billing.events ev
+            WHERE ev.outcome = 'failed' AND ev.payload IS NOT NULL
+              AND ev.payload->>'object' IS DISTINCT FROM 'v2.core.event'
+            ORDER BY ev.created, ev.id LIMIT 100 FOR UPDATE SKIP LOCKED));
   RETURN retried;
 END
 $$;
@@ -676,8 +682,11 @@ $$;
 -- one; true when more wait), 'lookback' (late-listed events), 'usage'
 -- (send due usage), 'retry' (failed events, every 5 minutes), 'refetch'
 -- (one object marked by a tie; true when it did one) and 'poll_accounts'
--- (a page of the connected account most due; true when it polled one).  Each step is a
--- transaction of the worker's.  Runs as the extension's owner.
+-- (a page of the connected account most due; true when it polled one),
+-- 'thin' (fetch one pending thin event; true when it did one) and
+-- 'thin_poll' (list GET /v2/core/events when stripe_billing.thin_events is
+-- on; true when pages wait).  Each step is a transaction of the worker's.
+-- Runs as the extension's owner.
 CREATE FUNCTION stripe_billing._worker_step(step text, error text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -745,6 +754,10 @@ BEGIN
     RETURN stripe_billing._refetch_one();
   WHEN 'poll_accounts' THEN
     RETURN stripe_billing._poll_next_account();
+  WHEN 'thin' THEN
+    RETURN stripe_billing._thin_fetch_one();
+  WHEN 'thin_poll' THEN
+    RETURN stripe_billing._thin_poll();
   END CASE;
 END
 $$;
@@ -785,6 +798,10 @@ BEGIN
     RETURN jsonb_build_object('more', stripe_billing._refetch_one());
   WHEN 'sync_now.accounts' THEN
     RETURN jsonb_build_object('more', stripe_billing._poll_next_account());
+  WHEN 'sync_now.thin_poll' THEN
+    RETURN jsonb_build_object('more', stripe_billing._thin_poll());
+  WHEN 'sync_now.thin' THEN
+    RETURN jsonb_build_object('more', stripe_billing._thin_fetch_one());
   WHEN 'backfill.begin' THEN
     PERFORM stripe_billing._backfill_begin(kinds, arg->>'account');
     RETURN NULL;
@@ -838,6 +855,18 @@ BEGIN
   -- thousand pages
   FOR i IN 1 .. 1000 LOOP
     p := stripe_billing._procedure_step('sync_now.accounts');
+    COMMIT;
+    EXIT WHEN NOT (p OPERATOR(pg_catalog.->>) 'more')::pg_catalog.bool;
+  END LOOP;
+  -- thin events: GET /v2/core/events when stripe_billing.thin_events is on,
+  -- then every pending one that is due, one a transaction
+  FOR i IN 1 .. 100 LOOP
+    p := stripe_billing._procedure_step('sync_now.thin_poll');
+    COMMIT;
+    EXIT WHEN NOT (p OPERATOR(pg_catalog.->>) 'more')::pg_catalog.bool;
+  END LOOP;
+  FOR i IN 1 .. 100000 LOOP
+    p := stripe_billing._procedure_step('sync_now.thin');
     COMMIT;
     EXIT WHEN NOT (p OPERATOR(pg_catalog.->>) 'more')::pg_catalog.bool;
   END LOOP;

@@ -18,7 +18,11 @@ SELECT CASE WHEN (SELECT p.paused FROM stripe_billing.sync_state p WHERE p.accou
        (SELECT count(*) FROM stripe_billing.events e WHERE e.outcome = 'failed') AS failed_events,
        (SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'stripe_billing sync'
          AND datname = current_database() LIMIT 1) AS worker_pid,
-       s.account, s.next_poll_at
+       s.account, s.next_poll_at,
+       (SELECT count(*) FROM stripe_billing.events e
+         WHERE e.outcome = 'pending' AND e.account IS NOT DISTINCT FROM s.account) AS thin_pending,
+       now() - (SELECT min(e.received_at) FROM stripe_billing.events e
+                 WHERE e.outcome = 'pending' AND e.account IS NOT DISTINCT FROM s.account) AS thin_oldest_pending_age
   FROM stripe_billing.sync_state s
  ORDER BY s.account NULLS FIRST;
 

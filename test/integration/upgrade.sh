@@ -149,6 +149,19 @@ SQL
         echo "FAIL  at $old, before the update, its C functions: got '$old_calls', expected '$expected'"; fail=1
     fi
 
+    # (a thin event to fetch is refused until the update, as a failure of the
+    # moment: its route answers 500 and Stripe delivers it again; 0.3.0's
+    # ledger has no outcome "pending", and nothing would fetch it)
+    thin=$(psql -X -At -q -d sb_upgrade -v VERBOSITY=sqlstate -c "SELECT stripe_billing.stripe_apply_event(
+        '{\"id\": \"evt_test_65up\", \"object\": \"v2.core.event\", \"type\": \"v1.customer.updated\",
+          \"livemode\": false, \"created\": \"2026-01-01T00:00:00Z\",
+          \"related_object\": {\"id\": \"cus_1\", \"type\": \"customer\", \"url\": \"/v1/customers/cus_1\"}}')" 2>&1)
+    if [ "$thin" = "ERROR:  55000" ]; then
+        echo "PASS  at $old, before the update: a thin event to fetch is refused (55000), not recorded"
+    else
+        echo "FAIL  at $old, before the update, a thin event: got '$thin', expected 'ERROR:  55000'"; fail=1
+    fi
+
     before=$(q sb_upgrade "SELECT (SELECT count(*) FROM stripe_billing.events) || ' events, ' ||
         (SELECT count(*) FROM stripe_billing.user_features) || ' features, ' ||
         (SELECT count(*) FROM stripe_billing.usage_outbox) || ' usage rows, ' ||

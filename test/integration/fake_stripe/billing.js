@@ -431,8 +431,15 @@ function connectSubscription(subscription, connect) {
 function completeSubscriptionMode(store, session, customer, details, trialDays, log) {
   const subscription = store.put(connectSubscription(
     startSubscription(customer, details, trialDays, details.subscriptionMetadata), details.connect));
+  // (the first invoice is made with the subscription, so Stripe's
+  // customer.subscription.created already names it in latest_invoice; its
+  // events follow)
+  const invoiceEvents = [];
+  const invoice = issueInvoice(store, subscription, {
+    billingReason: 'subscription_create', paid: true, emit: (...args) => invoiceEvents.push(args),
+  });
   log.emit('customer.subscription.created', subscription);
-  const invoice = issueInvoice(store, subscription, { billingReason: 'subscription_create', paid: true, emit: log.emit });
+  for (const args of invoiceEvents) log.emit(...args);
   session.subscription = subscription.id;
   session.invoice = invoice.id;
   session.payment_status = trialDays ? 'no_payment_required' : 'paid';

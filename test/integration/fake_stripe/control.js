@@ -22,6 +22,7 @@ const {
 const { expireMeterSessions } = require('./meter_events');
 const { API_VERSION, buildPrice, buildProduct, fromTemplate, hasTemplate } = require('./templates');
 const { newId, nowSeconds } = require('./util');
+const thin = require('./thin');
 
 // ---- recording and counters ----
 
@@ -323,6 +324,12 @@ function expireSessions({ store }) {
   return { expired: expireMeterSessions(store) };
 }
 
+// ---- thin events (thin.js): the account's thin log ----
+
+const onThin = (fn) => ({ store, body, query }) => fn({
+  body: body || {}, state: selectState(store, body && body.account !== undefined ? body.account : query.get('account')),
+});
+
 // ---- life cycle steps ----
 
 // The object `id` of `type` in body.account's state, or without one in the
@@ -381,7 +388,12 @@ const router = new Router()
   .add('GET', '/_fake/meter_events/stats', meterEventStats)
   .add('POST', '/_fake/meter_sessions/expire', expireSessions)
   .add('POST', '/_fake/checkout/sessions/:id/complete', completeSession)
-  .add('POST', '/_fake/subscriptions/:id/advance', advance);
+  .add('POST', '/_fake/subscriptions/:id/advance', advance)
+  .add('GET', '/_fake/thin_events', onThin(thin.listThin))
+  .add('POST', '/_fake/thin_events', onThin(thin.appendGivenThin))
+  .add('POST', '/_fake/thin_events/notifications', onThin(thin.notifications))
+  .add('POST', '/_fake/thin_events/expire', onThin(thin.expireThin))
+  .add('POST', '/_fake/meter_error_reports', onThin(thin.meterErrorReport));
 
 function parseJsonBody(rawBody) {
   if (rawBody.trim() === '') return {};

@@ -61,11 +61,13 @@ function jsonBody(req, rawBody) {
   }
 }
 
-// The account a request names: Stripe-Account, or on /v2 also
-// Stripe-Context (the v2 APIs' header); undefined when it names none.
+// The account a request names: Stripe-Account, else Stripe-Context (the v2
+// APIs' header, which a thin event's context gives, and which Stripe takes
+// on /v1 too: the SDKs send it when fetching a thin event's related
+// object); undefined when it names none.
 function accountHeader(req, url) {
   const account = req.headers['stripe-account'];
-  if (account !== undefined || !url.pathname.startsWith('/v2/')) return account;
+  if (account !== undefined) return account;
   return req.headers['stripe-context'];
 }
 

@@ -2724,6 +2724,140 @@ test('connect: the recording names each request\'s Stripe-Account; counters per 
   assert.deepEqual(await ctl('GET', '/_fake/stats/accounts'), { accounts: {} }, 'reset clears the counters');
 });
 
+// ---- thin events (thin.js) ----
+
+const thinGet = (urlPath, headers = {}) => stripe('GET', urlPath, undefined, { headers });
+
+test('thin events: every snapshot event has a thin twin, fetched and listed by /v2/core/events', async () => {
+  await reset();
+  const { session } = await subscribe();
+  const v1 = await storedEvents();
+  const twins = await ctl('GET', '/_fake/thin_events');
+  assert.deepEqual(twins.map((t) => t.type), v1.map((e) => `v1.${e.type}`));
+  assert.deepEqual(twins.map((t) => t.snapshot_event), v1.map((e) => e.id));
+  // created: the snapshot event's second, milliseconds keeping their order
+  assert.deepEqual(twins.map((t) => Math.floor(Date.parse(t.created) / 1000)), v1.map((e) => e.created));
+  assert.deepEqual([...twins].sort((a, b) => Date.parse(a.created) - Date.parse(b.created)), twins);
+
+  const completed = twins.find((t) => t.type === 'v1.checkout.session.completed');
+  const fetched = await thinGet(`/v2/core/events/${completed.id}`);
+  assert.equal(fetched.status, 200, fetched.text);
+  assert.equal(fetched.body.object, 'v2.core.event');
+  assert.deepEqual(fetched.body.related_object, {
+    id: session.id, type: 'checkout.session', url: `/v1/checkout/sessions/${session.id}`,
+  });
+  assert.equal(fetched.body.context, null);
+  assert.equal(fetched.body.data, null);
+  const related = await thinGet(fetched.body.related_object.url);
+  assert.equal(related.body.id, session.id);
+  assert.equal(related.body.status, 'complete');
+  // every twin's related object can be retrieved where its url says
+  for (const twin of twins) {
+    const event = (await thinGet(`/v2/core/events/${twin.id}`)).body;
+    if (!event.related_object) continue;
+    const object = await thinGet(event.related_object.url);
+    assert.equal(object.status, 200, `${event.related_object.url}: ${object.text}`);
+    assert.equal(object.body.id, event.related_object.id);
+  }
+  assert.equal((await thinGet('/v2/core/events/evt_test_65nope')).status, 404);
+
+  // the list: newest first, page tokens (the next_page_url alone), filters
+  const seen = [];
+  let page = await thinGet('/v2/core/events?limit=2');
+  for (;;) {
+    assert.equal(page.status, 200, page.text);
+    seen.push(...page.body.data.map((e) => e.id));
+    if (!page.body.next_page_url) break;
+    assert.match(page.body.next_page_url, /^\/v2\/core\/events\?page=[A-Za-z0-9_-]+$/);
+    page = await thinGet(page.body.next_page_url);
+  }
+  assert.deepEqual(seen, twins.map((t) => t.id).reverse());
+  const cut = twins[3].created;
+  const after = await thinGet(`/v2/core/events?limit=100&created[gte]=${encodeURIComponent(cut)}`);
+  assert.deepEqual(after.body.data.map((e) => e.id), twins.slice(3).map((t) => t.id).reverse());
+  const strictly = await thinGet(`/v2/core/events?limit=100&created[gt]=${encodeURIComponent(cut)}`);
+  assert.equal(strictly.body.data.length, twins.length - 4);
+  const typed = await thinGet('/v2/core/events?types[0]=v1.invoice.paid&limit=100');
+  assert.deepEqual(typed.body.data.map((e) => e.type), ['v1.invoice.paid']);
+  const byObject = await thinGet(`/v2/core/events?object_id=${session.id}`);
+  assert.deepEqual(byObject.body.data.map((e) => e.type), ['v1.checkout.session.completed']);
+  assert.equal((await thinGet('/v2/core/events?created[gt]=1700000000x')).status, 400);
+  assert.equal((await thinGet('/v2/core/events?page=garbage')).status, 400);
+});
+
+test('thin events: notifications signed as a destination sends them, with the diagnostics items', async () => {
+  await reset();
+  await subscribe();
+  const [first] = await ctl('GET', '/_fake/thin_events');
+  const secret = 'whsec_destination_secret_1234';
+  const { notifications } = await ctl('POST', '/_fake/thin_events/notifications',
+    { secret, ids: [first.id], timestamp: 1700000000, destination: 'ed_test_1' });
+  const [note] = notifications;
+  const body = JSON.parse(note.body);
+  assert.deepEqual(Object.keys(body), ['id', 'object', 'type', 'livemode', 'created', 'related_object']);
+  assert.equal(body.id, first.id);
+  const v1 = require('node:crypto').createHmac('sha256', secret).update(`1700000000.${note.body}`).digest('hex');
+  const digest = require('node:crypto').createHash('sha256').update(note.body).digest('hex');
+  assert.equal(note.signature,
+    `t=1700000000,v1=${v1},secret=whsec_****1234,destination=ed_test_1,payload=${digest.slice(-8)}`);
+  const plain = await ctl('POST', '/_fake/thin_events/notifications', { secret, since: first.id });
+  assert.equal(plain.notifications.length, (await ctl('GET', '/_fake/thin_events')).length - 1);
+  assert.match(plain.notifications[0].signature, /^t=\d+,v1=[0-9a-f]{64}$/);
+  const missing = await call('POST', '/_fake/thin_events/notifications', { json: { ids: [first.id] }, auth: null });
+  assert.equal(missing.status, 400);
+});
+
+test('thin events: a connected account\'s twins carry its context, fetched with Stripe-Context (on /v1 too)', async () => {
+  await reset();
+  const { ids: [account] } = await ctl('POST', '/_fake/accounts', { count: 1 });
+  await ctl('POST', '/_fake/events', { generate: { mode: 'lifecycle', users: 1 }, account });
+  const twins = await ctl('GET', `/_fake/thin_events?account=${account}`);
+  assert.equal(twins.length, 11);
+  assert.deepEqual(await ctl('GET', '/_fake/thin_events'), []);
+  const { notifications: [note] } = await ctl('POST', '/_fake/thin_events/notifications',
+    { secret: 'whsec_x', account, ids: [twins[1].id] });
+  assert.equal(JSON.parse(note.body).context, account);
+  assert.equal((await thinGet(`/v2/core/events/${twins[1].id}`)).status, 404);
+  const event = await thinGet(`/v2/core/events/${twins[1].id}`, { 'Stripe-Context': account });
+  assert.equal(event.status, 200, event.text);
+  const object = await thinGet(event.body.related_object.url, { 'Stripe-Context': account });
+  assert.equal(object.status, 200, object.text);
+  assert.equal(object.body.object, 'subscription');
+  // Accounts v2: the platform retrieves its connected account
+  const v2 = await thinGet(`/v2/core/accounts/${account}`);
+  assert.equal(v2.status, 200, v2.text);
+  assert.equal(v2.body.object, 'v2.core.account');
+  assert.equal(v2.body.identity.country, 'US');
+  assert.equal(v2.body.defaults.currency, 'usd');
+  assert.equal(v2.body.configuration.merchant.capabilities.card_payments.status, 'active');
+  assert.equal((await thinGet('/v2/core/accounts/acct_1Nope')).status, 404);
+});
+
+test('thin events: meter error reports, given thin events, expiry', async () => {
+  await reset();
+  await ctl('POST', '/_fake/objects', { object: { id: 'mtr_test_1', object: 'billing.meter', event_name: 'api_calls' } });
+  assert.equal((await thinGet('/v1/billing/meters/mtr_test_1')).body.event_name, 'api_calls');
+  const report = await ctl('POST', '/_fake/meter_error_reports', {
+    meter: 'mtr_test_1', validation_start: '2026-01-01T00:00:00.000Z', validation_end: '2026-01-01T00:00:10.000Z',
+    errors: [{ code: 'meter_event_invalid_value', identifiers: ['sb_a_1', 'sb_a_2'], count: 5 }],
+  });
+  assert.equal(report.type, 'v1.billing.meter.error_report_triggered');
+  assert.deepEqual(report.related_object, { id: 'mtr_test_1', type: 'billing.meter', url: '/v1/billing/meters/mtr_test_1' });
+  assert.equal(report.data.reason.error_count, 5);
+  assert.deepEqual(report.data.reason.error_types[0].sample_errors.map((e) => e.request.identifier), ['sb_a_1', 'sb_a_2']);
+  assert.equal(report.data.validation_start, '2026-01-01T00:00:00.000Z');
+  const fetched = (await thinGet(`/v2/core/events/${report.id}`)).body;
+  assert.deepEqual(fetched.data, report.data);
+  const lost = await ctl('POST', '/_fake/meter_error_reports', { errors: [{ code: 'no_meter', identifiers: ['sb_a_3'] }] });
+  assert.equal(lost.type, 'v1.billing.meter.no_meter_found');
+  assert.equal(lost.related_object, null);
+  const { events: [ping] } = await ctl('POST', '/_fake/thin_events', { events: [{ type: 'v2.core.event_destination.ping' }] });
+  assert.match(ping.id, /^evt_test_65/);
+  assert.deepEqual(await ctl('POST', '/_fake/thin_events/expire', { ids: [report.id] }), { expired: 1 });
+  assert.equal((await thinGet(`/v2/core/events/${report.id}`)).status, 404);
+  assert.equal((await thinGet(`/v2/core/events/${ping.id}`)).status, 200);
+});
+
 test('SIGTERM stops the server promptly even with a hung request', async () => {
   await ctl('POST', '/_fake/faults', { rules: [{ kind: 'hang' }] });
   const hung = exchange('/v1/prices/price_basic');

@@ -9,6 +9,7 @@
 const { BadRequest, noSuch } = require('./errors');
 const { buildAccount, buildEvent, buildPrice, buildProduct } = require('./templates');
 const { nowSeconds } = require('./util');
+const { addTwin } = require('./thin');
 
 // The platform's own account id (GET /v1/account without Stripe-Account).
 const PLATFORM_ACCOUNT_ID = 'acct_1FakePlatform001';
@@ -136,6 +137,7 @@ class AccountState {
     const event = this.withAccount(given);
     this.eventPositions.set(event.id, this.events.length);
     this.events.push(event);
+    addTwin(this, event);
     return event;
   }
 
@@ -148,8 +150,10 @@ class AccountState {
     for (const event of events) {
       if (this.eventPositions.has(event.id)) throw new BadRequest(`duplicate event id ${event.id}`);
     }
-    this.events.splice(at, 0, ...events.map((event) => this.withAccount(event)));
+    const listed = events.map((event) => this.withAccount(event));
+    this.events.splice(at, 0, ...listed);
     this.reindexEvents();
+    for (const event of listed) addTwin(this, event);
   }
 
   reindexEvents() {

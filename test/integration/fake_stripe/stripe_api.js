@@ -23,6 +23,7 @@ const {
 const { createMeterEvent, createMeterEventSession, streamMeterEvents } = require('./meter_events');
 const { listAccounts, getAccount, getOwnAccount, checkoutConnect } = require('./connect');
 const P = require('./params');
+const thin = require('./thin');
 const { newId, nowSeconds, previousAttributes } = require('./util');
 
 const CHECKOUT_MODES = ['payment', 'setup', 'subscription'];
@@ -436,5 +437,8 @@ const router = new Router()
     { body: 'json' })
   .add('POST', '/v2/billing/meter_event_stream', P.strict(P.METER_EVENT_STREAM_CREATE, streamMeterEvents, 'json'),
     { body: 'json', auth: 'meter_session' });
+
+// thin events and the objects they name (thin.js)
+thin.addRoutes(router);
 
 module.exports = { stripeRouter: router };

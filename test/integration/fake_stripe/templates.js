@@ -120,6 +120,8 @@ const DEFAULTS = {
     payment_method_configuration_details: null,
   },
   'billing.meter_event': {},
+  // (the thin events' meter error reports name a meter: thin.js)
+  'billing.meter': { livemode: false },
   'entitlements.active_entitlement': {},
   account: { email: null, metadata: {} },
   application: {},
