@@ -167,6 +167,62 @@ SELECT DISTINCT ON (account)
        account
   FROM stripe_billing.reconcile_runs
  ORDER BY account NULLS FIRST, id DESC;
+
+-- ---- issue 27, part A: paused collection, subscription schedules ----
+-- pause_collection in typed columns (existing paused subscriptions too)
+ALTER TABLE stripe_billing.subscriptions ADD COLUMN pause_behavior text, ADD COLUMN pause_resumes_at timestamptz;
+UPDATE stripe_billing.subscriptions
+   SET pause_behavior = pause_collection->>'behavior',
+       pause_resumes_at = stripe_billing._ts(pause_collection->'resumes_at')
+ WHERE pause_collection IS NOT NULL;
+CREATE TABLE stripe_billing.subscription_schedules (
+    id                    text PRIMARY KEY,
+    customer              text,
+    subscription          text,
+    released_subscription text,
+    status                text NOT NULL,
+    end_behavior          text,
+    current_phase_start   timestamptz,
+    current_phase_end     timestamptz,
+    released_at           timestamptz,
+    canceled_at           timestamptz,
+    completed_at          timestamptz,
+    metadata              jsonb NOT NULL DEFAULT '{}',
+    created               timestamptz,
+    raw                   jsonb NOT NULL,
+    last_event_id         text,
+    last_event_created    timestamptz,
+    refetch               boolean NOT NULL DEFAULT false,
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    account               text
+);
+CREATE INDEX subscription_schedules_subscription_idx ON stripe_billing.subscription_schedules (subscription);
+CREATE TABLE stripe_billing.subscription_schedule_phases (
+    schedule           text NOT NULL,
+    start_date         timestamptz NOT NULL,
+    end_date           timestamptz,
+    price              text NOT NULL,
+    quantity           bigint,
+    trial_end          timestamptz,
+    proration_behavior text,
+    account            text,
+    PRIMARY KEY (schedule, start_date, price)
+);
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.subscription_schedules', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.subscription_schedule_phases', '');
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_settings
+              WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+    ALTER TABLE stripe_billing.subscription_schedules ALTER COLUMN raw SET COMPRESSION lz4;
+  END IF;
+END
+$$;
+-- the reconciliation's phase of subscription schedules
+ALTER TABLE stripe_billing.reconcile_runs DROP CONSTRAINT reconcile_runs_phase_check,
+    ADD CONSTRAINT reconcile_runs_phase_check
+        CHECK (phase IN ('subscriptions', 'customers', 'subscription_schedules'));
+-- ---- end of issue 27, part A ----
 -- new: stripe_billing._lock_keys(text[], text[], text[])
 CREATE FUNCTION stripe_billing._lock_keys(objects text[], customers text[], users text[]) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_lock_keys'
@@ -333,13 +389,15 @@ BEGIN
   INSERT INTO stripe_billing.subscriptions AS t
          (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
           current_period_start, current_period_end, trial_start, trial_end, pause_collection,
-          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account)
+          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account,
+          pause_behavior, pause_resumes_at)
   VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
           stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
           period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
           CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
           stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
-          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account)
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account,
+          o->'pause_collection'->>'behavior', stripe_billing._ts(o->'pause_collection'->'resumes_at'))
   ON CONFLICT (id) DO UPDATE SET
          customer = EXCLUDED.customer, status = EXCLUDED.status, account = EXCLUDED.account,
          cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
@@ -347,6 +405,7 @@ BEGIN
          current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
          trial_start = EXCLUDED.trial_start, trial_end = EXCLUDED.trial_end,
          pause_collection = EXCLUDED.pause_collection, latest_invoice = EXCLUDED.latest_invoice,
+         pause_behavior = EXCLUDED.pause_behavior, pause_resumes_at = EXCLUDED.pause_resumes_at,
          metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
          last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
          refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
@@ -626,7 +685,7 @@ $$;
 -- new: stripe_billing._object_kinds()
 CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
                                              OUT ignored_event_types text[], OUT apply_function text,
-                                             OUT fields text[])
+                                             OUT fields text[], OUT notice_event_types text[])
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'stripe_object_kinds'
 LANGUAGE C STRICT STABLE
@@ -693,6 +752,16 @@ BEGIN
 END
 $$;
 
+-- new: stripe_billing._status_grants(text, text)
+CREATE FUNCTION stripe_billing._status_grants(status text, pause_behavior text)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+  SELECT status OPERATOR(pg_catalog.=) ANY ('{active,trialing,past_due}'::text[])
+     AND (pause_behavior IS NULL
+          OR pg_catalog.current_setting('stripe_billing.paused_collection_access') OPERATOR(pg_catalog.<>) 'revoke')
+$$;
+
 -- changed: stripe_billing._refresh_users_features(text[], text[], text)
 CREATE OR REPLACE FUNCTION stripe_billing._refresh_users_features(targets text[], customer_ids text[] DEFAULT NULL,
                                                        ev_type text DEFAULT NULL) RETURNS void
@@ -731,7 +800,7 @@ BEGIN
             OR (g.source_type = 'product' AND g.source = i.product))
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
-       AND s.status IN ('active', 'trialing', 'past_due')
+       AND stripe_billing._status_grants(s.status, s.pause_behavior)
     UNION ALL
     SELECT c.user_ref, e.lookup_key, NULL
       FROM stripe_billing.customers c
@@ -801,7 +870,7 @@ BEGIN
             OR (g.source_type = 'product' AND g.source = i.product))
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = target AND NOT c.deleted
-       AND s.status IN ('active', 'trialing', 'past_due')
+       AND stripe_billing._status_grants(s.status, s.pause_behavior)
     UNION ALL
     SELECT e.lookup_key, NULL
       FROM stripe_billing.customers c
@@ -1095,40 +1164,21 @@ AS $$
 DECLARE
   item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
                                                     'stripe_preview_price_change', account);
-  at timestamptz := date_trunc('second', clock_timestamp());
-  preview jsonb;
 BEGIN
-  preview := stripe_billing.stripe_api('POST', '/v1/invoices/create_preview', jsonb_strip_nulls(jsonb_build_object(
-      'customer', (SELECT s.customer FROM stripe_billing.subscriptions s
-                    WHERE s.id = subscription_id AND s.account IS NOT DISTINCT FROM stripe_preview_price_change.account),
-      'subscription', subscription_id,
-      'subscription_details', jsonb_build_object(
-          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-                       'id', item_id, 'price', new_price, 'quantity', quantity))),
-          'proration_behavior', proration_behavior,
-          'proration_date', extract(epoch FROM at)::bigint))),
-      NULL, account);
-  RETURN jsonb_build_object(
-      'amount_due', preview->'amount_due', 'total', preview->'total', 'currency', preview->'currency',
-      'proration_date', to_jsonb(at),
-      'lines', (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                    'description', e.l->'description', 'amount', e.l->'amount', 'quantity', e.l->'quantity',
-                    'price', coalesce(e.l->'pricing'->'price_details'->'price', e.l->'price'->'id'),
-                    'proration', coalesce(e.l->'parent'->'subscription_item_details'->'proration', e.l->'proration'),
-                    'period_start', to_jsonb(to_timestamp((e.l->'period'->>'start')::bigint)),
-                    'period_end', to_jsonb(to_timestamp((e.l->'period'->>'end')::bigint)))
-                  ORDER BY e.n), '[]')
-                  FROM jsonb_array_elements(preview->'lines'->'data') WITH ORDINALITY AS e(l, n)));
+  RETURN stripe_billing._preview_item_changes(subscription_id,
+      jsonb_build_array(jsonb_strip_nulls(jsonb_build_object('id', item_id, 'price', new_price, 'quantity', quantity))),
+      proration_behavior, account);
 END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_preview_price_change(text, text, integer, text, text) FROM PUBLIC;
 
--- new: stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text)
+-- new: stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text, text)
 CREATE FUNCTION stripe_billing.stripe_change_price(subscription_id text, new_price text,
                                                    proration_behavior text DEFAULT 'create_prorations',
                                                    quantity integer DEFAULT NULL,
                                                    idempotency_key text DEFAULT NULL,
                                                    proration_date timestamptz DEFAULT NULL,
+                                                   at text DEFAULT 'now',
                                                    account text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -1138,6 +1188,17 @@ DECLARE
   item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
                                                     'stripe_change_price', account);
 BEGIN
+  IF at IS NULL OR at NOT IN ('now', 'period_end') THEN
+    PERFORM stripe_billing._bad_argument('at', 'must be ''now'' or ''period_end''');
+  END IF;
+  IF at = 'period_end' THEN
+    IF proration_date IS NOT NULL THEN
+      PERFORM stripe_billing._bad_argument('proration_date',
+          'must be NULL when at is ''period_end'' (the new price starts at the period end, without prorations)');
+    END IF;
+    RETURN stripe_billing._change_price_at_period_end(subscription_id, new_price, quantity, idempotency_key,
+                                                      account);
+  END IF;
   RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
       jsonb_strip_nulls(jsonb_build_object(
           'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
@@ -1147,7 +1208,7 @@ BEGIN
       idempotency_key, account);
 END
 $$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text)
+REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text, text)
     FROM PUBLIC;
 
 -- changed: stripe_billing.stripe_installation_id()
@@ -2202,7 +2263,8 @@ $$;
 CREATE OR REPLACE FUNCTION stripe_billing._backfill_kinds() RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts'] $$;
+AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts',
+                   'subscription_schedules'] $$;
 
 -- new: stripe_billing._backfill_begin(text[], text)
 CREATE FUNCTION stripe_billing._backfill_begin(kinds text[], for_account text DEFAULT NULL) RETURNS void
@@ -2326,7 +2388,8 @@ BEGIN
 
   path := CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
                     WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
-                    WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts' END;
+                    WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts'
+                    WHEN 'subscription_schedules' THEN '/v1/subscription_schedules' END;
   params := jsonb_strip_nulls(jsonb_build_object(
       'limit', 100, 'starting_after', list_cursor,
       -- (products and prices: active and inactive alike when not asked for one)
@@ -2373,6 +2436,8 @@ BEGIN
   WHEN 'entitlements' THEN
     ANALYZE stripe_billing.entitlement_summaries, stripe_billing.active_entitlements, stripe_billing.user_features;
   WHEN 'accounts' THEN ANALYZE stripe_billing.accounts;
+  WHEN 'subscription_schedules' THEN
+    ANALYZE stripe_billing.subscription_schedules, stripe_billing.subscription_schedule_phases;
   END CASE;
 END
 $$;
@@ -2468,6 +2533,17 @@ END
 $$;
 REVOKE ALL ON PROCEDURE stripe_billing.stripe_backfill(text[], text) FROM PUBLIC;
 
+-- new: stripe_billing._reconcile_phases()
+CREATE FUNCTION stripe_billing._reconcile_phases(OUT phase text, OUT path text, OUT object_type text)
+RETURNS SETOF record
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  VALUES ('subscriptions', '/v1/subscriptions', 'subscription'),
+         ('customers', '/v1/customers', 'customer'),
+         ('subscription_schedules', '/v1/subscription_schedules', 'subscription_schedule')
+$$;
+
 -- new: stripe_billing._reconcile_begin(text, text)
 CREATE FUNCTION stripe_billing._reconcile_begin(reason text, for_account text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -2504,6 +2580,10 @@ BEGIN
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
       FROM jsonb_array_elements(data) o,
            stripe_billing._subscription_drift(coalesce(complete->(o->>'id'), o)) d;
+  ELSIF object_type = 'subscription_schedule' THEN
+    INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
+    SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
+      FROM jsonb_array_elements(data) o, stripe_billing._subscription_schedule_drift(o) d;
   ELSE
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
@@ -2526,6 +2606,9 @@ BEGIN
      WHERE id = ANY (ids) AND last_event_created < snapshot;
     UPDATE stripe_billing.subscription_items SET last_event_created = NULL
      WHERE subscription = ANY (ids) AND last_event_created < snapshot;
+  ELSIF object_type = 'subscription_schedule' THEN
+    UPDATE stripe_billing.subscription_schedules SET last_event_created = NULL
+     WHERE id = ANY (ids) AND last_event_created < snapshot;
   ELSE
     UPDATE stripe_billing.customers SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
@@ -2558,6 +2641,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   r stripe_billing.reconcile_runs;
+  ph record;
+  next_phase text;
   l record;
   c record;
   data jsonb;
@@ -2574,9 +2659,13 @@ BEGIN
     RETURN;
   END IF;
   run := r.id;
+  SELECT * INTO ph FROM stripe_billing._reconcile_phases() p WHERE p.phase = r.phase;
+  SELECT p.phase INTO next_phase FROM stripe_billing._reconcile_phases() WITH ORDINALITY p
+   WHERE p.ordinality > (SELECT q.ordinality FROM stripe_billing._reconcile_phases() WITH ORDINALITY q
+                          WHERE q.phase = r.phase)
+   ORDER BY p.ordinality LIMIT 1;
   BEGIN
-    SELECT * INTO l FROM stripe_billing._list_page(
-        CASE r.phase WHEN 'subscriptions' THEN '/v1/subscriptions' ELSE '/v1/customers' END,
+    SELECT * INTO l FROM stripe_billing._list_page(ph.path,
         jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
                                              'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)),
         account => r.account);
@@ -2587,17 +2676,15 @@ BEGIN
       complete := c.complete;
       n := n + c.requests;
     END IF;
-    c := stripe_billing._reconcile_compare(r.id, CASE r.phase WHEN 'subscriptions' THEN 'subscription'
-                                                               ELSE 'customer' END, data, l.snapshot, complete,
-                                           r.account);
+    c := stripe_billing._reconcile_compare(r.id, ph.object_type, data, l.snapshot, complete, r.account);
     more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
     UPDATE stripe_billing.reconcile_runs g
        SET checked = g.checked + c.checked, drifted = g.drifted + c.drifted, fixed = g.fixed + c.fixed,
            requests = g.requests + n,
            list_cursor = CASE WHEN more THEN data->-1->>'id' END,
-           phase = CASE WHEN NOT more AND g.phase = 'subscriptions' THEN 'customers' ELSE g.phase END,
-           state = CASE WHEN NOT more AND g.phase = 'customers' THEN 'done' ELSE 'running' END,
-           finished_at = CASE WHEN NOT more AND g.phase = 'customers' THEN now() END
+           phase = CASE WHEN NOT more AND next_phase IS NOT NULL THEN next_phase ELSE g.phase END,
+           state = CASE WHEN NOT more AND next_phase IS NULL THEN 'done' ELSE 'running' END,
+           finished_at = CASE WHEN NOT more AND next_phase IS NULL THEN now() END
      WHERE g.id = r.id;
     message := format('stripe_billing reconcile%s: %s %s checked, %s differed, %s fixed',
                       ' of ' || r.account, c.checked, r.phase, c.drifted, c.fixed);
@@ -3208,6 +3295,555 @@ BEGIN
      WHERE s.account IS NULL;
   END LOOP;
   RETURN true;
+END
+$$;
+
+-- new: stripe_billing._apply_subscription_schedule(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_subscription_schedule(o jsonb, ev_type text, ev_id text,
+                                                            ev_created timestamptz, ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  sid text := o->>'id';
+  phases jsonb := o->'phases';
+BEGIN
+  INSERT INTO stripe_billing.subscription_schedules AS t
+         (id, customer, subscription, released_subscription, status, end_behavior,
+          current_phase_start, current_phase_end, released_at, canceled_at, completed_at,
+          metadata, created, raw, last_event_id, last_event_created, account)
+  VALUES (sid, stripe_billing._id(o->'customer'), stripe_billing._id(o->'subscription'),
+          stripe_billing._id(o->'released_subscription'), o->>'status', o->>'end_behavior',
+          stripe_billing._ts(o->'current_phase'->'start_date'), stripe_billing._ts(o->'current_phase'->'end_date'),
+          stripe_billing._ts(o->'released_at'), stripe_billing._ts(o->'canceled_at'),
+          stripe_billing._ts(o->'completed_at'), coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'),
+          o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, subscription = EXCLUDED.subscription,
+         released_subscription = EXCLUDED.released_subscription, status = EXCLUDED.status,
+         end_behavior = EXCLUDED.end_behavior, current_phase_start = EXCLUDED.current_phase_start,
+         current_phase_end = EXCLUDED.current_phase_end, released_at = EXCLUDED.released_at,
+         canceled_at = EXCLUDED.canceled_at, completed_at = EXCLUDED.completed_at,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now(), account = EXCLUDED.account
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status IN ('released', 'canceled', 'completed'),
+                                      EXCLUDED.status IN ('released', 'canceled', 'completed'));
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  -- the phases follow the snapshot just written, as a set
+  DELETE FROM stripe_billing.subscription_schedule_phases WHERE schedule = sid;
+  INSERT INTO stripe_billing.subscription_schedule_phases
+         (schedule, start_date, end_date, price, quantity, trial_end, proration_behavior, account)
+  SELECT sid, stripe_billing._ts(p->'start_date'), stripe_billing._ts(p->'end_date'),
+         stripe_billing._id(i->'price'), (i->>'quantity')::bigint, stripe_billing._ts(p->'trial_end'),
+         p->>'proration_behavior', ev_account
+    FROM jsonb_array_elements(phases) p, jsonb_array_elements(p->'items') i
+  ON CONFLICT DO NOTHING;
+  RETURN 'applied';
+END
+$$;
+
+-- new: stripe_billing.stripe_user_subscriptions(text)
+CREATE FUNCTION stripe_billing.stripe_user_subscriptions(user_ref text)
+RETURNS TABLE (subscription text, status text, price text, quantity bigint, items jsonb,
+               current_period_end timestamptz, cancel_at_period_end boolean,
+               collection_paused text, collection_resumes_at timestamptz,
+               pending_price text, pending_quantity bigint, pending_items jsonb, pending_at timestamptz,
+               schedule text, account text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT s.id, s.status,
+         CASE WHEN jsonb_array_length(it.items) = 1 THEN it.items->0->>'price' END,
+         CASE WHEN jsonb_array_length(it.items) = 1 THEN (it.items->0->>'quantity')::bigint END,
+         it.items, s.current_period_end, s.cancel_at_period_end, s.pause_behavior, s.pause_resumes_at,
+         CASE WHEN jsonb_array_length(nx.items) = 1 THEN nx.items->0->>'price' END,
+         CASE WHEN jsonb_array_length(nx.items) = 1 THEN (nx.items->0->>'quantity')::bigint END,
+         nx.items, nx.start_date, sc.id, s.account
+    FROM stripe_billing.customers c
+    JOIN stripe_billing.subscriptions s ON s.customer = c.id
+    CROSS JOIN LATERAL (
+      SELECT coalesce(jsonb_agg(jsonb_build_object('id', i.id, 'price', i.price, 'quantity', i.quantity)
+                                ORDER BY i.price, i.id), '[]') AS items
+        FROM stripe_billing.subscription_items i
+       WHERE i.subscription = s.id AND NOT i.deleted) it
+    LEFT JOIN LATERAL (
+      SELECT x.id, x.current_phase_start FROM stripe_billing.subscription_schedules x
+       WHERE x.subscription = s.id AND x.status IN ('not_started', 'active')
+       ORDER BY x.created DESC NULLS LAST, x.id LIMIT 1) sc ON true
+    LEFT JOIN LATERAL (
+      SELECT ph.start_date,
+             jsonb_agg(jsonb_build_object('price', ph.price, 'quantity', ph.quantity) ORDER BY ph.price) AS items
+        FROM stripe_billing.subscription_schedule_phases ph
+       WHERE ph.schedule = sc.id AND ph.start_date > coalesce(sc.current_phase_start, '-infinity')
+       GROUP BY ph.start_date ORDER BY ph.start_date LIMIT 1) nx ON true
+   WHERE c.user_ref = stripe_user_subscriptions.user_ref
+   ORDER BY array_position(ARRAY['active', 'trialing', 'past_due', 'unpaid', 'paused', 'incomplete',
+                                 'canceled', 'incomplete_expired'], s.status) NULLS LAST,
+            s.current_period_end DESC NULLS LAST, s.id
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_user_subscriptions(text) FROM PUBLIC;
+
+-- new: stripe_billing._subscription_schedule_drift(jsonb)
+CREATE FUNCTION stripe_billing._subscription_schedule_drift(o jsonb)
+RETURNS TABLE (field text, local_value text, stripe_value text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT 'row', NULL, 'present'
+   WHERE NOT EXISTS (SELECT FROM stripe_billing.subscription_schedules WHERE id = o->>'id')
+  UNION ALL
+  SELECT f.field, f.local_value, f.stripe_value
+    FROM stripe_billing.subscription_schedules l,
+         LATERAL (VALUES
+           ('status', l.status, o->>'status'),
+           ('subscription', l.subscription, stripe_billing._id(o->'subscription')),
+           ('phases',
+            (SELECT string_agg(x, ', ' ORDER BY x)
+               FROM (SELECT extract(epoch FROM ph.start_date)::bigint || ' ' || ph.price || ' x'
+                            || coalesce(ph.quantity::text, '?')
+                       FROM stripe_billing.subscription_schedule_phases ph WHERE ph.schedule = l.id) t(x)),
+            (SELECT string_agg(x, ', ' ORDER BY x)
+               FROM (SELECT (p->>'start_date') || ' ' || stripe_billing._id(i->'price') || ' x'
+                            || coalesce(i->>'quantity', '?')
+                       FROM jsonb_array_elements(o->'phases') p, jsonb_array_elements(p->'items') i) t(x)))
+         ) f(field, local_value, stripe_value)
+   WHERE l.id = o->>'id' AND f.local_value IS DISTINCT FROM f.stripe_value
+$$;
+
+-- new: stripe_billing._check_subscription_call(text, text)
+CREATE FUNCTION stripe_billing._check_subscription_call(subscription_id text, account text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  known_on text;
+BEGIN
+  PERFORM stripe_billing._check_account('account', account);
+  PERFORM stripe_billing._path_id('subscription_id', subscription_id);
+  SELECT s.account INTO known_on FROM stripe_billing.subscriptions s
+   WHERE s.id = subscription_id AND s.account IS DISTINCT FROM _check_subscription_call.account;
+  IF FOUND THEN
+    PERFORM stripe_billing._bad_argument('account',
+        format('must be the account of subscription %s, %s, not %s', subscription_id,
+               coalesce(known_on, 'NULL (the platform''s)'), coalesce(account, 'NULL (the platform''s)')));
+  END IF;
+END
+$$;
+
+-- new: stripe_billing._check_proration_behavior(text)
+CREATE FUNCTION stripe_billing._check_proration_behavior(proration_behavior text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF proration_behavior IS NULL OR proration_behavior NOT IN ('create_prorations', 'always_invoice', 'none') THEN
+    PERFORM stripe_billing._bad_argument('proration_behavior',
+        'must be ''create_prorations'', ''always_invoice'' or ''none''');
+  END IF;
+END
+$$;
+
+-- new: stripe_billing._live_item(text, text)
+CREATE FUNCTION stripe_billing._live_item(subscription_item_id text, account text,
+                                          OUT subscription text, OUT live_items integer)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  known_on text;
+BEGIN
+  PERFORM stripe_billing._check_account('account', account);
+  PERFORM stripe_billing._path_id('subscription_item_id', subscription_item_id);
+  SELECT i.subscription, i.account INTO subscription, known_on
+    FROM stripe_billing.subscription_items i
+   WHERE i.id = subscription_item_id AND NOT i.deleted;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'subscription_item_id % is not a live item of a subscription known here', subscription_item_id
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Items are known from their subscription''s events, or stripe_api(''GET'', ''/v1/subscriptions/<id>'').';
+  END IF;
+  IF known_on IS DISTINCT FROM account THEN
+    PERFORM stripe_billing._bad_argument('account',
+        format('must be the account of subscription item %s, %s, not %s', subscription_item_id,
+               coalesce(known_on, 'NULL (the platform''s)'), coalesce(account, 'NULL (the platform''s)')));
+  END IF;
+  SELECT count(*) INTO live_items FROM stripe_billing.subscription_items i
+   WHERE i.subscription = _live_item.subscription AND NOT i.deleted;
+END
+$$;
+
+-- new: stripe_billing._change_price_at_period_end(text, text, integer, text, text)
+CREATE FUNCTION stripe_billing._change_price_at_period_end(subscription_id text, new_price text, quantity integer,
+                                                           idempotency_key text, account text)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  sub jsonb;
+  sched jsonb;
+  cur jsonb;
+  qty jsonb;
+BEGIN
+  sub := stripe_billing.stripe_api('GET', '/v1/subscriptions/' || subscription_id, '{"expand": ["schedule"]}',
+                                   NULL, account);
+  IF jsonb_typeof(sub->'schedule') = 'object' THEN
+    sched := sub->'schedule';
+  ELSIF jsonb_typeof(sub->'schedule') = 'string' THEN
+    sched := stripe_billing.stripe_api('GET', '/v1/subscription_schedules/'
+                                              || stripe_billing._path_id('schedule', sub->>'schedule'),
+                                       '{}', NULL, account);
+  ELSE
+    -- (the caller's key, when given, makes a retry of the call find the
+    -- same schedule: Stripe replays its creation)
+    sched := stripe_billing.stripe_api('POST', '/v1/subscription_schedules',
+                                       jsonb_build_object('from_subscription', subscription_id),
+                                       CASE WHEN idempotency_key <> '' THEN 'sb_schedule_' || md5(idempotency_key) END,
+                                       account);
+  END IF;
+  SELECT p INTO cur FROM jsonb_array_elements(sched->'phases') p
+   WHERE p->'start_date' = sched->'current_phase'->'start_date';
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'subscription schedule % of subscription % has no current phase (status %)',
+                    sched->>'id', subscription_id, coalesce(sched->>'status', 'unknown')
+          USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'Change a schedule that has not started with stripe_api(''POST'', ''/v1/subscription_schedules/<id>'', ...).';
+  END IF;
+  qty := coalesce(to_jsonb(quantity), sub->'items'->'data'->0->'quantity');
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscription_schedules/' || stripe_billing._path_id('schedule', sched->>'id'),
+      jsonb_build_object(
+          'end_behavior', 'release',
+          'proration_behavior', 'none',
+          'phases', jsonb_build_array(
+              -- the current phase as it is (its prices, dates and trial)
+              jsonb_strip_nulls(jsonb_build_object(
+                  'items', (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                                                 'price', stripe_billing._id(e.i->'price'), 'quantity', e.i->'quantity'))
+                                             ORDER BY e.n)
+                              FROM jsonb_array_elements(cur->'items') WITH ORDINALITY e(i, n)),
+                  'start_date', cur->'start_date', 'end_date', cur->'end_date', 'trial_end', cur->'trial_end')),
+              -- then the new price, from the period's end
+              jsonb_build_object(
+                  'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object('price', new_price, 'quantity', qty))),
+                  'proration_behavior', 'none'))),
+      idempotency_key, account);
+END
+$$;
+
+-- new: stripe_billing.stripe_cancel_pending_change(text, text, text)
+CREATE FUNCTION stripe_billing.stripe_cancel_pending_change(subscription_id text, idempotency_key text DEFAULT NULL,
+                                                            account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  sub jsonb;
+BEGIN
+  PERFORM stripe_billing._check_subscription_call(subscription_id, account);
+  sub := stripe_billing.stripe_api('GET', '/v1/subscriptions/' || subscription_id, '{}', NULL, account);
+  IF stripe_billing._id(sub->'schedule') IS NULL THEN
+    RETURN NULL;
+  END IF;
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscription_schedules/'
+                                           || stripe_billing._path_id('schedule', stripe_billing._id(sub->'schedule'))
+                                           || '/release',
+                                   '{}', idempotency_key, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_cancel_pending_change(text, text, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_pause_subscription(text, text, timestamptz, text, text)
+CREATE FUNCTION stripe_billing.stripe_pause_subscription(subscription_id text, behavior text DEFAULT 'void',
+                                                         resumes_at timestamptz DEFAULT NULL,
+                                                         idempotency_key text DEFAULT NULL, account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._check_subscription_call(subscription_id, account);
+  IF behavior IS NULL OR behavior NOT IN ('void', 'keep_as_draft', 'mark_uncollectible') THEN
+    PERFORM stripe_billing._bad_argument('behavior', 'must be ''void'', ''keep_as_draft'' or ''mark_uncollectible''');
+  END IF;
+  IF resumes_at <= clock_timestamp() THEN
+    PERFORM stripe_billing._bad_argument('resumes_at', format('must be in the future, not %s', resumes_at));
+  END IF;
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+      jsonb_build_object('pause_collection', jsonb_strip_nulls(jsonb_build_object(
+          'behavior', behavior, 'resumes_at', floor(extract(epoch FROM resumes_at))::bigint))),
+      idempotency_key, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_pause_subscription(text, text, timestamptz, text, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_unpause_subscription(text, text, text)
+CREATE FUNCTION stripe_billing.stripe_unpause_subscription(subscription_id text, idempotency_key text DEFAULT NULL,
+                                                           account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._check_subscription_call(subscription_id, account);
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+                                   '{"pause_collection": null}', idempotency_key, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_unpause_subscription(text, text, text) FROM PUBLIC;
+
+-- new: stripe_billing._change_items(text, jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._change_items(subscription_id text, items jsonb, proration_behavior text,
+                                             idempotency_key text, proration_date timestamptz, account text)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
+      jsonb_strip_nulls(jsonb_build_object(
+          'items', items, 'proration_behavior', proration_behavior,
+          'proration_date', extract(epoch FROM proration_date)::bigint)),
+      idempotency_key, account);
+END
+$$;
+
+-- new: stripe_billing.stripe_add_item(text, text, integer, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing.stripe_add_item(subscription_id text, price text, quantity integer DEFAULT 1,
+                                               proration_behavior text DEFAULT 'create_prorations',
+                                               idempotency_key text DEFAULT NULL,
+                                               proration_date timestamptz DEFAULT NULL, account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  existing text;
+BEGIN
+  PERFORM stripe_billing._check_subscription_call(subscription_id, account);
+  IF coalesce(price, '') = '' THEN
+    PERFORM stripe_billing._bad_argument('price', 'must not be empty');
+  END IF;
+  IF quantity IS NULL OR quantity < 1 THEN
+    PERFORM stripe_billing._bad_argument('quantity', 'must be at least 1');
+  END IF;
+  PERFORM stripe_billing._check_proration_behavior(proration_behavior);
+  SELECT i.id INTO existing FROM stripe_billing.subscription_items i
+   WHERE i.subscription = subscription_id AND i.price = stripe_add_item.price AND NOT i.deleted;
+  IF FOUND THEN
+    PERFORM stripe_billing._bad_argument('price',
+        format('%s is already the price of item %s of subscription %s: change its quantity with stripe_set_quantity',
+               price, existing, subscription_id));
+  END IF;
+  RETURN stripe_billing._change_items(subscription_id,
+      jsonb_build_array(jsonb_build_object('price', price, 'quantity', quantity)),
+      proration_behavior, idempotency_key, proration_date, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_add_item(text, text, integer, text, text, timestamptz, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_remove_item(text, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing.stripe_remove_item(subscription_item_id text,
+                                                  proration_behavior text DEFAULT 'create_prorations',
+                                                  idempotency_key text DEFAULT NULL,
+                                                  proration_date timestamptz DEFAULT NULL, account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item record;
+BEGIN
+  item := stripe_billing._live_item(subscription_item_id, account);
+  PERFORM stripe_billing._check_proration_behavior(proration_behavior);
+  IF item.live_items < 2 THEN
+    RAISE EXCEPTION 'subscription item % is the only live item of subscription %', subscription_item_id,
+                    item.subscription
+          USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'Cancel the subscription with stripe_cancel_subscription() instead.';
+  END IF;
+  RETURN stripe_billing._change_items(item.subscription,
+      jsonb_build_array(jsonb_build_object('id', subscription_item_id, 'deleted', true)),
+      proration_behavior, idempotency_key, proration_date, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_remove_item(text, text, text, timestamptz, text) FROM PUBLIC;
+
+-- new: stripe_billing.stripe_set_quantity(text, integer, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing.stripe_set_quantity(subscription_item_id text, quantity integer,
+                                                   proration_behavior text DEFAULT 'create_prorations',
+                                                   idempotency_key text DEFAULT NULL,
+                                                   proration_date timestamptz DEFAULT NULL, account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  item record;
+BEGIN
+  item := stripe_billing._live_item(subscription_item_id, account);
+  IF quantity IS NULL OR quantity < 1 THEN
+    PERFORM stripe_billing._bad_argument('quantity', 'must be at least 1');
+  END IF;
+  PERFORM stripe_billing._check_proration_behavior(proration_behavior);
+  RETURN stripe_billing._change_items(item.subscription,
+      jsonb_build_array(jsonb_build_object('id', subscription_item_id, 'quantity', quantity)),
+      proration_behavior, idempotency_key, proration_date, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_set_quantity(text, integer, text, text, timestamptz, text)
+    FROM PUBLIC;
+
+-- new: stripe_billing._check_item_changes(jsonb)
+CREATE FUNCTION stripe_billing._check_item_changes(items jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  e record;
+  name text;
+  key text;
+BEGIN
+  IF items IS NULL OR jsonb_typeof(items) <> 'array' OR jsonb_array_length(items) = 0 THEN
+    PERFORM stripe_billing._bad_argument('items', 'must be a non-empty JSON array of item changes');
+  END IF;
+  FOR e IN SELECT x.v, x.n - 1 AS k FROM jsonb_array_elements(items) WITH ORDINALITY x(v, n) LOOP
+    name := format('items[%s]', e.k);
+    IF jsonb_typeof(e.v) <> 'object' THEN
+      PERFORM stripe_billing._bad_argument(name, 'must be an object');
+    END IF;
+    SELECT k INTO key FROM jsonb_object_keys(e.v) k WHERE k NOT IN ('id', 'price', 'quantity', 'deleted') LIMIT 1;
+    IF FOUND THEN
+      PERFORM stripe_billing._bad_argument(name || '.' || key, 'is not a field of an item change (id, price, quantity, deleted)');
+    END IF;
+    IF e.v ? 'id' AND (jsonb_typeof(e.v->'id') <> 'string' OR e.v->>'id' !~ '^[A-Za-z0-9_]{1,255}$') THEN
+      PERFORM stripe_billing._bad_argument(name || '.id', 'must be a Stripe id (letters, digits and _, at most 255)');
+    END IF;
+    IF e.v ? 'price' AND (jsonb_typeof(e.v->'price') <> 'string' OR e.v->>'price' = '') THEN
+      PERFORM stripe_billing._bad_argument(name || '.price', 'must be a non-empty string');
+    END IF;
+    IF e.v ? 'quantity' AND (jsonb_typeof(e.v->'quantity') <> 'number' OR e.v->>'quantity' !~ '^[0-9]{1,9}$'
+                             OR (e.v->>'quantity')::integer < 1) THEN
+      PERFORM stripe_billing._bad_argument(name || '.quantity', 'must be an integer of at least 1');
+    END IF;
+    IF e.v ? 'deleted' AND jsonb_typeof(e.v->'deleted') <> 'boolean' THEN
+      PERFORM stripe_billing._bad_argument(name || '.deleted', 'must be a boolean');
+    END IF;
+    IF coalesce((e.v->>'deleted')::boolean, false) AND (NOT e.v ? 'id' OR e.v ? 'price' OR e.v ? 'quantity') THEN
+      PERFORM stripe_billing._bad_argument(name, 'removes an item: it takes id and deleted only');
+    END IF;
+    IF NOT e.v ? 'id' AND NOT e.v ? 'price' THEN
+      PERFORM stripe_billing._bad_argument(name, 'must name an item (id) or a price for a new one');
+    END IF;
+  END LOOP;
+END
+$$;
+
+-- new: stripe_billing._preview_item_changes(text, jsonb, text, text)
+CREATE FUNCTION stripe_billing._preview_item_changes(subscription_id text, items jsonb, proration_behavior text,
+                                                     account text)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  at timestamptz := date_trunc('second', clock_timestamp());
+  preview jsonb;
+BEGIN
+  preview := stripe_billing.stripe_api('POST', '/v1/invoices/create_preview', jsonb_strip_nulls(jsonb_build_object(
+      'customer', (SELECT s.customer FROM stripe_billing.subscriptions s
+                    WHERE s.id = subscription_id AND s.account IS NOT DISTINCT FROM _preview_item_changes.account),
+      'subscription', subscription_id,
+      'subscription_details', jsonb_build_object(
+          'items', items,
+          'proration_behavior', proration_behavior,
+          'proration_date', extract(epoch FROM at)::bigint))),
+      NULL, account);
+  RETURN jsonb_build_object(
+      'amount_due', preview->'amount_due', 'total', preview->'total', 'currency', preview->'currency',
+      'proration_date', to_jsonb(at),
+      'lines', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'description', e.l->'description', 'amount', e.l->'amount', 'quantity', e.l->'quantity',
+                    'price', coalesce(e.l->'pricing'->'price_details'->'price', e.l->'price'->'id'),
+                    'proration', coalesce(e.l->'parent'->'subscription_item_details'->'proration', e.l->'proration'),
+                    'period_start', to_jsonb(to_timestamp((e.l->'period'->>'start')::bigint)),
+                    'period_end', to_jsonb(to_timestamp((e.l->'period'->>'end')::bigint)))
+                  ORDER BY e.n), '[]')
+                  FROM jsonb_array_elements(preview->'lines'->'data') WITH ORDINALITY AS e(l, n)));
+END
+$$;
+
+-- new: stripe_billing.stripe_preview_items(text, jsonb, text, text)
+CREATE FUNCTION stripe_billing.stripe_preview_items(subscription_id text, items jsonb,
+                                                    proration_behavior text DEFAULT 'create_prorations',
+                                                    account text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  PERFORM stripe_billing._check_subscription_call(subscription_id, account);
+  PERFORM stripe_billing._check_item_changes(items);
+  PERFORM stripe_billing._check_proration_behavior(proration_behavior);
+  RETURN stripe_billing._preview_item_changes(subscription_id, items, proration_behavior, account);
+END
+$$;
+REVOKE ALL ON FUNCTION stripe_billing.stripe_preview_items(text, jsonb, text, text) FROM PUBLIC;
+
+-- new: stripe_billing._notice_id(jsonb)
+CREATE FUNCTION stripe_billing._notice_id(v jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT CASE WHEN pg_catalog.octet_length(x) OPERATOR(pg_catalog.<=) 255 THEN x END
+    FROM (SELECT CASE pg_catalog.jsonb_typeof(v)
+                   WHEN 'string' THEN v OPERATOR(pg_catalog.#>>) '{}'
+                   WHEN 'object' THEN CASE WHEN pg_catalog.jsonb_typeof(v OPERATOR(pg_catalog.->) 'id')
+                                                OPERATOR(pg_catalog.=) 'string'
+                                           THEN v OPERATOR(pg_catalog.->>) 'id' END END) s(x)
+$$;
+
+-- new: stripe_billing._notice_int(jsonb)
+CREATE FUNCTION stripe_billing._notice_int(v jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+  SELECT CASE WHEN pg_catalog.jsonb_typeof(v) OPERATOR(pg_catalog.=) 'number'
+               AND (v OPERATOR(pg_catalog.#>>) '{}') OPERATOR(pg_catalog.~) '^-?[0-9]{1,15}$'
+              THEN (v OPERATOR(pg_catalog.#>>) '{}')::pg_catalog.int8 END
+$$;
+
+-- new: stripe_billing._notify_event(jsonb, text)
+CREATE FUNCTION stripe_billing._notify_event(ev jsonb, ev_account text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  o jsonb := CASE WHEN jsonb_typeof(ev->'data'->'object') = 'object' THEN ev->'data'->'object' ELSE '{}' END;
+  ev_type text := stripe_billing._notice_id(ev->'type');
+  ev_id text := stripe_billing._notice_id(ev->'id');
+  customer_id text := stripe_billing._notice_id(o->'customer');
+  user_ref text := (SELECT c.user_ref FROM stripe_billing.customers c WHERE c.id = customer_id);
+BEGIN
+  IF ev_type = 'invoice.upcoming' THEN
+    PERFORM pg_notify('stripe_billing', json_build_object(
+        'event_type', ev_type, 'event_id', ev_id, 'user_ref', user_ref, 'customer', customer_id,
+        'subscription', coalesce(stripe_billing._notice_id(o->'subscription'),
+                                 stripe_billing._notice_id(o->'parent'->'subscription_details'->'subscription')),
+        'account', ev_account, 'amount_due', stripe_billing._notice_int(o->'amount_due'),
+        'currency', CASE WHEN jsonb_typeof(o->'currency') = 'string' AND octet_length(o->>'currency') <= 10
+                         THEN o->>'currency' END,
+        'next_payment_attempt', stripe_billing._notice_int(o->'next_payment_attempt'))::text);
+  ELSE
+    PERFORM pg_notify('stripe_billing', json_build_object(
+        'event_type', ev_type, 'event_id', ev_id, 'user_ref', user_ref, 'customer', customer_id,
+        'subscription', stripe_billing._notice_id(o->'id'), 'account', ev_account,
+        'trial_end', stripe_billing._notice_int(o->'trial_end'))::text);
+  END IF;
 END
 $$;
 

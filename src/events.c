@@ -871,6 +871,87 @@ check_livemode(const EventHeader *header)
 				 errhint("stripe_billing.livemode selects the mode; an endpoint of the other mode is sending here.")));
 }
 
+/*
+ * Notices: events that have no row of their own (an upcoming invoice, a
+ * trial about to end; kinds.c's notice_types) are announced to the
+ * application on the channel of feature changes by
+ * stripe_billing._notify_event(event, account), once, when the event is
+ * first recorded (not when delivered again, nor re-applied), after its
+ * object was mapped.  The notification is a hint, sent at commit: one that
+ * fails (it should not: the function reads the event defensively) is
+ * rolled back alone with a WARNING, and the event stays recorded.
+ */
+static bool notifier_valid = false;
+static bool notifier_exists = false;
+static FmgrInfo notifier;
+
+static void
+invalidate_notifier(Datum arg, int cacheid, uint32 hashvalue)
+{
+	notifier_valid = false;
+}
+
+/* A notice to send, as run_guarded work. */
+typedef struct NoticeWork
+{
+	Jsonb	   *event;
+	const EventHeader *header;
+} NoticeWork;
+
+static void
+notice_work(void *arg)
+{
+	NoticeWork *w = (NoticeWork *) arg;
+	LOCAL_FCINFO(fcinfo, 2);
+
+	InitFunctionCallInfoData(*fcinfo, &notifier, 2, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = JsonbPGetDatum(w->event);
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = w->header->account ? CStringGetTextDatum(w->header->account) : (Datum) 0;
+	fcinfo->args[1].isnull = w->header->account == NULL;
+	(void) FunctionCallInvoke(fcinfo);
+}
+
+/*
+ * Announces a newly recorded event, when its type is a notice (see above);
+ * nothing before ALTER EXTENSION UPDATE brings _notify_event.
+ */
+static void
+notice_event(Jsonb *event, const EventHeader *header)
+{
+	static bool callback_registered = false;
+	NoticeWork	w = {event, header};
+	ErrorData  *edata;
+
+	if (!sb_event_type_is_notice(header->type, header->kind))
+		return;
+	if (!callback_registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, invalidate_notifier, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!notifier_valid)
+	{
+		Oid			argtypes[2] = {JSONBOID, TEXTOID};
+		Oid			fn = sb_extension_function("_notify_event", 2, argtypes, true);
+
+		notifier_exists = OidIsValid(fn);
+		if (notifier_exists)
+			fmgr_info_cxt(fn, &notifier, TopMemoryContext);
+		notifier_valid = true;
+	}
+	if (!notifier_exists)
+		return;
+	edata = run_guarded(notice_work, &w);
+	if (edata != NULL)
+	{
+		ereport(WARNING,
+				(errmsg("stripe_billing: the notice of event %s (%s) was not sent: %s",
+						header->id, header->type, edata->message)));
+		FreeErrorData(edata);
+	}
+}
+
 /* Takes the locks that mapping one object needs, in the global order (locks.c). */
 static void
 lock_objects(JsonbContainer *object, const char *kind, const char *account)
@@ -927,6 +1008,8 @@ sb_apply_event(Jsonb *event, const char *source)
 		if (strcmp(outcome, "applied") != 0)
 			ledger_set_outcome(header.id, outcome, error);
 	}
+	if (strcmp(outcome, "duplicate") != 0)
+		notice_event(event, &header);
 
 	SPI_finish();
 	return outcome;
@@ -1367,6 +1450,10 @@ run_batch(EventBatch *b, bool skip_malformed)
 		elog(ERROR, "SPI_connect failed");
 	record_batch(b);
 	apply_batch(b);
+	/* the notices of the events this batch recorded, in its order */
+	for (int i = 0; i < b->n; i++)
+		if (!b->skipped[i] && strcmp(b->outcomes[i], "duplicate") != 0)
+			notice_event(b->events[i], &b->headers[i]);
 	SPI_finish();
 }
 

@@ -27,6 +27,7 @@ bool		sb_livemode = false;
 int			sb_webhook_tolerance = 300;
 int			sb_past_due_grace = 0;
 int			sb_access_slack = 86400;
+int			sb_paused_collection_access = SB_PAUSED_COLLECTION_KEEP;
 char	   *sb_test_clock = NULL;
 char	   *sb_api_base = NULL;
 char	   *sb_api_version = NULL;
@@ -121,6 +122,13 @@ static const struct config_enum_entry usage_api_options[] = {
 	{NULL, 0, false}
 };
 
+/* The values of stripe_billing.paused_collection_access. */
+static const struct config_enum_entry paused_collection_access_options[] = {
+	{"keep", SB_PAUSED_COLLECTION_KEEP, false},
+	{"revoke", SB_PAUSED_COLLECTION_REVOKE, false},
+	{NULL, 0, false}
+};
+
 /* Defines the settings and reserves their prefix (from _PG_init). */
 void
 sb_define_settings(void)
@@ -178,6 +186,16 @@ sb_define_settings(void)
 							PGC_SUSET,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("stripe_billing.paused_collection_access",
+							 "What a subscription whose collection is paused grants: keep (its features, as Stripe keeps it active) or revoke (none).",
+							 "After a change, run stripe_refresh_entitlements().",
+							 &sb_paused_collection_access,
+							 SB_PAUSED_COLLECTION_KEEP,
+							 paused_collection_access_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomStringVariable("stripe_billing.test_clock",
 							   "For tests: the time entitlement checks use instead of now().",

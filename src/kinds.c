@@ -121,6 +121,8 @@ static const SbField subscription_fields[] = {
 	{"trial_start", J_TIME, false},
 	{"trial_end", J_TIME, false},
 	{"pause_collection", J_OBJ, false},
+	{"pause_collection.behavior", J_STR, false},
+	{"pause_collection.resumes_at", J_TIME, false},
 	{"latest_invoice", J_ID, false},
 	{"metadata", J_OBJ, false},
 	USER_REF_FIELDS,
@@ -309,6 +311,37 @@ static const SbField application_fields[] = {
 	{NULL}
 };
 
+/*
+ * Subscription schedules (plan changes at a later date): the schedule and
+ * its phases, each phase's prices (one row per price of a phase, so a price
+ * appears once in a phase).
+ */
+static const SbField subscription_schedule_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"customer", J_ID, false},
+	{"subscription", J_ID, false},
+	{"released_subscription", J_ID, false},
+	{"status", J_STR, true},
+	{"end_behavior", J_STR, false},
+	{"current_phase", J_OBJ, false},
+	{"current_phase.start_date", J_TIME, false},
+	{"current_phase.end_date", J_TIME, false},
+	{"released_at", J_TIME, false},
+	{"canceled_at", J_TIME, false},
+	{"completed_at", J_TIME, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{"phases", J_ARR, true},
+	{"phases[].start_date", J_TIME, true},
+	{"phases[].end_date", J_TIME, false},
+	{"phases[].trial_end", J_TIME, false},
+	{"phases[].proration_behavior", J_STR, false},
+	{"phases[].items", J_ARR, true},
+	{"phases[].items[].price", J_ID | J_UNIQUE, true},
+	{"phases[].items[].quantity", J_INT, false},
+	{NULL}
+};
+
 const SbObjectKind sb_object_kinds[] = {
 	{
 		.name = "customer",
@@ -350,6 +383,8 @@ const SbObjectKind sb_object_kinds[] = {
 	{
 		.name = "subscription",
 		.event_types = {"customer.subscription."},
+		/* (its subscription is applied too) */
+		.notice_types = {"customer.subscription.trial_will_end"},
 		.apply_function = "_apply_subscription",
 		.apply_takes_type = true,
 		.fields = subscription_fields,
@@ -363,6 +398,7 @@ const SbObjectKind sb_object_kinds[] = {
 		.event_types = {"invoice."},
 		/* a preview without an id: nothing to keep */
 		.ignored_types = {"invoice.upcoming"},
+		.notice_types = {"invoice.upcoming"},
 		.apply_function = "_apply_invoice",
 		.apply_takes_type = true,
 		.fields = invoice_fields,
@@ -455,6 +491,17 @@ const SbObjectKind sb_object_kinds[] = {
 		.apply_function = "_apply_account_application",
 		.apply_takes_type = true,
 		.fields = application_fields,
+	},
+	/* ---- subscription schedules (issue 27, part A) ---- */
+	{
+		/* a schedule's phases; the subscription event changes features */
+		.name = "subscription_schedule",
+		.event_types = {"subscription_schedule."},
+		.apply_function = "_apply_subscription_schedule",
+		.apply_takes_type = true,
+		.fields = subscription_schedule_fields,
+		.row_kind = "subscription_schedule",
+		.row_ids = {"id"},
 	},
 };
 
@@ -616,6 +663,24 @@ stripe_thin_mapping(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
+/*
+ * Is an event of this type, whose object is of this kind, announced to the
+ * application when it is first recorded (an upcoming invoice, a trial about
+ * to end)?  Such events have no row of their own to watch.
+ */
+bool
+sb_event_type_is_notice(const char *type, const char *kind)
+{
+	const SbObjectKind *k;
+
+	if (kind == NULL || (k = sb_object_kind(kind)) == NULL)
+		return false;
+	for (int i = 0; i < lengthof(k->notice_types) && k->notice_types[i]; i++)
+		if (strcmp(type, k->notice_types[i]) == 0)
+			return true;
+	return false;
+}
+
 /* A text[] of the non-NULL strings among the first n of strings. */
 static Datum
 text_array(const char *const *strings, int n)
@@ -630,7 +695,7 @@ text_array(const char *const *strings, int n)
 
 /*
  * stripe_billing._object_kinds() -> setof (kind, event_types,
- * ignored_event_types, apply_function, fields)
+ * ignored_event_types, apply_function, fields, notice_event_types)
  *
  * The table above, for tests (object_kinds) and for inspection.
  */
@@ -645,8 +710,8 @@ stripe_object_kinds(PG_FUNCTION_ARGS)
 		const SbObjectKind *kind = &sb_object_kinds[i];
 		const char **paths;
 		int			npaths = 0;
-		Datum		values[5];
-		bool		nulls[5] = {false};
+		Datum		values[6];
+		bool		nulls[6] = {false};
 
 		while (kind->fields[npaths].path)
 			npaths++;
@@ -658,6 +723,7 @@ stripe_object_kinds(PG_FUNCTION_ARGS)
 		values[2] = text_array(kind->ignored_types, lengthof(kind->ignored_types));
 		values[3] = CStringGetTextDatum(kind->apply_function);
 		values[4] = text_array(paths, npaths);
+		values[5] = text_array(kind->notice_types, lengthof(kind->notice_types));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

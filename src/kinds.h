@@ -46,6 +46,9 @@ typedef struct SbObjectKind
 	const char *event_types[3]; /* exact types, or prefixes ending in '.' */
 	const char *ignored_types[2];	/* of those, types whose object is not
 									 * kept (recorded as ignored) */
+	const char *notice_types[2];	/* types announced to the application
+									 * (NOTIFY stripe_billing) when first
+									 * recorded: events that have no row */
 	const char *apply_function; /* in schema stripe_billing */
 	bool		apply_takes_type;	/* f(o, ev_type, ev_id, ev_created), or
 									 * without ev_type */
@@ -58,11 +61,12 @@ typedef struct SbObjectKind
 	const char *user_refs[5];	/* a user it names: the first non-empty one */
 } SbObjectKind;
 
-#define SB_NUM_OBJECT_KINDS 15
+#define SB_NUM_OBJECT_KINDS 16
 extern const SbObjectKind sb_object_kinds[];
 
 extern const SbObjectKind *sb_object_kind(const char *name);
 extern bool sb_event_type_is_mapped(const char *type, const char *kind);
+extern bool sb_event_type_is_notice(const char *type, const char *kind);
 
 /*
  * What the worker does with a thin event (a v2.core.event notification),

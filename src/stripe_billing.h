@@ -109,6 +109,10 @@ extern char *sb_meter_events_base;
 #define SB_USAGE_API_V2 2
 #define SB_USAGE_API_V1 1
 extern int	sb_usage_api;
+/* stripe_billing.paused_collection_access: what a paused collection grants */
+#define SB_PAUSED_COLLECTION_KEEP 0
+#define SB_PAUSED_COLLECTION_REVOKE 1
+extern int	sb_paused_collection_access;
 extern int	sb_usage_concurrency;
 extern bool sb_thin_events;
 

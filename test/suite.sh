@@ -53,6 +53,7 @@ integration concurrency_stress bash test/integration/concurrency_stress.sh
 integration search_path_hijack bash test/integration/search_path_hijack.sh
 integration dump_restore bash test/integration/dump_restore.sh
 integration api_calls bash test/integration/api_calls.sh
+integration subscription_changes bash test/integration/subscription_changes.sh
 integration usage_outbox bash test/integration/usage_outbox.sh
 integration subtransactions bash test/integration/subtransactions.sh
 integration worker bash test/integration/worker.sh

@@ -108,7 +108,11 @@ CREATE TABLE stripe_billing.subscriptions (
     last_event_created   timestamptz,
     refetch              boolean NOT NULL DEFAULT false,
     updated_at           timestamptz NOT NULL DEFAULT now(),
-    account            text             -- the connected account (acct_...); NULL: the platform's own
+    account            text,            -- the connected account (acct_...); NULL: the platform's own
+    -- pause_collection, typed: void | keep_as_draft | mark_uncollectible
+    -- while collection is paused (the status stays active), else NULL
+    pause_behavior       text,
+    pause_resumes_at     timestamptz    -- when collection resumes by itself (NULL: when unpaused)
 );
 CREATE INDEX subscriptions_customer_idx ON stripe_billing.subscriptions (customer);
 

@@ -198,13 +198,15 @@ BEGIN
   INSERT INTO stripe_billing.subscriptions AS t
          (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
           current_period_start, current_period_end, trial_start, trial_end, pause_collection,
-          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account)
+          latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account,
+          pause_behavior, pause_resumes_at)
   VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
           stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
           period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
           CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
           stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
-          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account)
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account,
+          o->'pause_collection'->>'behavior', stripe_billing._ts(o->'pause_collection'->'resumes_at'))
   ON CONFLICT (id) DO UPDATE SET
          customer = EXCLUDED.customer, status = EXCLUDED.status, account = EXCLUDED.account,
          cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
@@ -212,6 +214,7 @@ BEGIN
          current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
          trial_start = EXCLUDED.trial_start, trial_end = EXCLUDED.trial_end,
          pause_collection = EXCLUDED.pause_collection, latest_invoice = EXCLUDED.latest_invoice,
+         pause_behavior = EXCLUDED.pause_behavior, pause_resumes_at = EXCLUDED.pause_resumes_at,
          metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
          last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
          refetch = EXCLUDED.refetch OR coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
@@ -487,12 +490,13 @@ END
 $$;
 
 -- The kinds of Stripe object mapped, as kinds.c declares them: the event
--- types that carry each, the function above that applies it, and the
--- fields its shape is checked for (every field that function reads; the
--- regression test object_kinds holds them to it).
+-- types that carry each, the function above that applies it, the fields
+-- its shape is checked for (every field that function reads; the
+-- regression test object_kinds holds them to it), and the event types
+-- announced to the application when recorded (_notify_event).
 CREATE FUNCTION stripe_billing._object_kinds(OUT kind text, OUT event_types text[],
                                              OUT ignored_event_types text[], OUT apply_function text,
-                                             OUT fields text[])
+                                             OUT fields text[], OUT notice_event_types text[])
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'stripe_object_kinds'
 LANGUAGE C STRICT STABLE

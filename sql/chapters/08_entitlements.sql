@@ -74,6 +74,21 @@ AS $$
                cancel_at)
 $$;
 
+-- Does a subscription of this status grant its items' features?  active,
+-- trialing and past_due do (the last within _access_ends' grace); paused
+-- (a trial that ended without a payment method), unpaid, incomplete and
+-- the ended ones do not.  A subscription whose collection is paused
+-- (pause_collection: Stripe keeps it active, the service goes on unpaid)
+-- keeps them, unless stripe_billing.paused_collection_access is 'revoke'.
+CREATE FUNCTION stripe_billing._status_grants(status text, pause_behavior text)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+  SELECT status OPERATOR(pg_catalog.=) ANY ('{active,trialing,past_due}'::text[])
+     AND (pause_behavior IS NULL
+          OR pg_catalog.current_setting('stripe_billing.paused_collection_access') OPERATOR(pg_catalog.<>) 'revoke')
+$$;
+
 -- Recomputes the features of users (several at once: a listed page's);
 -- writes only what changed.  customer_ids[i], when given, is the customer
 -- that made targets[i] due (for the notification).  (PL/pgSQL, not SQL: on
@@ -116,7 +131,7 @@ BEGIN
             OR (g.source_type = 'product' AND g.source = i.product))
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
-       AND s.status IN ('active', 'trialing', 'past_due')
+       AND stripe_billing._status_grants(s.status, s.pause_behavior)
     UNION ALL
     SELECT c.user_ref, e.lookup_key, NULL
       FROM stripe_billing.customers c
@@ -190,7 +205,7 @@ BEGIN
             OR (g.source_type = 'product' AND g.source = i.product))
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = target AND NOT c.deleted
-       AND s.status IN ('active', 'trialing', 'past_due')
+       AND stripe_billing._status_grants(s.status, s.pause_behavior)
     UNION ALL
     SELECT e.lookup_key, NULL
       FROM stripe_billing.customers c
@@ -266,7 +281,7 @@ END
 $$;
 
 -- Recomputes every user's features (after a grant changes, or the grace
--- settings do); returns the number of users looked at.
+-- or paused collection settings do); returns the number of users looked at.
 CREATE FUNCTION stripe_billing.stripe_refresh_entitlements() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

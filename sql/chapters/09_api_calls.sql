@@ -231,7 +231,8 @@ $$;
 -- now, to the second); nothing changes, here or at Stripe.  Returns
 -- {amount_due, total, currency, proration_date, lines: [{description,
 -- amount, quantity, price, proration, period_start, period_end}]}; pass
--- proration_date to stripe_change_price to be charged exactly that.
+-- proration_date to stripe_change_price to be charged exactly that.  (The
+-- preview itself: _preview_item_changes, chapter 21.)
 CREATE FUNCTION stripe_billing.stripe_preview_price_change(subscription_id text, new_price text,
                                                            quantity integer DEFAULT NULL,
                                                            proration_behavior text DEFAULT 'create_prorations',
@@ -243,41 +244,28 @@ AS $$
 DECLARE
   item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
                                                     'stripe_preview_price_change', account);
-  at timestamptz := date_trunc('second', clock_timestamp());
-  preview jsonb;
 BEGIN
-  preview := stripe_billing.stripe_api('POST', '/v1/invoices/create_preview', jsonb_strip_nulls(jsonb_build_object(
-      'customer', (SELECT s.customer FROM stripe_billing.subscriptions s
-                    WHERE s.id = subscription_id AND s.account IS NOT DISTINCT FROM stripe_preview_price_change.account),
-      'subscription', subscription_id,
-      'subscription_details', jsonb_build_object(
-          'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-                       'id', item_id, 'price', new_price, 'quantity', quantity))),
-          'proration_behavior', proration_behavior,
-          'proration_date', extract(epoch FROM at)::bigint))),
-      NULL, account);
-  RETURN jsonb_build_object(
-      'amount_due', preview->'amount_due', 'total', preview->'total', 'currency', preview->'currency',
-      'proration_date', to_jsonb(at),
-      'lines', (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                    'description', e.l->'description', 'amount', e.l->'amount', 'quantity', e.l->'quantity',
-                    'price', coalesce(e.l->'pricing'->'price_details'->'price', e.l->'price'->'id'),
-                    'proration', coalesce(e.l->'parent'->'subscription_item_details'->'proration', e.l->'proration'),
-                    'period_start', to_jsonb(to_timestamp((e.l->'period'->>'start')::bigint)),
-                    'period_end', to_jsonb(to_timestamp((e.l->'period'->>'end')::bigint)))
-                  ORDER BY e.n), '[]')
-                  FROM jsonb_array_elements(preview->'lines'->'data') WITH ORDINALITY AS e(l, n)));
+  RETURN stripe_billing._preview_item_changes(subscription_id,
+      jsonb_build_array(jsonb_strip_nulls(jsonb_build_object('id', item_id, 'price', new_price, 'quantity', quantity))),
+      proration_behavior, account);
 END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_preview_price_change(text, text, integer, text, text) FROM PUBLIC;
 
--- Moves a single-item subscription to another price; with proration_date
--- (a preview's), Stripe prorates as of then, as the preview showed.
+-- Moves a single-item subscription to another price: now (with
+-- proration_date, a preview's, Stripe prorates as of then, as the preview
+-- showed), or at => 'period_end': from the current period's end, without
+-- prorations, through a subscription schedule (see
+-- _change_price_at_period_end; proration_behavior is then not used, and
+-- proration_date must be NULL); a change pending from an earlier call is
+-- replaced, stripe_cancel_pending_change takes it back.  Returns the
+-- subscription (now) or its schedule (period_end).
 CREATE FUNCTION stripe_billing.stripe_change_price(subscription_id text, new_price text,
                                                    proration_behavior text DEFAULT 'create_prorations',
                                                    quantity integer DEFAULT NULL,
                                                    idempotency_key text DEFAULT NULL,
                                                    proration_date timestamptz DEFAULT NULL,
+                                                   at text DEFAULT 'now',
                                                    account text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -287,6 +275,17 @@ DECLARE
   item_id text := stripe_billing._price_change_item(subscription_id, new_price, proration_behavior, quantity,
                                                     'stripe_change_price', account);
 BEGIN
+  IF at IS NULL OR at NOT IN ('now', 'period_end') THEN
+    PERFORM stripe_billing._bad_argument('at', 'must be ''now'' or ''period_end''');
+  END IF;
+  IF at = 'period_end' THEN
+    IF proration_date IS NOT NULL THEN
+      PERFORM stripe_billing._bad_argument('proration_date',
+          'must be NULL when at is ''period_end'' (the new price starts at the period end, without prorations)');
+    END IF;
+    RETURN stripe_billing._change_price_at_period_end(subscription_id, new_price, quantity, idempotency_key,
+                                                      account);
+  END IF;
   RETURN stripe_billing.stripe_api('POST', '/v1/subscriptions/' || subscription_id,
       jsonb_strip_nulls(jsonb_build_object(
           'items', jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
@@ -296,6 +295,5 @@ BEGIN
       idempotency_key, account);
 END
 $$;
-REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text)
+REVOKE ALL ON FUNCTION stripe_billing.stripe_change_price(text, text, text, integer, text, timestamptz, text, text)
     FROM PUBLIC;
-

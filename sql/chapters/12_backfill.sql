@@ -106,11 +106,13 @@ SELECT kind, state, pages, objects, requests, started_at, finished_at, last_erro
  ORDER BY account NULLS FIRST, ordinal;
 
 -- The kinds a backfill lists, in dependency order (the connected accounts,
--- /v1/accounts, are the platform's only).
+-- /v1/accounts, are the platform's only; subscription schedules, after
+-- the subscriptions they manage).
 CREATE FUNCTION stripe_billing._backfill_kinds() RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts'] $$;
+AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts',
+                   'subscription_schedules'] $$;
 
 -- Starts a backfill of the given kinds (all when NULL).  While one of them
 -- is unfinished (a crash, a cancel, a failure), the backfill resumes: those
@@ -238,7 +240,8 @@ BEGIN
 
   path := CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
                     WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
-                    WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts' END;
+                    WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts'
+                    WHEN 'subscription_schedules' THEN '/v1/subscription_schedules' END;
   params := jsonb_strip_nulls(jsonb_build_object(
       'limit', 100, 'starting_after', list_cursor,
       -- (products and prices: active and inactive alike when not asked for one)
@@ -285,6 +288,8 @@ BEGIN
   WHEN 'entitlements' THEN
     ANALYZE stripe_billing.entitlement_summaries, stripe_billing.active_entitlements, stripe_billing.user_features;
   WHEN 'accounts' THEN ANALYZE stripe_billing.accounts;
+  WHEN 'subscription_schedules' THEN
+    ANALYZE stripe_billing.subscription_schedules, stripe_billing.subscription_schedule_phases;
   END CASE;
 END
 $$;

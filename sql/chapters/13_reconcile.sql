@@ -3,7 +3,8 @@ CREATE TABLE stripe_billing.reconcile_runs (
     id          bigserial PRIMARY KEY,
     reason      text NOT NULL,         -- manual, scheduled, cursor expired
     state       text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done', 'failed')),
-    phase       text NOT NULL DEFAULT 'subscriptions' CHECK (phase IN ('subscriptions', 'customers')),
+    phase       text NOT NULL DEFAULT 'subscriptions'
+                CHECK (phase IN ('subscriptions', 'customers', 'subscription_schedules')),
     list_cursor text,
     checked     bigint NOT NULL DEFAULT 0,   -- objects compared
     drifted     bigint NOT NULL DEFAULT 0,   -- objects that differed
@@ -24,7 +25,7 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_runs_id_seq
 CREATE TABLE stripe_billing.reconcile_log (
     id           bigserial PRIMARY KEY,
     run          bigint NOT NULL REFERENCES stripe_billing.reconcile_runs ON DELETE CASCADE,
-    object_type  text NOT NULL,            -- subscription, customer
+    object_type  text NOT NULL,            -- subscription, customer, subscription_schedule
     object_id    text NOT NULL,
     field        text NOT NULL,            -- row (missing here), status, items, user_ref, ...
     local_value  text,
@@ -102,6 +103,18 @@ AS $$
    WHERE l.id = o->>'id' AND f.local_value IS DISTINCT FROM f.stripe_value
 $$;
 
+-- The phases of a reconciliation, in order, each the kind of object it
+-- lists (every status): (list path, object type).
+CREATE FUNCTION stripe_billing._reconcile_phases(OUT phase text, OUT path text, OUT object_type text)
+RETURNS SETOF record
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  VALUES ('subscriptions', '/v1/subscriptions', 'subscription'),
+         ('customers', '/v1/customers', 'customer'),
+         ('subscription_schedules', '/v1/subscription_schedules', 'subscription_schedule')
+$$;
+
 -- Starts a reconciliation (or returns the one running).
 CREATE FUNCTION stripe_billing._reconcile_begin(reason text, for_account text DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
@@ -143,6 +156,10 @@ BEGIN
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
       FROM jsonb_array_elements(data) o,
            stripe_billing._subscription_drift(coalesce(complete->(o->>'id'), o)) d;
+  ELSIF object_type = 'subscription_schedule' THEN
+    INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
+    SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
+      FROM jsonb_array_elements(data) o, stripe_billing._subscription_schedule_drift(o) d;
   ELSE
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
@@ -165,6 +182,9 @@ BEGIN
      WHERE id = ANY (ids) AND last_event_created < snapshot;
     UPDATE stripe_billing.subscription_items SET last_event_created = NULL
      WHERE subscription = ANY (ids) AND last_event_created < snapshot;
+  ELSIF object_type = 'subscription_schedule' THEN
+    UPDATE stripe_billing.subscription_schedules SET last_event_created = NULL
+     WHERE id = ANY (ids) AND last_event_created < snapshot;
   ELSE
     UPDATE stripe_billing.customers SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
@@ -190,8 +210,9 @@ END
 $$;
 
 -- One page of the running reconciliation: subscriptions (status=all), then
--- customers.  A failure ends the run (failed) and is returned, not raised.
--- Returns the run (NULL: none running) and a progress line.
+-- customers, then subscription schedules (_reconcile_phases).  A failure
+-- ends the run (failed) and is returned, not raised.  Returns the run
+-- (NULL: none running) and a progress line.
 CREATE FUNCTION stripe_billing._reconcile_step(for_account text DEFAULT NULL, any_account boolean DEFAULT false,
                                                OUT run bigint, OUT message text, OUT failed boolean)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -199,6 +220,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   r stripe_billing.reconcile_runs;
+  ph record;
+  next_phase text;
   l record;
   c record;
   data jsonb;
@@ -215,9 +238,13 @@ BEGIN
     RETURN;
   END IF;
   run := r.id;
+  SELECT * INTO ph FROM stripe_billing._reconcile_phases() p WHERE p.phase = r.phase;
+  SELECT p.phase INTO next_phase FROM stripe_billing._reconcile_phases() WITH ORDINALITY p
+   WHERE p.ordinality > (SELECT q.ordinality FROM stripe_billing._reconcile_phases() WITH ORDINALITY q
+                          WHERE q.phase = r.phase)
+   ORDER BY p.ordinality LIMIT 1;
   BEGIN
-    SELECT * INTO l FROM stripe_billing._list_page(
-        CASE r.phase WHEN 'subscriptions' THEN '/v1/subscriptions' ELSE '/v1/customers' END,
+    SELECT * INTO l FROM stripe_billing._list_page(ph.path,
         jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
                                              'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)),
         account => r.account);
@@ -228,17 +255,15 @@ BEGIN
       complete := c.complete;
       n := n + c.requests;
     END IF;
-    c := stripe_billing._reconcile_compare(r.id, CASE r.phase WHEN 'subscriptions' THEN 'subscription'
-                                                               ELSE 'customer' END, data, l.snapshot, complete,
-                                           r.account);
+    c := stripe_billing._reconcile_compare(r.id, ph.object_type, data, l.snapshot, complete, r.account);
     more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
     UPDATE stripe_billing.reconcile_runs g
        SET checked = g.checked + c.checked, drifted = g.drifted + c.drifted, fixed = g.fixed + c.fixed,
            requests = g.requests + n,
            list_cursor = CASE WHEN more THEN data->-1->>'id' END,
-           phase = CASE WHEN NOT more AND g.phase = 'subscriptions' THEN 'customers' ELSE g.phase END,
-           state = CASE WHEN NOT more AND g.phase = 'customers' THEN 'done' ELSE 'running' END,
-           finished_at = CASE WHEN NOT more AND g.phase = 'customers' THEN now() END
+           phase = CASE WHEN NOT more AND next_phase IS NOT NULL THEN next_phase ELSE g.phase END,
+           state = CASE WHEN NOT more AND next_phase IS NULL THEN 'done' ELSE 'running' END,
+           finished_at = CASE WHEN NOT more AND next_phase IS NULL THEN now() END
      WHERE g.id = r.id;
     message := format('stripe_billing reconcile%s: %s %s checked, %s differed, %s fixed',
                       ' of ' || r.account, c.checked, r.phase, c.drifted, c.fixed);
@@ -255,9 +280,10 @@ BEGIN
 END
 $$;
 
--- Compares subscriptions (every status) and customers at Stripe with the
--- local rows, repairs what differs and logs it in reconcile_log; page by
--- page, each committed.  Not in a transaction block (it commits).
+-- Compares subscriptions (every status), customers and subscription
+-- schedules at Stripe with the local rows, repairs what differs and logs it
+-- in reconcile_log; page by page, each committed.  Not in a transaction
+-- block (it commits).
 CREATE PROCEDURE stripe_billing.stripe_reconcile(account text DEFAULT NULL)
 LANGUAGE plpgsql
 -- (no SET clause, so that it may commit: every type, call and operator

@@ -39,7 +39,8 @@ SELECT o.name, t.type,
                ('invoice_payment', 'invoice_payment.paid'), ('payment_intent', 'payment_intent.succeeded'),
                ('charge', 'charge.succeeded'), ('checkout.session', 'checkout.session.completed'),
                ('entitlements.active_entitlement_summary', 'entitlements.active_entitlement_summary.updated'),
-               ('billing.meter', 'billing.meter.created'), ('coupon', 'coupon.created'))
+               ('billing.meter', 'billing.meter.created'), ('coupon', 'coupon.created'),
+               ('subscription_schedule', 'subscription_schedule.updated'))
        AS t(name, type) USING (name)
  ORDER BY o.name;
 
@@ -73,6 +74,14 @@ SELECT id, user_ref, customer, customer_email, mode, status, payment_status, sub
   FROM checkout_sessions ORDER BY id;
 SELECT customer, refetch, last_event_id FROM entitlement_summaries ORDER BY customer;
 SELECT customer, feature_id, lookup_key, entitlement_id FROM active_entitlements ORDER BY customer, feature_id;
+
+-- subscription schedules and their phases' prices; paused collection
+SELECT id, customer, subscription, released_subscription, status, end_behavior, current_phase_start,
+       current_phase_end, released_at, canceled_at, completed_at, created, last_event_id
+  FROM subscription_schedules ORDER BY id;
+SELECT schedule, start_date, end_date, price, quantity, trial_end, proration_behavior
+  FROM subscription_schedule_phases ORDER BY schedule, start_date, price;
+SELECT id, pause_collection, pause_behavior, pause_resumes_at FROM subscriptions ORDER BY id;
 
 -- the raw objects are kept beside the typed columns
 SELECT count(*) FILTER (WHERE raw IS NULL) AS without_raw, count(*) AS subscriptions FROM subscriptions;

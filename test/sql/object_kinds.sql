@@ -122,6 +122,14 @@ SELECT s.kind, s.apply_function, m[1]
   FROM kind_source s CROSS JOIN LATERAL regexp_matches(s.src, '(jsonb_extract_path\w*\([^\n]{0,30})', 'g') m
  ORDER BY 1, 2, 3;
 
+-- The event types announced to the application when recorded (notices:
+-- events without a row), each one of its kind's event types.
+SELECT kind, notice_event_types,
+       (SELECT bool_and(EXISTS (SELECT FROM unnest(event_types) t
+                                 WHERE n = t OR (t LIKE '%.' AND starts_with(n, t))))
+          FROM unnest(notice_event_types) n) AS of_its_event_types
+  FROM _object_kinds() WHERE notice_event_types <> '{}' ORDER BY kind;
+
 -- Every function that applies an object (o jsonb, ...) is some kind's.
 SELECT p.proname AS apply_function_without_kind
   FROM pg_proc p

@@ -12,6 +12,7 @@ const {
   currentPeriod, prorationDate, prorate, nextPeriodCharges, pendingInvoiceItems, invoiceItemCharges,
 } = require('./proration');
 const { METADATA_MAX_KEYS } = require('./params');
+const { enterNextPhase, detach } = require('./schedules');
 const { newId, nowSeconds, addInterval, previousAttributes } = require('./util');
 
 const PRORATION_BEHAVIORS = ['create_prorations', 'always_invoice', 'none'];
@@ -150,7 +151,11 @@ function cancelSubscription(store, subscription, params, request) {
   const details = cancellationDetails(subscription, params.cancellation_details);
   const log = eventLog(store, request);
   subscription.cancellation_details = details;
+  // (its schedule, if any, is canceled with it)
+  const schedule = subscription.schedule && store.get(subscription.schedule, 'subscription_schedule');
+  if (schedule) detach(store, schedule, 'canceled', nowSeconds());
   endSubscription(subscription, 'cancellation_requested');
+  if (schedule) log.emit('subscription_schedule.canceled', schedule);
   log.emit('customer.subscription.deleted', subscription);
   return subscription;
 }
@@ -181,6 +186,38 @@ function planItemChanges(store, subscription, items, prefix = 'items') {
     const quantity = entry.quantity === undefined ? undefined : intParam(entry.quantity, param('quantity'), { min: 0 });
     return { item, price, quantity, newId: item ? undefined : newId('si_') };
   });
+}
+
+// What Stripe refuses of the items a change leaves: none at all, or one
+// price on two items (the change that made it is named).
+function checkItemResult(subscription, changes, prefix = 'items') {
+  if (!changes.length) return;
+  const after = structuredClone(subscription);
+  applyItemChanges(after, changes);
+  if (after.items.data.length === 0) {
+    throw invalidParam(prefix, 'A subscription must have at least one item: cancel the subscription instead of deleting its last item.');
+  }
+  changes.forEach((change, n) => {
+    if (change.price && after.items.data.filter((i) => i.price.id === change.price.id).length > 1) {
+      throw invalidParam(`${prefix}[${n}][price]`, `The price ${change.price.id} is already the price of another item of this subscription.`);
+    }
+  });
+}
+
+// pause_collection of an update: '' resumes collection (null); an object
+// pauses it (behavior checked with the parameters; required here), until
+// resumes_at (in the future) when given.  undefined when not given.
+function pauseCollection(value) {
+  if (value === undefined) return undefined;
+  if (value === '') return null;
+  if (!value || typeof value !== 'object' || Array.isArray(value)) throw invalidParam('pause_collection', 'Invalid object');
+  if (value.behavior === undefined) throw missingParam('pause_collection[behavior]');
+  let resumesAt = null;
+  if (value.resumes_at !== undefined && value.resumes_at !== '') {
+    resumesAt = intParam(value.resumes_at, 'pause_collection[resumes_at]');
+    if (resumesAt <= nowSeconds()) throw invalidParam('pause_collection[resumes_at]', 'The resumes_at date must be in the future.');
+  }
+  return { behavior: value.behavior, resumes_at: resumesAt };
 }
 
 // Applies planned changes; items are matched by id, so the changes planned
@@ -229,9 +266,11 @@ function updateSubscription(store, subscription, params, request) {
   const cancelAtPeriodEnd = params.cancel_at_period_end === undefined ? undefined
     : boolParam(params.cancel_at_period_end, 'cancel_at_period_end');
   const changes = params.items === undefined ? [] : planItemChanges(store, subscription, params.items);
+  checkItemResult(subscription, changes);
   const metadata = mergeMetadata(subscription.metadata, params.metadata);
   const details = cancellationDetails(subscription, params.cancellation_details);
-  if (subscription.status === 'canceled' && (cancelAtPeriodEnd !== undefined || changes.length)) {
+  const pause = pauseCollection(params.pause_collection);
+  if (subscription.status === 'canceled' && (cancelAtPeriodEnd !== undefined || changes.length || pause !== undefined)) {
     throw new StripeError(400, { message: 'A canceled subscription can only update its cancellation_details and metadata.' });
   }
   const t = params.proration_date === undefined && !changes.length ? null
@@ -244,6 +283,7 @@ function updateSubscription(store, subscription, params, request) {
   subscription.cancellation_details = details;
   if (cancelAtPeriodEnd !== undefined) setCancelAtPeriodEnd(subscription, cancelAtPeriodEnd);
   if (changes.length) applyItemChanges(subscription, changes);
+  if (pause !== undefined) subscription.pause_collection = pause;
 
   const log = eventLog(store, request);
   const invoiceItems = charges.map((charge) => store.put(buildInvoiceItem({
@@ -302,6 +342,7 @@ function previewInvoice(store, params) {
   const behavior = prorationBehavior(details.proration_behavior, 'subscription_details[proration_behavior]');
   const changes = details.items === undefined ? []
     : planItemChanges(store, subscription, details.items, 'subscription_details[items]');
+  checkItemResult(subscription, changes, 'subscription_details[items]');
   const t = prorationDate(subscription, details.proration_date, 'subscription_details[proration_date]');
   const names = (id) => productName(store, id);
   const customer = store.find(subscription.customer, 'customer');
@@ -347,7 +388,39 @@ function shiftPeriod(subscription) {
   }
 }
 
-// Control API: what Stripe does at renewal or after dunning.
+// A renewal while collection is paused: the invoice is made and, by the
+// pause's behavior, voided at once, left a draft, or marked uncollectible;
+// nothing is charged.
+function issuePausedInvoice(store, subscription, emit) {
+  const customer = store.find(subscription.customer, 'customer');
+  const names = (id) => productName(store, id);
+  const invoice = buildInvoice({ subscription, customer, billingReason: 'subscription_cycle', paid: false, productName: names });
+  customer.next_invoice_sequence += 1;
+  store.put(invoice);
+  subscription.latest_invoice = invoice.id;
+  emit('invoice.created', invoiceAt(invoice, 'draft'));
+  const { behavior } = subscription.pause_collection;
+  if (behavior === 'keep_as_draft') {
+    Object.assign(invoice, invoiceAt(invoice, 'draft'));
+    return;
+  }
+  emit('invoice.finalized', invoiceAt(invoice, 'open'));
+  if (behavior === 'void') {
+    invoice.status = 'void';
+    invoice.status_transitions.voided_at = nowSeconds();
+    emit('invoice.voided', invoice);
+  } else {
+    invoice.status = 'uncollectible';
+    invoice.status_transitions.marked_uncollectible_at = nowSeconds();
+    emit('invoice.marked_uncollectible', invoice);
+  }
+}
+
+// Control API: what Stripe does at renewal or after dunning.  A renewal
+// (new_period) enters the phase of the subscription's schedule that starts
+// then, or ends the schedule (schedules.js); a pause whose resumes_at has
+// come ends; while collection is paused, the renewal's invoice is not
+// charged (issuePausedInvoice).
 function advanceSubscription(store, subscription, { status, new_period: newPeriod = false }) {
   enumParam(status, 'status', ADVANCE_STATUSES);
   if (subscription.status === 'canceled') {
@@ -360,10 +433,25 @@ function advanceSubscription(store, subscription, { status, new_period: newPerio
     return log.ids;
   }
   const before = structuredClone(subscription);
-  if (newPeriod) shiftPeriod(subscription);
+  if (newPeriod) {
+    const start = subscription.items.data[0].current_period_end;
+    shiftPeriod(subscription);
+    if (enterNextPhase(store, subscription, start, log.emit) === 'cancel') {
+      // (the last phase ended with end_behavior cancel: so does the subscription)
+      subscription.items = before.items;
+      subscription.schedule = null;
+      endSubscription(subscription, 'cancellation_requested');
+      log.emit('customer.subscription.deleted', subscription);
+      return log.ids;
+    }
+    const pause = subscription.pause_collection;
+    if (pause && pause.resumes_at !== null && pause.resumes_at <= start) subscription.pause_collection = null;
+  }
   const open = openInvoiceOf(store, subscription);
   subscription.status = status;
-  if (status === 'past_due') {
+  if (status === 'active' && newPeriod && subscription.pause_collection) {
+    issuePausedInvoice(store, subscription, log.emit);
+  } else if (status === 'past_due') {
     if (open) retryOpenInvoice(open, log.emit);
     else issueInvoice(store, subscription, { billingReason: 'subscription_cycle', paid: false, emit: log.emit });
   } else if (status === 'active') {
@@ -527,6 +615,7 @@ function deleteCustomer(store, customer, request) {
 }
 
 module.exports = {
+  endSubscription,
   eventLog,
   mergeMetadata,
   cancelSubscription,

@@ -237,7 +237,10 @@ const SUBSCRIPTION_UPDATE = {
   metadata: METADATA,
   off_session: BOOL,
   on_behalf_of: ANY,
-  pause_collection: ANY,
+  pause_collection: object({
+    behavior: oneOf('keep_as_draft', 'mark_uncollectible', 'void'),
+    resumes_at: ANY,
+  }),
   payment_behavior: oneOf('allow_incomplete', 'default_incomplete', 'error_if_incomplete', 'pending_if_incomplete'),
   payment_settings: ANY,
   pending_invoice_item_interval: ANY,
@@ -247,6 +250,77 @@ const SUBSCRIPTION_UPDATE = {
   trial_end: ANY,
   trial_from_plan: BOOL,
   trial_settings: ANY,
+};
+
+// A schedule's phases, as create and update take them
+// (docs/billing/subscription_schedules/update_a_subscription_schedule.md;
+// iterations until 2025-08-27, duration since 2025-07-30).
+const SCHEDULE_PHASES = listOf({
+  add_invoice_items: ANY,
+  application_fee_percent: ANY,
+  automatic_tax: ANY,
+  billing_cycle_anchor: ANY,
+  billing_thresholds: ANY,
+  collection_method: ANY,
+  currency: ANY,
+  default_payment_method: ANY,
+  default_tax_rates: ANY,
+  description: ANY,
+  discounts: ANY,
+  duration: object({ interval: ANY, interval_count: ANY }),
+  end_date: ANY,
+  invoice_settings: ANY,
+  items: listOf({
+    billing_thresholds: ANY,
+    discounts: ANY,
+    metadata: METADATA,
+    plan: ANY,
+    price: ANY,
+    price_data: ANY,
+    quantity: ANY,
+    tax_rates: ANY,
+  }),
+  iterations: ANY,
+  metadata: METADATA,
+  on_behalf_of: ANY,
+  proration_behavior: PRORATION_BEHAVIOR,
+  start_date: ANY,
+  transfer_data: ANY,
+  trial: BOOL,
+  trial_end: ANY,
+});
+
+// docs/billing/subscription_schedules/create_a_subscription_schedule.md
+const SUBSCRIPTION_SCHEDULE_CREATE = {
+  billing_mode: ANY,
+  customer: ANY,
+  customer_account: ANY,
+  default_settings: ANY,
+  end_behavior: oneOf('cancel', 'none', 'release', 'renew'),
+  from_subscription: ANY,
+  metadata: METADATA,
+  phases: SCHEDULE_PHASES,
+  start_date: ANY,
+};
+
+// docs/billing/subscription_schedules/update_a_subscription_schedule.md
+const SUBSCRIPTION_SCHEDULE_UPDATE = {
+  default_settings: ANY,
+  end_behavior: oneOf('cancel', 'none', 'release', 'renew'),
+  metadata: METADATA,
+  phases: SCHEDULE_PHASES,
+  proration_behavior: PRORATION_BEHAVIOR,
+};
+
+// docs/billing/subscription_schedules/release_a_subscription_schedule.md
+const SUBSCRIPTION_SCHEDULE_RELEASE = {
+  preserve_cancel_date: BOOL,
+};
+
+// docs/billing/subscription_schedules/cancel_a_subscription_schedule.md
+const SUBSCRIPTION_SCHEDULE_CANCEL = {
+  invoice_now: BOOL,
+  prorate: BOOL,
 };
 
 // docs/billing/subscriptions/cancel_a_subscription.md
@@ -426,6 +500,10 @@ module.exports = {
   PORTAL_SESSION_CREATE,
   SUBSCRIPTION_UPDATE,
   SUBSCRIPTION_CANCEL,
+  SUBSCRIPTION_SCHEDULE_CREATE,
+  SUBSCRIPTION_SCHEDULE_UPDATE,
+  SUBSCRIPTION_SCHEDULE_RELEASE,
+  SUBSCRIPTION_SCHEDULE_CANCEL,
   METER_EVENT_CREATE,
   INVOICE_PREVIEW,
   METER_EVENT_SESSION_CREATE,

@@ -2209,6 +2209,256 @@ test('strict parameters: every request the extension and the repo tests send is 
   assert.equal((await stripe('DELETE', '/v1/customers/cus_x')).status, 200);
 });
 
+// ---- subscription schedules, paused collection, item rules (issue 27, part A) ----
+
+test('subscription schedules: made from a subscription, phases updated, entered at the renewal, released by the last', async () => {
+  await reset();
+  const { subscription } = await subscribe({ price: 'price_pro' });
+  const [item] = subscription.items.data;
+  const { current_period_start: start, current_period_end: end } = item;
+  const mark = (await storedEvents()).length;
+
+  const made = await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id });
+  assert.equal(made.status, 200, made.text);
+  const schedule = made.body;
+  assert.match(schedule.id, /^sub_sched_/);
+  assert.equal(schedule.object, 'subscription_schedule');
+  assert.deepEqual([schedule.status, schedule.subscription, schedule.customer, schedule.end_behavior],
+    ['active', subscription.id, subscription.customer, 'release']);
+  assert.deepEqual(schedule.current_phase, { start_date: start, end_date: end });
+  assert.equal(schedule.phases.length, 1);
+  assert.deepEqual([schedule.phases[0].start_date, schedule.phases[0].end_date], [start, end]);
+  assert.deepEqual(schedule.phases[0].items.map((i) => [i.price, i.quantity]), [['price_pro', 1]]);
+  assert.equal((await stripe('GET', `/v1/subscriptions/${subscription.id}`)).body.schedule, schedule.id);
+  const expanded = (await stripe('GET', `/v1/subscriptions/${subscription.id}?expand[0]=schedule`)).body;
+  assert.equal(expanded.schedule.id, schedule.id);
+  assert.equal(expanded.schedule.object, 'subscription_schedule');
+  let added = (await storedEvents()).slice(mark);
+  assert.deepEqual(added.map((e) => e.type), ['subscription_schedule.created', 'customer.subscription.updated']);
+  let [updated] = (await stripe('GET', '/v1/events?type=customer.subscription.updated&limit=1')).body.data;
+  assert.deepEqual(updated.data.previous_attributes, { schedule: null });
+
+  // a second schedule of the same subscription, and other refusals: no side effects
+  const url = `/v1/subscription_schedules/${schedule.id}`;
+  const before = (await storedEvents()).length;
+  assertStripeError(await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id }), 400,
+    { code: 'parameter_invalid', param: 'from_subscription' });
+  assertStripeError(await stripe('POST', '/v1/subscription_schedules', { from_subscription: 'sub_nope' }), 400,
+    { code: 'resource_missing', param: 'from_subscription' });
+  assertStripeError(await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id, 'phases[0][items][0][price]': 'price_basic' }), 400,
+    { code: 'parameter_invalid', param: 'phases' });
+  assertStripeError(await stripe('POST', url, { 'phases[0][items][0][price]': 'price_basic', 'phases[0][start_date]': String(start),
+    'phases[0][end_date]': String(end) }), 400, { param: 'phases[0][items]' });
+  assertStripeError(await stripe('POST', url, { 'phases[0][items][0][price]': 'price_pro', 'phases[0][start_date]': String(start + 1) }), 400,
+    { param: 'phases[0][start_date]' });
+  assertStripeError(await stripe('POST', url, { 'phases[0][items][0][price]': 'price_pro', 'phases[0][end_date]': String(end),
+    'phases[1][items][0][price]': 'price_onetime' }), 400, { param: 'phases[1][items][0][price]' });
+  assertStripeError(await stripe('POST', url, { 'phases[0][items][0][price]': 'price_pro', 'phases[0][end_date]': String(end),
+    'phases[1][items][0][price]': 'price_basic', 'phases[1][end_date]': String(end) }), 400, { param: 'phases[1][end_date]' });
+  assertStripeError(await stripe('POST', url, { 'phases[0][items][0][price]': 'price_pro',
+    'phases[1][items][0][price]': 'price_basic' }), 400, { code: 'parameter_missing', param: 'phases[0][end_date]' });
+  assertStripeError(await stripe('POST', url, { 'phases[0][items][0][price]': 'price_pro', 'phases[0][end_date]': String(end),
+    'phases[1][items][0][price]': 'price_basic', 'phases[1][proration_behavior]': 'sometimes' }), 400,
+    { code: 'parameter_invalid', param: 'phases[1][proration_behavior]' });
+  assertStripeError(await stripe('POST', url, { 'phases[0][bogus]': '1' }), 400, { code: 'parameter_unknown', param: 'phases[0][bogus]' });
+  assertStripeError(await stripe('GET', '/v1/subscription_schedules/sub_sched_nope'), 404, { code: 'resource_missing' });
+  assert.equal((await storedEvents()).length, before, 'refused requests change nothing');
+
+  // the downgrade: the current phase as it is, then price_basic x 2 from its end, one month, no prorations
+  const change = await stripe('POST', url, {
+    end_behavior: 'release', proration_behavior: 'none',
+    'phases[0][items][0][price]': 'price_pro', 'phases[0][items][0][quantity]': '1',
+    'phases[0][start_date]': String(start), 'phases[0][end_date]': String(end),
+    'phases[1][items][0][price]': 'price_basic', 'phases[1][items][0][quantity]': '2', 'phases[1][proration_behavior]': 'none',
+  });
+  assert.equal(change.status, 200, change.text);
+  assert.equal(change.body.phases.length, 2);
+  const next = change.body.phases[1];
+  assert.deepEqual([next.start_date, next.items[0].price, next.items[0].quantity, next.proration_behavior],
+    [end, 'price_basic', 2, 'none']);
+  assert.ok(next.end_date - next.start_date >= 28 * DAY && next.end_date - next.start_date <= 31 * DAY, 'one month');
+  let [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.equal(event.type, 'subscription_schedule.updated');
+  assert.equal(event.data.previous_attributes.phases.length, 1);
+  assert.equal((await stripe('GET', `/v1/subscriptions/${subscription.id}`)).body.items.data[0].price.id, 'price_pro',
+    'nothing changes before the phase starts');
+  // duration and iterations give a phase's length too
+  for (const [form, months] of [[{ 'phases[1][duration][interval]': 'month', 'phases[1][duration][interval_count]': '2' }, 2],
+    [{ 'phases[1][iterations]': '3' }, 3]]) {
+    const res = await stripe('POST', url, { 'phases[0][items][0][price]': 'price_pro', 'phases[0][end_date]': String(end),
+      'phases[1][items][0][price]': 'price_basic', 'phases[1][items][0][quantity]': '2', ...form });
+    assert.equal(res.status, 200, res.text);
+    const days = (res.body.phases[1].end_date - end) / DAY;
+    assert.ok(days >= months * 28 && days <= months * 31, `${months} months: ${days} days`);
+  }
+  assert.equal((await stripe('POST', url, { 'phases[0][items][0][price]': 'price_pro', 'phases[0][end_date]': String(end),
+    'phases[1][items][0][price]': 'price_basic', 'phases[1][items][0][quantity]': '2' })).status, 200);
+
+  // the renewal enters the phase: the item's price, the invoice, the events
+  const mark2 = (await storedEvents()).length;
+  const renewed = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  assert.deepEqual(await eventTypes(renewed.events), [
+    'subscription_schedule.updated', 'invoice.created', 'invoice.finalized', 'invoice.paid', 'invoice.payment_succeeded',
+    'customer.subscription.updated',
+  ]);
+  const [newItem] = renewed.subscription.items.data;
+  assert.deepEqual([newItem.price.id, newItem.quantity, newItem.current_period_start], ['price_basic', 2, end]);
+  assert.notEqual(newItem.id, item.id, 'a new price is a new item');
+  const invoice = await ctl('GET', `/_fake/objects/${renewed.subscription.latest_invoice}`);
+  assert.equal(invoice.amount_paid, 2000, 'the renewal bills the new phase: 2 x price_basic');
+  [updated] = (await stripe('GET', '/v1/events?type=customer.subscription.updated&limit=1')).body.data;
+  assert.equal(updated.data.previous_attributes.items.data[0].price.id, 'price_pro');
+  const entered = (await stripe('GET', url)).body;
+  assert.deepEqual(entered.current_phase, { start_date: next.start_date, end_date: next.end_date });
+  assert.equal((await storedEvents()).length - mark2, 6);
+
+  // past its last phase the schedule releases the subscription, which stays on price_basic
+  const released = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  assert.deepEqual((await eventTypes(released.events))[0], 'subscription_schedule.released');
+  assert.equal(released.subscription.schedule, null);
+  assert.equal(released.subscription.items.data[0].price.id, 'price_basic');
+  const done = (await stripe('GET', url)).body;
+  assert.deepEqual([done.status, done.subscription, done.released_subscription, done.current_phase],
+    ['released', null, subscription.id, null]);
+  assert.ok(done.released_at > 0);
+  assertStripeError(await stripe('POST', `${url}/release`), 400, { type: 'invalid_request_error' });
+  assertStripeError(await stripe('POST', url, { end_behavior: 'cancel' }), 400, { type: 'invalid_request_error' });
+
+  // listed newest first, by customer
+  const list = (await stripe('GET', `/v1/subscription_schedules?customer=${subscription.customer}`)).body;
+  assert.deepEqual(list.data.map((s) => s.id), [schedule.id]);
+  assert.equal((await stripe('GET', '/v1/subscription_schedules?customer=cus_none')).body.data.length, 0);
+});
+
+test('subscription schedules: release keeps the subscription, cancel ends it, end_behavior cancel ends it with the last phase', async () => {
+  await reset();
+  // released: the schedule lets go, no later phase happens
+  let { subscription } = await subscribe();
+  let schedule = (await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id })).body;
+  const end = subscription.items.data[0].current_period_end;
+  await stripe('POST', `/v1/subscription_schedules/${schedule.id}`, { 'phases[0][items][0][price]': 'price_basic',
+    'phases[0][end_date]': String(end), 'phases[1][items][0][price]': 'price_pro' });
+  const mark = (await storedEvents()).length;
+  const released = await stripe('POST', `/v1/subscription_schedules/${schedule.id}/release`, { preserve_cancel_date: 'true' });
+  assert.equal(released.status, 200, released.text);
+  assert.deepEqual([released.body.status, released.body.released_subscription], ['released', subscription.id]);
+  assert.deepEqual((await storedEvents()).slice(mark).map((e) => e.type), ['subscription_schedule.released', 'customer.subscription.updated']);
+  const renewed = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  assert.equal(renewed.subscription.items.data[0].price.id, 'price_basic', 'a released schedule changes nothing');
+  assert.ok(!(await eventTypes(renewed.events)).some((t) => t.startsWith('subscription_schedule.')));
+
+  // canceled: the subscription ends now
+  ({ subscription } = await subscribe());
+  schedule = (await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id })).body;
+  const canceled = await stripe('POST', `/v1/subscription_schedules/${schedule.id}/cancel`, { invoice_now: 'false' });
+  assert.equal(canceled.status, 200, canceled.text);
+  assert.equal(canceled.body.status, 'canceled');
+  assert.equal((await stripe('GET', `/v1/subscriptions/${subscription.id}`)).body.status, 'canceled');
+
+  // end_behavior cancel: the subscription ends when the last phase does
+  ({ subscription } = await subscribe());
+  schedule = (await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id })).body;
+  assert.equal((await stripe('POST', `/v1/subscription_schedules/${schedule.id}`, { end_behavior: 'cancel' })).status, 200);
+  const ended = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  assert.deepEqual(await eventTypes(ended.events), ['subscription_schedule.completed', 'customer.subscription.deleted']);
+  assert.equal((await stripe('GET', `/v1/subscription_schedules/${schedule.id}`)).body.status, 'completed');
+
+  // canceling a subscription cancels its schedule
+  ({ subscription } = await subscribe());
+  schedule = (await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id })).body;
+  const mark2 = (await storedEvents()).length;
+  assert.equal((await stripe('DELETE', `/v1/subscriptions/${subscription.id}`)).status, 200);
+  assert.deepEqual((await storedEvents()).slice(mark2).map((e) => e.type), ['subscription_schedule.canceled', 'customer.subscription.deleted']);
+  assert.equal((await stripe('GET', `/v1/subscription_schedules/${schedule.id}`)).body.status, 'canceled');
+  assertStripeError(await stripe('POST', '/v1/subscription_schedules', { from_subscription: subscription.id }), 400,
+    { param: 'from_subscription' });
+  assertStripeError(await stripe('POST', '/v1/subscription_schedules', { customer: subscription.customer }), 400,
+    { param: 'customer' });
+});
+
+test('paused collection: pause and resume, renewals not charged by behavior, resumes_at ends it', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const url = `/v1/subscriptions/${subscription.id}`;
+  const mark = (await storedEvents()).length;
+  assertStripeError(await stripe('POST', url, { 'pause_collection[behavior]': 'sleep' }), 400,
+    { code: 'parameter_invalid', param: 'pause_collection[behavior]' });
+  assertStripeError(await stripe('POST', url, { 'pause_collection[resumes_at]': '4102444800' }), 400,
+    { code: 'parameter_missing', param: 'pause_collection[behavior]' });
+  assertStripeError(await stripe('POST', url, { 'pause_collection[behavior]': 'void', 'pause_collection[resumes_at]': '1000' }), 400,
+    { code: 'parameter_invalid', param: 'pause_collection[resumes_at]' });
+  assert.equal((await storedEvents()).length, mark, 'refused pauses emit nothing');
+
+  const paused = await stripe('POST', url, { 'pause_collection[behavior]': 'void' });
+  assert.equal(paused.status, 200, paused.text);
+  assert.deepEqual([paused.body.status, paused.body.pause_collection], ['active', { behavior: 'void', resumes_at: null }]);
+  let [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.equal(event.type, 'customer.subscription.updated');
+  assert.deepEqual(event.data.previous_attributes, { pause_collection: null });
+
+  for (const [behavior, types, status] of [
+    ['void', ['invoice.created', 'invoice.finalized', 'invoice.voided', 'customer.subscription.updated'], 'void'],
+    ['keep_as_draft', ['invoice.created', 'customer.subscription.updated'], 'draft'],
+    ['mark_uncollectible', ['invoice.created', 'invoice.finalized', 'invoice.marked_uncollectible', 'customer.subscription.updated'], 'uncollectible'],
+  ]) {
+    assert.equal((await stripe('POST', url, { 'pause_collection[behavior]': behavior })).status, 200);
+    const renewed = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+    assert.deepEqual(await eventTypes(renewed.events), types, behavior);
+    const invoice = await ctl('GET', `/_fake/objects/${renewed.subscription.latest_invoice}`);
+    assert.deepEqual([invoice.status, invoice.amount_paid], [status, 0], behavior);
+    assert.equal(renewed.subscription.status, 'active');
+  }
+
+  const unpaused = await stripe('POST', url, { pause_collection: '' });
+  assert.equal(unpaused.status, 200, unpaused.text);
+  assert.equal(unpaused.body.pause_collection, null);
+  [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.deepEqual(event.data.previous_attributes, { pause_collection: { behavior: 'mark_uncollectible', resumes_at: null } });
+
+  // a pause with resumes_at ends at the renewal after it
+  const period = (await stripe('GET', url)).body.items.data[0];
+  const until = period.current_period_end - 60;
+  const timed = await stripe('POST', url, { 'pause_collection[behavior]': 'keep_as_draft', 'pause_collection[resumes_at]': String(until) });
+  assert.deepEqual(timed.body.pause_collection, { behavior: 'keep_as_draft', resumes_at: until });
+  const resumed = await ctl('POST', `/_fake/subscriptions/${subscription.id}/advance`, { status: 'active', new_period: true });
+  assert.equal(resumed.subscription.pause_collection, null);
+  assert.equal((await ctl('GET', `/_fake/objects/${resumed.subscription.latest_invoice}`)).status, 'paid');
+
+  await stripe('DELETE', url);
+  assertStripeError(await stripe('POST', url, { 'pause_collection[behavior]': 'void' }), 400, { type: 'invalid_request_error' });
+});
+
+test('subscription items: added, removed and given a quantity by an update; the last one and a repeated price refused', async () => {
+  await reset();
+  const { subscription } = await subscribe();
+  const [item] = subscription.items.data;
+  const url = `/v1/subscriptions/${subscription.id}`;
+  const mark = (await storedEvents()).length;
+  assertStripeError(await stripe('POST', url, { 'items[0][id]': item.id, 'items[0][deleted]': 'true' }), 400,
+    { code: 'parameter_invalid', param: 'items' });
+  assertStripeError(await stripe('POST', url, { 'items[0][price]': 'price_basic' }), 400,
+    { code: 'parameter_invalid', param: 'items[0][price]' });
+  assertStripeError(await stripe('POST', '/v1/invoices/create_preview', { subscription: subscription.id,
+    'subscription_details[items][0][price]': 'price_basic' }), 400, { param: 'subscription_details[items][0][price]' });
+  assert.equal((await storedEvents()).length, mark, 'refused changes emit nothing');
+
+  const added = await stripe('POST', url, { 'items[0][price]': 'price_pro', 'items[0][quantity]': '3', proration_behavior: 'none' });
+  assert.equal(added.status, 200, added.text);
+  const seat = added.body.items.data.find((i) => i.price.id === 'price_pro');
+  assert.equal(seat.quantity, 3);
+  let [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.equal(event.type, 'customer.subscription.updated');
+  assert.deepEqual(event.data.previous_attributes.items.data.map((i) => i.id), [item.id]);
+
+  const more = await stripe('POST', url, { 'items[0][id]': seat.id, 'items[0][quantity]': '5', proration_behavior: 'create_prorations' });
+  assert.equal(more.body.items.data.find((i) => i.id === seat.id).quantity, 5);
+  const fewer = await stripe('POST', url, { 'items[0][id]': seat.id, 'items[0][deleted]': 'true', proration_behavior: 'none' });
+  assert.deepEqual(fewer.body.items.data.map((i) => i.id), [item.id]);
+  [event] = (await stripe('GET', '/v1/events?limit=1')).body.data;
+  assert.equal(event.type, 'customer.subscription.updated');
+  assert.equal(event.data.previous_attributes.items.data.length, 2);
+});
+
 // ---- Stripe Connect ----
 
 const PLATFORM_ID = 'acct_1FakePlatform001';

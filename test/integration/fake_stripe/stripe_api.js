@@ -18,9 +18,12 @@ const {
   buildCustomer, buildCheckoutSession, buildPortalSession, apiView,
 } = require('./templates');
 const {
-  eventLog, mergeMetadata, cancelSubscription, updateSubscription, previewInvoice, deleteCustomer,
+  eventLog, mergeMetadata, cancelSubscription, updateSubscription, previewInvoice, deleteCustomer, endSubscription,
 } = require('./billing');
 const { createMeterEvent, createMeterEventSession, streamMeterEvents } = require('./meter_events');
+const {
+  createSchedule, updateSchedule, releaseSchedule, cancelSchedule, findSchedule,
+} = require('./schedules');
 const { listAccounts, getAccount, getOwnAccount, checkoutConnect } = require('./connect');
 const P = require('./params');
 const thin = require('./thin');
@@ -245,8 +248,17 @@ function createPortalSession({ store, params, baseUrl }) {
 
 // ---- subscriptions, prices, products ----
 
-function getSubscription({ store, path }) {
-  return apiView(store.find(path.id, 'subscription'));
+// expand[]=schedule shows the subscription's schedule whole (the only
+// expansion the fake makes).
+function expands(params, field) {
+  const expand = params.expand === undefined ? [] : [].concat(params.expand);
+  return expand.includes(field);
+}
+
+function getSubscription({ store, path, params }) {
+  const subscription = apiView(store.find(path.id, 'subscription'));
+  if (!expands(params, 'schedule') || !subscription.schedule) return subscription;
+  return { ...subscription, schedule: store.get(subscription.schedule, 'subscription_schedule') || subscription.schedule };
 }
 
 function postSubscription({ store, path, params, request }) {
@@ -322,6 +334,42 @@ function listProducts({ store, params }) {
   return listStored(store, 'product', params, {
     url: '/v1/products',
     matches: allOf([notDeleted, activeFilter(params), createdMatcher(params.created)]),
+  });
+}
+
+// ---- subscription schedules ----
+
+function postSchedule({ store, params, request }) {
+  return createSchedule(store, params, request);
+}
+
+function getSchedule({ store, path }) {
+  return findSchedule(store, path.id);
+}
+
+function postScheduleUpdate({ store, path, params, request }) {
+  return updateSchedule(store, findSchedule(store, path.id), params, request);
+}
+
+function postScheduleRelease({ store, path, params, request }) {
+  return releaseSchedule(store, findSchedule(store, path.id), params, request);
+}
+
+function postScheduleCancel({ store, path, params, request }) {
+  return cancelSchedule(store, findSchedule(store, path.id), params, request, endSubscription);
+}
+
+// `scheduled`: true lists those not started yet, false the others.
+function listSchedules({ store, params }) {
+  const scheduled = params.scheduled === undefined ? undefined : boolParam(params.scheduled, 'scheduled');
+  return listStored(store, 'subscription_schedule', params, {
+    url: '/v1/subscription_schedules',
+    kind: 'subscription schedule',
+    matches: allOf([
+      equalsFilter(params, 'customer', (s) => s.customer),
+      scheduled === undefined ? null : (s) => (s.status === 'not_started') === scheduled,
+      createdMatcher(params.created),
+    ]),
   });
 }
 
@@ -419,6 +467,12 @@ const router = new Router()
   .add('POST', '/v1/subscriptions/:id', P.strict(P.SUBSCRIPTION_UPDATE, postSubscription))
   .add('DELETE', '/v1/subscriptions/:id', P.strict(P.SUBSCRIPTION_CANCEL, deleteSubscription))
   .add('GET', '/v1/subscription_items', listSubscriptionItems)
+  .add('GET', '/v1/subscription_schedules', listSchedules)
+  .add('POST', '/v1/subscription_schedules', P.strict(P.SUBSCRIPTION_SCHEDULE_CREATE, postSchedule))
+  .add('GET', '/v1/subscription_schedules/:id', getSchedule)
+  .add('POST', '/v1/subscription_schedules/:id', P.strict(P.SUBSCRIPTION_SCHEDULE_UPDATE, postScheduleUpdate))
+  .add('POST', '/v1/subscription_schedules/:id/release', P.strict(P.SUBSCRIPTION_SCHEDULE_RELEASE, postScheduleRelease))
+  .add('POST', '/v1/subscription_schedules/:id/cancel', P.strict(P.SUBSCRIPTION_SCHEDULE_CANCEL, postScheduleCancel))
   .add('GET', '/v1/prices', listPrices)
   .add('GET', '/v1/prices/:id', getPrice)
   .add('GET', '/v1/products', listProducts)

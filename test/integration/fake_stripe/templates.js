@@ -125,6 +125,34 @@ const DEFAULTS = {
   'entitlements.active_entitlement': {},
   account: { email: null, metadata: {} },
   application: {},
+  subscription_schedule: {
+    application: null,
+    canceled_at: null,
+    completed_at: null,
+    current_phase: null,
+    default_settings: {
+      application_fee_percent: null,
+      automatic_tax: { enabled: false, liability: null, disabled_reason: null },
+      billing_cycle_anchor: 'automatic',
+      billing_thresholds: null,
+      collection_method: 'charge_automatically',
+      default_payment_method: null,
+      description: null,
+      invoice_settings: { account_tax_ids: null, days_until_due: null, issuer: { type: 'self' } },
+      on_behalf_of: null,
+      transfer_data: null,
+    },
+    end_behavior: 'release',
+    metadata: {},
+    phases: [],
+    released_at: null,
+    released_subscription: null,
+    status: 'not_started',
+    subscription: null,
+    test_clock: null,
+    billing_mode: { type: 'classic', flexible: null },
+    customer_account: null,
+  },
 };
 
 function loadTemplates() {
@@ -440,6 +468,37 @@ function buildInvoiceItem({ customer, subscription, charge }) {
   };
 }
 
+// A subscription schedule (from its fixture), without phases yet.
+function buildSubscriptionSchedule({ customer, subscription, created = nowSeconds(), id = newId('sub_sched_') }) {
+  return fromTemplate('subscription_schedule', { created, customer, id, subscription, status: 'active' });
+}
+
+// A schedule's phase: the fixture's first, its filler replaced (items, dates
+// and the like are set by buildSchedulePhase).
+const PHASE_TEMPLATE_TEXT = JSON.stringify({
+  ...loadFixture('subscription_schedule').phases[0],
+  add_invoice_items: [], application_fee_percent: null, billing_cycle_anchor: null, billing_thresholds: null,
+  collection_method: null, default_payment_method: null, default_tax_rates: [], description: null, discounts: [],
+  invoice_settings: null, on_behalf_of: null, transfer_data: null, trial_end: null,
+});
+
+// One phase of a schedule: `items` are [{price (an object), quantity}], the
+// dates unix seconds. Phase items name their price and plan by id.
+function buildSchedulePhase({ items, start, end, trialEnd = null, prorationBehavior = 'create_prorations', metadata = {} }) {
+  const phase = JSON.parse(PHASE_TEMPLATE_TEXT);
+  return Object.assign(phase, {
+    currency: items[0].price.currency,
+    end_date: end,
+    items: items.map(({ price, quantity }) => ({
+      billing_thresholds: null, discounts: [], metadata: {}, plan: price.id, price: price.id, quantity, tax_rates: [],
+    })),
+    metadata,
+    proration_behavior: prorationBehavior,
+    start_date: start,
+    trial_end: trialEnd,
+  });
+}
+
 // The Connect application of the fake's platform: what account.application.*
 // events carry, and the `application` of objects the platform makes on a
 // connected account.
@@ -669,6 +728,8 @@ function buildEvent({ type, object, previousAttributes, request, created = nowSe
 
 module.exports = {
   API_VERSION,
+  buildSubscriptionSchedule,
+  buildSchedulePhase,
   PLATFORM_APPLICATION,
   ACCOUNT_TYPES,
   buildAccount,
