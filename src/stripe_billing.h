@@ -110,6 +110,10 @@ extern char *sb_meter_events_base;
 #define SB_USAGE_API_V1 1
 extern int	sb_usage_api;
 extern int	sb_usage_concurrency;
+/* stripe_billing.dispute_access: what an open dispute does to its customer's features */
+#define SB_DISPUTE_ACCESS_KEEP 0
+#define SB_DISPUTE_ACCESS_REVOKE 1
+extern int	sb_dispute_access;
 
 extern void sb_define_settings(void);
 
