@@ -69,7 +69,10 @@ END
 $$;
 
 -- A payment method.  payment_method.detached (its customer then null) is
--- terminal; the customer it was attached to stays.
+-- terminal.  A payment method is attached to one customer in its life (a
+-- detached one is never attached again), so the row keeps that customer,
+-- from whichever snapshot names it: a detachment applied before the
+-- attachment it ends learns it from that (stale) attachment.
 CREATE FUNCTION stripe_billing._apply_payment_method(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
                                                      ev_account text DEFAULT NULL)
 RETURNS text
@@ -78,16 +81,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   detaching boolean := ev_type = 'payment_method.detached';
+  customer_id text := stripe_billing._id(o->'customer');
 BEGIN
   INSERT INTO stripe_billing.payment_methods AS t
          (id, customer, type, card_brand, card_last4, card_exp_month, card_exp_year, card_funding, card_country,
           detached, metadata, created, raw, last_event_id, last_event_created, account)
-  VALUES (o->>'id', stripe_billing._id(o->'customer'), o->>'type', o->'card'->>'brand', o->'card'->>'last4',
+  VALUES (o->>'id', customer_id, o->>'type', o->'card'->>'brand', o->'card'->>'last4',
           (o->'card'->>'exp_month')::integer, (o->'card'->>'exp_year')::integer, o->'card'->>'funding',
           o->'card'->>'country', detaching, coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o,
           ev_id, ev_created, ev_account)
   ON CONFLICT (id) DO UPDATE SET
-         customer = CASE WHEN EXCLUDED.detached THEN coalesce(EXCLUDED.customer, t.customer) ELSE EXCLUDED.customer END,
+         customer = coalesce(EXCLUDED.customer, t.customer),
          type = EXCLUDED.type, card_brand = EXCLUDED.card_brand, card_last4 = EXCLUDED.card_last4,
          card_exp_month = EXCLUDED.card_exp_month, card_exp_year = EXCLUDED.card_exp_year,
          card_funding = EXCLUDED.card_funding, card_country = EXCLUDED.card_country, detached = EXCLUDED.detached,
@@ -97,7 +101,12 @@ BEGIN
          updated_at = now(), account = EXCLUDED.account
   WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.detached,
                                       EXCLUDED.detached);
-  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+  IF FOUND THEN
+    RETURN 'applied';
+  END IF;
+  UPDATE stripe_billing.payment_methods SET customer = customer_id, updated_at = now()
+   WHERE id = o->>'id' AND customer IS NULL AND customer_id IS NOT NULL;
+  RETURN 'stale';
 END
 $$;
 
@@ -162,8 +171,9 @@ BEGIN
          m.account
     FROM stripe_billing.payment_methods m
     JOIN stripe_billing.customers c ON c.id = m.customer AND NOT c.deleted
-   CROSS JOIN LATERAL (SELECT make_timestamptz(m.card_exp_year, m.card_exp_month, 1, 0, 0, 0, 'UTC')
-                              + interval '1 month' AS ends) e
+   -- (the first instant of the next month, UTC: whatever the session's time zone)
+   CROSS JOIN LATERAL (SELECT make_timestamptz(m.card_exp_year + m.card_exp_month / 12, m.card_exp_month % 12 + 1,
+                                               1, 0, 0, 0, 'UTC') AS ends) e
    WHERE m.type = 'card' AND NOT m.detached
      AND m.card_exp_year BETWEEN 1 AND 9999 AND m.card_exp_month BETWEEN 1 AND 12
      AND e.ends > now_ AND e.ends <= now_ + make_interval(days => within_days)
