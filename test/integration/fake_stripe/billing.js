@@ -13,6 +13,7 @@ const {
 } = require('./proration');
 const { METADATA_MAX_KEYS } = require('./params');
 const { newId, nowSeconds, addInterval, previousAttributes } = require('./util');
+const { redeemCheckoutDiscount } = require('./billing_model');
 
 const PRORATION_BEHAVIORS = ['create_prorations', 'always_invoice', 'none'];
 const ADVANCE_STATUSES = ['past_due', 'active', 'canceled', 'unpaid'];
@@ -432,6 +433,7 @@ function completeSubscriptionMode(store, session, customer, details, trialDays, 
   const subscription = store.put(connectSubscription(
     startSubscription(customer, details, trialDays, details.subscriptionMetadata), details.connect));
   log.emit('customer.subscription.created', subscription);
+  redeemCheckoutDiscount(store, details.discount, customer, subscription, log.emit);
   const invoice = issueInvoice(store, subscription, { billingReason: 'subscription_create', paid: true, emit: log.emit });
   session.subscription = subscription.id;
   session.invoice = invoice.id;
