@@ -2,8 +2,10 @@
 # Taking over an existing Stripe account, end to end, against the fake
 # Stripe seeded with an account that existed before the install (2,000
 # customers, 2,000 subscriptions of which 100 have 15 items, 50 products,
-# 100 prices, paid invoices, 2 Stripe Entitlements per live customer), on a
-# throwaway cluster of its own:
+# 100 prices, paid invoices, 2 Stripe Entitlements per live customer; 4
+# coupons and their promotion codes, 300 subscriptions and 40 customers with
+# a discount, a card per live customer and a tax id per customer, 60
+# disputes, 80 credit notes), on a throwaway cluster of its own:
 #   1 backfill   CALL stripe_backfill() killed (kill -9 of its backend) three
 #                times mid-way and called again: it resumes (no kind's first
 #                page is asked for twice), and the tables equal the account
@@ -51,7 +53,10 @@ seed() {
     fake POST /_fake/reset >/dev/null &&
         fake POST /_fake/account "{\"customers\": 2000, \"subscriptions\": 2000, \"wide_subscriptions\": 100,
             \"wide_items\": 15, \"products\": 50, \"prices\": 100, \"canceled\": 200,
-            \"entitlements_per_customer\": 2, \"invoices_per_subscription\": 1, \"seed\": $1}" >/dev/null
+            \"entitlements_per_customer\": 2, \"invoices_per_subscription\": 1, \"seed\": $1,
+            \"coupons\": 4, \"discounted_subscriptions\": 300, \"customer_discounts\": 40,
+            \"payment_methods_per_customer\": 1, \"tax_ids_per_customer\": 1, \"disputes\": 60,
+            \"credit_notes\": 80}" >/dev/null
 }
 
 # differences DB: the rows that differ between the database and the fake
@@ -67,14 +72,17 @@ differences() {
 }
 
 # first_pages: how many times each kind's first page was asked for (no
-# starting_after; entitlements: the first customer's), one "path n" a line
+# starting_after; entitlements and payment methods: the first customer's),
+# one "path n" a line
 first_pages() {
     requests /v1/ | jq -r '
         map(select(.method == "GET" and .status == 200
-                   and (.path | test("^/v1/(products|prices|customers|subscriptions|invoices|entitlements/active_entitlements)$"))
+                   and (.path | test("^/v1/(products|prices|customers|subscriptions|invoices|entitlements/active_entitlements|coupons|promotion_codes|credit_notes|disputes|payment_methods)$"))
                    and .query.starting_after == null and (.query.limit | tostring) == "100"))
         | (map(select(.path == "/v1/entitlements/active_entitlements")) | (.[0].query.customer // "")) as $first
+        | (map(select(.path == "/v1/payment_methods")) | (.[0].query.customer // "")) as $first_pm
         | map(select(.path != "/v1/entitlements/active_entitlements" or .query.customer == $first))
+        | map(select(.path != "/v1/payment_methods" or .query.customer == $first_pm))
         | group_by(.path) | map("\(.[0].path | sub("^/v1/"; "") | sub("/active_entitlements"; "")) \(length)") | .[]'
 }
 
@@ -103,7 +111,7 @@ restarted() {
         allowed=$((1 + $(grep -o ":$kind:" <<<"$in_flight_first" | wc -l)))
         [ "$n" -le "$allowed" ] || echo -n " $kind (first page $n times)"
     done < <(first_pages)
-    [ "$(first_pages | wc -l)" = 6 ] || echo -n " first pages of $(first_pages | wc -l) kinds, not 6"
+    [ "$(first_pages | wc -l)" = 11 ] || echo -n " first pages of $(first_pages | wc -l) kinds, not 11"
 }
 
 # the users' features as derived, against those the account grants: every
@@ -130,7 +138,7 @@ grant_products() {
 }
 
 backfill_done() {
-    [ "$(sql "$1" "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM stripe_billing.backfill_state" 2>/dev/null)" = "7/7" ]   # (the six kinds of objects and the connected accounts)
+    [ "$(sql "$1" "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM stripe_billing.backfill_state" 2>/dev/null)" = "12/12" ]   # (the eleven kinds of objects and the connected accounts)
 }
 backfilled_objects() { sql "$1" "SELECT coalesce(sum(objects), 0) FROM stripe_billing.backfill_state" 2>/dev/null; }
 # reached DB N: has the backfill in DB applied N objects yet?
