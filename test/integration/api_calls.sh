@@ -507,6 +507,104 @@ eq "$GRANTED|$FORM" "t|$trial" "a user whose past subscription was paid, without
 verdict "one trial per user: granted to a new user and to one whose past subscription had none; left out (trial_granted false) after a trial subscription, even canceled; granted again with allow_repeat_trial"
 
 ###########################################################################
+# 3c. Checkout's discount: a promotion code or a coupon (issue 27)
+###########################################################################
+# At the fake: coupons SPRING20 (20 % for 3 months) and WINTER (no longer
+# valid), promotion codes SPRING (promo_spring) and OLD (inactive). Here:
+# what events told (the codes, WINTER, and a coupon GONE deleted).
+fk POST /_fake/objects '{"objects": [
+  {"id": "SPRING20", "object": "coupon", "percent_off": 20, "duration": "repeating", "duration_in_months": 3, "valid": true},
+  {"id": "WINTER", "object": "coupon", "percent_off": 50, "valid": false},
+  {"id": "promo_spring", "object": "promotion_code", "code": "SPRING", "active": true, "promotion": {"type": "coupon", "coupon": "SPRING20"}},
+  {"id": "promo_old", "object": "promotion_code", "code": "OLD", "active": false, "promotion": {"type": "coupon", "coupon": "SPRING20"}}]}' >/dev/null
+sql "SELECT stripe_billing.stripe_apply_event(jsonb_build_object('id', 'evt_dc_' || n, 'object', 'event', 'type', t,
+           'created', 1700000000 + n, 'livemode', false, 'data', jsonb_build_object('object', o::jsonb)))
+   FROM (VALUES (1, 'promotion_code.created', '{\"id\": \"promo_spring\", \"object\": \"promotion_code\", \"code\": \"SPRING\", \"active\": true, \"promotion\": {\"type\": \"coupon\", \"coupon\": \"SPRING20\"}}'),
+                (2, 'promotion_code.updated', '{\"id\": \"promo_old\", \"object\": \"promotion_code\", \"code\": \"OLD\", \"active\": false, \"promotion\": {\"type\": \"coupon\", \"coupon\": \"SPRING20\"}}'),
+                (3, 'promotion_code.created', '{\"id\": \"promo_late\", \"object\": \"promotion_code\", \"code\": \"LATE\", \"active\": true, \"expires_at\": 1700000100, \"promotion\": {\"type\": \"coupon\", \"coupon\": \"SPRING20\"}}'),
+                (4, 'coupon.updated', '{\"id\": \"WINTER\", \"object\": \"coupon\", \"percent_off\": 50, \"valid\": false}'),
+                (5, 'coupon.deleted', '{\"id\": \"GONE\", \"object\": \"coupon\", \"percent_off\": 10, \"valid\": true}')) v(n, t, o);"
+noerr "applying the coupons' and codes' events"
+
+# the code a customer types (any case), its promo_ id, a coupon id: each the form's one discount
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', promotion_code => 'spring');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc2', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', promotion_code => 'promo_spring');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc3', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', coupon => 'SPRING20');
+SELECT user_ref || ' ' || amount_total || ' ' || (raw->'discounts')::text FROM stripe_billing.checkout_sessions
+ WHERE user_ref IN ('u_disc', 'u_disc2', 'u_disc3') ORDER BY user_ref;"
+noerr "checkout with a discount"
+cs_disc=$(rows | sed -n 1p)
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" \
+   "POST /v1/checkout/sessions 200,POST /v1/checkout/sessions 200,POST /v1/checkout/sessions 200" "requests sent"
+eq "$(jx 'r.map(x => pairs(x).filter(l => /^(discounts|allow_promotion)/.test(l)).join("&")).join(",")')" \
+   "discounts[0][promotion_code]=promo_spring,discounts[0][promotion_code]=promo_spring,discounts[0][coupon]=SPRING20" \
+   "the discount fields sent"
+same_lines "the form with a promotion code" "mode=subscription
+line_items[0][price]=price_basic
+line_items[0][quantity]=1
+success_url=https://app.example/ok
+cancel_url=https://app.example/cancel
+client_reference_id=u_disc
+metadata[user_ref]=u_disc
+discounts[0][promotion_code]=promo_spring
+subscription_data[metadata][user_ref]=u_disc" "$(jx 'r.length ? pairs(r[0]) : ""')"
+same_lines "the sessions recorded" 'u_disc 800 [{"coupon": null, "promotion_code": "promo_spring"}]
+u_disc2 800 [{"coupon": null, "promotion_code": "promo_spring"}]
+u_disc3 800 [{"coupon": "SPRING20", "promotion_code": null}]' "$(rows | sed -n 4,6p)"
+verdict "checkout sends the promotion code a customer types (any case: SPRING's promo_ id), a promo_ id as it is, or a coupon id, as the session's one discount (discounts[0][...]); the sessions are recorded with it (800 of 1000)"
+
+# a promo_ id unknown here is Stripe's to judge: sent, and Stripe's 400 names the field
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc4', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', promotion_code => 'promo_unknownhere');"
+state_is SBA01 "an unknown promo_ id"
+[[ "$DETAIL" == *"discounts[0][promotion_code]"* && "$DETAIL" == *resource_missing* ]] || bad "DETAIL should name the param: '$DETAIL'"
+eq "$(reqcount)" "$((mark + 1))" "requests made"
+verdict "checkout sends a promo_ id not known here as it is; Stripe's refusal (resource_missing, discounts[0][promotion_code]) is SBA01"
+
+# refused before any request, naming the argument
+for case in "coupon|coupon => 'SPRING20', promotion_code => 'SPRING'|cannot be given with promotion_code" \
+            "promotion_code|promotion_code => 'SPRING', allow_promotion_codes => true|cannot be given with allow_promotion_codes" \
+            "coupon|coupon => 'SPRING20', allow_promotion_codes => true|cannot be given with allow_promotion_codes" \
+            "promotion_code|promotion_code => 'NOPE'|is no active promotion code" \
+            "promotion_code|promotion_code => 'OLD'|is no active promotion code" \
+            "promotion_code|promotion_code => 'promo_old'|is not active" \
+            "promotion_code|promotion_code => 'LATE'|is expired" \
+            "promotion_code|promotion_code => 'two words'|must be a promotion code" \
+            "coupon|coupon => 'WINTER'|is no longer valid" \
+            "coupon|coupon => 'GONE'|is deleted" \
+            "coupon|coupon => E'A\\nB'|must be a coupon id"; do
+    IFS='|' read -r named args says <<<"$case"
+    mark=$(reqcount)
+    sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc_bad', 'price_basic',
+      'https://app.example/ok', 'https://app.example/cancel', $args);"
+    state_is 22023 "checkout refused ($args)"
+    [[ "$MSG" == "$named"* && "$MSG" == *"$says"* ]] || bad "the message should start with '$named' and say '$says': '$MSG'"
+    eq "$(reqcount)" "$mark" "requests made ($args)"
+done
+sql "SELECT count(*) FROM stripe_billing.checkout_sessions WHERE user_ref = 'u_disc_bad'"
+eq "$(rows)" 0 "sessions recorded for the refused calls"
+verdict "checkout refuses, naming the argument, before any request: coupon and promotion_code together, either with allow_promotion_codes, an unknown or inactive code, an inactive or expired promo_ id known here, a coupon known here as no longer valid or deleted, ids with spaces or control characters"
+
+# paid: the subscription's discount and its ids, from the fake's events
+fk POST "/_fake/checkout/sessions/$cs_disc/complete" '{}' >/dev/null
+sql "SELECT public.apply_all_events();
+SELECT d.coupon || ' ' || d.promotion_code || ' ' || (d.subscription = s.id) || ' ' || (s.discounts = ARRAY[d.id]) || ' ' ||
+       c.user_ref || ' ' || (d.ends_at > d.starts_at + interval '85 days')
+  FROM stripe_billing.discounts d
+  JOIN stripe_billing.subscriptions s ON s.customer = d.customer
+  JOIN stripe_billing.customers c ON c.id = s.customer
+ WHERE c.user_ref = 'u_disc';"
+noerr "applying the paid session's events"
+eq "$(rows | sed -n 2p)" "SPRING20 promo_spring true true u_disc true" "the discount row (coupon, code, subscription, its discounts, user, 3 months)"
+verdict "the paid session's customer.discount.created is a discounts row of the subscription, whose discounts names it"
+
+###########################################################################
 # 4. Usage outbox
 ###########################################################################
 now=$(date +%s)

@@ -432,8 +432,10 @@ function connectSubscription(subscription, connect) {
 function completeSubscriptionMode(store, session, customer, details, trialDays, log) {
   const subscription = store.put(connectSubscription(
     startSubscription(customer, details, trialDays, details.subscriptionMetadata), details.connect));
+  // (created with its discount, which has its own event)
+  const discount = redeemCheckoutDiscount(store, details.discount, customer, subscription);
   log.emit('customer.subscription.created', subscription);
-  redeemCheckoutDiscount(store, details.discount, customer, subscription, log.emit);
+  if (discount) log.emit('customer.discount.created', discount);
   const invoice = issueInvoice(store, subscription, { billingReason: 'subscription_create', paid: true, emit: log.emit });
   session.subscription = subscription.id;
   session.invoice = invoice.id;

@@ -376,9 +376,10 @@ function sessionDiscounts(discount) {
     promotion_code: discount.promotionCode ? discount.promotionCode.id : null }];
 }
 
-// Once paid in subscription mode: the subscription's discount
-// (customer.discount.created), and a redemption of the coupon and code.
-function redeemCheckoutDiscount(store, discount, customer, subscription, emit) {
+// Once paid in subscription mode: the subscription's discount (the
+// caller emits customer.discount.created after the subscription's
+// creation), and a redemption of the coupon and code.
+function redeemCheckoutDiscount(store, discount, customer, subscription) {
   if (!discount) return null;
   const made = store.put(buildDiscount({
     coupon: discount.coupon,
@@ -390,7 +391,6 @@ function redeemCheckoutDiscount(store, discount, customer, subscription, emit) {
   subscription.discounts = [made.id];
   discount.coupon.times_redeemed += 1;
   if (discount.promotionCode) discount.promotionCode.times_redeemed += 1;
-  emit('customer.discount.created', made);
   return made;
 }
 

@@ -2887,6 +2887,9 @@ test('billing model: Checkout takes one coupon or promotion code, not with allow
   const done = await ctl('POST', `/_fake/checkout/sessions/${byCode.id}/complete`, {});
   const types = await eventTypes(done.events);
   assert.deepEqual(types.slice(0, 3), ['customer.created', 'customer.subscription.created', 'customer.discount.created']);
+  const created = (await storedEvents()).find((e) => e.type === 'customer.subscription.created' && done.events.includes(e.id));
+  const createdEvent = (await stripe('GET', `/v1/events/${created.id}`)).body;
+  assert.equal(createdEvent.data.object.discounts.length, 1, 'the subscription is created with its discount');
   const subscription = (await stripe('GET', `/v1/subscriptions/${done.session.subscription}?expand[]=discounts`)).body;
   const [discount] = subscription.discounts;
   assert.deepEqual([discount.source.coupon, discount.promotion_code, discount.subscription, discount.customer],
