@@ -3,7 +3,7 @@ CREATE TABLE stripe_billing.reconcile_runs (
     id          bigserial PRIMARY KEY,
     reason      text NOT NULL,         -- manual, scheduled, cursor expired
     state       text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done', 'failed')),
-    phase       text NOT NULL DEFAULT 'subscriptions' CHECK (phase IN ('subscriptions', 'customers')),
+    phase       text NOT NULL DEFAULT 'subscriptions' CHECK (phase IN ('subscriptions', 'customers', 'disputes')),
     list_cursor text,
     checked     bigint NOT NULL DEFAULT 0,   -- objects compared
     drifted     bigint NOT NULL DEFAULT 0,   -- objects that differed
@@ -24,7 +24,7 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_runs_id_seq
 CREATE TABLE stripe_billing.reconcile_log (
     id           bigserial PRIMARY KEY,
     run          bigint NOT NULL REFERENCES stripe_billing.reconcile_runs ON DELETE CASCADE,
-    object_type  text NOT NULL,            -- subscription, customer
+    object_type  text NOT NULL,            -- subscription, customer, dispute
     object_id    text NOT NULL,
     field        text NOT NULL,            -- row (missing here), status, items, user_ref, ...
     local_value  text,
@@ -143,6 +143,11 @@ BEGIN
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
       FROM jsonb_array_elements(data) o,
            stripe_billing._subscription_drift(coalesce(complete->(o->>'id'), o)) d;
+  ELSIF object_type = 'dispute' THEN
+    -- (chapter 33: what an open dispute may revoke)
+    INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
+    SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
+      FROM jsonb_array_elements(data) o, stripe_billing._dispute_drift(o) d;
   ELSE
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
@@ -165,6 +170,9 @@ BEGIN
      WHERE id = ANY (ids) AND last_event_created < snapshot;
     UPDATE stripe_billing.subscription_items SET last_event_created = NULL
      WHERE subscription = ANY (ids) AND last_event_created < snapshot;
+  ELSIF object_type = 'dispute' THEN
+    UPDATE stripe_billing.disputes SET last_event_created = NULL
+     WHERE id = ANY (ids) AND last_event_created < snapshot;
   ELSE
     UPDATE stripe_billing.customers SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
@@ -190,7 +198,9 @@ END
 $$;
 
 -- One page of the running reconciliation: subscriptions (status=all), then
--- customers.  A failure ends the run (failed) and is returned, not raised.
+-- customers, then disputes (with their charges: an open dispute may revoke
+-- its customer's features, dispute_access).  A failure ends the run
+-- (failed) and is returned, not raised.
 -- Returns the run (NULL: none running) and a progress line.
 CREATE FUNCTION stripe_billing._reconcile_step(for_account text DEFAULT NULL, any_account boolean DEFAULT false,
                                                OUT run bigint, OUT message text, OUT failed boolean)
@@ -217,9 +227,13 @@ BEGIN
   run := r.id;
   BEGIN
     SELECT * INTO l FROM stripe_billing._list_page(
-        CASE r.phase WHEN 'subscriptions' THEN '/v1/subscriptions' ELSE '/v1/customers' END,
+        CASE r.phase WHEN 'subscriptions' THEN '/v1/subscriptions' WHEN 'disputes' THEN '/v1/disputes'
+                     ELSE '/v1/customers' END,
         jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
-                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)),
+                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END,
+                                             -- (a dispute's customer is its charge's)
+                                             'expand', CASE WHEN r.phase = 'disputes'
+                                                            THEN jsonb_build_array('data.charge') END)),
         account => r.account);
     data := coalesce(l.page->'data', '[]');
     complete := '{}';
@@ -229,6 +243,7 @@ BEGIN
       n := n + c.requests;
     END IF;
     c := stripe_billing._reconcile_compare(r.id, CASE r.phase WHEN 'subscriptions' THEN 'subscription'
+                                                               WHEN 'disputes' THEN 'dispute'
                                                                ELSE 'customer' END, data, l.snapshot, complete,
                                            r.account);
     more := coalesce((l.page->>'has_more')::boolean, false) AND jsonb_array_length(data) > 0;
@@ -236,9 +251,10 @@ BEGIN
        SET checked = g.checked + c.checked, drifted = g.drifted + c.drifted, fixed = g.fixed + c.fixed,
            requests = g.requests + n,
            list_cursor = CASE WHEN more THEN data->-1->>'id' END,
-           phase = CASE WHEN NOT more AND g.phase = 'subscriptions' THEN 'customers' ELSE g.phase END,
-           state = CASE WHEN NOT more AND g.phase = 'customers' THEN 'done' ELSE 'running' END,
-           finished_at = CASE WHEN NOT more AND g.phase = 'customers' THEN now() END
+           phase = CASE WHEN NOT more AND g.phase = 'subscriptions' THEN 'customers'
+                        WHEN NOT more AND g.phase = 'customers' THEN 'disputes' ELSE g.phase END,
+           state = CASE WHEN NOT more AND g.phase = 'disputes' THEN 'done' ELSE 'running' END,
+           finished_at = CASE WHEN NOT more AND g.phase = 'disputes' THEN now() END
      WHERE g.id = r.id;
     message := format('stripe_billing reconcile%s: %s %s checked, %s differed, %s fixed',
                       ' of ' || r.account, c.checked, r.phase, c.drifted, c.fixed);
@@ -255,9 +271,9 @@ BEGIN
 END
 $$;
 
--- Compares subscriptions (every status) and customers at Stripe with the
--- local rows, repairs what differs and logs it in reconcile_log; page by
--- page, each committed.  Not in a transaction block (it commits).
+-- Compares subscriptions (every status), customers and disputes at Stripe
+-- with the local rows, repairs what differs and logs it in reconcile_log;
+-- page by page, each committed.  Not in a transaction block (it commits).
 CREATE PROCEDURE stripe_billing.stripe_reconcile(account text DEFAULT NULL)
 LANGUAGE plpgsql
 -- (no SET clause, so that it may commit: every type, call and operator

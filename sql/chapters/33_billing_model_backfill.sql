@@ -1,6 +1,7 @@
 
 --------------------------------------------------------------------------
--- The rest of the billing model in the backfill and the re-fetch
+-- The rest of the billing model in the backfill, the re-fetch and the
+-- reconciliation
 --
 -- The backfill lists, in dependency order (_backfill_kinds): coupons and
 -- promotion codes before the customers and subscriptions whose discounts
@@ -175,4 +176,25 @@ BEGIN
      WHERE id = discount_id AND NOT deleted;
   END IF;
 END
+$$;
+
+-- How a listed dispute (its charge expanded) differs from the local row:
+-- missing here, its status (open or not: what dispute_access revokes on),
+-- its customer.  The reconciliation's third phase (13_reconcile.sql): a
+-- missed charge.dispute.closed would leave features revoked.
+CREATE FUNCTION stripe_billing._dispute_drift(o jsonb)
+RETURNS TABLE (field text, local_value text, stripe_value text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT 'row', NULL, 'present'
+   WHERE NOT EXISTS (SELECT FROM stripe_billing.disputes WHERE id = o->>'id')
+  UNION ALL
+  SELECT f.field, f.local_value, f.stripe_value
+    FROM stripe_billing.disputes l,
+         LATERAL (VALUES
+           ('status', l.status, o->>'status'),
+           ('customer', l.customer, coalesce(stripe_billing._id(o->'charge'->'customer'), l.customer))
+         ) f(field, local_value, stripe_value)
+   WHERE l.id = o->>'id' AND f.local_value IS DISTINCT FROM f.stripe_value
 $$;

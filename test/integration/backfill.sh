@@ -15,7 +15,8 @@
 #   3 rate       under a fake limit of 5 requests/s: with
 #                max_requests_per_second 50 the 429s are waited out; with 4,
 #                none is sent beyond the limit
-#   4 reconcile  drift injected by a superuser (7 kinds of edits) is found,
+#   4 reconcile  drift injected by a superuser (8 kinds of edits: a dispute's
+#                status too) is found,
 #                logged field by field and repaired; a second run finds none
 #   5 worker     a fresh database: the worker takes the cursor, backfills
 #                while pulling events (killed -9 three times), ends equal
@@ -295,19 +296,22 @@ check_reconcile() {
         UPDATE stripe_billing.customers SET user_ref = NULL WHERE id = '${10}';
         UPDATE stripe_billing.customers SET deleted = true WHERE id = '${12}';
         DELETE FROM stripe_billing.subscription_items WHERE subscription = '${13}';
-        DELETE FROM stripe_billing.subscriptions WHERE id = '${13}';" >/dev/null || problems+=(" the edits failed")
+        DELETE FROM stripe_billing.subscriptions WHERE id = '${13}';
+        UPDATE stripe_billing.disputes SET status = 'won'
+         WHERE id = (SELECT min(id) FROM stripe_billing.disputes WHERE status = 'needs_response');" >/dev/null ||
+        problems+=(" the edits failed")
     differences sb_procedure >/dev/null && problems+=(" the edits made no difference")
     psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_reconcile()" >"$work/reconcile.log" 2>&1 ||
         problems+=(" stripe_reconcile failed: $(tail -2 "$work/reconcile.log")")
     fields=$(sql sb_procedure "SELECT string_agg(object_type || '.' || field || CASE WHEN fixed THEN '' ELSE ' (not fixed)' END, ', '
                                                 ORDER BY object_type, field)
                                  FROM stripe_billing.reconcile_log WHERE run = (SELECT run FROM stripe_billing.reconcile_status)")
-    [ "$fields" = "customer.deleted, customer.user_ref, subscription.items, subscription.items, subscription.cancel_at_period_end, subscription.row, subscription.status" ] ||
-        [ "$fields" = "customer.deleted, customer.user_ref, subscription.cancel_at_period_end, subscription.items, subscription.items, subscription.row, subscription.status" ] ||
+    [ "$fields" = "customer.deleted, customer.user_ref, dispute.status, subscription.items, subscription.items, subscription.cancel_at_period_end, subscription.row, subscription.status" ] ||
+        [ "$fields" = "customer.deleted, customer.user_ref, dispute.status, subscription.cancel_at_period_end, subscription.items, subscription.items, subscription.row, subscription.status" ] ||
         problems+=(" logged: $fields")
     status=$(sql sb_procedure "SELECT state || ', ' || checked || ' checked, ' || drifted || ' drifted, ' || fixed || ' fixed'
                                  FROM stripe_billing.reconcile_status")
-    [[ "$status" == "done, "*" 7 drifted, 7 fixed" ]] || problems+=(" status: $status")
+    [[ "$status" == "done, 4060 checked, 8 drifted, 8 fixed" ]] || problems+=(" status: $status")
     differences sb_procedure || problems+=(" $? rows still differ")
     psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_reconcile()" >/dev/null 2>&1
     [[ "$(sql sb_procedure "SELECT drifted FROM stripe_billing.reconcile_status")" == 0 ]] ||
