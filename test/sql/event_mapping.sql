@@ -104,6 +104,22 @@ SELECT id, default_payment_method FROM customers ORDER BY id;
 SELECT 'subscription' AS object, id, discounts FROM subscriptions
 UNION ALL SELECT 'invoice', id, discounts FROM invoices ORDER BY 1, 2;
 
+-- the older shapes (before 2025-09-30.clover a discount's and a promotion
+-- code's coupon was the coupon object; before 2025-03-31.basil a credit note
+-- named one refund; a subscription had one discount)
+SELECT stripe_apply_event(jsonb_build_object('id', 'evt_old_' || n, 'object', 'event', 'type', t,
+         'api_version', '2020-08-27', 'created', 1600000000 + n, 'livemode', false,
+         'data', jsonb_build_object('object', o::jsonb))) AS outcome
+  FROM (VALUES
+    (1, 'customer.discount.created', '{"id": "di_old", "object": "discount", "customer": "cus_old_shape", "subscription": "sub_old_shape", "start": 1600000000, "end": null, "promotion_code": "promo_old_shape", "coupon": {"id": "OLD25", "object": "coupon", "percent_off": 25, "duration": "forever", "valid": true}}'),
+    (2, 'promotion_code.created', '{"id": "promo_old_shape", "object": "promotion_code", "code": "OLDCODE", "active": true, "coupon": {"id": "OLD25", "object": "coupon", "percent_off": 25}}'),
+    (3, 'credit_note.created', '{"id": "cn_old_shape", "object": "credit_note", "invoice": "in_old_shape", "customer": "cus_old_shape", "status": "issued", "amount": 500, "refund": "re_old_shape"}'),
+    (4, 'customer.subscription.created', '{"id": "sub_old_shape", "object": "subscription", "customer": "cus_old_shape", "status": "active", "current_period_start": 1600000000, "current_period_end": 1602592000, "items": {"object": "list", "has_more": false, "data": []}, "discount": {"id": "di_old", "object": "discount", "coupon": {"id": "OLD25", "object": "coupon"}}}')
+  ) v(n, t, o) ORDER BY n;
+SELECT d.id, d.coupon, d.promotion_code, p.coupon AS code_coupon, c.refunds, s.discounts
+  FROM discounts d, promotion_codes p, credit_notes c, subscriptions s
+ WHERE d.id = 'di_old' AND p.id = 'promo_old_shape' AND c.id = 'cn_old_shape' AND s.id = 'sub_old_shape';
+
 -- Stripe's newest version, 2026-11-18.endive (test/fixtures/objects/
 -- stripe-node-23.2.0: the objects above with the fields the stripe npm
 -- SDK 23.2.0 adds since 22.5.0, 2026-07-29.dahlia): they map (the product
