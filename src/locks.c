@@ -19,7 +19,11 @@
  *      no other key;
  *   2. object keys: one per Stripe object whose row the unit may write, and
  *      one per customer whose link or users' features it may change, in
- *      key order;
+ *      key order.  A customer an object does not name (a dispute's: its
+ *      charge's) is read from the rows that name it (customers_of_rows)
+ *      before the keys are taken, and again once they are held: when it
+ *      changed meanwhile, the keys are given back, nothing having been
+ *      written under them, and taken again in key order with its;
  *   3. user keys: one per user whose features it may derive (the users
  *      linked to those customers, read once the customers' keys are held,
  *      and the users the objects name), in key order.
