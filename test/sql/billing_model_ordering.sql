@@ -281,4 +281,67 @@ SELECT stripe_billing.stripe_apply_event(pg_temp.evt('evt_dp_7', 'charge.dispute
     "status": "won", "created": 1760300004}'));
 SELECT feature FROM stripe_billing.stripe_user_features('user_dp');
 
+-- The rules, kind by kind (each on a fresh object): an older snapshot is
+-- stale; one of the same second applies and marks refetch; a newer one
+-- clears it; the terminal state (a tombstone, void, detached, won) sticks
+-- against a same-second and a newer non-terminal snapshot; a redelivery is
+-- a duplicate.  (A promotion code has no terminal state; a lost dispute is
+-- not terminal: it may be appealed.)
+CREATE FUNCTION pg_temp.rules(tab text, obj jsonb, live_type text, terminal_type text, terminal jsonb)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  id text := obj->>'id';
+  n int := 0;
+  out text := '';
+  refetch boolean;
+  step record;
+BEGIN
+  FOR step IN SELECT * FROM (VALUES
+      (100, live_type, obj), (50, live_type, obj), (100, live_type, obj), (200, live_type, obj),
+      (300, terminal_type, terminal), (300, live_type, obj), (400, live_type, obj)) v(t, type, o) LOOP
+    n := n + 1;
+    out := out || ' ' || stripe_billing.stripe_apply_event(
+             pg_temp.evt('evt_rule_' || tab || n, step.type, 1770000000 + step.t, step.o));
+    EXECUTE format('SELECT refetch FROM stripe_billing.%I WHERE id = $1', tab) INTO refetch USING id;
+    out := out || CASE WHEN refetch THEN '(refetch)' ELSE '' END;
+  END LOOP;
+  -- a redelivery
+  out := out || ' ' || stripe_billing.stripe_apply_event(pg_temp.evt('evt_rule_' || tab || '3', live_type, 1770000100, obj));
+  RETURN ltrim(out);
+END
+$$;
+SELECT tab, pg_temp.rules(tab, obj::jsonb, live, term, terminal::jsonb) AS outcomes FROM (VALUES
+  ('coupons', '{"id": "RULES", "object": "coupon", "percent_off": 10, "valid": true}', 'coupon.updated',
+   'coupon.deleted', '{"id": "RULES", "object": "coupon", "percent_off": 10, "valid": false}'),
+  ('promotion_codes', '{"id": "promo_rules", "object": "promotion_code", "code": "R", "active": true}',
+   'promotion_code.updated', 'promotion_code.updated', '{"id": "promo_rules", "object": "promotion_code", "code": "R", "active": false}'),
+  ('discounts', '{"id": "di_rules", "object": "discount", "customer": "cus_rules", "source": {"coupon": "RULES"}}',
+   'customer.discount.updated', 'customer.discount.deleted', '{"id": "di_rules", "object": "discount", "customer": "cus_rules", "source": {"coupon": "RULES"}}'),
+  ('disputes', '{"id": "dp_rules", "object": "dispute", "charge": "ch_rules", "status": "lost"}',
+   'charge.dispute.updated', 'charge.dispute.closed', '{"id": "dp_rules", "object": "dispute", "charge": "ch_rules", "status": "won"}'),
+  ('credit_notes', '{"id": "cn_rules", "object": "credit_note", "status": "issued", "amount": 100}',
+   'credit_note.updated', 'credit_note.voided', '{"id": "cn_rules", "object": "credit_note", "status": "void", "amount": 100}'),
+  ('payment_methods', '{"id": "pm_rules", "object": "payment_method", "customer": "cus_rules", "type": "card"}',
+   'payment_method.updated', 'payment_method.detached', '{"id": "pm_rules", "object": "payment_method", "customer": null, "type": "card"}'),
+  ('tax_ids', '{"id": "txi_rules", "object": "tax_id", "customer": "cus_rules", "type": "eu_vat", "value": "DE1"}',
+   'customer.tax_id.updated', 'customer.tax_id.deleted', '{"id": "txi_rules", "object": "tax_id", "customer": "cus_rules", "type": "eu_vat", "value": "DE1"}')
+  ) v(tab, obj, live, term, terminal) ORDER BY tab;
+-- the terminal states, and what a tombstone kept
+SELECT 'coupon' AS kind, deleted::text AS state, percent_off::text AS kept FROM stripe_billing.coupons WHERE id = 'RULES'
+UNION ALL SELECT 'promotion_code', active::text, code FROM stripe_billing.promotion_codes WHERE id = 'promo_rules'
+UNION ALL SELECT 'discount', deleted::text, coupon FROM stripe_billing.discounts WHERE id = 'di_rules'
+UNION ALL SELECT 'dispute', status, charge FROM stripe_billing.disputes WHERE id = 'dp_rules'
+UNION ALL SELECT 'credit_note', status, amount::text FROM stripe_billing.credit_notes WHERE id = 'cn_rules'
+UNION ALL SELECT 'payment_method', detached::text, customer FROM stripe_billing.payment_methods WHERE id = 'pm_rules'
+UNION ALL SELECT 'tax_id', deleted::text, value FROM stripe_billing.tax_ids WHERE id = 'txi_rules'
+ ORDER BY 1;
+
+-- ids an account chooses: a coupon of the same id in two accounts is two rows
+SELECT stripe_billing.stripe_apply_event(pg_temp.evt('evt_acct_coupon_' || a, 'coupon.created', 1770001000,
+         '{"id": "SAMEID", "object": "coupon", "percent_off": 15}') || jsonb_build_object('account', a))
+  FROM unnest(ARRAY['acct_1Aaaa', 'acct_1Bbbb']) a;
+SELECT stripe_billing.stripe_apply_event(pg_temp.evt('evt_plat_coupon', 'coupon.created', 1770001000,
+         '{"id": "SAMEID", "object": "coupon", "percent_off": 20}'));
+SELECT id, coalesce(account, 'platform') AS account, percent_off FROM stripe_billing.coupons WHERE id = 'SAMEID' ORDER BY 2;
+
 DROP EXTENSION stripe_billing;
