@@ -605,6 +605,70 @@ eq "$(rows | sed -n 2p)" "SPRING20 promo_spring true true u_disc true" "the disc
 verdict "the paid session's customer.discount.created is a discounts row of the subscription, whose discounts names it"
 
 ###########################################################################
+# 3d. Re-fetch of the rest of the billing model's ties (issue 27)
+###########################################################################
+# Objects at the fake, each applied here twice in one second (a tie marks
+# refetch): _refetch_one reads each again from its endpoint (a discount from
+# the subscription that holds it) and the tie is settled with the fake's state.
+sub_disc=$(fk GET "/_fake/objects/$cs_disc" '' 'r.subscription' 2>&1)
+di_disc=$(fk GET "/_fake/objects/$sub_disc" '' 'r.discounts[0]' 2>&1)
+fk POST /_fake/objects '{"objects": [
+  {"id": "ch_tie", "object": "charge", "customer": "cus_x", "amount": 700, "currency": "usd", "status": "succeeded"},
+  {"id": "dp_tie", "object": "dispute", "charge": "ch_tie", "amount": 700, "currency": "usd", "status": "under_review"},
+  {"id": "cn_tie", "object": "credit_note", "invoice": "in_tie", "customer": "cus_x", "amount": 300, "currency": "usd", "status": "void"},
+  {"id": "pm_tie", "object": "payment_method", "customer": "cus_x", "type": "card", "card": {"brand": "visa", "last4": "1111", "exp_month": 2, "exp_year": 2031}},
+  {"id": "txi_tie", "object": "tax_id", "customer": "cus_x", "type": "eu_vat", "value": "DE999", "country": "DE"}]}' >/dev/null
+# (the ties earlier checks left are settled first: 3d's alone are counted)
+sql "SELECT count(*) FROM generate_series(1, 100) g WHERE stripe_billing._refetch_one();
+SELECT stripe_billing.stripe_apply_event('{\"id\": \"evt_ch_tie\", \"object\": \"event\", \"type\": \"charge.succeeded\",
+  \"created\": 1700000400, \"livemode\": false, \"data\": {\"object\": {\"id\": \"ch_tie\", \"object\": \"charge\",
+  \"customer\": \"cus_x\", \"amount\": 700, \"currency\": \"usd\", \"status\": \"succeeded\"}}}');"
+noerr "settling earlier ties, the disputed charge"
+sql "SELECT count(*) FROM (SELECT stripe_billing.stripe_apply_event(jsonb_build_object('id', 'evt_tie_' || n || '_' || k, 'object', 'event',
+           'type', t, 'created', floor(extract(epoch FROM now()))::bigint, 'livemode', false,
+           'data', jsonb_build_object('object', o::jsonb)))
+   FROM (VALUES (1, 'coupon.updated', '{\"id\": \"SPRING20\", \"object\": \"coupon\", \"percent_off\": 99, \"valid\": true}'),
+                (2, 'promotion_code.updated', '{\"id\": \"promo_spring\", \"object\": \"promotion_code\", \"code\": \"STALE\", \"active\": true}'),
+                (3, 'charge.dispute.updated', '{\"id\": \"dp_tie\", \"object\": \"dispute\", \"charge\": \"ch_tie\", \"status\": \"needs_response\"}'),
+                (4, 'credit_note.updated', '{\"id\": \"cn_tie\", \"object\": \"credit_note\", \"status\": \"issued\", \"amount\": 300}'),
+                (5, 'payment_method.updated', '{\"id\": \"pm_tie\", \"object\": \"payment_method\", \"customer\": \"cus_x\", \"type\": \"card\", \"card\": {\"last4\": \"0000\"}}'),
+                (6, 'customer.tax_id.updated', '{\"id\": \"txi_tie\", \"object\": \"tax_id\", \"customer\": \"cus_x\", \"value\": \"STALE\"}'),
+                (7, 'customer.discount.updated', '{\"id\": \"$di_disc\", \"object\": \"discount\", \"subscription\": \"$sub_disc\", \"source\": {\"coupon\": \"STALE\"}}')) v(n, t, o),
+        generate_series(1, 2) k) x;
+SELECT string_agg(t, ' ' ORDER BY t) FROM (
+  SELECT 'coupon' AS t FROM stripe_billing.coupons WHERE refetch UNION ALL SELECT 'promotion_code' FROM stripe_billing.promotion_codes WHERE refetch
+  UNION ALL SELECT 'dispute' FROM stripe_billing.disputes WHERE refetch UNION ALL SELECT 'credit_note' FROM stripe_billing.credit_notes WHERE refetch
+  UNION ALL SELECT 'payment_method' FROM stripe_billing.payment_methods WHERE refetch UNION ALL SELECT 'tax_id' FROM stripe_billing.tax_ids WHERE refetch
+  UNION ALL SELECT 'discount' FROM stripe_billing.discounts WHERE refetch) m;"
+noerr "the ties"
+eq "$(rows | sed -n 2p)" "coupon credit_note discount dispute payment_method promotion_code tax_id" "rows marked refetch"
+mark=$(reqcount)
+sql "SELECT count(*) FROM generate_series(1, 20) g WHERE stripe_billing._refetch_one();
+SELECT (SELECT count(*) FROM stripe_billing.coupons WHERE refetch) + (SELECT count(*) FROM stripe_billing.promotion_codes WHERE refetch)
+     + (SELECT count(*) FROM stripe_billing.disputes WHERE refetch) + (SELECT count(*) FROM stripe_billing.credit_notes WHERE refetch)
+     + (SELECT count(*) FROM stripe_billing.payment_methods WHERE refetch) + (SELECT count(*) FROM stripe_billing.tax_ids WHERE refetch)
+     + (SELECT count(*) FROM stripe_billing.discounts WHERE refetch);
+SELECT (SELECT percent_off::text FROM stripe_billing.coupons WHERE id = 'SPRING20' AND account IS NULL) || ' ' ||
+       (SELECT code FROM stripe_billing.promotion_codes WHERE id = 'promo_spring') || ' ' ||
+       (SELECT status || ':' || customer FROM stripe_billing.disputes WHERE id = 'dp_tie') || ' ' ||
+       (SELECT status FROM stripe_billing.credit_notes WHERE id = 'cn_tie') || ' ' ||
+       (SELECT card_last4 FROM stripe_billing.payment_methods WHERE id = 'pm_tie') || ' ' ||
+       (SELECT value FROM stripe_billing.tax_ids WHERE id = 'txi_tie') || ' ' ||
+       (SELECT coupon FROM stripe_billing.discounts WHERE id = '$di_disc');"
+noerr "_refetch_one"
+eq "$(rows | sed -n 1,2p | paste -sd ' ')" "7 0" "re-fetches made, rows still marked"
+eq "$(rows | sed -n 3p)" "20 SPRING under_review:cus_x void 1111 DE999 SPRING20" "the rows after (coupon, code, dispute, credit note, card, tax id, discount)"
+recs "$mark" /v1/
+same_lines "the requests" "GET /v1/coupons/SPRING20
+GET /v1/promotion_codes/promo_spring
+GET /v1/disputes/dp_tie
+GET /v1/credit_notes/cn_tie
+GET /v1/payment_methods/pm_tie
+GET /v1/tax_ids/txi_tie
+GET /v1/subscriptions/$sub_disc expand=discounts" "$(jx 'r.map(x => x.method + " " + x.path + (x.query.expand ? " expand=" + x.query.expand : "")).join("\n")')"
+verdict "a same-second tie of a coupon, promotion code, dispute, credit note, card, tax id and discount is re-fetched (a discount from the subscription that holds it, expand[]=discounts) and settled with Stripe's state; nothing stays marked"
+
+###########################################################################
 # 4. Usage outbox
 ###########################################################################
 now=$(date +%s)
