@@ -111,6 +111,7 @@ $$;
 -- objects); {} for none.
 CREATE FUNCTION stripe_billing._discount_ids(discounts jsonb) RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT coalesce(array_agg(stripe_billing._id(d) ORDER BY n) FILTER (WHERE stripe_billing._id(d) IS NOT NULL),
                   '{}')

@@ -176,4 +176,13 @@ SELECT stripe_apply_event(pg_temp.invoice_event('evt_in_null_4', 'invoice.delete
 SELECT id, status, deleted, last_event_id FROM invoices WHERE id = 'in_null_status';
 SELECT id, outcome, error FROM events WHERE id LIKE 'evt_in_null_%' ORDER BY id;
 
+-- Every function in SQL or PL/pgSQL pins its search_path, but the
+-- one-expression helpers inlined into the mappings and the derivation
+-- (every name in them qualified) and the committing procedures (which
+-- cannot pin one, and qualify every name): a new one that pins none shows
+-- here.
+SELECT p.proname, p.prokind FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+ WHERE p.pronamespace = 'stripe_billing'::regnamespace AND l.lanname IN ('sql', 'plpgsql') AND p.proconfig IS NULL
+ ORDER BY 1;
+
 DROP EXTENSION stripe_billing;
