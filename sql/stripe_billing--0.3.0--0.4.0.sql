@@ -219,10 +219,236 @@ BEGIN
 END
 $$;
 -- the reconciliation's phase of subscription schedules
-ALTER TABLE stripe_billing.reconcile_runs DROP CONSTRAINT reconcile_runs_phase_check,
-    ADD CONSTRAINT reconcile_runs_phase_check
-        CHECK (phase IN ('subscriptions', 'customers', 'subscription_schedules'));
+-- (its phase check: with the disputes' phase, below)
 -- ---- end of issue 27, part A ----
+-- ---- The rest of the billing model (issue 27, part B: model-kinds) ----
+-- Coupons (keyed by id and account), promotion codes, discounts; the
+-- discounts of subscriptions and invoices (chapter 30).
+CREATE TABLE stripe_billing.coupons (
+    id                 text NOT NULL,
+    name               text,
+    percent_off        numeric,         -- 25.5: a percentage
+    amount_off         bigint,          -- minor units of currency
+    currency           text,
+    duration           text,            -- once | repeating | forever
+    duration_in_months integer,
+    max_redemptions    bigint,
+    times_redeemed     bigint,
+    redeem_by          timestamptz,
+    valid              boolean,         -- false once it can no longer be redeemed
+    deleted            boolean NOT NULL DEFAULT false,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text,            -- the connected account (acct_...); NULL: the platform's own
+    -- an id the account chose is unique within its account only
+    CONSTRAINT coupons_id_account_key UNIQUE NULLS NOT DISTINCT (id, account)
+);
+
+CREATE TABLE stripe_billing.promotion_codes (
+    id                 text PRIMARY KEY,
+    code               text,            -- what the customer types
+    coupon             text,            -- promotion.coupon (2025-09-30.clover on), or coupon's id
+    customer           text,            -- redeemable by this customer only
+    active             boolean,
+    expires_at         timestamptz,
+    max_redemptions    bigint,
+    times_redeemed     bigint,
+    first_time_transaction boolean,     -- restrictions.first_time_transaction
+    minimum_amount     bigint,          -- restrictions.minimum_amount
+    minimum_amount_currency text,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
+);
+-- (codes are case-insensitive at Stripe: Checkout looks them up so)
+CREATE INDEX promotion_codes_code_idx ON stripe_billing.promotion_codes (upper(code), account);
+
+CREATE TABLE stripe_billing.discounts (
+    id                 text PRIMARY KEY,
+    customer           text,
+    subscription       text,
+    subscription_item  text,
+    invoice            text,
+    invoice_item       text,
+    checkout_session   text,
+    coupon             text,            -- source.coupon (2025-09-30.clover on), or coupon's id
+    promotion_code     text,
+    starts_at          timestamptz,     -- Stripe's start
+    ends_at            timestamptz,     -- Stripe's end (NULL: forever)
+    deleted            boolean NOT NULL DEFAULT false,
+    raw                jsonb,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
+);
+CREATE INDEX discounts_customer_idx ON stripe_billing.discounts (customer);
+CREATE INDEX discounts_subscription_idx ON stripe_billing.discounts (subscription);
+
+-- The discounts of a subscription and of an invoice, by id ({} when none;
+-- the rows are in discounts when their objects were seen).  (Added here,
+-- at the end of the tables, as the 0.3.0 -> 0.4.0 update adds them.)
+ALTER TABLE stripe_billing.subscriptions ADD COLUMN discounts text[] NOT NULL DEFAULT '{}';
+ALTER TABLE stripe_billing.invoices ADD COLUMN discounts text[] NOT NULL DEFAULT '{}';
+
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.coupons', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.promotion_codes', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.discounts', '');
+
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_settings
+              WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+    ALTER TABLE stripe_billing.coupons ALTER COLUMN raw SET COMPRESSION lz4;
+    ALTER TABLE stripe_billing.promotion_codes ALTER COLUMN raw SET COMPRESSION lz4;
+    ALTER TABLE stripe_billing.discounts ALTER COLUMN raw SET COMPRESSION lz4;
+  END IF;
+END
+$$;
+
+-- Disputes and credit notes (chapter 31).
+CREATE TABLE stripe_billing.disputes (
+    id                 text PRIMARY KEY,
+    charge             text,
+    payment_intent     text,
+    customer           text,            -- the charge's customer (see above)
+    amount             bigint,          -- minor units
+    currency           text,
+    reason             text,
+    status             text,
+    is_charge_refundable boolean,
+    evidence_due_by    timestamptz,     -- evidence_details.due_by
+    intended_submission_method text,    -- manual | smart_disputes | ... (2026-10-28.endive on)
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb NOT NULL,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
+);
+CREATE INDEX disputes_charge_idx ON stripe_billing.disputes (charge);
+-- (what the derivation looks for: a customer's open disputes)
+CREATE INDEX disputes_open_customer_idx ON stripe_billing.disputes (customer)
+    WHERE status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review');
+
+CREATE TABLE stripe_billing.credit_notes (
+    id                 text PRIMARY KEY,
+    invoice            text,
+    customer           text,
+    number             text,
+    status             text,            -- issued | void
+    type               text,            -- pre_payment | post_payment | mixed
+    reason             text,
+    amount             bigint,          -- minor units: the total credited
+    subtotal           bigint,
+    total              bigint,
+    discount_amount    bigint,
+    out_of_band_amount bigint,
+    currency           text,
+    refunds            text[] NOT NULL DEFAULT '{}',  -- refunds[].refund, or refund (before 2025-03-31.basil)
+    memo               text,
+    effective_at       timestamptz,
+    voided_at          timestamptz,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb NOT NULL,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
+);
+CREATE INDEX credit_notes_invoice_idx ON stripe_billing.credit_notes (invoice);
+CREATE INDEX credit_notes_customer_idx ON stripe_billing.credit_notes (customer);
+
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.disputes', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.credit_notes', '');
+
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_settings
+              WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+    ALTER TABLE stripe_billing.disputes ALTER COLUMN raw SET COMPRESSION lz4;
+    ALTER TABLE stripe_billing.credit_notes ALTER COLUMN raw SET COMPRESSION lz4;
+  END IF;
+END
+$$;
+
+-- Payment methods, tax ids, a customer's default payment method (chapter 32).
+CREATE TABLE stripe_billing.payment_methods (
+    id                 text PRIMARY KEY,
+    customer           text,            -- the customer it is (or was, once detached) attached to
+    type               text,            -- card, sepa_debit, link, ...
+    card_brand         text,            -- visa, mastercard, amex, ...
+    card_last4         text,
+    card_exp_month     integer,         -- 1..12
+    card_exp_year      integer,
+    card_funding       text,            -- credit | debit | prepaid | unknown
+    card_country       text,
+    detached           boolean NOT NULL DEFAULT false,
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    created            timestamptz,
+    raw                jsonb NOT NULL,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
+);
+CREATE INDEX payment_methods_customer_idx ON stripe_billing.payment_methods (customer);
+
+CREATE TABLE stripe_billing.tax_ids (
+    id                 text PRIMARY KEY,
+    customer           text,            -- customer, or owner.customer
+    type               text,            -- eu_vat, gb_vat, us_ein, ...
+    value              text,
+    country            text,
+    verification_status text,           -- pending | verified | unverified | unavailable
+    deleted            boolean NOT NULL DEFAULT false,
+    created            timestamptz,
+    raw                jsonb,
+    last_event_id      text,
+    last_event_created timestamptz,
+    refetch            boolean NOT NULL DEFAULT false,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    account            text             -- the connected account (acct_...); NULL: the platform's own
+);
+CREATE INDEX tax_ids_customer_idx ON stripe_billing.tax_ids (customer);
+
+-- A customer's default payment method (invoice_settings.default_payment_method).
+-- (Added here, at the end of the table, as the 0.3.0 -> 0.4.0 update adds it.)
+ALTER TABLE stripe_billing.customers ADD COLUMN default_payment_method text;
+
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.payment_methods', '');
+SELECT pg_catalog.pg_extension_config_dump('stripe_billing.tax_ids', '');
+
+DO $$
+BEGIN
+  IF EXISTS (SELECT FROM pg_catalog.pg_settings
+              WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+    ALTER TABLE stripe_billing.payment_methods ALTER COLUMN raw SET COMPRESSION lz4;
+    ALTER TABLE stripe_billing.tax_ids ALTER COLUMN raw SET COMPRESSION lz4;
+  END IF;
+END
+$$;
+
+-- The reconciliation's phases of subscription schedules and disputes (13_reconcile.sql).
+ALTER TABLE stripe_billing.reconcile_runs DROP CONSTRAINT reconcile_runs_phase_check,
+    ADD CONSTRAINT reconcile_runs_phase_check CHECK (phase IN ('subscriptions', 'customers', 'subscription_schedules', 'disputes'));
+-- ---- end of model-kinds ----
 -- new: stripe_billing._lock_keys(text[], text[], text[])
 CREATE FUNCTION stripe_billing._lock_keys(objects text[], customers text[], users text[]) RETURNS void
 AS 'MODULE_PATHNAME', 'stripe_lock_keys'
@@ -266,25 +492,35 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   deleting boolean := ev_type = 'customer.deleted' OR coalesce((o->>'deleted')::boolean, false);
+  -- (its own discount, as the payload has it: a bare deleted one has none)
+  discount jsonb := o->'discount';
 BEGIN
   IF deleting THEN
     -- a deleted customer's payload may be bare: keep what we knew
     o := coalesce((SELECT raw FROM stripe_billing.customers WHERE id = o->>'id'), '{}') || o;
   END IF;
   INSERT INTO stripe_billing.customers AS t
-         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created, account)
+         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created, account,
+          default_payment_method)
   VALUES (o->>'id', stripe_billing._user_ref(o->'metadata'), o->>'email', o->>'name', deleting,
-          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account,
+          stripe_billing._id(o->'invoice_settings'->'default_payment_method'))
   ON CONFLICT (id) DO UPDATE SET
          user_ref = coalesce(t.user_ref, EXCLUDED.user_ref), account = EXCLUDED.account,
          email = EXCLUDED.email, name = EXCLUDED.name, deleted = EXCLUDED.deleted,
          metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
          last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
          refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
-         updated_at = now()
+         updated_at = now(), default_payment_method = EXCLUDED.default_payment_method
   WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
   IF NOT FOUND THEN
     RETURN 'stale';
+  END IF;
+  -- the customer's discount is a snapshot of its own, as of this event (one
+  -- without an id, before API version 2020-08-27, is not kept)
+  IF jsonb_typeof(discount) = 'object' AND discount->>'id' IS NOT NULL THEN
+    PERFORM stripe_billing._apply_discount(discount || jsonb_build_object('object', 'discount'), ev_type, ev_id,
+                                           ev_created, ev_account);
   END IF;
   PERFORM stripe_billing._refresh_customer_features(o->>'id', ev_type);
   RETURN 'applied';
@@ -390,16 +626,20 @@ BEGIN
          (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
           current_period_start, current_period_end, trial_start, trial_end, pause_collection,
           latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account,
-          pause_behavior, pause_resumes_at)
+          pause_behavior, pause_resumes_at, discounts)
   VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
           stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
           period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
           CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
           stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
           stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account,
-          o->'pause_collection'->>'behavior', stripe_billing._ts(o->'pause_collection'->'resumes_at'))
+          o->'pause_collection'->>'behavior', stripe_billing._ts(o->'pause_collection'->'resumes_at'),
+          -- discounts (ids or expanded), or the one discount before 2025-03-31.basil
+          CASE WHEN o ? 'discounts' THEN stripe_billing._discount_ids(o->'discounts')
+               ELSE array_remove(ARRAY[stripe_billing._id(o->'discount')], NULL) END)
   ON CONFLICT (id) DO UPDATE SET
          customer = EXCLUDED.customer, status = EXCLUDED.status, account = EXCLUDED.account,
+         discounts = EXCLUDED.discounts,
          cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
          canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
          current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
@@ -473,7 +713,7 @@ BEGIN
   INSERT INTO stripe_billing.invoices AS t
          (id, customer, subscription, status, amount_due, amount_paid, amount_remaining, currency,
           attempt_count, next_payment_attempt, hosted_invoice_url, invoice_pdf, period_start, period_end,
-          billing_reason, deleted, created, raw, last_event_id, last_event_created, account)
+          billing_reason, deleted, created, raw, last_event_id, last_event_created, account, discounts)
   VALUES (o->>'id', stripe_billing._id(o->'customer'),
           coalesce(stripe_billing._id(o->'subscription'),
                    stripe_billing._id(o->'parent'->'subscription_details'->'subscription')),
@@ -481,10 +721,12 @@ BEGIN
           (o->>'amount_remaining')::bigint, o->>'currency', (o->>'attempt_count')::integer,
           stripe_billing._ts(o->'next_payment_attempt'), o->>'hosted_invoice_url', o->>'invoice_pdf',
           stripe_billing._ts(o->'period_start'), stripe_billing._ts(o->'period_end'), o->>'billing_reason',
-          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account,
+          CASE WHEN o ? 'discounts' THEN stripe_billing._discount_ids(o->'discounts')
+               ELSE array_remove(ARRAY[stripe_billing._id(o->'discount')], NULL) END)
   ON CONFLICT (id) DO UPDATE SET
          customer = EXCLUDED.customer, subscription = EXCLUDED.subscription, status = EXCLUDED.status,
-         account = EXCLUDED.account,
+         account = EXCLUDED.account, discounts = EXCLUDED.discounts,
          amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
          amount_remaining = EXCLUDED.amount_remaining, currency = EXCLUDED.currency,
          attempt_count = EXCLUDED.attempt_count, next_payment_attempt = EXCLUDED.next_payment_attempt,
@@ -578,6 +820,8 @@ BEGIN
                             WHERE ip.kind = 'invoice_payment'
                               AND (ip.charge = p.id OR ip.payment_intent = p.payment_intent) LIMIT 1));
     written := stripe_billing._upsert_payment(p, '{succeeded,failed}');
+    -- (its disputes applied before it: their customer, see _apply_dispute)
+    PERFORM stripe_billing._charge_disputes_customer(p.id, p.customer);
     IF written THEN
       -- refunds listed in the charge snapshot
       PERFORM stripe_billing._apply_payment(r || jsonb_build_object('object', 'refund'), ev_id, ev_created,
@@ -757,7 +1001,7 @@ CREATE FUNCTION stripe_billing._status_grants(status text, pause_behavior text)
 RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-  SELECT status OPERATOR(pg_catalog.=) ANY ('{active,trialing,past_due}'::text[])
+  SELECT status OPERATOR(pg_catalog.=) ANY ('{active,trialing,past_due}'::pg_catalog.text[])
      AND (pause_behavior IS NULL
           OR pg_catalog.current_setting('stripe_billing.paused_collection_access') OPERATOR(pg_catalog.<>) 'revoke')
 $$;
@@ -771,6 +1015,8 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   notified bigint;
+  -- an open dispute revokes its customer's features (chapter 31)
+  disputes_revoke boolean := coalesce(current_setting('stripe_billing.dispute_access', true), 'keep') = 'revoke';
 BEGIN
   -- one derivation of a user at a time (see user_derivations), taken in
   -- user order so that two derivations of several users cannot deadlock;
@@ -801,11 +1047,17 @@ BEGIN
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
        AND stripe_billing._status_grants(s.status, s.pause_behavior)
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
     UNION ALL
     SELECT c.user_ref, e.lookup_key, NULL
       FROM stripe_billing.customers c
       JOIN stripe_billing.active_entitlements e ON e.customer = c.id
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
   ),
   wanted AS (
     SELECT user_ref COLLATE "C" AS user_ref, feature COLLATE "C" AS feature,
@@ -848,6 +1100,8 @@ AS $$
 DECLARE
   notified text;
   derivation bigint;
+  -- an open dispute revokes its customer's features (chapter 31)
+  disputes_revoke boolean := coalesce(current_setting('stripe_billing.dispute_access', true), 'keep') = 'revoke';
 BEGIN
   IF target IS NULL THEN
     RETURN;
@@ -871,11 +1125,17 @@ BEGIN
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = target AND NOT c.deleted
        AND stripe_billing._status_grants(s.status, s.pause_behavior)
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
     UNION ALL
     SELECT e.lookup_key, NULL
       FROM stripe_billing.customers c
       JOIN stripe_billing.active_entitlements e ON e.customer = c.id
      WHERE c.user_ref = target AND NOT c.deleted
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
   ),
   wanted AS (
     SELECT feature, CASE WHEN bool_or(ends IS NULL) THEN NULL ELSE max(ends) END AS valid_until
@@ -1031,7 +1291,7 @@ BEGIN
 END
 $$;
 
--- new: stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text)
+-- new: stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text, text, text)
 CREATE FUNCTION stripe_billing.stripe_create_checkout(
     user_ref text, price text, success_url text, cancel_url text,
     quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
@@ -1039,13 +1299,15 @@ CREATE FUNCTION stripe_billing.stripe_create_checkout(
     metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL, allow_repeat_trial boolean DEFAULT false,
     application_fee_percent numeric DEFAULT NULL, application_fee_amount bigint DEFAULT NULL,
     transfer_destination text DEFAULT NULL, on_behalf_of text DEFAULT NULL, account text DEFAULT NULL,
+    promotion_code text DEFAULT NULL, coupon text DEFAULT NULL,
     OUT session_id text, OUT url text, OUT expires_at timestamptz, OUT trial_granted boolean)
 AS 'MODULE_PATHNAME', 'stripe_create_checkout'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
                                                             boolean, text, jsonb, text, boolean,
-                                                            numeric, bigint, text, text, text) FROM PUBLIC;
+                                                            numeric, bigint, text, text, text,
+                                                            text, text) FROM PUBLIC;
 
 -- new: stripe_billing.stripe_create_portal_session(text, text, text, text)
 CREATE FUNCTION stripe_billing.stripe_create_portal_session(user_ref text, return_url text DEFAULT NULL,
@@ -1825,6 +2087,22 @@ BEGIN
            -- (a connected account is read by the platform)
            UNION ALL SELECT 'accounts', 'account', id, '/v1/accounts/' || id, NULL, NULL
              FROM stripe_billing.accounts WHERE refetch
+           -- the rest of the billing model (chapter 33; a discount is read
+           -- from what holds it: _refetch_discount)
+           UNION ALL SELECT 'coupons', 'coupon', id, '/v1/coupons/' || id, NULL, account
+             FROM stripe_billing.coupons WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'promotion_codes', 'promotion_code', id, '/v1/promotion_codes/' || id, NULL, account
+             FROM stripe_billing.promotion_codes WHERE refetch
+           UNION ALL SELECT 'discounts', 'discount', id, NULL, NULL, account
+             FROM stripe_billing.discounts WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'disputes', 'dispute', id, '/v1/disputes/' || id, NULL, account
+             FROM stripe_billing.disputes WHERE refetch
+           UNION ALL SELECT 'credit_notes', 'credit_note', id, '/v1/credit_notes/' || id, NULL, account
+             FROM stripe_billing.credit_notes WHERE refetch
+           UNION ALL SELECT 'payment_methods', 'payment_method', id, '/v1/payment_methods/' || id, NULL, account
+             FROM stripe_billing.payment_methods WHERE refetch AND NOT detached
+           UNION ALL SELECT 'tax_ids', 'tax_id', id, '/v1/tax_ids/' || id, NULL, account
+             FROM stripe_billing.tax_ids WHERE refetch AND NOT deleted
          ) marked LIMIT 1;
   IF NOT FOUND THEN
     RETURN false;
@@ -1833,7 +2111,11 @@ BEGIN
   -- again), of its account: a product's or price's id is the account's own
   PERFORM stripe_billing._lock_objects(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
               'object', coalesce(r.object, 'customer'), 'id', coalesce(r.id, r.customer),
-              'customer', r.customer))), r.account);
+              'customer', r.customer,
+              -- (a dispute's charge: its key, and its customer's)
+              'charge', CASE WHEN r.tab = 'disputes'
+                             THEN (SELECT d.charge FROM stripe_billing.disputes d WHERE d.id = r.id) END))),
+              r.account);
 
   IF r.tab = 'entitlement_summaries' THEN
     items := '[]';
@@ -1859,7 +2141,11 @@ BEGIN
     RAISE WARNING 'stripe_billing: % % cannot be re-fetched: its id is not a Stripe id', r.tab, quote_literal(left(r.id, 100));
   ELSE
     BEGIN
-      PERFORM stripe_billing.stripe_api('GET', r.path, account => r.account);   -- applied as a snapshot
+      IF r.tab = 'discounts' THEN
+        PERFORM stripe_billing._refetch_discount(r.id, r.account);   -- (from what holds it)
+      ELSE
+        PERFORM stripe_billing.stripe_api('GET', r.path, account => r.account);   -- applied as a snapshot
+      END IF;
     EXCEPTION WHEN SQLSTATE 'SBA01' THEN
       -- gone at Stripe (or not readable with this key, or an account that
       -- took the platform's access back): nothing to heal
@@ -2263,8 +2549,13 @@ $$;
 CREATE OR REPLACE FUNCTION stripe_billing._backfill_kinds() RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts',
-                   'subscription_schedules'] $$;
+AS $$
+  SELECT ARRAY['products', 'prices',
+               'coupons', 'promotion_codes',
+               'customers', 'subscriptions', 'subscription_schedules', 'invoices',
+               'credit_notes', 'disputes', 'payment_methods',
+               'entitlements', 'accounts']
+$$;
 
 -- new: stripe_billing._backfill_begin(text[], text)
 CREATE FUNCTION stripe_billing._backfill_begin(kinds text[], for_account text DEFAULT NULL) RETURNS void
@@ -2335,6 +2626,12 @@ BEGIN
   requests := 0;
   next_cursor := list_cursor;
   has_more := false;
+  IF kind = 'payment_methods' THEN
+    -- (per customer, as entitlements: chapter 33)
+    SELECT * INTO l FROM stripe_billing._backfill_payment_methods_page(list_cursor, for_account);
+    objects := l.objects; requests := l.requests; next_cursor := l.next_cursor; has_more := l.has_more;
+    RETURN;
+  END IF;
   IF kind = 'entitlements' THEN
     -- no list spans customers: twenty customers a page, each applied as it
     -- comes, while the requests of the next few (ahead) travel, also past
@@ -2389,13 +2686,17 @@ BEGIN
   path := CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
                     WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
                     WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts'
-                    WHEN 'subscription_schedules' THEN '/v1/subscription_schedules' END;
+                    WHEN 'subscription_schedules' THEN '/v1/subscription_schedules'
+                    -- (coupons, promotion codes, credit notes, disputes: chapter 33)
+                    ELSE (stripe_billing._backfill_model_list(kind)).path END;
   params := jsonb_strip_nulls(jsonb_build_object(
       'limit', 100, 'starting_after', list_cursor,
       -- (products and prices: active and inactive alike when not asked for one)
       'status', CASE WHEN kind = 'subscriptions' THEN 'all' END,
       'created', CASE WHEN kind = 'invoices'
-                      THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END));
+                      THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END))
+      -- (what comes embedded or expanded: chapter 33)
+      || (stripe_billing._backfill_model_list(kind)).params;
   -- the next page travels while this one is applied (for subscriptions,
   -- and while their cut-short item lists are read)
   SELECT * INTO l FROM stripe_billing._list_page(path, params,
@@ -2414,6 +2715,8 @@ BEGIN
     requests := requests + c.requests;
   END IF;
   PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete, account => for_account);
+  -- a customer's tax ids, a subscription's discounts (chapter 33)
+  requests := requests + stripe_billing._backfill_embedded(kind, data, l.snapshot, for_account);
   objects := jsonb_array_length(data);
   next_cursor := coalesce(data->-1->>'id', list_cursor);
 END
@@ -2428,14 +2731,21 @@ BEGIN
   CASE kind
   WHEN 'products' THEN ANALYZE stripe_billing.products;
   WHEN 'prices' THEN ANALYZE stripe_billing.prices;
-  WHEN 'customers' THEN ANALYZE stripe_billing.customers, stripe_billing.user_derivations;
+  WHEN 'customers' THEN
+    ANALYZE stripe_billing.customers, stripe_billing.user_derivations, stripe_billing.tax_ids, stripe_billing.discounts;
   WHEN 'subscriptions' THEN
     ANALYZE stripe_billing.subscriptions, stripe_billing.subscription_items, stripe_billing.user_features,
-            stripe_billing.user_derivations;
+            stripe_billing.user_derivations, stripe_billing.discounts;
   WHEN 'invoices' THEN ANALYZE stripe_billing.invoices;
   WHEN 'entitlements' THEN
     ANALYZE stripe_billing.entitlement_summaries, stripe_billing.active_entitlements, stripe_billing.user_features;
   WHEN 'accounts' THEN ANALYZE stripe_billing.accounts;
+  -- the rest of the billing model (chapter 33)
+  WHEN 'coupons' THEN ANALYZE stripe_billing.coupons;
+  WHEN 'promotion_codes' THEN ANALYZE stripe_billing.promotion_codes;
+  WHEN 'credit_notes' THEN ANALYZE stripe_billing.credit_notes;
+  WHEN 'disputes' THEN ANALYZE stripe_billing.disputes;
+  WHEN 'payment_methods' THEN ANALYZE stripe_billing.payment_methods;
   WHEN 'subscription_schedules' THEN
     ANALYZE stripe_billing.subscription_schedules, stripe_billing.subscription_schedule_phases;
   END CASE;
@@ -2541,7 +2851,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   VALUES ('subscriptions', '/v1/subscriptions', 'subscription'),
          ('customers', '/v1/customers', 'customer'),
-         ('subscription_schedules', '/v1/subscription_schedules', 'subscription_schedule')
+         ('subscription_schedules', '/v1/subscription_schedules', 'subscription_schedule'),
+         ('disputes', '/v1/disputes', 'dispute')
 $$;
 
 -- new: stripe_billing._reconcile_begin(text, text)
@@ -2584,6 +2895,11 @@ BEGIN
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
       FROM jsonb_array_elements(data) o, stripe_billing._subscription_schedule_drift(o) d;
+  ELSIF object_type = 'dispute' THEN
+    -- (chapter 33: what an open dispute may revoke)
+    INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
+    SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
+      FROM jsonb_array_elements(data) o, stripe_billing._dispute_drift(o) d;
   ELSE
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
@@ -2608,6 +2924,9 @@ BEGIN
      WHERE subscription = ANY (ids) AND last_event_created < snapshot;
   ELSIF object_type = 'subscription_schedule' THEN
     UPDATE stripe_billing.subscription_schedules SET last_event_created = NULL
+     WHERE id = ANY (ids) AND last_event_created < snapshot;
+  ELSIF object_type = 'dispute' THEN
+    UPDATE stripe_billing.disputes SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
   ELSE
     UPDATE stripe_billing.customers SET last_event_created = NULL
@@ -2667,7 +2986,10 @@ BEGIN
   BEGIN
     SELECT * INTO l FROM stripe_billing._list_page(ph.path,
         jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
-                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)),
+                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END,
+                                             -- (a dispute's customer is its charge's)
+                                             'expand', CASE WHEN r.phase = 'disputes'
+                                                            THEN jsonb_build_array('data.charge') END)),
         account => r.account);
     data := coalesce(l.page->'data', '[]');
     complete := '{}';
@@ -3847,6 +4169,568 @@ BEGIN
 END
 $$;
 
+-- new: stripe_billing._discount_ids(jsonb)
+CREATE FUNCTION stripe_billing._discount_ids(discounts jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(array_agg(stripe_billing._id(d) ORDER BY n) FILTER (WHERE stripe_billing._id(d) IS NOT NULL),
+                  '{}')
+    FROM pg_catalog.jsonb_array_elements(CASE WHEN pg_catalog.jsonb_typeof(discounts) OPERATOR(pg_catalog.=) 'array'
+                                              THEN discounts ELSE '[]' END) WITH ORDINALITY AS e(d, n)
+$$;
+
+-- new: stripe_billing._apply_coupon(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_coupon(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                             ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'coupon.deleted' OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    -- a deleted coupon's payload may be bare: keep what we knew
+    o := coalesce((SELECT raw FROM stripe_billing.coupons
+                    WHERE id = o->>'id' AND account IS NOT DISTINCT FROM ev_account), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.coupons AS t
+         (id, name, percent_off, amount_off, currency, duration, duration_in_months, max_redemptions,
+          times_redeemed, redeem_by, valid, deleted, metadata, created, raw, last_event_id, last_event_created,
+          account)
+  VALUES (o->>'id', o->>'name', (o->>'percent_off')::numeric, (o->>'amount_off')::bigint, o->>'currency',
+          o->>'duration', (o->>'duration_in_months')::integer, (o->>'max_redemptions')::bigint,
+          (o->>'times_redeemed')::bigint, stripe_billing._ts(o->'redeem_by'), (o->>'valid')::boolean, deleting,
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id, account) DO UPDATE SET
+         name = EXCLUDED.name, percent_off = EXCLUDED.percent_off, amount_off = EXCLUDED.amount_off,
+         currency = EXCLUDED.currency, duration = EXCLUDED.duration,
+         duration_in_months = EXCLUDED.duration_in_months, max_redemptions = EXCLUDED.max_redemptions,
+         times_redeemed = EXCLUDED.times_redeemed, redeem_by = EXCLUDED.redeem_by, valid = EXCLUDED.valid,
+         deleted = EXCLUDED.deleted, metadata = EXCLUDED.metadata,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now()
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._apply_promotion_code(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_promotion_code(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                     ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO stripe_billing.promotion_codes AS t
+         (id, code, coupon, customer, active, expires_at, max_redemptions, times_redeemed,
+          first_time_transaction, minimum_amount, minimum_amount_currency, metadata, created, raw,
+          last_event_id, last_event_created, account)
+  VALUES (o->>'id', o->>'code',
+          coalesce(stripe_billing._id(o->'promotion'->'coupon'), stripe_billing._id(o->'coupon')),
+          stripe_billing._id(o->'customer'), (o->>'active')::boolean, stripe_billing._ts(o->'expires_at'),
+          (o->>'max_redemptions')::bigint, (o->>'times_redeemed')::bigint,
+          (o->'restrictions'->>'first_time_transaction')::boolean,
+          (o->'restrictions'->>'minimum_amount')::bigint, o->'restrictions'->>'minimum_amount_currency',
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         code = EXCLUDED.code, coupon = EXCLUDED.coupon, customer = EXCLUDED.customer, active = EXCLUDED.active,
+         expires_at = EXCLUDED.expires_at, max_redemptions = EXCLUDED.max_redemptions,
+         times_redeemed = EXCLUDED.times_redeemed, first_time_transaction = EXCLUDED.first_time_transaction,
+         minimum_amount = EXCLUDED.minimum_amount, minimum_amount_currency = EXCLUDED.minimum_amount_currency,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now(), account = EXCLUDED.account
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, false, false);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._apply_discount(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_discount(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                               ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'customer.discount.deleted' OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  INSERT INTO stripe_billing.discounts AS t
+         (id, customer, subscription, subscription_item, invoice, invoice_item, checkout_session, coupon,
+          promotion_code, starts_at, ends_at, deleted, raw, last_event_id, last_event_created, account)
+  VALUES (o->>'id', stripe_billing._id(o->'customer'), stripe_billing._id(o->'subscription'),
+          stripe_billing._id(o->'subscription_item'), stripe_billing._id(o->'invoice'),
+          stripe_billing._id(o->'invoice_item'), stripe_billing._id(o->'checkout_session'),
+          coalesce(stripe_billing._id(o->'source'->'coupon'), stripe_billing._id(o->'coupon')),
+          stripe_billing._id(o->'promotion_code'), stripe_billing._ts(o->'start'), stripe_billing._ts(o->'end'),
+          deleting, o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         -- (a deleted discount's payload names what it was applied to, as
+         -- the live one did: nothing to merge)
+         customer = coalesce(EXCLUDED.customer, t.customer),
+         subscription = coalesce(EXCLUDED.subscription, t.subscription),
+         subscription_item = coalesce(EXCLUDED.subscription_item, t.subscription_item),
+         invoice = coalesce(EXCLUDED.invoice, t.invoice), invoice_item = coalesce(EXCLUDED.invoice_item, t.invoice_item),
+         checkout_session = coalesce(EXCLUDED.checkout_session, t.checkout_session),
+         coupon = coalesce(EXCLUDED.coupon, t.coupon), promotion_code = coalesce(EXCLUDED.promotion_code, t.promotion_code),
+         starts_at = coalesce(EXCLUDED.starts_at, t.starts_at), ends_at = EXCLUDED.ends_at,
+         deleted = EXCLUDED.deleted, raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now(), account = EXCLUDED.account
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._checkout_discount(text, text, boolean, text)
+CREATE FUNCTION stripe_billing._checkout_discount(promotion_code text, coupon text, allow_promotion_codes boolean,
+                                                  for_account text, OUT field text, OUT value text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  p stripe_billing.promotion_codes;
+  c stripe_billing.coupons;
+BEGIN
+  promotion_code := nullif(promotion_code, '');
+  coupon := nullif(coupon, '');
+  IF promotion_code IS NULL AND coupon IS NULL THEN
+    RETURN;
+  END IF;
+  IF promotion_code IS NOT NULL AND coupon IS NOT NULL THEN
+    PERFORM stripe_billing._bad_argument('coupon', 'cannot be given with promotion_code: a session takes one discount');
+  END IF;
+  IF coalesce(allow_promotion_codes, false) THEN
+    PERFORM stripe_billing._bad_argument(CASE WHEN coupon IS NULL THEN 'promotion_code' ELSE 'coupon' END,
+        'cannot be given with allow_promotion_codes: Stripe takes a discount or lets the customer enter a code, not both');
+  END IF;
+  IF coupon IS NOT NULL THEN
+    IF length(coupon) > 255 OR coupon ~ '[^\x21-\x7e]' THEN
+      PERFORM stripe_billing._bad_argument('coupon',
+          format('must be a coupon id (at most 255 printable characters, no spaces), not %s',
+                 quote_literal(left(regexp_replace(coupon, '[^\x20-\x7e]', '?', 'g'), 100))));
+    END IF;
+    SELECT * INTO c FROM stripe_billing.coupons k
+     WHERE k.id = coupon AND k.account IS NOT DISTINCT FROM for_account;
+    IF FOUND AND (c.deleted OR NOT coalesce(c.valid, true)) THEN
+      PERFORM stripe_billing._bad_argument('coupon', format('%s is %s', quote_literal(coupon),
+          CASE WHEN c.deleted THEN 'deleted' ELSE 'no longer valid' END));
+    END IF;
+    field := 'discounts[0][coupon]';
+    value := coupon;
+    RETURN;
+  END IF;
+  IF length(promotion_code) > 500 OR promotion_code ~ '[^\x21-\x7e]' THEN
+    PERFORM stripe_billing._bad_argument('promotion_code',
+        format('must be a promotion code or its promo_ id (printable characters, no spaces), not %s',
+               quote_literal(left(regexp_replace(promotion_code, '[^\x20-\x7e]', '?', 'g'), 100))));
+  END IF;
+  SELECT * INTO p FROM stripe_billing.promotion_codes k
+   WHERE k.id = promotion_code AND k.account IS NOT DISTINCT FROM for_account;
+  IF NOT FOUND THEN
+    -- the code a customer types (the newest active one of the account)
+    SELECT * INTO p FROM stripe_billing.promotion_codes k
+     WHERE upper(k.code) = upper(promotion_code) AND k.account IS NOT DISTINCT FROM for_account AND k.active
+     ORDER BY k.created DESC NULLS LAST, k.id LIMIT 1;
+    IF NOT FOUND AND promotion_code !~ '^promo_[A-Za-z0-9]+$' THEN
+      PERFORM stripe_billing._bad_argument('promotion_code',
+          format('%s is no active promotion code of %s known here (its promo_ id is sent as it is)',
+                 quote_literal(promotion_code), coalesce('account ' || for_account, 'the platform')));
+    END IF;
+  END IF;
+  IF p.id IS NOT NULL AND (NOT coalesce(p.active, true) OR p.expires_at <= stripe_billing.stripe_now()) THEN
+    PERFORM stripe_billing._bad_argument('promotion_code',
+        format('%s is %s', quote_literal(promotion_code),
+               CASE WHEN NOT coalesce(p.active, true) THEN 'not active' ELSE 'expired' END));
+  END IF;
+  field := 'discounts[0][promotion_code]';
+  value := coalesce(p.id, promotion_code);
+END
+$$;
+
+-- new: stripe_billing._apply_dispute(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_dispute(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                              ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  charge_id text := stripe_billing._id(o->'charge');
+  old_customer text;
+  customer_id text;
+BEGIN
+  SELECT d.customer INTO old_customer FROM stripe_billing.disputes d WHERE d.id = o->>'id';
+  customer_id := coalesce(stripe_billing._id(o->'charge'->'customer'),
+                          (SELECT p.customer FROM stripe_billing.payments p WHERE p.id = charge_id),
+                          old_customer);
+  INSERT INTO stripe_billing.disputes AS t
+         (id, charge, payment_intent, customer, amount, currency, reason, status, is_charge_refundable,
+          evidence_due_by, intended_submission_method, metadata, created, raw, last_event_id,
+          last_event_created, account)
+  VALUES (o->>'id', charge_id, stripe_billing._id(o->'payment_intent'), customer_id, (o->>'amount')::bigint,
+          o->>'currency', o->>'reason', o->>'status', (o->>'is_charge_refundable')::boolean,
+          stripe_billing._ts(o->'evidence_details'->'due_by'), o->>'intended_submission_method',
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         charge = EXCLUDED.charge, payment_intent = EXCLUDED.payment_intent, customer = EXCLUDED.customer,
+         amount = EXCLUDED.amount, currency = EXCLUDED.currency, reason = EXCLUDED.reason,
+         status = EXCLUDED.status, is_charge_refundable = EXCLUDED.is_charge_refundable,
+         evidence_due_by = EXCLUDED.evidence_due_by,
+         intended_submission_method = EXCLUDED.intended_submission_method, metadata = EXCLUDED.metadata,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now(), account = EXCLUDED.account
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status IN ('won', 'warning_closed', 'prevented'),
+                                      EXCLUDED.status IN ('won', 'warning_closed', 'prevented'));
+  IF NOT FOUND THEN
+    RETURN 'stale';
+  END IF;
+  PERFORM stripe_billing._refresh_customer_features(customer_id, ev_type);
+  IF old_customer IS DISTINCT FROM customer_id THEN
+    PERFORM stripe_billing._refresh_customer_features(old_customer, ev_type);
+  END IF;
+  RETURN 'applied';
+END
+$$;
+
+-- new: stripe_billing._charge_disputes_customer(text, text)
+CREATE FUNCTION stripe_billing._charge_disputes_customer(charge_id text, customer_id text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF charge_id IS NULL OR customer_id IS NULL THEN
+    RETURN;
+  END IF;
+  UPDATE stripe_billing.disputes SET customer = customer_id, updated_at = now()
+   WHERE charge = charge_id AND customer IS NULL;
+  IF FOUND THEN
+    PERFORM stripe_billing._refresh_customer_features(customer_id, 'charge.dispute.customer');
+  END IF;
+END
+$$;
+
+-- new: stripe_billing._apply_credit_note(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_credit_note(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                  ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  INSERT INTO stripe_billing.credit_notes AS t
+         (id, invoice, customer, number, status, type, reason, amount, subtotal, total, discount_amount,
+          out_of_band_amount, currency, refunds, memo, effective_at, voided_at, metadata, created, raw,
+          last_event_id, last_event_created, account)
+  VALUES (o->>'id', stripe_billing._id(o->'invoice'), stripe_billing._id(o->'customer'), o->>'number',
+          o->>'status', o->>'type', o->>'reason', (o->>'amount')::bigint, (o->>'subtotal')::bigint,
+          (o->>'total')::bigint, (o->>'discount_amount')::bigint, (o->>'out_of_band_amount')::bigint,
+          o->>'currency',
+          CASE WHEN jsonb_typeof(o->'refunds') = 'array'
+               THEN ARRAY(SELECT stripe_billing._id(r->'refund') FROM jsonb_array_elements(o->'refunds') r
+                           WHERE stripe_billing._id(r->'refund') IS NOT NULL)
+               ELSE array_remove(ARRAY[stripe_billing._id(o->'refund')], NULL) END,
+          o->>'memo', stripe_billing._ts(o->'effective_at'), stripe_billing._ts(o->'voided_at'),
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         invoice = EXCLUDED.invoice, customer = EXCLUDED.customer, number = EXCLUDED.number,
+         status = EXCLUDED.status, type = EXCLUDED.type, reason = EXCLUDED.reason, amount = EXCLUDED.amount,
+         subtotal = EXCLUDED.subtotal, total = EXCLUDED.total, discount_amount = EXCLUDED.discount_amount,
+         out_of_band_amount = EXCLUDED.out_of_band_amount, currency = EXCLUDED.currency,
+         refunds = EXCLUDED.refunds, memo = EXCLUDED.memo, effective_at = EXCLUDED.effective_at,
+         voided_at = EXCLUDED.voided_at, metadata = EXCLUDED.metadata,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now(), account = EXCLUDED.account
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created,
+                                      t.status = 'void', EXCLUDED.status = 'void');
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing._apply_payment_method(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_payment_method(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                                     ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  detaching boolean := ev_type = 'payment_method.detached';
+  customer_id text := stripe_billing._id(o->'customer');
+BEGIN
+  INSERT INTO stripe_billing.payment_methods AS t
+         (id, customer, type, card_brand, card_last4, card_exp_month, card_exp_year, card_funding, card_country,
+          detached, metadata, created, raw, last_event_id, last_event_created, account)
+  VALUES (o->>'id', customer_id, o->>'type', o->'card'->>'brand', o->'card'->>'last4',
+          (o->'card'->>'exp_month')::integer, (o->'card'->>'exp_year')::integer, o->'card'->>'funding',
+          o->'card'->>'country', detaching, coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o,
+          ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = coalesce(EXCLUDED.customer, t.customer),
+         type = EXCLUDED.type, card_brand = EXCLUDED.card_brand, card_last4 = EXCLUDED.card_last4,
+         card_exp_month = EXCLUDED.card_exp_month, card_exp_year = EXCLUDED.card_exp_year,
+         card_funding = EXCLUDED.card_funding, card_country = EXCLUDED.card_country, detached = EXCLUDED.detached,
+         metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now(), account = EXCLUDED.account
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.detached,
+                                      EXCLUDED.detached);
+  IF FOUND THEN
+    RETURN 'applied';
+  END IF;
+  UPDATE stripe_billing.payment_methods SET customer = customer_id, updated_at = now()
+   WHERE id = o->>'id' AND customer IS NULL AND customer_id IS NOT NULL;
+  RETURN 'stale';
+END
+$$;
+
+-- new: stripe_billing._apply_tax_id(jsonb, text, text, timestamptz, text)
+CREATE FUNCTION stripe_billing._apply_tax_id(o jsonb, ev_type text, ev_id text, ev_created timestamptz,
+                                             ev_account text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  deleting boolean := ev_type = 'customer.tax_id.deleted' OR coalesce((o->>'deleted')::boolean, false);
+BEGIN
+  IF deleting THEN
+    o := coalesce((SELECT raw FROM stripe_billing.tax_ids WHERE id = o->>'id'), '{}') || o;
+  END IF;
+  INSERT INTO stripe_billing.tax_ids AS t
+         (id, customer, type, value, country, verification_status, deleted, created, raw, last_event_id,
+          last_event_created, account)
+  VALUES (o->>'id', coalesce(stripe_billing._id(o->'customer'), stripe_billing._id(o->'owner'->'customer')),
+          o->>'type', o->>'value', o->>'country', o->'verification'->>'status', deleting,
+          stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+  ON CONFLICT (id) DO UPDATE SET
+         customer = EXCLUDED.customer, type = EXCLUDED.type, value = EXCLUDED.value, country = EXCLUDED.country,
+         verification_status = EXCLUDED.verification_status, deleted = EXCLUDED.deleted,
+         created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
+         last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
+         refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
+         updated_at = now(), account = EXCLUDED.account
+  WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
+  RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END
+$$;
+
+-- new: stripe_billing.stripe_expiring_cards(integer)
+CREATE FUNCTION stripe_billing.stripe_expiring_cards(within_days integer DEFAULT 30)
+RETURNS TABLE (user_ref text, customer text, email text, payment_method text, brand text, last4 text,
+               exp_month integer, exp_year integer, expires_at timestamptz, is_default boolean,
+               live_subscription boolean, account text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  now_ timestamptz := stripe_billing.stripe_now();
+BEGIN
+  IF within_days IS NULL OR within_days < 0 THEN
+    PERFORM stripe_billing._bad_argument('within_days', format('must be 0 or more, not %s',
+                                                               coalesce(within_days::text, 'NULL')));
+  END IF;
+  RETURN QUERY
+  SELECT c.user_ref, c.id, c.email, m.id, m.card_brand, m.card_last4, m.card_exp_month, m.card_exp_year, e.ends,
+         c.default_payment_method IS NOT DISTINCT FROM m.id,
+         EXISTS (SELECT FROM stripe_billing.subscriptions s
+                  WHERE s.customer = c.id AND s.status IN ('active', 'trialing', 'past_due', 'unpaid')),
+         m.account
+    FROM stripe_billing.payment_methods m
+    JOIN stripe_billing.customers c ON c.id = m.customer AND NOT c.deleted
+   -- (the first instant of the next month, UTC: whatever the session's time zone)
+   CROSS JOIN LATERAL (SELECT make_timestamptz(m.card_exp_year + m.card_exp_month / 12, m.card_exp_month % 12 + 1,
+                                               1, 0, 0, 0, 'UTC') AS ends) e
+   WHERE m.type = 'card' AND NOT m.detached
+     AND m.card_exp_year BETWEEN 1 AND 9999 AND m.card_exp_month BETWEEN 1 AND 12
+     AND e.ends > now_ AND e.ends <= now_ + make_interval(days => within_days)
+   ORDER BY e.ends, c.id, m.id;
+END
+$$;
+
+-- new: stripe_billing._backfill_embedded(text, jsonb, timestamptz, text)
+CREATE FUNCTION stripe_billing._backfill_embedded(kind text, data jsonb, snapshot timestamptz,
+                                                  for_account text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  objects jsonb := '[]';
+  c jsonb;
+  l record;
+  items jsonb;
+  requests integer := 0;
+BEGIN
+  IF kind = 'customers' THEN
+    FOR c IN SELECT e FROM jsonb_array_elements(data) e WHERE jsonb_typeof(e->'tax_ids') = 'object' LOOP
+      items := coalesce(c->'tax_ids'->'data', '[]');
+      -- (an id that cannot be a path segment is not asked for)
+      WHILE coalesce((c->'tax_ids'->>'has_more')::boolean, false) AND c->>'id' ~ '^[A-Za-z0-9_]{1,255}$' LOOP
+        SELECT * INTO l FROM stripe_billing._list_page('/v1/customers/' || (c->>'id') || '/tax_ids',
+            jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', items->-1->>'id')),
+            'null', account => for_account);
+        requests := requests + 1;
+        items := items || coalesce(l.page->'data', '[]');
+        c := jsonb_set(c, '{tax_ids,has_more}',
+                       to_jsonb(coalesce((l.page->>'has_more')::boolean, false)
+                                AND jsonb_array_length(coalesce(l.page->'data', '[]')) > 0));
+      END LOOP;
+      objects := objects || items;
+    END LOOP;
+  ELSIF kind = 'subscriptions' THEN
+    SELECT coalesce(jsonb_agg(d), '[]') INTO objects
+      FROM jsonb_array_elements(data) s, jsonb_array_elements(coalesce(s->'discounts', '[]')) d
+     WHERE jsonb_typeof(s->'discounts') = 'array' AND jsonb_typeof(d) = 'object';
+  END IF;
+  IF jsonb_array_length(objects) > 0 THEN
+    PERFORM stripe_billing._apply_snapshots(objects, snapshot, 'backfill', account => for_account);
+  END IF;
+  RETURN requests;
+END
+$$;
+
+-- new: stripe_billing._backfill_payment_methods_page(text, text)
+CREATE FUNCTION stripe_billing._backfill_payment_methods_page(list_cursor text, for_account text DEFAULT NULL,
+                                                              OUT objects integer, OUT requests integer,
+                                                              OUT next_cursor text, OUT has_more boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  customers text[];
+  l record;
+  items jsonb;
+  methods jsonb := '[]';
+  taken_at timestamptz;
+  snapshot timestamptz;
+  ahead constant integer := 3;
+BEGIN
+  objects := 0;
+  requests := 0;
+  next_cursor := list_cursor;
+  SELECT array_agg(customer ORDER BY customer) INTO customers
+    FROM (SELECT DISTINCT s.customer FROM stripe_billing.subscriptions s
+           WHERE s.status NOT IN ('canceled', 'incomplete_expired') AND s.customer IS NOT NULL
+             AND s.account IS NOT DISTINCT FROM for_account
+             AND s.customer > coalesce(list_cursor, '')
+           ORDER BY 1 LIMIT 20 + ahead) c;
+  has_more := coalesce(cardinality(customers), 0) > 20;
+  FOR i IN 1 .. least(coalesce(cardinality(customers), 0), ahead) LOOP
+    PERFORM stripe_billing._list_prefetch('/v1/payment_methods',
+                                          jsonb_build_object('customer', customers[i], 'limit', 100),
+                                          account => for_account);
+  END LOOP;
+  FOR i IN 1 .. least(coalesce(cardinality(customers), 0), 20) LOOP
+    items := '[]';
+    taken_at := NULL;
+    LOOP
+      SELECT * INTO l FROM stripe_billing._list_page('/v1/payment_methods',
+          jsonb_strip_nulls(jsonb_build_object('customer', customers[i], 'limit', 100,
+                                               'starting_after', items->-1->>'id')),
+          CASE WHEN items = '[]' AND i + ahead <= cardinality(customers)
+               THEN jsonb_build_object('customer', customers[i + ahead], 'limit', 100) ELSE 'null' END,
+          account => for_account);
+      requests := requests + 1;
+      taken_at := coalesce(taken_at, l.snapshot);
+      items := items || coalesce(l.page->'data', '[]');
+      EXIT WHEN NOT coalesce((l.page->>'has_more')::boolean, false) OR jsonb_array_length(l.page->'data') = 0;
+    END LOOP;
+    methods := methods || items;
+    snapshot := least(snapshot, taken_at);
+    next_cursor := customers[i];
+  END LOOP;
+  objects := jsonb_array_length(methods);
+  IF objects > 0 THEN
+    PERFORM stripe_billing._apply_snapshots(methods, snapshot, 'backfill', account => for_account);
+  END IF;
+END
+$$;
+
+-- new: stripe_billing._backfill_model_list(text)
+CREATE FUNCTION stripe_billing._backfill_model_list(kind text, OUT path text, OUT params jsonb)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT CASE kind WHEN 'coupons' THEN '/v1/coupons' WHEN 'promotion_codes' THEN '/v1/promotion_codes'
+                   WHEN 'credit_notes' THEN '/v1/credit_notes' WHEN 'disputes' THEN '/v1/disputes' END,
+         CASE kind
+           -- (the customers a dispute may revoke the features of: its charge's)
+           WHEN 'disputes' THEN '{"expand": ["data.charge"]}'::jsonb
+           -- (a customer's tax ids, a subscription's discounts: _backfill_embedded)
+           WHEN 'customers' THEN '{"expand": ["data.tax_ids"]}'::jsonb
+           WHEN 'subscriptions' THEN '{"expand": ["data.discounts"]}'::jsonb
+           ELSE '{}'::jsonb END
+$$;
+
+-- new: stripe_billing._refetch_discount(text, text)
+CREATE FUNCTION stripe_billing._refetch_discount(discount_id text, for_account text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  d stripe_billing.discounts;
+  answer jsonb;
+  found_it jsonb;
+  holder text;
+BEGIN
+  SELECT * INTO d FROM stripe_billing.discounts WHERE id = discount_id;
+  holder := CASE WHEN d.subscription IS NOT NULL THEN '/v1/subscriptions/' || d.subscription
+                 WHEN d.invoice IS NOT NULL THEN '/v1/invoices/' || d.invoice
+                 WHEN d.customer IS NOT NULL AND d.checkout_session IS NULL AND d.invoice_item IS NULL
+                   THEN '/v1/customers/' || d.customer END;
+  IF holder IS NULL OR holder !~ '^/v1/[a-z]+/[A-Za-z0-9_]{1,255}$' THEN
+    RETURN;   -- (nothing to read it from)
+  END IF;
+  answer := stripe_billing.stripe_api('GET', holder,
+                                      CASE WHEN d.customer IS NOT NULL AND d.subscription IS NULL AND d.invoice IS NULL
+                                           THEN '{}' ELSE '{"expand": ["discounts"]}' END::jsonb,
+                                      account => for_account);
+  SELECT e INTO found_it
+    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(answer->'discounts') = 'array' THEN answer->'discounts'
+                                   ELSE jsonb_build_array(answer->'discount') END) e
+   WHERE jsonb_typeof(e) = 'object' AND e->>'id' = discount_id;
+  IF found_it IS NOT NULL THEN
+    PERFORM stripe_billing._apply_snapshots(jsonb_build_array(found_it), now(), 'refetch', account => for_account);
+  ELSE
+    UPDATE stripe_billing.discounts SET deleted = true, last_event_id = NULL, last_event_created = now(),
+                                        refetch = false, updated_at = now()
+     WHERE id = discount_id AND NOT deleted;
+  END IF;
+END
+$$;
+
+-- new: stripe_billing._dispute_drift(jsonb)
+CREATE FUNCTION stripe_billing._dispute_drift(o jsonb)
+RETURNS TABLE (field text, local_value text, stripe_value text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT 'row', NULL, 'present'
+   WHERE NOT EXISTS (SELECT FROM stripe_billing.disputes WHERE id = o->>'id')
+  UNION ALL
+  SELECT f.field, f.local_value, f.stripe_value
+    FROM stripe_billing.disputes l,
+         LATERAL (VALUES
+           ('status', l.status, o->>'status'),
+           ('customer', l.customer, coalesce(stripe_billing._id(o->'charge'->'customer'), l.customer))
+         ) f(field, local_value, stripe_value)
+   WHERE l.id = o->>'id' AND f.local_value IS DISTINCT FROM f.stripe_value
+$$;
+
 -- gone: stripe_billing._link_customer(text, text, boolean, text)
 DROP FUNCTION stripe_billing._link_customer(text, text, boolean, text);
 
@@ -4028,3 +4912,12 @@ BEGIN
 END
 $$;
 GRANT EXECUTE ON FUNCTION stripe_billing._procedure_step(text, jsonb) TO PUBLIC;
+
+-- ---- The rest of the billing model (issue 27, part B: model-kinds) ----
+-- The backfill's kinds came in a new order (coupons, promotion codes,
+-- credit notes, disputes, payment methods among them): a backfill under way
+-- goes on in that order.
+UPDATE stripe_billing.backfill_state
+   SET ordinal = pg_catalog.array_position(stripe_billing._backfill_kinds(), kind)
+ WHERE ordinal IS DISTINCT FROM pg_catalog.array_position(stripe_billing._backfill_kinds(), kind);
+-- ---- end of model-kinds ----

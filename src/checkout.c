@@ -57,7 +57,9 @@ enum
 	ARG_APPLICATION_FEE_AMOUNT,
 	ARG_TRANSFER_DESTINATION,
 	ARG_ON_BEHALF_OF,
-	ARG_ACCOUNT
+	ARG_ACCOUNT,
+	ARG_PROMOTION_CODE,
+	ARG_COUPON
 };
 
 /* Was argument argno given (declared by this version's SQL, and not NULL)? */
@@ -149,6 +151,62 @@ user_facts(const char *user_ref, const char *account, bool with_had_trial, bool 
 	}
 	SPI_finish();
 	return customer;
+}
+
+/*
+ * The discount of the session, as stripe_billing._checkout_discount
+ * resolves and checks it (naming the argument it refuses): appended as
+ * discounts[0][promotion_code] or discounts[0][coupon].  (Arguments of the
+ * 0.4.0 SQL: none before.)
+ */
+static void
+append_discount(StringInfo form, FunctionCallInfo fcinfo, const char *account)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller = CurrentMemoryContext;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	char	   *field = NULL;
+	char	   *value = NULL;
+
+	if (!ARG_GIVEN(ARG_PROMOTION_CODE) && !ARG_GIVEN(ARG_COUPON))
+		return;
+	args[0] = ARG_GIVEN(ARG_PROMOTION_CODE) ? PG_GETARG_DATUM(ARG_PROMOTION_CODE) : (Datum) 0;
+	nulls[0] = ARG_GIVEN(ARG_PROMOTION_CODE) ? ' ' : 'n';
+	args[1] = ARG_GIVEN(ARG_COUPON) ? PG_GETARG_DATUM(ARG_COUPON) : (Datum) 0;
+	nulls[1] = ARG_GIVEN(ARG_COUPON) ? ' ' : 'n';
+	args[2] = BoolGetDatum(!PG_ARGISNULL(ARG_ALLOW_PROMOTION_CODES) && PG_GETARG_BOOL(ARG_ALLOW_PROMOTION_CODES));
+	args[3] = account ? CStringGetTextDatum(account) : (Datum) 0;
+	nulls[3] = account ? ' ' : 'n';
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+	{
+		Oid			types[4] = {TEXTOID, TEXTOID, BOOLOID, TEXTOID};
+		SPIPlanPtr	p = SPI_prepare("SELECT d.field, d.value FROM stripe_billing._checkout_discount($1, $2, $3, $4) d",
+									4, types);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plan = p;
+	}
+	if (SPI_execute_plan(plan, args, nulls, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "checking the discount failed");
+	if (SPI_processed == 1)
+	{
+		char	   *f = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+		if (f && v)
+		{
+			field = MemoryContextStrdup(caller, f);
+			value = MemoryContextStrdup(caller, v);
+		}
+	}
+	SPI_finish();
+	if (field)
+		sb_form_append(form, field, value);
 }
 
 /*
@@ -336,7 +394,8 @@ session_time(Jsonb *session, const char *key, bool *isnull)
  * stripe_create_checkout(user_ref, price, success_url, cancel_url, quantity,
  *     mode, trial_days, allow_promotion_codes, customer_email, metadata,
  *     idempotency_key, allow_repeat_trial, application_fee_percent,
- *     application_fee_amount, transfer_destination, on_behalf_of, account)
+ *     application_fee_amount, transfer_destination, on_behalf_of, account,
+ *     promotion_code, coupon)
  *     -> (session_id, url, expires_at, trial_granted)
  *
  * (0.1.0 declared it up to idempotency_key, 0.2.0 and 0.3.0 up to
@@ -354,6 +413,8 @@ session_time(Jsonb *session, const char *key, bool *isnull)
  * customer.  One trial per user: trial_days is left out for a user who
  * already had a trial (any subscription of theirs, whatever its status),
  * unless allow_repeat_trial; trial_granted says whether it was asked for.
+ * A promotion code (its promo_ id, or the code a customer types) or a
+ * coupon id is the session's discount (append_discount).
  */
 Datum
 stripe_create_checkout(PG_FUNCTION_ARGS)
@@ -413,6 +474,7 @@ stripe_create_checkout(PG_FUNCTION_ARGS)
 		sb_form_append(&form, "customer_email", customer_email);
 	if (!PG_ARGISNULL(ARG_ALLOW_PROMOTION_CODES) && PG_GETARG_BOOL(ARG_ALLOW_PROMOTION_CODES))
 		sb_form_append(&form, "allow_promotion_codes", "true");
+	append_discount(&form, fcinfo, account);
 	if (subscription)
 	{
 		sb_form_append(&form, "subscription_data[metadata][user_ref]", user_ref);

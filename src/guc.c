@@ -49,6 +49,7 @@ bool		sb_thin_events = false;
 int			sb_usage_api = SB_USAGE_API_V2;
 int			sb_usage_concurrency = 4;
 int			sb_max_response_size = 64 * 1024;	/* kB */
+int			sb_dispute_access = SB_DISPUTE_ACCESS_KEEP;
 
 /* What a secret looks like when shown to someone who may not see it. */
 #define MASKED_SECRET "********"
@@ -126,6 +127,13 @@ static const struct config_enum_entry usage_api_options[] = {
 static const struct config_enum_entry paused_collection_access_options[] = {
 	{"keep", SB_PAUSED_COLLECTION_KEEP, false},
 	{"revoke", SB_PAUSED_COLLECTION_REVOKE, false},
+	{NULL, 0, false}
+};
+
+/* The values of stripe_billing.dispute_access. */
+static const struct config_enum_entry dispute_access_options[] = {
+	{"keep", SB_DISPUTE_ACCESS_KEEP, false},
+	{"revoke", SB_DISPUTE_ACCESS_REVOKE, false},
 	{NULL, 0, false}
 };
 
@@ -386,6 +394,16 @@ sb_define_settings(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("stripe_billing.dispute_access",
+							 "What an open dispute does to the features of its customer's users: keep them, or revoke them until it closes.",
+							 "After a change, run stripe_refresh_entitlements().",
+							 &sb_dispute_access,
+							 SB_DISPUTE_ACCESS_KEEP,
+							 dispute_access_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("stripe_billing");
 

@@ -50,6 +50,35 @@ PG_FUNCTION_INFO_V1(stripe_thin_mapping);
 	{prefix "plan.id", J_STR | J_KEY, true}, \
 	{prefix "plan.product", J_ID, false}
 
+/*
+ * A discount (customer.discount.*, a customer's own).  Before API version
+ * 2020-08-27 a discount had no id (one embedded in a customer may lack it);
+ * before 2025-09-30.clover its coupon was the coupon object, since then
+ * source.coupon.
+ */
+#define DISCOUNT_FIELDS(prefix, id_required) \
+	{prefix "id", J_STR | J_KEY, id_required}, \
+	{prefix "customer", J_ID, false}, \
+	{prefix "subscription", J_ID, false}, \
+	{prefix "subscription_item", J_ID, false}, \
+	{prefix "invoice", J_ID, false}, \
+	{prefix "invoice_item", J_ID, false}, \
+	{prefix "checkout_session", J_ID, false}, \
+	{prefix "coupon", J_ID, false}, \
+	{prefix "source", J_OBJ, false}, \
+	{prefix "source.coupon", J_ID, false}, \
+	{prefix "promotion_code", J_ID, false}, \
+	{prefix "start", J_TIME, false}, \
+	{prefix "end", J_TIME, false}, \
+	{prefix "deleted", J_BOOL, false}
+
+/* The discounts of a subscription or an invoice: ids (or the one before). */
+#define DISCOUNT_ID_FIELDS \
+	{"discounts", J_ARR, false}, \
+	{"discounts[]", J_ID, false}, \
+	{"discount", J_OBJ, false}, \
+	{"discount.id", J_STR | J_KEY, false}
+
 static const SbField customer_fields[] = {
 	{"id", J_STR | J_KEY, true},
 	{"email", J_STR, false},
@@ -58,6 +87,10 @@ static const SbField customer_fields[] = {
 	{"metadata", J_OBJ, false},
 	USER_REF_FIELDS,
 	{"created", J_TIME, false},
+	{"invoice_settings", J_OBJ, false},
+	{"invoice_settings.default_payment_method", J_ID, false},
+	{"discount", J_OBJ, false},
+	DISCOUNT_FIELDS("discount.", false),
 	{NULL}
 };
 
@@ -131,6 +164,7 @@ static const SbField subscription_fields[] = {
 	{"items.data", J_ARR, true},
 	{"items.has_more", J_BOOL, false},
 	ITEM_FIELDS("items.data[]."),
+	DISCOUNT_ID_FIELDS,
 	{NULL}
 };
 
@@ -154,6 +188,7 @@ static const SbField invoice_fields[] = {
 	{"period_end", J_TIME, false},
 	{"billing_reason", J_STR, false},
 	{"created", J_TIME, false},
+	DISCOUNT_ID_FIELDS,
 	{NULL}
 };
 
@@ -342,6 +377,130 @@ static const SbField subscription_schedule_fields[] = {
 	{NULL}
 };
 
+/*
+ * The rest of the billing model (issue 27, part B): discounts, disputes,
+ * credit notes, payment methods, tax ids.
+ */
+static const SbField coupon_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"name", J_STR, false},
+	{"percent_off", J_NUM, false},
+	{"amount_off", J_INT, false},
+	{"currency", J_STR, false},
+	{"duration", J_STR, false},
+	{"duration_in_months", J_INT4, false},
+	{"max_redemptions", J_INT, false},
+	{"times_redeemed", J_INT, false},
+	{"redeem_by", J_TIME, false},
+	{"valid", J_BOOL, false},
+	{"deleted", J_BOOL, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+/* (its coupon: promotion.coupon since 2025-09-30.clover, the coupon object before) */
+static const SbField promotion_code_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"code", J_STR, false},
+	{"promotion", J_OBJ, false},
+	{"promotion.coupon", J_ID, false},
+	{"coupon", J_ID, false},
+	{"customer", J_ID, false},
+	{"active", J_BOOL, false},
+	{"expires_at", J_TIME, false},
+	{"max_redemptions", J_INT, false},
+	{"times_redeemed", J_INT, false},
+	{"restrictions", J_OBJ, false},
+	{"restrictions.first_time_transaction", J_BOOL, false},
+	{"restrictions.minimum_amount", J_INT, false},
+	{"restrictions.minimum_amount_currency", J_STR, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField discount_fields[] = {
+	DISCOUNT_FIELDS("", true),
+	{NULL}
+};
+
+static const SbField dispute_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"charge", J_ID, true},
+	{"charge.customer", J_ID | J_EXPANDED, false},
+	{"payment_intent", J_ID, false},
+	{"amount", J_INT, false},
+	{"currency", J_STR, false},
+	{"reason", J_STR, false},
+	{"status", J_STR, false},
+	{"is_charge_refundable", J_BOOL, false},
+	{"evidence_details", J_OBJ, false},
+	{"evidence_details.due_by", J_TIME, false},
+	{"intended_submission_method", J_STR, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+/* (its refunds: refunds[].refund, or refund before 2025-03-31.basil) */
+static const SbField credit_note_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"invoice", J_ID, false},
+	{"customer", J_ID, false},
+	{"number", J_STR, false},
+	{"status", J_STR, false},
+	{"type", J_STR, false},
+	{"reason", J_STR, false},
+	{"amount", J_INT, false},
+	{"subtotal", J_INT, false},
+	{"total", J_INT, false},
+	{"discount_amount", J_INT, false},
+	{"out_of_band_amount", J_INT, false},
+	{"currency", J_STR, false},
+	{"refunds", J_ARR, false},
+	{"refunds[].refund", J_ID, false},
+	{"refund", J_ID, false},
+	{"memo", J_STR, false},
+	{"effective_at", J_TIME, false},
+	{"voided_at", J_TIME, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+/* (never a card number: Stripe sends none) */
+static const SbField payment_method_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"customer", J_ID, false},
+	{"type", J_STR, false},
+	{"card", J_OBJ, false},
+	{"card.brand", J_STR, false},
+	{"card.last4", J_STR, false},
+	{"card.exp_month", J_INT4, false},
+	{"card.exp_year", J_INT4, false},
+	{"card.funding", J_STR, false},
+	{"card.country", J_STR, false},
+	{"metadata", J_OBJ, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
+static const SbField tax_id_fields[] = {
+	{"id", J_STR | J_KEY, true},
+	{"customer", J_ID, false},
+	{"owner", J_OBJ, false},
+	{"owner.customer", J_ID, false},
+	{"type", J_STR, false},
+	{"value", J_STR, false},
+	{"country", J_STR, false},
+	{"verification", J_OBJ, false},
+	{"verification.status", J_STR, false},
+	{"deleted", J_BOOL, false},
+	{"created", J_TIME, false},
+	{NULL}
+};
+
 const SbObjectKind sb_object_kinds[] = {
 	{
 		.name = "customer",
@@ -349,6 +508,9 @@ const SbObjectKind sb_object_kinds[] = {
 		.apply_function = "_apply_customer",
 		.apply_takes_type = true,
 		.fields = customer_fields,
+		/* (its own discount, applied with it) */
+		.row_kind = "discount",
+		.row_ids = {"discount.id"},
 		.customer = "id",
 		.user_refs = {USER_REF_PATHS},
 	},
@@ -422,6 +584,8 @@ const SbObjectKind sb_object_kinds[] = {
 		.row_kind = "payment",
 		/* (the refunds it lists are applied with it) */
 		.row_ids = {"id", "refunds.data[].id"},
+		/* (its disputes applied before it learn its customer) */
+		.customer = "customer",
 	},
 	{
 		/* (charge.refund.updated carries a refund; charge.dispute.* a dispute) */
@@ -501,6 +665,79 @@ const SbObjectKind sb_object_kinds[] = {
 		.apply_takes_type = true,
 		.fields = subscription_schedule_fields,
 		.row_kind = "subscription_schedule",
+		.row_ids = {"id"},
+	},
+
+	/* The rest of the billing model (issue 27, part B) */
+	{
+		/* (its id is the account's choice: keyed with the account, locks.c) */
+		.name = "coupon",
+		.event_types = {"coupon."},
+		.apply_function = "_apply_coupon",
+		.apply_takes_type = true,
+		.fields = coupon_fields,
+		.row_kind = "coupon",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "promotion_code",
+		.event_types = {"promotion_code."},
+		.apply_function = "_apply_promotion_code",
+		.apply_takes_type = true,
+		.fields = promotion_code_fields,
+		.row_kind = "promotion_code",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "discount",
+		.event_types = {"customer.discount."},
+		.apply_function = "_apply_discount",
+		.apply_takes_type = true,
+		.fields = discount_fields,
+		.row_kind = "discount",
+		.row_ids = {"id"},
+	},
+	{
+		/*
+		 * (charge.dispute.*: its charge's key, which the charge's own
+		 * units take, and the charge's customer: expanded, or read from
+		 * the charge's row, or the one the dispute's row has)
+		 */
+		.name = "dispute",
+		.event_types = {"charge.dispute."},
+		.apply_function = "_apply_dispute",
+		.apply_takes_type = true,
+		.fields = dispute_fields,
+		.row_kind = "payment",
+		.row_ids = {"id", "charge"},
+		.customer = "charge.customer",
+		.customers_of_rows = {{"payments", "charge"}, {"disputes", "id"}},
+	},
+	{
+		.name = "credit_note",
+		.event_types = {"credit_note."},
+		.apply_function = "_apply_credit_note",
+		.apply_takes_type = true,
+		.fields = credit_note_fields,
+		.row_kind = "credit_note",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "payment_method",
+		.event_types = {"payment_method."},
+		.apply_function = "_apply_payment_method",
+		.apply_takes_type = true,
+		.fields = payment_method_fields,
+		.row_kind = "payment_method",
+		.row_ids = {"id"},
+	},
+	{
+		.name = "tax_id",
+		.event_types = {"customer.tax_id."},
+		.apply_function = "_apply_tax_id",
+		.apply_takes_type = true,
+		.fields = tax_id_fields,
+		.row_kind = "tax_id",
 		.row_ids = {"id"},
 	},
 };

@@ -21,10 +21,13 @@
 								 * at most KEY_MAX bytes */
 #define J_INT4	0x40			/* an integer within integer */
 #define J_TIME	0x80			/* Unix seconds within timestamptz */
+#define J_NUM	0x800			/* any number (a percentage: 25.5) */
 /* Checks on top of the type */
 #define J_KEY	0x100			/* a string of at most KEY_MAX bytes */
 #define J_REF	0x200			/* a string of at most REF_MAX bytes */
 #define J_UNIQUE 0x400			/* a string unique among the array's elements */
+#define J_EXPANDED 0x1000		/* under an expandable field: checked when
+								 * it is an expanded object, not its id */
 
 /* One field the shape check validates. */
 typedef struct SbField
@@ -59,9 +62,21 @@ typedef struct SbObjectKind
 	const char *customer;		/* the customer whose link or features it may
 								 * change */
 	const char *user_refs[5];	/* a user it names: the first non-empty one */
+
+	/*
+	 * Rows whose customer's users' features it may change, though it does
+	 * not name that customer: the id at path is a row of table (in schema
+	 * stripe_billing), whose customer column locks.c reads to take that
+	 * customer's key.
+	 */
+	struct
+	{
+		const char *table;
+		const char *path;
+	}			customers_of_rows[2];
 } SbObjectKind;
 
-#define SB_NUM_OBJECT_KINDS 16
+#define SB_NUM_OBJECT_KINDS 23
 extern const SbObjectKind sb_object_kinds[];
 
 extern const SbObjectKind *sb_object_kind(const char *name);

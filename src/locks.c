@@ -19,7 +19,11 @@
  *      no other key;
  *   2. object keys: one per Stripe object whose row the unit may write, and
  *      one per customer whose link or users' features it may change, in
- *      key order;
+ *      key order.  A customer an object does not name (a dispute's: its
+ *      charge's) is read from the rows that name it (customers_of_rows)
+ *      before the keys are taken, and again once they are held: when it
+ *      changed meanwhile, the keys are given back, nothing having been
+ *      written under them, and taken again in key order with its;
  *   3. user keys: one per user whose features it may derive (the users
  *      linked to those customers, read once the customers' keys are held,
  *      and the users the objects name), in key order.
@@ -47,6 +51,7 @@
 
 #include "access/xact.h"
 #include "storage/proc.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -56,6 +61,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/numeric.h"
 
 #include "stripe_billing.h"
@@ -82,6 +88,13 @@ typedef struct LockKey
 	uint64		hash;
 } LockKey;
 
+/* A row whose customer's key a unit needs (SbObjectKind.customers_of_rows). */
+typedef struct RowRef
+{
+	const char *table;			/* in schema stripe_billing (from kinds.c) */
+	text	   *id;
+} RowRef;
+
 struct SbLockSet
 {
 	LockKey    *keys;			/* object keys, then user keys once acquired */
@@ -89,6 +102,7 @@ struct SbLockSet
 	int			size;
 	List	   *customers;		/* ids (text datums) whose users to look up */
 	List	   *users;			/* user refs (text datums) named by the objects */
+	List	   *rows;			/* RowRefs whose customers to look up */
 };
 
 SbLockSet *
@@ -205,6 +219,7 @@ typedef struct KeyWalk
 	const char *row_kind;		/* the kind of the rows whose ids are walked,
 								 * and for ids an account chooses, the account */
 	bool		user_found;		/* a user_refs path named one */
+	const char *table;			/* the table of the customers_of_rows walked */
 } KeyWalk;
 
 typedef void (*KeyWalkFn) (KeyWalk *walk, JsonbContainer *parent, const char *key);
@@ -290,18 +305,35 @@ add_user_key(KeyWalk *walk, JsonbContainer *parent, const char *key)
 	}
 }
 
+/* A row whose customer's key the unit needs, read once the keys are taken. */
+static void
+add_row_customer(KeyWalk *walk, JsonbContainer *parent, const char *key)
+{
+	const char *id;
+	int			len;
+	RowRef	   *ref;
+
+	if (!id_field(parent, key, &id, &len) || len <= 0)
+		return;
+	ref = palloc(sizeof(RowRef));
+	ref->table = walk->table;
+	ref->id = cstring_to_text_with_len(id, len);
+	walk->set->rows = lappend(walk->set->rows, ref);
+}
+
 /*
  * The keys a Stripe object's mapping needs, as its kind declares them
  * (kinds.c): the rows it may write, its customer's where it may link the
  * customer or change what the customer's users are entitled to, and the
- * user it names.
+ * user it names; and the rows whose customers it may change the features
+ * of, whose keys sb_lockset_acquire adds.
  */
 void
 sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind_name,
 					  const char *account)
 {
 	const SbObjectKind *kind;
-	KeyWalk		walk = {set, NULL, false};
+	KeyWalk		walk = {set, NULL, false, NULL};
 
 	if (kind_name == NULL || (kind = sb_object_kind(kind_name)) == NULL)
 		return;
@@ -310,9 +342,13 @@ sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind_n
 	{
 		/* the account's row (noted on first sight) */
 		sb_lockset_add_key(set, "account", account, strlen(account));
-		/* a product's or a price's id is the account's choice: unique in it only */
+		/*
+		 * a product's, a price's or a coupon's id is the account's choice:
+		 * unique in it only
+		 */
 		if (kind->row_kind && (strcmp(kind->row_kind, "product") == 0 ||
-							   strcmp(kind->row_kind, "price") == 0))
+							   strcmp(kind->row_kind, "price") == 0 ||
+							   strcmp(kind->row_kind, "coupon") == 0))
 			walk.row_kind = psprintf("%s@%s", kind->row_kind, account);
 	}
 	for (int i = 0; i < lengthof(kind->row_ids) && kind->row_ids[i]; i++)
@@ -321,6 +357,86 @@ sb_lockset_add_object(SbLockSet *set, JsonbContainer *object, const char *kind_n
 		walk_path(&walk, object, kind->customer, add_customer_key);
 	for (int i = 0; i < lengthof(kind->user_refs) && kind->user_refs[i]; i++)
 		walk_path(&walk, object, kind->user_refs[i], add_user_key);
+	for (int i = 0; i < lengthof(kind->customers_of_rows) && kind->customers_of_rows[i].table; i++)
+	{
+		walk.table = kind->customers_of_rows[i].table;
+		walk_path(&walk, object, kind->customers_of_rows[i].path, add_row_customer);
+	}
+}
+
+/* Is this customer among the set's? */
+static bool
+has_customer(SbLockSet *set, text *customer)
+{
+	ListCell   *lc;
+
+	foreach(lc, set->customers)
+	{
+		text	   *c = (text *) lfirst(lc);
+
+		if (VARSIZE_ANY_EXHDR(c) == VARSIZE_ANY_EXHDR(customer) &&
+			memcmp(VARDATA_ANY(c), VARDATA_ANY(customer), VARSIZE_ANY_EXHDR(c)) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Adds the customers of the set's rows (customers_of_rows: a dispute's
+ * charge's, and the dispute's own) that it does not have yet, as committed
+ * now; returns whether it added any.  A table the installed SQL lacks
+ * (before ALTER EXTENSION UPDATE) has no rows.  The caller is connected to
+ * SPI.
+ */
+static bool
+add_customers_of_rows(SbLockSet *set)
+{
+	Oid			nsp;
+	bool		added = false;
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	if (set->rows == NIL || !OidIsValid(nsp = get_namespace_oid("stripe_billing", true)))
+		return false;
+	foreach(lc, set->rows)
+		tables = list_append_unique_ptr(tables, (void *) ((RowRef *) lfirst(lc))->table);
+	foreach(lc, tables)
+	{
+		const char *table = (const char *) lfirst(lc);
+		Datum	   *ids = palloc(sizeof(Datum) * list_length(set->rows));
+		int			nids = 0;
+		ListCell   *rc;
+		Oid			argtype = TEXTARRAYOID;
+		Datum		arg;
+
+		if (!OidIsValid(get_relname_relid(table, nsp)))
+			continue;
+		foreach(rc, set->rows)
+			if (((RowRef *) lfirst(rc))->table == table)
+				ids[nids++] = PointerGetDatum(((RowRef *) lfirst(rc))->id);
+		arg = PointerGetDatum(construct_array(ids, nids, TEXTOID, -1, false, TYPALIGN_INT));
+		/* (not read-only: a statement of its own, which sees the latest commits) */
+		if (SPI_execute_with_args(psprintf("SELECT DISTINCT r.customer FROM stripe_billing.%s r"
+										   " WHERE r.id OPERATOR(pg_catalog.=) ANY ($1)"
+										   " AND r.customer IS NOT NULL",
+										   quote_identifier(table)),
+								  1, &argtype, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the customers of the rows to lock");
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			text	   *customer = DatumGetTextPP(SPI_getbinval(SPI_tuptable->vals[r],
+																SPI_tuptable->tupdesc, 1, &isnull));
+
+			if (!isnull && !has_customer(set, customer))
+			{
+				sb_lockset_add_customer(set, VARDATA_ANY(customer), VARSIZE_ANY_EXHDR(customer));
+				added = true;
+			}
+		}
+		pfree(ids);
+	}
+	return added;
 }
 
 static int
@@ -348,6 +464,16 @@ sort_unique(LockKey *keys, int from, int n)
 		if (out == from || key_cmp(&keys[out - 1], &keys[i]) != 0)
 			keys[out++] = keys[i];
 	return out;
+}
+
+/* Lets a key go that nothing was written under yet (sb_lockset_acquire). */
+static void
+give_back(uint16 class, uint64 hash, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (hash >> 32), (uint32) hash, class);
+	(void) LockRelease(&tag, mode, false);
 }
 
 /*
@@ -443,10 +569,12 @@ sb_lockset_acquire(SbLockSet *set)
 		counted_lxid = MY_LXID;
 		keys_taken = 0;
 	}
-	nobjects = sort_unique(set->keys, 0, set->nkeys);
-	estimate = nobjects + list_length(set->customers) + list_length(set->users);
 	if (applying_alone())
 		return;
+	/* the customers of rows, as committed now (checked again below) */
+	add_customers_of_rows(set);
+	nobjects = sort_unique(set->keys, 0, set->nkeys);
+	estimate = nobjects + list_length(set->customers) + list_length(set->users);
 	if (keys_taken + estimate > SB_MAX_KEYS)
 	{
 		/*
@@ -461,8 +589,26 @@ sb_lockset_acquire(SbLockSet *set)
 		return;
 	}
 	take(CLASS_APPLY, 0, ShareLock);
-	for (int i = 0; i < nobjects; i++)
-		take(set->keys[i].class, set->keys[i].hash, ExclusiveLock);
+	for (;;)
+	{
+		for (int i = 0; i < nobjects; i++)
+			take(set->keys[i].class, set->keys[i].hash, ExclusiveLock);
+
+		/*
+		 * The customers of rows were read before the rows' keys were held:
+		 * a unit that held them may have changed one meanwhile (a charge
+		 * applied just after its dispute was looked at).  Read again, now
+		 * that no unit can; when a customer is new, give the keys back
+		 * (nothing was written under them) and take them all again in the
+		 * one order, with its key.
+		 */
+		if (!add_customers_of_rows(set))
+			break;
+		for (int i = nobjects - 1; i >= 0; i--)
+			give_back(set->keys[i].class, set->keys[i].hash, ExclusiveLock);
+		nobjects = sort_unique(set->keys, 0, set->nkeys);
+		CHECK_FOR_INTERRUPTS();
+	}
 
 	/* the users linked now: a link changes only under its customer's key */
 	add_linked_users(set);

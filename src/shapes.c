@@ -49,8 +49,10 @@ expected_types(int types)
 {
 	if (types & J_ID)
 		return "an id string or an object with an id";
-	switch (types & ~(J_KEY | J_REF | J_UNIQUE))
+	switch (types & ~(J_KEY | J_REF | J_UNIQUE | J_EXPANDED))
 	{
+		case J_NUM:
+			return "a number";
 		case J_STR:
 			return "a string";
 		case J_INT:
@@ -151,8 +153,9 @@ check_value(JsonbValue *v, int types, bool required, const StringInfo where)
 				check_length(v->val.string.len, types, where);
 			break;
 		case jbvNumeric:
-			ok = (types & J_NUMBER) != 0;
-			if (ok)
+			ok = (types & (J_NUMBER | J_NUM)) != 0;
+			/* (jsonb holds a number numeric takes: nothing more to check) */
+			if (ok && (types & J_NUMBER))
 				check_number(v, types, where);
 			break;
 		case jbvBool:
@@ -274,6 +277,9 @@ check_field_path(JsonbContainer *c, char **segs, int nsegs, int i,
 
 	if (!each)
 	{
+		/* an expandable field given as its id has nothing under it */
+		if ((spec->types & J_EXPANDED) && v->type == jbvString)
+			return;
 		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 			wrong_field(where, psprintf("must be an object, not %s", JsonbTypeName(v)));
 		check_field_path(v->val.binary.data, segs, nsegs, i + 1, spec, where);

@@ -115,6 +115,10 @@ extern int	sb_usage_api;
 extern int	sb_paused_collection_access;
 extern int	sb_usage_concurrency;
 extern bool sb_thin_events;
+/* stripe_billing.dispute_access: what an open dispute does to its customer's features */
+#define SB_DISPUTE_ACCESS_KEEP 0
+#define SB_DISPUTE_ACCESS_REVOKE 1
+extern int	sb_dispute_access;
 
 extern void sb_define_settings(void);
 

@@ -75,25 +75,35 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   deleting boolean := ev_type = 'customer.deleted' OR coalesce((o->>'deleted')::boolean, false);
+  -- (its own discount, as the payload has it: a bare deleted one has none)
+  discount jsonb := o->'discount';
 BEGIN
   IF deleting THEN
     -- a deleted customer's payload may be bare: keep what we knew
     o := coalesce((SELECT raw FROM stripe_billing.customers WHERE id = o->>'id'), '{}') || o;
   END IF;
   INSERT INTO stripe_billing.customers AS t
-         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created, account)
+         (id, user_ref, email, name, deleted, metadata, created, raw, last_event_id, last_event_created, account,
+          default_payment_method)
   VALUES (o->>'id', stripe_billing._user_ref(o->'metadata'), o->>'email', o->>'name', deleting,
-          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+          coalesce(o->'metadata', '{}'), stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account,
+          stripe_billing._id(o->'invoice_settings'->'default_payment_method'))
   ON CONFLICT (id) DO UPDATE SET
          user_ref = coalesce(t.user_ref, EXCLUDED.user_ref), account = EXCLUDED.account,
          email = EXCLUDED.email, name = EXCLUDED.name, deleted = EXCLUDED.deleted,
          metadata = EXCLUDED.metadata, created = coalesce(EXCLUDED.created, t.created), raw = EXCLUDED.raw,
          last_event_id = EXCLUDED.last_event_id, last_event_created = EXCLUDED.last_event_created,
          refetch = coalesce(t.last_event_created = EXCLUDED.last_event_created, false),
-         updated_at = now()
+         updated_at = now(), default_payment_method = EXCLUDED.default_payment_method
   WHERE stripe_billing._may_overwrite(t.last_event_created, EXCLUDED.last_event_created, t.deleted, EXCLUDED.deleted);
   IF NOT FOUND THEN
     RETURN 'stale';
+  END IF;
+  -- the customer's discount is a snapshot of its own, as of this event (one
+  -- without an id, before API version 2020-08-27, is not kept)
+  IF jsonb_typeof(discount) = 'object' AND discount->>'id' IS NOT NULL THEN
+    PERFORM stripe_billing._apply_discount(discount || jsonb_build_object('object', 'discount'), ev_type, ev_id,
+                                           ev_created, ev_account);
   END IF;
   PERFORM stripe_billing._refresh_customer_features(o->>'id', ev_type);
   RETURN 'applied';
@@ -199,16 +209,20 @@ BEGIN
          (id, customer, status, cancel_at_period_end, cancel_at, canceled_at, ended_at,
           current_period_start, current_period_end, trial_start, trial_end, pause_collection,
           latest_invoice, metadata, created, raw, last_event_id, last_event_created, refetch, account,
-          pause_behavior, pause_resumes_at)
+          pause_behavior, pause_resumes_at, discounts)
   VALUES (sid, customer_id, o->>'status', coalesce((o->>'cancel_at_period_end')::boolean, false),
           stripe_billing._ts(o->'cancel_at'), stripe_billing._ts(o->'canceled_at'), stripe_billing._ts(o->'ended_at'),
           period_start, period_end, stripe_billing._ts(o->'trial_start'), stripe_billing._ts(o->'trial_end'),
           CASE WHEN jsonb_typeof(o->'pause_collection') = 'object' THEN o->'pause_collection' END,
           stripe_billing._id(o->'latest_invoice'), coalesce(o->'metadata', '{}'),
           stripe_billing._ts(o->'created'), o, ev_id, ev_created, NOT complete_list, ev_account,
-          o->'pause_collection'->>'behavior', stripe_billing._ts(o->'pause_collection'->'resumes_at'))
+          o->'pause_collection'->>'behavior', stripe_billing._ts(o->'pause_collection'->'resumes_at'),
+          -- discounts (ids or expanded), or the one discount before 2025-03-31.basil
+          CASE WHEN o ? 'discounts' THEN stripe_billing._discount_ids(o->'discounts')
+               ELSE array_remove(ARRAY[stripe_billing._id(o->'discount')], NULL) END)
   ON CONFLICT (id) DO UPDATE SET
          customer = EXCLUDED.customer, status = EXCLUDED.status, account = EXCLUDED.account,
+         discounts = EXCLUDED.discounts,
          cancel_at_period_end = EXCLUDED.cancel_at_period_end, cancel_at = EXCLUDED.cancel_at,
          canceled_at = EXCLUDED.canceled_at, ended_at = EXCLUDED.ended_at,
          current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
@@ -281,7 +295,7 @@ BEGIN
   INSERT INTO stripe_billing.invoices AS t
          (id, customer, subscription, status, amount_due, amount_paid, amount_remaining, currency,
           attempt_count, next_payment_attempt, hosted_invoice_url, invoice_pdf, period_start, period_end,
-          billing_reason, deleted, created, raw, last_event_id, last_event_created, account)
+          billing_reason, deleted, created, raw, last_event_id, last_event_created, account, discounts)
   VALUES (o->>'id', stripe_billing._id(o->'customer'),
           coalesce(stripe_billing._id(o->'subscription'),
                    stripe_billing._id(o->'parent'->'subscription_details'->'subscription')),
@@ -289,10 +303,12 @@ BEGIN
           (o->>'amount_remaining')::bigint, o->>'currency', (o->>'attempt_count')::integer,
           stripe_billing._ts(o->'next_payment_attempt'), o->>'hosted_invoice_url', o->>'invoice_pdf',
           stripe_billing._ts(o->'period_start'), stripe_billing._ts(o->'period_end'), o->>'billing_reason',
-          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account)
+          deleting, stripe_billing._ts(o->'created'), o, ev_id, ev_created, ev_account,
+          CASE WHEN o ? 'discounts' THEN stripe_billing._discount_ids(o->'discounts')
+               ELSE array_remove(ARRAY[stripe_billing._id(o->'discount')], NULL) END)
   ON CONFLICT (id) DO UPDATE SET
          customer = EXCLUDED.customer, subscription = EXCLUDED.subscription, status = EXCLUDED.status,
-         account = EXCLUDED.account,
+         account = EXCLUDED.account, discounts = EXCLUDED.discounts,
          amount_due = EXCLUDED.amount_due, amount_paid = EXCLUDED.amount_paid,
          amount_remaining = EXCLUDED.amount_remaining, currency = EXCLUDED.currency,
          attempt_count = EXCLUDED.attempt_count, next_payment_attempt = EXCLUDED.next_payment_attempt,
@@ -386,6 +402,8 @@ BEGIN
                             WHERE ip.kind = 'invoice_payment'
                               AND (ip.charge = p.id OR ip.payment_intent = p.payment_intent) LIMIT 1));
     written := stripe_billing._upsert_payment(p, '{succeeded,failed}');
+    -- (its disputes applied before it: their customer, see _apply_dispute)
+    PERFORM stripe_billing._charge_disputes_customer(p.id, p.customer);
     IF written THEN
       -- refunds listed in the charge snapshot
       PERFORM stripe_billing._apply_payment(r || jsonb_build_object('object', 'refund'), ev_id, ev_created,

@@ -4,7 +4,9 @@
 --
 -- A user has feature F when a subscription of one of their customers grants
 -- it (through feature_grants: a price id, a price lookup key or a product
--- id) or Stripe Entitlements lists F for the customer.  The answer is
+-- id) or Stripe Entitlements lists F for the customer, unless an open
+-- dispute of the customer's revokes its features (stripe_billing.
+-- dispute_access = 'revoke'; the default, 'keep', changes nothing).  The answer is
 -- derived per user into user_features whenever an event or a grant changes
 -- it, inside that transaction; stripe_has_entitlement serves it from a
 -- per-backend cache that a change to user_features invalidates.
@@ -84,7 +86,7 @@ CREATE FUNCTION stripe_billing._status_grants(status text, pause_behavior text)
 RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-  SELECT status OPERATOR(pg_catalog.=) ANY ('{active,trialing,past_due}'::text[])
+  SELECT status OPERATOR(pg_catalog.=) ANY ('{active,trialing,past_due}'::pg_catalog.text[])
      AND (pause_behavior IS NULL
           OR pg_catalog.current_setting('stripe_billing.paused_collection_access') OPERATOR(pg_catalog.<>) 'revoke')
 $$;
@@ -102,6 +104,8 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   notified bigint;
+  -- an open dispute revokes its customer's features (chapter 31)
+  disputes_revoke boolean := coalesce(current_setting('stripe_billing.dispute_access', true), 'keep') = 'revoke';
 BEGIN
   -- one derivation of a user at a time (see user_derivations), taken in
   -- user order so that two derivations of several users cannot deadlock;
@@ -132,11 +136,17 @@ BEGIN
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
        AND stripe_billing._status_grants(s.status, s.pause_behavior)
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
     UNION ALL
     SELECT c.user_ref, e.lookup_key, NULL
       FROM stripe_billing.customers c
       JOIN stripe_billing.active_entitlements e ON e.customer = c.id
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
   ),
   wanted AS (
     SELECT user_ref COLLATE "C" AS user_ref, feature COLLATE "C" AS feature,
@@ -183,6 +193,8 @@ AS $$
 DECLARE
   notified text;
   derivation bigint;
+  -- an open dispute revokes its customer's features (chapter 31)
+  disputes_revoke boolean := coalesce(current_setting('stripe_billing.dispute_access', true), 'keep') = 'revoke';
 BEGIN
   IF target IS NULL THEN
     RETURN;
@@ -206,11 +218,17 @@ BEGIN
        AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = target AND NOT c.deleted
        AND stripe_billing._status_grants(s.status, s.pause_behavior)
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
     UNION ALL
     SELECT e.lookup_key, NULL
       FROM stripe_billing.customers c
       JOIN stripe_billing.active_entitlements e ON e.customer = c.id
      WHERE c.user_ref = target AND NOT c.deleted
+       AND NOT (disputes_revoke AND EXISTS (
+             SELECT FROM stripe_billing.disputes d WHERE d.customer = c.id
+                AND d.status IN ('needs_response', 'under_review', 'appeal_needs_response', 'appeal_under_review')))
   ),
   wanted AS (
     SELECT feature, CASE WHEN bool_or(ends IS NULL) THEN NULL ELSE max(ends) END AS valid_until

@@ -104,6 +104,8 @@ $$;
 -- customer, its price), the platform's share application_fee_percent
 -- (subscription) or application_fee_amount (payment); on the platform, a
 -- destination charge to transfer_destination, settled by on_behalf_of.
+-- A discount: promotion_code (its promo_ id, or the code a customer types)
+-- or coupon (an id); not with allow_promotion_codes (_checkout_discount).
 CREATE FUNCTION stripe_billing.stripe_create_checkout(
     user_ref text, price text, success_url text, cancel_url text,
     quantity integer DEFAULT 1, mode text DEFAULT 'subscription', trial_days integer DEFAULT NULL,
@@ -111,13 +113,15 @@ CREATE FUNCTION stripe_billing.stripe_create_checkout(
     metadata jsonb DEFAULT '{}', idempotency_key text DEFAULT NULL, allow_repeat_trial boolean DEFAULT false,
     application_fee_percent numeric DEFAULT NULL, application_fee_amount bigint DEFAULT NULL,
     transfer_destination text DEFAULT NULL, on_behalf_of text DEFAULT NULL, account text DEFAULT NULL,
+    promotion_code text DEFAULT NULL, coupon text DEFAULT NULL,
     OUT session_id text, OUT url text, OUT expires_at timestamptz, OUT trial_granted boolean)
 AS 'MODULE_PATHNAME', 'stripe_create_checkout'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
                                                             boolean, text, jsonb, text, boolean,
-                                                            numeric, bigint, text, text, text) FROM PUBLIC;
+                                                            numeric, bigint, text, text, text,
+                                                            text, text) FROM PUBLIC;
 
 -- A customer portal session for the user (their customer on the account);
 -- returns its URL.

@@ -505,6 +505,22 @@ BEGIN
            -- (a connected account is read by the platform)
            UNION ALL SELECT 'accounts', 'account', id, '/v1/accounts/' || id, NULL, NULL
              FROM stripe_billing.accounts WHERE refetch
+           -- the rest of the billing model (chapter 33; a discount is read
+           -- from what holds it: _refetch_discount)
+           UNION ALL SELECT 'coupons', 'coupon', id, '/v1/coupons/' || id, NULL, account
+             FROM stripe_billing.coupons WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'promotion_codes', 'promotion_code', id, '/v1/promotion_codes/' || id, NULL, account
+             FROM stripe_billing.promotion_codes WHERE refetch
+           UNION ALL SELECT 'discounts', 'discount', id, NULL, NULL, account
+             FROM stripe_billing.discounts WHERE refetch AND NOT deleted
+           UNION ALL SELECT 'disputes', 'dispute', id, '/v1/disputes/' || id, NULL, account
+             FROM stripe_billing.disputes WHERE refetch
+           UNION ALL SELECT 'credit_notes', 'credit_note', id, '/v1/credit_notes/' || id, NULL, account
+             FROM stripe_billing.credit_notes WHERE refetch
+           UNION ALL SELECT 'payment_methods', 'payment_method', id, '/v1/payment_methods/' || id, NULL, account
+             FROM stripe_billing.payment_methods WHERE refetch AND NOT detached
+           UNION ALL SELECT 'tax_ids', 'tax_id', id, '/v1/tax_ids/' || id, NULL, account
+             FROM stripe_billing.tax_ids WHERE refetch AND NOT deleted
          ) marked LIMIT 1;
   IF NOT FOUND THEN
     RETURN false;
@@ -513,7 +529,11 @@ BEGIN
   -- again), of its account: a product's or price's id is the account's own
   PERFORM stripe_billing._lock_objects(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
               'object', coalesce(r.object, 'customer'), 'id', coalesce(r.id, r.customer),
-              'customer', r.customer))), r.account);
+              'customer', r.customer,
+              -- (a dispute's charge: its key, and its customer's)
+              'charge', CASE WHEN r.tab = 'disputes'
+                             THEN (SELECT d.charge FROM stripe_billing.disputes d WHERE d.id = r.id) END))),
+              r.account);
 
   IF r.tab = 'entitlement_summaries' THEN
     items := '[]';
@@ -539,7 +559,11 @@ BEGIN
     RAISE WARNING 'stripe_billing: % % cannot be re-fetched: its id is not a Stripe id', r.tab, quote_literal(left(r.id, 100));
   ELSE
     BEGIN
-      PERFORM stripe_billing.stripe_api('GET', r.path, account => r.account);   -- applied as a snapshot
+      IF r.tab = 'discounts' THEN
+        PERFORM stripe_billing._refetch_discount(r.id, r.account);   -- (from what holds it)
+      ELSE
+        PERFORM stripe_billing.stripe_api('GET', r.path, account => r.account);   -- applied as a snapshot
+      END IF;
     EXCEPTION WHEN SQLSTATE 'SBA01' THEN
       -- gone at Stripe (or not readable with this key, or an account that
       -- took the platform's access back): nothing to heal

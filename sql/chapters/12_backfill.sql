@@ -106,13 +106,23 @@ SELECT kind, state, pages, objects, requests, started_at, finished_at, last_erro
  ORDER BY account NULLS FIRST, ordinal;
 
 -- The kinds a backfill lists, in dependency order (the connected accounts,
--- /v1/accounts, are the platform's only; subscription schedules, after
--- the subscriptions they manage).
+-- /v1/accounts, are the platform's only).  Coupons and promotion codes
+-- before the customers and subscriptions whose discounts name them (a
+-- customer's tax ids and own discount come with it, a subscription's
+-- discounts with it), subscription schedules after the subscriptions they
+-- manage, credit notes after their invoices, disputes (with their charges)
+-- and the payment methods of customers with a live subscription after
+-- those (chapter 33).
 CREATE FUNCTION stripe_billing._backfill_kinds() RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT ARRAY['products', 'prices', 'customers', 'subscriptions', 'invoices', 'entitlements', 'accounts',
-                   'subscription_schedules'] $$;
+AS $$
+  SELECT ARRAY['products', 'prices',
+               'coupons', 'promotion_codes',
+               'customers', 'subscriptions', 'subscription_schedules', 'invoices',
+               'credit_notes', 'disputes', 'payment_methods',
+               'entitlements', 'accounts']
+$$;
 
 -- Starts a backfill of the given kinds (all when NULL).  While one of them
 -- is unfinished (a crash, a cancel, a failure), the backfill resumes: those
@@ -187,6 +197,12 @@ BEGIN
   requests := 0;
   next_cursor := list_cursor;
   has_more := false;
+  IF kind = 'payment_methods' THEN
+    -- (per customer, as entitlements: chapter 33)
+    SELECT * INTO l FROM stripe_billing._backfill_payment_methods_page(list_cursor, for_account);
+    objects := l.objects; requests := l.requests; next_cursor := l.next_cursor; has_more := l.has_more;
+    RETURN;
+  END IF;
   IF kind = 'entitlements' THEN
     -- no list spans customers: twenty customers a page, each applied as it
     -- comes, while the requests of the next few (ahead) travel, also past
@@ -241,13 +257,17 @@ BEGIN
   path := CASE kind WHEN 'products' THEN '/v1/products' WHEN 'prices' THEN '/v1/prices'
                     WHEN 'customers' THEN '/v1/customers' WHEN 'subscriptions' THEN '/v1/subscriptions'
                     WHEN 'invoices' THEN '/v1/invoices' WHEN 'accounts' THEN '/v1/accounts'
-                    WHEN 'subscription_schedules' THEN '/v1/subscription_schedules' END;
+                    WHEN 'subscription_schedules' THEN '/v1/subscription_schedules'
+                    -- (coupons, promotion codes, credit notes, disputes: chapter 33)
+                    ELSE (stripe_billing._backfill_model_list(kind)).path END;
   params := jsonb_strip_nulls(jsonb_build_object(
       'limit', 100, 'starting_after', list_cursor,
       -- (products and prices: active and inactive alike when not asked for one)
       'status', CASE WHEN kind = 'subscriptions' THEN 'all' END,
       'created', CASE WHEN kind = 'invoices'
-                      THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END));
+                      THEN jsonb_build_object('gte', floor(extract(epoch FROM since))::bigint) END))
+      -- (what comes embedded or expanded: chapter 33)
+      || (stripe_billing._backfill_model_list(kind)).params;
   -- the next page travels while this one is applied (for subscriptions,
   -- and while their cut-short item lists are read)
   SELECT * INTO l FROM stripe_billing._list_page(path, params,
@@ -266,6 +286,8 @@ BEGIN
     requests := requests + c.requests;
   END IF;
   PERFORM stripe_billing._apply_snapshots(data, l.snapshot, 'backfill', c.complete, account => for_account);
+  -- a customer's tax ids, a subscription's discounts (chapter 33)
+  requests := requests + stripe_billing._backfill_embedded(kind, data, l.snapshot, for_account);
   objects := jsonb_array_length(data);
   next_cursor := coalesce(data->-1->>'id', list_cursor);
 END
@@ -280,14 +302,21 @@ BEGIN
   CASE kind
   WHEN 'products' THEN ANALYZE stripe_billing.products;
   WHEN 'prices' THEN ANALYZE stripe_billing.prices;
-  WHEN 'customers' THEN ANALYZE stripe_billing.customers, stripe_billing.user_derivations;
+  WHEN 'customers' THEN
+    ANALYZE stripe_billing.customers, stripe_billing.user_derivations, stripe_billing.tax_ids, stripe_billing.discounts;
   WHEN 'subscriptions' THEN
     ANALYZE stripe_billing.subscriptions, stripe_billing.subscription_items, stripe_billing.user_features,
-            stripe_billing.user_derivations;
+            stripe_billing.user_derivations, stripe_billing.discounts;
   WHEN 'invoices' THEN ANALYZE stripe_billing.invoices;
   WHEN 'entitlements' THEN
     ANALYZE stripe_billing.entitlement_summaries, stripe_billing.active_entitlements, stripe_billing.user_features;
   WHEN 'accounts' THEN ANALYZE stripe_billing.accounts;
+  -- the rest of the billing model (chapter 33)
+  WHEN 'coupons' THEN ANALYZE stripe_billing.coupons;
+  WHEN 'promotion_codes' THEN ANALYZE stripe_billing.promotion_codes;
+  WHEN 'credit_notes' THEN ANALYZE stripe_billing.credit_notes;
+  WHEN 'disputes' THEN ANALYZE stripe_billing.disputes;
+  WHEN 'payment_methods' THEN ANALYZE stripe_billing.payment_methods;
   WHEN 'subscription_schedules' THEN
     ANALYZE stripe_billing.subscription_schedules, stripe_billing.subscription_schedule_phases;
   END CASE;

@@ -4,7 +4,7 @@ CREATE TABLE stripe_billing.reconcile_runs (
     reason      text NOT NULL,         -- manual, scheduled, cursor expired
     state       text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done', 'failed')),
     phase       text NOT NULL DEFAULT 'subscriptions'
-                CHECK (phase IN ('subscriptions', 'customers', 'subscription_schedules')),
+                CHECK (phase IN ('subscriptions', 'customers', 'subscription_schedules', 'disputes')),
     list_cursor text,
     checked     bigint NOT NULL DEFAULT 0,   -- objects compared
     drifted     bigint NOT NULL DEFAULT 0,   -- objects that differed
@@ -25,7 +25,7 @@ SELECT pg_catalog.pg_extension_config_dump('stripe_billing.reconcile_runs_id_seq
 CREATE TABLE stripe_billing.reconcile_log (
     id           bigserial PRIMARY KEY,
     run          bigint NOT NULL REFERENCES stripe_billing.reconcile_runs ON DELETE CASCADE,
-    object_type  text NOT NULL,            -- subscription, customer, subscription_schedule
+    object_type  text NOT NULL,            -- subscription, customer, subscription_schedule, dispute
     object_id    text NOT NULL,
     field        text NOT NULL,            -- row (missing here), status, items, user_ref, ...
     local_value  text,
@@ -112,7 +112,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   VALUES ('subscriptions', '/v1/subscriptions', 'subscription'),
          ('customers', '/v1/customers', 'customer'),
-         ('subscription_schedules', '/v1/subscription_schedules', 'subscription_schedule')
+         ('subscription_schedules', '/v1/subscription_schedules', 'subscription_schedule'),
+         ('disputes', '/v1/disputes', 'dispute')
 $$;
 
 -- Starts a reconciliation (or returns the one running).
@@ -160,6 +161,11 @@ BEGIN
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
       FROM jsonb_array_elements(data) o, stripe_billing._subscription_schedule_drift(o) d;
+  ELSIF object_type = 'dispute' THEN
+    -- (chapter 33: what an open dispute may revoke)
+    INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
+    SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
+      FROM jsonb_array_elements(data) o, stripe_billing._dispute_drift(o) d;
   ELSE
     INSERT INTO stripe_billing.reconcile_log (run, object_type, object_id, field, local_value, stripe_value)
     SELECT run_id, object_type, o->>'id', d.field, d.local_value, d.stripe_value
@@ -184,6 +190,9 @@ BEGIN
      WHERE subscription = ANY (ids) AND last_event_created < snapshot;
   ELSIF object_type = 'subscription_schedule' THEN
     UPDATE stripe_billing.subscription_schedules SET last_event_created = NULL
+     WHERE id = ANY (ids) AND last_event_created < snapshot;
+  ELSIF object_type = 'dispute' THEN
+    UPDATE stripe_billing.disputes SET last_event_created = NULL
      WHERE id = ANY (ids) AND last_event_created < snapshot;
   ELSE
     UPDATE stripe_billing.customers SET last_event_created = NULL
@@ -210,9 +219,11 @@ END
 $$;
 
 -- One page of the running reconciliation: subscriptions (status=all), then
--- customers, then subscription schedules (_reconcile_phases).  A failure
--- ends the run (failed) and is returned, not raised.  Returns the run
--- (NULL: none running) and a progress line.
+-- customers, then subscription schedules, then disputes with their
+-- charges (an open dispute may revoke its customer's features,
+-- dispute_access): _reconcile_phases.  A failure ends the run (failed) and
+-- is returned, not raised.  Returns the run (NULL: none running) and a
+-- progress line.
 CREATE FUNCTION stripe_billing._reconcile_step(for_account text DEFAULT NULL, any_account boolean DEFAULT false,
                                                OUT run bigint, OUT message text, OUT failed boolean)
 LANGUAGE plpgsql SECURITY DEFINER
@@ -246,7 +257,10 @@ BEGIN
   BEGIN
     SELECT * INTO l FROM stripe_billing._list_page(ph.path,
         jsonb_strip_nulls(jsonb_build_object('limit', 100, 'starting_after', r.list_cursor,
-                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END)),
+                                             'status', CASE WHEN r.phase = 'subscriptions' THEN 'all' END,
+                                             -- (a dispute's customer is its charge's)
+                                             'expand', CASE WHEN r.phase = 'disputes'
+                                                            THEN jsonb_build_array('data.charge') END)),
         account => r.account);
     data := coalesce(l.page->'data', '[]');
     complete := '{}';
@@ -280,8 +294,8 @@ BEGIN
 END
 $$;
 
--- Compares subscriptions (every status), customers and subscription
--- schedules at Stripe with the local rows, repairs what differs and logs it
+-- Compares subscriptions (every status), customers, subscription
+-- schedules and disputes at Stripe with the local rows, repairs what differs and logs it
 -- in reconcile_log; page by page, each committed.  Not in a transaction
 -- block (it commits).
 CREATE PROCEDURE stripe_billing.stripe_reconcile(account text DEFAULT NULL)

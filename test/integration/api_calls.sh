@@ -507,6 +507,168 @@ eq "$GRANTED|$FORM" "t|$trial" "a user whose past subscription was paid, without
 verdict "one trial per user: granted to a new user and to one whose past subscription had none; left out (trial_granted false) after a trial subscription, even canceled; granted again with allow_repeat_trial"
 
 ###########################################################################
+# 3c. Checkout's discount: a promotion code or a coupon (issue 27)
+###########################################################################
+# At the fake: coupons SPRING20 (20 % for 3 months) and WINTER (no longer
+# valid), promotion codes SPRING (promo_spring) and OLD (inactive). Here:
+# what events told (the codes, WINTER, and a coupon GONE deleted).
+fk POST /_fake/objects '{"objects": [
+  {"id": "SPRING20", "object": "coupon", "percent_off": 20, "duration": "repeating", "duration_in_months": 3, "valid": true},
+  {"id": "WINTER", "object": "coupon", "percent_off": 50, "valid": false},
+  {"id": "promo_spring", "object": "promotion_code", "code": "SPRING", "active": true, "promotion": {"type": "coupon", "coupon": "SPRING20"}},
+  {"id": "promo_old", "object": "promotion_code", "code": "OLD", "active": false, "promotion": {"type": "coupon", "coupon": "SPRING20"}}]}' >/dev/null
+sql "SELECT stripe_billing.stripe_apply_event(jsonb_build_object('id', 'evt_dc_' || n, 'object', 'event', 'type', t,
+           'created', 1700000000 + n, 'livemode', false, 'data', jsonb_build_object('object', o::jsonb)))
+   FROM (VALUES (1, 'promotion_code.created', '{\"id\": \"promo_spring\", \"object\": \"promotion_code\", \"code\": \"SPRING\", \"active\": true, \"promotion\": {\"type\": \"coupon\", \"coupon\": \"SPRING20\"}}'),
+                (2, 'promotion_code.updated', '{\"id\": \"promo_old\", \"object\": \"promotion_code\", \"code\": \"OLD\", \"active\": false, \"promotion\": {\"type\": \"coupon\", \"coupon\": \"SPRING20\"}}'),
+                (3, 'promotion_code.created', '{\"id\": \"promo_late\", \"object\": \"promotion_code\", \"code\": \"LATE\", \"active\": true, \"expires_at\": 1700000100, \"promotion\": {\"type\": \"coupon\", \"coupon\": \"SPRING20\"}}'),
+                (4, 'coupon.updated', '{\"id\": \"WINTER\", \"object\": \"coupon\", \"percent_off\": 50, \"valid\": false}'),
+                (5, 'coupon.deleted', '{\"id\": \"GONE\", \"object\": \"coupon\", \"percent_off\": 10, \"valid\": true}')) v(n, t, o);"
+noerr "applying the coupons' and codes' events"
+
+# the code a customer types (any case), its promo_ id, a coupon id: each the form's one discount
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', promotion_code => 'spring');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc2', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', promotion_code => 'promo_spring');
+SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc3', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', coupon => 'SPRING20');
+SELECT user_ref || ' ' || amount_total || ' ' || (raw->'discounts')::text FROM stripe_billing.checkout_sessions
+ WHERE user_ref IN ('u_disc', 'u_disc2', 'u_disc3') ORDER BY user_ref;"
+noerr "checkout with a discount"
+cs_disc=$(rows | sed -n 1p)
+recs "$mark" /v1/
+eq "$(jx 'r.map(x => x.method + " " + x.path + " " + x.status).join(",")')" \
+   "POST /v1/checkout/sessions 200,POST /v1/checkout/sessions 200,POST /v1/checkout/sessions 200" "requests sent"
+eq "$(jx 'r.map(x => pairs(x).filter(l => /^(discounts|allow_promotion)/.test(l)).join("&")).join(",")')" \
+   "discounts[0][promotion_code]=promo_spring,discounts[0][promotion_code]=promo_spring,discounts[0][coupon]=SPRING20" \
+   "the discount fields sent"
+same_lines "the form with a promotion code" "mode=subscription
+line_items[0][price]=price_basic
+line_items[0][quantity]=1
+success_url=https://app.example/ok
+cancel_url=https://app.example/cancel
+client_reference_id=u_disc
+metadata[user_ref]=u_disc
+discounts[0][promotion_code]=promo_spring
+subscription_data[metadata][user_ref]=u_disc" "$(jx 'r.length ? pairs(r[0]) : ""')"
+same_lines "the sessions recorded" 'u_disc 800 [{"coupon": null, "promotion_code": "promo_spring"}]
+u_disc2 800 [{"coupon": null, "promotion_code": "promo_spring"}]
+u_disc3 800 [{"coupon": "SPRING20", "promotion_code": null}]' "$(rows | sed -n 4,6p)"
+verdict "checkout sends the promotion code a customer types (any case: SPRING's promo_ id), a promo_ id as it is, or a coupon id, as the session's one discount (discounts[0][...]); the sessions are recorded with it (800 of 1000)"
+
+# a promo_ id unknown here is Stripe's to judge: sent, and Stripe's 400 names the field
+mark=$(reqcount)
+sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc4', 'price_basic',
+  'https://app.example/ok', 'https://app.example/cancel', promotion_code => 'promo_unknownhere');"
+state_is SBA01 "an unknown promo_ id"
+[[ "$DETAIL" == *"discounts[0][promotion_code]"* && "$DETAIL" == *resource_missing* ]] || bad "DETAIL should name the param: '$DETAIL'"
+eq "$(reqcount)" "$((mark + 1))" "requests made"
+verdict "checkout sends a promo_ id not known here as it is; Stripe's refusal (resource_missing, discounts[0][promotion_code]) is SBA01"
+
+# refused before any request, naming the argument
+for case in "coupon|coupon => 'SPRING20', promotion_code => 'SPRING'|cannot be given with promotion_code" \
+            "promotion_code|promotion_code => 'SPRING', allow_promotion_codes => true|cannot be given with allow_promotion_codes" \
+            "coupon|coupon => 'SPRING20', allow_promotion_codes => true|cannot be given with allow_promotion_codes" \
+            "promotion_code|promotion_code => 'NOPE'|is no active promotion code" \
+            "promotion_code|promotion_code => 'OLD'|is no active promotion code" \
+            "promotion_code|promotion_code => 'promo_old'|is not active" \
+            "promotion_code|promotion_code => 'LATE'|is expired" \
+            "promotion_code|promotion_code => 'two words'|must be a promotion code" \
+            "coupon|coupon => 'WINTER'|is no longer valid" \
+            "coupon|coupon => 'GONE'|is deleted" \
+            "coupon|coupon => E'A\\nB'|must be a coupon id"; do
+    IFS='|' read -r named args says <<<"$case"
+    mark=$(reqcount)
+    sql "SELECT session_id FROM stripe_billing.stripe_create_checkout('u_disc_bad', 'price_basic',
+      'https://app.example/ok', 'https://app.example/cancel', $args);"
+    state_is 22023 "checkout refused ($args)"
+    [[ "$MSG" == "$named"* && "$MSG" == *"$says"* ]] || bad "the message should start with '$named' and say '$says': '$MSG'"
+    eq "$(reqcount)" "$mark" "requests made ($args)"
+done
+sql "SELECT count(*) FROM stripe_billing.checkout_sessions WHERE user_ref = 'u_disc_bad'"
+eq "$(rows)" 0 "sessions recorded for the refused calls"
+verdict "checkout refuses, naming the argument, before any request: coupon and promotion_code together, either with allow_promotion_codes, an unknown or inactive code, an inactive or expired promo_ id known here, a coupon known here as no longer valid or deleted, ids with spaces or control characters"
+
+# paid: the subscription's discount and its ids, from the fake's events
+fk POST "/_fake/checkout/sessions/$cs_disc/complete" '{}' >/dev/null
+sql "SELECT public.apply_all_events();
+SELECT d.coupon || ' ' || d.promotion_code || ' ' || (d.subscription = s.id) || ' ' || (s.discounts = ARRAY[d.id]) || ' ' ||
+       c.user_ref || ' ' || (d.ends_at > d.starts_at + interval '85 days')
+  FROM stripe_billing.discounts d
+  JOIN stripe_billing.subscriptions s ON s.customer = d.customer
+  JOIN stripe_billing.customers c ON c.id = s.customer
+ WHERE c.user_ref = 'u_disc';"
+noerr "applying the paid session's events"
+eq "$(rows | sed -n 2p)" "SPRING20 promo_spring true true u_disc true" "the discount row (coupon, code, subscription, its discounts, user, 3 months)"
+verdict "the paid session's customer.discount.created is a discounts row of the subscription, whose discounts names it"
+
+###########################################################################
+# 3d. Re-fetch of the rest of the billing model's ties (issue 27)
+###########################################################################
+# Objects at the fake, each applied here twice in one second (a tie marks
+# refetch): _refetch_one reads each again from its endpoint (a discount from
+# the subscription that holds it) and the tie is settled with the fake's state.
+sub_disc=$(fk GET "/_fake/objects/$cs_disc" '' 'r.subscription' 2>&1)
+di_disc=$(fk GET "/_fake/objects/$sub_disc" '' 'r.discounts[0]' 2>&1)
+fk POST /_fake/objects '{"objects": [
+  {"id": "ch_tie", "object": "charge", "customer": "cus_x", "amount": 700, "currency": "usd", "status": "succeeded"},
+  {"id": "dp_tie", "object": "dispute", "charge": "ch_tie", "amount": 700, "currency": "usd", "status": "under_review"},
+  {"id": "cn_tie", "object": "credit_note", "invoice": "in_tie", "customer": "cus_x", "amount": 300, "currency": "usd", "status": "void"},
+  {"id": "pm_tie", "object": "payment_method", "customer": "cus_x", "type": "card", "card": {"brand": "visa", "last4": "1111", "exp_month": 2, "exp_year": 2031}},
+  {"id": "txi_tie", "object": "tax_id", "customer": "cus_x", "type": "eu_vat", "value": "DE999", "country": "DE"}]}' >/dev/null
+# (the ties earlier checks left are settled first: 3d's alone are counted)
+sql "SELECT count(*) FROM generate_series(1, 100) g WHERE stripe_billing._refetch_one();
+SELECT stripe_billing.stripe_apply_event('{\"id\": \"evt_ch_tie\", \"object\": \"event\", \"type\": \"charge.succeeded\",
+  \"created\": 1700000400, \"livemode\": false, \"data\": {\"object\": {\"id\": \"ch_tie\", \"object\": \"charge\",
+  \"customer\": \"cus_x\", \"amount\": 700, \"currency\": \"usd\", \"status\": \"succeeded\"}}}');"
+noerr "settling earlier ties, the disputed charge"
+sql "SELECT count(*) FROM (SELECT stripe_billing.stripe_apply_event(jsonb_build_object('id', 'evt_tie_' || n || '_' || k, 'object', 'event',
+           'type', t, 'created', floor(extract(epoch FROM now()))::bigint, 'livemode', false,
+           'data', jsonb_build_object('object', o::jsonb)))
+   FROM (VALUES (1, 'coupon.updated', '{\"id\": \"SPRING20\", \"object\": \"coupon\", \"percent_off\": 99, \"valid\": true}'),
+                (2, 'promotion_code.updated', '{\"id\": \"promo_spring\", \"object\": \"promotion_code\", \"code\": \"STALE\", \"active\": true}'),
+                (3, 'charge.dispute.updated', '{\"id\": \"dp_tie\", \"object\": \"dispute\", \"charge\": \"ch_tie\", \"status\": \"needs_response\"}'),
+                (4, 'credit_note.updated', '{\"id\": \"cn_tie\", \"object\": \"credit_note\", \"status\": \"issued\", \"amount\": 300}'),
+                (5, 'payment_method.updated', '{\"id\": \"pm_tie\", \"object\": \"payment_method\", \"customer\": \"cus_x\", \"type\": \"card\", \"card\": {\"last4\": \"0000\"}}'),
+                (6, 'customer.tax_id.updated', '{\"id\": \"txi_tie\", \"object\": \"tax_id\", \"customer\": \"cus_x\", \"value\": \"STALE\"}'),
+                (7, 'customer.discount.updated', '{\"id\": \"$di_disc\", \"object\": \"discount\", \"subscription\": \"$sub_disc\", \"source\": {\"coupon\": \"STALE\"}}')) v(n, t, o),
+        generate_series(1, 2) k) x;
+SELECT string_agg(t, ' ' ORDER BY t) FROM (
+  SELECT 'coupon' AS t FROM stripe_billing.coupons WHERE refetch UNION ALL SELECT 'promotion_code' FROM stripe_billing.promotion_codes WHERE refetch
+  UNION ALL SELECT 'dispute' FROM stripe_billing.disputes WHERE refetch UNION ALL SELECT 'credit_note' FROM stripe_billing.credit_notes WHERE refetch
+  UNION ALL SELECT 'payment_method' FROM stripe_billing.payment_methods WHERE refetch UNION ALL SELECT 'tax_id' FROM stripe_billing.tax_ids WHERE refetch
+  UNION ALL SELECT 'discount' FROM stripe_billing.discounts WHERE refetch) m;"
+noerr "the ties"
+eq "$(rows | sed -n 2p)" "coupon credit_note discount dispute payment_method promotion_code tax_id" "rows marked refetch"
+mark=$(reqcount)
+sql "SELECT count(*) FROM generate_series(1, 20) g WHERE stripe_billing._refetch_one();
+SELECT (SELECT count(*) FROM stripe_billing.coupons WHERE refetch) + (SELECT count(*) FROM stripe_billing.promotion_codes WHERE refetch)
+     + (SELECT count(*) FROM stripe_billing.disputes WHERE refetch) + (SELECT count(*) FROM stripe_billing.credit_notes WHERE refetch)
+     + (SELECT count(*) FROM stripe_billing.payment_methods WHERE refetch) + (SELECT count(*) FROM stripe_billing.tax_ids WHERE refetch)
+     + (SELECT count(*) FROM stripe_billing.discounts WHERE refetch);
+SELECT (SELECT percent_off::text FROM stripe_billing.coupons WHERE id = 'SPRING20' AND account IS NULL) || ' ' ||
+       (SELECT code FROM stripe_billing.promotion_codes WHERE id = 'promo_spring') || ' ' ||
+       (SELECT status || ':' || customer FROM stripe_billing.disputes WHERE id = 'dp_tie') || ' ' ||
+       (SELECT status FROM stripe_billing.credit_notes WHERE id = 'cn_tie') || ' ' ||
+       (SELECT card_last4 FROM stripe_billing.payment_methods WHERE id = 'pm_tie') || ' ' ||
+       (SELECT value FROM stripe_billing.tax_ids WHERE id = 'txi_tie') || ' ' ||
+       (SELECT coupon FROM stripe_billing.discounts WHERE id = '$di_disc');"
+noerr "_refetch_one"
+eq "$(rows | sed -n 1,2p | paste -sd ' ')" "7 0" "re-fetches made, rows still marked"
+eq "$(rows | sed -n 3p)" "20 SPRING under_review:cus_x void 1111 DE999 SPRING20" "the rows after (coupon, code, dispute, credit note, card, tax id, discount)"
+recs "$mark" /v1/
+same_lines "the requests" "GET /v1/coupons/SPRING20
+GET /v1/promotion_codes/promo_spring
+GET /v1/disputes/dp_tie
+GET /v1/credit_notes/cn_tie
+GET /v1/payment_methods/pm_tie
+GET /v1/tax_ids/txi_tie
+GET /v1/subscriptions/$sub_disc expand=discounts" "$(jx 'r.map(x => x.method + " " + x.path + (x.query.expand ? " expand=" + x.query.expand : "")).join("\n")')"
+verdict "a same-second tie of a coupon, promotion code, dispute, credit note, card, tax id and discount is re-fetched (a discount from the subscription that holds it, expand[]=discounts) and settled with Stripe's state; nothing stays marked"
+
+###########################################################################
 # 4. Usage outbox
 ###########################################################################
 now=$(date +%s)

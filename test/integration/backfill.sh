@@ -2,8 +2,10 @@
 # Taking over an existing Stripe account, end to end, against the fake
 # Stripe seeded with an account that existed before the install (2,000
 # customers, 2,000 subscriptions of which 100 have 15 items, 50 products,
-# 100 prices, paid invoices, 2 Stripe Entitlements per live customer), on a
-# throwaway cluster of its own:
+# 100 prices, paid invoices, 2 Stripe Entitlements per live customer; 4
+# coupons and their promotion codes, 300 subscriptions and 40 customers with
+# a discount, a card per live customer and a tax id per customer, 60
+# disputes, 80 credit notes), on a throwaway cluster of its own:
 #   1 backfill   CALL stripe_backfill() killed (kill -9 of its backend) three
 #                times mid-way and called again: it resumes (no kind's first
 #                page is asked for twice), and the tables equal the account
@@ -13,7 +15,8 @@
 #   3 rate       under a fake limit of 5 requests/s: with
 #                max_requests_per_second 50 the 429s are waited out; with 4,
 #                none is sent beyond the limit
-#   4 reconcile  drift injected by a superuser (7 kinds of edits) is found,
+#   4 reconcile  drift injected by a superuser (8 kinds of edits: a dispute's
+#                status too) is found,
 #                logged field by field and repaired; a second run finds none
 #   5 worker     a fresh database: the worker takes the cursor, backfills
 #                while pulling events (killed -9 three times), ends equal
@@ -51,7 +54,10 @@ seed() {
     fake POST /_fake/reset >/dev/null &&
         fake POST /_fake/account "{\"customers\": 2000, \"subscriptions\": 2000, \"wide_subscriptions\": 100,
             \"wide_items\": 15, \"products\": 50, \"prices\": 100, \"canceled\": 200,
-            \"entitlements_per_customer\": 2, \"invoices_per_subscription\": 1, \"seed\": $1}" >/dev/null
+            \"entitlements_per_customer\": 2, \"invoices_per_subscription\": 1, \"seed\": $1,
+            \"coupons\": 4, \"discounted_subscriptions\": 300, \"customer_discounts\": 40,
+            \"payment_methods_per_customer\": 1, \"tax_ids_per_customer\": 1, \"disputes\": 60,
+            \"credit_notes\": 80}" >/dev/null
 }
 
 # differences DB: the rows that differ between the database and the fake
@@ -67,14 +73,17 @@ differences() {
 }
 
 # first_pages: how many times each kind's first page was asked for (no
-# starting_after; entitlements: the first customer's), one "path n" a line
+# starting_after; entitlements and payment methods: the first customer's),
+# one "path n" a line
 first_pages() {
     requests /v1/ | jq -r '
         map(select(.method == "GET" and .status == 200
-                   and (.path | test("^/v1/(products|prices|customers|subscriptions|invoices|entitlements/active_entitlements)$"))
+                   and (.path | test("^/v1/(products|prices|customers|subscriptions|invoices|entitlements/active_entitlements|coupons|promotion_codes|credit_notes|disputes|payment_methods)$"))
                    and .query.starting_after == null and (.query.limit | tostring) == "100"))
         | (map(select(.path == "/v1/entitlements/active_entitlements")) | (.[0].query.customer // "")) as $first
+        | (map(select(.path == "/v1/payment_methods")) | (.[0].query.customer // "")) as $first_pm
         | map(select(.path != "/v1/entitlements/active_entitlements" or .query.customer == $first))
+        | map(select(.path != "/v1/payment_methods" or .query.customer == $first_pm))
         | group_by(.path) | map("\(.[0].path | sub("^/v1/"; "") | sub("/active_entitlements"; "")) \(length)") | .[]'
 }
 
@@ -103,7 +112,7 @@ restarted() {
         allowed=$((1 + $(grep -o ":$kind:" <<<"$in_flight_first" | wc -l)))
         [ "$n" -le "$allowed" ] || echo -n " $kind (first page $n times)"
     done < <(first_pages)
-    [ "$(first_pages | wc -l)" = 6 ] || echo -n " first pages of $(first_pages | wc -l) kinds, not 6"
+    [ "$(first_pages | wc -l)" = 11 ] || echo -n " first pages of $(first_pages | wc -l) kinds, not 11"
 }
 
 # the users' features as derived, against those the account grants: every
@@ -131,8 +140,9 @@ grant_products() {
 
 backfill_done() {
     # every kind the backfill lists (_backfill_kinds: the objects, the
-    # connected accounts, the subscription schedules) begun and done
-    [ "$(sql "$1" "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) || '/' || cardinality(stripe_billing._backfill_kinds()) FROM stripe_billing.backfill_state" 2>/dev/null)" = "8/8/8" ]
+    # connected accounts, the subscription schedules, the rest of the
+    # billing model) begun and done
+    [ "$(sql "$1" "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) || '/' || cardinality(stripe_billing._backfill_kinds()) FROM stripe_billing.backfill_state" 2>/dev/null)" = "13/13/13" ]
 }
 backfilled_objects() { sql "$1" "SELECT coalesce(sum(objects), 0) FROM stripe_billing.backfill_state" 2>/dev/null; }
 # reached DB N: has the backfill in DB applied N objects yet?
@@ -289,19 +299,22 @@ check_reconcile() {
         UPDATE stripe_billing.customers SET user_ref = NULL WHERE id = '${10}';
         UPDATE stripe_billing.customers SET deleted = true WHERE id = '${12}';
         DELETE FROM stripe_billing.subscription_items WHERE subscription = '${13}';
-        DELETE FROM stripe_billing.subscriptions WHERE id = '${13}';" >/dev/null || problems+=(" the edits failed")
+        DELETE FROM stripe_billing.subscriptions WHERE id = '${13}';
+        UPDATE stripe_billing.disputes SET status = 'won'
+         WHERE id = (SELECT min(id) FROM stripe_billing.disputes WHERE status = 'needs_response');" >/dev/null ||
+        problems+=(" the edits failed")
     differences sb_procedure >/dev/null && problems+=(" the edits made no difference")
     psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_reconcile()" >"$work/reconcile.log" 2>&1 ||
         problems+=(" stripe_reconcile failed: $(tail -2 "$work/reconcile.log")")
     fields=$(sql sb_procedure "SELECT string_agg(object_type || '.' || field || CASE WHEN fixed THEN '' ELSE ' (not fixed)' END, ', '
                                                 ORDER BY object_type, field)
                                  FROM stripe_billing.reconcile_log WHERE run = (SELECT run FROM stripe_billing.reconcile_status)")
-    [ "$fields" = "customer.deleted, customer.user_ref, subscription.items, subscription.items, subscription.cancel_at_period_end, subscription.row, subscription.status" ] ||
-        [ "$fields" = "customer.deleted, customer.user_ref, subscription.cancel_at_period_end, subscription.items, subscription.items, subscription.row, subscription.status" ] ||
+    [ "$fields" = "customer.deleted, customer.user_ref, dispute.status, subscription.items, subscription.items, subscription.cancel_at_period_end, subscription.row, subscription.status" ] ||
+        [ "$fields" = "customer.deleted, customer.user_ref, dispute.status, subscription.cancel_at_period_end, subscription.items, subscription.items, subscription.row, subscription.status" ] ||
         problems+=(" logged: $fields")
     status=$(sql sb_procedure "SELECT state || ', ' || checked || ' checked, ' || drifted || ' drifted, ' || fixed || ' fixed'
                                  FROM stripe_billing.reconcile_status")
-    [[ "$status" == "done, "*" 7 drifted, 7 fixed" ]] || problems+=(" status: $status")
+    [[ "$status" == "done, 4060 checked, 8 drifted, 8 fixed" ]] || problems+=(" status: $status")
     differences sb_procedure || problems+=(" $? rows still differ")
     psql -X -q -d sb_procedure -c "CALL stripe_billing.stripe_reconcile()" >/dev/null 2>&1
     [[ "$(sql sb_procedure "SELECT drifted FROM stripe_billing.reconcile_status")" == 0 ]] ||

@@ -22,7 +22,7 @@ else
     echo "FAIL  step 3: $out"; fail=1
 fi
 rights=$(psql -X -At -d "$db" -c "SELECT string_agg(f || ':' || has_function_privilege('app_backend', f, 'EXECUTE'), ' ' ORDER BY f)
-    FROM unnest(ARRAY['stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text)',
+    FROM unnest(ARRAY['stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text, text, text)',
                       'stripe_billing.stripe_create_portal_session(text, text, text, text)',
                       'stripe_billing.stripe_report_usage(text, text, bigint, timestamptz, text)',
                       'stripe_billing.stripe_handle_webhook(bytea, text)',

@@ -215,10 +215,12 @@ SQL
     ran=$ran,$(as_app "SELECT stripe_billing.stripe_create_checkout('user_1', 'price_up', 'https://example.com/s', 'https://example.com/c')")
     ran=$ran,$(as_app "SELECT stripe_billing.stripe_create_checkout('user_1', 'price_up', 'https://example.com/s', 'https://example.com/c',
                                                                   application_fee_percent => 10, account => 'acct_1')")
+    ran=$ran,$(as_app "SELECT stripe_billing.stripe_create_checkout('user_1', 'price_up', 'https://example.com/s', 'https://example.com/c',
+                                                                  coupon => 'SPRING20')")
     ran=$ran,$(as_app "SELECT stripe_billing.stripe_api('GET', '/v1/customers', account => 'acct_1')")
     ran=$ran,$(as_app "SELECT stripe_billing.stripe_report_usage('user_1', 'api_calls', 1, account => 'acct_1')")
-    if [ "$ran" = "SBC02,P0001 stripe_billing backfill: 8 kind(s) failed,P0001 stripe_billing reconcile: failed: no Stripe API key is configured,SBC02,SBC02,SBC02,ok" ]; then
-        echo "PASS  from $old: the grantee runs stripe_sync_now, stripe_backfill, stripe_reconcile, stripe_create_checkout (also on a connected account) and stripe_api (each stops at the missing API key, past every privilege check), and stripe_report_usage on a connected account"
+    if [ "$ran" = "SBC02,P0001 stripe_billing backfill: 13 kind(s) failed,P0001 stripe_billing reconcile: failed: no Stripe API key is configured,SBC02,SBC02,SBC02,SBC02,ok" ]; then
+        echo "PASS  from $old: the grantee runs stripe_sync_now, stripe_backfill, stripe_reconcile, stripe_create_checkout (also on a connected account, and with a coupon) and stripe_api (each stops at the missing API key, past every privilege check), and stripe_report_usage on a connected account"
     else
         echo "FAIL  from $old: the grantee's calls: $ran"; fail=1
     fi
@@ -243,7 +245,7 @@ SQL
 }
 
 # stripe_create_checkout's arguments at the new version
-checkout_new="text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text"
+checkout_new="text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean, numeric, bigint, text, text, text, text, text"
 from 0.1.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text"
 from 0.2.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean"
 from 0.3.0 "text, text, text, text, integer, text, integer, boolean, text, jsonb, text, boolean"

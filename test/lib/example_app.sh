@@ -42,7 +42,7 @@ CREATE EXTENSION stripe_billing;
 CREATE ROLE app LOGIN;
 GRANT EXECUTE ON FUNCTION stripe_billing.stripe_create_checkout(text, text, text, text, integer, text, integer,
                                                                 boolean, text, jsonb, text, boolean,
-                                                                numeric, bigint, text, text, text) TO app;
+                                                                numeric, bigint, text, text, text, text, text) TO app;
 SELECT stripe_billing.stripe_grant_feature('price', 'price_reports', 'reports');
 CREATE TABLE reports (id serial PRIMARY KEY, title text NOT NULL);
 INSERT INTO reports (title) VALUES ('Q1'), ('Q2'), ('Q3');

@@ -22,7 +22,7 @@ SELECT stripe_grant_feature('price', 'price_b', 'reports');
 SELECT * FROM stripe_apply_events(ARRAY[
   pg_temp.ev('evt_b1', 'customer.subscription.created', 1700000010, pg_temp.sub('sub_b1', 'active')),
   pg_temp.ev('evt_b2', 'customer.subscription.updated', 1700000005, pg_temp.sub('sub_b1', 'canceled')),
-  pg_temp.ev('evt_b3', 'coupon.created', 1700000011, '{"id": "co_1", "object": "coupon"}'),
+  pg_temp.ev('evt_b3', 'setup_intent.created', 1700000011, '{"id": "seti_1", "object": "setup_intent"}'),
   pg_temp.ev('evt_b4', 'customer.subscription.updated', 1700000012, pg_temp.sub('sub_b2', 'active') - 'customer'),
   pg_temp.ev('evt_b1', 'customer.subscription.created', 1700000010, pg_temp.sub('sub_b1', 'active')),
   pg_temp.ev('evt_b5', 'customer.subscription.created', 1700000013, pg_temp.sub('sub_b3', 'trialing'))

@@ -81,7 +81,7 @@ SELECT e->>'type' AS type, e->'related_object'->>'type' AS related, e->>'context
                        (14, 'v2.core.account_person.created', 'v2.core.account_person', NULL),
                        (15, 'v2.core.event_destination.ping', 'v2.core.event_destination', NULL),
                        (16, 'v2.money_management.payout_method.created', 'v2.money_management.payout_method', NULL),
-                       (17, 'v1.payment_method.attached', 'payment_method', NULL),
+                       (17, 'v1.setup_intent.succeeded', 'setup_intent', NULL),
                        (18, 'v1.plan.created', 'plan', 'org_1Parent/acct_1Creator'),
                        (19, 'v1.product.deleted', 'product', 'org_1Parent')) v(n, t, r, c)) x
  ORDER BY n;
@@ -218,8 +218,8 @@ SELECT stripe_apply_event(:'thin'::jsonb || '{"id": "evt_test_65thin4"}') AS not
        _apply_thin_object('evt_test_65thin4', '{"id": "cus_live", "object": "customer", "livemode": true}',
                           '2026-01-01 12:00:50+00', 'customer.updated', NULL) AS live_object;
 SELECT stripe_apply_event(:'thin'::jsonb || '{"id": "evt_test_65thin5"}') AS noted,
-       _apply_thin_object('evt_test_65thin5', '{"id": "pm_1", "object": "payment_method"}',
-                          '2026-01-01 12:00:50+00', 'payment_method.attached', NULL) AS unmapped;
+       _apply_thin_object('evt_test_65thin5', '{"id": "seti_1", "object": "setup_intent"}',
+                          '2026-01-01 12:00:50+00', 'setup_intent.succeeded', NULL) AS unmapped;
 SELECT id, outcome, error FROM events WHERE id IN ('evt_test_65thin4', 'evt_test_65thin5') ORDER BY id;
 
 -- Accounts v2 (Connect) fill stripe_billing.accounts; fields it leaves out keep what was known
@@ -302,7 +302,7 @@ UPDATE events SET outcome = 'failed', error = 'a mapping failure' WHERE id = 'ev
 SELECT _retry_due() AS worker_retried;
 SELECT outcome FROM events WHERE id = 'evt_test_65thin5';
 SELECT event_id, outcome FROM stripe_retry_failed_events() WHERE event_id LIKE 'evt_test_65%' ORDER BY 1;
-SELECT event_id, outcome FROM stripe_replay_events('v1.payment_method.attached');
+SELECT event_id, outcome FROM stripe_replay_events('v1.setup_intent.succeeded');
 
 DROP EXTENSION stripe_billing;
 DROP EXTENSION pgcrypto;

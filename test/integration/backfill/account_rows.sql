@@ -7,15 +7,35 @@ UNION ALL
 SELECT 'price', id, product || ' ' || active || ' ' || coalesce(unit_amount::text, '') FROM stripe_billing.prices
  WHERE NOT deleted
 UNION ALL
-SELECT 'customer', id, coalesce(user_ref, '') FROM stripe_billing.customers WHERE NOT deleted
+SELECT 'customer', id, coalesce(user_ref, '') || ' ' || coalesce(default_payment_method, '')
+  FROM stripe_billing.customers WHERE NOT deleted
 UNION ALL
 SELECT 'subscription', s.id, s.customer || ' ' || s.status || ' ' || s.cancel_at_period_end || ' ' ||
        coalesce((SELECT string_agg(x, ', ' ORDER BY x COLLATE "C")
                    FROM (SELECT i.price || ' x' || i.quantity FROM stripe_billing.subscription_items i
-                          WHERE i.subscription = s.id AND NOT i.deleted) t(x)), '')
+                          WHERE i.subscription = s.id AND NOT i.deleted) t(x)), '') ||
+       ' {' || array_to_string(s.discounts, ',') || '}'
   FROM stripe_billing.subscriptions s
 UNION ALL
 SELECT 'invoice', id, customer || ' ' || status || ' ' || amount_paid FROM stripe_billing.invoices WHERE NOT deleted
+UNION ALL
+SELECT 'coupon', id, valid || ' ' || coalesce(percent_off::text, '') || ' ' || coalesce(amount_off::text, '')
+  FROM stripe_billing.coupons WHERE NOT deleted
+UNION ALL
+SELECT 'promotion_code', id, code || ' ' || coupon || ' ' || active FROM stripe_billing.promotion_codes
+UNION ALL
+SELECT 'discount', id, coalesce(customer, '') || ' ' || coalesce(subscription, '') || ' ' || coupon || ' ' ||
+       coalesce(promotion_code, '')
+  FROM stripe_billing.discounts WHERE NOT deleted
+UNION ALL
+SELECT 'tax_id', id, customer || ' ' || type || ' ' || value FROM stripe_billing.tax_ids WHERE NOT deleted
+UNION ALL
+SELECT 'credit_note', id, invoice || ' ' || customer || ' ' || status || ' ' || amount FROM stripe_billing.credit_notes
+UNION ALL
+SELECT 'dispute', id, charge || ' ' || coalesce(customer, '') || ' ' || status FROM stripe_billing.disputes
+UNION ALL
+SELECT 'payment_method', id, customer || ' ' || card_brand || ' ' || card_last4 || ' ' || card_exp_month || '/' || card_exp_year
+  FROM stripe_billing.payment_methods WHERE NOT detached
 UNION ALL
 SELECT 'entitlements', e.customer,
        coalesce((SELECT string_agg(a.lookup_key, ', ' ORDER BY a.lookup_key COLLATE "C")

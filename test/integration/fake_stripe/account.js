@@ -10,6 +10,7 @@ const {
   buildCustomer, buildPrice, buildProduct, buildSubscription, buildInvoice, fromTemplate,
 } = require('./templates');
 const { addInterval, nowSeconds, seededId, seededRandom } = require('./util');
+const { parseModelOptions, seedModel } = require('./billing_model');
 
 const DAY = 86400;
 const INACTIVE_SHARE = 0.1; // of products, and of the other prices
@@ -54,6 +55,8 @@ class AccountGenerator {
   constructor(store, options) {
     this.store = store;
     this.o = parseOptions(options);
+    // coupons, discounts, payment methods, tax ids, disputes, credit notes
+    this.model = parseModelOptions(options);
     this.random = seededRandom(this.o.seed);
     // Ids from a stream of their own, so they do not shift when a count changes the choices.
     const idRandom = seededRandom((this.o.seed ^ 0x5bd1e995) >>> 0);
@@ -86,6 +89,8 @@ class AccountGenerator {
       const role = plan[n - 1];
       if (role) this.seedSubscription(customer, role);
     }
+    // (last, from streams of their own: the objects above are the same)
+    Object.assign(this.counts, seedModel(this, this.model, this.o.seed));
     return this.counts;
   }
 

@@ -14,6 +14,7 @@ const {
 const { METADATA_MAX_KEYS } = require('./params');
 const { enterNextPhase, detach } = require('./schedules');
 const { newId, nowSeconds, addInterval, previousAttributes } = require('./util');
+const { redeemCheckoutDiscount } = require('./billing_model');
 
 const PRORATION_BEHAVIORS = ['create_prorations', 'always_invoice', 'none'];
 const ADVANCE_STATUSES = ['past_due', 'active', 'canceled', 'unpaid'];
@@ -519,14 +520,16 @@ function connectSubscription(subscription, connect) {
 function completeSubscriptionMode(store, session, customer, details, trialDays, log) {
   const subscription = store.put(connectSubscription(
     startSubscription(customer, details, trialDays, details.subscriptionMetadata), details.connect));
-  // (the first invoice is made with the subscription, so Stripe's
-  // customer.subscription.created already names it in latest_invoice; its
-  // events follow)
+  // (created with its discount, which has its own event; the first invoice
+  // is made with the subscription, so Stripe's customer.subscription.created
+  // already names it in latest_invoice; its events follow)
+  const discount = redeemCheckoutDiscount(store, details.discount, customer, subscription);
   const invoiceEvents = [];
   const invoice = issueInvoice(store, subscription, {
     billingReason: 'subscription_create', paid: true, emit: (...args) => invoiceEvents.push(args),
   });
   log.emit('customer.subscription.created', subscription);
+  if (discount) log.emit('customer.discount.created', discount);
   for (const args of invoiceEvents) log.emit(...args);
   session.subscription = subscription.id;
   session.invoice = invoice.id;

@@ -21,6 +21,7 @@ const {
 } = require('./connect');
 const { expireMeterSessions } = require('./meter_events');
 const { API_VERSION, buildPrice, buildProduct, fromTemplate, hasTemplate } = require('./templates');
+const { hasModelTemplate, fromModelTemplate } = require('./billing_model');
 const { newId, nowSeconds } = require('./util');
 const thin = require('./thin');
 
@@ -156,6 +157,7 @@ function completeObject(raw, index) {
   if (raw.object === 'price') return buildPrice(raw);
   if (raw.object === 'product') return buildProduct(raw);
   if (hasTemplate(raw.object)) return fromTemplate(raw.object, raw);
+  if (hasModelTemplate(raw.object)) return fromModelTemplate(raw.object, raw);
   return structuredClone(raw);
 }
 

@@ -136,7 +136,7 @@ const CHECKOUT_SESSION_CREATE = {
   customer_creation: oneOf('always', 'if_required'),
   customer_email: ANY,
   customer_update: ANY,
-  discounts: ANY,
+  discounts: listOf({ coupon: ANY, promotion_code: ANY }),
   excluded_payment_method_types: ANY,
   expires_at: ANY,
   invoice_creation: ANY,

@@ -2179,6 +2179,19 @@ test('strict parameters: every request the extension and the repo tests send is 
     'subscription_data[metadata][user_ref]': 'u1',
   });
   assert.equal(linked.status, 200, linked.text);
+  // stripe_create_checkout's discount: a promotion code or a coupon (test/integration/api_calls.sh)
+  await ctl('POST', '/_fake/objects', { objects: [
+    { id: 'SPRING', object: 'coupon', percent_off: 10, valid: true },
+    { id: 'promo_spring', object: 'promotion_code', code: 'SPRING', active: true, promotion: { type: 'coupon', coupon: 'SPRING' } },
+  ] });
+  for (const [name, value] of [['discounts[0][coupon]', 'SPRING'], ['discounts[0][promotion_code]', 'promo_spring']]) {
+    const discounted = await stripe('POST', '/v1/checkout/sessions', {
+      mode: 'subscription', 'line_items[0][price]': 'price_basic', 'line_items[0][quantity]': '1', success_url: 'https://app.example/ok',
+      cancel_url: 'https://app.example/cancel', client_reference_id: 'u1', 'metadata[user_ref]': 'u1', customer: 'cus_x',
+      [name]: value, 'subscription_data[metadata][user_ref]': 'u1',
+    });
+    assert.equal(discounted.status, 200, discounted.text);
+  }
   // stripe_create_portal_session, customers (stripe_api, test/integration/backfill.sh)
   assert.equal((await stripe('POST', '/v1/billing_portal/sessions', { customer: 'cus_x', return_url: 'https://app.example/account' })).status, 200);
   assert.equal((await stripe('POST', '/v1/customers', { email: 'retry@example.com', 'metadata[user_ref]': 'u_retry' })).status, 200);
@@ -3106,6 +3119,174 @@ test('thin events: meter error reports, given thin events, expiry', async () => 
   assert.deepEqual(await ctl('POST', '/_fake/thin_events/expire', { ids: [report.id] }), { expired: 1 });
   assert.equal((await thinGet(`/v2/core/events/${report.id}`)).status, 404);
   assert.equal((await thinGet(`/v2/core/events/${ping.id}`)).status, 200);
+});
+
+// ---- the rest of the billing model (issue 27, part B) ----
+
+test('billing model: /_fake/account seeds coupons, promotion codes, discounts, payment methods, tax ids, disputes and credit notes, listed and retrieved', async () => {
+  await reset();
+  const options = {
+    customers: 6, subscriptions: 5, canceled: 1, seed: 7, created: 1_700_000_000,
+    coupons: 2, discounted_subscriptions: 3, customer_discounts: 1, payment_methods_per_customer: 2,
+    tax_ids_per_customer: 1, disputes: 5, credit_notes: 2,
+  };
+  const counts = await ctl('POST', '/_fake/account', options);
+  assert.deepEqual(counts, {
+    customers: 6, subscriptions: 5, subscription_items: 5, products: 10, prices: 30, invoices: 5, entitlements: 8,
+    coupons: 2, promotion_codes: 2, discounts: 4, payment_methods: 8, tax_ids: 6, disputes: 5, credit_notes: 2,
+  });
+  // the rest of the account is the same with them or without (their own streams)
+  await reset();
+  const { coupons, promotion_codes, discounted_subscriptions, customer_discounts, payment_methods_per_customer,
+    tax_ids_per_customer, disputes, credit_notes, ...plain } = options;
+  await ctl('POST', '/_fake/account', plain);
+  const plainCustomers = (await listAll('/v1/customers')).ids;
+  const plainSubscriptions = (await listAll('/v1/subscriptions?status=all')).ids;
+  await reset();
+  await ctl('POST', '/_fake/account', options);
+  assert.deepEqual((await listAll('/v1/customers')).ids, plainCustomers);
+  assert.deepEqual((await listAll('/v1/subscriptions?status=all')).ids, plainSubscriptions);
+  assert.deepEqual(await storedEvents(), [], 'no event');
+
+  const couponList = (await listAll('/v1/coupons')).objects;
+  assert.deepEqual(couponList.map((c) => [c.id, c.percent_off, c.amount_off, c.valid]),
+    [['COUPON2', null, 200, true], ['COUPON1', 5, null, true]]);
+  assert.equal((await stripe('GET', '/v1/coupons/COUPON1')).body.duration, 'repeating');
+  const codes = (await listAll('/v1/promotion_codes')).objects;
+  assert.deepEqual(codes.map((c) => [c.code, c.promotion.coupon, c.active]), [['CODE2', 'COUPON2', true], ['CODE1', 'COUPON1', true]]);
+  assert.deepEqual((await listAll('/v1/promotion_codes?code=code1')).objects.map((c) => c.id), [codes[1].id], 'codes are case-insensitive');
+  assert.equal((await stripe('GET', `/v1/promotion_codes/${codes[0].id}`)).body.code, 'CODE2');
+
+  // discounts: of three live subscriptions (expand[]=data.discounts gives the objects), and a customer's own
+  const plainSubs = (await listAll('/v1/subscriptions?status=all')).objects;
+  const discounted = plainSubs.filter((sub) => sub.discounts.length);
+  assert.equal(discounted.length, 3);
+  assert.ok(discounted.every((sub) => typeof sub.discounts[0] === 'string' && sub.discounts[0].startsWith('di_')));
+  const expanded = (await listAll('/v1/subscriptions?status=all&expand[]=data.discounts')).objects.filter((sub) => sub.discounts.length);
+  for (const sub of expanded) {
+    const [d] = sub.discounts;
+    assert.equal(d.object, 'discount');
+    assert.equal(d.subscription, sub.id);
+    assert.equal(d.customer, sub.customer);
+    assert.match(d.source.coupon, /^COUPON[12]$/);
+    assert.match(d.promotion_code, /^promo_/);
+  }
+  const one = (await stripe('GET', `/v1/subscriptions/${discounted[0].id}?expand[0]=discounts`)).body;
+  assert.equal(one.discounts[0].id, discounted[0].discounts[0], 'expand[0]= as expand[]=');
+  const customers = (await listAll('/v1/customers')).objects;
+  const withOwn = customers.filter((c) => c.discount);
+  assert.equal(withOwn.length, 1);
+  assert.deepEqual([withOwn[0].discount.customer, withOwn[0].discount.subscription], [withOwn[0].id, null]);
+
+  // payment methods: two cards per live subscription's customer, the first the default; one in five expires this month
+  const methods = (await listAll('/v1/payment_methods')).objects;
+  assert.equal(methods.length, 8);
+  const now = new Date();
+  const expiring = methods.filter((m) => m.card.exp_year === now.getUTCFullYear() && m.card.exp_month === now.getUTCMonth() + 1);
+  assert.ok(expiring.length >= 1);
+  for (const c of customers.filter((cu) => cu.invoice_settings.default_payment_method)) {
+    const own = (await listAll(`/v1/payment_methods?customer=${c.id}&type=card`)).objects;
+    assert.equal(own.length, 2);
+    assert.ok(own.some((m) => m.id === c.invoice_settings.default_payment_method));
+    assert.ok(own.every((m) => /^\d{4}$/.test(m.card.last4) && !('number' in m.card)));
+  }
+  assert.equal((await stripe('GET', `/v1/payment_methods/${methods[0].id}`)).body.id, methods[0].id);
+
+  // tax ids: listed per customer, and embedded with expand[]=data.tax_ids
+  const withTax = (await listAll('/v1/customers?expand[]=data.tax_ids')).objects;
+  for (const c of withTax) {
+    assert.equal(c.tax_ids.object, 'list');
+    assert.equal(c.tax_ids.data.length, 1);
+    assert.equal(c.tax_ids.data[0].customer, c.id);
+    assert.deepEqual((await listAll(`/v1/customers/${c.id}/tax_ids`)).ids, [c.tax_ids.data[0].id]);
+    assert.equal((await stripe('GET', `/v1/tax_ids/${c.tax_ids.data[0].id}`)).body.value, c.tax_ids.data[0].value);
+  }
+  assert.ok(!('tax_ids' in customers[0]), 'only when expanded');
+
+  // disputes: the charge expanded names the customer
+  const plainDisputes = (await listAll('/v1/disputes')).objects;
+  assert.deepEqual(plainDisputes.map((d) => d.status).sort(),
+    ['lost', 'needs_response', 'under_review', 'warning_needs_response', 'won']);
+  assert.ok(plainDisputes.every((d) => typeof d.charge === 'string'));
+  const withCharge = (await listAll('/v1/disputes?expand[]=data.charge')).objects;
+  assert.ok(withCharge.every((d) => d.charge.object === 'charge' && d.charge.customer.startsWith('cus_')));
+  const dispute = (await stripe('GET', `/v1/disputes/${plainDisputes[0].id}?expand[]=charge`)).body;
+  assert.equal(dispute.charge.id, plainDisputes[0].charge);
+
+  // credit notes, of paid invoices, half their amount
+  const notes = (await listAll('/v1/credit_notes')).objects;
+  assert.equal(notes.length, 2);
+  for (const note of notes) {
+    const invoice = (await stripe('GET', `/v1/invoices/${note.invoice}`)).body;
+    assert.deepEqual([note.customer, note.amount, note.status], [invoice.customer, Math.floor(invoice.amount_paid / 2), 'issued']);
+    assert.equal((await stripe('GET', `/v1/credit_notes/${note.id}`)).body.id, note.id);
+  }
+
+  for (const bad of [{ coupons: -1 }, { discounted_subscriptions: 1 }, { coupons: 1, discounted_subscriptions: 9 },
+    { disputes: 99 }, { credit_notes: 'x' }]) {
+    const res = await call('POST', '/_fake/account', { json: { customers: 2, ...bad }, auth: null });
+    assert.equal(res.status, 400, JSON.stringify(bad));
+  }
+  for (const missing of ['/v1/coupons/NOPE', '/v1/promotion_codes/promo_x', '/v1/disputes/dp_x', '/v1/credit_notes/cn_x',
+    '/v1/payment_methods/pm_x', '/v1/tax_ids/txi_x']) {
+    const res = await stripe('GET', missing);
+    assert.equal(res.status, 404, missing);
+    assert.equal(res.body.error.code, 'resource_missing');
+  }
+});
+
+test('billing model: Checkout takes one coupon or promotion code, not with allow_promotion_codes; the subscription gets its discount', async () => {
+  await reset();
+  await ctl('POST', '/_fake/objects', { objects: [
+    { id: 'SUMMER20', object: 'coupon', percent_off: 20, duration: 'repeating', duration_in_months: 3, valid: true },
+    { id: 'TENOFF', object: 'coupon', amount_off: 1000, currency: 'usd', duration: 'once', valid: true },
+    { id: 'OLD', object: 'coupon', percent_off: 50, valid: false },
+    { id: 'promo_summer', object: 'promotion_code', code: 'SUMMER', active: true, promotion: { type: 'coupon', coupon: 'SUMMER20' } },
+    { id: 'promo_gone', object: 'promotion_code', code: 'GONE', active: false, promotion: { type: 'coupon', coupon: 'SUMMER20' } },
+  ] });
+  const stored = (await ctl('GET', '/_fake/objects/SUMMER20'));
+  assert.equal(stored.times_redeemed, 0, 'completed from the template');
+  const base = {
+    mode: 'subscription', customer_email: 'disc@example.com', 'line_items[0][price]': 'price_pro', 'line_items[0][quantity]': '1',
+  };
+  const refused = [
+    [{ 'discounts[0][coupon]': 'NOPE' }, 'discounts[0][coupon]', 'resource_missing'],
+    [{ 'discounts[0][coupon]': 'OLD' }, 'discounts[0][coupon]', 'parameter_invalid'],
+    [{ 'discounts[0][promotion_code]': 'promo_nope' }, 'discounts[0][promotion_code]', 'resource_missing'],
+    [{ 'discounts[0][promotion_code]': 'promo_gone' }, 'discounts[0][promotion_code]', 'parameter_invalid'],
+    [{ 'discounts[0][coupon]': 'SUMMER20', allow_promotion_codes: 'true' }, 'discounts', 'parameter_invalid'],
+    [{ 'discounts[0][coupon]': 'SUMMER20', 'discounts[1][coupon]': 'TENOFF' }, 'discounts', 'parameter_invalid'],
+    [{ 'discounts[0][coupon]': 'SUMMER20', 'discounts[0][promotion_code]': 'promo_summer' }, 'discounts[0]', 'parameter_invalid'],
+    [{ 'discounts[0][amount]': '5' }, 'discounts[0][amount]', 'parameter_unknown'],
+  ];
+  for (const [extra, param, code] of refused) {
+    const res = await stripe('POST', '/v1/checkout/sessions', { ...base, ...extra });
+    assert.equal(res.status, 400, JSON.stringify(extra));
+    assert.deepEqual([res.body.error.param, res.body.error.code], [param, code], JSON.stringify(extra));
+  }
+
+  const byCode = await createSession({ ...base, 'discounts[0][promotion_code]': 'promo_summer' });
+  assert.deepEqual(byCode.discounts, [{ coupon: null, promotion_code: 'promo_summer' }]);
+  assert.deepEqual([byCode.amount_subtotal, byCode.amount_total, byCode.total_details.amount_discount], [5000, 4000, 1000]);
+  const done = await ctl('POST', `/_fake/checkout/sessions/${byCode.id}/complete`, {});
+  const types = await eventTypes(done.events);
+  assert.deepEqual(types.slice(0, 3), ['customer.created', 'customer.subscription.created', 'customer.discount.created']);
+  const created = (await storedEvents()).find((e) => e.type === 'customer.subscription.created' && done.events.includes(e.id));
+  const createdEvent = (await stripe('GET', `/v1/events/${created.id}`)).body;
+  assert.equal(createdEvent.data.object.discounts.length, 1, 'the subscription is created with its discount');
+  const subscription = (await stripe('GET', `/v1/subscriptions/${done.session.subscription}?expand[]=discounts`)).body;
+  const [discount] = subscription.discounts;
+  assert.deepEqual([discount.source.coupon, discount.promotion_code, discount.subscription, discount.customer],
+    ['SUMMER20', 'promo_summer', subscription.id, subscription.customer]);
+  assert.ok(discount.end > discount.start + 85 * DAY, 'repeating for 3 months');
+  assert.equal((await stripe('GET', '/v1/coupons/SUMMER20')).body.times_redeemed, 1);
+  assert.equal((await stripe('GET', '/v1/promotion_codes/promo_summer')).body.times_redeemed, 1);
+
+  const byCoupon = await createSession({ ...base, 'discounts[0][coupon]': 'TENOFF' });
+  assert.deepEqual(byCoupon.discounts, [{ coupon: 'TENOFF', promotion_code: null }]);
+  assert.deepEqual([byCoupon.amount_total, byCoupon.total_details.amount_discount], [4000, 1000]);
+  const paid = await createSession({ ...base, mode: 'payment', 'line_items[0][price]': 'price_onetime', 'discounts[0][coupon]': 'SUMMER20' });
+  assert.deepEqual([paid.amount_subtotal, paid.amount_total], [2500, 2000]);
 });
 
 test('SIGTERM stops the server promptly even with a hung request', async () => {

@@ -27,6 +27,8 @@ const {
 const { listAccounts, getAccount, getOwnAccount, checkoutConnect } = require('./connect');
 const P = require('./params');
 const thin = require('./thin');
+// (the rest of the billing model: coupons, discounts, disputes, ...)
+const model = require('./billing_model');
 const { newId, nowSeconds, previousAttributes } = require('./util');
 
 const CHECKOUT_MODES = ['payment', 'setup', 'subscription'];
@@ -55,12 +57,12 @@ function optionalString(value, param) {
 
 // One newest-first page of the stored objects of `type` that `matches`.
 // `kind` names the type in an unknown cursor's error.
-function listStored(store, type, params, { url, kind = type, matches }) {
+function listStored(store, type, params, { url, kind = type, matches, view = apiView }) {
   const list = parseListParams(params);
   const positionOf = (id) => store.positionOf(type, id);
   checkCursors(list, (id) => positionOf(id) !== undefined, kind);
   const page = pageNewestFirst(store.ofType(type), list, positionOf, matches);
-  page.data = page.data.map(apiView);
+  page.data = page.data.map(view);
   return listBody(url, page);
 }
 
@@ -88,8 +90,8 @@ function createCustomer({ store, params, request }) {
   return customer;
 }
 
-function getCustomer({ store, path }) {
-  return store.find(path.id, 'customer');
+function getCustomer({ store, path, params }) {
+  return model.customerView(store, store.find(path.id, 'customer'), model.expansions(params));
 }
 
 function updateCustomer({ store, path, params, request }) {
@@ -112,9 +114,11 @@ function removeCustomer({ store, path, request }) {
 
 // Stripe's email filter is exact and case-sensitive.
 function listCustomers({ store, params }) {
+  const expand = model.expansions(params);
   return listStored(store, 'customer', params, {
     url: '/v1/customers',
     matches: allOf([notDeleted, equalsFilter(params, 'email', (c) => c.email), createdMatcher(params.created)]),
+    view: (c) => model.customerView(store, c, expand, 'data.'),
   });
 }
 
@@ -189,8 +193,10 @@ function createCheckoutSession({ store, server, account, params, baseUrl }) {
   const trialDays = subscriptionData.trial_period_days === undefined ? 0
     : intParam(subscriptionData.trial_period_days, 'subscription_data[trial_period_days]', { min: 1, max: 730 });
   const connect = checkoutConnect({ server, account }, mode, paymentIntentData, subscriptionData);
+  const discount = model.checkoutDiscount(store, params);
   const details = {
     connect,
+    discount,
     // Subscription items are the recurring lines; one-time lines are only charged.
     lines: lines.filter((line) => mode !== 'subscription' || line.price.recurring),
     trialDays,
@@ -198,16 +204,17 @@ function createCheckoutSession({ store, server, account, params, baseUrl }) {
     subscriptionMetadata: mergeMetadata({}, subscriptionData.metadata, 'subscription_data[metadata]'),
     paymentIntentMetadata: mergeMetadata({}, paymentIntentData.metadata, 'payment_intent_data[metadata]'),
   };
-  // Due today: a trial defers the recurring part.
-  const amount = lines.reduce(
+  // Due today: a trial defers the recurring part; a discount takes its share.
+  const subtotal = lines.reduce(
     (sum, { price, quantity }) => sum + (trialDays && price.recurring ? 0 : price.unit_amount * quantity), 0);
+  const amount = subtotal - model.discountAmount(discount, subtotal);
   const id = newId('cs_test_');
   const created = nowSeconds();
   const session = buildCheckoutSession({
     id,
     allow_promotion_codes: params.allow_promotion_codes === undefined ? null
       : boolParam(params.allow_promotion_codes, 'allow_promotion_codes'),
-    amount_subtotal: mode === 'setup' ? null : amount,
+    amount_subtotal: mode === 'setup' ? null : subtotal,
     amount_total: mode === 'setup' ? null : amount,
     billing_address_collection: params.billing_address_collection === undefined ? null : params.billing_address_collection,
     cancel_url: optionalString(params.cancel_url, 'cancel_url'),
@@ -215,6 +222,8 @@ function createCheckoutSession({ store, server, account, params, baseUrl }) {
     created,
     currency: lines.length ? lines[0].price.currency : null,
     customer: customer ? customer.id : null,
+    discounts: model.sessionDiscounts(discount),
+    total_details: { amount_discount: subtotal - amount, amount_shipping: 0, amount_tax: 0 },
     customer_creation: creation || (customer ? null : mode === 'payment' ? 'if_required' : 'always'),
     customer_email: optionalString(params.customer_email, 'customer_email'),
     expires_at: created + 86400,
@@ -248,16 +257,12 @@ function createPortalSession({ store, params, baseUrl }) {
 
 // ---- subscriptions, prices, products ----
 
-// expand[]=schedule shows the subscription's schedule whole (the only
-// expansion the fake makes).
-function expands(params, field) {
-  const expand = params.expand === undefined ? [] : [].concat(params.expand);
-  return expand.includes(field);
-}
-
+// expand[]=schedule shows the subscription's schedule whole; the rest of
+// the billing model's expansions (discounts) are billing_model.js's.
 function getSubscription({ store, path, params }) {
-  const subscription = apiView(store.find(path.id, 'subscription'));
-  if (!expands(params, 'schedule') || !subscription.schedule) return subscription;
+  const expand = model.expansions(params);
+  const subscription = model.subscriptionView(store, apiView(store.find(path.id, 'subscription')), expand);
+  if (!expand.has('schedule') || !subscription.schedule) return subscription;
   return { ...subscription, schedule: store.get(subscription.schedule, 'subscription_schedule') || subscription.schedule };
 }
 
@@ -280,8 +285,10 @@ function subscriptionStatusFilter(status) {
 }
 
 function listSubscriptions({ store, params }) {
+  const expand = model.expansions(params);
   return listStored(store, 'subscription', params, {
     url: '/v1/subscriptions',
+    view: (s) => model.subscriptionView(store, apiView(s), expand, 'data.'),
     matches: allOf([
       subscriptionStatusFilter(params.status),
       equalsFilter(params, 'customer', (s) => s.customer),
@@ -494,5 +501,6 @@ const router = new Router()
 
 // thin events and the objects they name (thin.js)
 thin.addRoutes(router);
+model.addRoutes(router);
 
 module.exports = { stripeRouter: router };
