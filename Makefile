@@ -36,7 +36,7 @@ PG_CFLAGS = $(foreach w,$(filter-out $(shell $(PG_CONFIG) --cflags),$(SB_WARNING
 # pg_isolation_regress test/specs/<name>.spec against test/expected/<name>.out
 REGRESS_OPTS = --inputdir=test
 ISOLATION_OPTS = --inputdir=test
-REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_batches event_lifecycle entitlements backfill usage_outbox object_kinds connect connect_api drop_extension
+REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_batches event_lifecycle entitlements entitlement_support backfill usage_outbox object_kinds connect connect_api drop_extension
 ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots usage_outbox_concurrent_send event_batch_features lock_order_webhook_page lock_order_page_page lock_order_batch_webhook lock_order_two_users concurrent_link_cancel
 
 PG_CONFIG ?= pg_config

@@ -347,12 +347,21 @@ END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_revoke_feature(text, text, text, text) FROM PUBLIC;
 
+-- The planner's support for stripe_has_entitlement: a call that asks the
+-- same question for every row of a query is made an InitPlan, answered once
+-- per query (see src/entitlements.c).
+CREATE FUNCTION stripe_billing._has_entitlement_support(internal) RETURNS internal
+AS 'MODULE_PATHNAME', 'stripe_has_entitlement_support'
+LANGUAGE C STRICT STABLE
+SET search_path = pg_catalog, pg_temp;
+
 -- Does the user have the feature now?  Served from a per-backend cache of
 -- user_features; false for NULL or empty arguments, never an error.
 CREATE FUNCTION stripe_billing.stripe_has_entitlement(user_ref text, feature text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'stripe_has_entitlement'
-LANGUAGE C STABLE PARALLEL SAFE;
+LANGUAGE C STABLE PARALLEL SAFE
+SUPPORT stripe_billing._has_entitlement_support;
 
 -- The user's features valid now, with when access ends (NULL: no end known).
 CREATE FUNCTION stripe_billing.stripe_user_features(user_ref text)
