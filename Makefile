@@ -3,7 +3,7 @@
 EXTENSION = stripe_billing
 EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
 MODULE_big = stripe_billing
-OBJS = src/stripe_billing.o src/guc.o src/secrets.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/rate.o src/usage.o src/worker.o src/extension.o src/procedures.o src/locks.o src/kinds.o
+OBJS = src/stripe_billing.o src/guc.o src/secrets.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/rate.o src/usage.o src/worker.o src/extension.o src/procedures.o src/locks.o src/kinds.o src/citus.o
 # The install script of this version is built from the chapters of one SQL
 # source; the upgrade scripts from every released version are installed as
 # they are.

@@ -228,6 +228,9 @@ extern int	sb_split_secret_list(const char *list, char ***secrets,
 /* entitlements.c */
 extern TimestampTz sb_now(void);
 
+/* citus.c */
+extern bool sb_citus_features_placement(Oid relid, Oid *placement, Oid *placement_pkey);
+
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);
 extern void sb_apply_api_object(Jsonb *object, pg_time_t snapshot, const char *request_id,

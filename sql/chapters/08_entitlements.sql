@@ -97,6 +97,10 @@ BEGIN
   IF NOT FOUND THEN
     RETURN;
   END IF;
+  IF stripe_billing._user_features_replicated() THEN   -- on Citus (see 50_citus.sql)
+    PERFORM stripe_billing._refresh_replicated_features(targets, customer_ids, ev_type);
+    RETURN;
+  END IF;
   WITH due AS (
     SELECT DISTINCT ON (t.u COLLATE "C") t.u COLLATE "C" AS user_ref, t.c AS customer
       FROM unnest(targets, customer_ids) WITH ORDINALITY t(u, c, n)
@@ -177,6 +181,10 @@ BEGIN
   INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at) VALUES (target, now())
   ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1
   RETURNING d.derivations INTO derivation;
+  IF stripe_billing._user_features_replicated() THEN   -- on Citus (see 50_citus.sql)
+    PERFORM stripe_billing._refresh_replicated_features(ARRAY[target], ARRAY[customer_id], ev_type);
+    RETURN;
+  END IF;
   WITH grants AS (
     SELECT g.feature,
            stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
@@ -274,6 +282,7 @@ AS $$
 DECLARE
   n bigint := 0;
   u text;
+  unlinked text[];
 BEGIN
   PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
   -- every user's key first (past a thousand users, the apply lock alone):
@@ -281,9 +290,14 @@ BEGIN
   PERFORM stripe_billing._lock_keys(NULL, NULL, ARRAY(
       SELECT c.user_ref FROM stripe_billing.customers c WHERE c.user_ref IS NOT NULL
       UNION SELECT f.user_ref FROM stripe_billing.user_features f));
-  -- users who lost every customer link keep no features
-  DELETE FROM stripe_billing.user_features f
-   WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref);
+  -- users who lost every customer link keep no features (read first: on
+  -- Citus, user_features is a reference table, and a statement writing one
+  -- may not read the local customers)
+  unlinked := ARRAY(SELECT f.user_ref FROM stripe_billing.user_features f
+                     WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref));
+  IF unlinked <> '{}' THEN
+    DELETE FROM stripe_billing.user_features f WHERE f.user_ref = ANY (unlinked);
+  END IF;
   FOR u IN SELECT DISTINCT user_ref FROM stripe_billing.customers WHERE user_ref IS NOT NULL LOOP
     PERFORM stripe_billing._refresh_user_features(u, NULL, 'refresh');
     n := n + 1;
