@@ -138,6 +138,7 @@ SET search_path = pg_catalog, pg_temp
 SET citus.enable_unsafe_triggers = on
 AS $$
 DECLARE
+  kind text;
   had_rows boolean;
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
@@ -148,8 +149,14 @@ BEGIN
     RAISE EXCEPTION 'stripe_citus_setup() runs on the Citus coordinator, not on a worker node'
       USING ERRCODE = 'object_not_in_prerequisite_state';
   END IF;
-  IF EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'stripe_billing.user_features'::regclass) THEN
-    RETURN false;
+  SELECT p.partmethod::text || p.repmodel::text INTO kind
+    FROM pg_dist_partition p WHERE p.logicalrelid = 'stripe_billing.user_features'::regclass;
+  IF kind = 'nt' THEN
+    RETURN false;     -- a reference table already
+  ELSIF kind IS NOT NULL THEN
+    RAISE EXCEPTION 'stripe_billing.user_features is a Citus table, but not a reference table'
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Run SELECT undistribute_table(''stripe_billing.user_features''), then this again.';
   END IF;
   -- checks on the coordinator (and the derivations) read its own copy
   IF NOT EXISTS (SELECT FROM pg_dist_node WHERE groupid = 0) THEN
@@ -178,7 +185,8 @@ BEGIN
     IF EXISTS (SELECT FROM pg_dist_node) THEN
       PERFORM stripe_billing.stripe_citus_setup();
     ELSE
-      RAISE NOTICE 'this Citus coordinator has no nodes yet: stripe_billing.user_features stays a local table'
+      -- (a WARNING: an extension script shows no NOTICE)
+      RAISE WARNING 'this Citus coordinator has no nodes yet: stripe_billing.user_features stays a local table'
         USING HINT = 'Once the nodes are added, run SELECT stripe_billing.stripe_citus_setup().';
     END IF;
   END IF;
