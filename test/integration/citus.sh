@@ -28,6 +28,10 @@
 #                 restart the redelivery applies on every node
 #   7 new node    a node added and shards moved onto it: its checks answer
 #                 right, and follow a revocation
+#   8 created first  in databases of their own: the extension created before
+#                 Citus, and before the nodes were added (a warning): stripe_citus_setup()
+#                 brings it into shape once (the earlier rows on every node),
+#                 then has nothing to do
 # One PASS/FAIL line per check; exits 0 only if every check passed, 77
 # (skipped, one line) without the Citus source or before PostgreSQL 16.
 set -uo pipefail
@@ -118,8 +122,7 @@ conclude "1 setup" "CREATE EXTENSION made user_features a reference table (shard
 
 # The billing state: 20 users; even ones pay ('active'), u01, u05, ... were
 # canceled, u03, u07, ... never subscribed.  Events go through the webhook.
-q coord "CREATE EXTENSION pgcrypto;
-         CREATE FUNCTION sub_event(evt text, created bigint, status text, u text) RETURNS jsonb
+sub_event_sql="CREATE FUNCTION sub_event(evt text, created bigint, status text, u text) RETURNS jsonb
          LANGUAGE sql AS \$\$
            SELECT jsonb_build_object('id', evt, 'object', 'event', 'type', 'customer.subscription.updated',
                     'created', created, 'livemode', false,
@@ -132,6 +135,8 @@ q coord "CREATE EXTENSION pgcrypto;
                           'price', jsonb_build_object('id', 'price_pro', 'lookup_key', 'pro',
                                                       'product', 'prod_pro')))))))
          \$\$;
+"
+q coord "CREATE EXTENSION pgcrypto; $sub_event_sql
          -- what an app's webhook route does with Stripe's request
          CREATE FUNCTION deliver(event jsonb) RETURNS text LANGUAGE sql AS \$\$
            SELECT stripe_billing.stripe_handle_webhook(event::text,
@@ -369,6 +374,60 @@ diff <(expected_counts | sed -E "s/^($(IFS='|'; echo "${revoked[*]}"))\\|.*/\\1|
 q coord "SELECT deliver(sub_event('evt_u06_cancel', 1700000100, 'canceled', 'u06'))" >/dev/null
 [ "$(checks w3 u06)" = u06:false ] || problems+=(" the new node missed a revocation: $(checks w3 u06)")
 conclude "7 new node" "added, $moved shards of docs moved to it (with user_features' placement): its checks and all users' counts over three worker nodes are right, and follow a revocation" "${problems[@]}"
+
+# ---- 8: the extension before Citus, or before the nodes --------------------------
+# qd NODE DB SQL: as q, in database DB
+qd() { citus_psql "${port[$1]}" -U postgres -d "$2" -At -q -v ON_ERROR_STOP=1 <<<"$3"; }
+begin
+problems=()
+for db in sb_first sb_nonodes; do
+    for n in coord w1 w2; do
+        citus_psql "${port[$n]}" -U postgres -d postgres -q -c "CREATE DATABASE $db" >/dev/null 2>&1 ||
+            problems+=(" CREATE DATABASE $db on $n failed")
+    done
+done
+for n in w1 w2; do
+    qd "$n" sb_first "CREATE EXTENSION citus" >/dev/null
+    qd "$n" sb_nonodes "CREATE EXTENSION citus" >/dev/null
+done
+# sb_first: stripe_billing, then Citus; sb_nonodes: Citus, stripe_billing, then the nodes
+qd coord sb_first "CREATE EXTENSION stripe_billing; CREATE EXTENSION citus" >/dev/null 2>"$work/first.err" ||
+    problems+=(" sb_first: $(cat "$work/first.err")")
+qd coord sb_nonodes "CREATE EXTENSION citus; CREATE EXTENSION stripe_billing" >/dev/null 2>"$work/nonodes.err" ||
+    problems+=(" sb_nonodes: $(cat "$work/nonodes.err")")
+grep -q 'WARNING: .*has no nodes yet' "$work/nonodes.err" || problems+=(" sb_nonodes: no warning that user_features stays local")
+for db in sb_first sb_nonodes; do
+    qd coord "$db" "SELECT stripe_billing.stripe_grant_feature('lookup_key', 'pro', 'reports');
+                    SELECT citus_set_coordinator_host('127.0.0.1', ${port[coord]});
+                    SELECT citus_add_node('127.0.0.1', ${port[w1]});
+                    SELECT citus_add_node('127.0.0.1', ${port[w2]});" >/dev/null 2>"$work/$db.err" ||
+        problems+=(" $db: adding the nodes failed: $(cat "$work/$db.err")")
+done
+# a user paid before the setup (the rows must reach the placements)
+qd coord sb_first "$sub_event_sql
+                   SELECT stripe_billing.stripe_apply_event(sub_event('evt_early', 1700000000, 'active', 'early'))" >/dev/null ||
+    problems+=(" sb_first: the early event failed")
+for db in sb_first sb_nonodes; do
+    got=$(qd coord "$db" "SELECT stripe_billing.stripe_citus_setup(); SELECT stripe_billing.stripe_citus_setup();" 2>"$work/$db.setup" | tr '\n' ' ')
+    [ "$got" = "t f " ] || problems+=(" $db: stripe_citus_setup() twice answered '$got', not 't f'")
+    for n in w1 w2; do
+        [ "$(qd "$n" "$db" "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = 0.3.1 ] ||
+            problems+=(" $db: no stripe_billing on $n")
+    done
+done
+for n in coord w1 w2; do
+    got=$(qd "$n" sb_first "SELECT stripe_billing.stripe_has_entitlement('early', 'reports')" 2>&1)
+    [ "$got" = t ] || problems+=(" sb_first: $n answers '$got' for the user paid before the setup")
+done
+# (a query of the shell table is Citus's, answered from a placement: its size tells)
+shell=$(qd coord sb_first "SELECT pg_relation_size('stripe_billing.user_features')")
+[ "$shell" = 0 ] || problems+=(" sb_first: the coordinator's shell table keeps $shell bytes of the old rows")
+qd coord sb_first "SELECT stripe_billing.stripe_apply_event(sub_event('evt_early_cancel', 1700000100, 'canceled', 'early'))" >/dev/null
+for n in w1 w2; do
+    got=$(qd "$n" sb_first "SELECT stripe_billing.stripe_has_entitlement('early', 'reports')" 2>&1)
+    [ "$got" = f ] || problems+=(" sb_first: $n answers '$got' after the cancellation")
+done
+conclude "8 created first" "created before Citus, and before the nodes (a warning says so): stripe_citus_setup() made user_features a reference table, with the earlier rows on every node, and then had nothing to do" "${problems[@]}"
 
 echo
 echo "$passed passed, $failed failed"
