@@ -10,10 +10,11 @@
 #           tenant (32 shards) on the cluster, ordinary tables on the single
 #           node; one session each, interleaved rounds, medians
 #   change  one event that changes a user's features (a plan switch that
-#           grants or takes a feature, alternately), each its own transaction: on the
-#           coordinator, which writes user_features on every node (two-phase
-#           commit), against the same events on the single node; and an
-#           event that changes no feature, on both
+#           grants or takes a feature, alternately), each its own transaction
+#           (a procedure commits each, in a warm session): on the coordinator,
+#           which writes user_features on every node (two-phase commit),
+#           against the same events on the single node; and an event that
+#           changes no feature, on both
 #     bash bench/citus.sh [rounds, default 7]
 # PG_BINDIR: a PostgreSQL 16 to 18; by default test/pg-build.sh's 18
 # release build (no assertions), built when absent (as root).
@@ -86,6 +87,26 @@ CREATE FUNCTION bench.toggle() RETURNS jsonb LANGUAGE sql AS \$\$
 CREATE FUNCTION bench.unchanged() RETURNS jsonb LANGUAGE sql AS \$\$
   SELECT bench.event('evt_same_' || n, 1800000000 + n, 'active', 'unchanged', 'basic') FROM nextval('bench.n') n
 \$\$;
+-- n events of a kind, each committed on its own; the average ms of one
+CREATE PROCEDURE bench.events(kind text, n int, INOUT ms float8 DEFAULT NULL)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+  t0 timestamptz;
+  total interval := '0';
+BEGIN
+  FOR i IN 1..n LOOP
+    t0 := clock_timestamp();
+    IF kind = 'toggle' THEN
+      PERFORM stripe_billing.stripe_apply_event(bench.toggle());
+    ELSE
+      PERFORM stripe_billing.stripe_apply_event(bench.unchanged());
+    END IF;
+    COMMIT;
+    total := total + (clock_timestamp() - t0);
+  END LOOP;
+  ms := extract(epoch FROM total) * 1000 / n;
+END
+\$\$;
 CREATE ROLE bench_app LOGIN;
 $([ "$distribute" = yes ] && echo "ALTER ROLE bench_app SET citus.propagate_set_commands = 'local';")
 CREATE TABLE docs_true (tenant int, id bigint, owner_ref text, body text);
@@ -148,26 +169,31 @@ fail=0
 [ "$sn_true" = 1000000 ] && [ "$sn_check" = 1000000 ] && [ "$cn_true" = 1000000 ] && [ "$cn_check" = 1000000 ] ||
     { echo "  an entitled user did not see every row: $sn_true $sn_check $cn_true $cn_check"; fail=1; }
 
-# change NODE FUNCTION N: the average latency of N events, each a transaction (pgbench)
-change() {
-    echo "SELECT stripe_billing.stripe_apply_event(bench.$2());" >"$work/$2.sql"
-    "$PG_BINDIR/pgbench" -n -h 127.0.0.1 -p "${port[$1]}" -U postgres -d postgres -f "$work/$2.sql" -t "$3" 2>&1 |
-        sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p'
+# changes NODE: "change_ms no_change_ms", the average of 100 events each,
+# in one session, after 20 that warm it (the library, plans, connections)
+changes() {
+    q "$1" <<'SQL' | tr '\n' ' '
+CALL bench.events('toggle', 10) \g /dev/null
+CALL bench.events('unchanged', 10) \g /dev/null
+CALL bench.events('toggle', 100);
+CALL bench.events('unchanged', 100);
+SQL
 }
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(((${#@} + 1) / 2))p"; }
-echo "== change: one event per transaction, average of 100 a round; medians of $rounds interleaved rounds"
-for n in single coord; do change "$n" toggle 20 >/dev/null; change "$n" unchanged 20 >/dev/null; done
+echo "== change: one event per transaction (in a procedure that commits each), average of 100 a round"
+echo "   after 20 that warm the session; medians of $rounds interleaved rounds"
 declare -A runs
 for _ in $(seq 1 "$rounds"); do
     for n in single coord; do
-        for f in toggle unchanged; do runs[$n.$f]+="$(change "$n" "$f" 100) "; done
+        read -r toggle unchanged <<<"$(changes "$n")"
+        runs[$n.toggle]+="$toggle " runs[$n.unchanged]+="$unchanged "
     done
 done
 for f in toggle unchanged; do
     s=$(median ${runs[single.$f]}) c=$(median ${runs[coord.$f]})
-    printf '  %-9s one node %7.2f ms   Citus coordinator %7.2f ms   %sx   (rounds: %s| %s)\n' \
-        "$([ $f = toggle ] && echo change || echo no-change)" "$s" "$c" "$(ratio "$c" "$s")" \
-        "${runs[single.$f]}" "${runs[coord.$f]}"
+    printf '  %-9s one node %6.2f ms   Citus coordinator %6.2f ms   %sx\n' \
+        "$([ $f = toggle ] && echo change || echo no-change)" "$s" "$c" "$(ratio "$c" "$s")"
+    printf '            (rounds: %s| %s)\n' "$(printf '%.2f ' ${runs[single.$f]})" "$(printf '%.2f ' ${runs[coord.$f]})"
 done
 for n in single coord; do
     state=$(q "$n" <<<"SELECT string_agg(outcome || ': ' || n, ', ') FROM (SELECT outcome, count(*) AS n
