@@ -35,10 +35,15 @@ REVOKE ALL ON FUNCTION stripe_billing._user_features_replicated() FROM PUBLIC;
 -- difference is written by statements that carry it as parameters, each of
 -- which reaches every node.  Nothing is written when nothing changed: a
 -- write of a reference table costs a two-phase commit with every node.
+-- The local statement keeps a generic plan, as in _refresh_users_features
+-- (planned for each call, it cost five times the derivation); those of
+-- user_features are EXECUTEd, planned with their values each time, since
+-- Citus cannot make generic plans of them.
 CREATE FUNCTION stripe_billing._refresh_replicated_features(targets text[], customer_ids text[],
                                                             ev_type text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
   have_users text[];
@@ -51,9 +56,9 @@ DECLARE
   set_features text[];
   set_ends timestamptz[];
 BEGIN
-  SELECT array_agg(f.user_ref), array_agg(f.feature), array_agg(f.valid_until)
-    INTO have_users, have_features, have_ends
-    FROM stripe_billing.user_features f WHERE f.user_ref = ANY (targets);
+  EXECUTE 'SELECT array_agg(f.user_ref), array_agg(f.feature), array_agg(f.valid_until)
+             FROM stripe_billing.user_features f WHERE f.user_ref = ANY ($1)'
+     INTO have_users, have_features, have_ends USING targets;
   WITH due AS (
     SELECT DISTINCT ON (t.u COLLATE "C") t.u COLLATE "C" AS user_ref, t.c AS customer
       FROM unnest(targets, customer_ids) WITH ORDINALITY t(u, c, n)
@@ -111,13 +116,22 @@ BEGIN
     INTO gone_users, gone_features, set_users, set_features, set_ends, notified   -- (unused)
     FROM changes;
   IF gone_users IS NOT NULL THEN
-    DELETE FROM stripe_billing.user_features u
-     WHERE (u.user_ref, u.feature) IN (SELECT * FROM unnest(gone_users, gone_features));
+    EXECUTE 'DELETE FROM stripe_billing.user_features u
+              WHERE (u.user_ref, u.feature) IN (SELECT * FROM unnest($1, $2))'
+      USING gone_users, gone_features;
   END IF;
-  IF set_users IS NOT NULL THEN
-    INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
-    SELECT * FROM unnest(set_users, set_features, set_ends)
-    ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until;
+  -- (one row, the usual change, as VALUES: Citus sends it to the nodes at
+  -- once, where rows from a SELECT take a copy to each node first)
+  IF cardinality(set_users) = 1 THEN
+    EXECUTE 'INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until'
+      USING set_users[1], set_features[1], set_ends[1];
+  ELSIF set_users IS NOT NULL THEN
+    EXECUTE 'INSERT INTO stripe_billing.user_features AS u (user_ref, feature, valid_until)
+             SELECT * FROM unnest($1, $2, $3)
+             ON CONFLICT (user_ref, feature) DO UPDATE SET valid_until = EXCLUDED.valid_until'
+      USING set_users, set_features, set_ends;
   END IF;
 END
 $$;
