@@ -73,9 +73,10 @@ BEGIN
       JOIN stripe_billing.subscriptions s ON s.customer = c.id
       JOIN stripe_billing.subscription_items i ON i.subscription = s.id AND NOT i.deleted
       JOIN stripe_billing.feature_grants g
-        ON (g.source_type = 'price' AND g.source = i.price)
-        OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
-        OR (g.source_type = 'product' AND g.source = i.product)
+        ON ((g.source_type = 'price' AND g.source = i.price)
+            OR (g.source_type = 'lookup_key' AND g.source = i.price_lookup_key)
+            OR (g.source_type = 'product' AND g.source = i.product))
+       AND g.account IS NOT DISTINCT FROM s.account
      WHERE c.user_ref = ANY (targets) AND NOT c.deleted
        AND s.status IN ('active', 'trialing', 'past_due')
     UNION ALL
