@@ -28,7 +28,10 @@
 #                 restart the redelivery applies on every node
 #   7 new node    a node added and shards moved onto it: its checks answer
 #                 right, and follow a revocation
-#   8 created first  in databases of their own: the extension created before
+#   8 connect     a connected account's subscription: the platform's grant
+#                 does not cover it on any node, its account's grant does
+#                 (on every node), and its revocation reaches every node
+#   9 created first  in databases of their own: the extension created before
 #                 Citus, and before the nodes were added (a warning): stripe_citus_setup()
 #                 brings it into shape once (the earlier rows on every node),
 #                 then has nothing to do
@@ -50,22 +53,20 @@ if ! citus_source >/dev/null; then
     exit 77
 fi
 citus_build || { echo "building Citus failed"; exit 1; }
+version=$(sed -n "s/^default_version = '\\(.*\\)'/\\1/p" stripe_billing.control)
 make -s PG_CONFIG="$PG_BINDIR/pg_config" install >/dev/null || { echo "installing stripe_billing failed"; exit 1; }
 
-work=$(mktemp -d /tmp/stripe_billing_citus.XXXXXX)
-chmod 755 "$work"
+# (the nodes are stopped and the directory removed at exit, passing or
+# failing: test/lib/work.sh)
+work_begin citus
+work_logs coord/server.log w1/server.log w2/server.log w3/server.log
 WHSEC=whsec_citus_$RANDOM$RANDOM
-cleanup() {
-    local dir
-    for dir in "$work"/*/; do [ -d "$dir/data" ] && cluster_stop "${dir%/}"; done
-    if [ "$passed" -gt 0 ] && [ "$failed" -eq 0 ]; then rm -rf "$work"; else echo "logs and data kept in $work"; fi
-}
-trap cleanup EXIT
 
 # node NAME: starts a node with Citus and stripe_billing preloaded; its
 # port in port[NAME]
 declare -A port
 node() {
+    at_exit cluster_stop "$work/$1"
     citus_node_start "$work/$1" "shared_preload_libraries = 'citus, stripe_billing'" \
         "stripe_billing.webhook_secret = '$WHSEC'" || return 1
     port[$1]=$NODE_PORT
@@ -111,7 +112,7 @@ groups=$(q coord "SELECT string_agg(groupid::text, ',' ORDER BY groupid) FROM pg
 for n in coord w1 w2; do
     got=$(q "$n" "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing') || ' '
                   || (SELECT count(*) FROM pg_trigger WHERE tgname = 'user_features_invalidate_${shard:-0}')")
-    [ "$got" = "0.3.1 1" ] || problems+=(" $n: extension and placement trigger: '$got'")
+    [ "$got" = "$version 1" ] || problems+=(" $n: extension and placement trigger: '$got'")
 done
 again=$(q coord "SELECT stripe_billing.stripe_citus_setup()")
 [ "$again" = f ] || problems+=(" stripe_citus_setup() after CREATE EXTENSION answered '$again', not false")
@@ -382,7 +383,33 @@ q coord "SELECT count(*) FROM stripe_billing.stripe_apply_events(ARRAY[
     problems+=(" the new node missed a revocation: $(checks w3 u06 u08)")
 conclude "7 new node" "added, $moved shards of docs moved to it (with user_features' placement): its checks and all users' counts over three worker nodes are right, and follow two revocations in one batch" "${problems[@]}"
 
-# ---- 8: the extension before Citus, or before the nodes --------------------------
+# ---- 8: Stripe Connect ---------------------------------------------------------
+# ca1 subscribes to the same lookup key 'pro' on a connected account: the
+# platform's grant (account NULL) covers the platform's subscriptions only
+begin
+problems=()
+q coord "SELECT stripe_billing.stripe_apply_event(sub_event('evt_ca1', 1700000000, 'active', 'ca1')
+                                                  || '{\"account\": \"acct_1Citus\"}')" >/dev/null ||
+    problems+=(" the connected account's event failed")
+acct=$(q coord "SELECT account FROM stripe_billing.subscriptions WHERE id = 'sub_ca1'")
+[ "$acct" = acct_1Citus ] || problems+=(" sub_ca1's account is '$acct'")
+for n in coord w1 w2 w3; do
+    [ "$(checks "$n" ca1 u00)" = "ca1:false u00:true" ] ||
+        problems+=(" $n, the platform's grant only: $(checks "$n" ca1 u00)")
+done
+q coord "SELECT stripe_billing.stripe_grant_feature('lookup_key', 'pro', 'reports', account => 'acct_1Citus')" >/dev/null
+for n in coord w1 w2 w3; do
+    [ "$(checks "$n" ca1 u00)" = "ca1:true u00:true" ] ||
+        problems+=(" $n, with the account's grant: $(checks "$n" ca1 u00)")
+done
+q coord "SELECT stripe_billing.stripe_revoke_feature('lookup_key', 'pro', 'reports', account => 'acct_1Citus')" >/dev/null
+for n in coord w1 w2 w3; do
+    [ "$(checks "$n" ca1 u00)" = "ca1:false u00:true" ] ||
+        problems+=(" $n, the account's grant revoked: $(checks "$n" ca1 u00)")
+done
+conclude "8 connect" "a subscription of acct_1Citus: not covered by the platform's grant on any node; its account's grant reached every node, and so did its revocation" "${problems[@]}"
+
+# ---- 9: the extension before Citus, or before the nodes --------------------------
 # qd NODE DB SQL: as q, in database DB
 qd() { citus_psql "${port[$1]}" -U postgres -d "$2" -At -q -v ON_ERROR_STOP=1 <<<"$3"; }
 begin
@@ -418,7 +445,7 @@ for db in sb_first sb_nonodes; do
     got=$(qd coord "$db" "SELECT stripe_billing.stripe_citus_setup(); SELECT stripe_billing.stripe_citus_setup();" 2>"$work/$db.setup" | tr '\n' ' ')
     [ "$got" = "t f " ] || problems+=(" $db: stripe_citus_setup() twice answered '$got', not 't f'")
     for n in w1 w2; do
-        [ "$(qd "$n" "$db" "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = 0.3.1 ] ||
+        [ "$(qd "$n" "$db" "SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing'")" = "$version" ] ||
             problems+=(" $db: no stripe_billing on $n")
     done
 done
@@ -434,7 +461,7 @@ for n in w1 w2; do
     got=$(qd "$n" sb_first "SELECT stripe_billing.stripe_has_entitlement('early', 'reports')" 2>&1)
     [ "$got" = f ] || problems+=(" sb_first: $n answers '$got' after the cancellation")
 done
-conclude "8 created first" "created before Citus, and before the nodes (a warning says so): stripe_citus_setup() made user_features a reference table, with the earlier rows on every node, and then had nothing to do" "${problems[@]}"
+conclude "9 created first" "created before Citus, and before the nodes (a warning says so): stripe_citus_setup() made user_features a reference table, with the earlier rows on every node, and then had nothing to do" "${problems[@]}"
 
 echo
 echo "$passed passed, $failed failed"
