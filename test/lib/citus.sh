@@ -16,9 +16,10 @@
 # Citus 14 builds against PostgreSQL 16 to 18.  citus_build copies the
 # PostgreSQL of PG_BINDIR (one of test/pg-build.sh's) to
 # $SB_PG_CACHE/citus-<version>-<that build's name> and builds Citus into the
-# copy, once (about 4 minutes on 2 cores; without libcurl, which Citus uses
-# only for its anonymous statistics, and zstd); a later call finds it and
-# only sets PG_BINDIR.  The caller installs stripe_billing into the copy.
+# copy, once (199 s on 2 shared cores, the copy included; without
+# libcurl, which Citus uses only for its anonymous statistics, and zstd); a
+# later call finds it and only sets PG_BINDIR.  The caller installs
+# stripe_billing into the copy.
 # Nodes are cluster.sh clusters, run by SB_TEST_USER.
 
 SB_CITUS_VERSION=${SB_CITUS_VERSION:-14.0.1}
