@@ -35,6 +35,10 @@
 #                 Citus, and before the nodes were added (a warning): stripe_citus_setup()
 #                 brings it into shape once (the earlier rows on every node),
 #                 then has nothing to do
+#  10 update      in a database of its own: 0.3.0 installed on the coordinator
+#                 with nodes (before this version's Citus support), a user
+#                 paid; ALTER EXTENSION UPDATE makes user_features a
+#                 reference table, as CREATE EXTENSION does, on every node
 # One PASS/FAIL line per check; exits 0 only if every check passed, 77
 # (skipped, one line) without the Citus source or before PostgreSQL 16.
 set -uo pipefail
@@ -462,6 +466,49 @@ for n in w1 w2; do
     [ "$got" = f ] || problems+=(" sb_first: $n answers '$got' after the cancellation")
 done
 conclude "9 created first" "created before Citus, and before the nodes (a warning says so): stripe_citus_setup() made user_features a reference table, with the earlier rows on every node, and then had nothing to do" "${problems[@]}"
+
+# ---- 10: ALTER EXTENSION UPDATE on a coordinator ----------------------------------
+begin
+problems=()
+# the released 0.3.0 install script, put beside this version's for the
+# test (every node runs the same installation) and taken away at exit
+extdir=$("$PG_BINDIR/pg_config" --sharedir)/extension
+if [ ! -e "$extdir/stripe_billing--0.3.0.sql" ]; then
+    cp test/integration/upgrade/stripe_billing--0.3.0.sql "$extdir/" && at_exit rm -f "$extdir/stripe_billing--0.3.0.sql"
+fi
+for n in coord w1 w2; do
+    citus_psql "${port[$n]}" -U postgres -d postgres -q -c "CREATE DATABASE sb_update" >/dev/null 2>&1 ||
+        problems+=(" CREATE DATABASE sb_update on $n failed")
+    [ "$n" = coord ] || qd "$n" sb_update "CREATE EXTENSION citus" >/dev/null
+done
+qd coord sb_update "CREATE EXTENSION citus;
+                    SELECT citus_set_coordinator_host('127.0.0.1', ${port[coord]});
+                    SELECT citus_add_node('127.0.0.1', ${port[w1]});
+                    SELECT citus_add_node('127.0.0.1', ${port[w2]});
+                    CREATE EXTENSION stripe_billing VERSION '0.3.0';
+                    SELECT stripe_billing.stripe_grant_feature('lookup_key', 'pro', 'reports');
+                    $sub_event_sql
+                    SELECT stripe_billing.stripe_apply_event(sub_event('evt_old', 1700000000, 'active', 'old'))" \
+    >/dev/null 2>"$work/update_old.err" || problems+=(" at 0.3.0: $(head -3 "$work/update_old.err")")
+kind=$(qd coord sb_update "SELECT coalesce((SELECT partmethod::text || repmodel::text FROM pg_dist_partition
+                                           WHERE logicalrelid = 'stripe_billing.user_features'::regclass), 'local')")
+[ "$kind" = local ] || problems+=(" at 0.3.0, user_features was already a Citus table ('$kind')")
+qd coord sb_update "ALTER EXTENSION stripe_billing UPDATE" >/dev/null 2>"$work/update.err" ||
+    problems+=(" ALTER EXTENSION stripe_billing UPDATE failed: $(head -3 "$work/update.err")")
+kind=$(qd coord sb_update "SELECT partmethod::text || repmodel::text FROM pg_dist_partition
+                            WHERE logicalrelid = 'stripe_billing.user_features'::regclass")
+[ "$kind" = nt ] || problems+=(" after the update, user_features is not a reference table ('$kind')")
+for n in coord w1 w2; do
+    got=$(qd "$n" sb_update "SELECT (SELECT extversion FROM pg_extension WHERE extname = 'stripe_billing') || ' '
+                             || stripe_billing.stripe_has_entitlement('old', 'reports')" 2>&1)
+    [ "$got" = "$version true" ] || problems+=(" $n after the update: '$got', not '$version true'")
+done
+qd coord sb_update "SELECT stripe_billing.stripe_apply_event(sub_event('evt_old_cancel', 1700000100, 'canceled', 'old'))" >/dev/null
+for n in w1 w2; do
+    got=$(qd "$n" sb_update "SELECT stripe_billing.stripe_has_entitlement('old', 'reports')" 2>&1)
+    [ "$got" = f ] || problems+=(" $n answers '$got' after the cancellation")
+done
+conclude "10 update" "0.3.0 on a coordinator with nodes, updated by ALTER EXTENSION UPDATE: user_features became a reference table, the paid user's row on every node, $version everywhere; a cancellation then reached the worker nodes" "${problems[@]}"
 
 echo
 echo "$passed passed, $failed failed"
