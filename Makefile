@@ -3,7 +3,7 @@
 EXTENSION = stripe_billing
 EXTVERSION = $(shell sed -n "s/^default_version = '\\(.*\\)'/\\1/p" $(EXTENSION).control)
 MODULE_big = stripe_billing
-OBJS = src/stripe_billing.o src/guc.o src/secrets.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/rate.o src/usage.o src/worker.o src/extension.o src/procedures.o src/locks.o src/kinds.o src/thin.o
+OBJS = src/stripe_billing.o src/guc.o src/secrets.o src/signatures.o src/events.o src/shapes.o src/entitlements.o src/http.o src/api.o src/checkout.o src/listing.o src/rate.o src/usage.o src/worker.o src/extension.o src/procedures.o src/locks.o src/kinds.o src/citus.o src/thin.o
 # The install script of this version is built from the chapters of one SQL
 # source; the upgrade scripts from every released version are installed as
 # they are.
@@ -36,7 +36,7 @@ PG_CFLAGS = $(foreach w,$(filter-out $(shell $(PG_CONFIG) --cflags),$(SB_WARNING
 # pg_isolation_regress test/specs/<name>.spec against test/expected/<name>.out
 REGRESS_OPTS = --inputdir=test
 ISOLATION_OPTS = --inputdir=test
-REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_batches event_lifecycle billing_model_ordering dispute_access expiring_cards entitlements backfill usage_outbox object_kinds connect connect_api thin_events subscription_schedule_lifecycle paused_collection_access drop_extension
+REGRESS = settings signatures event_ledger webhooks event_mapping event_ordering event_failures event_batches event_lifecycle billing_model_ordering dispute_access expiring_cards entitlements entitlement_support backfill usage_outbox object_kinds connect connect_api thin_events subscription_schedule_lifecycle paused_collection_access drop_extension
 ISOLATION = concurrent_delivery concurrent_subscription_updates entitlement_rls entitlement_cache_snapshots concurrent_plan_switch backfill_snapshots usage_outbox_concurrent_send event_batch_features lock_order_webhook_page lock_order_page_page lock_order_batch_webhook lock_order_two_users concurrent_link_cancel concurrent_dispute_charge thin_fetch_snapshot_twin
 
 PG_CONFIG ?= pg_config

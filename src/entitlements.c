@@ -31,6 +31,16 @@
  * Lookups read the table through its primary key index and write nothing:
  * checks work on a hot standby, where replayed commits carry the same
  * invalidations (applied after the commit became visible, as on a primary).
+ * On a Citus cluster they read this node's placement of the table instead,
+ * whose trigger sends the same invalidation on every node (see citus.c).
+ *
+ * A policy that asks the same question for every row, such as
+ * USING (stripe_has_entitlement(current_setting('app.user_ref', true), 'f')),
+ * would call us once a row.  Our planner support function turns such a call
+ * into (SELECT stripe_has_entitlement(...)), which the planner evaluates once
+ * per query (an InitPlan): the form the documentation used to ask for, and
+ * the one Citus refuses to accept in a policy of a distributed table (it
+ * allows no subquery there).
  *
  *-------------------------------------------------------------------------
  */
@@ -45,6 +55,11 @@
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "nodes/pathnodes.h"
+#include "nodes/supportnodes.h"
+#include "optimizer/optimizer.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/sinval.h"
@@ -63,6 +78,8 @@
 PG_FUNCTION_INFO_V1(stripe_has_entitlement);
 PG_FUNCTION_INFO_V1(stripe_now);
 PG_FUNCTION_INFO_V1(stripe_invalidate_entitlement_cache);
+PG_FUNCTION_INFO_V1(stripe_has_entitlement_support);
+PG_FUNCTION_INFO_V1(stripe_user_features_replicated);
 
 
 /* Longest "user_ref \x1f feature" key cached; longer ones are looked up. */
@@ -85,9 +102,19 @@ static MemoryContext answers_context = NULL;
 static bool answers_valid = false;
 static bool callback_registered = false;
 
-/* user_features and its primary key, resolved once (reset on invalidation) */
+/*
+ * user_features and its primary key, and what lookups read: the same, or on
+ * a Citus cluster this node's placement of the table and its primary key.
+ * Resolved once, and again after an invalidation of any of them.
+ */
 static Oid	features_relid = InvalidOid;
 static Oid	features_pkey = InvalidOid;
+static Oid	read_relid = InvalidOid;
+static Oid	read_pkey = InvalidOid;
+static bool features_replicated = false;
+static bool features_resolved = false;
+/* Counts the invalidations of the above (see resolve_features_table). */
+static uint64 features_invalidations = 0;
 
 /* The statement whose invalidations were last accepted. */
 static LocalTransactionId checked_lxid = InvalidLocalTransactionId;
@@ -99,39 +126,53 @@ static TimestampTz parsed_clock = 0;
 
 /*
  * Relcache callback: a change to user_features (signalled on its primary
- * key), the table itself (DDL, TRUNCATE) or everything stales us.
+ * key, or its placement's), the table itself (DDL, TRUNCATE; on Citus also
+ * a change to its metadata, which Citus signals on the table) or
+ * everything stales us.
  */
 static void
 entitlement_relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == features_relid || relid == features_pkey)
+	if (relid == InvalidOid || relid == features_relid || relid == features_pkey ||
+		relid == read_relid || relid == read_pkey)
 	{
 		answers_valid = false;
-		features_relid = InvalidOid;	/* re-resolve: it may be a new table */
-		features_pkey = InvalidOid;
+		features_resolved = false;	/* re-resolve: it may be a new table */
+		features_invalidations++;
 	}
 }
 
 /*
- * Resolves user_features and its primary key.  The look-ups may accept
- * invalidations, and so run our callback, which clears the OIDs: they are
- * kept in locals until both are known.  (While the OIDs are unknown the
- * cache is stale anyway, so an invalidation missed meanwhile loses nothing.)
+ * Resolves user_features, its primary key and what lookups read.  Reading
+ * Citus's catalogs and opening the placement accept invalidations, and so
+ * run our callback: one that concerns what we have read meanwhile (a
+ * placement made or dropped, the table distributed) makes us read again.
  */
 static void
 resolve_features_table(void)
 {
-	Oid			nsp = get_namespace_oid("stripe_billing", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("user_features", nsp) : InvalidOid;
-	Oid			pkey = OidIsValid(nsp) ? get_relname_relid("user_features_pkey", nsp) : InvalidOid;
+	for (;;)
+	{
+		uint64		invalidations = features_invalidations;
+		Oid			nsp = get_namespace_oid("stripe_billing", true);
+		Oid			placement = InvalidOid;
+		Oid			placement_pkey = InvalidOid;
 
-	features_relid = relid;
-	features_pkey = pkey;
-	if (!OidIsValid(relid) || !OidIsValid(pkey))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("stripe_billing.user_features does not exist"),
-				 errhint("Run CREATE EXTENSION stripe_billing in this database.")));
+		features_relid = OidIsValid(nsp) ? get_relname_relid("user_features", nsp) : InvalidOid;
+		features_pkey = OidIsValid(nsp) ? get_relname_relid("user_features_pkey", nsp) : InvalidOid;
+		if (!OidIsValid(features_relid) || !OidIsValid(features_pkey))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("stripe_billing.user_features does not exist"),
+					 errhint("Run CREATE EXTENSION stripe_billing in this database.")));
+		features_replicated = sb_citus_features_placement(features_relid, &placement,
+														  &placement_pkey);
+		read_relid = features_replicated ? placement : features_relid;
+		read_pkey = features_replicated ? placement_pkey : features_pkey;
+		if (invalidations == features_invalidations)
+			break;
+	}
+	features_resolved = true;
 }
 
 /* Makes the cache usable for this statement. */
@@ -158,7 +199,7 @@ prepare_cache(void)
 		checked_statement = statement;
 	}
 
-	if (!OidIsValid(features_relid))
+	if (!features_resolved)
 		resolve_features_table();
 
 	if (!answers_valid || (answers && hash_get_num_entries(answers) > CACHE_MAX_ENTRIES))
@@ -188,9 +229,9 @@ prepare_cache(void)
 static void
 lookup_feature(text *user_ref, text *feature, bool *granted, TimestampTz *valid_until)
 {
-	/* (opening the table may run our callback, which clears the globals) */
-	Oid			relid = features_relid;
-	Oid			pkey = features_pkey;
+	/* (opening the table may run our callback, which may re-resolve them) */
+	Oid			relid = read_relid;
+	Oid			pkey = read_pkey;
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData keys[2];
@@ -305,6 +346,101 @@ stripe_has_entitlement(PG_FUNCTION_ARGS)
 		lookup_feature(user_ref, feature, &granted, &valid_until);
 
 	PG_RETURN_BOOL(granted && (valid_until == DT_NOEND || sb_now() < valid_until));
+}
+
+/*
+ * Does expr give one value for a whole query: no Var of any query level, no
+ * aggregate, window function, subquery or set-returning function, no Param
+ * but the query's own parameters, nothing volatile?
+ */
+static bool
+varies_within_query(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var) || IsA(node, PlaceHolderVar) || IsA(node, Aggref) ||
+		IsA(node, GroupingFunc) || IsA(node, WindowFunc) || IsA(node, SubLink) ||
+		IsA(node, SubPlan) || IsA(node, AlternativeSubPlan) || IsA(node, CurrentOfExpr) ||
+		IsA(node, NextValueExpr))
+		return true;
+	if (IsA(node, Param) && ((Param *) node)->paramkind != PARAM_EXTERN)
+		return true;
+	return expression_tree_walker(node, varies_within_query, context);
+}
+
+/*
+ * Planner support for stripe_has_entitlement: a call whose arguments are
+ * the same for every row, in a query that reads a table, becomes the scalar
+ * subquery (SELECT stripe_has_entitlement(...)), which the planner makes an
+ * InitPlan, evaluated once per execution of the query.  This is what a
+ * policy USING (stripe_has_entitlement(current_setting('app.user_ref',
+ * true), 'reports')) needs: otherwise it costs a call per row (3.8 times
+ * the cost of USING (true) over a million rows), and Citus refuses the
+ * subquery written by hand in a policy of a distributed table.  STABLE
+ * allows it: within one statement the answer may not change.
+ *
+ * The planner looks for SubLinks in what it simplifies only in queries that
+ * say they have some, hence hasSubLinks.  The subquery we make reads no
+ * table, so its own planning leaves the call inside it alone.
+ */
+Datum
+stripe_has_entitlement_support(PG_FUNCTION_ARGS)
+{
+	Node	   *request = (Node *) PG_GETARG_POINTER(0);
+	SupportRequestSimplify *simplify;
+	Query	   *query;
+	ListCell   *lc;
+	bool		reads_table = false;
+	Query	   *subquery;
+	SubLink    *sublink;
+
+	if (!IsA(request, SupportRequestSimplify))
+		PG_RETURN_POINTER(NULL);
+	simplify = (SupportRequestSimplify *) request;
+	if (simplify->root == NULL || simplify->root->parse == NULL)
+		PG_RETURN_POINTER(NULL);	/* not planning a query */
+	query = simplify->root->parse;
+	if (query->commandType != CMD_SELECT && query->commandType != CMD_UPDATE &&
+		query->commandType != CMD_DELETE && query->commandType != CMD_INSERT &&
+		query->commandType != CMD_MERGE)
+		PG_RETURN_POINTER(NULL);
+	foreach(lc, query->rtable)
+	{
+		if (lfirst_node(RangeTblEntry, lc)->rtekind == RTE_RELATION)
+			reads_table = true;
+	}
+	if (!reads_table ||
+		varies_within_query((Node *) simplify->fcall->args, NULL) ||
+		contain_volatile_functions((Node *) simplify->fcall->args) ||
+		expression_returns_set((Node *) simplify->fcall->args))
+		PG_RETURN_POINTER(NULL);
+
+	subquery = makeNode(Query);
+	subquery->commandType = CMD_SELECT;
+	subquery->querySource = QSRC_ORIGINAL;
+	subquery->canSetTag = true;
+	subquery->jointree = makeFromExpr(NIL, NULL);
+	subquery->targetList = list_make1(makeTargetEntry((Expr *) copyObject(simplify->fcall), 1,
+													  pstrdup("stripe_has_entitlement"), false));
+	sublink = makeNode(SubLink);
+	sublink->subLinkType = EXPR_SUBLINK;
+	sublink->subselect = (Node *) subquery;
+	sublink->location = -1;
+	query->hasSubLinks = true;
+	PG_RETURN_POINTER(sublink);
+}
+
+/*
+ * stripe_billing._user_features_replicated() -> boolean
+ *
+ * Is user_features a Citus reference table?  Derivations then write it in
+ * a shape Citus can run (see _refresh_replicated_features).
+ */
+Datum
+stripe_user_features_replicated(PG_FUNCTION_ARGS)
+{
+	prepare_cache();
+	PG_RETURN_BOOL(features_replicated);
 }
 
 /*

@@ -444,16 +444,18 @@ recorded_outcome(const EventHeader *header, bool mapped)
 
 /*
  * Errors that say nothing about the event, only about this moment (cancel,
- * deadlock, serialization failure, shutdown, out of memory, a bug): they
- * abort the caller's transaction instead of marking the event failed.
- * Program limits (class 54: an index entry too big, nesting too deep) are
- * not among them: the same event would hit them again on every delivery.
+ * deadlock, serialization failure, shutdown, out of memory, a node of a
+ * Citus cluster unreachable, a bug): they abort the caller's transaction
+ * instead of marking the event failed.  Program limits (class 54: an index
+ * entry too big, nesting too deep) are not among them: the same event would
+ * hit them again on every delivery.
  */
 static bool
 error_is_transient(int sqlerrcode)
 {
 	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
 	{
+		case ERRCODE_CONNECTION_EXCEPTION:	/* 08: a remote node, e.g. Citus's */
 		case ERRCODE_TRANSACTION_ROLLBACK:	/* 40: serialization, deadlock */
 		case ERRCODE_INSUFFICIENT_RESOURCES:	/* 53 */
 		case ERRCODE_OPERATOR_INTERVENTION: /* 57: cancel, shutdown */

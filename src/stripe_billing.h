@@ -245,6 +245,9 @@ extern int	sb_split_secret_list(const char *list, char ***secrets,
 /* entitlements.c */
 extern TimestampTz sb_now(void);
 
+/* citus.c */
+extern bool sb_citus_features_placement(Oid relid, Oid *placement, Oid *placement_pkey);
+
 /* events.c */
 extern const char *sb_apply_event(Jsonb *event, const char *source);
 extern bool sb_parse_rfc3339(const char *s, int len, TimestampTz *result);

@@ -116,6 +116,10 @@ BEGIN
   IF NOT FOUND THEN
     RETURN;
   END IF;
+  IF stripe_billing._user_features_replicated() THEN   -- on Citus (see 50_citus.sql)
+    PERFORM stripe_billing._refresh_replicated_features(targets, customer_ids, ev_type);
+    RETURN;
+  END IF;
   WITH due AS (
     SELECT DISTINCT ON (t.u COLLATE "C") t.u COLLATE "C" AS user_ref, t.c AS customer
       FROM unnest(targets, customer_ids) WITH ORDINALITY t(u, c, n)
@@ -204,6 +208,10 @@ BEGIN
   INSERT INTO stripe_billing.user_derivations AS d (user_ref, derived_at) VALUES (target, now())
   ON CONFLICT (user_ref) DO UPDATE SET derived_at = EXCLUDED.derived_at, derivations = d.derivations + 1
   RETURNING d.derivations INTO derivation;
+  IF stripe_billing._user_features_replicated() THEN   -- on Citus (see 50_citus.sql)
+    PERFORM stripe_billing._refresh_replicated_features(ARRAY[target], ARRAY[customer_id], ev_type);
+    RETURN;
+  END IF;
   WITH grants AS (
     SELECT g.feature,
            stripe_billing._access_ends(s.status, s.cancel_at_period_end, s.cancel_at,
@@ -307,6 +315,7 @@ AS $$
 DECLARE
   n bigint := 0;
   u text;
+  unlinked text[];
 BEGIN
   PERFORM stripe_billing.stripe_now();   -- (loads the library, which defines the settings the derivation reads)
   -- every user's key first (past a thousand users, the apply lock alone):
@@ -314,9 +323,14 @@ BEGIN
   PERFORM stripe_billing._lock_keys(NULL, NULL, ARRAY(
       SELECT c.user_ref FROM stripe_billing.customers c WHERE c.user_ref IS NOT NULL
       UNION SELECT f.user_ref FROM stripe_billing.user_features f));
-  -- users who lost every customer link keep no features
-  DELETE FROM stripe_billing.user_features f
-   WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref);
+  -- users who lost every customer link keep no features (read first: on
+  -- Citus, user_features is a reference table, and a statement writing one
+  -- may not read the local customers)
+  unlinked := ARRAY(SELECT f.user_ref FROM stripe_billing.user_features f
+                     WHERE NOT EXISTS (SELECT FROM stripe_billing.customers c WHERE c.user_ref = f.user_ref));
+  IF unlinked <> '{}' THEN
+    DELETE FROM stripe_billing.user_features f WHERE f.user_ref = ANY (unlinked);
+  END IF;
   FOR u IN SELECT DISTINCT user_ref FROM stripe_billing.customers WHERE user_ref IS NOT NULL LOOP
     PERFORM stripe_billing._refresh_user_features(u, NULL, 'refresh');
     n := n + 1;
@@ -380,12 +394,21 @@ END
 $$;
 REVOKE ALL ON FUNCTION stripe_billing.stripe_revoke_feature(text, text, text, text) FROM PUBLIC;
 
+-- The planner's support for stripe_has_entitlement: a call that asks the
+-- same question for every row of a query is made an InitPlan, answered once
+-- per query (see src/entitlements.c).
+CREATE FUNCTION stripe_billing._has_entitlement_support(internal) RETURNS internal
+AS 'MODULE_PATHNAME', 'stripe_has_entitlement_support'
+LANGUAGE C STRICT STABLE
+SET search_path = pg_catalog, pg_temp;
+
 -- Does the user have the feature now?  Served from a per-backend cache of
 -- user_features; false for NULL or empty arguments, never an error.
 CREATE FUNCTION stripe_billing.stripe_has_entitlement(user_ref text, feature text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'stripe_has_entitlement'
-LANGUAGE C STABLE PARALLEL SAFE;
+LANGUAGE C STABLE PARALLEL SAFE
+SUPPORT stripe_billing._has_entitlement_support;
 
 -- The user's features valid now, with when access ends (NULL: no end known).
 CREATE FUNCTION stripe_billing.stripe_user_features(user_ref text)

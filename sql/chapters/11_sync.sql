@@ -722,7 +722,8 @@ DECLARE
 BEGIN
   CASE step
   WHEN 'ready' THEN
-    RETURN NOT (SELECT paused FROM stripe_billing.sync_state WHERE account IS NULL);
+    -- (a Citus worker node holds no billing state: see 50_citus.sql)
+    RETURN NOT (SELECT paused FROM stripe_billing.sync_state WHERE account IS NULL) AND NOT stripe_billing._citus_worker_node();
   WHEN 'no_key' THEN
     UPDATE stripe_billing.sync_state
        SET last_error = 'stripe_billing.api_key is not set', last_error_at = now()
