@@ -1936,6 +1936,7 @@ AS $$
 DECLARE
   backfilled record;
   reconciled record;
+  due_account text;
 BEGIN
   CASE step
   WHEN 'ready' THEN
@@ -1971,8 +1972,11 @@ BEGIN
   WHEN 'reconcile' THEN
     IF stripe_billing._reconcile_due() THEN
       PERFORM stripe_billing._reconcile_begin('scheduled');
-    ELSIF stripe_billing._reconcile_due_account() IS NOT NULL THEN
-      PERFORM stripe_billing._reconcile_begin('scheduled', stripe_billing._reconcile_due_account());
+    ELSE
+      due_account := stripe_billing._reconcile_due_account();
+      IF due_account IS NOT NULL THEN
+        PERFORM stripe_billing._reconcile_begin('scheduled', due_account);
+      END IF;
     END IF;
     SELECT * INTO reconciled FROM stripe_billing._reconcile_step(any_account => true);
     IF reconciled.failed THEN
@@ -2668,17 +2672,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT a.id
     FROM stripe_billing.accounts a
-    JOIN stripe_billing.sync_state s ON s.account = a.id
+    JOIN stripe_billing.sync_state s ON s.account = a.id,
+         LATERAL (SELECT greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r
+                                    WHERE r.account = a.id),
+                                  (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b
+                                    WHERE b.account = a.id),
+                                  s.lookback_after) AS at) last
    WHERE current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
      AND a.deauthorized_at IS NULL AND s.lookback_after IS NOT NULL
      AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state b
                       WHERE b.account = a.id AND b.state IN ('pending', 'running'))
      AND NOT EXISTS (SELECT FROM stripe_billing.reconcile_runs r WHERE r.account = a.id AND r.state = 'running')
-     AND now() - greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r WHERE r.account = a.id),
-                          (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b WHERE b.account = a.id),
-                          s.lookback_after)
-         >= current_setting('stripe_billing.reconcile_interval')::interval
-   ORDER BY a.id
+     AND now() - last.at >= current_setting('stripe_billing.reconcile_interval')::interval
+   ORDER BY last.at, a.id
    LIMIT 1
 $$;
 

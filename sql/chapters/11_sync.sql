@@ -685,6 +685,7 @@ AS $$
 DECLARE
   backfilled record;
   reconciled record;
+  due_account text;
 BEGIN
   CASE step
   WHEN 'ready' THEN
@@ -720,8 +721,11 @@ BEGIN
   WHEN 'reconcile' THEN
     IF stripe_billing._reconcile_due() THEN
       PERFORM stripe_billing._reconcile_begin('scheduled');
-    ELSIF stripe_billing._reconcile_due_account() IS NOT NULL THEN
-      PERFORM stripe_billing._reconcile_begin('scheduled', stripe_billing._reconcile_due_account());
+    ELSE
+      due_account := stripe_billing._reconcile_due_account();
+      IF due_account IS NOT NULL THEN
+        PERFORM stripe_billing._reconcile_begin('scheduled', due_account);
+      END IF;
     END IF;
     SELECT * INTO reconciled FROM stripe_billing._reconcile_step(any_account => true);
     IF reconciled.failed THEN

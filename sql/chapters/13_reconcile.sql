@@ -326,24 +326,28 @@ $$;
 
 -- The connected account whose scheduled reconciliation is due (Connect),
 -- if any: polled, authorized, not being backfilled, and reconciled (or
--- backfilled, or first polled) longer than reconcile_interval ago.
+-- backfilled, or first polled) longer than reconcile_interval ago; the one
+-- waiting longest first, so that no account is starved when runs cannot
+-- keep up.
 CREATE FUNCTION stripe_billing._reconcile_due_account() RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT a.id
     FROM stripe_billing.accounts a
-    JOIN stripe_billing.sync_state s ON s.account = a.id
+    JOIN stripe_billing.sync_state s ON s.account = a.id,
+         LATERAL (SELECT greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r
+                                    WHERE r.account = a.id),
+                                  (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b
+                                    WHERE b.account = a.id),
+                                  s.lookback_after) AS at) last
    WHERE current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
      AND a.deauthorized_at IS NULL AND s.lookback_after IS NOT NULL
      AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state b
                       WHERE b.account = a.id AND b.state IN ('pending', 'running'))
      AND NOT EXISTS (SELECT FROM stripe_billing.reconcile_runs r WHERE r.account = a.id AND r.state = 'running')
-     AND now() - greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r WHERE r.account = a.id),
-                          (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b WHERE b.account = a.id),
-                          s.lookback_after)
-         >= current_setting('stripe_billing.reconcile_interval')::interval
-   ORDER BY a.id
+     AND now() - last.at >= current_setting('stripe_billing.reconcile_interval')::interval
+   ORDER BY last.at, a.id
    LIMIT 1
 $$;
 
