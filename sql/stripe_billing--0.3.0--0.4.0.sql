@@ -2340,13 +2340,16 @@ BEGIN
     END IF;
     RETURN backfilled.kind IS NOT NULL AND NOT backfilled.failed;
   WHEN 'reconcile' THEN
-    IF stripe_billing._reconcile_due() THEN
+    -- the platform or the connected account waiting longest first: the
+    -- platform due again does not pass accounts that waited longer (when
+    -- runs cannot keep up with the interval, they would wait for ever)
+    due_account := stripe_billing._reconcile_due_account();
+    IF stripe_billing._reconcile_due()
+       AND (due_account IS NULL OR stripe_billing._reconcile_waited_since(NULL)
+                                   <= stripe_billing._reconcile_waited_since(due_account)) THEN
       PERFORM stripe_billing._reconcile_begin('scheduled');
-    ELSE
-      due_account := stripe_billing._reconcile_due_account();
-      IF due_account IS NOT NULL THEN
-        PERFORM stripe_billing._reconcile_begin('scheduled', due_account);
-      END IF;
+    ELSIF due_account IS NOT NULL THEN
+      PERFORM stripe_billing._reconcile_begin('scheduled', due_account);
     END IF;
     SELECT * INTO reconciled FROM stripe_billing._reconcile_step(any_account => true);
     IF reconciled.failed THEN
@@ -3078,6 +3081,19 @@ END
 $$;
 REVOKE ALL ON PROCEDURE stripe_billing.stripe_reconcile(text) FROM PUBLIC;
 
+-- new: stripe_billing._reconcile_waited_since(text)
+CREATE FUNCTION stripe_billing._reconcile_waited_since(for_account text) RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r
+                    WHERE r.account IS NOT DISTINCT FROM for_account),
+                  (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b
+                    WHERE b.account IS NOT DISTINCT FROM for_account),
+                  (SELECT s.lookback_after FROM stripe_billing.sync_state s
+                    WHERE s.account IS NOT DISTINCT FROM for_account))
+$$;
+
 -- changed: stripe_billing._reconcile_due()
 CREATE OR REPLACE FUNCTION stripe_billing._reconcile_due() RETURNS boolean
 LANGUAGE sql STABLE
@@ -3085,9 +3101,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
      AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running') AND account IS NULL)
-     AND now() - greatest((SELECT max(started_at) FROM stripe_billing.reconcile_runs WHERE account IS NULL),
-                          (SELECT max(finished_at) FROM stripe_billing.backfill_state WHERE account IS NULL),
-                          (SELECT lookback_after FROM stripe_billing.sync_state WHERE account IS NULL))
+     AND now() - stripe_billing._reconcile_waited_since(NULL)
          >= current_setting('stripe_billing.reconcile_interval')::interval
 $$;
 

@@ -753,13 +753,16 @@ BEGIN
     END IF;
     RETURN backfilled.kind IS NOT NULL AND NOT backfilled.failed;
   WHEN 'reconcile' THEN
-    IF stripe_billing._reconcile_due() THEN
+    -- the platform or the connected account waiting longest first: the
+    -- platform due again does not pass accounts that waited longer (when
+    -- runs cannot keep up with the interval, they would wait for ever)
+    due_account := stripe_billing._reconcile_due_account();
+    IF stripe_billing._reconcile_due()
+       AND (due_account IS NULL OR stripe_billing._reconcile_waited_since(NULL)
+                                   <= stripe_billing._reconcile_waited_since(due_account)) THEN
       PERFORM stripe_billing._reconcile_begin('scheduled');
-    ELSE
-      due_account := stripe_billing._reconcile_due_account();
-      IF due_account IS NOT NULL THEN
-        PERFORM stripe_billing._reconcile_begin('scheduled', due_account);
-      END IF;
+    ELSIF due_account IS NOT NULL THEN
+      PERFORM stripe_billing._reconcile_begin('scheduled', due_account);
     END IF;
     SELECT * INTO reconciled FROM stripe_billing._reconcile_step(any_account => true);
     IF reconciled.failed THEN

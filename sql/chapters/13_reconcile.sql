@@ -324,17 +324,32 @@ END
 $$;
 REVOKE ALL ON PROCEDURE stripe_billing.stripe_reconcile(text) FROM PUBLIC;
 
--- Is a scheduled reconciliation due?  Every reconcile_interval since the
--- last run, the end of a backfill or the first poll, never during a backfill.
+-- Since when an account (NULL: the platform's) has waited for a scheduled
+-- reconciliation: its last run, the end of its backfill or its first poll,
+-- the latest of them (NULL: never polled).  (_reconcile_due_account reads
+-- the same for every account at once.)
+CREATE FUNCTION stripe_billing._reconcile_waited_since(for_account text) RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT greatest((SELECT max(r.started_at) FROM stripe_billing.reconcile_runs r
+                    WHERE r.account IS NOT DISTINCT FROM for_account),
+                  (SELECT max(b.finished_at) FROM stripe_billing.backfill_state b
+                    WHERE b.account IS NOT DISTINCT FROM for_account),
+                  (SELECT s.lookback_after FROM stripe_billing.sync_state s
+                    WHERE s.account IS NOT DISTINCT FROM for_account))
+$$;
+
+-- Is the platform's scheduled reconciliation due?  Every reconcile_interval
+-- since the last run, the end of a backfill or the first poll, never during
+-- a backfill.
 CREATE FUNCTION stripe_billing._reconcile_due() RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT current_setting('stripe_billing.reconcile_interval')::interval > interval '0'
      AND NOT EXISTS (SELECT FROM stripe_billing.backfill_state WHERE state IN ('pending', 'running') AND account IS NULL)
-     AND now() - greatest((SELECT max(started_at) FROM stripe_billing.reconcile_runs WHERE account IS NULL),
-                          (SELECT max(finished_at) FROM stripe_billing.backfill_state WHERE account IS NULL),
-                          (SELECT lookback_after FROM stripe_billing.sync_state WHERE account IS NULL))
+     AND now() - stripe_billing._reconcile_waited_since(NULL)
          >= current_setting('stripe_billing.reconcile_interval')::interval
 $$;
 
