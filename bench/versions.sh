@@ -36,6 +36,7 @@ old_commit=$(git rev-parse --short "${SB_BENCH_BASELINE:-87f426f}^{commit}")
 . test/lib/cluster.sh
 work_begin bench_versions
 began=$(date +%s)
+echo "bench/versions: load average at the start $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
 
 # the two sides: a, the baseline; b, this working tree (uncommitted changes
 # included)
@@ -288,4 +289,4 @@ row "  one cached check in a policy, ns" cached_rls 1
 row "one uncached check (10,000 users one by one), us" uncached_call 2
 row "one cached check (100,000 calls, same users), ns" cached_call 1
 echo "(rounds': the median of the rounds' own ratios)"
-echo "bench/versions: $rounds rounds in $(($(date +%s) - began)) s"
+echo "bench/versions: $rounds rounds in $(($(date +%s) - began)) s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
