@@ -851,9 +851,9 @@ BEGIN
   IF start_from IS NULL OR (start_from <> 'now' AND start_from::timestamptz < now() - interval '30 days') THEN
     PERFORM stripe_billing._bad_argument('start_from', 'must be ''now'' or a time within the last 30 days');
   END IF;
-  PERFORM stripe_billing._check_account('account', account);
+  PERFORM stripe_billing._check_account('account', stripe_sync_start_from.account);
   INSERT INTO stripe_billing.sync_state AS s (account) VALUES (stripe_sync_start_from.account)
-  ON CONFLICT (account) DO NOTHING;
+  ON CONFLICT ON CONSTRAINT sync_state_account_key DO NOTHING;
   UPDATE stripe_billing.sync_state s
      SET start_from = CASE WHEN stripe_sync_start_from.start_from = 'now' THEN 'now'
                            ELSE stripe_sync_start_from.start_from::timestamptz::text END,

@@ -1031,7 +1031,10 @@ pair_check() {
     eq "$(jx 'r.map(x => x.headers["stripe-account"] || "none").join(",")')" "none,$CONN" "$1: Stripe-Account sent (platform, account)"
 }
 
-fk POST /_fake/objects "{\"object\": {\"id\": \"cus_conn\", \"object\": \"customer\", \"email\": \"conn@example.com\", \"metadata\": {\"user_ref\": \"u_conn\"}}}" >/dev/null
+# the two accounts at the fake (each with the default catalogue), and
+# $CONN's customer of u_conn
+fk POST /_fake/accounts "{\"accounts\": [{\"id\": \"$CONN\"}, {\"id\": \"$DEST\"}]}" >/dev/null
+fk POST /_fake/objects "{\"account\": \"$CONN\", \"object\": {\"id\": \"cus_conn\", \"object\": \"customer\", \"email\": \"conn@example.com\", \"metadata\": {\"user_ref\": \"u_conn\"}}}" >/dev/null
 
 # stripe_api: the same POST on the platform and on the account; each
 # customer made is recorded locally as its account's
@@ -1048,17 +1051,30 @@ pair_check "POST /v1/customers"
 eq "$(rows | sed -n 3,6p | paste -sd ' ')" "cus_conn platform $CONN $CONN" "the answer, then the customers' accounts (u_twin's two, cus_conn)"
 verdict "stripe_api(..., account => acct_…) sends Stripe-Account and otherwise the same request; what Stripe returns is recorded as that account's"
 
-# the events pages (the worker's, per account): the same GETs, with the header
-mark=$(reqcount)
-sql "SELECT stripe_billing.stripe_api('GET', '/v1/events', '{\"limit\": 1}')->'data'->0->>'id';"
-newest=$(rows)
-for call in "_events_page('$newest', false%s)" "_events_page_text('$newest'%s)" "_events_text('{\"limit\": 2}'%s)"; do
+# the events pages (the worker's, per account): the same GETs, with the
+# header (the pages after a cursor: each account's own newest event, so
+# the two requests differ in ending_before too)
+fk POST /_fake/events "{\"account\": \"$CONN\", \"events\": [{\"type\": \"customer.updated\",
+    \"data\": {\"object\": {\"id\": \"cus_conn\", \"object\": \"customer\", \"metadata\": {\"user_ref\": \"u_conn\"}}}}]}" >/dev/null
+sql "SELECT stripe_billing.stripe_api('GET', '/v1/events', '{\"limit\": 1}')->'data'->0->>'id';
+SELECT stripe_billing.stripe_api('GET', '/v1/events', '{\"limit\": 1}', account => '$CONN')->'data'->0->>'id';"
+newest=$(rows | sed -n 1p)
+newest_conn=$(rows | sed -n 2p)
+for call in "_events_page('%s', false%s)" "_events_page_text('%s'%s)" "_events_text('{\"limit\": 2}'%.0s%s)"; do
     mark=$(reqcount)
     # shellcheck disable=SC2059
-    sql "SELECT stripe_billing.$(printf "$call" '') IS NOT NULL; SELECT stripe_billing.$(printf "$call" ", account => '$CONN'") IS NOT NULL;"
+    sql "SELECT stripe_billing.$(printf "$call" "$newest" '') IS NOT NULL;
+         SELECT stripe_billing.$(printf "$call" "$newest_conn" ", account => '$CONN'") IS NOT NULL;"
     noerr "${call%%(*}"
     recs "$mark" /v1/events
-    pair_check "${call%%(*}"
+    if [ "${call%%(*}" = _events_text ]; then
+        pair_check "${call%%(*}"
+    else
+        eq "$(jx "r.length === 2 && r[0].query.ending_before === '$newest' && r[1].query.ending_before === '$newest_conn'
+                  && ($SAME)(r[0], Object.assign({}, r[1], {query: Object.assign({}, r[1].query, {ending_before: '$newest'})}))")" \
+           true "${call%%(*}: the two requests alike but for Stripe-Account, Idempotency-Key and each account's cursor"
+        eq "$(jx 'r.map(x => x.headers["stripe-account"] || "none").join(",")')" "none,$CONN" "${call%%(*}: Stripe-Account sent (platform, account)"
+    fi
 done
 verdict "the events pages (_events_page, _events_page_text, _events_text) of an account send its Stripe-Account, otherwise the same GET /v1/events"
 
@@ -1186,7 +1202,7 @@ state_is P0002 "the platform's portal for u_conn (a customer on $CONN only)"
 eq "$(reqcount)" "$mark" "requests made"
 verdict "stripe_create_portal_session(..., account => acct_…) uses the user's customer on that account, with Stripe-Account; on the platform the user has none (P0002, no request)"
 
-sub_conn=$(fk POST "/_fake/checkout/sessions/$cs_direct/complete" '{}' 'r.session.subscription' 2>&1)
+sub_conn=$(fk POST "/_fake/checkout/sessions/$cs_direct/complete" "{\"account\": \"$CONN\"}" 'r.session.subscription' 2>&1)
 mark=$(reqcount)
 sql "SELECT stripe_billing.stripe_api('GET', '/v1/subscriptions/$sub_conn', account => '$CONN')->>'status';
 SELECT s.account || ' ' || i.account || ' ' || i.price FROM stripe_billing.subscriptions s
@@ -1261,7 +1277,7 @@ verdict "$n calls with a bad account ('cus_1', 'acct_', CR LF header injection, 
 # usage of three accounts (the platform's, $CONN's, $DEST's): each row goes
 # with its account's header, for the user's customer on that account
 for c in cus_uplat:platform cus_uconn:$CONN cus_udest:$DEST; do
-    fk POST /_fake/objects "{\"object\": {\"id\": \"${c%%:*}\", \"object\": \"customer\", \"metadata\": {\"user_ref\": \"u_two\"}}}" >/dev/null
+    fk POST /_fake/objects "{\"account\": \"${c#*:}\", \"object\": {\"id\": \"${c%%:*}\", \"object\": \"customer\", \"metadata\": {\"user_ref\": \"u_two\"}}}" >/dev/null
 done
 sql "SELECT stripe_billing.stripe_api('GET', '/v1/customers/cus_uplat') IS NOT NULL;
 SELECT stripe_billing.stripe_api('GET', '/v1/customers/cus_uconn', account => '$CONN') IS NOT NULL;

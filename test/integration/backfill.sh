@@ -130,7 +130,7 @@ grant_products() {
 }
 
 backfill_done() {
-    [ "$(sql "$1" "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM stripe_billing.backfill_state" 2>/dev/null)" = "6/6" ]
+    [ "$(sql "$1" "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM stripe_billing.backfill_state" 2>/dev/null)" = "7/7" ]   # (the six kinds of objects and the connected accounts)
 }
 backfilled_objects() { sql "$1" "SELECT coalesce(sum(objects), 0) FROM stripe_billing.backfill_state" 2>/dev/null; }
 # reached DB N: has the backfill in DB applied N objects yet?

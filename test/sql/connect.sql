@@ -110,4 +110,12 @@ SELECT _apply_snapshots('[{"id": "basic", "object": "product", "name": "A basic 
                         '2030-01-01', 'backfill', account => 'acct_A') - 'outcomes' AS counts;
 SELECT id, account, name FROM products ORDER BY account NULLS FIRST;
 SELECT _apply_snapshots('[]', now(), 'backfill', account => 'nope');
+
+-- Where a connected account's polling starts: its own sync_state row (the
+-- platform's untouched); a bad account refused, naming it.
+SELECT stripe_sync_start_from('now', account => 'acct_A');
+SELECT stripe_sync_start_from((now() - interval '1 day')::text, account => 'acct_A');
+SELECT stripe_sync_start_from('now', account => 'acct_A; drop');
+SELECT coalesce(account, 'platform') AS account, start_from = 'now' AS from_now, event_cursor
+  FROM sync_state ORDER BY account NULLS FIRST;
 DROP EXTENSION stripe_billing;
