@@ -16,8 +16,9 @@
 # them (A B, then B A, ...), so that the machine's drift hits both.
 #     bash bench/versions.sh [ingest rounds, default 9; checks: three times as many]
 # SB_BENCH_PG: the PostgreSQL build copied for each side (default the
-# release build of 18, /var/cache/stripe_billing/pg-18-release; any
-# PostgreSQL 15+ installation tree with pgbench and pgcrypto will do).
+# release build of 18, /var/cache/stripe_billing/pg-18-release, which
+# `bash test/pg-build.sh 18 release` makes; any PostgreSQL 15+ installation
+# tree with pgbench and pgcrypto will do).
 # SB_BENCH_BASELINE: the commit measured against (default 87f426f, 0.3.0).
 # SB_BENCH_PER_CLIENT: webhook transactions per pgbench client a round
 # (default 600: 4,800 events a round; a quarter of that for the payloads
@@ -31,7 +32,7 @@ rounds=${1:-9}
 per_client=${SB_BENCH_PER_CLIENT:-600}
 clients=8
 pg_source=${SB_BENCH_PG:-/var/cache/stripe_billing/pg-18-release}
-[ -x "$pg_source/bin/pg_config" ] || { echo "bench/versions: no PostgreSQL build in $pg_source (set SB_BENCH_PG)"; exit 1; }
+[ -x "$pg_source/bin/pg_config" ] || { echo "bench/versions: no PostgreSQL build in $pg_source (make it with bash test/pg-build.sh 18 release, or set SB_BENCH_PG)"; exit 1; }
 old_commit=$(git rev-parse --short "${SB_BENCH_BASELINE:-87f426f}^{commit}")
 . test/lib/cluster.sh
 work_begin bench_versions

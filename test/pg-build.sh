@@ -3,6 +3,7 @@
 # package, assertion-enabled, and caches it outside the clone:
 #     bash test/pg-build.sh 18              # --enable-cassert --enable-debug
 #     bash test/pg-build.sh 18 valgrind     # the same, with -DUSE_VALGRIND
+#     bash test/pg-build.sh 18 release      # no assertions (bench/versions.sh)
 # Prints the bin directory of the build (its last line); a later run on the
 # same machine finds the cached build and only prints it.  The cache is
 # $SB_PG_CACHE (default /var/cache/stripe_billing).  Run as root (it
@@ -14,12 +15,14 @@
 # /etc/apt/sources.list.d/debian.sources) and lists directory of its own,
 # so the machine's apt configuration is left alone.
 set -euo pipefail
-version=${1:?usage: test/pg-build.sh VERSION [valgrind]}
+version=${1:?usage: test/pg-build.sh VERSION [cassert|valgrind|release]}
 flavor=${2:-cassert}
+checks=(--enable-cassert --enable-debug)
 case "$flavor" in
     cassert) cppflags= ;;
     valgrind) cppflags=-DUSE_VALGRIND ;;
-    *) echo "pg-build: flavor must be cassert or valgrind, not '$flavor'" >&2; exit 2 ;;
+    release) cppflags= checks=() ;;
+    *) echo "pg-build: flavor must be cassert, valgrind or release, not '$flavor'" >&2; exit 2 ;;
 esac
 cache=${SB_PG_CACHE:-/var/cache/stripe_billing}
 prefix=$cache/pg-$version-$flavor
@@ -68,7 +71,7 @@ rm -rf "$build" "$prefix"
 mkdir -p "$build"
 log "configuring PostgreSQL $release ($flavor) in $build"
 started=$(date +%s)
-(cd "$build" && "$src/tree/configure" --prefix="$prefix" --enable-cassert --enable-debug \
+(cd "$build" && "$src/tree/configure" --prefix="$prefix" "${checks[@]}" \
     --with-lz4 --with-openssl --without-icu --without-readline \
     ${cppflags:+CPPFLAGS="$cppflags"} >configure.log 2>&1) ||
     { tail -30 "$build/configure.log" >&2; exit 1; }
