@@ -498,6 +498,14 @@ stripe_billing_worker_main(Datum arg)
 			wait_ms = result == STEP_MORE ? 0 : sb_poll_interval;
 		}
 
+		/*
+		 * What this cycle's transactions wrote, to the cumulative statistics
+		 * that autovacuum and pg_stat_user_tables go by: a background worker
+		 * has no idle loop that reports them (PostgresMain's).  At most once
+		 * a second while busy; everything before a sleep.
+		 */
+		(void) pgstat_report_stat(wait_ms > 0);
+
 		if (wait_ms > 0)
 			wait_between_cycles(wait_ms);
 	}

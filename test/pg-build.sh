@@ -3,7 +3,7 @@
 # package, assertion-enabled, and caches it outside the clone:
 #     bash test/pg-build.sh 18              # --enable-cassert --enable-debug
 #     bash test/pg-build.sh 18 valgrind     # the same, with -DUSE_VALGRIND
-#     bash test/pg-build.sh 18 release      # no assertions (benchmarks)
+#     bash test/pg-build.sh 18 release      # no assertions (bench/versions.sh, bench/citus.sh)
 # Prints the bin directory of the build (its last line); a later run on the
 # same machine finds the cached build and only prints it.  The cache is
 # $SB_PG_CACHE (default /var/cache/stripe_billing).  Run as root (it

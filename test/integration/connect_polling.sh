@@ -7,6 +7,8 @@
 # webhook each), one is deauthorized (its account.application.deauthorized
 # by webhook).  One PASS/FAIL line each:
 #   first      every account's cursor taken (one request each)
+#   stats      the worker's writes counted in pg_stat_user_tables while it
+#              runs (what autovacuum goes by)
 #   rate       the fake's record of every request the worker made: no
 #              window of one second holds more than max_requests_per_second
 #   active     an event on each active account (no webhook) applied within
@@ -76,6 +78,16 @@ first_done() { sql "SELECT count(*) FROM stripe_billing.sync_state WHERE account
 POLL=1 wait_until 240 eval '[ "$(first_done)" = "$N" ]' || pr+=(" $(first_done) of $N accounts have a cursor after 240 s")
 t1=$(now_ms)
 conclude "first" "the $N accounts' cursors taken in $(((t1 - t0) / 1000)) s ($RATE requests a second at most)" "${pr[@]}"
+
+# ---- stats: the worker's writes reach the statistics while it runs
+# (autovacuum and autoanalyze decide on them): each account's first poll
+# updated its sync_state row
+begin
+pr=()
+updated() { sql "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'stripe_billing.sync_state'::regclass"; }
+POLL=0.5 wait_until 10 eval '[ "$(updated)" -ge "$N" ]' ||
+    pr+=(" pg_stat_user_tables counts $(updated) updates of sync_state, not the $N or more the worker made")
+conclude "stats" "sync_state's updates by the worker counted in pg_stat_user_tables while it runs: $(updated)" "${pr[@]}"
 
 # ---- the accounts: 10 active (a webhook each), 1 deauthorized, 3 idle with an event
 active=("${accounts[@]:0:ACTIVE}")
