@@ -39,6 +39,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
@@ -48,6 +49,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
@@ -128,12 +130,25 @@ sb_register_worker(void)
  * by its membership (see extension.c), or InvalidOid while the extension is
  * not installed here: a function of that name the database's owner may
  * have made is never called.
+ *
+ * First, before any table is touched, the step's transaction takes the
+ * extension itself in share mode.  DROP EXTENSION locks the extension
+ * before its tables, so it waits for the step under way, and a step never
+ * holds one table while DROP EXTENSION holds the next (a deadlock, which
+ * cancelled the DROP).  The extension is looked up again once locked: a
+ * DROP that committed meanwhile leaves nothing to call.
  */
 static Oid
 worker_step_function(void)
 {
 	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Oid			extension = sb_extension_oid();
 
+	if (!OidIsValid(extension))
+		return InvalidOid;
+	LockDatabaseObject(ExtensionRelationId, extension, 0, AccessShareLock);
+	if (sb_extension_oid() != extension)
+		return InvalidOid;
 	return sb_extension_function("_worker_step", 2, argtypes, true);
 }
 

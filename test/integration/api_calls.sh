@@ -624,6 +624,15 @@ SELECT stripe_billing.stripe_apply_event('{\"id\": \"evt_ch_tie\", \"object\": \
   \"created\": 1700000400, \"livemode\": false, \"data\": {\"object\": {\"id\": \"ch_tie\", \"object\": \"charge\",
   \"customer\": \"cus_x\", \"amount\": 700, \"currency\": \"usd\", \"status\": \"succeeded\"}}}');"
 noerr "settling earlier ties, the disputed charge"
+# (the subscription that holds the discount was last changed by the paid
+# session's events, moments ago: its answer to the discount's re-fetch must
+# come a later second than those, or it is a same-second tie of its own and
+# is re-fetched once more)
+sub_settled() {
+    [ "$(psql -X -At -c "SELECT clock_timestamp() >= date_trunc('second', last_event_created) + interval '1 second'
+                         FROM stripe_billing.subscriptions WHERE id = '$sub_disc'")" = t ]
+}
+wait_until 5 sub_settled || bad "the subscription $sub_disc was changed within the last second for 5 s"
 sql "SELECT count(*) FROM (SELECT stripe_billing.stripe_apply_event(jsonb_build_object('id', 'evt_tie_' || n || '_' || k, 'object', 'event',
            'type', t, 'created', floor(extract(epoch FROM now()))::bigint, 'livemode', false,
            'data', jsonb_build_object('object', o::jsonb)))
